@@ -1,0 +1,55 @@
+"""PostgreSQL for a service: a pool bound to the service's own schema, and ordered SQL migrations."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from services.common.log import get_logger
+
+log = get_logger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def _with_search_path(url: str, schema: str) -> str:
+    return psycopg.conninfo.make_conninfo(url, options=f"-c search_path={schema}")
+
+
+async def migrate(url: str, schema: str, sql_dir: Path) -> list[str]:
+    """Apply the service's migrations (NNNN_name.sql) not yet applied, in order; return the ones applied."""
+    files = sorted(p for p in sql_dir.iterdir() if _MIGRATION_NAME.match(p.name))
+    applied: list[str] = []
+    async with await psycopg.AsyncConnection.connect(url, autocommit=False) as conn:
+        # One service may start several replicas at once: serialise their migrations.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"mailblast-migrate-{schema}",))
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
+            "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cur = await conn.execute(f'SELECT version FROM "{schema}".schema_migrations')
+        done = {row[0] for row in await cur.fetchall()}
+        await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        for path in files:
+            if path.name in done:
+                continue
+            await conn.execute(path.read_text())
+            await conn.execute(f'INSERT INTO "{schema}".schema_migrations (version) VALUES (%s)', (path.name,))
+            applied.append(path.name)
+        await conn.commit()
+    if applied:
+        log.info("migrations applied", schema=schema, versions=applied)
+    return applied
+
+
+async def open_pool(url: str, schema: str, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
+    """Open a connection pool whose connections see only the service's schema by default."""
+    pool = AsyncConnectionPool(
+        _with_search_path(url, schema), min_size=min_size, max_size=max_size, open=False, timeout=30
+    )
+    await pool.open(wait=True, timeout=30)
+    return pool

@@ -1,0 +1,60 @@
+"""Signed per-recipient addresses: the VERP return path and the Message-ID name campaign and recipient.
+
+The sender writes them; the bounce service reads them back from returned mail. The signature stops a
+forged bounce from error-stopping somebody else's subscriber.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+
+_RETURN_PATH = re.compile(r"^b-(\d+)-(\d+)-(\d+)-([a-z2-7]{10})@", re.IGNORECASE)
+_MESSAGE_ID = re.compile(r"<?mb\.(\d+)\.(\d+)\.(\d+)\.([a-z2-7]{10})@[^>]+>?", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RecipientRef:
+    """Which organisation, campaign and subscriber a message was for."""
+
+    organization_id: int
+    campaign_id: int
+    subscriber_id: int
+
+
+def _signature(key: bytes, ref: RecipientRef) -> str:
+    text = f"{ref.organization_id}.{ref.campaign_id}.{ref.subscriber_id}".encode()
+    digest = hmac.new(key, b"verp:" + text, hashlib.sha256).digest()
+    return base64.b32encode(digest)[:10].decode().lower()
+
+
+def return_path(key: bytes, ref: RecipientRef, domain: str) -> str:
+    """The envelope sender for one recipient's copy, e.g. b-1-42-1007-abcdefghij@bounces.example.com."""
+    sig = _signature(key, ref)
+    return f"b-{ref.organization_id}-{ref.campaign_id}-{ref.subscriber_id}-{sig}@{domain}"
+
+
+def message_id(key: bytes, ref: RecipientRef, domain: str) -> str:
+    """A Message-ID stable per campaign and recipient, so a resent copy folds into the first."""
+    sig = _signature(key, ref)
+    return f"<mb.{ref.organization_id}.{ref.campaign_id}.{ref.subscriber_id}.{sig}@{domain}>"
+
+
+def _checked(key: bytes, match: re.Match[str] | None) -> RecipientRef | None:
+    if match is None:
+        return None
+    ref = RecipientRef(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+    return ref if hmac.compare_digest(_signature(key, ref), match.group(4).lower()) else None
+
+
+def parse_return_path(key: bytes, address: str) -> RecipientRef | None:
+    """The recipient a VERP address stands for, or None when it is not one of ours or is forged."""
+    return _checked(key, _RETURN_PATH.match(address.strip().strip("<>")))
+
+
+def parse_message_id(key: bytes, value: str) -> RecipientRef | None:
+    """The recipient a Message-ID stands for, or None when it is not one of ours or is forged."""
+    return _checked(key, _MESSAGE_ID.search(value or ""))

@@ -1,0 +1,91 @@
+"""Fixtures that start the real servers the tests need: PostgreSQL, NATS with JetStream, SMTP with STARTTLS."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import ssl
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import pytest_asyncio
+
+from dev.embedded import start_nats, start_postgres
+from services.common.identity import IdentitySigner
+from tests.support.smtp import SmtpSink, make_self_signed
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server for the session: MAILBLAST_TEST_DATABASE_URL if given, else an embedded one."""
+    given = os.environ.get("MAILBLAST_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    server = start_postgres(tmp_path_factory.mktemp("pg") / "data", durable=False)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"mbtest_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg.conninfo.make_conninfo(postgres_server_url, dbname=name)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    """An isolated NATS server with JetStream for each test."""
+    server = start_nats(tmp_path / "nats")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 'localhost' and 127.0.0.1."""
+    return make_self_signed(tmp_path_factory.mktemp("tls"), "localhost")
+
+
+@pytest.fixture(scope="session")
+def client_tls_context(tls_files: tuple[Path, Path]) -> ssl.SSLContext:
+    """A client TLS context that trusts the test certificate."""
+    return ssl.create_default_context(cafile=str(tls_files[0]))
+
+
+@pytest_asyncio.fixture
+async def smtp_sink(tls_files: tuple[Path, Path]):
+    """A real SMTP server (aiosmtpd) offering STARTTLS, recording every message it accepts."""
+    sink = SmtpSink(*tls_files)
+    sink.start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
+
+
+@pytest.fixture
+def internal_key() -> bytes:
+    """The key services sign each other's identity with."""
+    return secrets.token_bytes(32)
+
+
+@pytest.fixture
+def signer(internal_key: bytes) -> IdentitySigner:
+    """A signer for service identities."""
+    return IdentitySigner(internal_key)
