@@ -41,14 +41,14 @@ class _Handler:
     def __init__(self, catcher: SmtpCatcher) -> None:
         self.catcher = catcher
 
-    async def handle_RCPT(self, server, session: Session, envelope: Envelope, address: str, options):  # noqa: ANN001, N802
+    async def handle_RCPT(self, server, session: Session, envelope: Envelope, address: str, options):
         reply = self.catcher._reply_for(address)
         if reply is not None:
             return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session: Session, envelope: Envelope):  # noqa: ANN001, N802
+    async def handle_DATA(self, server, session: Session, envelope: Envelope):
         # After STARTTLS aiosmtpd keeps the TLS transport's extra info on the session.
         extra = session.ssl or {}
         ssl_object = extra.get("ssl_object")
@@ -65,7 +65,7 @@ class _Handler:
 
 
 class _Controller(Controller):
-    def __init__(self, handler: _Handler, tls_context: ssl.SSLContext, require_starttls: bool, **kw) -> None:  # noqa: ANN003
+    def __init__(self, handler: _Handler, tls_context: ssl.SSLContext, require_starttls: bool, **kw) -> None:
         self._tls_context = tls_context
         self._require_starttls = require_starttls
         super().__init__(handler, **kw)
@@ -100,9 +100,7 @@ class SmtpCatcher:
         self.reply: RecipientReply | None = None
         self._offers: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._controller = _Controller(
-            _Handler(self), context, require_starttls, hostname="127.0.0.1", port=self.port
-        )
+        self._controller = _Controller(_Handler(self), context, require_starttls, hostname="127.0.0.1", port=self.port)
 
     def start(self) -> None:
         """Start listening (in a thread of its own)."""

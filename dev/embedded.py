@@ -112,7 +112,7 @@ def start_postgres(
         )  # fmt: skip
     port = port or free_port()
     log_path = log_path or data_dir.parent / "postgres.log"
-    log = open(log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
+    log = open(log_path, "ab")
     proc = subprocess.Popen(
         [str(bin_dir / "postgres"), "-D", str(data_dir), "-h", "127.0.0.1", "-p", str(port),
          "-k", str(data_dir), "-c", "max_connections=300", "-c", f"fsync={'on' if durable else 'off'}"],
@@ -150,7 +150,7 @@ def start_nats(store_dir: Path, port: int | None = None, log_path: Path | None =
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log_path = log_path or store_dir.parent / "nats.log"
-    log = open(log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
+    log = open(log_path, "ab")
     proc = subprocess.Popen(
         [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)],
         stdout=log, stderr=subprocess.STDOUT,

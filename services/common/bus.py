@@ -148,9 +148,7 @@ class PullConsumer:
             max_ack_pending=self.max_ack_pending,
             filter_subject=self.subject,
         )
-        self._sub = await self.js.pull_subscribe(
-            self.subject, durable=self.durable, stream=self.stream, config=config
-        )
+        self._sub = await self.js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream, config=config)
 
     async def run_once(self, timeout: float = 1.0) -> int:
         """Fetch up to `batch` messages (waiting at most `timeout`), hand them over, return how many."""

@@ -52,7 +52,7 @@ class _IdentityInterceptor(grpc.aio.ServerInterceptor):
             return await self._resolve_token(auth[7:].strip())
         raise errors.Unauthenticated("missing credentials: send 'authorization: Bearer <API token>'")
 
-    async def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001
+    async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(_PUBLIC_PREFIXES):
             return handler
@@ -61,7 +61,7 @@ class _IdentityInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             inner = handler.unary_unary
 
-            async def unary_unary(request, context):  # noqa: ANN001
+            async def unary_unary(request, context):
                 try:
                     token = set_principal(await outer._principal(context.invocation_metadata()))
                 except errors.ServiceError as exc:
@@ -79,7 +79,7 @@ class _IdentityInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream:
             inner_stream = handler.unary_stream
 
-            async def unary_stream(request, context):  # noqa: ANN001
+            async def unary_stream(request, context):
                 try:
                     token = set_principal(await outer._principal(context.invocation_metadata()))
                 except errors.ServiceError as exc:
@@ -146,24 +146,24 @@ class _OutgoingIdentity(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStre
         self._signer = signer
         self._service = service
 
-    def _details(self, details):  # noqa: ANN001
+    def _details(self, details):
         principal = peek_principal()
         metadata = list(details.metadata or [])
         if principal is None or any(k == IDENTITY_HEADER for k, _ in metadata):
             return details
         metadata.append((IDENTITY_HEADER, self._signer.sign(principal.acting_as(self._service))))
-        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _with_metadata(
-            details, metadata
+        return (
+            details._replace(metadata=metadata) if hasattr(details, "_replace") else _with_metadata(details, metadata)
         )
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # noqa: ANN001
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
         return await continuation(self._details(client_call_details), request)
 
-    async def intercept_unary_stream(self, continuation, client_call_details, request):  # noqa: ANN001
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
         return await continuation(self._details(client_call_details), request)
 
 
-def _with_metadata(details, metadata):  # noqa: ANN001
+def _with_metadata(details, metadata):
     return grpc.aio.ClientCallDetails(
         details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
     )

@@ -1,0 +1,33 @@
+"""Settings of the campaigns service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import env_bytes_secret, env_int, env_str
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the campaigns service reads from the environment."""
+
+    database_url: str
+    nats_url: str
+    internal_key: bytes
+    lists_addr: str
+    auth_addr: str = ""
+    grpc_bind: str = "0.0.0.0:50053"
+    batch_size: int = 500
+
+    @classmethod
+    def from_env(cls) -> Config:
+        """Read CAMPAIGNS_* and the shared variables."""
+        return cls(
+            database_url=env_str("DATABASE_URL"),
+            nats_url=env_str("NATS_URL"),
+            internal_key=env_bytes_secret("MAILBLAST_INTERNAL_KEY"),
+            lists_addr=env_str("LISTS_ADDR"),
+            auth_addr=env_str("AUTH_ADDR", ""),
+            grpc_bind=env_str("CAMPAIGNS_GRPC_BIND", "0.0.0.0:50053"),
+            batch_size=env_int("CAMPAIGNS_BATCH_SIZE", 500),
+        )

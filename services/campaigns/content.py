@@ -1,0 +1,85 @@
+"""What a campaign says, checked before it is stored: addresses, header-safe text, template syntax."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from email_validator import EmailNotValidError, validate_email
+from jinja2 import TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
+
+from services.common.errors import InvalidArgument
+
+# Characters that could end a header line or confuse a mail client: C0 controls, DEL, and the Unicode
+# line and paragraph separators.
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]")
+_PARSER = SandboxedEnvironment()
+
+
+@dataclass(frozen=True)
+class CampaignDraft:
+    """The fields a user gives when creating a campaign."""
+
+    name: str
+    list_ids: tuple[int, ...]
+    from_name: str
+    from_address: str
+    reply_to: str
+    subject: str
+    html_body: str
+    text_body: str
+
+
+def _header_text(field: str, value: str, max_len: int, required: bool) -> str:
+    value = value.strip()
+    if required and not value:
+        raise InvalidArgument(f"{field} is required")
+    if _HEADER_UNSAFE.search(value):
+        raise InvalidArgument(f"{field} must not contain line breaks or control characters")
+    if len(value) > max_len:
+        raise InvalidArgument(f"{field} is longer than {max_len} characters")
+    return value
+
+
+def _address(field: str, value: str, required: bool) -> str:
+    value = _header_text(field, value, 254, required)
+    if not value:
+        return ""
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise InvalidArgument(f"{field} {value!r} is not an email address: {exc}") from None
+
+
+def _template(field: str, source: str) -> None:
+    try:
+        _PARSER.parse(source)
+    except TemplateSyntaxError as exc:
+        raise InvalidArgument(f"{field} has a template error on line {exc.lineno}: {exc.message}") from None
+
+
+def validate_draft(draft: CampaignDraft) -> CampaignDraft:
+    """Return the draft cleaned up, or raise InvalidArgument naming the first thing wrong."""
+    if not draft.list_ids:
+        raise InvalidArgument("list_ids: a campaign needs at least one list")
+    if any(list_id <= 0 for list_id in draft.list_ids):
+        raise InvalidArgument("list_ids: list ids are positive numbers")
+    if not draft.html_body.strip() and not draft.text_body.strip():
+        raise InvalidArgument("a campaign needs an HTML body, a text body or both")
+    for field, source in (
+        ("subject", draft.subject),
+        ("html_body", draft.html_body),
+        ("text_body", draft.text_body),
+    ):
+        _template(field, source)
+    return CampaignDraft(
+        name=_header_text("name", draft.name, 200, True),
+        list_ids=tuple(dict.fromkeys(draft.list_ids)),
+        from_name=_header_text("from_name", draft.from_name, 200, False),
+        from_address=_address("from_address", draft.from_address, True),
+        reply_to=_address("reply_to", draft.reply_to, False),
+        subject=_header_text("subject", draft.subject, 900, True),
+        html_body=draft.html_body,
+        text_body=draft.text_body,
+    )

@@ -1,0 +1,120 @@
+"""CampaignsService: protobuf in and out, domain errors raised; the work is in store and fanout."""
+
+from __future__ import annotations
+
+import grpc
+from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc, lists_pb2, lists_pb2_grpc
+from opentelemetry import trace
+
+from services.campaigns.content import CampaignDraft, validate_draft
+from services.campaigns.fanout import FanOut
+from services.campaigns.store import CampaignRow, CampaignStore
+from services.common.errors import FailedPrecondition, NotFound
+from services.common.identity import require_scope
+
+tracer = trace.get_tracer("mailblast.campaigns")
+
+_STATES = {
+    "draft": campaigns_pb2.CAMPAIGN_STATE_DRAFT,
+    "sending": campaigns_pb2.CAMPAIGN_STATE_SENDING,
+    "paused": campaigns_pb2.CAMPAIGN_STATE_PAUSED,
+    "sent": campaigns_pb2.CAMPAIGN_STATE_SENT,
+    "cancelled": campaigns_pb2.CAMPAIGN_STATE_CANCELLED,
+}
+
+
+def to_proto(row: CampaignRow) -> campaigns_pb2.Campaign:
+    """The wire form of a stored campaign."""
+    campaign = campaigns_pb2.Campaign(
+        id=row.id,
+        name=row.name,
+        state=_STATES[row.state],
+        list_ids=row.list_ids,
+        from_name=row.from_name,
+        from_address=row.from_address,
+        reply_to=row.reply_to,
+        subject=row.subject,
+        html_body=row.html_body,
+        text_body=row.text_body,
+        fanout_complete=row.fanout_complete,
+        counters=campaigns_pb2.CampaignCounters(
+            total=row.total, queued=row.queued, sent=row.sent, deferred=row.deferred,
+            bounced=row.bounced, failed=row.failed,
+        ),
+    )  # fmt: skip
+    campaign.created_at.FromDatetime(row.created_at)
+    if row.started_at:
+        campaign.started_at.FromDatetime(row.started_at)
+    if row.finished_at:
+        campaign.finished_at.FromDatetime(row.finished_at)
+    return campaign
+
+
+class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
+    """Campaign CRUD and sending, always within the caller's organisation."""
+
+    def __init__(self, store: CampaignStore, fanout: FanOut, lists: lists_pb2_grpc.ListsServiceStub) -> None:
+        self._store = store
+        self._fanout = fanout
+        self._lists = lists
+
+    async def _get(self, organization_id: int, campaign_id: int) -> CampaignRow:
+        row = await self._store.get(organization_id, campaign_id)
+        if row is None:
+            raise NotFound(f"campaign {campaign_id} not found")
+        return row
+
+    async def CreateCampaign(self, request, context):
+        principal = require_scope("send")
+        draft = validate_draft(
+            CampaignDraft(
+                name=request.name, list_ids=tuple(request.list_ids), from_name=request.from_name,
+                from_address=request.from_address, reply_to=request.reply_to, subject=request.subject,
+                html_body=request.html_body, text_body=request.text_body,
+            )
+        )  # fmt: skip
+        for list_id in draft.list_ids:
+            try:
+                await self._lists.GetList(lists_pb2.GetListRequest(list_id=list_id), timeout=10)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    raise NotFound(f"list {list_id} not found") from None
+                raise
+        return to_proto(await self._store.create(principal.organization_id, draft))
+
+    async def GetCampaign(self, request, context):
+        principal = require_scope("read")
+        return to_proto(await self._get(principal.organization_id, request.campaign_id))
+
+    async def ListCampaigns(self, request, context):
+        principal = require_scope("read")
+        rows = await self._store.list(principal.organization_id)
+        return campaigns_pb2.ListCampaignsResponse(campaigns=[to_proto(r) for r in rows])
+
+    async def _transition(self, campaign_id: int, allowed: tuple[str, ...], to: str, verb: str) -> CampaignRow:
+        principal = require_scope("send")
+        before, after = await self._store.change_state(principal.organization_id, campaign_id, allowed, to)
+        if before is None:
+            raise NotFound(f"campaign {campaign_id} not found")
+        if after is None:
+            raise FailedPrecondition(f"campaign {campaign_id} is {before.state}; only a {' or '.join(allowed)} "
+                                     f"campaign can be {verb}")  # fmt: skip
+        return after
+
+    async def SendCampaign(self, request, context):
+        with tracer.start_as_current_span("campaign.send", attributes={"mailblast.campaign_id": request.campaign_id}):
+            row = await self._transition(request.campaign_id, ("draft",), "sending", "sent")
+            self._fanout.start(row)
+            return to_proto(row)
+
+    async def PauseCampaign(self, request, context):
+        return to_proto(await self._transition(request.campaign_id, ("sending",), "paused", "paused"))
+
+    async def ResumeCampaign(self, request, context):
+        row = await self._transition(request.campaign_id, ("paused",), "sending", "resumed")
+        self._fanout.start(row)
+        return to_proto(row)
+
+    async def CancelCampaign(self, request, context):
+        allowed = ("draft", "sending", "paused")
+        return to_proto(await self._transition(request.campaign_id, allowed, "cancelled", "cancelled"))

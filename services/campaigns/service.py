@@ -1,0 +1,96 @@
+"""The campaigns service process: schema, NATS, fan-out, counters and the gRPC API."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc, lists_pb2_grpc
+from nats.aio.client import Client as NATS
+from psycopg_pool import AsyncConnectionPool
+
+from services.campaigns.config import Config
+from services.campaigns.consumers import bounce_consumer, delivery_consumer
+from services.campaigns.fanout import FanOut
+from services.campaigns.grpc_api import CampaignsServicer
+from services.campaigns.store import CampaignStore
+from services.common import bus, db
+from services.common.identity import IdentitySigner
+from services.common.rpc import GrpcServer, auth_token_resolver, service_channel, start_grpc_server
+
+SCHEMA = "campaigns"
+SQL_DIR = Path(__file__).parent / "sql"
+
+
+@dataclass
+class Running:
+    """A started campaigns service."""
+
+    grpc_server: GrpcServer
+    pool: AsyncConnectionPool
+    nc: NATS
+    fanout: FanOut
+    store: CampaignStore
+    delivery_consumer: bus.PullConsumer
+    bounce_consumer: bus.PullConsumer
+    channels: list[grpc.aio.Channel]
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def grpc_port(self) -> int:
+        """The bound gRPC port."""
+        return self.grpc_server.port
+
+    async def stop(self) -> None:
+        """Stop serving, fanning out and consuming; progress is kept for the next start."""
+        await self.grpc_server.stop()
+        self._stop.set()
+        await self.fanout.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for consumer in (self.delivery_consumer, self.bounce_consumer):
+            await consumer.stop()
+        await self.nc.drain()
+        for channel in self.channels:
+            await channel.close()
+        await self.pool.close()
+
+
+async def start(config: Config, run_consumers: bool = True) -> Running:
+    """Migrate, connect and serve; resume any fan-out a previous process left unfinished."""
+    await db.migrate(config.database_url, SCHEMA, SQL_DIR)
+    pool = await db.open_pool(config.database_url, SCHEMA, max_size=10)
+    store = CampaignStore(pool)
+    nc, js = await bus.connect(config.nats_url, "campaigns")
+    signer = IdentitySigner(config.internal_key)
+    lists_channel = service_channel(config.lists_addr, signer, "campaigns")
+    channels = [lists_channel]
+    lists = lists_pb2_grpc.ListsServiceStub(lists_channel)
+    resolver = None
+    if config.auth_addr:
+        auth_channel = service_channel(config.auth_addr, signer, "campaigns")
+        channels.append(auth_channel)
+        resolver = auth_token_resolver(auth_channel, signer, "campaigns")
+    fanout = FanOut(store, js, lists, config.batch_size)
+    servicer = CampaignsServicer(store, fanout, lists)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        campaigns_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, server)
+        return [campaigns_pb2.DESCRIPTOR.services_by_name["CampaignsService"].full_name]
+
+    grpc_server = await start_grpc_server(config.grpc_bind, register, signer, resolver)
+    deliveries = delivery_consumer(js, store)
+    bounces = bounce_consumer(js, store)
+    await deliveries.start()
+    await bounces.start()
+    running = Running(grpc_server, pool, nc, fanout, store, deliveries, bounces, channels)
+    if run_consumers:
+        running._tasks = [
+            asyncio.create_task(deliveries.run(running._stop), name="campaigns-delivery"),
+            asyncio.create_task(bounces.run(running._stop), name="campaigns-bounces"),
+        ]
+    for campaign in await store.unfinished_fanouts():
+        fanout.start(campaign)
+    return running

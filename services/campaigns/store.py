@@ -1,0 +1,225 @@
+"""The campaigns schema: campaigns, their fan-out progress and per-recipient delivery state."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from psycopg import AsyncConnection
+from psycopg.rows import class_row
+from psycopg_pool import AsyncConnectionPool
+
+from services.campaigns.content import CampaignDraft
+
+
+@dataclass
+class CampaignRow:
+    """One campaign as stored."""
+
+    id: int
+    organization_id: int
+    name: str
+    state: str
+    list_ids: list[int]
+    from_name: str
+    from_address: str
+    reply_to: str
+    subject: str
+    html_body: str
+    text_body: str
+    total: int
+    published_batches: int
+    last_subscriber_id: int
+    fanout_complete: bool
+    sent: int
+    deferred: int
+    bounced: int
+    failed: int
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+    @property
+    def queued(self) -> int:
+        """Handed to the senders with no outcome yet."""
+        return max(0, self.total - self.sent - self.deferred - self.bounced - self.failed)
+
+
+@dataclass(frozen=True)
+class RecipientOutcome:
+    """The state one event puts one recipient in."""
+
+    campaign_id: int
+    subscriber_id: int
+    email: str
+    status: str  # deferred, sent, bounced, failed
+    smtp_code: int
+
+
+_COLUMNS = """id, organization_id, name, state, list_ids, from_name, from_address, reply_to, subject,
+    html_body, text_body, total, published_batches, last_subscriber_id, fanout_complete, sent, deferred,
+    bounced, failed, created_at, started_at, finished_at"""
+
+INSERT_CAMPAIGN = f"""
+INSERT INTO campaigns (organization_id, name, list_ids, from_name, from_address, reply_to, subject,
+                       html_body, text_body)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+RETURNING {_COLUMNS}"""
+
+SELECT_CAMPAIGN = f"SELECT {_COLUMNS} FROM campaigns WHERE id = %s AND organization_id = %s"
+SELECT_CAMPAIGN_FOR_UPDATE = SELECT_CAMPAIGN + " FOR UPDATE"
+SELECT_CAMPAIGNS = f"SELECT {_COLUMNS} FROM campaigns WHERE organization_id = %s ORDER BY id DESC LIMIT 500"
+SELECT_UNFINISHED_FANOUTS = f"SELECT {_COLUMNS} FROM campaigns WHERE state = 'sending' AND NOT fanout_complete"
+
+SET_STATE = f"""
+UPDATE campaigns SET state = %(state)s,
+    started_at = CASE WHEN %(state)s = 'sending' THEN coalesce(started_at, now()) ELSE started_at END,
+    finished_at = CASE WHEN %(state)s IN ('sent', 'cancelled') THEN now() ELSE finished_at END
+WHERE id = %(id)s RETURNING {_COLUMNS}"""
+
+RECORD_BATCH = """
+UPDATE campaigns SET published_batches = %s, last_subscriber_id = %s, total = total + %s
+WHERE id = %s AND published_batches = %s"""
+
+FINISH_FANOUT = "UPDATE campaigns SET fanout_complete = true WHERE id = %s"
+
+# Finished once every handed-out recipient has a final outcome.
+COMPLETE_IF_DONE = """
+UPDATE campaigns SET state = 'sent', finished_at = now()
+WHERE id = %s AND state = 'sending' AND fanout_complete AND sent + bounced + failed >= total"""
+
+LOCK_CAMPAIGN = "SELECT id FROM campaigns WHERE id = %s FOR UPDATE"
+SELECT_STATUSES = """
+SELECT subscriber_id, status FROM campaign_deliveries WHERE campaign_id = %s AND subscriber_id = ANY(%s)"""
+UPSERT_DELIVERY = """
+INSERT INTO campaign_deliveries (campaign_id, subscriber_id, email, status, smtp_code)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (campaign_id, subscriber_id) DO UPDATE
+SET status = EXCLUDED.status, smtp_code = EXCLUDED.smtp_code, updated_at = now()"""
+ADD_COUNTERS = """
+UPDATE campaigns SET sent = sent + %s, deferred = deferred + %s, bounced = bounced + %s, failed = failed + %s
+WHERE id = %s"""
+CLAIM_BOUNCE = "INSERT INTO processed_bounces (bounce_id) VALUES (%s) ON CONFLICT DO NOTHING"
+
+
+def transition(old: str | None, new: str) -> bool:
+    """Whether an event moving a recipient from `old` to `new` is applied (events may arrive late or twice)."""
+    if old is None or old == "deferred":
+        return True
+    # A bounce can come back after the receiving server first accepted the message.
+    return old == "sent" and new == "bounced"
+
+
+class CampaignStore:
+    """Named SQL over the service's pool."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def create(self, organization_id: int, draft: CampaignDraft) -> CampaignRow:
+        """Insert a draft campaign."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(CampaignRow))
+            await cur.execute(
+                INSERT_CAMPAIGN,
+                (organization_id, draft.name, list(draft.list_ids), draft.from_name, draft.from_address,
+                 draft.reply_to, draft.subject, draft.html_body, draft.text_body),
+            )  # fmt: skip
+            return await cur.fetchone()
+
+    async def get(self, organization_id: int, campaign_id: int) -> CampaignRow | None:
+        """One campaign of the organisation, or None."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(CampaignRow))
+            await cur.execute(SELECT_CAMPAIGN, (campaign_id, organization_id))
+            return await cur.fetchone()
+
+    async def list(self, organization_id: int) -> list[CampaignRow]:
+        """The organisation's campaigns, newest first."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(CampaignRow))
+            await cur.execute(SELECT_CAMPAIGNS, (organization_id,))
+            return await cur.fetchall()
+
+    async def change_state(
+        self, organization_id: int, campaign_id: int, allowed_from: Iterable[str], to: str
+    ) -> tuple[CampaignRow | None, CampaignRow | None]:
+        """Move a campaign to `to` if it is in one of `allowed_from`; returns (before, after)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=class_row(CampaignRow))
+            await cur.execute(SELECT_CAMPAIGN_FOR_UPDATE, (campaign_id, organization_id))
+            before = await cur.fetchone()
+            if before is None or before.state not in allowed_from:
+                return before, None
+            await cur.execute(SET_STATE, {"state": to, "id": campaign_id})
+            return before, await cur.fetchone()
+
+    async def unfinished_fanouts(self) -> list[CampaignRow]:
+        """Campaigns whose fan-out was interrupted (by a restart) and must continue."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(CampaignRow))
+            await cur.execute(SELECT_UNFINISHED_FANOUTS)
+            return await cur.fetchall()
+
+    async def record_batch(self, campaign_id: int, batch_number: int, last_subscriber_id: int, size: int) -> None:
+        """Remember that batch `batch_number` was published (idempotent for a republished batch)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(RECORD_BATCH, (batch_number, last_subscriber_id, size, campaign_id, batch_number - 1))
+
+    async def finish_fanout(self, campaign_id: int) -> None:
+        """Mark every recipient handed out, and complete the campaign if all outcomes are in."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(FINISH_FANOUT, (campaign_id,))
+            await conn.execute(COMPLETE_IF_DONE, (campaign_id,))
+
+    async def apply_outcomes(self, outcomes: list[RecipientOutcome], bounce_ids: list[str] = ()) -> None:
+        """Apply delivery outcomes to recipient states and counters in one transaction."""
+        by_campaign: dict[int, list[RecipientOutcome]] = {}
+        async with self.pool.connection() as conn, conn.transaction():
+            fresh = await _claim_bounces(conn, bounce_ids, outcomes) if bounce_ids else outcomes
+            for outcome in fresh:
+                by_campaign.setdefault(outcome.campaign_id, []).append(outcome)
+            for campaign_id in sorted(by_campaign):
+                await _apply_campaign(conn, campaign_id, by_campaign[campaign_id])
+
+
+async def _claim_bounces(
+    conn: AsyncConnection, bounce_ids: list[str], outcomes: list[RecipientOutcome]
+) -> list[RecipientOutcome]:
+    fresh = []
+    for bounce_id, outcome in zip(bounce_ids, outcomes, strict=True):
+        cur = await conn.execute(CLAIM_BOUNCE, (bounce_id,))
+        if cur.rowcount:
+            fresh.append(outcome)
+    return fresh
+
+
+async def _apply_campaign(conn: AsyncConnection, campaign_id: int, outcomes: list[RecipientOutcome]) -> None:
+    # Serialise updates per campaign so the counters move exactly with the recipient states.
+    cur = await conn.execute(LOCK_CAMPAIGN, (campaign_id,))
+    if await cur.fetchone() is None:
+        return
+    latest: dict[int, RecipientOutcome] = {}
+    for outcome in outcomes:
+        previous = latest.get(outcome.subscriber_id)
+        if previous is None or transition(previous.status, outcome.status):
+            latest[outcome.subscriber_id] = outcome
+    cur = await conn.execute(SELECT_STATUSES, (campaign_id, list(latest)))
+    current = dict(await cur.fetchall())
+    delta = {"sent": 0, "deferred": 0, "bounced": 0, "failed": 0}
+    rows = []
+    for subscriber_id, outcome in latest.items():
+        old = current.get(subscriber_id)
+        if old == outcome.status or not transition(old, outcome.status):
+            continue
+        if old is not None:
+            delta[old] -= 1
+        delta[outcome.status] += 1
+        rows.append((campaign_id, subscriber_id, outcome.email, outcome.status, outcome.smtp_code))
+    if not rows:
+        return
+    async with conn.cursor() as wcur:
+        await wcur.executemany(UPSERT_DELIVERY, rows)
+    await conn.execute(ADD_COUNTERS, (delta["sent"], delta["deferred"], delta["bounced"], delta["failed"], campaign_id))
+    await conn.execute(COMPLETE_IF_DONE, (campaign_id,))
