@@ -118,6 +118,7 @@ def start_postgres(
          "-k", str(data_dir), "-c", "max_connections=300", "-c", f"fsync={'on' if durable else 'off'}"],
         stdout=log, stderr=subprocess.STDOUT, user=user, start_new_session=False,
     )  # fmt: skip
+    log.close()  # the child keeps its own descriptor
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     deadline = time.monotonic() + 60
     while True:
@@ -155,5 +156,6 @@ def start_nats(store_dir: Path, port: int | None = None, log_path: Path | None =
         [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
+    log.close()  # the child keeps its own descriptor
     wait_for_port("127.0.0.1", port, 30, proc)
     return EmbeddedServer("nats", f"nats://127.0.0.1:{port}", proc, log_path)
