@@ -91,11 +91,14 @@ class SmtpCatcher:
         port: int | None = None,
         require_starttls: bool = False,
         store_dir: Path | None = None,
+        keep_in_memory: bool = True,
     ) -> None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(str(cert), str(key))
         self.port = port or free_port()
         self.store_dir = store_dir
+        self.keep_in_memory = keep_in_memory
+        self.count = 0
         self.messages: list[CaughtMessage] = []
         self.reply: RecipientReply | None = None
         self._offers: dict[str, int] = {}
@@ -120,8 +123,10 @@ class SmtpCatcher:
 
     def _keep(self, message: CaughtMessage) -> None:
         with self._lock:
-            self.messages.append(message)
-            index = len(self.messages)
+            self.count += 1
+            index = self.count
+            if self.keep_in_memory:
+                self.messages.append(message)
         if self.store_dir is not None:
             stem = self.store_dir / f"{int(message.received_at * 1000)}-{index:07d}"
             stem.with_suffix(".eml").write_bytes(message.data)
@@ -154,3 +159,31 @@ class SmtpCatcher:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"expected {count} messages, {got} arrived within {timeout:.0f}s")
             await asyncio.sleep(0.05)
+
+
+def main() -> None:
+    """Run a catcher on its own (benchmarks use it as a sink in a process of its own)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="SMTP catcher with STARTTLS")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", type=Path, required=True)
+    parser.add_argument("--key", type=Path, required=True)
+    parser.add_argument("--store-dir", type=Path)
+    parser.add_argument("--count-file", type=Path, help="write the number of messages received here")
+    args = parser.parse_args()
+    catcher = SmtpCatcher(args.cert, args.key, args.port, store_dir=args.store_dir, keep_in_memory=False)
+    catcher.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"catcher listening on 127.0.0.1:{catcher.port}", flush=True)
+    while not stop.wait(0.2):
+        if args.count_file:
+            args.count_file.write_text(str(catcher.count))
+    catcher.stop()
+
+
+if __name__ == "__main__":
+    main()
