@@ -1,0 +1,35 @@
+"""Settings of the bounce service, all from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import env_bytes_secret, env_int, env_str
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the bounce service needs to start."""
+
+    database_url: str
+    nats_url: str
+    internal_key: bytes
+    auth_addr: str = ""
+    grpc_bind: str = "0.0.0.0:50055"
+    smtp_bind: str = "0.0.0.0:2525"
+    smtp_hostname: str = "bounce.mailblast.localhost"
+    max_message_bytes: int = 10 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls) -> Config:
+        """Read DATABASE_URL, NATS_URL, MAILBLAST_INTERNAL_KEY(_FILE), AUTH_ADDR and BOUNCE_*."""
+        return cls(
+            database_url=env_str("DATABASE_URL"),
+            nats_url=env_str("NATS_URL"),
+            internal_key=env_bytes_secret("MAILBLAST_INTERNAL_KEY"),
+            auth_addr=env_str("AUTH_ADDR", ""),
+            grpc_bind=env_str("BOUNCE_GRPC_BIND", "0.0.0.0:50055"),
+            smtp_bind=env_str("BOUNCE_SMTP_BIND", "0.0.0.0:2525"),
+            smtp_hostname=env_str("BOUNCE_SMTP_HOSTNAME", "bounce.mailblast.localhost"),
+            max_message_bytes=env_int("BOUNCE_MAX_MESSAGE_BYTES", 10 * 1024 * 1024),
+        )

@@ -1,0 +1,419 @@
+"""Reading returned mail: RFC 3464 DSNs, ARF feedback reports, auto-replies and MTAs' plain-text bounces.
+
+`parse_bounce` works on the message alone and says, per failed recipient, who it was, what the server
+said and how to count it; deciding which of our subscribers it was (attribution) is a separate step.
+"""
+
+from __future__ import annotations
+
+import email
+import re
+from dataclasses import dataclass, field
+from email.message import Message
+from email.policy import compat32
+from email.utils import getaddresses
+
+from services.bounce.classify import (
+    COMPLAINT,
+    Verdict,
+    classify,
+    find_reply_code,
+    find_status,
+    refused_at_data,
+)
+
+BOUNCE = "bounce"
+FEEDBACK_REPORT = "feedback-report"
+AUTO_REPLY = "auto-reply"
+DELIVERED_DSN = "delivered-dsn"
+NOT_BOUNCE = "not-bounce"
+
+# Actions (RFC 3464 2.3.3) that say the message did not fail.
+_NOT_FAILED_ACTIONS = frozenset({"delayed", "delivered", "relayed", "expanded"})
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """What happened to one recipient according to the returned message."""
+
+    email: str
+    kind: str  # hard, soft or complaint
+    reason: str
+    status: str = ""
+    action: str = ""
+    diagnostic: str = ""
+    smtp_code: int = 0
+    remote_mta: str = ""
+
+
+@dataclass(frozen=True)
+class BounceReport:
+    """A parsed returned message: what kind of report it is and its failed recipients."""
+
+    kind: str
+    recipients: tuple[RecipientResult, ...] = ()
+    message_id: str = ""
+    date: str = ""
+    # Message-IDs of the returned original (its Message-ID, In-Reply-To, References), for attribution.
+    original_message_ids: tuple[str, ...] = field(default_factory=tuple)
+
+
+_ADDRESS = re.compile(
+    r"(?<![\w.+=-])([a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+)",
+    re.IGNORECASE,
+)
+_SYSTEM_LOCALPARTS = re.compile(
+    r"^(?:mailer-daemon|postmaster|mail-daemon|maildaemon|root|daemon|noreply|no-reply|nobody|"
+    r"bounces?|abuse|majordomo|listserv|mailerdaemon|mail\.delivery\.system|mdaemon|"
+    r"microsoftexchange[0-9a-f]*|fbl|feedback|arf)$",
+    re.IGNORECASE,
+)
+_BOUNCE_SENDER = re.compile(
+    r"mailer-?daemon|postmaster|mail ?delivery|delivery ?subsystem|mail administrator|"
+    r"system administrator|microsoftexchange|mdaemon|mail ?system|notification",
+    re.IGNORECASE,
+)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|undelivered|delivery (?:status|failure|notification|has failed|failed|problem|report)|"
+    r"returned mail|returned to sender|failure notice|mail delivery|non[- ]?delivery|could not be delivered|"
+    r"delivery unsuccessful|mail (?:failure|not delivered|could not)|rejected|bounce|not delivered|"
+    r"nondeliverable|unzustellbar|warning: message|message status|failed delivery|delivery error|"
+    r"permanent error|error sending|message you sent|unable to deliver|problem with your",
+    re.IGNORECASE,
+)
+_AUTO_REPLY_SUBJECT = re.compile(
+    r"^\s*(?:re:\s*)?(?:auto(?:matic)?[ -]?(?:reply|response|antwort)|out of (?:the )?office|"
+    r"away (?:from|until)|vacation|abwesen|absence|autoreply|auto:|on leave|r[ée]ponse automatique)",
+    re.IGNORECASE,
+)
+# Where the quoted original starts in a plain-text bounce: the notice ends there.
+_ORIGINAL_STARTS = re.compile(
+    r"^[ \t]*(?:-{2,}|={2,}|\*{2,})?[ \t]*(?:"
+    r"original message|below this line is a copy|this is a copy of the|the original message|"
+    r"original message follows|returned message|unsent message|undelivered message|"
+    r"headers? of (?:the )?(?:original|your) message|copy of (?:the )?(?:original|your) message|"
+    r"message text follows|your message (?:reads|follows)|the header of the original|"
+    r"content-type: message/rfc822|original headers?|(?:message )?headers follow)"
+    r"|^(?:received|return-path|x-original-to|delivered-to|dkim-signature): ",
+    re.IGNORECASE | re.MULTILINE,
+)
+_HEADERISH_LINE = re.compile(
+    r"^\s*(?:message-id|in-reply-to|references|received|by|with|id|from|sender|reply-to|return-path|"
+    r"x-[\w-]+|dkim-signature|list-[\w-]+|date|subject)\s*[:\s]",
+    re.IGNORECASE,
+)
+
+
+def _decoded_text(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if payload is None:
+        inner = part.get_payload()
+        if isinstance(inner, list):
+            return "\n\n".join(m.as_string() if isinstance(m, Message) else str(m) for m in inner)
+        return str(inner or "")
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return payload.decode(charset, errors="replace")
+    except LookupError:
+        return payload.decode("utf-8", errors="replace")
+
+
+def _strip_html(text: str) -> str:
+    text = re.sub(r"(?is)<(script|style).*?</\1>", " ", text)
+    text = re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>", "\n", text)
+    text = re.sub(r"<[^>]+>", " ", text)
+    return re.sub(r"&nbsp;|&#160;", " ", text).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _fields(block: str) -> list[tuple[str, str]]:
+    """RFC 822-style fields of one block, continuation lines unfolded."""
+    out: list[tuple[str, str]] = []
+    for line in block.splitlines():
+        if line[:1] in (" ", "\t") and out:
+            name, value = out[-1]
+            out[-1] = (name, f"{value} {line.strip()}")
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            out.append((name.strip().lower(), value.strip()))
+    return out
+
+
+def _address_of(value: str) -> str:
+    """The address of a DSN field such as 'rfc822; <user@example.com>'."""
+    _, _, value = value.rpartition(";") if ";" in value else ("", "", value)
+    match = _ADDRESS.search(value)
+    return match.group(1).lower() if match else ""
+
+
+def _strip_type(value: str) -> str:
+    return value.split(";", 1)[1].strip() if ";" in value else value.strip()
+
+
+@dataclass
+class _Parts:
+    delivery_status: list[str] = field(default_factory=list)
+    feedback: list[str] = field(default_factory=list)
+    original_headers: list[Message] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+
+def _collect(msg: Message, parts: _Parts) -> None:
+    ctype = msg.get_content_type()
+    if ctype in ("message/delivery-status", "message/global-delivery-status", "text/delivery-status"):
+        parts.delivery_status.append(_decoded_text(msg))
+    elif ctype == "message/feedback-report":
+        parts.feedback.append(_decoded_text(msg))
+    elif ctype in ("message/rfc822", "message/global"):
+        inner = msg.get_payload()
+        if isinstance(inner, list) and inner and isinstance(inner[0], Message):
+            parts.original_headers.append(inner[0])
+        elif isinstance(inner, str):
+            parts.original_headers.append(email.message_from_string(inner, policy=compat32))
+    elif ctype in ("text/rfc822-headers", "message/rfc822-headers", "text/rfc822-header"):
+        parts.original_headers.append(email.message_from_string(_decoded_text(msg), policy=compat32))
+    elif msg.is_multipart():
+        for sub in msg.get_payload():
+            if isinstance(sub, Message):
+                _collect(sub, parts)
+    elif ctype == "text/plain" or (ctype.startswith("text/") and ctype != "text/html"):
+        parts.texts.append(_decoded_text(msg))
+    elif ctype == "text/html":
+        parts.texts.append(_strip_html(_decoded_text(msg)))
+
+
+def _message_ids(headers: list[Message], msg: Message) -> tuple[str, ...]:
+    ids: list[str] = []
+    for h in headers:
+        for name in ("Message-ID", "In-Reply-To", "References"):
+            ids.extend(str(v) for v in h.get_all(name, []))
+    for name in ("In-Reply-To", "References"):
+        ids.extend(str(v) for v in msg.get_all(name, []))
+    return tuple(ids)
+
+
+def _dsn_recipients(blocks_text: str, notice: str) -> list[RecipientResult]:
+    blocks = [b for b in re.split(r"\n[ \t]*\n", blocks_text.replace("\r\n", "\n")) if b.strip()]
+    per_message: dict[str, str] = {}
+    results: list[RecipientResult] = []
+    for block in blocks:
+        fields = _fields(block)
+        names = {n for n, _ in fields}
+        if "final-recipient" not in names and "original-recipient" not in names:
+            if not results:
+                per_message.update(dict(fields))
+            continue
+        values = dict(fields)
+        recipient = _address_of(values.get("final-recipient", "")) or _address_of(values.get("original-recipient", ""))
+        if not recipient and values.get("original-recipient"):
+            recipient = _address_of(values["original-recipient"])
+        diagnostic = _strip_type(values.get("diagnostic-code", ""))
+        status = find_status(values.get("status", ""))
+        action = values.get("action", "").strip().lower().split()[0] if values.get("action") else ""
+        remote = _strip_type(values.get("remote-mta", "") or per_message.get("reporting-mta", ""))
+        results.append(_result(recipient, status, action, diagnostic, remote, _notice_about(notice, recipient)))
+    return results
+
+
+def _notice_about(notice: str, recipient: str) -> str:
+    """The lines of the human-readable notice that speak of one recipient (or all of it)."""
+    if not recipient:
+        return notice
+    at = notice.lower().find(recipient.lower())
+    if at < 0:
+        return notice
+    return notice[at : at + 800]
+
+
+def _result(recipient: str, status: str, action: str, diagnostic: str, remote: str, context: str) -> RecipientResult:
+    code = find_reply_code(diagnostic)
+    text = diagnostic if diagnostic.strip() else context
+    verdict = classify(status, text, code)
+    # A vague or missing diagnostic: let the notice's words sharpen the verdict.
+    if verdict.reason in ("undefined", "filtered", "securityerror", "rejected", "syntaxerror") and context:
+        sharper = classify(status if status[2:] not in ("0.0",) else "", f"{text}\n{context}", code)
+        if sharper.reason not in ("undefined",):
+            verdict = sharper
+    if verdict.kind == "hard" and refused_at_data(f"{diagnostic}\n{context}"):
+        verdict = Verdict("soft", "filtered")
+    return RecipientResult(
+        email=recipient,
+        kind=verdict.kind,
+        reason=verdict.reason,
+        status=status or find_status(text),
+        action=action,
+        diagnostic=" ".join(diagnostic.split())[:1000],
+        smtp_code=code or find_reply_code(text),
+        remote_mta=remote,
+    )
+
+
+def _notice_text(parts: _Parts) -> str:
+    text = "\n".join(parts.texts).replace("\r\n", "\n")
+    match = _ORIGINAL_STARTS.search(text)
+    return text[: match.start()] if match and match.start() > 40 else text
+
+
+def _inline_original(parts: _Parts) -> Message | None:
+    """The headers of an original message quoted as text after the notice, if any."""
+    text = "\n".join(parts.texts).replace("\r\n", "\n")
+    match = _ORIGINAL_STARTS.search(text)
+    if not match:
+        return None
+    rest = text[match.start() :]
+    if not re.match(r"(?i)(?:received|return-path|x-original-to|delivered-to|dkim-signature): ", rest):
+        rest = rest.split("\n", 1)[1] if "\n" in rest else ""
+    return email.message_from_string(rest.lstrip("\n"), policy=compat32)
+
+
+def _excluded_addresses(msg: Message, parts: _Parts) -> set[str]:
+    excluded: set[str] = set()
+    for name in ("From", "To", "Sender", "Return-Path", "Reply-To", "Cc", "Delivered-To"):
+        for _, addr in getaddresses([str(v) for v in msg.get_all(name, [])]):
+            excluded.add(addr.lower())
+    for h in parts.original_headers:
+        for name in ("From", "Sender", "Return-Path", "Reply-To"):
+            for _, addr in getaddresses([str(v) for v in h.get_all(name, [])]):
+                excluded.add(addr.lower())
+    return excluded
+
+
+# Plain-text bounces: the line that names a failed recipient, in the shapes the common MTAs write.
+_RECIPIENT_LINES = (
+    # qmail, Postfix without DSN, Courier: "<user@host>:" at the start of a line.
+    re.compile(r"^[ \t]*<([^<>\s]+@[^<>\s]+)>:?", re.MULTILINE),
+    # Exim, Sendmail, many others: the address alone, indented, on its own line.
+    re.compile(r"^[ \t]*<?([^<>\s:;,()\"]+@[^<>\s:;,()\"]+?)>?[ \t]*(?:\(.*\))?[ \t]*:?[ \t]*$", re.MULTILINE),
+    # Any address in angle brackets.
+    re.compile(r"<([^<>\s:;,()\"]+@[^<>\s:;,()\"]+)>"),
+    # "... to <user@host>" / "RCPT TO:<user@host>" / "recipient: user@host"
+    re.compile(
+        r"(?:rcpt to:?|recipients?:|to:|for|address:|addressed to|delivery to|deliver to|"
+        r"following address(?:es)?[^:\n]*:|mailbox|user)\s*<?([^<>\s:;,()\"]+@[^<>\s:;,()\"]+?)>?[\s.,;:)]",
+        re.IGNORECASE,
+    ),
+)
+
+
+def _text_recipients(notice: str, excluded: set[str]) -> list[str]:
+    found: list[str] = []
+
+    def usable(addr: str) -> bool:
+        addr = addr.lower().strip(".")
+        local = addr.split("@", 1)[0]
+        return (
+            bool(_ADDRESS.fullmatch(addr))
+            and addr not in excluded
+            and not _SYSTEM_LOCALPARTS.match(local)
+            and addr not in found
+        )
+
+    for pattern in _RECIPIENT_LINES:
+        for match in pattern.finditer(notice):
+            addr = match.group(1).lower().strip(".")
+            line_start = notice.rfind("\n", 0, match.start()) + 1
+            line = notice[line_start : notice.find("\n", match.start()) % (len(notice) + 1)]
+            if _HEADERISH_LINE.match(line) and "rcpt to" not in line.lower():
+                continue
+            if usable(addr):
+                found.append(addr)
+        if found:
+            return found
+    for match in _ADDRESS.finditer(notice):
+        line_start = notice.rfind("\n", 0, match.start()) + 1
+        if _HEADERISH_LINE.match(notice[line_start : match.start()] + " "):
+            continue
+        if usable(match.group(1)):
+            found.append(match.group(1).lower().strip("."))
+    return found
+
+
+def _looks_like_bounce(msg: Message, notice: str) -> bool:
+    sender = f"{msg.get('From', '')} {msg.get('Return-Path', '')}"
+    subject = str(msg.get("Subject", ""))
+    if _BOUNCE_SENDER.search(sender) or _BOUNCE_SUBJECT.search(subject):
+        return True
+    if msg.get("Return-Path", "").strip() in ("<>", ""):
+        return bool(re.search(r"deliver|undeliver|permanent|failed|rejected", notice, re.IGNORECASE))
+    return False
+
+
+def _is_auto_reply(msg: Message) -> bool:
+    auto = str(msg.get("Auto-Submitted", "")).lower()
+    if any(msg.get(h) for h in ("X-Autoreply", "X-Autorespond", "X-Autoresponder", "X-Vacation")):
+        return True
+    if str(msg.get("Precedence", "")).lower().strip() == "auto_reply":
+        return True
+    subject = str(msg.get("Subject", ""))
+    return (auto.startswith("auto-replied") and not _BOUNCE_SUBJECT.search(subject)) or bool(
+        _AUTO_REPLY_SUBJECT.search(subject)
+    )
+
+
+def _feedback_recipients(parts: _Parts, msg: Message) -> list[RecipientResult]:
+    fields: dict[str, str] = {}
+    for report in parts.feedback:
+        for name, value in _fields(report.replace("\r\n", "\n")):
+            fields.setdefault(name, value)
+    recipients = [_address_of(v) for k, v in fields.items() if k in ("original-rcpt-to", "removal-recipient")]
+    if not any(recipients):
+        for h in parts.original_headers:
+            recipients.extend(a.lower() for _, a in getaddresses([str(v) for v in h.get_all("To", [])]))
+    diagnostic = fields.get("feedback-type", "abuse")
+    return [
+        RecipientResult(email=r, kind=COMPLAINT, reason="feedback", diagnostic=diagnostic)
+        for r in dict.fromkeys(recipients)
+        if r
+    ]
+
+
+def parse_bounce(raw: bytes | str | Message) -> BounceReport:
+    """Parse a returned message into its kind and per-recipient results (no attribution here)."""
+    if isinstance(raw, Message):
+        msg = raw
+    elif isinstance(raw, bytes):
+        msg = email.message_from_bytes(raw, policy=compat32)
+    else:
+        msg = email.message_from_string(raw, policy=compat32)
+    parts = _Parts()
+    _collect(msg, parts)
+    base = {
+        "message_id": str(msg.get("Message-ID", "") or "").strip(),
+        "date": str(msg.get("Date", "") or "").strip(),
+        "original_message_ids": _message_ids(parts.original_headers, msg),
+    }
+    report_type = (msg.get_param("report-type") or "") if msg.get_content_type() == "multipart/report" else ""
+    if parts.feedback or str(report_type).lower() == "feedback-report":
+        return BounceReport(FEEDBACK_REPORT, tuple(_feedback_recipients(parts, msg)), **base)
+    notice = _notice_text(parts)
+    if parts.delivery_status:
+        results = _dsn_recipients("\n\n".join(parts.delivery_status), notice)
+        failed = [r for r in results if r.action not in _NOT_FAILED_ACTIONS]
+        if results and not failed:
+            return BounceReport(DELIVERED_DSN, tuple(results), **base)
+        if failed:
+            return BounceReport(BOUNCE, tuple(failed), **base)
+    if _is_auto_reply(msg) and not _looks_like_bounce(msg, ""):
+        sender = [a.lower() for _, a in getaddresses([str(msg.get("From", ""))]) if a]
+        return BounceReport(
+            AUTO_REPLY, tuple(RecipientResult(email=s, kind="soft", reason="vacation") for s in sender), **base
+        )
+    if not _looks_like_bounce(msg, notice):
+        return BounceReport(NOT_BOUNCE, (), **base)
+    addresses = _text_recipients(notice, _excluded_addresses(msg, parts))
+    if not addresses:
+        inline = _inline_original(parts)
+        for h in [*parts.original_headers, *([inline] if inline is not None else [])]:
+            addresses.extend(a.lower() for _, a in getaddresses([str(v) for v in h.get_all("To", [])]) if a)
+    if not addresses:
+        addresses = [""]
+    results = [
+        _result(addr, find_status(_notice_about(notice, addr)), "failed", "", "", _notice_about(notice, addr))
+        for addr in dict.fromkeys(addresses)
+    ]
+    return BounceReport(BOUNCE, tuple(results), **base)
+
+
+def looks_failed(verdict: Verdict) -> bool:
+    """True for a verdict that is a bounce or complaint."""
+    return verdict.kind in ("hard", "soft", COMPLAINT)

@@ -1,0 +1,119 @@
+"""Start and stop the bounce service: schema, NATS, the delivery consumer, inbound SMTP and gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiosmtpd.smtp import SMTP
+from mailblast.v1 import bounce_pb2_grpc
+from nats.aio.client import Client as NATS
+from psycopg_pool import AsyncConnectionPool
+
+from services.bounce.config import Config
+from services.bounce.consumers import delivery_consumer
+from services.bounce.grpc_api import BounceServicer
+from services.bounce.recorder import BounceRecorder
+from services.bounce.smtp import BounceHandler
+from services.bounce.store import BounceStore
+from services.common import bus, db, rpc
+from services.common.identity import IdentitySigner
+from services.common.log import get_logger
+
+log = get_logger(__name__)
+SCHEMA = "bounce"
+SQL_DIR = Path(__file__).parent / "sql"
+
+
+def _host_port(bind: str) -> tuple[str, int]:
+    host, _, port = bind.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass
+class Running:
+    """A started bounce service; `.grpc_port`, `.smtp_port`, and `.consumer` for tests' run_once."""
+
+    grpc_port: int
+    smtp_port: int
+    consumer: bus.PullConsumer
+    recorder: BounceRecorder
+    _grpc: rpc.GrpcServer
+    _smtp: asyncio.base_events.Server
+    _nc: NATS
+    _pool: AsyncConnectionPool
+    _stop: asyncio.Event
+    _consumer_task: asyncio.Task | None
+
+    async def stop(self) -> None:
+        """Stop taking mail and calls, finish the batch under way, close connections."""
+        self._smtp.close()
+        await self._smtp.wait_closed()
+        await self._grpc.stop()
+        self._stop.set()
+        if self._consumer_task is not None:
+            self._consumer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._consumer_task
+        await self.consumer.stop()
+        await self._nc.drain()
+        await self._pool.close()
+
+
+async def start(config: Config, run_consumers: bool = True) -> Running:
+    """Migrate, connect, and start the consumer, the SMTP listener and the gRPC server.
+
+    With run_consumers=False the consumer is bound but not looped, for tests that call run_once.
+    """
+    await db.migrate(config.database_url, SCHEMA, SQL_DIR)
+    pool = await db.open_pool(config.database_url, SCHEMA)
+    nc, js = await bus.connect(config.nats_url, "bounce")
+    store = BounceStore(pool)
+    recorder = BounceRecorder(store, js, config.internal_key)
+
+    consumer = delivery_consumer(js, recorder)
+    await consumer.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop), name="bounce-delivery") if run_consumers else None
+
+    handler = BounceHandler(config.internal_key, recorder.record_returned_message)
+    host, port = _host_port(config.smtp_bind)
+    loop = asyncio.get_running_loop()
+    smtp_server = await loop.create_server(
+        lambda: SMTP(
+            handler,
+            hostname=config.smtp_hostname,
+            data_size_limit=config.max_message_bytes,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+        ),
+        host=host,
+        port=port,
+    )
+    smtp_port = smtp_server.sockets[0].getsockname()[1]
+
+    signer = IdentitySigner(config.internal_key)
+    resolver = None
+    if config.auth_addr:
+        resolver = rpc.auth_token_resolver(rpc.service_channel(config.auth_addr, signer, "bounce"), signer, "bounce")
+
+    def register(server):
+        bounce_pb2_grpc.add_BounceServiceServicer_to_server(BounceServicer(store), server)
+        return ["mailblast.v1.BounceService"]
+
+    grpc_server = await rpc.start_grpc_server(config.grpc_bind, register, signer, resolver)
+    log.info("bounce service started", grpc_port=grpc_server.port, smtp_port=smtp_port)
+    return Running(
+        grpc_port=grpc_server.port,
+        smtp_port=smtp_port,
+        consumer=consumer,
+        recorder=recorder,
+        _grpc=grpc_server,
+        _smtp=smtp_server,
+        _nc=nc,
+        _pool=pool,
+        _stop=stop,
+        _consumer_task=task,
+    )
