@@ -1,0 +1,77 @@
+"""Rules for organisations, users and token scopes, checked before anything is stored."""
+
+from __future__ import annotations
+
+import re
+
+from email_validator import EmailNotValidError, validate_email
+
+from services.common.errors import InvalidArgument
+from services.common.identity import ROLES, SCOPES
+
+# A token never grants more than its user's role allows.
+ROLE_SCOPES: dict[str, tuple[str, ...]] = {
+    "owner": ("read", "send", "admin"),
+    "admin": ("read", "send", "admin"),
+    "editor": ("read", "send"),
+    "viewer": ("read",),
+}
+
+MAX_LOGIN = 64
+MAX_NAME = 200
+
+
+# Unicode category Cc (C0, DEL, C1) plus the line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _has_control(text: str) -> bool:
+    return _CONTROL.search(text) is not None
+
+
+def check_text(field: str, value: str, max_length: int) -> str:
+    """Return a one-line text field, or refuse it naming the field."""
+    if not value.strip():
+        raise InvalidArgument(f"{field} must not be empty")
+    if len(value) > max_length:
+        raise InvalidArgument(f"{field} is longer than {max_length} characters")
+    if _has_control(value):
+        raise InvalidArgument(f"{field} {value!r} contains line breaks or control characters")
+    return value
+
+
+def check_login(login: str) -> str:
+    """Return a valid login: non-empty, one line, at most 64 characters."""
+    return check_text("login", login, MAX_LOGIN)
+
+
+def check_email(email: str) -> str:
+    """Return the normalised address, or refuse it saying why."""
+    try:
+        return validate_email(email, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise InvalidArgument(f"{email!r} is not an email address: {exc}") from None
+
+
+def check_role(role: str) -> str:
+    """Return a known role."""
+    if role not in ROLES:
+        raise InvalidArgument(f"role {role!r} is not one of {', '.join(ROLES)}")
+    return role
+
+
+def check_scopes(scopes: list[str], role: str) -> tuple[str, ...]:
+    """Return the requested scopes, de-duplicated, if each is known and allowed by the user's role."""
+    if not scopes:
+        raise InvalidArgument(f"give at least one scope of {', '.join(SCOPES)}")
+    for scope in scopes:
+        if scope not in SCOPES:
+            raise InvalidArgument(f"scope {scope!r} is not one of {', '.join(SCOPES)}")
+        if scope not in ROLE_SCOPES[role]:
+            raise InvalidArgument(f"scope {scope!r} is more than a user with role {role!r} may have")
+    return tuple(dict.fromkeys(scopes))
+
+
+def effective_scopes(token_scopes: list[str], role: str) -> tuple[str, ...]:
+    """The scopes a token grants today: its own, bounded by its user's current role."""
+    return tuple(s for s in token_scopes if s in ROLE_SCOPES.get(role, ()))

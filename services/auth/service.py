@@ -1,0 +1,57 @@
+"""Starting and stopping the auth service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from mailblast.v1 import auth_pb2, auth_pb2_grpc
+from psycopg_pool import AsyncConnectionPool
+
+from services.auth.authenticate import TokenAuthenticator
+from services.auth.config import Config
+from services.auth.grpc_api import AuthServicer
+from services.auth.store import AuthStore
+from services.common import db
+from services.common.identity import IdentitySigner
+from services.common.rpc import GrpcServer, start_grpc_server
+
+SCHEMA = "auth"
+SQL_DIR = Path(__file__).parent / "sql"
+
+
+class Running:
+    """A started auth service."""
+
+    def __init__(self, server: GrpcServer, pool: AsyncConnectionPool) -> None:
+        self._server = server
+        self._pool = pool
+        self.grpc_port = server.port
+
+    async def stop(self) -> None:
+        """Finish calls under way, then close the database pool."""
+        await self._server.stop()
+        await self._pool.close()
+
+
+async def start(config: Config) -> Running:
+    """Migrate the auth schema, open its pool and serve gRPC."""
+    await db.migrate(config.database_url, SCHEMA, SQL_DIR)
+    pool = await db.open_pool(config.database_url, SCHEMA)
+    try:
+        store = AuthStore(pool)
+        authenticator = TokenAuthenticator(store)
+        servicer = AuthServicer(store, authenticator)
+
+        def register(server: grpc.aio.Server) -> list[str]:
+            auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
+            return [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name]
+
+        # Auth answers its own bearer tokens locally, so users can manage tokens with a token.
+        server = await start_grpc_server(
+            config.grpc_bind, register, IdentitySigner(config.internal_key), resolve_token=authenticator
+        )
+    except BaseException:
+        await pool.close()
+        raise
+    return Running(server, pool)

@@ -1,0 +1,34 @@
+"""Settings of the lists service, all from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import env_bytes_secret, env_int, env_str
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the lists service needs to start."""
+
+    database_url: str
+    nats_url: str
+    internal_key: bytes
+    grpc_bind: str = "0.0.0.0:50052"
+    # Where to check users' bearer tokens; None accepts signed service identities only.
+    auth_addr: str | None = None
+    hard_bounce_threshold: int = 3
+    # Tests drive the bounce consumer with run_once instead.
+    consume_in_background: bool = True
+
+    @classmethod
+    def from_env(cls) -> Config:
+        """Read DATABASE_URL, NATS_URL, MAILBLAST_INTERNAL_KEY(_FILE), AUTH_ADDR, LISTS_*."""
+        return cls(
+            database_url=env_str("DATABASE_URL"),
+            nats_url=env_str("NATS_URL"),
+            internal_key=env_bytes_secret("MAILBLAST_INTERNAL_KEY"),
+            grpc_bind=env_str("LISTS_GRPC_BIND", "0.0.0.0:50052"),
+            auth_addr=env_str("AUTH_ADDR", "") or None,
+            hard_bounce_threshold=env_int("LISTS_HARD_BOUNCE_THRESHOLD", 3),
+        )

@@ -1,0 +1,107 @@
+"""Starting and stopping the lists service: database, NATS bounce consumer, gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import grpc
+from mailblast.v1 import lists_pb2, lists_pb2_grpc
+from nats.aio.client import Client as NATS
+from psycopg_pool import AsyncConnectionPool
+
+from services.common import bus, db
+from services.common.identity import IdentitySigner
+from services.common.log import get_logger
+from services.common.rpc import GrpcServer, auth_token_resolver, service_channel, start_grpc_server
+from services.lists.config import Config
+from services.lists.consumers import BounceConsumer
+from services.lists.grpc_api import ListsServicer
+from services.lists.store import ListsStore
+
+log = get_logger(__name__)
+
+SCHEMA = "lists"
+SQL_DIR = Path(__file__).parent / "sql"
+SERVICE_NAME = "lists"
+
+
+class Running:
+    """A started lists service; `bounce_consumer` can be stepped with run_once."""
+
+    def __init__(
+        self,
+        server: GrpcServer,
+        pool: AsyncConnectionPool,
+        nc: NATS,
+        bounce_consumer: BounceConsumer,
+        auth_channel: grpc.aio.Channel | None,
+    ) -> None:
+        self._server = server
+        self._pool = pool
+        self._nc = nc
+        self._auth_channel = auth_channel
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.bounce_consumer = bounce_consumer
+        self.grpc_port = server.port
+
+    def run_in_background(self) -> None:
+        """Consume bounce events until stop()."""
+        self._tasks.append(asyncio.create_task(self.bounce_consumer.run(self._stop), name="lists-bounces"))
+
+    async def stop(self) -> None:
+        """Stop consuming, finish calls under way, then close NATS, the auth channel and the pool."""
+        self._stop.set()
+        for task in self._tasks:
+            # The loop notices the stop event within one fetch timeout; don't wait longer than that.
+            try:
+                await asyncio.wait_for(task, timeout=5)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._server.stop()
+        await self.bounce_consumer.stop()
+        await self._nc.drain()
+        if self._auth_channel is not None:
+            await self._auth_channel.close()
+        await self._pool.close()
+
+
+async def start(config: Config) -> Running:
+    """Migrate the lists schema, open its pool, bind the bounce consumer and serve gRPC."""
+    await db.migrate(config.database_url, SCHEMA, SQL_DIR)
+    pool = await db.open_pool(config.database_url, SCHEMA)
+    nc: NATS | None = None
+    auth_channel: grpc.aio.Channel | None = None
+    try:
+        store = ListsStore(pool)
+        nc, js = await bus.connect(config.nats_url, SERVICE_NAME)
+        consumer = BounceConsumer(js, store, config.hard_bounce_threshold)
+        await consumer.start()
+        signer = IdentitySigner(config.internal_key)
+        resolve_token = None
+        if config.auth_addr:
+            auth_channel = service_channel(config.auth_addr, signer, SERVICE_NAME)
+            resolve_token = auth_token_resolver(auth_channel, signer, SERVICE_NAME)
+        servicer = ListsServicer(store)
+
+        def register(server: grpc.aio.Server) -> list[str]:
+            lists_pb2_grpc.add_ListsServiceServicer_to_server(servicer, server)
+            return [lists_pb2.DESCRIPTOR.services_by_name["ListsService"].full_name]
+
+        server = await start_grpc_server(config.grpc_bind, register, signer, resolve_token=resolve_token)
+    except BaseException:
+        if auth_channel is not None:
+            await auth_channel.close()
+        if nc is not None:
+            await nc.close()
+        await pool.close()
+        raise
+    running = Running(server, pool, nc, consumer, auth_channel)
+    if config.consume_in_background:
+        running.run_in_background()
+    log.info("lists started", grpc_port=server.port, auth=bool(config.auth_addr))
+    return running

@@ -1,0 +1,161 @@
+"""Checking what people put into lists: addresses, names and custom fields, before anything is stored.
+
+Names and attribute values end up in message headers and bodies, so line breaks and other control
+characters are refused here rather than escaped later.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+
+from services.common.errors import InvalidArgument
+
+MAX_ROWS = 10_000
+MAX_NAME = 200
+MAX_LIST_NAME = 200
+MAX_DESCRIPTION = 2000
+MAX_ATTRIBUTES_JSON = 16 * 1024
+ATTRIBUTE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+@dataclass(frozen=True)
+class SubscriberRow:
+    """One row as given: address, name and the attributes as JSON text."""
+
+    email: str
+    name: str = ""
+    attributes_json: str = ""
+
+
+@dataclass(frozen=True)
+class ValidSubscriber:
+    """A row that passed: the normalised address and canonical attributes JSON."""
+
+    index: int
+    email: str
+    name: str
+    attributes_json: str
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """Why one row was refused."""
+
+    index: int
+    email: str
+    message: str
+
+
+# Unicode category Cc (C0, DEL, C1) plus the line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_control(text: str) -> bool:
+    """True if the text holds a line break, NUL or other control character."""
+    return _CONTROL.search(text) is not None
+
+
+def _describe(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def check_email(email: str) -> str:
+    """Return the address normalised (domain lower-cased, Unicode NFC), or raise ValueError saying why."""
+    if not email.strip():
+        raise ValueError("the email address is empty")
+    try:
+        return validate_email(email, check_deliverability=False, allow_smtputf8=True).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"{_describe(email)} is not an email address: {exc}") from None
+
+
+def check_name(name: str) -> str:
+    """Return a subscriber name that is one line of at most 200 characters."""
+    if len(name) > MAX_NAME:
+        raise ValueError(f"the name is longer than {MAX_NAME} characters")
+    if has_control(name):
+        raise ValueError(f"the name {_describe(name)} contains a line break or control character")
+    return name
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in attributes_json")
+
+
+def _check_value(key: str, value: Any) -> None:
+    if isinstance(value, str):
+        if has_control(value):
+            raise ValueError(f"attribute {key!r} contains a line break or control character")
+    elif isinstance(value, dict):
+        for inner_key, inner in value.items():
+            if has_control(inner_key):
+                raise ValueError(f"attribute {key!r} has a key with a control character")
+            _check_value(key, inner)
+    elif isinstance(value, list):
+        for inner in value:
+            _check_value(key, inner)
+
+
+def check_attributes(text: str) -> str:
+    """Return canonical JSON for an attributes object (empty means none), or raise ValueError saying why."""
+    if not text.strip():
+        return "{}"
+    if len(text) > MAX_ATTRIBUTES_JSON:
+        raise ValueError(f"attributes_json is longer than {MAX_ATTRIBUTES_JSON} bytes")
+    try:
+        # NaN and Infinity are not JSON and PostgreSQL would refuse them.
+        data = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"attributes_json is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError('attributes_json must be a JSON object such as {"plan": "gold"}')
+    for key, value in data.items():
+        if not ATTRIBUTE_KEY.fullmatch(key):
+            raise ValueError(
+                f"attribute name {_describe(key)} must be letters, digits or _, not start with a digit,"
+                " at most 64 characters"
+            )
+        _check_value(key, value)
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def check_rows(rows: Sequence[SubscriberRow]) -> tuple[list[ValidSubscriber], list[RowProblem]]:
+    """Split rows into valid subscribers and problems; a repeated address keeps its last valid row."""
+    if len(rows) > MAX_ROWS:
+        raise InvalidArgument(f"{len(rows)} rows is more than {MAX_ROWS} per call; send them in parts")
+    by_address: dict[str, ValidSubscriber] = {}
+    problems: list[RowProblem] = []
+    for index, row in enumerate(rows):
+        try:
+            email = check_email(row.email)
+            valid = ValidSubscriber(index, email, check_name(row.name), check_attributes(row.attributes_json))
+        except ValueError as exc:
+            problems.append(RowProblem(index, row.email, str(exc)))
+            continue
+        # The database treats addresses case-insensitively; so must the merge, or one statement
+        # would update the same row twice.
+        key = email.lower()
+        by_address.pop(key, None)
+        by_address[key] = valid
+    return list(by_address.values()), problems
+
+
+def check_list_fields(name: str, description: str) -> tuple[str, str]:
+    """Return a list's name and description, or refuse them saying why."""
+    if not name.strip():
+        raise InvalidArgument("the list name must not be empty")
+    if len(name) > MAX_LIST_NAME:
+        raise InvalidArgument(f"the list name is longer than {MAX_LIST_NAME} characters")
+    if has_control(name):
+        raise InvalidArgument(f"the list name {_describe(name)} contains a line break or control character")
+    if len(description) > MAX_DESCRIPTION:
+        raise InvalidArgument(f"the description is longer than {MAX_DESCRIPTION} characters")
+    if has_control(description.replace("\n", "")):
+        raise InvalidArgument("the description contains control characters")
+    return name, description
