@@ -174,7 +174,8 @@ class ListsServicer(lists_pb2_grpc.ListsServiceServicer):
         missing = set(list_ids) - await self._store.own_list_ids(principal.organization_id, list_ids)
         if missing:
             raise NotFound(f"no list {', '.join(map(str, sorted(missing)))} in your organisation")
-        after = 0
+        # An interrupted fan-out resumes after the last subscriber it handed out.
+        after = max(0, request.after_subscriber_id)
         while True:
             chunk = await self._store.recipients_after(principal.organization_id, list_ids, after, size)
             if not chunk:

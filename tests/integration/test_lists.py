@@ -94,10 +94,11 @@ async def all_subscribers(stub, signer: IdentitySigner, list_id: int) -> list[li
             return found
 
 
-async def stream(stub, metadata, list_ids, chunk_size=0) -> list[list[lists_pb2.Recipient]]:
+async def stream(stub, metadata, list_ids, chunk_size=0, after=0) -> list[list[lists_pb2.Recipient]]:
     """All chunks StreamRecipients yields."""
     call = stub.StreamRecipients(
-        lists_pb2.StreamRecipientsRequest(list_ids=list_ids, chunk_size=chunk_size), metadata=metadata
+        lists_pb2.StreamRecipientsRequest(list_ids=list_ids, chunk_size=chunk_size, after_subscriber_id=after),
+        metadata=metadata,
     )
     return [list(chunk.recipients) async for chunk in call]
 
@@ -272,6 +273,9 @@ async def test_stream_recipients_active_once_in_order(stub, signer: IdentitySign
     assert [len(chunk) for chunk in chunks] == [3, 3, 3, 1]
     ids = [r.subscriber_id for r in recipients]
     assert ids == sorted(set(ids))
+    # A fan-out interrupted after the fourth recipient resumes with the fifth.
+    resumed = await stream(stub, as_campaigns(signer), [a, b], chunk_size=3, after=ids[3])
+    assert [r.subscriber_id for chunk in resumed for r in chunk] == ids[4:]
 
     by_user = await stream(stub, as_user(signer, scopes=("read",)), [a])
     assert {r.email for chunk in by_user for r in chunk} == {f"s{i}@example.org" for i in (0, 2, 3, 4, 5, 7)}
