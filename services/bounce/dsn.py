@@ -7,8 +7,9 @@ said and how to count it; deciding which of our subscribers it was (attribution)
 from __future__ import annotations
 
 import email
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import Message
 from email.policy import compat32
 from email.utils import getaddresses
@@ -17,9 +18,9 @@ from services.bounce.classify import (
     COMPLAINT,
     Verdict,
     classify,
+    find_command,
     find_reply_code,
     find_status,
-    refused_at_data,
 )
 
 BOUNCE = "bounce"
@@ -30,6 +31,8 @@ NOT_BOUNCE = "not-bounce"
 
 # Actions (RFC 3464 2.3.3) that say the message did not fail.
 _NOT_FAILED_ACTIONS = frozenset({"delayed", "delivered", "relayed", "expanded"})
+# Reasons a status code alone gives loosely (Sisimai retries them): the notice may say more.
+_VAGUE_REASONS = frozenset({"undefined", "onhold", "systemerror", "securityerror", "networkerror", "syntaxerror"})
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ _SYSTEM_LOCALPARTS = re.compile(
     re.IGNORECASE,
 )
 _BOUNCE_SENDER = re.compile(
-    r"mailer-?daemon|postmaster|mail ?delivery|delivery ?subsystem|mail administrator|"
+    r"mailer-?daemon|post_?master|mail ?delivery|delivery ?subsystem|mail administrator|"
     r"system administrator|microsoftexchange|mdaemon|mail ?system|notification",
     re.IGNORECASE,
 )
@@ -222,20 +225,22 @@ def _notice_about(notice: str, recipient: str) -> str:
     at = notice.lower().find(recipient.lower())
     if at < 0:
         return notice
-    return notice[at : at + 800]
+    # From the start of the line naming the recipient: a transcript's ">>> RCPT To:<...>" counts.
+    start = notice.rfind("\n", 0, at) + 1
+    return notice[start : at + 800]
 
 
 def _result(recipient: str, status: str, action: str, diagnostic: str, remote: str, context: str) -> RecipientResult:
     code = find_reply_code(diagnostic)
     text = diagnostic if diagnostic.strip() else context
-    verdict = classify(status, text, code)
-    # A vague or missing diagnostic: let the notice's words sharpen the verdict.
-    if verdict.reason in ("undefined", "filtered", "securityerror", "rejected", "syntaxerror") and context:
-        sharper = classify(status if status[2:] not in ("0.0",) else "", f"{text}\n{context}", code)
-        if sharper.reason not in ("undefined",):
+    # The command the server was answering: the diagnostic's transcript first, else the notice's.
+    command = find_command(diagnostic) or find_command(context)
+    verdict = classify(status, text, code, command, action)
+    # A vague or missing diagnostic: let the notice's words about this recipient sharpen the verdict.
+    if verdict.reason in _VAGUE_REASONS and context and context != text:
+        sharper = classify(status, f"{text}\n{context}", code, command, action)
+        if sharper.reason not in ("undefined", "onhold"):
             verdict = sharper
-    if verdict.kind == "hard" and refused_at_data(f"{diagnostic}\n{context}"):
-        verdict = Verdict("soft", "filtered")
     return RecipientResult(
         email=recipient,
         kind=verdict.kind,
@@ -288,8 +293,10 @@ _RECIPIENT_LINES = (
     re.compile(r"<([^<>\s:;,()\"]+@[^<>\s:;,()\"]+)>"),
     # "... to <user@host>" / "RCPT TO:<user@host>" / "recipient: user@host"
     re.compile(
-        r"(?:rcpt to:?|recipients?:|to:|for|address:|addressed to|delivery to|deliver to|"
-        r"following address(?:es)?[^:\n]*:|mailbox|user)\s*<?([^<>\s:;,()\"]+@[^<>\s:;,()\"]+?)>?[\s.,;:)]",
+        r"(?<![\w-])(?:rcpt to:?|recipients?:|to:|for|address:|addressed to|delivery to|deliver to|"
+        r"following address(?:es)?[^:\n]*:|mailbox|user)(?![\w-])"
+        # The address ends at a separator, or at a full stop that ends the sentence.
+        r"\s*<?([^<>\s:;,()\"]+@[^<>\s:;,()\"]+?)>?(?=[\s,;:)]|\.(?:\s|$)|$)",
         re.IGNORECASE,
     ),
 )
@@ -367,6 +374,81 @@ def _feedback_recipients(parts: _Parts, msg: Message) -> list[RecipientResult]:
     ]
 
 
+def _json_documents(texts: list[str]) -> list[dict]:
+    """JSON objects carried as a message body, unwrapping an SNS envelope's "Message" string."""
+    docs: list[dict] = []
+    for text in texts:
+        start = text.find("{")
+        if start < 0 or text[:start].strip():
+            continue
+        # Sendmail breaks lines over 990 characters with "!" + newline + space: undo that first.
+        body = re.sub(r"!\r?\n ", "", text[start:])
+        try:
+            doc = json.JSONDecoder(strict=False).raw_decode(body)[0]
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("Message"), str):
+            try:
+                doc = json.loads(doc["Message"], strict=False)
+            except ValueError:
+                continue
+        if isinstance(doc, dict):
+            docs.append(doc)
+    return docs
+
+
+def _ses_notification(docs: list[dict]) -> tuple[str, list[RecipientResult]] | None:
+    """An Amazon SES bounce or complaint notification (JSON, often inside an SNS envelope), if any."""
+    for doc in docs:
+        kind = str(doc.get("notificationType") or doc.get("eventType") or "").lower()
+        if kind == "bounce" and isinstance(doc.get("bounce"), dict):
+            bounce = doc["bounce"]
+            transient = str(bounce.get("bounceType", "")).lower() == "transient"
+            results = []
+            for rcpt in bounce.get("bouncedRecipients") or []:
+                if not isinstance(rcpt, dict) or not _address_of(str(rcpt.get("emailAddress", ""))):
+                    continue
+                result = _result(
+                    _address_of(str(rcpt["emailAddress"])),
+                    find_status(str(rcpt.get("status", ""))),
+                    str(rcpt.get("action", "failed")).lower(),
+                    _strip_type(str(rcpt.get("diagnosticCode", ""))),
+                    str(bounce.get("reportingMTA", "")),
+                    "",
+                )
+                if transient and result.kind == "hard":
+                    # SES says the failure is temporary: never count it as a gone address.
+                    result = replace(result, kind="soft")
+                results.append(result)
+            return BOUNCE, results
+        if kind == "complaint" and isinstance(doc.get("complaint"), dict):
+            complaint = doc["complaint"]
+            feedback = str(complaint.get("complaintFeedbackType") or "abuse")
+            emails = [_address_of(str(r.get("emailAddress", ""))) for r in complaint.get("complainedRecipients") or []]
+            return FEEDBACK_REPORT, [
+                RecipientResult(email=e, kind=COMPLAINT, reason="feedback", diagnostic=feedback)
+                for e in dict.fromkeys(emails)
+                if e
+            ]
+    return None
+
+
+def _unsubscribe_request(msg: Message) -> list[RecipientResult]:
+    """A mailbox provider's one-click unsubscribe sent by mail (List-Unsubscribe mailto): an opt-out."""
+    subject = str(msg.get("Subject", "")).strip().lower()
+    automatic = str(msg.get("Auto-Submitted", "")).lower().startswith("auto-")
+    if not (
+        str(msg.get("X-Apple-Unsubscribe", "")).strip().lower() == "true" or (automatic and subject == "unsubscribe")
+    ):
+        return []
+    sender = [a.lower() for _, a in getaddresses([str(msg.get("From", ""))]) if a]
+    return [RecipientResult(email=s, kind=COMPLAINT, reason="feedback", diagnostic="opt-out") for s in sender]
+
+
+# Complaint loops that forward the reported message without an RFC 5965 feedback part (Microsoft's).
+_COMPLAINT_SUBJECT = re.compile(r"^\s*complaint about message from\b", re.IGNORECASE)
+
+
 def parse_bounce(raw: bytes | str | Message) -> BounceReport:
     """Parse a returned message into its kind and per-recipient results (no attribution here)."""
     if isinstance(raw, Message):
@@ -385,6 +467,14 @@ def parse_bounce(raw: bytes | str | Message) -> BounceReport:
     report_type = (msg.get_param("report-type") or "") if msg.get_content_type() == "multipart/report" else ""
     if parts.feedback or str(report_type).lower() == "feedback-report":
         return BounceReport(FEEDBACK_REPORT, tuple(_feedback_recipients(parts, msg)), **base)
+    if _COMPLAINT_SUBJECT.match(str(msg.get("Subject", ""))) and parts.original_headers:
+        return BounceReport(FEEDBACK_REPORT, tuple(_feedback_recipients(parts, msg)), **base)
+    ses = _ses_notification(_json_documents(parts.texts))
+    if ses is not None:
+        return BounceReport(ses[0], tuple(ses[1]), **base)
+    unsubscribe = _unsubscribe_request(msg)
+    if unsubscribe:
+        return BounceReport(FEEDBACK_REPORT, tuple(unsubscribe), **base)
     notice = _notice_text(parts)
     if parts.delivery_status:
         results = _dsn_recipients("\n\n".join(parts.delivery_status), notice)
@@ -407,10 +497,10 @@ def parse_bounce(raw: bytes | str | Message) -> BounceReport:
             addresses.extend(a.lower() for _, a in getaddresses([str(v) for v in h.get_all("To", [])]) if a)
     if not addresses:
         addresses = [""]
-    results = [
-        _result(addr, find_status(_notice_about(notice, addr)), "failed", "", "", _notice_about(notice, addr))
-        for addr in dict.fromkeys(addresses)
-    ]
+    addresses = list(dict.fromkeys(addresses))
+    # A notice about one recipient speaks of it throughout, also in lines before its address.
+    about = {addr: notice if len(addresses) == 1 else _notice_about(notice, addr) for addr in addresses}
+    results = [_result(addr, find_status(about[addr]), "failed", "", "", about[addr]) for addr in addresses]
     return BounceReport(BOUNCE, tuple(results), **base)
 
 

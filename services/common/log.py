@@ -40,4 +40,4 @@ def configure_logging(service: str, level: str = "INFO") -> None:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """Return a logger tagged with the module name."""
-    return structlog.get_logger(logger=name)
+    return structlog.get_logger(logger_name=name)

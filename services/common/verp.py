@@ -58,3 +58,28 @@ def parse_return_path(key: bytes, address: str) -> RecipientRef | None:
 def parse_message_id(key: bytes, value: str) -> RecipientRef | None:
     """The recipient a Message-ID stands for, or None when it is not one of ours or is forged."""
     return _checked(key, _MESSAGE_ID.search(value or ""))
+
+
+def _unsubscribe_mac(key: bytes, body: str) -> str:
+    digest = hmac.new(key, b"unsubscribe:" + body.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+
+
+def unsubscribe_token(key: bytes, ref: RecipientRef) -> str:
+    """A URL-safe signed token naming one recipient of one campaign, for the List-Unsubscribe link."""
+    body = f"{ref.organization_id}.{ref.campaign_id}.{ref.subscriber_id}"
+    return f"{body}.{_unsubscribe_mac(key, body)}"
+
+
+_UNSUBSCRIBE_TOKEN = re.compile(r"^(\d{1,19})\.(\d{1,19})\.(\d{1,19})\.([A-Za-z0-9_-]{22})$")
+
+
+def parse_unsubscribe_token(key: bytes, token: str) -> RecipientRef | None:
+    """The recipient an unsubscribe token stands for, or None when it is malformed or forged."""
+    match = _UNSUBSCRIBE_TOKEN.match((token or "").strip())
+    if match is None:
+        return None
+    body = ".".join(match.group(1, 2, 3))
+    if not hmac.compare_digest(_unsubscribe_mac(key, body), match.group(4)):
+        return None
+    return RecipientRef(int(match.group(1)), int(match.group(2)), int(match.group(3)))

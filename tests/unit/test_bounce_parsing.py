@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from services.bounce.attribution import attribute, dsn_bounce_id, smtp_bounce_id
-from services.bounce.classify import classify
-from services.bounce.dsn import BOUNCE, DELIVERED_DSN, parse_bounce
+from services.bounce.classify import HARD_REASONS, classify, find_command
+from services.bounce.dsn import BOUNCE, DELIVERED_DSN, FEEDBACK_REPORT, parse_bounce
 from services.bounce.smtp import has_bare_line_ending
 from services.common.verp import RecipientRef, message_id, return_path
 
@@ -65,3 +67,99 @@ def test_bare_line_endings_are_detected():
     assert not has_bare_line_ending(b"Subject: a\r\n\r\nbody\r\n")
     assert has_bare_line_ending(b"Subject: a\r\n\r\nbody\n.\r\n")
     assert has_bare_line_ending(b"Subject: a\r\n\r\nbody\r.\r\n")
+
+
+def test_reason_follows_status_command_and_words_like_sisimai():
+    # Only the four "address is gone" reasons are hard; every reason is named, as the lists service shows it.
+    assert HARD_REASONS == {"userunknown", "hostunknown", "hasmoved", "notaccept"}
+    assert (
+        classify("5.1.1", "550 5.1.1 <a@b.example>: Recipient address rejected: User unknown").reason == "userunknown"
+    )
+    assert classify("5.1.6", "551 not our customer").reason == "hasmoved"
+    assert classify("5.1.10", "556 recipient domain has null MX").reason == "notaccept"
+    # 5.1.1 on a full mailbox or a blocked client: the words win over the code.
+    assert classify("5.1.1", "550 5.1.1 mailbox is full").reason == "mailboxfull"
+    assert classify("5.2.1", "550 5.2.1 account has been disabled").kind == "soft"
+    # No such user answered to RCPT is a missing mailbox; answered after DATA it is a content filter.
+    assert classify("", "550 Unknown user x@b.example", command="RCPT").reason == "userunknown"
+    assert classify("", "550 Unknown user x@b.example", command="DATA").reason == "filtered"
+    assert classify("5.2.1", "550 5.2.1 <x@b.example>... User Unknown").reason == "filtered"
+    # Sender-side problems are soft: a rejected envelope sender, a 5.7.x policy refusal.
+    assert classify("", "553 sender verify failed", command="MAIL").reason == "rejected"
+    assert classify("5.7.1", "550 5.7.1 Service unavailable").reason == "securityerror"
+    assert classify("5.6.0", "").reason == "contenterror"
+    # Nothing to go on: onhold with words, undefined without; a delayed action is expired.
+    assert classify("", "something odd happened").reason == "onhold"
+    assert classify("", "").reason == "undefined"
+    assert classify("", "", action="delayed").reason == "expired"
+
+
+def test_smtp_command_is_read_from_transcripts():
+    # Sendmail's ">>> RCPT To:", Postfix's "in reply to RCPT TO command", Exim's "after end of data";
+    # the furthest command reached wins, and ordinary words ("data", "mail from") are not commands.
+    assert find_command(">>> MAIL From:<a@b.example>\n<<< 250 ok\n>>> RCPT To:<c@d.example>\n<<< 550 no") == "RCPT"
+    assert find_command("said: 550 5.1.1 unknown (in reply to RCPT TO command)") == "RCPT"
+    assert find_command("SMTP error from remote mail server after end of data: 550 rejected") == "DATA"
+    assert find_command(">>> DATA\n<<< 554 Unknown user") == "DATA"
+    assert find_command("your mail from yesterday has data we could not read") == ""
+
+
+def test_ses_json_notifications_are_bounces_and_complaints():
+    # Amazon SES posts bounces and complaints as JSON, often wrapped in an SNS envelope whose "Message"
+    # is itself JSON, and the mail carrying it may have had long lines broken by sendmail ("!" + newline).
+    inner = (
+        '{"notificationType":"Bounce","bounce":{"bounceType":"Permanent","bouncedRecipients":'
+        '[{"emailAddress":"gone@example.org","action":"failed","status":"5.1.1",'
+        '"diagnosticCode":"smtp; 550 5.1.1 user unknown"}]},"mail":{"messageId":"m1"}}'
+    )
+    envelope = '{"Type":"Notification","Message":' + json.dumps(inner) + "}"
+    body = envelope[:120] + "!\n " + envelope[120:]
+    raw = f"From: SES <no-reply@sns.amazonaws.com>\nSubject: AWS Notification Message\n\n{body}\n".encode()
+    report = parse_bounce(raw)
+    assert report.kind == BOUNCE
+    (gone,) = report.recipients
+    assert (gone.email, gone.kind, gone.reason, gone.status) == ("gone@example.org", "hard", "userunknown", "5.1.1")
+    # A transient SES bounce is never hard, whatever its words.
+    transient = inner.replace("Permanent", "Transient")
+    assert parse_bounce(f"From: x@sns.amazonaws.com\n\n{transient}\n").recipients[0].kind == "soft"
+    complaint = (
+        '{"notificationType":"Complaint","complaint":{"complainedRecipients":'
+        '[{"emailAddress":"annoyed@example.org"}],"complaintFeedbackType":"abuse"}}'
+    )
+    report = parse_bounce(f"From: x@sns.amazonaws.com\nSubject: AWS Notification\n\n{complaint}\n")
+    assert report.kind == FEEDBACK_REPORT
+    assert [(r.email, r.kind, r.reason) for r in report.recipients] == [
+        ("annoyed@example.org", "complaint", "feedback")
+    ]
+
+
+def test_complaints_without_an_arf_part_and_mailto_unsubscribes_are_feedback():
+    # A complaint loop that forwards the reported message with "complaint about message from <ip>" and
+    # no message/feedback-report part, and a mailbox provider's List-Unsubscribe mailto request.
+    loop = (
+        "From: staff@mail.example.net\nSubject: complaint about message from 192.0.2.1\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/mixed; boundary="z"\n\n--z\nContent-Type: message/rfc822\n\n'
+        "From: news@sender.example\nTo: reader@example.org\nSubject: hi\n\nhello\n--z--\n"
+    )
+    report = parse_bounce(loop)
+    assert report.kind == FEEDBACK_REPORT and [r.email for r in report.recipients] == ["reader@example.org"]
+    unsubscribe = (
+        "From: reader@example.org\nTo: unsubscribe-123@sender.example\nSubject: unsubscribe\n"
+        "Auto-Submitted: auto-replied\n\nThe mail client sent this email to unsubscribe.\n"
+    )
+    report = parse_bounce(unsubscribe)
+    assert report.kind == FEEDBACK_REPORT
+    assert [(r.email, r.diagnostic) for r in report.recipients] == [("reader@example.org", "opt-out")]
+
+
+def test_plain_text_notice_from_post_master_names_the_recipient():
+    # Apache James and other Java servers sign as "post_master" and list the envelope in "Message details".
+    raw = (
+        "From: post_master@mx.example.org\nTo: news@sender.example\nSubject: Re: Hello\n\n"
+        "Error: Invalid user address\nError message below:\n"
+        "550 - Requested action not taken: no such user here\n\nMessage details:\n"
+        "  MAIL FROM: news@sender.example\n  RCPT TO: gone.user@example.org\n"
+    )
+    report = parse_bounce(raw)
+    assert report.kind == BOUNCE
+    assert [(r.email, r.kind) for r in report.recipients] == [("gone.user@example.org", "hard")]

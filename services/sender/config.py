@@ -1,0 +1,84 @@
+"""The sender's settings: SENDER_* plus DATABASE_URL, NATS_URL and the internal key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import ConfigError, env_bytes_secret, env_float, env_int, env_str
+
+TLS_OPPORTUNISTIC = "opportunistic"
+TLS_REQUIRED = "required"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the sender needs; build it with from_env() or directly in tests."""
+
+    database_url: str
+    nats_url: str
+    internal_key: bytes
+    return_path_domain: str
+    unsubscribe_url: str
+    message_id_domain: str = ""
+    grpc_bind: str = "0.0.0.0:50054"
+    relay_host: str = ""
+    relay_port: int = 25
+    tls: str = TLS_OPPORTUNISTIC
+    tls_ca_file: str = ""
+    dkim_domain: str = ""
+    dkim_selector: str = ""
+    dkim_key_file: str = ""
+    dkim_ed25519_selector: str = ""
+    dkim_ed25519_key_file: str = ""
+    concurrency: int = 64
+    retry_base_seconds: float = 60.0
+    retry_max_seconds: float = 3600.0
+    give_up_seconds: float = 345600.0
+    # How long one SMTP command may take before the delivery counts as deferred.
+    smtp_timeout_seconds: float = 60.0
+    # The name given in EHLO; empty means the message-id domain.
+    helo_name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tls not in (TLS_OPPORTUNISTIC, TLS_REQUIRED):
+            raise ConfigError(f"SENDER_TLS={self.tls!r} must be '{TLS_OPPORTUNISTIC}' or '{TLS_REQUIRED}'")
+        if self.concurrency < 1:
+            raise ConfigError(f"SENDER_CONCURRENCY={self.concurrency} must be at least 1")
+        if not self.message_id_domain:
+            object.__setattr__(self, "message_id_domain", self.return_path_domain)
+
+    @property
+    def batches_in_flight(self) -> int:
+        """How many batches one process works on at once: enough to keep every delivery slot busy."""
+        return max(2, self.concurrency // 32 + 1)
+
+    @property
+    def ehlo_name(self) -> str:
+        """The host name announced in EHLO."""
+        return self.helo_name or self.message_id_domain
+
+    @classmethod
+    def from_env(cls) -> Config:
+        """Read the settings from the environment; a missing required one is named."""
+        return cls(
+            database_url=env_str("DATABASE_URL"),
+            nats_url=env_str("NATS_URL"),
+            internal_key=env_bytes_secret("MAILBLAST_INTERNAL_KEY"),
+            return_path_domain=env_str("SENDER_RETURN_PATH_DOMAIN"),
+            unsubscribe_url=env_str("SENDER_UNSUBSCRIBE_URL"),
+            message_id_domain=env_str("SENDER_MESSAGE_ID_DOMAIN", ""),
+            grpc_bind=env_str("SENDER_GRPC_BIND", "0.0.0.0:50054"),
+            relay_host=env_str("SENDER_RELAY_HOST", ""),
+            relay_port=env_int("SENDER_RELAY_PORT", 25),
+            tls=env_str("SENDER_TLS", TLS_OPPORTUNISTIC).strip().lower(),
+            tls_ca_file=env_str("SENDER_TLS_CA_FILE", ""),
+            dkim_domain=env_str("SENDER_DKIM_DOMAIN", ""),
+            dkim_selector=env_str("SENDER_DKIM_SELECTOR", ""),
+            dkim_key_file=env_str("SENDER_DKIM_KEY_FILE", ""),
+            dkim_ed25519_selector=env_str("SENDER_DKIM_ED25519_SELECTOR", ""),
+            dkim_ed25519_key_file=env_str("SENDER_DKIM_ED25519_KEY_FILE", ""),
+            concurrency=env_int("SENDER_CONCURRENCY", 64),
+            retry_base_seconds=env_float("SENDER_RETRY_BASE_SECONDS", 60.0),
+            retry_max_seconds=env_float("SENDER_RETRY_MAX_SECONDS", 3600.0),
+            give_up_seconds=env_float("SENDER_GIVE_UP_SECONDS", 345600.0),
+        )

@@ -1,0 +1,360 @@
+"""The sender-batches consumer: each SendBatch is delivered, committed, then ack / nak(delay) / term."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from mailblast.v1 import events_pb2
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from opentelemetry import trace
+
+from services.common import bus
+from services.common.log import get_logger
+from services.common.tracing import extract_context
+from services.common.verp import RecipientRef
+from services.sender import retry
+from services.sender.compose import Composer
+from services.sender.mime import MessageProblem, Sender
+from services.sender.render import CompiledContent, TemplateCache, TemplateProblem
+from services.sender.smtp import DEFERRED, EXPIRED, FINAL_STATUSES, DeliveryResult, SmtpDelivery, rejected
+from services.sender.store import DeliveryStore, LedgerState, Outcome
+from services.sender.writer import LedgerWriter
+
+log = get_logger(__name__)
+tracer = trace.get_tracer("services.sender")
+
+DURABLE = "sender-batches"
+ACK_WAIT_SECONDS = 60.0
+
+_OUTCOMES = {
+    "sent": events_pb2.DELIVERY_OUTCOME_SENT,
+    "deferred": events_pb2.DELIVERY_OUTCOME_DEFERRED,
+    "rejected": events_pb2.DELIVERY_OUTCOME_REJECTED,
+    "expired": events_pb2.DELIVERY_OUTCOME_EXPIRED,
+}
+
+
+def delivery_report(outcomes: Sequence[Outcome]) -> events_pb2.DeliveryReport:
+    """The NATS report of a committed group of outcomes."""
+    report = events_pb2.DeliveryReport()
+    for o in outcomes:
+        occurred = Timestamp()
+        occurred.FromDatetime(o.occurred_at)
+        report.events.append(
+            events_pb2.DeliveryEvent(
+                organization_id=o.organization_id,
+                campaign_id=o.campaign_id,
+                subscriber_id=o.subscriber_id,
+                email=o.email,
+                outcome=_OUTCOMES[o.status],
+                smtp_code=o.smtp_code,
+                smtp_message=o.smtp_message,
+                enhanced_status=o.enhanced_status,
+                tls=o.tls,
+                message_id=o.message_id,
+                attempt=o.attempt,
+                occurred_at=occurred,
+            )
+        )
+    return report
+
+
+@dataclass(frozen=True)
+class _Decision:
+    action: str  # "ack", "nak" or "term"
+    delay: float = 0.0
+
+
+class SendBatchConsumer:
+    """Takes SendBatch messages off the shared durable consumer and works on several at once."""
+
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        store: DeliveryStore,
+        writer: LedgerWriter,
+        composer: Composer,
+        delivery: SmtpDelivery,
+        concurrency: int,
+        batches_in_flight: int,
+        retry_base_seconds: float,
+        retry_max_seconds: float,
+        give_up_seconds: float,
+    ) -> None:
+        self._js = js
+        self._store = store
+        self._writer = writer
+        self._composer = composer
+        self._delivery = delivery
+        self._templates = TemplateCache()
+        self._retry_base = retry_base_seconds
+        self._retry_max = retry_max_seconds
+        self._give_up = give_up_seconds
+        self._delivery_slots = asyncio.Semaphore(concurrency)
+        self._batch_slots = asyncio.Semaphore(batches_in_flight)
+        self._batches: dict[asyncio.Task[None], Msg] = {}
+        self._deliveries: set[asyncio.Task[None]] = set()
+        # Recipients being delivered by this process: a second copy of a batch waits for their outcome.
+        self._inflight: dict[tuple[int, int], asyncio.Future[Outcome]] = {}
+        self.pull = bus.PullConsumer(
+            js=js,
+            stream=bus.STREAM_SEND,
+            durable=DURABLE,
+            subject=bus.SUBJECT_SEND_BATCH,
+            handler=self._take,
+            batch=1,
+            ack_wait=ACK_WAIT_SECONDS,
+        )
+
+    async def start(self) -> None:
+        """Bind to the durable consumer."""
+        await self.pull.start()
+
+    async def run_once(self, timeout: float = 1.0) -> int:
+        """Fetch one batch (waiting at most `timeout`) and start working on it; return how many came."""
+        return await self.pull.run_once(timeout=timeout)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch batches until `stop` is set."""
+        await self.pull.run(stop)
+
+    async def idle(self) -> None:
+        """Wait until no batch is being worked on."""
+        while self._batches:
+            await asyncio.wait(list(self._batches))
+
+    async def _take(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            # Waiting here holds back the next fetch: a process takes no more batches than it works on.
+            await self._batch_slots.acquire()
+            task = asyncio.create_task(self._process(msg))
+            self._batches[task] = msg
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._batches.pop(task, None)
+        self._batch_slots.release()
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking batches; give those under way `grace` seconds, then abandon them for redelivery."""
+        await self.pull.stop()
+        if not self._batches:
+            return
+        _, pending = await asyncio.wait(list(self._batches), timeout=grace)
+        abandoned = [(task, self._batches.get(task)) for task in pending]
+        # A message cut off mid-SMTP may or may not have arrived; it is the only kind that can repeat.
+        cancelled = [task for task, _ in abandoned] + list(self._deliveries)
+        for task in cancelled:
+            task.cancel()
+        await asyncio.gather(*cancelled, return_exceptions=True)
+        for _, msg in abandoned:
+            if msg is not None:
+                try:
+                    # Outcomes already committed stay final; redelivery tries only the rest.
+                    await msg.nak()
+                except Exception:
+                    log.warning("could not nak an abandoned batch; it returns after ack_wait")
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            batch = bus.decode(msg, events_pb2.SendBatch)
+        except bus.DecodeError as exc:
+            await bus.dead_letter(self._js, msg, f"not a SendBatch: {exc}")
+            return
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.destination.name": msg.subject,
+            "mailblast.organization_id": batch.organization_id,
+            "mailblast.campaign_id": batch.campaign_id,
+            "mailblast.batch_number": batch.batch_number,
+            "mailblast.recipients": len(batch.recipients),
+        }
+        with tracer.start_as_current_span(
+            "send batch", context=extract_context(msg.headers), kind=trace.SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            keeper = asyncio.create_task(_keep_in_progress(msg))
+            try:
+                decision = await self._send(batch, msg.metadata.num_delivered or 1)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("batch failed; it will be retried", campaign_id=batch.campaign_id)
+                span.record_exception(exc)
+                decision = _Decision("nak", self._retry_base)
+            finally:
+                keeper.cancel()
+            span.set_attribute("mailblast.decision", decision.action)
+            if decision.action == "ack":
+                await msg.ack()
+            elif decision.action == "term":
+                await msg.term()
+            else:
+                await msg.nak(delay=decision.delay)
+
+    async def _send(self, batch: events_pb2.SendBatch, delivery_count: int) -> _Decision:
+        campaign_id = batch.campaign_id
+        states = await self._store.states(campaign_id, {r.subscriber_id for r in batch.recipients})
+        todo = []
+        seen: set[int] = set()
+        for recipient in batch.recipients:
+            state = states.get(recipient.subscriber_id)
+            if recipient.subscriber_id in seen or (state is not None and state.status in FINAL_STATUSES):
+                continue
+            seen.add(recipient.subscriber_id)
+            todo.append(recipient)
+        if not todo:
+            return _Decision("ack")
+        content = batch.content
+        sender = Sender(content.from_name, content.from_address, content.reply_to)
+        try:
+            sender.check()
+            compiled = self._templates.get(campaign_id, content.subject, content.text_body, content.html_body)
+        except (MessageProblem, TemplateProblem) as exc:
+            # The campaign itself cannot be sent: every recipient fails for the same reason, once.
+            log.error("batch refused", campaign_id=campaign_id, reason=str(exc))
+            result = rejected(str(exc))
+            futures = [self._writer.submit(self._outcome(batch, r, result, "", states)) for r in todo]
+            await asyncio.gather(*futures)
+            return _Decision("term")
+
+        waits: list[asyncio.Future[Outcome]] = []
+        loop = asyncio.get_running_loop()
+        for recipient in todo:
+            key = (campaign_id, recipient.subscriber_id)
+            shared = self._inflight.get(key)
+            if shared is not None:
+                waits.append(shared)
+                continue
+            await self._delivery_slots.acquire()
+            future: asyncio.Future[Outcome] = loop.create_future()
+            self._inflight[key] = future
+            waits.append(future)
+            task = asyncio.create_task(self._deliver_one(batch, recipient, compiled, sender, states, key, future))
+            self._deliveries.add(task)
+            task.add_done_callback(self._deliveries.discard)
+        outcomes = await asyncio.gather(*waits)
+
+        still_deferred = [o for o in outcomes if o.status == DEFERRED]
+        if not still_deferred:
+            return _Decision("ack")
+        age = _age_seconds(batch)
+        if retry.given_up(age, self._give_up):
+            now = dt.datetime.now(dt.UTC)
+            expiries = [
+                self._writer.submit(replace(o, status=EXPIRED, counts_attempt=False, occurred_at=now))
+                for o in still_deferred
+            ]
+            await asyncio.gather(*expiries)
+            log.info("deferred recipients expired", campaign_id=campaign_id, count=len(expiries))
+            return _Decision("ack")
+        delay = retry.next_retry_delay(delivery_count, age, self._retry_base, self._retry_max, self._give_up)
+        return _Decision("nak", delay)
+
+    def _outcome(
+        self,
+        batch: events_pb2.SendBatch,
+        recipient: events_pb2.BatchRecipient,
+        result: DeliveryResult,
+        message_id: str,
+        states: dict[int, LedgerState],
+    ) -> Outcome:
+        previous = states.get(recipient.subscriber_id)
+        return Outcome(
+            organization_id=batch.organization_id,
+            campaign_id=batch.campaign_id,
+            subscriber_id=recipient.subscriber_id,
+            email=recipient.email,
+            status=result.outcome,
+            message_id=message_id,
+            smtp_code=result.code,
+            smtp_message=result.message,
+            enhanced_status=result.enhanced_status,
+            tls=result.tls,
+            attempt=(previous.attempts if previous else 0) + 1,
+            counts_attempt=True,
+            occurred_at=dt.datetime.now(dt.UTC),
+        )
+
+    async def _deliver_one(
+        self,
+        batch: events_pb2.SendBatch,
+        recipient: events_pb2.BatchRecipient,
+        compiled: CompiledContent,
+        sender: Sender,
+        states: dict[int, LedgerState],
+        key: tuple[int, int],
+        future: asyncio.Future[Outcome],
+    ) -> None:
+        released = False
+        try:
+            ref = RecipientRef(batch.organization_id, batch.campaign_id, recipient.subscriber_id)
+            with tracer.start_as_current_span(
+                "deliver",
+                kind=trace.SpanKind.CLIENT,
+                attributes={
+                    "messaging.system": "nats",
+                    "mailblast.organization_id": batch.organization_id,
+                    "mailblast.campaign_id": batch.campaign_id,
+                    "mailblast.subscriber_id": recipient.subscriber_id,
+                },
+            ) as span:
+                message_id = ""
+                try:
+                    prepared = self._composer.prepare(
+                        ref=ref,
+                        content=compiled,
+                        sender=sender,
+                        email=recipient.email,
+                        name=recipient.name,
+                        attributes_json=recipient.attributes_json,
+                    )
+                except (MessageProblem, TemplateProblem) as exc:
+                    result = rejected(str(exc))
+                else:
+                    message_id = prepared.message_id
+                    result = await self._delivery.deliver(prepared.envelope_from, recipient.email, prepared.data)
+                span.set_attribute("smtp.reply_code", result.code)
+                span.set_attribute("smtp.tls", result.tls)
+                span.set_attribute("mailblast.outcome", result.outcome)
+                if result.enhanced_status:
+                    span.set_attribute("smtp.enhanced_status", result.enhanced_status)
+            self._delivery_slots.release()
+            released = True
+            outcome = self._outcome(batch, recipient, result, message_id, states)
+            await self._writer.submit(outcome)
+            future.set_result(outcome)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("delivery cancelled"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            if not released:
+                self._delivery_slots.release()
+            self._inflight.pop(key, None)
+
+
+def _age_seconds(batch: events_pb2.SendBatch) -> float:
+    if not batch.HasField("created_at"):
+        return 0.0
+    created = batch.created_at.seconds + batch.created_at.nanos / 1e9
+    return max(0.0, time.time() - created)
+
+
+async def _keep_in_progress(msg: Msg) -> None:
+    """Tell JetStream the batch is still being worked on, so ack_wait does not expire mid-batch."""
+    try:
+        while True:
+            await asyncio.sleep(ACK_WAIT_SECONDS / 3)
+            await msg.in_progress()
+    except asyncio.CancelledError:
+        return
+    except Exception:
+        log.warning("could not extend a batch's ack deadline")

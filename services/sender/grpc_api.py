@@ -1,0 +1,49 @@
+"""SenderService over gRPC: ledger look-ups, scoped by the caller's organisation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from mailblast.v1 import sender_pb2, sender_pb2_grpc
+
+from services.common.errors import NotFound
+from services.common.identity import require_scope
+from services.sender.store import DeliveryStore
+
+
+class SenderServicer(sender_pb2_grpc.SenderServiceServicer):
+    """Answers what the senders did for one recipient of one campaign."""
+
+    def __init__(self, store: DeliveryStore) -> None:
+        self._store = store
+
+    async def GetDelivery(
+        self, request: sender_pb2.GetDeliveryRequest, context: grpc.aio.ServicerContext
+    ) -> sender_pb2.Delivery:
+        """Return the ledger entry; another organisation's is NOT_FOUND."""
+        principal = require_scope("read")
+        row = await self._store.get(principal.organization_id, request.campaign_id, request.subscriber_id)
+        if row is None:
+            raise NotFound(f"no delivery for subscriber {request.subscriber_id} of campaign {request.campaign_id}")
+        return sender_pb2.Delivery(
+            campaign_id=row.campaign_id,
+            subscriber_id=row.subscriber_id,
+            email=row.email,
+            status=row.status,
+            message_id=row.message_id,
+            smtp_code=row.smtp_code,
+            smtp_message=row.smtp_message,
+            tls=row.tls,
+            attempts=row.attempts,
+        )
+
+
+def register(store: DeliveryStore) -> Callable[[grpc.aio.Server], list[str]]:
+    """A registration function for rpc.start_grpc_server."""
+
+    def _register(server: grpc.aio.Server) -> list[str]:
+        sender_pb2_grpc.add_SenderServiceServicer_to_server(SenderServicer(store), server)
+        return [sender_pb2.DESCRIPTOR.services_by_name["SenderService"].full_name]
+
+    return _register

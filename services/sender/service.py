@@ -1,0 +1,145 @@
+"""The sender process: ledger, NATS consumer, SMTP delivery and the gRPC server, started and stopped."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from nats.aio.client import Client as NATS
+from psycopg_pool import AsyncConnectionPool
+
+from services.common import bus, db
+from services.common.identity import IdentitySigner
+from services.common.log import get_logger
+from services.common.rpc import GrpcServer, start_grpc_server
+from services.sender import grpc_api
+from services.sender.compose import Composer
+from services.sender.config import TLS_REQUIRED, Config
+from services.sender.consumers import SendBatchConsumer, delivery_report
+from services.sender.dkim import DkimSigner, SigningKey, load_key
+from services.sender.smtp import SmtpDelivery
+from services.sender.store import SCHEMA, DeliveryStore, Outcome
+from services.sender.writer import LedgerWriter
+
+log = get_logger(__name__)
+
+SQL_DIR = Path(__file__).parent / "sql"
+
+
+def dkim_keys(config: Config) -> list[SigningKey]:
+    """The configured DKIM keys (RSA, then Ed25519), parsed once."""
+    keys = []
+    if config.dkim_domain and config.dkim_selector and config.dkim_key_file:
+        keys.append(load_key(config.dkim_domain, config.dkim_selector, config.dkim_key_file))
+    if config.dkim_domain and config.dkim_ed25519_selector and config.dkim_ed25519_key_file:
+        keys.append(load_key(config.dkim_domain, config.dkim_ed25519_selector, config.dkim_ed25519_key_file))
+    return keys
+
+
+class Running:
+    """A started sender: `grpc_port`, the `consumer` (tests may drive it), and `stop()`."""
+
+    def __init__(
+        self,
+        *,
+        pool: AsyncConnectionPool,
+        nc: NATS,
+        grpc: GrpcServer,
+        consumer: SendBatchConsumer,
+        writer: LedgerWriter,
+        delivery: SmtpDelivery,
+        store: DeliveryStore,
+        loop_task: asyncio.Task[None] | None,
+        stop_event: asyncio.Event,
+    ) -> None:
+        self.grpc_port = grpc.port
+        self.consumer = consumer
+        self.store = store
+        self._pool = pool
+        self._nc = nc
+        self._grpc = grpc
+        self._writer = writer
+        self._delivery = delivery
+        self._loop_task = loop_task
+        self._stop_event = stop_event
+
+    async def stop(self, grace: float = 20.0) -> None:
+        """Stop fetching, let batches under way finish (or abandon them for redelivery), close everything."""
+        self._stop_event.set()
+        if self._loop_task is not None:
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        await self.consumer.stop(grace)
+        await self._writer.stop()
+        await self._delivery.close()
+        await self._grpc.stop(grace=2.0)
+        try:
+            await self._nc.drain()
+        except Exception:
+            log.warning("NATS drain failed at shutdown")
+        await self._pool.close()
+
+
+async def start(config: Config, *, consume: bool = True) -> Running:
+    """Migrate, connect, start the gRPC server and (unless told not to) the batch consumer loop."""
+    await db.migrate(config.database_url, SCHEMA, SQL_DIR)
+    keys = dkim_keys(config)
+    pool = await db.open_pool(config.database_url, SCHEMA, min_size=2, max_size=8)
+    nc, js = await bus.connect(config.nats_url, name="sender")
+    store = DeliveryStore(pool)
+
+    async def report(outcomes: Sequence[Outcome]) -> None:
+        await bus.publish(js, bus.SUBJECT_DELIVERY_REPORT, delivery_report(outcomes))
+
+    writer = LedgerWriter(store, report)
+    writer.start()
+    delivery = SmtpDelivery(
+        ehlo_name=config.ehlo_name,
+        relay=(config.relay_host, config.relay_port) if config.relay_host else None,
+        tls_required=config.tls == TLS_REQUIRED,
+        tls_ca_file=config.tls_ca_file,
+        timeout=config.smtp_timeout_seconds,
+        connections_per_host=config.concurrency if config.relay_host else min(config.concurrency, 8),
+    )
+    composer = Composer(
+        key=config.internal_key,
+        return_path_domain=config.return_path_domain,
+        message_id_domain=config.message_id_domain,
+        unsubscribe_url=config.unsubscribe_url,
+        signer=DkimSigner(keys),
+    )
+    consumer = SendBatchConsumer(
+        js=js,
+        store=store,
+        writer=writer,
+        composer=composer,
+        delivery=delivery,
+        concurrency=config.concurrency,
+        batches_in_flight=config.batches_in_flight,
+        retry_base_seconds=config.retry_base_seconds,
+        retry_max_seconds=config.retry_max_seconds,
+        give_up_seconds=config.give_up_seconds,
+    )
+    await consumer.start()
+    grpc = await start_grpc_server(config.grpc_bind, grpc_api.register(store), IdentitySigner(config.internal_key))
+    stop_event = asyncio.Event()
+    loop_task = asyncio.create_task(consumer.run(stop_event), name="sender-batches") if consume else None
+    log.info(
+        "sender started",
+        grpc_port=grpc.port,
+        relay=config.relay_host or "MX",
+        tls=config.tls,
+        dkim=[key.algorithm.decode() for key in keys],
+        concurrency=config.concurrency,
+    )
+    return Running(
+        pool=pool,
+        nc=nc,
+        grpc=grpc,
+        consumer=consumer,
+        writer=writer,
+        delivery=delivery,
+        store=store,
+        loop_task=loop_task,
+        stop_event=stop_event,
+    )

@@ -1,0 +1,126 @@
+"""The delivery ledger (schema sender): what each campaign recipient's last outcome was."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from psycopg_pool import AsyncConnectionPool
+
+SCHEMA = "sender"
+
+SQL_STATES = """
+SELECT subscriber_id, status, attempts FROM deliveries
+WHERE campaign_id = %s AND subscriber_id = ANY(%s)
+"""
+
+# A final row (sent, rejected, expired) is never overwritten: a late duplicate cannot undo it.
+SQL_RECORD = """
+INSERT INTO deliveries AS d (
+    campaign_id, subscriber_id, organization_id, email, status, message_id, smtp_code, smtp_message,
+    enhanced_status, tls, attempts, first_attempt_at, updated_at
+) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (campaign_id, subscriber_id) DO UPDATE SET
+    status = EXCLUDED.status,
+    message_id = CASE WHEN EXCLUDED.message_id = '' THEN d.message_id ELSE EXCLUDED.message_id END,
+    smtp_code = EXCLUDED.smtp_code,
+    smtp_message = EXCLUDED.smtp_message,
+    enhanced_status = EXCLUDED.enhanced_status,
+    tls = EXCLUDED.tls,
+    attempts = d.attempts + EXCLUDED.attempts,
+    updated_at = EXCLUDED.updated_at
+WHERE d.status = 'deferred'
+"""
+
+SQL_GET = """
+SELECT campaign_id, subscriber_id, email, status, message_id, smtp_code, smtp_message, tls, attempts
+FROM deliveries WHERE organization_id = %s AND campaign_id = %s AND subscriber_id = %s
+"""
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    """A recipient's status so far and how many attempts it has had."""
+
+    status: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One delivery outcome to write to the ledger and report on NATS."""
+
+    organization_id: int
+    campaign_id: int
+    subscriber_id: int
+    email: str
+    status: str
+    message_id: str
+    smtp_code: int
+    smtp_message: str
+    enhanced_status: str
+    tls: bool
+    # Which attempt this was (1 for the first); an expiry repeats the last attempt's number.
+    attempt: int
+    # False for an expiry: it records a decision, not another attempt.
+    counts_attempt: bool
+    occurred_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A ledger row as GetDelivery returns it."""
+
+    campaign_id: int
+    subscriber_id: int
+    email: str
+    status: str
+    message_id: str
+    smtp_code: int
+    smtp_message: str
+    tls: bool
+    attempts: int
+
+
+class DeliveryStore:
+    """Reads and writes the ledger through the service's connection pool."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def states(self, campaign_id: int, subscriber_ids: Iterable[int]) -> dict[int, LedgerState]:
+        """The ledger state of the given recipients of a campaign (absent ones have none yet)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(SQL_STATES, (campaign_id, list(subscriber_ids)))
+            return {row[0]: LedgerState(row[1], row[2]) for row in await cur.fetchall()}
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Write a group of outcomes in one transaction."""
+        rows = [
+            (
+                o.campaign_id,
+                o.subscriber_id,
+                o.organization_id,
+                o.email,
+                o.status,
+                o.message_id,
+                o.smtp_code,
+                o.smtp_message,
+                o.enhanced_status,
+                o.tls,
+                1 if o.counts_attempt else 0,
+                o.occurred_at,
+                o.occurred_at,
+            )
+            for o in outcomes
+        ]
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(SQL_RECORD, rows)
+
+    async def get(self, organization_id: int, campaign_id: int, subscriber_id: int) -> Delivery | None:
+        """One recipient's ledger row, only within the organisation."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(SQL_GET, (organization_id, campaign_id, subscriber_id))
+            row = await cur.fetchone()
+        return Delivery(*row) if row else None

@@ -1,0 +1,248 @@
+"""`python -m dev.run` (what `make run` starts) as a real process tree, started, checked and stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from dev.embedded import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+READY = re.compile(r"mailblast is ready: (http://\S+)")
+TOKEN_LINE = "admin API token"
+START_DEADLINE = 240.0
+
+
+def processes_of(var: Path) -> set[int]:
+    """Live processes started for this data folder: they inherit MAILBLAST_VAR_DIR=var, even once orphaned."""
+    marker = f"MAILBLAST_VAR_DIR={var}".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and alive(int(entry.name)):
+            found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while pid is a running (not zombie) process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@dataclass
+class DevRun:
+    """A running `python -m dev.run` with its console output collected line by line."""
+
+    process: subprocess.Popen
+    stderr_path: Path
+    lines: list[str] = field(default_factory=list)
+    _queue: queue.Queue = field(default_factory=queue.Queue)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_ready(self, timeout: float = START_DEADLINE) -> str:
+        """Wait for the 'ready' line and return the gateway URL; fail with the console output."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            self.lines.append(line)
+            found = READY.search(line)
+            if found:
+                return found.group(1)
+        raise AssertionError(f"dev.run did not become ready:\n{self.output()}")
+
+    def output(self) -> str:
+        """Console output so far (stdout and stderr)."""
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        return "".join(self.lines) + self.stderr_path.read_text(errors="replace")
+
+    def interrupt(self, timeout: float = 90.0) -> int:
+        """Ctrl-C: SIGINT to the whole process group, as a terminal does; return the exit code."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A folder for dev.run's var/, outside pytest's 0700 temp root: as root, PostgreSQL runs as an
+    unprivileged user that must reach it, and another pytest session may tighten that root at any time."""
+    path = Path(tempfile.mkdtemp(prefix="mailblast-devrun-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def start_devrun(data_dir: Path) -> Iterator:
+    """Starts dev.run with its data under data_dir/var; kills whatever is left at the end."""
+
+    started: list[DevRun] = []
+
+    def start(**extra_env: str) -> DevRun:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "NATS_URL", "SENDER_"))}
+        env.pop("MAILBLAST_INTERNAL_KEY", None)
+        env.update(
+            MAILBLAST_VAR_DIR=str(data_dir / "var"),
+            GATEWAY_BIND=f"127.0.0.1:{free_port()}",
+            MAILBLAST_START_TIMEOUT="180",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra_env)
+        stderr_path = data_dir / f"devrun-{len(started)}.stderr"
+        with stderr_path.open("wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dev.run"],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                start_new_session=True,
+            )
+        run = DevRun(proc, stderr_path)
+        threading.Thread(target=run._read, daemon=True).start()
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:
+        if run.process.poll() is None:
+            os.killpg(run.process.pid, signal.SIGKILL)
+            run.process.wait(10)
+        if run.process.stdout is not None:
+            run.process.stdout.close()
+
+
+def _grpc_serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _check_everything_serves(var: Path, gateway_url: str) -> dict:
+    run_info = json.loads((var / "run.json").read_text())
+    addresses = [run_info["auth"], run_info["lists"], run_info["campaigns"], run_info["bounce"], *run_info["sender"]]
+    assert len(run_info["sender"]) == 2
+    for address in addresses:
+        assert _grpc_serving(address), address
+    assert run_info["gateway"] == gateway_url
+    with urllib.request.urlopen(f"{gateway_url}healthz", timeout=10) as response:  # noqa: S310 - loopback
+        assert json.loads(response.read()) == {"status": "ok"}
+    return run_info
+
+
+def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, data_dir: Path) -> None:
+    # On a machine with no database, broker or relay, dev.run starts embedded PostgreSQL and NATS, an SMTP
+    # catcher and every service; all answer healthy, the admin token is printed once and nowhere written.
+    # Ctrl-C stops the whole tree with exit 0. A second run finds the same secrets and the admin.
+    var = data_dir / "var"
+    first = start_devrun()
+    gateway_url = first.wait_ready()
+    run_info = _check_everything_serves(var, gateway_url)
+    assert run_info["embedded"] == {"postgres": True, "nats": True, "catcher": True}
+    assert run_info["postgres"].startswith("127.0.0.1:")
+    assert run_info["nats"].startswith("nats://127.0.0.1:")
+    assert Path(run_info["outbox"]) == var / "outbox"
+    tree = processes_of(var)
+    assert len(tree) >= 10, "dev.run, 7 service processes, PostgreSQL and NATS"
+
+    output = first.output()
+    token_lines = [line for line in output.splitlines() if TOKEN_LINE in line]
+    assert len(token_lines) == 1, output
+    token = token_lines[0].rsplit(" ", 1)[1]
+    assert len(token) >= 16
+    assert 'mb1._domainkey.mailblast.localhost. IN TXT "v=DKIM1; k=rsa; p=' in output
+    assert 'mb1ed._domainkey.mailblast.localhost. IN TXT "v=DKIM1; k=ed25519; p=' in output
+
+    # The token and the secrets stay out of every file the run writes besides the secrets themselves.
+    internal_key = (var / "secrets" / "internal.key").read_bytes().strip()
+    for path in [*(var / "logs").iterdir(), var / "run.json"]:
+        content = path.read_bytes()
+        assert token.encode() not in content, path
+        assert internal_key not in content, path
+    assert internal_key.decode() not in output
+    assert (var / "secrets").stat().st_mode & 0o777 == 0o700
+    secret_files = [p for p in (var / "secrets").rglob("*") if p.is_file()]
+    assert len(secret_files) == 5
+    for path in secret_files:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    secrets_before = {p: p.read_bytes() for p in secret_files}
+
+    assert first.interrupt() == 0, first.output()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in tree if alive(pid)] == []
+    assert not (var / "run.json").exists()
+
+    second = start_devrun()
+    gateway_url = second.wait_ready()
+    _check_everything_serves(var, gateway_url)
+    output = second.output()
+    assert TOKEN_LINE not in output
+    assert token not in output
+    assert "the admin 'admin' exists" in output
+    assert {p: p.read_bytes() for p in secret_files} == secrets_before
+    tree = processes_of(var)
+    assert second.interrupt() == 0, second.output()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in tree if alive(pid)] == []
+
+
+def test_a_service_that_cannot_start_stops_everything_with_its_log(start_devrun, data_dir: Path) -> None:
+    # When the services cannot reach the database they were given, dev.run shows the failing service's
+    # log, stops everything it started (NATS, the catcher, the other services) and exits non-zero.
+    closed_port = free_port()
+    run = start_devrun(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{closed_port}/mailblast")
+    code = run.process.wait(START_DEADLINE)
+    output = run.output()
+    assert code == 1, output
+    assert "mailblast could not run" in output
+    assert "last lines of" in output
+    assert "mailblast is ready" not in output
+    assert processes_of(data_dir / "var") == set()

@@ -1,0 +1,392 @@
+"""The sender against real PostgreSQL, NATS and an SMTP sink with STARTTLS: outcomes, retries, safety."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+import time
+from pathlib import Path
+
+import dkim
+import grpc
+import nats
+import pytest
+import pytest_asyncio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from mailblast.v1 import events_pb2, sender_pb2, sender_pb2_grpc
+
+from services.common import bus, verp
+from services.common.identity import IDENTITY_HEADER, Principal
+from services.sender.config import Config
+from services.sender.dkim import dns_record, load_key
+from services.sender.service import Running, start
+
+DKIM_DOMAIN = "mail.example.com"
+
+
+def _write_key(path: Path, key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> str:
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(path)
+
+
+@pytest.fixture
+def dkim_files(tmp_path: Path) -> tuple[str, str]:
+    """An RSA and an Ed25519 DKIM key on disk."""
+    rsa_file = _write_key(tmp_path / "rsa.pem", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    ed_file = _write_key(tmp_path / "ed.pem", ed25519.Ed25519PrivateKey.generate())
+    return rsa_file, ed_file
+
+
+@pytest.fixture
+def make_config(database_url, nats_url, smtp_sink, tls_files, internal_key, dkim_files):
+    """Settings for a sender relaying to the sink over required TLS, signing with both keys."""
+
+    def make(**overrides) -> Config:
+        values = dict(
+            database_url=database_url,
+            nats_url=nats_url,
+            internal_key=internal_key,
+            return_path_domain="bounces.example.com",
+            message_id_domain=DKIM_DOMAIN,
+            unsubscribe_url="https://mail.example.com/u/",
+            grpc_bind="127.0.0.1:0",
+            relay_host="127.0.0.1",
+            relay_port=smtp_sink.port,
+            tls="required",
+            tls_ca_file=str(tls_files[0]),
+            dkim_domain=DKIM_DOMAIN,
+            dkim_selector="rsa1",
+            dkim_key_file=dkim_files[0],
+            dkim_ed25519_selector="ed1",
+            dkim_ed25519_key_file=dkim_files[1],
+            concurrency=16,
+            retry_base_seconds=0.2,
+            retry_max_seconds=1.0,
+            give_up_seconds=3600.0,
+            smtp_timeout_seconds=10.0,
+        )
+        values.update(overrides)
+        return Config(**values)
+
+    return make
+
+
+@pytest_asyncio.fixture
+async def js(nats_url):
+    """A JetStream client for the test's own publishing and reading."""
+    nc = await nats.connect(nats_url)
+    context = nc.jetstream()
+    await bus.ensure_streams(context)
+    try:
+        yield context
+    finally:
+        await nc.close()
+
+
+@pytest_asyncio.fixture
+async def reports(js):
+    """Every DeliveryEvent published on mailblast.delivery.report, in arrival order."""
+    events: list[events_pb2.DeliveryEvent] = []
+
+    async def collect(msg) -> None:
+        report = events_pb2.DeliveryReport()
+        report.ParseFromString(msg.data)
+        events.extend(report.events)
+        await msg.ack()
+
+    sub = await js.subscribe(bus.SUBJECT_DELIVERY_REPORT, cb=collect, stream=bus.STREAM_DELIVERY)
+    try:
+        yield events
+    finally:
+        await sub.unsubscribe()
+
+
+@pytest_asyncio.fixture
+async def sender(make_config):
+    """A factory starting senders in-process; each is stopped after the test."""
+    started: list[Running] = []
+
+    async def run(**overrides) -> Running:
+        running = await start(make_config(**overrides))
+        started.append(running)
+        return running
+
+    try:
+        yield run
+    finally:
+        for running in started:
+            await running.stop(grace=5.0)
+
+
+def make_batch(
+    campaign_id: int,
+    batch_number: int,
+    recipients: list[tuple[int, str, str, dict]],
+    *,
+    organization_id: int = 7,
+    subject: str = "「件名テスト」 {{ name }} さん",
+    from_name: str = "山田 商店",
+    from_address: str = "news@shop.example.com",
+    html: str = "<p>Hello {{ name }} of {{ company }}</p>",
+    text: str = "Hello {{ name }} of {{ company }}",
+    created_at: float | None = None,
+) -> events_pb2.SendBatch:
+    """A SendBatch with the given (subscriber id, email, name, attributes) recipients."""
+    batch = events_pb2.SendBatch(
+        organization_id=organization_id,
+        campaign_id=campaign_id,
+        batch_number=batch_number,
+        content=events_pb2.MessageContent(
+            from_name=from_name,
+            from_address=from_address,
+            reply_to="replies@shop.example.com",
+            subject=subject,
+            html_body=html,
+            text_body=text,
+        ),
+        recipients=[
+            events_pb2.BatchRecipient(subscriber_id=sid, email=addr, name=name, attributes_json=json.dumps(attrs))
+            for sid, addr, name, attrs in recipients
+        ],
+    )
+    batch.created_at.FromSeconds(int(created_at if created_at is not None else time.time()))
+    return batch
+
+
+async def publish(js, batch: events_pb2.SendBatch, msg_id: str) -> None:
+    """Publish a batch as campaigns does."""
+    await bus.publish(js, bus.SUBJECT_SEND_BATCH, batch, msg_id=msg_id)
+
+
+async def poll(check, timeout: float = 30.0, what: str = "condition"):
+    """Await check() until it returns something truthy, or fail after the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def ledger(running: Running, campaign_id: int) -> dict[int, tuple]:
+    """The ledger rows of a campaign by subscriber id."""
+    async with running._pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT subscriber_id, status, smtp_code, smtp_message, tls, attempts, message_id"
+            " FROM deliveries WHERE campaign_id = %s",
+            (campaign_id,),
+        )
+        return {row[0]: row[1:] for row in await cur.fetchall()}
+
+
+async def all_acked(js) -> bool:
+    """True when the sender consumer has nothing pending or unacknowledged."""
+    info = await js.consumer_info(bus.STREAM_SEND, "sender-batches")
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_two_batches_delivered_once_over_tls_personalised_signed(sender, js, smtp_sink, make_config, signer):
+    # 200 recipients in two batches each arrive exactly once over TLS, with personal fields filled in
+    # (escaped in HTML, not in text), the Japanese subject intact, List-Unsubscribe headers, and both
+    # DKIM signatures verifying against the published keys; GetDelivery answers from the ledger.
+    config = make_config()
+    running = await sender()
+    people = [(1000 + i, f"user{i}@example.net", f"User{i}", {"company": "A&B <Co>"}) for i in range(200)]
+    await publish(js, make_batch(41, 1, people[:100]), "send-41-1")
+    await publish(js, make_batch(41, 2, people[100:]), "send-41-2")
+    messages = await smtp_sink.wait_for(200, timeout=60)
+    await poll(lambda: _count(running, 41, "sent", 200), what="200 sent in the ledger")
+    await poll(lambda: all_acked(js), what="batches acked")
+
+    by_rcpt = smtp_sink.received_by()
+    assert sorted(by_rcpt) == sorted(p[1] for p in people)
+    assert all(len(copies) == 1 for copies in by_rcpt.values())
+    assert len(messages) == 200 and all(m.tls for m in messages)
+
+    keys = {
+        b"rsa1._domainkey.mail.example.com.": dns_record(load_key(DKIM_DOMAIN, "rsa1", config.dkim_key_file)),
+        b"ed1._domainkey.mail.example.com.": dns_record(load_key(DKIM_DOMAIN, "ed1", config.dkim_ed25519_key_file)),
+    }
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        return keys.get(name)
+
+    for sid, addr, name, _ in people:
+        [caught] = by_rcpt[addr]
+        ref = verp.RecipientRef(7, 41, sid)
+        assert verp.parse_return_path(config.internal_key, caught.mail_from) == ref
+        parsed = email.message_from_bytes(caught.data, policy=email.policy.default)
+        assert str(parsed["Subject"]) == f"「件名テスト」 {name} さん"
+        assert "山田 商店" in str(parsed["From"])
+        assert verp.parse_message_id(config.internal_key, parsed["Message-ID"]) == ref
+        token = parsed["List-Unsubscribe"].strip("<>").removeprefix("https://mail.example.com/u/")
+        assert verp.parse_unsubscribe_token(config.internal_key, token) == ref
+        assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert parsed.get_body(("plain",)).get_content().strip() == f"Hello {name} of A&B <Co>"
+        assert parsed.get_body(("html",)).get_content().strip() == f"<p>Hello {name} of A&amp;B &lt;Co&gt;</p>"
+        signatures = parsed.get_all("DKIM-Signature")
+        assert len(signatures) == 2
+        checker = dkim.DKIM(caught.data)
+        assert checker.verify(idx=0, dnsfunc=dnsfunc), f"rsa signature of {addr}"
+        assert checker.verify(idx=1, dnsfunc=dnsfunc), f"ed25519 signature of {addr}"
+    assert b"a=rsa-sha256" in messages[0].data and b"a=ed25519-sha256" in messages[0].data
+
+    rows = await ledger(running, 41)
+    assert all(row[0] == "sent" and row[1] == 250 and row[3] is True and row[4] == 1 for row in rows.values())
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+        stub = sender_pb2_grpc.SenderServiceStub(channel)
+        own = [(IDENTITY_HEADER, signer.sign(Principal(organization_id=7, scopes=("read",))))]
+        delivery = await stub.GetDelivery(
+            sender_pb2.GetDeliveryRequest(campaign_id=41, subscriber_id=1005), metadata=own
+        )
+        assert (delivery.status, delivery.email, delivery.tls, delivery.smtp_code) == (
+            "sent",
+            "user5@example.net",
+            True,
+            250,
+        )
+        other = [(IDENTITY_HEADER, signer.sign(Principal(organization_id=8, scopes=("read",))))]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetDelivery(sender_pb2.GetDeliveryRequest(campaign_id=41, subscriber_id=1005), metadata=other)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _count(running: Running, campaign_id: int, status: str, expected: int) -> bool:
+    rows = await ledger(running, campaign_id)
+    return sum(1 for row in rows.values() if row[0] == status) >= expected
+
+
+async def test_temporary_refusal_is_retried_and_delivered_once(sender, js, smtp_sink, reports):
+    # The sink answers 450 to some recipients at first: they are deferred (reported with attempt 1),
+    # retried after the backoff, and delivered exactly once; the others are not sent again.
+    smtp_sink.reply = lambda addr, seen: "450 4.2.0 mailbox busy" if addr.startswith("slow") and seen == 0 else None
+    running = await sender()
+    people = [(i, f"{'slow' if i % 3 == 0 else 'fast'}{i}@example.net", f"P{i}", {}) for i in range(1, 13)]
+    await publish(js, make_batch(42, 1, people), "send-42-1")
+    await poll(lambda: _count(running, 42, "sent", 12), what="all sent after the retry")
+    await poll(lambda: all_acked(js), what="batch acked")
+    by_rcpt = smtp_sink.received_by()
+    assert sorted(by_rcpt) == sorted(p[1] for p in people)
+    assert all(len(copies) == 1 for copies in by_rcpt.values())
+    rows = await ledger(running, 42)
+    for sid, addr, _, _ in people:
+        assert rows[sid][4] == (2 if addr.startswith("slow") else 1)
+    await poll(lambda: _async(len(reports) >= 16), what="reports")
+    slow_events = [(e.outcome, e.attempt, e.smtp_code) for e in reports if e.email == "slow3@example.net"]
+    assert slow_events == [(events_pb2.DELIVERY_OUTCOME_DEFERRED, 1, 450), (events_pb2.DELIVERY_OUTCOME_SENT, 2, 250)]
+    assert next(e for e in reports if e.email == "slow3@example.net").enhanced_status == "4.2.0"
+
+
+async def _async(value):
+    return value
+
+
+async def test_permanent_refusal_is_rejected_reported_and_not_retried(sender, js, smtp_sink, reports):
+    # A 550 is a hard failure: REJECTED in the ledger and in a DeliveryReport with its enhanced status,
+    # offered once only; the batch is acknowledged.
+    smtp_sink.reply = lambda addr, seen: "550 5.1.1 no such user" if addr == "gone@example.net" else None
+    running = await sender()
+    people = [(1, "gone@example.net", "Gone", {}), (2, "here@example.net", "Here", {})]
+    await publish(js, make_batch(43, 1, people), "send-43-1")
+    await poll(lambda: all_acked(js), what="batch acked")
+    rows = await ledger(running, 43)
+    assert rows[1][:3] == ("rejected", 550, "5.1.1 no such user") and rows[2][0] == "sent"
+    await poll(lambda: _async(len(reports) >= 2), what="reports")
+    [gone] = [e for e in reports if e.subscriber_id == 1]
+    assert (gone.outcome, gone.smtp_code, gone.enhanced_status) == (events_pb2.DELIVERY_OUTCOME_REJECTED, 550, "5.1.1")
+    assert smtp_sink._offers["gone@example.net"] == 1
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [["here@example.net"]]
+
+
+async def test_redelivered_batch_sends_nothing_twice(sender, js, smtp_sink):
+    # The same batch published again under another message id is acknowledged without a second copy.
+    running = await sender()
+    people = [(i, f"once{i}@example.net", f"O{i}", {}) for i in range(1, 11)]
+    await publish(js, make_batch(44, 1, people), "send-44-1")
+    await smtp_sink.wait_for(10, timeout=30)
+    await poll(lambda: all_acked(js), what="first copy acked")
+    await publish(js, make_batch(44, 1, people), "send-44-1-again")
+    await poll(lambda: _delivered_twice(js), what="second copy taken")
+    await poll(lambda: all_acked(js), what="second copy acked")
+    assert len(smtp_sink.messages) == 10
+    assert all(row[0] == "sent" and row[4] == 1 for row in (await ledger(running, 44)).values())
+
+
+async def _delivered_twice(js) -> bool:
+    info = await js.consumer_info(bus.STREAM_SEND, "sender-batches")
+    return info.delivered.stream_seq >= 2
+
+
+async def test_header_injection_and_template_errors_fail_clearly(sender, js, smtp_sink, reports):
+    # CR/LF in the subject, the From name, or a personal field rendered into the subject never yields an
+    # extra header: those recipients fail (REJECTED, code 0) naming the field; a template syntax error
+    # fails its batch saying so; clean recipients are still delivered.
+    running = await sender()
+    await publish(
+        js, make_batch(45, 1, [(1, "a@example.net", "A", {})], subject="Hi\r\nBcc: evil@attacker.example"), "s45"
+    )
+    await publish(
+        js, make_batch(46, 1, [(1, "b@example.net", "B", {})], from_name="Shop\r\nBcc: evil@attacker.example"), "s46"
+    )
+    await publish(
+        js,
+        make_batch(
+            47,
+            1,
+            [(1, "c@example.net", "Eve\r\nBcc: evil@attacker.example", {}), (2, "d@example.net", "Dan", {})],
+            subject="Hello {{ name }}",
+        ),
+        "s47",
+    )
+    await publish(js, make_batch(48, 1, [(1, "e@example.net", "E", {})], html="<p>{{ name </p>"), "s48")
+    await publish(js, make_batch(49, 1, [(1, "not an address", "F", {})]), "s49")
+    await poll(lambda: all_acked(js), what="all batches settled")
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [["d@example.net"]]
+    assert b"attacker" not in smtp_sink.messages[0].data
+    expectations = {
+        (45, 1): "subject",
+        (46, 1): "From name",
+        (47, 1): "subject (after personal fields)",
+        (48, 1): "template error",
+        (49, 1): "recipient address",
+    }
+    for (campaign, sid), words in expectations.items():
+        row = (await ledger(running, campaign))[sid]
+        assert row[0] == "rejected" and row[1] == 0 and words in row[2], row
+    assert (await ledger(running, 47))[2][0] == "sent"
+    await poll(lambda: _async(len(reports) >= 6), what="reports")
+    assert {e.campaign_id for e in reports if e.outcome == events_pb2.DELIVERY_OUTCOME_REJECTED} == {45, 46, 47, 48, 49}
+
+
+async def test_recipient_always_deferred_expires_after_give_up_age(sender, js, smtp_sink, reports):
+    # A recipient refused with 450 on every offer is retried until the batch reaches the give-up age,
+    # then becomes EXPIRED (final) and the batch is acknowledged.
+    smtp_sink.reply = lambda addr, seen: "450 4.7.1 greylisted" if addr == "never@example.net" else None
+    running = await sender(give_up_seconds=1.5)
+    await publish(js, make_batch(50, 1, [(1, "never@example.net", "N", {}), (2, "ok@example.net", "K", {})]), "s50")
+    await poll(lambda: _count(running, 50, "expired", 1), timeout=30, what="expiry")
+    await poll(lambda: all_acked(js), what="batch acked")
+    rows = await ledger(running, 50)
+    assert rows[1][:2] == ("expired", 450) and rows[1][4] >= 2
+    assert rows[2][0] == "sent" and rows[2][4] == 1
+    await poll(lambda: _async(any(e.outcome == events_pb2.DELIVERY_OUTCOME_EXPIRED for e in reports)), what="report")
+    assert len(smtp_sink.messages) == 1
+
+
+async def test_undecodable_payload_goes_to_dead_letters(sender, js):
+    # Bytes that are not a SendBatch are kept on the dead-letter stream, not retried.
+    await sender()
+    await js.publish(bus.SUBJECT_SEND_BATCH, b"\xff\xff not protobuf")
+    sub = await js.pull_subscribe(f"{bus.SUBJECT_DEAD_LETTER}.>", stream=bus.STREAM_DEAD_LETTER)
+    [dead] = await sub.fetch(1, timeout=20)
+    assert dead.data == b"\xff\xff not protobuf"
+    assert "SendBatch" in dead.headers["Mailblast-Dead-Reason"]
+    await poll(lambda: all_acked(js), what="payload terminated")
