@@ -139,7 +139,7 @@ async def start_grpc_server(
     return GrpcServer(server, port, health)
 
 
-class _OutgoingIdentity(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class _OutgoingIdentity:
     """Adds the signed identity of the current principal, marked with this service's name, to each call."""
 
     def __init__(self, signer: IdentitySigner, service: str) -> None:
@@ -156,9 +156,15 @@ class _OutgoingIdentity(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStre
             details._replace(metadata=metadata) if hasattr(details, "_replace") else _with_metadata(details, metadata)
         )
 
+
+
+class _OutgoingIdentityUnary(_OutgoingIdentity, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, client_call_details, request):
         return await continuation(self._details(client_call_details), request)
 
+
+# grpc.aio files each interceptor under the first kind it is an instance of, so each kind needs its own object.
+class _OutgoingIdentityStream(_OutgoingIdentity, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, client_call_details, request):
         return await continuation(self._details(client_call_details), request)
 
@@ -173,7 +179,11 @@ def service_channel(target: str, signer: IdentitySigner, service: str) -> grpc.a
     """An insecure channel to another mailblast service that carries the current caller's identity."""
     return grpc.aio.insecure_channel(
         target,
-        interceptors=[*aio_client_interceptors(), _OutgoingIdentity(signer, service)],
+        interceptors=[
+            *aio_client_interceptors(),
+            _OutgoingIdentityUnary(signer, service),
+            _OutgoingIdentityStream(signer, service),
+        ],
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
 

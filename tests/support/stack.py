@@ -1,0 +1,253 @@
+"""The whole pipeline in one test: auth, lists, campaigns, bounce and senders on real servers, gRPC on port 0."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from mailblast.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    bounce_pb2_grpc,
+    campaigns_pb2,
+    campaigns_pb2_grpc,
+    lists_pb2,
+    lists_pb2_grpc,
+)
+
+from dev.embedded import free_port
+from services.auth import service as auth_service
+from services.auth.config import Config as AuthConfig
+from services.bounce import service as bounce_service
+from services.bounce.config import Config as BounceConfig
+from services.campaigns import service as campaigns_service
+from services.campaigns.config import Config as CampaignsConfig
+from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+from services.lists import service as lists_service
+from services.lists.config import Config as ListsConfig
+from services.sender import service as sender_service
+from services.sender.config import Config as SenderConfig
+
+DKIM_DOMAIN = "news.example.com"
+RETURN_PATH_DOMAIN = "bounces.example.com"
+
+
+@dataclass(frozen=True)
+class DkimKeys:
+    """Key files for both DKIM algorithms, and the TXT records a receiver would look up."""
+
+    rsa_key: Path
+    ed25519_key: Path
+    records: dict[bytes, bytes]
+
+    def dnsfunc(self, name: bytes, timeout: int = 5) -> bytes:
+        """Answer dkimpy's TXT look-up from the published records."""
+        return self.records.get(name, b"")
+
+
+def make_dkim_keys(directory: Path) -> DkimKeys:
+    """An RSA-2048 and an ed25519 key, with their DNS records for selectors mb1 / mb1ed."""
+    import base64
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    rsa_path, ed_path = directory / "dkim-rsa.pem", directory / "dkim-ed25519.pem"
+    rsa_path.write_bytes(rsa_key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption()))
+    ed_path.write_bytes(ed_key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption()))
+    rsa_pub = rsa_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    ed_pub = ed_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    records = {
+        f"mb1._domainkey.{DKIM_DOMAIN}.".encode(): b"v=DKIM1; k=rsa; p=" + base64.b64encode(rsa_pub),
+        f"mb1ed._domainkey.{DKIM_DOMAIN}.".encode(): b"v=DKIM1; k=ed25519; p=" + base64.b64encode(ed_pub),
+    }
+    return DkimKeys(rsa_path, ed_path, records)
+
+
+@dataclass
+class Stack:
+    """Running services and user-side stubs carrying an admin token."""
+
+    auth: auth_service.Running
+    lists: lists_service.Running
+    campaigns: campaigns_service.Running
+    bounce: bounce_service.Running
+    senders: list[sender_service.Running]
+    token: str
+    signer: IdentitySigner
+    organization_id: int
+    sender_config: SenderConfig
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        """Call metadata of the bootstrap admin."""
+        return [("authorization", f"Bearer {self.token}")]
+
+    def channel(self, port: int) -> grpc.aio.Channel:
+        """A plain client channel to one of the services."""
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.channels.append(channel)
+        return channel
+
+    @property
+    def lists_stub(self) -> lists_pb2_grpc.ListsServiceStub:
+        """Lists, as a user."""
+        return lists_pb2_grpc.ListsServiceStub(self.channel(self.lists.grpc_port))
+
+    @property
+    def campaigns_stub(self) -> campaigns_pb2_grpc.CampaignsServiceStub:
+        """Campaigns, as a user."""
+        return campaigns_pb2_grpc.CampaignsServiceStub(self.channel(self.campaigns.grpc_port))
+
+    @property
+    def bounce_stub(self) -> bounce_pb2_grpc.BounceServiceStub:
+        """Bounce, as a user."""
+        return bounce_pb2_grpc.BounceServiceStub(self.channel(self.bounce.grpc_port))
+
+    async def create_list(self, emails: list[str], name: str = "list", fields: dict | None = None) -> int:
+        """A list with these subscribers (name derived from the address, plus fields)."""
+        import json
+
+        lists = self.lists_stub
+        created = await lists.CreateList(lists_pb2.CreateListRequest(name=name), metadata=self.metadata)
+        for start in range(0, len(emails), 5000):
+            rows = [
+                lists_pb2.SubscriberInput(
+                    email=e,
+                    name=f"名前 {e.split('@')[0]}",
+                    attributes_json=json.dumps(fields or {}, ensure_ascii=False),
+                )
+                for e in emails[start : start + 5000]
+            ]
+            reply = await lists.AddSubscribers(
+                lists_pb2.AddSubscribersRequest(list_id=created.id, subscribers=rows), metadata=self.metadata
+            )
+            assert not reply.errors, reply.errors
+        return created.id
+
+    async def send_campaign(self, list_ids: list[int], **content) -> campaigns_pb2.Campaign:
+        """Create and send a campaign; returns it as SendCampaign answered."""
+        stub = self.campaigns_stub
+        request = campaigns_pb2.CreateCampaignRequest(
+            name=content.pop("name", "test campaign"),
+            list_ids=list_ids,
+            from_name=content.pop("from_name", "ニュース"),
+            from_address=content.pop("from_address", f"news@{DKIM_DOMAIN}"),
+            subject=content.pop("subject", "{{ name }}様へのお知らせ"),
+            html_body=content.pop("html_body", "<p>{{ name }}様 ({{ email }})</p>"),
+            text_body=content.pop("text_body", "{{ name }}様 ({{ email }})"),
+            **content,
+        )
+        created = await stub.CreateCampaign(request, metadata=self.metadata)
+        return await stub.SendCampaign(
+            campaigns_pb2.SendCampaignRequest(campaign_id=created.id), metadata=self.metadata
+        )
+
+    async def wait_campaign(self, campaign_id: int, done: callable, timeout: float = 120.0) -> campaigns_pb2.Campaign:
+        """Poll the campaign until done(campaign) holds, or fail with its last counters."""
+        stub = self.campaigns_stub
+        deadline = time.monotonic() + timeout
+        while True:
+            campaign = await stub.GetCampaign(
+                campaigns_pb2.GetCampaignRequest(campaign_id=campaign_id), metadata=self.metadata
+            )
+            if done(campaign):
+                return campaign
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"campaign {campaign_id} not done within {timeout}s: {campaign.counters}")
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        """Stop everything, senders first."""
+        for channel in self.channels:
+            await channel.close()
+        for sender in self.senders:
+            await sender.stop(grace=5.0)
+        for running in (self.campaigns, self.bounce, self.lists, self.auth):
+            await running.stop()
+
+
+def sender_config(
+    database_url: str, nats_url: str, internal_key: bytes, sink_port: int, cert: Path, dkim: DkimKeys, **overrides
+) -> SenderConfig:
+    """A sender relaying to the test sink over mandatory STARTTLS, signing with both algorithms."""
+    config = SenderConfig(
+        database_url=database_url,
+        nats_url=nats_url,
+        internal_key=internal_key,
+        return_path_domain=RETURN_PATH_DOMAIN,
+        unsubscribe_url="https://mail.example.com/u/",
+        grpc_bind="127.0.0.1:0",
+        relay_host="127.0.0.1",
+        relay_port=sink_port,
+        tls="required",
+        tls_ca_file=str(cert),
+        dkim_domain=DKIM_DOMAIN,
+        dkim_selector="mb1",
+        dkim_key_file=str(dkim.rsa_key),
+        dkim_ed25519_selector="mb1ed",
+        dkim_ed25519_key_file=str(dkim.ed25519_key),
+        concurrency=32,
+        retry_base_seconds=0.2,
+        retry_max_seconds=1.0,
+        smtp_timeout_seconds=10.0,
+    )
+    return dataclasses.replace(config, **overrides)
+
+
+async def start_stack(
+    database_url: str,
+    nats_url: str,
+    internal_key: bytes,
+    sink_port: int,
+    cert: Path,
+    dkim: DkimKeys,
+    *,
+    senders: int = 1,
+    hard_bounce_threshold: int = 3,
+    sender_overrides: dict | None = None,
+) -> Stack:
+    """Start every service in this process and bootstrap an organisation with an admin token."""
+    signer = IdentitySigner(internal_key)
+    auth = await auth_service.start(AuthConfig(database_url, internal_key, grpc_bind="127.0.0.1:0"))
+    auth_addr = f"127.0.0.1:{auth.grpc_port}"
+    lists = await lists_service.start(
+        ListsConfig(
+            database_url, nats_url, internal_key, grpc_bind="127.0.0.1:0", auth_addr=auth_addr,
+            hard_bounce_threshold=hard_bounce_threshold,
+        )
+    )  # fmt: skip
+    campaigns = await campaigns_service.start(
+        CampaignsConfig(
+            database_url, nats_url, internal_key, lists_addr=f"127.0.0.1:{lists.grpc_port}", auth_addr=auth_addr,
+            grpc_bind="127.0.0.1:0",
+        )
+    )  # fmt: skip
+    bounce = await bounce_service.start(
+        BounceConfig(
+            database_url, nats_url, internal_key, auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
+            smtp_bind=f"127.0.0.1:{free_port()}",
+        )
+    )  # fmt: skip
+    config = sender_config(database_url, nats_url, internal_key, sink_port, cert, dkim, **(sender_overrides or {}))
+    running_senders = [await sender_service.start(config) for _ in range(senders)]
+    async with grpc.aio.insecure_channel(auth_addr) as channel:
+        reply = await auth_pb2_grpc.AuthServiceStub(channel).Bootstrap(
+            auth_pb2.BootstrapRequest(
+                organization_name="Test KK", admin_login="admin", admin_email="admin@example.com"
+            ),
+            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="test")))],
+        )
+    return Stack(
+        auth, lists, campaigns, bounce, running_senders, reply.api_token, signer, reply.organization.id, config
+    )
