@@ -157,7 +157,6 @@ class _OutgoingIdentity:
         )
 
 
-
 class _OutgoingIdentityUnary(_OutgoingIdentity, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, client_call_details, request):
         return await continuation(self._details(client_call_details), request)
