@@ -81,8 +81,8 @@ async def smtp_sink(tls_files: tuple[Path, Path]):
 
 @pytest.fixture
 def internal_key() -> bytes:
-    """The key services sign each other's identity with."""
-    return secrets.token_bytes(32)
+    """The key services sign each other's identity with (printable, as it is when read from env or a file)."""
+    return secrets.token_hex(32).encode()
 
 
 @pytest.fixture

@@ -34,6 +34,8 @@ class Config:
     retry_base_seconds: float = 60.0
     retry_max_seconds: float = 3600.0
     give_up_seconds: float = 345600.0
+    # How long a batch taken by a sender that vanished (killed) waits before another sender gets it.
+    ack_wait_seconds: float = 60.0
     # How long one SMTP command may take before the delivery counts as deferred.
     smtp_timeout_seconds: float = 60.0
     # The name given in EHLO; empty means the message-id domain.
@@ -81,4 +83,5 @@ class Config:
             retry_base_seconds=env_float("SENDER_RETRY_BASE_SECONDS", 60.0),
             retry_max_seconds=env_float("SENDER_RETRY_MAX_SECONDS", 3600.0),
             give_up_seconds=env_float("SENDER_GIVE_UP_SECONDS", 345600.0),
+            ack_wait_seconds=env_float("SENDER_ACK_WAIT_SECONDS", 60.0),
         )

@@ -87,8 +87,10 @@ class SendBatchConsumer:
         retry_base_seconds: float,
         retry_max_seconds: float,
         give_up_seconds: float,
+        ack_wait_seconds: float = ACK_WAIT_SECONDS,
     ) -> None:
         self._js = js
+        self._ack_wait = ack_wait_seconds
         self._store = store
         self._writer = writer
         self._composer = composer
@@ -110,7 +112,7 @@ class SendBatchConsumer:
             subject=bus.SUBJECT_SEND_BATCH,
             handler=self._take,
             batch=1,
-            ack_wait=ACK_WAIT_SECONDS,
+            ack_wait=ack_wait_seconds,
         )
 
     async def start(self) -> None:
@@ -179,7 +181,7 @@ class SendBatchConsumer:
         with tracer.start_as_current_span(
             "send batch", context=extract_context(msg.headers), kind=trace.SpanKind.CONSUMER, attributes=attributes
         ) as span:
-            keeper = asyncio.create_task(_keep_in_progress(msg))
+            keeper = asyncio.create_task(_keep_in_progress(msg, self._ack_wait))
             try:
                 decision = await self._send(batch, msg.metadata.num_delivered or 1)
             except asyncio.CancelledError:
@@ -348,11 +350,11 @@ def _age_seconds(batch: events_pb2.SendBatch) -> float:
     return max(0.0, time.time() - created)
 
 
-async def _keep_in_progress(msg: Msg) -> None:
+async def _keep_in_progress(msg: Msg, ack_wait: float) -> None:
     """Tell JetStream the batch is still being worked on, so ack_wait does not expire mid-batch."""
     try:
         while True:
-            await asyncio.sleep(ACK_WAIT_SECONDS / 3)
+            await asyncio.sleep(ack_wait / 3)
             await msg.in_progress()
     except asyncio.CancelledError:
         return

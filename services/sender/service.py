@@ -119,6 +119,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         retry_base_seconds=config.retry_base_seconds,
         retry_max_seconds=config.retry_max_seconds,
         give_up_seconds=config.give_up_seconds,
+        ack_wait_seconds=config.ack_wait_seconds,
     )
     await consumer.start()
     grpc = await start_grpc_server(config.grpc_bind, grpc_api.register(store), IdentitySigner(config.internal_key))
