@@ -105,7 +105,7 @@ async def pipeline(run: dict, key: bytes, recipients: int, kb: int) -> tuple[flo
         imported = time.perf_counter() - start
         campaign = await campaigns.CreateCampaign(
             campaigns_pb2.CreateCampaignRequest(
-                name="bench", list_ids=[created.id], from_address="news@mailblast.localhost",
+                name="bench", list_ids=[created.id], from_address="news@mailblast.example.com",
                 from_name="ベンチ", subject="{{ name }}様へ 今月のご案内", html_body=html_body(kb),
                 text_body="{{ name }}様\n今月のご案内です。",
             ),

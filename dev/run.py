@@ -38,10 +38,10 @@ from dev.tls import make_self_signed
 
 ROOT = Path(__file__).resolve().parents[1]
 DATABASE_NAME = "mailblast"
-DKIM_DOMAIN = "mailblast.localhost"
+DKIM_DOMAIN = "mailblast.example.com"
 DKIM_RSA_SELECTOR = "mb1"
 DKIM_ED25519_SELECTOR = "mb1ed"
-RETURN_PATH_DOMAIN = "bounces.mailblast.localhost"
+RETURN_PATH_DOMAIN = "bounces.mailblast.example.com"
 ADMIN_LOGIN = "admin"
 # email-validator refuses special-use names such as .localhost; MAILBLAST_ADMIN_EMAIL overrides this.
 ADMIN_EMAIL = os.environ.get("MAILBLAST_ADMIN_EMAIL") or "admin@example.com"

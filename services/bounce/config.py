@@ -17,7 +17,7 @@ class Config:
     auth_addr: str = ""
     grpc_bind: str = "0.0.0.0:50055"
     smtp_bind: str = "0.0.0.0:2525"
-    smtp_hostname: str = "bounce.mailblast.localhost"
+    smtp_hostname: str = "bounce.mailblast.example.com"
     max_message_bytes: int = 10 * 1024 * 1024
 
     @classmethod
@@ -30,6 +30,6 @@ class Config:
             auth_addr=env_str("AUTH_ADDR", ""),
             grpc_bind=env_str("BOUNCE_GRPC_BIND", "0.0.0.0:50055"),
             smtp_bind=env_str("BOUNCE_SMTP_BIND", "0.0.0.0:2525"),
-            smtp_hostname=env_str("BOUNCE_SMTP_HOSTNAME", "bounce.mailblast.localhost"),
+            smtp_hostname=env_str("BOUNCE_SMTP_HOSTNAME", "bounce.mailblast.example.com"),
             max_message_bytes=env_int("BOUNCE_MAX_MESSAGE_BYTES", 10 * 1024 * 1024),
         )

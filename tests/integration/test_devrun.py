@@ -194,8 +194,8 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, d
     assert len(token_lines) == 1, output
     token = token_lines[0].rsplit(" ", 1)[1]
     assert len(token) >= 16
-    assert 'mb1._domainkey.mailblast.localhost. IN TXT "v=DKIM1; k=rsa; p=' in output
-    assert 'mb1ed._domainkey.mailblast.localhost. IN TXT "v=DKIM1; k=ed25519; p=' in output
+    assert 'mb1._domainkey.mailblast.example.com. IN TXT "v=DKIM1; k=rsa; p=' in output
+    assert 'mb1ed._domainkey.mailblast.example.com. IN TXT "v=DKIM1; k=ed25519; p=' in output
 
     # The token and the secrets stay out of every file the run writes besides the secrets themselves.
     internal_key = (var / "secrets" / "internal.key").read_bytes().strip()

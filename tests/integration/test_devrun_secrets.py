@@ -16,8 +16,8 @@ from services.common.config import env_bytes_secret
 from services.common.identity import IdentitySigner, Principal
 
 MESSAGE = (
-    b"From: Shop <news@mailblast.localhost>\r\nTo: a@example.com\r\nSubject: hello\r\n"
-    b"Date: Thu, 26 Nov 2026 10:00:00 +0000\r\nMessage-ID: <1@mailblast.localhost>\r\n\r\nHi there.\r\n"
+    b"From: Shop <news@mailblast.example.com>\r\nTo: a@example.com\r\nSubject: hello\r\n"
+    b"Date: Thu, 26 Nov 2026 10:00:00 +0000\r\nMessage-ID: <1@mailblast.example.com>\r\n\r\nHi there.\r\n"
 )
 
 
@@ -74,16 +74,16 @@ def test_printed_dns_records_verify_signatures_made_with_the_keys(tmp_path: Path
     files, _ = ensure_secrets(tmp_path / "secrets")
     records = dkim_dns_records(files)
     by_name = {record.split(" ", 1)[0]: record for record in records}
-    assert set(by_name) == {"mb1._domainkey.mailblast.localhost.", "mb1ed._domainkey.mailblast.localhost."}
+    assert set(by_name) == {"mb1._domainkey.mailblast.example.com.", "mb1ed._domainkey.mailblast.example.com."}
     for record in records:
         assert all(len(s) <= 255 for s in re.findall(r'"([^"]*)"', record))
         assert "PRIVATE" not in record
 
-    signature = dkim.sign(MESSAGE, b"mb1", b"mailblast.localhost", files.dkim_rsa.read_bytes())
-    txt = {b"mb1._domainkey.mailblast.localhost.": _txt_value(by_name["mb1._domainkey.mailblast.localhost."])}
+    signature = dkim.sign(MESSAGE, b"mb1", b"mailblast.example.com", files.dkim_rsa.read_bytes())
+    txt = {b"mb1._domainkey.mailblast.example.com.": _txt_value(by_name["mb1._domainkey.mailblast.example.com."])}
     assert dkim.verify(signature + MESSAGE, dnsfunc=lambda name, timeout=5: txt.get(name))
 
-    ed_value = _txt_value(by_name["mb1ed._domainkey.mailblast.localhost."]).decode()
+    ed_value = _txt_value(by_name["mb1ed._domainkey.mailblast.example.com."]).decode()
     published = ed_value.split("p=", 1)[1]
     private = serialization.load_pem_private_key(files.dkim_ed25519.read_bytes(), password=None)
     raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
