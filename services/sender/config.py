@@ -84,4 +84,6 @@ class Config:
             retry_max_seconds=env_float("SENDER_RETRY_MAX_SECONDS", 3600.0),
             give_up_seconds=env_float("SENDER_GIVE_UP_SECONDS", 345600.0),
             ack_wait_seconds=env_float("SENDER_ACK_WAIT_SECONDS", 60.0),
+            smtp_timeout_seconds=env_float("SENDER_SMTP_TIMEOUT_SECONDS", 60.0),
+            helo_name=env_str("SENDER_HELO_NAME", ""),
         )
