@@ -27,6 +27,7 @@ from services.common.tracing import inject_headers
 log = get_logger(__name__)
 
 SUBJECT_SEND_BATCH = "mailblast.send.batch"
+SUBJECT_SEND_TRANSACTIONAL = "mailblast.send.transactional"
 SUBJECT_DELIVERY_REPORT = "mailblast.delivery.report"
 SUBJECT_BOUNCE_RECORDED = "mailblast.bounce.recorded"
 SUBJECT_DEAD_LETTER = "mailblast.deadletter"
@@ -43,7 +44,7 @@ _DAY = 24 * 3600.0
 STREAMS: tuple[StreamConfig, ...] = (
     StreamConfig(
         name=STREAM_SEND,
-        subjects=[SUBJECT_SEND_BATCH],
+        subjects=[SUBJECT_SEND_BATCH, SUBJECT_SEND_TRANSACTIONAL],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         duplicate_window=6 * 3600.0,
@@ -84,10 +85,12 @@ async def connect(url: str, name: str) -> tuple[NATS, JetStreamContext]:
 
 
 async def ensure_streams(js: JetStreamContext) -> None:
-    """Create the mailblast streams that are missing (idempotent; any service may do it first)."""
+    """Create the mailblast streams that are missing, and add subjects a newer release introduced."""
     for config in STREAMS:
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
+            if set(config.subjects or []) - set(info.config.subjects or []):
+                await js.update_stream(config)
         except NotFoundError:
             try:
                 await js.add_stream(config)
