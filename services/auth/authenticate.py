@@ -28,6 +28,8 @@ class TokenAuthenticator:
             raise Unauthenticated(f"unknown API token mb_{prefix}_…: check it was copied whole")
         if holder.revoked_at is not None:
             raise Unauthenticated(f"API token mb_{prefix}_… has been revoked; ask an admin for a new one")
+        if holder.user_disabled:
+            raise Unauthenticated(f"API token mb_{prefix}_… belongs to a disabled user; ask an admin")
         if holder.last_used_at is None or datetime.now(UTC) - holder.last_used_at >= _TOUCH_EVERY:
             await self._store.touch_token(holder.token_id)
         return Principal(

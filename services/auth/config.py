@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.config import env_bytes_secret, env_str
+from services.common.config import env_bytes_secret, env_int, env_str
 
 
 @dataclass(frozen=True)
@@ -13,13 +13,34 @@ class Config:
 
     database_url: str
     internal_key: bytes
+    # Lockout and password-reset mails go out through the senders over NATS.
+    nats_url: str
     grpc_bind: str = "0.0.0.0:50051"
+    lockout_threshold: int = 5
+    lockout_seconds: int = 1800
+    ip_failures_per_minute: int = 20
+    idle_timeout_seconds: int = 1800
+    absolute_timeout_seconds: int = 43200
+    reset_ttl_seconds: int = 3600
+    invite_ttl_seconds: int = 259200
+    console_url: str = "http://127.0.0.1:8080"
+    mail_from: str = "no-reply@mailblast.example.com"
 
     @classmethod
     def from_env(cls) -> Config:
-        """Read DATABASE_URL, MAILBLAST_INTERNAL_KEY(_FILE) and AUTH_GRPC_BIND."""
+        """Read DATABASE_URL, MAILBLAST_INTERNAL_KEY(_FILE), NATS_URL and AUTH_*."""
         return cls(
             database_url=env_str("DATABASE_URL"),
             internal_key=env_bytes_secret("MAILBLAST_INTERNAL_KEY"),
+            nats_url=env_str("NATS_URL"),
             grpc_bind=env_str("AUTH_GRPC_BIND", "0.0.0.0:50051"),
+            lockout_threshold=env_int("AUTH_LOCKOUT_THRESHOLD", 5),
+            lockout_seconds=env_int("AUTH_LOCKOUT_SECONDS", 1800),
+            ip_failures_per_minute=env_int("AUTH_IP_FAILURES_PER_MINUTE", 20),
+            idle_timeout_seconds=env_int("AUTH_IDLE_TIMEOUT_SECONDS", 1800),
+            absolute_timeout_seconds=env_int("AUTH_ABSOLUTE_TIMEOUT_SECONDS", 43200),
+            reset_ttl_seconds=env_int("AUTH_RESET_TTL_SECONDS", 3600),
+            invite_ttl_seconds=env_int("AUTH_INVITE_TTL_SECONDS", 259200),
+            console_url=env_str("AUTH_CONSOLE_URL", "http://127.0.0.1:8080").rstrip("/"),
+            mail_from=env_str("AUTH_MAIL_FROM", "no-reply@mailblast.example.com"),
         )

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+import re
+from datetime import UTC, datetime
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from mailblast.v1 import auth_pb2, auth_pb2_grpc
 
-from services.auth import accounts, tokens
+from services.auth import accounts, passwords, tokens
 from services.auth.authenticate import TokenAuthenticator
-from services.auth.store import ApiToken, AuthStore, Organization, User
-from services.common.errors import NotFound
-from services.common.identity import require_scope, require_service
+from services.auth.security import AccountSecurity, LoginAttempt, LoginStatus, SessionStatus
+from services.auth.store import Account, ApiToken, AuditEvent, AuthStore, Organization, SessionRow, User
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.common.identity import Principal, require_scope, require_service
 from services.common.log import get_logger
 
 log = get_logger(__name__)
@@ -26,11 +29,22 @@ def _ts(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-def _organization(org: Organization) -> auth_pb2.Organization:
-    return auth_pb2.Organization(id=org.id, name=org.name, created_at=_ts(org.created_at))
+# The gateway passes the end user's address on admin calls in this metadata key, for the audit log.
+SOURCE_IP_HEADER = "x-mailblast-source-ip"
+_ACTION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+MAX_AUDIT_DETAIL = 16 * 1024
 
 
-def _user(user: User) -> auth_pb2.User:
+def _organization(org: Organization, require_totp: bool | None = None) -> auth_pb2.Organization:
+    reply = auth_pb2.Organization(id=org.id, name=org.name, created_at=_ts(org.created_at))
+    if require_totp is not None:
+        reply.settings.require_totp = require_totp
+    return reply
+
+
+def _user(user: User | Account) -> auth_pb2.User:
+    if isinstance(user, Account):
+        user = user.user()
     return auth_pb2.User(
         id=user.id,
         organization_id=user.organization_id,
@@ -38,7 +52,32 @@ def _user(user: User) -> auth_pb2.User:
         email=user.email,
         role=user.role,
         created_at=_ts(user.created_at),
+        has_password=user.has_password,
+        totp_enabled=user.totp_enabled,
+        locked_until=_ts(user.locked_until),
+        disabled_at=_ts(user.disabled_at),
     )
+
+
+def _audit(event: AuditEvent) -> auth_pb2.AuditEvent:
+    return auth_pb2.AuditEvent(
+        id=event.id,
+        organization_id=event.organization_id or 0,
+        at=_ts(event.at),
+        user_id=event.user_id or 0,
+        source_ip=event.source_ip,
+        action=event.action,
+        target=event.target,
+        detail_json=json.dumps(event.detail, ensure_ascii=False, sort_keys=True),
+        service=event.service,
+    )
+
+
+def _source_ip(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == SOURCE_IP_HEADER:
+            return str(value)[:100]
+    return ""
 
 
 def _token(token: ApiToken) -> auth_pb2.ApiToken:
@@ -57,9 +96,10 @@ def _token(token: ApiToken) -> auth_pb2.ApiToken:
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """Organisations, users and API tokens over gRPC."""
 
-    def __init__(self, store: AuthStore, authenticator: TokenAuthenticator) -> None:
+    def __init__(self, store: AuthStore, authenticator: TokenAuthenticator, security: AccountSecurity) -> None:
         self._store = store
         self._authenticate = authenticator
+        self._security = security
 
     async def Bootstrap(self, request: auth_pb2.BootstrapRequest, context: grpc.aio.ServicerContext):
         """Create the first organisation, owner and admin token, once."""
@@ -68,7 +108,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         login = accounts.check_login(request.admin_login)
         email = accounts.check_email(request.admin_email)
         issued = tokens.issue()
+        password_hash = None
+        if request.admin_password:
+            password_hash = await passwords.hash_async(passwords.check_new(request.admin_password, login, email))
         org, user, _ = await self._store.bootstrap(name, login, email, issued.prefix, issued.secret_hash)
+        if password_hash is not None:
+            await self._store.set_password_hash(user.id, password_hash)
         log.info("bootstrapped", organization_id=org.id, user_id=user.id, by=caller.service)
         return auth_pb2.BootstrapResponse(organization=_organization(org), user=_user(user), api_token=issued.text)
 
@@ -86,12 +131,24 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: grpc.aio.ServicerContext):
         """Add a user to the caller's organisation."""
         principal = require_scope("admin")
+        role = accounts.check_role(request.role)
+        if role == "owner" and principal.role != "owner":
+            raise PermissionDenied("only an owner can make another user owner")
         user = await self._store.create_user(
             principal.organization_id,
             accounts.check_login(request.login),
             accounts.check_email(request.email),
-            accounts.check_role(request.role),
+            role,
         )
+        ip = _source_ip(context)
+        await self._store.audit(
+            principal.organization_id, principal.user_id, "user.created", f"user:{user.id}", {"role": role}, ip,
+            principal.service,
+        )  # fmt: skip
+        if request.send_invite:
+            account = await self._store.account(user.id)
+            assert account is not None
+            await self._security.send_password_link(account, True, principal.user_id, ip)
         return _user(user)
 
     async def ListUsers(self, request: auth_pb2.ListUsersRequest, context: grpc.aio.ServicerContext):
@@ -113,6 +170,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             principal.organization_id, user.id, name, scopes, issued.prefix, issued.secret_hash
         )
         log.info("api token issued", token_id=token.id, user_id=user.id, scopes=list(scopes))
+        await self._store.audit(
+            principal.organization_id, principal.user_id, "api_token.created", f"api_token:{token.id}",
+            {"user_id": user.id, "scopes": list(scopes)}, _source_ip(context), principal.service,
+        )  # fmt: skip
         return auth_pb2.CreateApiTokenResponse(token=_token(token), secret=issued.text)
 
     async def ListApiTokens(self, request: auth_pb2.ListApiTokensRequest, context: grpc.aio.ServicerContext):
@@ -128,4 +189,252 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if token is None:
             raise NotFound(f"no API token {request.token_id} in your organisation")
         log.info("api token revoked", token_id=token.id)
+        await self._store.audit(
+            principal.organization_id, principal.user_id, "api_token.revoked", f"api_token:{token.id}",
+            source_ip=_source_ip(context), service=principal.service,
+        )  # fmt: skip
         return _token(token)
+
+    # -- account security (see the comments in auth.proto)
+
+    async def Login(self, request: auth_pb2.LoginRequest, context: grpc.aio.ServicerContext):
+        """Check credentials and open a session."""
+        require_service()
+        outcome = await self._security.login(
+            LoginAttempt(
+                login=request.login,
+                password=request.password,
+                totp_code=request.totp_code,
+                recovery_code=request.recovery_code,
+                source_ip=request.source_ip[:100],
+                user_agent=request.user_agent,
+                challenge_token=request.challenge_token,
+            )
+        )
+        reply = auth_pb2.LoginResponse(
+            status=outcome.status.value, idle_timeout_seconds=self._security.idle_expiry_seconds
+        )
+        shows_user = outcome.status in (LoginStatus.OK, LoginStatus.TOTP_SETUP_REQUIRED, LoginStatus.TOTP_REQUIRED)
+        if outcome.account is not None and shows_user:
+            reply.user.CopyFrom(_user(outcome.account))
+        if outcome.session is not None:
+            reply.session_token = outcome.session_token
+            reply.session_id = outcome.session.id
+            reply.absolute_expires_at.CopyFrom(_ts(self._security.absolute_expiry(outcome.session)))
+        reply.challenge_token = outcome.challenge_token
+        return reply
+
+    def _session(self, row: SessionRow, current_id: int = 0, touched: bool = False) -> auth_pb2.Session:
+        return auth_pb2.Session(
+            id=row.id,
+            created_at=_ts(row.created_at),
+            last_seen_at=_ts(row.now if touched else row.last_seen_at),
+            absolute_expires_at=_ts(self._security.absolute_expiry(row)),
+            idle_expires_at=_ts(self._security.idle_expiry(row, row.now if touched else None)),
+            source_ip=row.source_ip,
+            user_agent=row.user_agent,
+            current=row.id == current_id,
+        )
+
+    async def GetSession(self, request: auth_pb2.GetSessionRequest, context: grpc.aio.ServicerContext):
+        """The session's principal, or why it is no longer valid."""
+        require_service()
+        resolved = await self._security.resolve(request.session_token)
+        reply = auth_pb2.GetSessionResponse(status=resolved.status.value)
+        if resolved.status in (SessionStatus.VALID, SessionStatus.TOTP_SETUP_REQUIRED):
+            assert resolved.account is not None and resolved.session is not None
+            account = resolved.account
+            scopes = accounts.ROLE_SCOPES[account.role] if resolved.status is SessionStatus.VALID else ()
+            reply.principal.CopyFrom(
+                auth_pb2.Principal(
+                    organization_id=account.organization_id, user_id=account.id, scopes=scopes, role=account.role
+                )
+            )
+            reply.user.CopyFrom(_user(account))
+            reply.session.CopyFrom(self._session(resolved.session, resolved.session.id, touched=True))
+        return reply
+
+    async def Logout(self, request: auth_pb2.LogoutRequest, context: grpc.aio.ServicerContext):
+        """Revoke a session."""
+        require_service()
+        await self._security.logout(request.session_token)
+        return auth_pb2.LogoutResponse()
+
+    async def ListSessions(self, request: auth_pb2.ListSessionsRequest, context: grpc.aio.ServicerContext):
+        """The live sessions of the session's user."""
+        require_service()
+        current, account = await self._security.require_session(request.session_token)
+        rows = await self._store.user_sessions(account.id)
+        live = [r for r in rows if r.now < self._security.absolute_expiry(r) and r.now < self._security.idle_expiry(r)]
+        return auth_pb2.ListSessionsResponse(sessions=[self._session(r, current.id) for r in live])
+
+    async def RevokeSession(self, request: auth_pb2.RevokeSessionRequest, context: grpc.aio.ServicerContext):
+        """Revoke one of the user's own sessions."""
+        require_service()
+        _, account = await self._security.require_session(request.session_token)
+        if not await self._store.revoke_session(request.session_id, account.id, "revoked_by_user"):
+            raise NotFound(f"you have no live session {request.session_id}")
+        await self._store.audit(
+            account.organization_id, account.id, "session.revoked", f"session:{request.session_id}",
+            source_ip=_source_ip(context),
+        )  # fmt: skip
+        return auth_pb2.RevokeSessionResponse()
+
+    async def ChangePassword(self, request: auth_pb2.ChangePasswordRequest, context: grpc.aio.ServicerContext):
+        """Change the session user's password; other sessions are revoked."""
+        require_service()
+        revoked = await self._security.change_password(
+            request.session_token, request.current_password, request.new_password, _source_ip(context)
+        )
+        return auth_pb2.ChangePasswordResponse(revoked_sessions=revoked)
+
+    async def _org_account(self, principal: Principal, user_id: int) -> Account:
+        account = await self._store.account(user_id)
+        if account is None or account.organization_id != principal.organization_id:
+            raise NotFound(f"no user {user_id} in your organisation")
+        return account
+
+    async def RequestPasswordReset(
+        self, request: auth_pb2.RequestPasswordResetRequest, context: grpc.aio.ServicerContext
+    ):
+        """Mail a user of the caller's organisation a password link."""
+        principal = require_scope("admin")
+        account = await self._org_account(principal, request.user_id)
+        if account.disabled_at is not None:
+            raise FailedPrecondition(f"user {account.login!r} is disabled")
+        expires_at = await self._security.send_password_link(account, False, principal.user_id, _source_ip(context))
+        return auth_pb2.RequestPasswordResetResponse(expires_at=_ts(expires_at))
+
+    async def ResetPassword(self, request: auth_pb2.ResetPasswordRequest, context: grpc.aio.ServicerContext):
+        """Consume a password link and set the password."""
+        require_service()
+        account = await self._security.reset_password(request.token, request.new_password, _source_ip(context))
+        return auth_pb2.ResetPasswordResponse(user=_user(account))
+
+    async def Unlock(self, request: auth_pb2.UnlockRequest, context: grpc.aio.ServicerContext):
+        """Lift a lockout."""
+        principal = require_scope("admin")
+        user = await self._store.unlock(principal.organization_id, request.user_id)
+        if user is None:
+            raise NotFound(f"no user {request.user_id} in your organisation")
+        await self._store.audit(
+            principal.organization_id, principal.user_id, "user.unlocked", f"user:{user.id}",
+            source_ip=_source_ip(context), service=principal.service,
+        )  # fmt: skip
+        return _user(user)
+
+    async def BeginTotpSetup(self, request: auth_pb2.BeginTotpSetupRequest, context: grpc.aio.ServicerContext):
+        """A new TOTP secret for the session's user."""
+        require_service()
+        secret, uri = await self._security.begin_totp(request.session_token)
+        return auth_pb2.BeginTotpSetupResponse(secret=secret, provisioning_uri=uri)
+
+    async def ConfirmTotp(self, request: auth_pb2.ConfirmTotpRequest, context: grpc.aio.ServicerContext):
+        """Enable TOTP and hand out recovery codes."""
+        require_service()
+        codes, token = await self._security.confirm_totp(request.session_token, request.code, _source_ip(context), "")
+        return auth_pb2.ConfirmTotpResponse(recovery_codes=codes, session_token=token)
+
+    async def DisableTotp(self, request: auth_pb2.DisableTotpRequest, context: grpc.aio.ServicerContext):
+        """Turn TOTP off."""
+        require_service()
+        account = await self._security.disable_totp(request.session_token, request.password, _source_ip(context))
+        return _user(account)
+
+    async def GetOrganization(self, request: auth_pb2.GetOrganizationRequest, context: grpc.aio.ServicerContext):
+        """The caller's organisation with its settings."""
+        principal = require_scope("admin")
+        found = await self._store.organization(principal.organization_id)
+        if found is None:
+            raise NotFound("your organisation no longer exists")
+        return _organization(*found)
+
+    async def SetOrganizationSettings(
+        self, request: auth_pb2.SetOrganizationSettingsRequest, context: grpc.aio.ServicerContext
+    ):
+        """Change the organisation's security settings."""
+        principal = require_scope("admin")
+        if await self._store.organization(principal.organization_id) is None:
+            raise NotFound("your organisation no longer exists")
+        org, require_totp = await self._store.set_require_totp(principal.organization_id, request.settings.require_totp)
+        await self._store.audit(
+            org.id, principal.user_id, "organization.settings_changed", f"organization:{org.id}",
+            {"require_totp": require_totp}, _source_ip(context), principal.service,
+        )  # fmt: skip
+        return _organization(org, require_totp)
+
+    async def UpdateUserRole(self, request: auth_pb2.UpdateUserRoleRequest, context: grpc.aio.ServicerContext):
+        """Change a user's role."""
+        principal = require_scope("admin")
+        role = accounts.check_role(request.role)
+        account = await self._org_account(principal, request.user_id)
+        if "owner" in (role, account.role) and principal.role != "owner":
+            raise PermissionDenied("only an owner can grant or take away the owner role")
+        user = await self._store.change_role_or_disable(principal.organization_id, account.id, role)
+        if user is None:
+            raise NotFound(f"no user {request.user_id} in your organisation")
+        await self._store.audit(
+            principal.organization_id, principal.user_id, "user.role_changed", f"user:{user.id}",
+            {"from": account.role, "to": role}, _source_ip(context), principal.service,
+        )  # fmt: skip
+        return _user(user)
+
+    async def DisableUser(self, request: auth_pb2.DisableUserRequest, context: grpc.aio.ServicerContext):
+        """Disable a user: sessions revoked, tokens refused."""
+        principal = require_scope("admin")
+        account = await self._org_account(principal, request.user_id)
+        if account.role == "owner" and principal.role != "owner":
+            raise PermissionDenied("only an owner can disable an owner")
+        user = await self._store.change_role_or_disable(principal.organization_id, account.id, None)
+        if user is None:
+            raise NotFound(f"no user {request.user_id} in your organisation")
+        await self._store.audit(
+            principal.organization_id, principal.user_id, "user.disabled", f"user:{user.id}",
+            source_ip=_source_ip(context), service=principal.service,
+        )  # fmt: skip
+        return _user(user)
+
+    async def RecordAuditEvent(self, request: auth_pb2.RecordAuditEventRequest, context: grpc.aio.ServicerContext):
+        """Record another service's event in the relayed principal's organisation."""
+        principal = require_service()
+        if principal.organization_id <= 0:
+            raise InvalidArgument("an audit event needs the organisation's principal: relay the user's identity")
+        if not _ACTION.match(request.action) or len(request.action) > 100:
+            raise InvalidArgument(f"action {request.action!r} must be lower-case words joined by dots")
+        detail: dict = {}
+        if request.detail_json:
+            if len(request.detail_json) > MAX_AUDIT_DETAIL:
+                raise InvalidArgument(f"detail_json is longer than {MAX_AUDIT_DETAIL} bytes")
+            try:
+                detail = json.loads(request.detail_json)
+            except ValueError:
+                raise InvalidArgument("detail_json is not JSON") from None
+            if not isinstance(detail, dict):
+                raise InvalidArgument("detail_json must be a JSON object")
+        if await self._store.organization(principal.organization_id) is None:
+            raise NotFound(f"no organisation {principal.organization_id}")
+        event = await self._store.audit(
+            principal.organization_id, principal.user_id, request.action,
+            accounts.check_text("target", request.target, 500) if request.target else "", detail,
+            request.source_ip[:100], principal.service,
+        )  # fmt: skip
+        return _audit(event)
+
+    async def ListAuditEvents(self, request: auth_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext):
+        """The organisation's audit events, newest first, a page at a time."""
+        principal = require_scope("admin")
+        size = request.page_size or 100
+        if not 0 < size <= 1000:
+            raise InvalidArgument("page_size must be between 1 and 1000")
+        before = None
+        if request.page_token:
+            if not request.page_token.isdigit():
+                raise InvalidArgument("page_token is not one this service handed out")
+            before = int(request.page_token)
+        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+        until = request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else None
+        rows = await self._store.list_audit(principal.organization_id, since, until, request.action, size + 1, before)
+        reply = auth_pb2.ListAuditEventsResponse(events=[_audit(e) for e in rows[:size]])
+        if len(rows) > size:
+            reply.next_page_token = str(rows[size - 1].id)
+        return reply

@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-from mailblast.v1 import auth_pb2, auth_pb2_grpc
+from mailblast.v1 import auth_pb2, auth_pb2_grpc, events_pb2
+from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
 from services.auth.authenticate import TokenAuthenticator
 from services.auth.config import Config
 from services.auth.grpc_api import AuthServicer
+from services.auth.security import AccountSecurity
 from services.auth.store import AuthStore
-from services.common import db
+from services.common import bus, db, mail
 from services.common.identity import IdentitySigner
 from services.common.rpc import GrpcServer, start_grpc_server
 
@@ -23,25 +25,33 @@ SQL_DIR = Path(__file__).parent / "sql"
 class Running:
     """A started auth service."""
 
-    def __init__(self, server: GrpcServer, pool: AsyncConnectionPool) -> None:
+    def __init__(self, server: GrpcServer, pool: AsyncConnectionPool, nc: NATS) -> None:
         self._server = server
         self._pool = pool
+        self._nc = nc
         self.grpc_port = server.port
 
     async def stop(self) -> None:
-        """Finish calls under way, then close the database pool."""
+        """Finish calls under way, then close NATS and the database pool."""
         await self._server.stop()
+        await self._nc.close()
         await self._pool.close()
 
 
 async def start(config: Config) -> Running:
-    """Migrate the auth schema, open its pool and serve gRPC."""
+    """Migrate the auth schema, open its pool, connect NATS and serve gRPC."""
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA)
+    nc: NATS | None = None
     try:
+        nc, js = await bus.connect(config.nats_url, "auth")
         store = AuthStore(pool)
         authenticator = TokenAuthenticator(store)
-        servicer = AuthServicer(store, authenticator)
+
+        async def send_mail(message: events_pb2.TransactionalMessage) -> None:
+            await mail.send_transactional(js, message)
+
+        servicer = AuthServicer(store, authenticator, AccountSecurity(store, config, send_mail))
 
         def register(server: grpc.aio.Server) -> list[str]:
             auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
@@ -52,6 +62,8 @@ async def start(config: Config) -> Running:
             config.grpc_bind, register, IdentitySigner(config.internal_key), resolve_token=authenticator
         )
     except BaseException:
+        if nc is not None:
+            await nc.close()
         await pool.close()
         raise
-    return Running(server, pool)
+    return Running(server, pool, nc)

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import psycopg
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.errors import AlreadyExists, FailedPrecondition
@@ -31,6 +32,71 @@ class User:
     email: str
     role: str
     created_at: datetime
+    has_password: bool = False
+    totp_enabled: bool = False
+    locked_until: datetime | None = None
+    disabled_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user with what logging in needs; `now` is the database's clock at the time of reading."""
+
+    id: int
+    organization_id: int
+    login: str
+    email: str
+    role: str
+    created_at: datetime
+    has_password: bool
+    totp_enabled: bool
+    locked_until: datetime | None
+    disabled_at: datetime | None
+    password_hash: str | None
+    failed_logins: int
+    totp_secret: str | None
+    totp_pending_secret: str | None
+    totp_last_step: int
+    require_totp: bool
+    now: datetime
+
+    def user(self) -> User:
+        """The public part."""
+        return User(
+            self.id, self.organization_id, self.login, self.email, self.role, self.created_at,
+            self.has_password, self.totp_enabled, self.locked_until, self.disabled_at,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """A session found by its token, with its user's current role and state; `now` is the database's clock."""
+
+    id: int
+    organization_id: int
+    user_id: int
+    totp_setup_only: bool
+    created_at: datetime
+    last_seen_at: datetime
+    revoked_at: datetime | None
+    source_ip: str
+    user_agent: str
+    now: datetime
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One row of the audit log."""
+
+    id: int
+    organization_id: int | None
+    at: datetime
+    user_id: int | None
+    service: str
+    source_ip: str
+    action: str
+    target: str
+    detail: dict
 
 
 @dataclass(frozen=True)
@@ -60,6 +126,7 @@ class TokenHolder:
     role: str
     last_used_at: datetime | None
     revoked_at: datetime | None
+    user_disabled: bool = False
 
 
 # Bootstrap runs once per installation; the lock makes two racing bootstraps see each other.
@@ -67,15 +134,121 @@ BOOTSTRAP_LOCK = "SELECT pg_advisory_xact_lock(hashtext('mailblast-auth-bootstra
 ANY_ORGANIZATION = "SELECT EXISTS (SELECT 1 FROM organizations)"
 INSERT_ORGANIZATION = "INSERT INTO organizations (name) VALUES (%s) RETURNING id, name, created_at"
 
-INSERT_USER = """
-INSERT INTO users (organization_id, login, email, role) VALUES (%s, %s, %s, %s)
-RETURNING id, organization_id, login, email, role, created_at
+USER_COLUMNS = """id, organization_id, login, email, role, created_at, password_hash IS NOT NULL AS has_password,
+totp_enabled_at IS NOT NULL AS totp_enabled, locked_until, disabled_at"""
+INSERT_USER = f"""
+INSERT INTO users (organization_id, login, email, role) VALUES (%s, %s, %s, %s) RETURNING {USER_COLUMNS}
 """
-SELECT_USERS = """
-SELECT id, organization_id, login, email, role, created_at FROM users WHERE organization_id = %s ORDER BY id
+SELECT_USERS = f"SELECT {USER_COLUMNS} FROM users WHERE organization_id = %s ORDER BY id"
+SELECT_USER = f"SELECT {USER_COLUMNS} FROM users WHERE organization_id = %s AND id = %s"
+ACCOUNT_COLUMNS = """u.id, u.organization_id, u.login, u.email, u.role, u.created_at,
+u.password_hash IS NOT NULL AS has_password, u.totp_enabled_at IS NOT NULL AS totp_enabled, u.locked_until,
+u.disabled_at, u.password_hash, u.failed_logins, u.totp_secret, u.totp_pending_secret, u.totp_last_step,
+o.require_totp, now() AS now"""
+SELECT_ACCOUNT_BY_LOGIN = f"""
+SELECT {ACCOUNT_COLUMNS} FROM users u JOIN organizations o ON o.id = u.organization_id WHERE u.login = %s
 """
-SELECT_USER = """
-SELECT id, organization_id, login, email, role, created_at FROM users WHERE organization_id = %s AND id = %s
+SELECT_ACCOUNT = f"""
+SELECT {ACCOUNT_COLUMNS} FROM users u JOIN organizations o ON o.id = u.organization_id WHERE u.id = %s
+"""
+# A failure while locked does not extend the lock; reaching the threshold locks and restarts the count.
+RECORD_FAILURE = """
+UPDATE users SET
+    failed_logins = CASE WHEN failed_logins + 1 >= %(threshold)s THEN 0 ELSE failed_logins + 1 END,
+    locked_until = CASE WHEN failed_logins + 1 >= %(threshold)s
+                        THEN now() + make_interval(secs => %(seconds)s) ELSE locked_until END
+WHERE id = %(user_id)s AND (locked_until IS NULL OR locked_until <= now())
+RETURNING failed_logins = 0 AND locked_until > now() AS locked_now, locked_until
+"""
+RECORD_SUCCESS = "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = %s"
+SET_PASSWORD_HASH = "UPDATE users SET password_hash = %s WHERE id = %s"  # noqa: S105
+COUNT_IP_FAILURES = """
+SELECT count(*) FROM audit_events
+WHERE action = 'login.failed' AND source_ip = %s AND at > now() - interval '1 minute'
+"""
+INSERT_AUDIT = """
+INSERT INTO audit_events (organization_id, user_id, service, source_ip, action, target, detail)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+RETURNING id, organization_id, at, user_id, service, source_ip, action, target, detail
+"""
+SELECT_AUDIT = """
+SELECT id, organization_id, at, user_id, service, source_ip, action, target, detail FROM audit_events
+WHERE organization_id = %(org)s
+  AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR at < %(until)s)
+  AND (%(action)s = '' OR action = %(action)s OR (right(%(action)s, 1) = '.' AND starts_with(action, %(action)s)))
+  AND (%(before)s::bigint IS NULL OR id < %(before)s)
+ORDER BY id DESC LIMIT %(limit)s
+"""
+
+SESSION_COLUMNS = """id, organization_id, user_id, totp_setup_only, created_at, last_seen_at, revoked_at, source_ip,
+user_agent, now() AS now"""
+INSERT_SESSION = f"""
+INSERT INTO sessions (token_hash, organization_id, user_id, totp_setup_only, source_ip, user_agent)
+VALUES (%s, %s, %s, %s, %s, %s) RETURNING {SESSION_COLUMNS}
+"""
+SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = %s"
+SELECT_USER_SESSIONS = f"""
+SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = %s AND revoked_at IS NULL ORDER BY id DESC
+"""
+TOUCH_SESSION = "UPDATE sessions SET last_seen_at = now() WHERE id = %s"
+REVOKE_SESSION = """
+UPDATE sessions SET revoked_at = now(), revoked_reason = %s WHERE id = %s AND user_id = %s AND revoked_at IS NULL
+"""
+REVOKE_USER_SESSIONS = """
+UPDATE sessions SET revoked_at = now(), revoked_reason = %s
+WHERE user_id = %s AND revoked_at IS NULL AND id <> %s
+"""
+
+INSERT_USER_TOKEN = """
+INSERT INTO user_tokens (token_hash, user_id, kind, expires_at)
+VALUES (%s, %s, %s, now() + make_interval(secs => %s)) RETURNING id, expires_at
+"""  # noqa: S105
+# A new link makes earlier unused links of the same kind worthless.
+EXPIRE_USER_TOKENS = """
+UPDATE user_tokens SET used_at = now() WHERE user_id = %s AND kind = ANY(%s) AND used_at IS NULL
+"""
+SELECT_USER_TOKEN = """
+SELECT id, user_id FROM user_tokens
+WHERE token_hash = %s AND kind = ANY(%s) AND used_at IS NULL AND expires_at > now()
+"""  # noqa: S105
+CONSUME_USER_TOKEN = """
+UPDATE user_tokens SET used_at = now() WHERE id = %s AND used_at IS NULL AND expires_at > now() RETURNING user_id
+"""  # noqa: S105
+RESET_PASSWORD = """
+UPDATE users SET password_hash = %s, failed_logins = 0, locked_until = NULL WHERE id = %s
+"""  # noqa: S105
+
+SET_TOTP_PENDING = "UPDATE users SET totp_pending_secret = %s WHERE id = %s"
+ENABLE_TOTP = """
+UPDATE users SET totp_secret = totp_pending_secret, totp_pending_secret = NULL, totp_enabled_at = now(),
+    totp_last_step = %s
+WHERE id = %s AND totp_pending_secret = %s
+"""
+# The condition makes two racing logins with the same code see each other: only one advances the step.
+ACCEPT_TOTP_STEP = "UPDATE users SET totp_last_step = %s WHERE id = %s AND totp_last_step < %s"
+DISABLE_TOTP = """
+UPDATE users SET totp_secret = NULL, totp_pending_secret = NULL, totp_enabled_at = NULL WHERE id = %s
+"""
+DELETE_RECOVERY_CODES = "DELETE FROM recovery_codes WHERE user_id = %s"
+INSERT_RECOVERY_CODE = "INSERT INTO recovery_codes (user_id, code_hash) VALUES (%s, %s)"
+USE_RECOVERY_CODE = """
+UPDATE recovery_codes SET used_at = now() WHERE user_id = %s AND code_hash = %s AND used_at IS NULL RETURNING id
+"""
+
+SELECT_ORGANIZATION = "SELECT id, name, created_at, require_totp FROM organizations WHERE id = %s"
+SET_REQUIRE_TOTP = """
+UPDATE organizations SET require_totp = %s WHERE id = %s RETURNING id, name, created_at, require_totp
+"""
+LOCK_USERS = "SELECT id, role, disabled_at FROM users WHERE organization_id = %s ORDER BY id FOR UPDATE"
+SET_ROLE = f"UPDATE users SET role = %s WHERE organization_id = %s AND id = %s RETURNING {USER_COLUMNS}"
+DISABLE_USER = f"""
+UPDATE users SET disabled_at = coalesce(disabled_at, now()) WHERE organization_id = %s AND id = %s
+RETURNING {USER_COLUMNS}
+"""
+UNLOCK_USER = f"""
+UPDATE users SET failed_logins = 0, locked_until = NULL WHERE organization_id = %s AND id = %s
+RETURNING {USER_COLUMNS}
 """
 
 # Names with "token" in them hold SQL, not secrets (hence the noqa for the hard-coded-password check).
@@ -95,7 +268,7 @@ RETURNING id, organization_id, user_id, name, scopes, prefix, created_at, last_u
 """  # noqa: S105
 SELECT_TOKEN_HOLDER = """
 SELECT t.id AS token_id, t.prefix, t.organization_id, t.user_id, t.scopes, u.role,
-       t.last_used_at, t.revoked_at
+       t.last_used_at, t.revoked_at, u.disabled_at IS NOT NULL AS user_disabled
 FROM api_tokens t JOIN users u ON u.id = t.user_id
 WHERE t.secret_hash = %s
 """  # noqa: S105
@@ -193,6 +366,231 @@ class AuthStore:
         """Record that the token was used now (skipped if it was within the last minute)."""
         async with self._pool.connection() as conn:
             await conn.execute(TOUCH_TOKEN, (token_id,))
+
+    # -- account security
+
+    async def account_by_login(self, login: str) -> Account | None:
+        """The account with this login, or None."""
+        return await self._fetch(Account, SELECT_ACCOUNT_BY_LOGIN, (login,))
+
+    async def account(self, user_id: int) -> Account | None:
+        """The account of a user id, or None."""
+        return await self._fetch(Account, SELECT_ACCOUNT, (user_id,))
+
+    async def record_failure(self, user_id: int, threshold: int, lockout_seconds: int) -> datetime | None:
+        """Count a failed login; return the lock's end when this failure locked the account."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                RECORD_FAILURE, {"threshold": threshold, "seconds": lockout_seconds, "user_id": user_id}
+            )
+            row = await cur.fetchone()
+        return row[1] if row and row[0] else None
+
+    async def record_success(self, user_id: int) -> None:
+        """Reset the failure count."""
+        await self._execute(RECORD_SUCCESS, (user_id,))
+
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None:
+        """Replace the stored hash (a rehash with today's parameters, or a changed password)."""
+        await self._execute(SET_PASSWORD_HASH, (password_hash, user_id))
+
+    async def ip_failures(self, source_ip: str) -> int:
+        """Failed logins from this address in the last minute."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(COUNT_IP_FAILURES, (source_ip,))
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def audit(
+        self,
+        organization_id: int | None,
+        user_id: int | None,
+        action: str,
+        target: str = "",
+        detail: dict | None = None,
+        source_ip: str = "",
+        service: str = "",
+    ) -> AuditEvent:
+        """Append an event to the audit log."""
+        params = (organization_id, user_id or None, service, source_ip, action, target, Jsonb(detail or {}))
+        async with self._pool.connection() as conn:
+            return await _one(conn, AuditEvent, INSERT_AUDIT, params)
+
+    async def list_audit(
+        self,
+        organization_id: int,
+        since: datetime | None,
+        until: datetime | None,
+        action: str,
+        limit: int,
+        before_id: int | None,
+    ) -> list[AuditEvent]:
+        """The organisation's events, newest first, older than before_id."""  # fmt: skip
+        params = {
+            "org": organization_id, "since": since, "until": until, "action": action, "limit": limit,
+            "before": before_id,
+        }  # fmt: skip
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(AuditEvent))
+            await cur.execute(SELECT_AUDIT, params)
+            return await cur.fetchall()
+
+    async def create_session(
+        self, account: Account, token_hash: bytes, setup_only: bool, source_ip: str, user_agent: str
+    ) -> SessionRow:
+        """Open a session for the account."""
+        params = (token_hash, account.organization_id, account.id, setup_only, source_ip, user_agent)
+        async with self._pool.connection() as conn:
+            return await _one(conn, SessionRow, INSERT_SESSION, params)
+
+    async def session(self, token_hash: bytes) -> SessionRow | None:
+        """The session with this token hash, or None."""
+        return await self._fetch(SessionRow, SELECT_SESSION, (token_hash,))
+
+    async def user_sessions(self, user_id: int) -> list[SessionRow]:
+        """The user's sessions not revoked (some may have timed out), newest first."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(SessionRow))
+            await cur.execute(SELECT_USER_SESSIONS, (user_id,))
+            return await cur.fetchall()
+
+    async def touch_session(self, session_id: int) -> None:
+        """Record activity on a session."""
+        await self._execute(TOUCH_SESSION, (session_id,))
+
+    async def revoke_session(self, session_id: int, user_id: int, reason: str) -> bool:
+        """Revoke one of the user's sessions; False if there was no such live session."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(REVOKE_SESSION, (reason, session_id, user_id))
+            return cur.rowcount == 1
+
+    async def revoke_user_sessions(self, user_id: int, reason: str, except_session: int = 0) -> int:
+        """Revoke all the user's live sessions but one; return how many."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(REVOKE_USER_SESSIONS, (reason, user_id, except_session))
+            return cur.rowcount
+
+    async def create_user_token(
+        self, user_id: int, kind: str, token_hash: bytes, ttl_seconds: int, replaces: tuple[str, ...] = ()
+    ) -> tuple[int, datetime]:
+        """Store a single-use token's hash; earlier unused ones of the `replaces` kinds stop working."""
+        async with self._pool.connection() as conn, conn.transaction():
+            if replaces:
+                await conn.execute(EXPIRE_USER_TOKENS, (user_id, list(replaces)))
+            cur = await conn.execute(INSERT_USER_TOKEN, (token_hash, user_id, kind, ttl_seconds))
+            row = await cur.fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    async def find_user_token(self, token_hash: bytes, kinds: tuple[str, ...]) -> tuple[int, int] | None:
+        """(token id, user id) of an unused, unexpired token of these kinds, or None."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(SELECT_USER_TOKEN, (token_hash, list(kinds)))
+            row = await cur.fetchone()
+        return (row[0], row[1]) if row else None
+
+    async def consume_user_token(self, token_id: int) -> bool:
+        """Use a token up; False when it was used or expired meanwhile."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(CONSUME_USER_TOKEN, (token_id,))
+            return cur.rowcount == 1
+
+    async def reset_password(self, token_id: int, user_id: int, password_hash: str) -> int | None:
+        """Consume the token, set the password, clear the lockout and revoke all sessions, at once.
+
+        Returns how many sessions were revoked, or None when the token was used or expired meanwhile.
+        """
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(CONSUME_USER_TOKEN, (token_id,))
+            if cur.rowcount != 1:
+                return None
+            await conn.execute(RESET_PASSWORD, (password_hash, user_id))
+            cur = await conn.execute(REVOKE_USER_SESSIONS, ("password_reset", user_id, 0))
+            return cur.rowcount
+
+    async def set_totp_pending(self, user_id: int, secret: str) -> None:
+        """Keep a secret being set up (it replaces any earlier pending one)."""
+        await self._execute(SET_TOTP_PENDING, (secret, user_id))
+
+    async def enable_totp(self, user_id: int, pending_secret: str, step: int, code_hashes: list[bytes]) -> bool:
+        """Make the pending secret the user's and replace the recovery codes; False if the secret changed meanwhile."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(ENABLE_TOTP, (step, user_id, pending_secret))
+            if cur.rowcount != 1:
+                return False
+            await conn.execute(DELETE_RECOVERY_CODES, (user_id,))
+            async with conn.cursor() as c:
+                await c.executemany(INSERT_RECOVERY_CODE, [(user_id, h) for h in code_hashes])
+            return True
+
+    async def accept_totp_step(self, user_id: int, step: int) -> bool:
+        """Record a used time step; False when it (or a later one) was used already: a replay."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(ACCEPT_TOTP_STEP, (step, user_id, step))
+            return cur.rowcount == 1
+
+    async def use_recovery_code(self, user_id: int, code_hash: bytes) -> bool:
+        """Use up a recovery code; False if it is unknown or used."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(USE_RECOVERY_CODE, (user_id, code_hash))
+            return cur.rowcount == 1
+
+    async def disable_totp(self, user_id: int) -> None:
+        """Forget the user's TOTP secret and recovery codes."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(DISABLE_TOTP, (user_id,))
+            await conn.execute(DELETE_RECOVERY_CODES, (user_id,))
+
+    async def organization(self, organization_id: int) -> tuple[Organization, bool] | None:
+        """The organisation and its require_totp setting, or None."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(SELECT_ORGANIZATION, (organization_id,))
+            row = await cur.fetchone()
+        return (Organization(row[0], row[1], row[2]), row[3]) if row else None
+
+    async def set_require_totp(self, organization_id: int, require: bool) -> tuple[Organization, bool]:
+        """Change the organisation's TOTP requirement."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(SET_REQUIRE_TOTP, (require, organization_id))
+            row = await cur.fetchone()
+        assert row is not None
+        return Organization(row[0], row[1], row[2]), row[3]
+
+    async def change_role_or_disable(self, organization_id: int, user_id: int, role: str | None) -> User | None:
+        """Set a user's role (or disable them when role is None), refusing to leave no active owner.
+
+        Returns None when the organisation has no such user. Disabling also revokes sessions.
+        """
+        async with self._pool.connection() as conn, conn.transaction():
+            # Locking the organisation's users serialises two admins demoting the last two owners at once.
+            cur = await conn.execute(LOCK_USERS, (organization_id,))
+            rows = await cur.fetchall()
+            target = next((r for r in rows if r[0] == user_id), None)
+            if target is None:
+                return None
+            active_owners = [r[0] for r in rows if r[1] == "owner" and r[2] is None]
+            loses_owner = target[1] == "owner" and (role is None or role != "owner")
+            if loses_owner and active_owners == [user_id]:
+                raise FailedPrecondition("this is the last owner: make another user owner first")
+            if role is None:
+                user = await _one(conn, User, DISABLE_USER, (organization_id, user_id))
+                await conn.execute(REVOKE_USER_SESSIONS, ("user_disabled", user_id, 0))
+                return user
+            return await _one(conn, User, SET_ROLE, (role, organization_id, user_id))
+
+    async def unlock(self, organization_id: int, user_id: int) -> User | None:
+        """Lift a lockout; None when the organisation has no such user."""
+        return await self._fetch(User, UNLOCK_USER, (organization_id, user_id))
+
+    async def _fetch(self, cls: type, sql: str, params: tuple) -> object | None:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(cls))
+            await cur.execute(sql, params)
+            return await cur.fetchone()
+
+    async def _execute(self, sql: str, params: tuple) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(sql, params)
 
 
 async def _one(conn: psycopg.AsyncConnection, cls: type, sql: str, params: tuple) -> object:

@@ -33,9 +33,11 @@ def bearer(token: str) -> list[tuple[str, str]]:
 
 
 @pytest_asyncio.fixture
-async def auth(database_url: str, internal_key: bytes):
+async def auth(database_url: str, nats_url: str, internal_key: bytes):
     """A started auth service and a stub connected to it."""
-    running = await start(Config(database_url=database_url, internal_key=internal_key, grpc_bind="127.0.0.1:0"))
+    running = await start(
+        Config(database_url=database_url, internal_key=internal_key, nats_url=nats_url, grpc_bind="127.0.0.1:0")
+    )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}")
     try:
         yield auth_pb2_grpc.AuthServiceStub(channel)

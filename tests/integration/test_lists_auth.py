@@ -23,7 +23,7 @@ def bearer(token: str) -> list[tuple[str, str]]:
 async def stubs(database_url: str, nats_url: str, internal_key: bytes):
     """Auth and lists started side by side (one database, their own schemas), and a stub for each."""
     auth = await auth_service.start(
-        AuthConfig(database_url=database_url, internal_key=internal_key, grpc_bind="127.0.0.1:0")
+        AuthConfig(database_url=database_url, internal_key=internal_key, nats_url=nats_url, grpc_bind="127.0.0.1:0")
     )
     lists = await lists_service.start(
         ListsConfig(

@@ -219,7 +219,7 @@ async def start_stack(
 ) -> Stack:
     """Start every service in this process and bootstrap an organisation with an admin token."""
     signer = IdentitySigner(internal_key)
-    auth = await auth_service.start(AuthConfig(database_url, internal_key, grpc_bind="127.0.0.1:0"))
+    auth = await auth_service.start(AuthConfig(database_url, internal_key, nats_url, grpc_bind="127.0.0.1:0"))
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
         ListsConfig(

@@ -1,0 +1,350 @@
+"""Account security: logins with lockout and throttling, sessions, password links, TOTP; no grpc, no nats."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from mailblast.v1 import events_pb2
+
+from services.auth import notices, passwords, tokens, totp
+from services.auth.config import Config
+from services.auth.store import Account, AuthStore, SessionRow
+from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
+from services.common.log import get_logger
+
+log = get_logger(__name__)
+
+SendMail = Callable[[events_pb2.TransactionalMessage], Awaitable[None]]
+
+CHALLENGE_SECONDS = 300
+
+
+class LoginStatus(enum.Enum):
+    """Outcomes of a login (the proto's LoginStatus)."""
+
+    OK = 1
+    TOTP_REQUIRED = 2
+    FAILED = 3
+    TOTP_SETUP_REQUIRED = 4
+    LOCKED = 5
+    THROTTLED = 6
+
+
+class SessionStatus(enum.Enum):
+    """Outcomes of resolving a session token (the proto's SessionStatus)."""
+
+    VALID = 1
+    UNKNOWN = 2
+    IDLE_TIMEOUT = 3
+    ABSOLUTE_TIMEOUT = 4
+    REVOKED = 5
+    TOTP_SETUP_REQUIRED = 6
+
+
+@dataclass(frozen=True)
+class LoginAttempt:
+    """What the console passes on from the login form."""
+
+    login: str = ""
+    password: str = ""
+    totp_code: str = ""
+    recovery_code: str = ""
+    source_ip: str = ""
+    user_agent: str = ""
+    challenge_token: str = ""
+
+
+@dataclass(frozen=True)
+class LoginOutcome:
+    """A login's answer; account is set whenever the caller may be told who it is."""
+
+    status: LoginStatus
+    account: Account | None = None
+    session: SessionRow | None = None
+    session_token: str = ""
+    challenge_token: str = ""
+
+
+@dataclass(frozen=True)
+class ResolvedSession:
+    """A session token's state, and its session and user when known."""
+
+    status: SessionStatus
+    session: SessionRow | None = None
+    account: Account | None = None
+
+
+def new_secret_token() -> tuple[str, bytes]:
+    """A 256-bit random token and the SHA-256 to store."""
+    text = secrets.token_urlsafe(32)
+    return text, tokens.hash_secret(text)
+
+
+class AccountSecurity:
+    """The rules of logging in and staying logged in, over the auth store."""
+
+    def __init__(self, store: AuthStore, config: Config, send_mail: SendMail) -> None:
+        self._store = store
+        self._config = config
+        self._send_mail = send_mail
+
+    # -- login
+
+    async def login(self, attempt: LoginAttempt) -> LoginOutcome:
+        """Check credentials and open a session; see LoginStatus in auth.proto for the answers."""
+        ip = attempt.source_ip
+        if ip and await self._store.ip_failures(ip) >= self._config.ip_failures_per_minute:
+            log.warning("login throttled", source_ip=ip)
+            return LoginOutcome(LoginStatus.THROTTLED)
+        challenge_id = 0
+        if attempt.challenge_token:
+            found = await self._store.find_user_token(tokens.hash_secret(attempt.challenge_token), ("login_challenge",))
+            account = await self._store.account(found[1]) if found else None
+            challenge_id = found[0] if found else 0
+            password_ok = account is not None
+        else:
+            account = await self._store.account_by_login(attempt.login) if attempt.login else None
+            # Unknown logins and users without a password verify a dummy hash: same answer, same time.
+            stored = account.password_hash if account else None
+            password_ok = await passwords.verify_async(stored, attempt.password)
+        if account is None:
+            await self._store.audit(None, None, "login.failed", detail={"reason": "unknown_login"}, source_ip=ip)
+            return LoginOutcome(LoginStatus.FAILED)
+        if account.disabled_at is not None:
+            await self._audit_failure(account, "disabled", ip)
+            return LoginOutcome(LoginStatus.FAILED)
+        if account.locked_until is not None and account.locked_until > account.now:
+            await self._audit_failure(account, "locked", ip)
+            return LoginOutcome(LoginStatus.LOCKED if password_ok else LoginStatus.FAILED)
+        if not password_ok:
+            return await self._fail(account, "wrong_password", ip)
+        if account.totp_enabled:
+            if not attempt.totp_code and not attempt.recovery_code:
+                text, digest = new_secret_token()
+                await self._store.create_user_token(account.id, "login_challenge", digest, CHALLENGE_SECONDS)
+                return LoginOutcome(LoginStatus.TOTP_REQUIRED, account, challenge_token=text)
+            if not await self._second_factor(account, attempt):
+                return await self._fail(account, "wrong_code", ip)
+            if challenge_id and not await self._store.consume_user_token(challenge_id):
+                return await self._fail(account, "challenge_used", ip)
+        if attempt.password and account.password_hash and passwords.needs_rehash(account.password_hash):
+            new_hash = await passwords.hash_async(passwords.normalize(attempt.password))
+            await self._store.set_password_hash(account.id, new_hash)
+        await self._store.record_success(account.id)
+        setup_only = account.require_totp and not account.totp_enabled
+        text, digest = new_secret_token()
+        session = await self._store.create_session(account, digest, setup_only, ip, attempt.user_agent[:500])
+        await self._store.audit(
+            account.organization_id,
+            account.id,
+            "login.succeeded",
+            f"session:{session.id}",
+            {"totp_setup_only": setup_only, "user_agent": attempt.user_agent[:500]},
+            ip,
+        )
+        status = LoginStatus.TOTP_SETUP_REQUIRED if setup_only else LoginStatus.OK
+        return LoginOutcome(status, account, session, session_token=text)
+
+    async def _second_factor(self, account: Account, attempt: LoginAttempt) -> bool:
+        if attempt.recovery_code:
+            used = await self._store.use_recovery_code(account.id, totp.hash_recovery_code(attempt.recovery_code))
+            if used:
+                await self._store.audit(
+                    account.organization_id, account.id, "totp.recovery_code_used", f"user:{account.id}",
+                    source_ip=attempt.source_ip,
+                )  # fmt: skip
+            return used
+        assert account.totp_secret is not None
+        step = totp.matching_step(account.totp_secret, attempt.totp_code, account.totp_last_step)
+        return step is not None and await self._store.accept_totp_step(account.id, step)
+
+    async def _audit_failure(self, account: Account, reason: str, ip: str) -> None:
+        await self._store.audit(
+            account.organization_id, account.id, "login.failed", f"user:{account.id}", {"reason": reason}, ip
+        )
+
+    async def _fail(self, account: Account, reason: str, ip: str) -> LoginOutcome:
+        locked_until = await self._store.record_failure(
+            account.id, self._config.lockout_threshold, self._config.lockout_seconds
+        )
+        await self._audit_failure(account, reason, ip)
+        if locked_until is not None:
+            await self._store.audit(
+                account.organization_id, account.id, "login.locked", f"user:{account.id}",
+                {"locked_until": locked_until.isoformat()}, ip,
+            )  # fmt: skip
+            log.warning("account locked", user_id=account.id, locked_until=locked_until.isoformat())
+            message = notices.lockout(
+                account.organization_id, account.id, account.login, account.email, locked_until,
+                self._config.mail_from,
+            )  # fmt: skip
+            try:
+                await self._send_mail(message)
+            except Exception:
+                # The lock holds whether or not the notice goes out; the audit log has it either way.
+                log.exception("lockout notice not published", user_id=account.id)
+        return LoginOutcome(LoginStatus.FAILED)
+
+    # -- sessions
+
+    async def resolve(self, token: str) -> ResolvedSession:
+        """The state of a session token; a usable one is touched (its idle timer restarts)."""
+        if not token:
+            return ResolvedSession(SessionStatus.UNKNOWN)
+        row = await self._store.session(tokens.hash_secret(token))
+        if row is None:
+            return ResolvedSession(SessionStatus.UNKNOWN)
+        account = await self._store.account(row.user_id)
+        if row.revoked_at is not None or account is None or account.disabled_at is not None:
+            return ResolvedSession(SessionStatus.REVOKED, row, account)
+        if row.now >= self.absolute_expiry(row):
+            return ResolvedSession(SessionStatus.ABSOLUTE_TIMEOUT, row, account)
+        if row.now >= self.idle_expiry(row):
+            return ResolvedSession(SessionStatus.IDLE_TIMEOUT, row, account)
+        await self._store.touch_session(row.id)
+        status = SessionStatus.TOTP_SETUP_REQUIRED if row.totp_setup_only else SessionStatus.VALID
+        return ResolvedSession(status, row, account)
+
+    @property
+    def idle_expiry_seconds(self) -> int:
+        """AUTH_IDLE_TIMEOUT_SECONDS."""
+        return self._config.idle_timeout_seconds
+
+    def absolute_expiry(self, row: SessionRow) -> datetime:
+        """When the session ends whatever happens."""
+        return row.created_at + timedelta(seconds=self._config.absolute_timeout_seconds)
+
+    def idle_expiry(self, row: SessionRow, now: datetime | None = None) -> datetime:
+        """When the session ends unless used again (from `now` for a session just touched)."""
+        return (now or row.last_seen_at) + timedelta(seconds=self._config.idle_timeout_seconds)
+
+    async def require_session(self, token: str, allow_setup_only: bool = False) -> tuple[SessionRow, Account]:
+        """The live session and its user, or refuse saying why (idle_timeout, absolute_timeout, revoked...)."""
+        resolved = await self.resolve(token)
+        allowed = {SessionStatus.VALID} | ({SessionStatus.TOTP_SETUP_REQUIRED} if allow_setup_only else set())
+        if resolved.status not in allowed:
+            if resolved.status is SessionStatus.TOTP_SETUP_REQUIRED:
+                raise PermissionDenied("this session may only set up two-step verification (TOTP)")
+            raise Unauthenticated(f"session is not valid: {resolved.status.name.lower()}; log in again")
+        assert resolved.session is not None and resolved.account is not None
+        return resolved.session, resolved.account
+
+    async def logout(self, token: str) -> None:
+        """Revoke the session of this token, if any."""
+        row = await self._store.session(tokens.hash_secret(token)) if token else None
+        if row is not None and row.revoked_at is None:
+            await self._store.revoke_session(row.id, row.user_id, "logout")
+            await self._store.audit(row.organization_id, row.user_id, "session.logout", f"session:{row.id}")
+
+    # -- passwords
+
+    async def change_password(self, token: str, current: str, new: str, source_ip: str) -> int:
+        """Check the current password, set the new one, revoke the user's other sessions; return how many."""
+        session, account = await self.require_session(token)
+        if not await passwords.verify_async(account.password_hash, current):
+            await self._fail(account, "wrong_current_password", source_ip)
+            raise PermissionDenied("the current password is wrong")
+        normalized = passwords.check_new(new, account.login, account.email)
+        await self._store.set_password_hash(account.id, await passwords.hash_async(normalized))
+        revoked = await self._store.revoke_user_sessions(account.id, "password_changed", except_session=session.id)
+        await self._store.audit(
+            account.organization_id, account.id, "password.changed", f"user:{account.id}",
+            {"revoked_sessions": revoked}, source_ip,
+        )  # fmt: skip
+        return revoked
+
+    async def send_password_link(self, account: Account, invite: bool, actor_id: int, source_ip: str) -> datetime:
+        """Mail the user a single-use link to set a password; earlier links stop working."""
+        text, digest = new_secret_token()
+        ttl = self._config.invite_ttl_seconds if invite else self._config.reset_ttl_seconds
+        kind = "invite" if invite else "reset"
+        token_id, expires_at = await self._store.create_user_token(
+            account.id, kind, digest, ttl, replaces=("invite", "reset")
+        )
+        url = f"{self._config.console_url}/reset/{text}"
+        await self._send_mail(
+            notices.password_link(
+                account.organization_id, account.id, token_id, account.login, account.email, url, expires_at,
+                invite, self._config.mail_from,
+            )
+        )  # fmt: skip
+        action = "user.invited" if invite else "password.reset_requested"
+        await self._store.audit(
+            account.organization_id, actor_id, action, f"user:{account.id}",
+            {"expires_at": expires_at.isoformat()}, source_ip,
+        )  # fmt: skip
+        return expires_at
+
+    async def reset_password(self, token: str, new: str, source_ip: str) -> Account:
+        """Consume a reset or invitation token and set the password; clears lockout, revokes sessions."""
+        found = await self._store.find_user_token(tokens.hash_secret(token), ("reset", "invite")) if token else None
+        account = await self._store.account(found[1]) if found else None
+        if found is None or account is None or account.disabled_at is not None:
+            raise FailedPrecondition("this link has expired or was already used: ask an administrator for a new one")
+        normalized = passwords.check_new(new, account.login, account.email)
+        revoked = await self._store.reset_password(found[0], account.id, await passwords.hash_async(normalized))
+        if revoked is None:
+            raise FailedPrecondition("this link has expired or was already used: ask an administrator for a new one")
+        await self._store.audit(
+            account.organization_id, account.id, "password.reset", f"user:{account.id}",
+            {"revoked_sessions": revoked}, source_ip,
+        )  # fmt: skip
+        updated = await self._store.account(account.id)
+        assert updated is not None
+        return updated
+
+    # -- TOTP
+
+    async def begin_totp(self, token: str) -> tuple[str, str]:
+        """A new pending secret and its otpauth:// URI."""
+        _, account = await self.require_session(token, allow_setup_only=True)
+        if account.totp_enabled:
+            raise FailedPrecondition("two-step verification is already on: turn it off first to change devices")
+        secret = totp.new_secret()
+        await self._store.set_totp_pending(account.id, secret)
+        return secret, totp.provisioning_uri(secret, account.login)
+
+    async def confirm_totp(self, token: str, code: str, source_ip: str, user_agent: str) -> tuple[list[str], str]:
+        """Enable TOTP when the code checks; return the recovery codes and, for a set-up-only session, a full one."""
+        session, account = await self.require_session(token, allow_setup_only=True)
+        if account.totp_pending_secret is None:
+            raise FailedPrecondition("no two-step verification set-up is under way: begin it first")
+        step = totp.matching_step(account.totp_pending_secret, code, 0)
+        if step is None:
+            raise InvalidArgument("the code does not match: check the device's clock and type the current code")
+        codes = totp.new_recovery_codes()
+        hashes = [totp.hash_recovery_code(c) for c in codes]
+        if not await self._store.enable_totp(account.id, account.totp_pending_secret, step, hashes):
+            raise FailedPrecondition("the set-up changed meanwhile: begin it again")
+        await self._store.audit(
+            account.organization_id, account.id, "totp.enabled", f"user:{account.id}", source_ip=source_ip
+        )
+        new_token = ""
+        if session.totp_setup_only:
+            # The user is now fully authenticated: a new session id, the set-up one ends (ASVS 7.2.4).
+            await self._store.revoke_session(session.id, account.id, "totp_setup_done")
+            refreshed = await self._store.account(account.id)
+            assert refreshed is not None
+            new_token, digest = new_secret_token()
+            await self._store.create_session(refreshed, digest, False, source_ip or session.source_ip, user_agent)
+        return codes, new_token
+
+    async def disable_totp(self, token: str, password: str, source_ip: str) -> Account:
+        """Turn TOTP off after checking the password; refused while the organisation requires it."""
+        _, account = await self.require_session(token)
+        if not await passwords.verify_async(account.password_hash, password):
+            await self._fail(account, "wrong_password", source_ip)
+            raise PermissionDenied("the password is wrong")
+        if account.require_totp:
+            raise FailedPrecondition("your organisation requires two-step verification: it cannot be turned off")
+        await self._store.disable_totp(account.id)
+        await self._store.audit(
+            account.organization_id, account.id, "totp.disabled", f"user:{account.id}", source_ip=source_ip
+        )
+        updated = await self._store.account(account.id)
+        assert updated is not None
+        return updated
