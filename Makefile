@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/mailblast/v1/*.proto)
 GEN_STAMP := gen/.stamp
 
-.PHONY: install proto run test test-fast bench lint format clean run-%
+.PHONY: install proto run test test-fast bench bench-import lint format clean run-%
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,9 @@ test: install proto
 
 bench: install proto
 	$(PY) -m bench.send
+
+bench-import: install proto
+	$(PY) -m bench.import_csv
 
 lint: install
 	$(PY) -m ruff check .

@@ -45,7 +45,7 @@ def reason_text(status: str, smtp_code: int, diagnostic: str) -> str:
 
 
 def apply(bounce: Bounce, status: str, hard_bounce_count: int, last_reason: str, threshold: int) -> SubscriberChange:
-    """Hard bounces count towards error_stopped; soft ones only leave a reason; a complaint unsubscribes."""
+    """Hard bounces count towards error_stopped; soft ones only leave a reason; a complaint marks complained."""
     if bounce.kind is BounceKind.HARD:
         count = hard_bounce_count + 1
         # Only an active subscriber is stopped: an unsubscribed one stays unsubscribed.
@@ -54,6 +54,6 @@ def apply(bounce: Bounce, status: str, hard_bounce_count: int, last_reason: str,
         return SubscriberChange(status, count, bounce.reason, None)
     if bounce.kind is BounceKind.SOFT:
         return SubscriberChange(status, hard_bounce_count, bounce.reason, None)
-    if status != "unsubscribed":
-        return SubscriberChange("unsubscribed", hard_bounce_count, last_reason, "complaint")
+    if status not in ("unsubscribed", "complained", "deleted"):
+        return SubscriberChange("complained", hard_bounce_count, last_reason, "complaint")
     return SubscriberChange(status, hard_bounce_count, last_reason, None)

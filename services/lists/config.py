@@ -20,6 +20,11 @@ class Config:
     hard_bounce_threshold: int = 3
     # Tests drive the bounce consumer with run_once instead.
     consume_in_background: bool = True
+    # Rows per committed import chunk (a resumed import restarts from the last one committed).
+    import_batch_rows: int = 5000
+    # Base of the public links in confirmation mails and form snippets (the gateway serves /c/ and /f/).
+    public_url: str = "http://127.0.0.1:8080/"
+    signup_rate_per_hour: int = 10
 
     @classmethod
     def from_env(cls) -> Config:
@@ -31,4 +36,7 @@ class Config:
             grpc_bind=env_str("LISTS_GRPC_BIND", "0.0.0.0:50052"),
             auth_addr=env_str("AUTH_ADDR", "") or None,
             hard_bounce_threshold=env_int("LISTS_HARD_BOUNCE_THRESHOLD", 3),
+            import_batch_rows=env_int("LISTS_IMPORT_BATCH_ROWS", 5000),
+            public_url=env_str("LISTS_PUBLIC_URL", "http://127.0.0.1:8080/"),
+            signup_rate_per_hour=env_int("LISTS_SIGNUP_RATE_PER_HOUR", 10),
         )

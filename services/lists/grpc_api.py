@@ -14,7 +14,10 @@ from mailblast.v1 import lists_pb2, lists_pb2_grpc
 from services.common.errors import InvalidArgument, NotFound
 from services.common.identity import current_principal, require_scope
 from services.common.log import get_logger
-from services.lists import validation
+from services.lists import fields, validation
+from services.lists.audience import AudienceStore
+from services.lists.grpc_audience import STATUS_VALUES, AudienceRpcs
+from services.lists.imports import ImportRunner
 from services.lists.store import ListsStore, MailingList, Subscriber
 
 log = get_logger(__name__)
@@ -24,11 +27,7 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_CHUNK_SIZE = 500
 MAX_CHUNK_SIZE = 5000
 
-_STATUS = {
-    "active": lists_pb2.SUBSCRIBER_STATUS_ACTIVE,
-    "unsubscribed": lists_pb2.SUBSCRIBER_STATUS_UNSUBSCRIBED,
-    "error_stopped": lists_pb2.SUBSCRIBER_STATUS_ERROR_STOPPED,
-}
+_STATUS = STATUS_VALUES
 
 
 def _ts(value: datetime) -> Timestamp:
@@ -85,11 +84,30 @@ def _read_page_token(token: str, list_id: int) -> int:
     return after
 
 
-class ListsServicer(lists_pb2_grpc.ListsServiceServicer):
+class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
     """Mailing lists and subscribers over gRPC."""
 
-    def __init__(self, store: ListsStore) -> None:
+    def __init__(
+        self,
+        store: ListsStore,
+        audience: AudienceStore,
+        imports: ImportRunner,
+        js,
+        internal_key: bytes,
+        public_url: str = "",
+        signup_rate_per_hour: int = 10,
+    ) -> None:
         self._store = store
+        self.audience = audience
+        self.imports = imports
+        self.js = js
+        self.internal_key = internal_key
+        self.public_url = public_url
+        self.signup_rate_per_hour = signup_rate_per_hour
+
+    @staticmethod
+    def _subscriber_pb(s: Subscriber) -> lists_pb2.Subscriber:
+        return _subscriber(s)
 
     async def _own_list(self, organization_id: int, list_id: int) -> MailingList:
         found = await self._store.lists(organization_id, list_id)
@@ -122,6 +140,21 @@ class ListsServicer(lists_pb2_grpc.ListsServiceServicer):
         rows = [validation.SubscriberRow(r.email, r.name, r.attributes_json) for r in request.subscribers]
         valid, problems = validation.check_rows(rows)
         await self._own_list(principal.organization_id, request.list_id)
+        # Values of defined custom fields are checked and normalised on every write.
+        defs = await self.audience.defs(principal.organization_id)
+        if defs:
+            checked = []
+            for v in valid:
+                try:
+                    checked.append(
+                        validation.ValidSubscriber(
+                            v.index, v.email, v.name, fields.check_values(defs, v.attributes_json)
+                        )
+                    )
+                except ValueError as exc:
+                    problems.append(validation.RowProblem(v.index, v.email, str(exc)))
+            valid = checked
+            problems.sort(key=lambda p: p.index)
         result = await self._store.add_subscribers(principal.organization_id, request.list_id, valid)
         log.info(
             "subscribers added",
@@ -168,16 +201,18 @@ class ListsServicer(lists_pb2_grpc.ListsServiceServicer):
         if not principal.organization_id:
             raise InvalidArgument("the caller identity names no organisation")
         list_ids = sorted(set(request.list_ids))
-        if not list_ids:
-            raise InvalidArgument("give at least one list id")
+        if not list_ids and not request.segment_ids:
+            raise InvalidArgument("give at least one list id or segment id")
         size = _bounded(request.chunk_size, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, "chunk_size")
         missing = set(list_ids) - await self._store.own_list_ids(principal.organization_id, list_ids)
         if missing:
             raise NotFound(f"no list {', '.join(map(str, sorted(missing)))} in your organisation")
+        compiled = await self.compile_segments(principal.organization_id, request.segment_ids)
         # An interrupted fan-out resumes after the last subscriber it handed out.
         after = max(0, request.after_subscriber_id)
         while True:
-            chunk = await self._store.recipients_after(principal.organization_id, list_ids, after, size)
+            # Suppressed addresses are never yielded, whatever their status says.
+            chunk = await self.audience.recipients_after(principal.organization_id, list_ids, compiled, after, size)
             if not chunk:
                 return
             yield lists_pb2.RecipientChunk(

@@ -15,9 +15,11 @@ from services.common import bus, db
 from services.common.identity import IdentitySigner
 from services.common.log import get_logger
 from services.common.rpc import GrpcServer, auth_token_resolver, service_channel, start_grpc_server
+from services.lists.audience import AudienceStore
 from services.lists.config import Config
 from services.lists.consumers import BounceConsumer
 from services.lists.grpc_api import ListsServicer
+from services.lists.imports import ImportRunner
 from services.lists.store import ListsStore
 
 log = get_logger(__name__)
@@ -37,6 +39,7 @@ class Running:
         nc: NATS,
         bounce_consumer: BounceConsumer,
         auth_channel: grpc.aio.Channel | None,
+        imports: ImportRunner,
     ) -> None:
         self._server = server
         self._pool = pool
@@ -45,7 +48,10 @@ class Running:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.bounce_consumer = bounce_consumer
+        self.imports = imports
         self.grpc_port = server.port
+        # Import jobs always run in the background: queued ones, and those a stopped process left.
+        self._tasks.append(asyncio.create_task(imports.run(self._stop), name="lists-imports"))
 
     def run_in_background(self) -> None:
         """Consume bounce events until stop()."""
@@ -55,6 +61,9 @@ class Running:
         """Stop consuming, finish calls under way, then close NATS, the auth channel and the pool."""
         self._stop.set()
         for task in self._tasks:
+            if task.get_name() == "lists-imports":
+                # An import stops mid-chunk; its uncommitted chunk is redone when it resumes.
+                task.cancel()
             # The loop notices the stop event within one fetch timeout; don't wait longer than that.
             try:
                 await asyncio.wait_for(task, timeout=5)
@@ -62,6 +71,8 @@ class Running:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            except asyncio.CancelledError:
+                pass
         await self._server.stop()
         await self.bounce_consumer.stop()
         await self._nc.drain()
@@ -77,7 +88,7 @@ async def start(config: Config) -> Running:
     nc: NATS | None = None
     auth_channel: grpc.aio.Channel | None = None
     try:
-        store = ListsStore(pool)
+        store = ListsStore(pool, config.internal_key)
         nc, js = await bus.connect(config.nats_url, SERVICE_NAME)
         consumer = BounceConsumer(js, store, config.hard_bounce_threshold)
         await consumer.start()
@@ -86,7 +97,16 @@ async def start(config: Config) -> Running:
         if config.auth_addr:
             auth_channel = service_channel(config.auth_addr, signer, SERVICE_NAME)
             resolve_token = auth_token_resolver(auth_channel, signer, SERVICE_NAME)
-        servicer = ListsServicer(store)
+        imports = ImportRunner(pool, config.internal_key, config.import_batch_rows)
+        servicer = ListsServicer(
+            store,
+            AudienceStore(pool, config.internal_key),
+            imports,
+            js,
+            config.internal_key,
+            config.public_url,
+            config.signup_rate_per_hour,
+        )
 
         def register(server: grpc.aio.Server) -> list[str]:
             lists_pb2_grpc.add_ListsServiceServicer_to_server(servicer, server)
@@ -100,7 +120,7 @@ async def start(config: Config) -> Running:
             await nc.close()
         await pool.close()
         raise
-    running = Running(server, pool, nc, consumer, auth_channel)
+    running = Running(server, pool, nc, consumer, auth_channel, imports)
     if config.consume_in_background:
         running.run_in_background()
     log.info("lists started", grpc_port=server.port, auth=bool(config.auth_addr))

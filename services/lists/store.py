@@ -11,6 +11,7 @@ from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from services.lists import bounces
+from services.lists.privacy import email_hash
 from services.lists.validation import ValidSubscriber
 
 # Rows per statement when adding subscribers: one round trip each, parameters well under the limits.
@@ -144,16 +145,20 @@ LIMIT %(limit)s
 
 CLAIM_BOUNCE = "INSERT INTO processed_bounces (bounce_id) VALUES (%s) ON CONFLICT DO NOTHING RETURNING bounce_id"
 LOCK_SUBSCRIBER_BY_ID = """
-SELECT id, status, hard_bounce_count, last_bounce_reason FROM subscribers
+SELECT id, status, hard_bounce_count, last_bounce_reason, email FROM subscribers
 WHERE organization_id = %s AND id = %s FOR UPDATE
 """
 LOCK_SUBSCRIBER_BY_EMAIL = """
-SELECT id, status, hard_bounce_count, last_bounce_reason FROM subscribers
+SELECT id, status, hard_bounce_count, last_bounce_reason, email FROM subscribers
 WHERE organization_id = %s AND lower(email) = lower(%s) FOR UPDATE
 """
 UPDATE_AFTER_BOUNCE = """
 UPDATE subscribers SET status = %s, hard_bounce_count = %s, last_bounce_reason = %s, updated_at = now()
 WHERE id = %s
+"""
+INSERT_SUPPRESSION = """
+INSERT INTO suppressions (organization_id, email, email_hash, reason, source) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (organization_id, email_hash) DO NOTHING
 """
 INSERT_SUBSCRIBER_EVENT = """
 INSERT INTO subscriber_events (subscriber_id, old_status, new_status, cause, detail) VALUES (%s, %s, %s, %s, %s)
@@ -163,8 +168,9 @@ INSERT INTO subscriber_events (subscriber_id, old_status, new_status, cause, det
 class ListsStore:
     """Reads and writes the lists schema through a pool bound to it."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, internal_key: bytes) -> None:
         self._pool = pool
+        self._key = internal_key
 
     async def create_list(self, organization_id: int, name: str, description: str) -> MailingList:
         """Create an empty list."""
@@ -263,7 +269,7 @@ class ListsStore:
             row = await cur.fetchone()
             if row is None:
                 return BounceOutcome.UNKNOWN_SUBSCRIBER
-            subscriber_id, status, count, last_reason = row
+            subscriber_id, status, count, last_reason, email = row
             change = bounces.apply(bounce, status, count, last_reason, threshold)
             await conn.execute(
                 UPDATE_AFTER_BOUNCE,
@@ -273,4 +279,10 @@ class ListsStore:
                 await conn.execute(
                     INSERT_SUBSCRIBER_EVENT, (subscriber_id, status, change.status, change.cause, bounce.reason)
                 )
+                # An error stop or a complaint keeps the address from every later send, whatever list.
+                await conn.execute(
+                    INSERT_SUPPRESSION,
+                    (bounce.organization_id, email.lower(), email_hash(self._key, email), change.cause,
+                     f"bounce {bounce.bounce_id}"),
+                )  # fmt: skip
             return BounceOutcome.APPLIED

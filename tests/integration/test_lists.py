@@ -327,7 +327,8 @@ async def test_other_organisation_refused_everywhere(stub, signer: IdentitySigne
 async def test_hard_bounces_stop_subscriber(lists_service: Running, stub, js, signer: IdentitySigner, database_url):
     # Hard bounces published on NATS count once per bounce id; at the third distinct one the subscriber
     # is error-stopped, recorded in its history and no longer streamed; re-importing it does not
-    # reactivate it. A soft bounce only leaves its reason; a complaint unsubscribes.
+    # reactivate it. A soft bounce only leaves its reason; a complaint marks the subscriber complained.
+    # Both the error stop and the complaint put the address on the suppression list.
     list_id = await new_list(stub, signer)
     await stub.AddSubscribers(
         lists_pb2.AddSubscribersRequest(
@@ -367,7 +368,7 @@ async def test_hard_bounces_stop_subscriber(lists_service: Running, stub, js, si
     complained = await stub.GetSubscriber(
         lists_pb2.GetSubscriberRequest(subscriber_id=angry.id), metadata=as_user(signer)
     )
-    assert complained.status == lists_pb2.SUBSCRIBER_STATUS_UNSUBSCRIBED
+    assert complained.status == lists_pb2.SUBSCRIBER_STATUS_COMPLAINED
 
     recipients = [r.email for chunk in await stream(stub, as_campaigns(signer), [list_id]) for r in chunk]
     assert recipients == ["soft@example.org"]
@@ -384,8 +385,11 @@ async def test_hard_bounces_stop_subscriber(lists_service: Running, stub, js, si
         ).fetchall()
     assert history == [
         (hard.id, "active", "error_stopped", "hard_bounce"),
-        (angry.id, "active", "unsubscribed", "complaint"),
+        (angry.id, "active", "complained", "complaint"),
     ]
+    with psycopg.connect(database_url) as conn:
+        suppressed = conn.execute("SELECT email, reason FROM lists.suppressions ORDER BY email").fetchall()
+    assert suppressed == [("angry@example.org", "complaint"), ("hard@example.org", "hard_bounce")]
 
 
 async def test_undecodable_payload_dead_lettered(lists_service: Running, stub, js, signer: IdentitySigner):
@@ -407,7 +411,7 @@ async def test_undecodable_payload_dead_lettered(lists_service: Running, stub, j
     applied = await stub.GetSubscriber(
         lists_pb2.GetSubscriberRequest(subscriber_id=subscriber.id), metadata=as_user(signer)
     )
-    assert applied.status == lists_pb2.SUBSCRIBER_STATUS_UNSUBSCRIBED
+    assert applied.status == lists_pb2.SUBSCRIBER_STATUS_COMPLAINED
     # Nothing is left for redelivery: the dead letter was terminated, the event acknowledged.
     assert await lists_service.bounce_consumer.run_once(timeout=0.5) == 0
 

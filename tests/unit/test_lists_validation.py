@@ -67,7 +67,7 @@ def _bounce(kind: BounceKind) -> Bounce:
 
 def test_bounce_rules():
     # The third hard bounce stops an active subscriber; an unsubscribed one stays unsubscribed; a soft
-    # bounce only records its reason; a complaint unsubscribes even a stopped subscriber.
+    # bounce only records its reason; a complaint marks even a stopped subscriber complained.
     assert apply(_bounce(BounceKind.HARD), "active", 1, "", 3).status == "active"
     stopped = apply(_bounce(BounceKind.HARD), "active", 2, "", 3)
     assert (stopped.status, stopped.hard_bounce_count, stopped.cause) == ("error_stopped", 3, "hard_bounce")
@@ -80,5 +80,5 @@ def test_bounce_rules():
         None,
     )
     complaint = apply(_bounce(BounceKind.COMPLAINT), "error_stopped", 3, "old", 3)
-    assert (complaint.status, complaint.last_bounce_reason, complaint.cause) == ("unsubscribed", "old", "complaint")
+    assert (complaint.status, complaint.last_bounce_reason, complaint.cause) == ("complained", "old", "complaint")
     assert reason_text("", 0, "  multi\r\n  line  ") == "multi line"

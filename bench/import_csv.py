@@ -1,0 +1,131 @@
+"""`make bench-import`: a 1,000,000-row CSV with 5 custom fields through an import job, next to a raw COPY.
+
+Starts an embedded PostgreSQL (fsync off, as in the tests) and NATS, the lists service in this process,
+generates the file, uploads it in 1 MiB chunks over gRPC, runs the job to the end and prints its time;
+then COPYs the same file into a plain table on the same server and prints that time too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import psycopg
+from mailblast.v1 import lists_pb2, lists_pb2_grpc
+
+from dev.embedded import start_nats, start_postgres
+from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+from services.lists.config import Config
+from services.lists.service import start
+
+PREFS = ["東京都", "大阪府", "北海道", "福岡県", "沖縄県", "京都府"]
+PLANS = ["gold", "silver", "bronze"]
+
+
+def generate(path: Path, rows: int) -> None:
+    """Write the test file: email, name and five custom fields, UTF-8."""
+    rng = random.Random(7)
+    with path.open("w", encoding="utf-8", newline="") as out:
+        out.write("email,name,pref,birthday,points,plan,note\n")
+        for i in range(rows):
+            out.write(
+                f"user{i}@example{i % 97}.com,利用者 {i},{PREFS[i % 6]},"
+                f"19{50 + i % 50}-{1 + i % 12:02d}-{1 + i % 28:02d},{rng.randint(0, 100000)},"
+                f"{PLANS[i % 3]},メモ{i % 1000}\n"
+            )
+
+
+async def run(rows: int, workdir: Path) -> None:
+    """Run both measurements and print them."""
+    pg = start_postgres(workdir / "pg" / "data", durable=False)
+    nats = start_nats(workdir / "nats")
+    key = secrets.token_hex(32).encode()
+    signer = IdentitySigner(key)
+    md = [(IDENTITY_HEADER, signer.sign(Principal(organization_id=1, user_id=1, scopes=("read", "send", "admin"))))]
+    path = workdir / "subscribers.csv"
+    t0 = time.monotonic()
+    generate(path, rows)
+    size = path.stat().st_size
+    print(f"generated {rows} rows, {size / 1e6:.1f} MB in {time.monotonic() - t0:.1f} s")
+    service = await start(
+        Config(
+            database_url=pg.url,
+            nats_url=nats.url,
+            internal_key=key,
+            grpc_bind="127.0.0.1:0",
+            consume_in_background=False,
+        )
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+            stub = lists_pb2_grpc.ListsServiceStub(channel)
+            for field_key, type_, options in [
+                ("pref", lists_pb2.FIELD_TYPE_TEXT, []),
+                ("birthday", lists_pb2.FIELD_TYPE_DATE, []),
+                ("points", lists_pb2.FIELD_TYPE_NUMBER, []),
+                ("plan", lists_pb2.FIELD_TYPE_CHOICE, PLANS),
+                ("note", lists_pb2.FIELD_TYPE_TEXT, []),
+            ]:
+                await stub.CreateField(
+                    lists_pb2.CreateFieldRequest(key=field_key, type=type_, options=options), metadata=md
+                )
+            list_id = (await stub.CreateList(lists_pb2.CreateListRequest(name="bench"), metadata=md)).id
+            t0 = time.monotonic()
+            job = await stub.CreateImport(
+                lists_pb2.CreateImportRequest(list_id=list_id, total_bytes=size, file_name=path.name), metadata=md
+            )
+            with path.open("rb") as f:
+                offset = 0
+                while block := f.read(1024 * 1024):
+                    await stub.UploadImportChunk(
+                        lists_pb2.UploadImportChunkRequest(import_id=job.id, offset=offset, data=block), metadata=md
+                    )
+                    offset += len(block)
+            uploaded = time.monotonic() - t0
+            await stub.StartImport(lists_pb2.StartImportRequest(import_id=job.id), metadata=md)
+            while True:
+                job = await stub.GetImport(lists_pb2.GetImportRequest(import_id=job.id), metadata=md)
+                if job.state in ("done", "failed"):
+                    break
+                await asyncio.sleep(0.2)
+            total = time.monotonic() - t0
+    finally:
+        await service.stop()
+    print(
+        f"import job: {total:.1f} s ({uploaded:.1f} s upload), state {job.state}, {job.rows_added} added,"
+        f" {job.rows_failed} failed, {rows / total:,.0f} rows/s {job.error}"
+    )
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE raw_copy (email text, name text, pref text, birthday text, points text, plan text, note text)"
+        )
+        t0 = time.monotonic()
+        with (
+            conn.cursor().copy("COPY raw_copy FROM STDIN WITH (FORMAT csv, HEADER true)") as copy,
+            path.open("rb") as f,
+        ):
+            while block := f.read(1024 * 1024):
+                copy.write(block)
+        raw = time.monotonic() - t0
+    print(f"raw COPY into a plain table: {raw:.1f} s ({rows / raw:,.0f} rows/s); job / COPY = {total / raw:.1f}x")
+    nats.stop()
+    pg.stop()
+
+
+def main() -> None:
+    """Parse arguments and run the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mailblast-bench-import-") as tmp:
+        asyncio.run(run(args.rows, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()
