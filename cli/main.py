@@ -62,80 +62,106 @@ class Client:
         except grpc.RpcError as exc:
             raise CliError(f"{exc.code().name.lower().replace('_', ' ')}: {exc.details()}") from None
 
+    def stream(self, method, request) -> Iterator:
+        """Call a server-streaming RPC and yield its messages."""
+        try:
+            yield from method(request, metadata=self._metadata, timeout=3600)
+        except grpc.RpcError as exc:
+            raise CliError(f"{exc.code().name.lower().replace('_', ' ')}: {exc.details()}") from None
+
 
 def _show(message, as_json: bool) -> None:
     data = MessageToDict(message, preserving_proto_field_name=True)
     print(json.dumps(data, ensure_ascii=False, indent=None if as_json else 2))
 
 
-def read_csv_rows(path: Path) -> Iterator[tuple[int, lists_pb2.SubscriberInput | str]]:
-    """Yield (line number, subscriber) per data row, or (line number, error text) for a row that can't be used.
-
-    The file needs a header with an `email` column; `name` is optional; every other column becomes a
-    personal field of the subscriber.
-    """
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CliError(f"{path}: not UTF-8 text (byte {exc.start}); save the CSV as UTF-8") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if header is None:
-        raise CliError(f"{path}: the file is empty")
-    columns = [h.strip().lower() for h in header]
-    if "email" not in columns:
-        raise CliError(f"{path}: the header has no 'email' column (found: {', '.join(header)})")
-    for row in reader:
-        line = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(columns):
-            yield line, f"expected {len(columns)} columns, found {len(row)}"
-            continue
-        values = dict(zip(columns, row, strict=True))
-        attributes = {k: v for k, v in zip(header, row, strict=True) if k.strip().lower() not in ("email", "name")}
-        yield (
-            line,
-            lists_pb2.SubscriberInput(
-                email=values["email"].strip(),
-                name=values.get("name", "").strip(),
-                attributes_json=json.dumps(attributes, ensure_ascii=False) if attributes else "",
-            ),
-        )
+UPLOAD_CHUNK = 1024 * 1024
+_MODES = {
+    "add-and-update": lists_pb2.IMPORT_MODE_ADD_AND_UPDATE,
+    "add-only": lists_pb2.IMPORT_MODE_ADD_ONLY,
+    "update-only": lists_pb2.IMPORT_MODE_UPDATE_ONLY,
+}
 
 
-def _chunks(rows: Iterator[tuple[int, object]], size: int) -> Iterator[list[tuple[int, object]]]:
-    chunk: list[tuple[int, object]] = []
-    for item in rows:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def _error_rows(client: Client, import_id: int) -> Iterator[list[str]]:
+    """The job's bad rows (row number, reason, raw text) from its error CSV."""
+    data = b"".join(
+        chunk.data
+        for chunk in client.stream(client.lists.StreamImportErrors, lists_pb2.GetImportRequest(import_id=import_id))
+    )
+    rows = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""))
+    next(rows, None)  # header
+    yield from rows
 
 
 def cmd_import(client: Client, args: argparse.Namespace) -> int:
-    """Import a CSV into a list, reporting every bad row by line number."""
-    added = updated = 0
-    errors: list[str] = []
-    for chunk in _chunks(read_csv_rows(Path(args.file)), IMPORT_CHUNK):
-        good = [(line, sub) for line, sub in chunk if not isinstance(sub, str)]
-        errors.extend(f"row {line}: {sub}" for line, sub in chunk if isinstance(sub, str))
-        if not good:
-            continue
-        reply = client.call(
-            client.lists.AddSubscribers,
-            lists_pb2.AddSubscribersRequest(list_id=args.list_id, subscribers=[sub for _, sub in good]),
-        )
-        added += reply.added
-        updated += reply.updated
-        errors.extend(f"row {good[e.index][0]}: {e.message}" for e in reply.errors)
-    print(f"imported: {added} added, {updated} updated, {len(errors)} rejected")
-    for line in errors:
-        print(f"  {line}", file=sys.stderr)
-    return 0 if not errors else 2
+    """Import a CSV into a list as a background job, streaming the file, reporting every bad row."""
+    path = Path(args.file)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    job = client.call(
+        client.lists.CreateImport,
+        lists_pb2.CreateImportRequest(
+            list_id=args.list_id, mode=_MODES[args.mode], encoding=args.encoding or "", total_bytes=size,
+            file_name=path.name,
+        ),
+    )  # fmt: skip
+    with path.open("rb") as fh:
+        offset = 0
+        while chunk := fh.read(UPLOAD_CHUNK):
+            client.call(
+                client.lists.UploadImportChunk,
+                lists_pb2.UploadImportChunkRequest(import_id=job.id, offset=offset, data=chunk),
+            )
+            offset += len(chunk)
+    job = client.call(client.lists.StartImport, lists_pb2.StartImportRequest(import_id=job.id))
+    last = -1
+    while job.state in ("queued", "running", "uploading"):
+        if sys.stderr.isatty() and job.bytes_done != last and size:
+            print(
+                f"\rimport {job.id}: {100 * job.bytes_done // size:3d}%  {job.rows_done} rows", end="", file=sys.stderr
+            )
+            last = job.bytes_done
+        time.sleep(0.3)
+        job = client.call(client.lists.GetImport, lists_pb2.GetImportRequest(import_id=job.id))
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if job.state != "done":
+        raise CliError(f"import {job.id} {job.state}: {job.error or 'see mailblast lists import-status'}")
+    print(
+        f"imported: {job.rows_added} added, {job.rows_updated} updated, {job.rows_failed} rejected"
+        + (f", {job.rows_skipped} skipped" if job.rows_skipped else "")
+        + f" (import {job.id})"
+    )
+    if job.rows_failed:
+        for row, reason, *_ in _error_rows(client, job.id):
+            print(f"  row {row}: {reason}", file=sys.stderr)
+    return 0 if not job.rows_failed else 2
+
+
+def cmd_export(client: Client, args: argparse.Namespace) -> int:
+    """Write a list or segment as CSV to a file (or stdout), streamed."""
+    request = lists_pb2.ExportSubscribersRequest(
+        list_id=args.list or 0, segment_id=args.segment or 0, encoding=args.encoding
+    )
+    out = open(args.output, "wb") if args.output else sys.stdout.buffer
+    try:
+        for chunk in client.stream(client.lists.ExportSubscribers, request):
+            out.write(chunk.data)
+    finally:
+        if args.output:
+            out.close()
+    return 0
+
+
+_FIELD_TYPES = {
+    "text": lists_pb2.FIELD_TYPE_TEXT,
+    "number": lists_pb2.FIELD_TYPE_NUMBER,
+    "date": lists_pb2.FIELD_TYPE_DATE,
+    "choice": lists_pb2.FIELD_TYPE_CHOICE,
+}
 
 
 def _read_body(path: str | None) -> str:
@@ -154,6 +180,7 @@ def cmd_campaign_create(client: Client, args: argparse.Namespace) -> int:
         campaigns_pb2.CreateCampaignRequest(
             name=args.name,
             list_ids=args.list,
+            segment_ids=args.segment,
             from_name=args.from_name or "",
             from_address=args.from_address,
             reply_to=args.reply_to or "",
@@ -205,17 +232,51 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("name")
     c.add_argument("--description", default="")
     lists.add_parser("ls", help="show the lists")
-    c = lists.add_parser("import", help="import subscribers from a CSV with an email column")
+    c = lists.add_parser("import", help="import a CSV (UTF-8 or Shift_JIS, detected) as a background job")
     c.add_argument("list_id", type=int)
     c.add_argument("file")
+    c.add_argument("--mode", choices=sorted(_MODES), default="add-and-update")
+    c.add_argument("--encoding", help="override detection: utf-8 or cp932")
+    c = lists.add_parser("export", help="export a list or segment as CSV")
+    c.add_argument("--list", type=int)
+    c.add_argument("--segment", type=int)
+    c.add_argument("--encoding", choices=("utf-8", "shift_jis"), default="utf-8")
+    c.add_argument("-o", "--output", help="file to write (default: stdout)")
     c = lists.add_parser("subscribers", help="show a list's subscribers")
     c.add_argument("list_id", type=int)
     c.add_argument("--limit", type=int, default=100)
 
+    fields = sub.add_parser("fields", help="custom fields").add_subparsers(dest="cmd", required=True)
+    c = fields.add_parser("create", help="define a custom field, usable as a personal field")
+    c.add_argument("key")
+    c.add_argument("--label", default="")
+    c.add_argument("--type", choices=sorted(_FIELD_TYPES), default="text")
+    c.add_argument("--option", action="append", default=[], help="a choice (repeatable)")
+    fields.add_parser("ls", help="show the custom fields")
+
+    segs = sub.add_parser("segments", help="segments").add_subparsers(dest="cmd", required=True)
+    c = segs.add_parser("create", help='create a segment from conditions, e.g. \'{"match":"all","conditions":[...]}\'')
+    c.add_argument("name")
+    c.add_argument("conditions_json")
+    segs.add_parser("ls", help="show the segments")
+    c = segs.add_parser("preview", help="count a segment's subscribers and show a sample")
+    c.add_argument("id", type=int)
+
+    supp = sub.add_parser("suppression", help="the organisation's suppression list").add_subparsers(
+        dest="cmd", required=True
+    )
+    c = supp.add_parser("add", help="never send to these addresses")
+    c.add_argument("emails", nargs="+")
+    c = supp.add_parser("ls", help="show suppressed addresses")
+    c.add_argument("--contains", default="")
+    c = supp.add_parser("rm", help="allow an address again (admin)")
+    c.add_argument("email")
+
     camps = sub.add_parser("campaigns", help="campaigns").add_subparsers(dest="cmd", required=True)
     c = camps.add_parser("create", help="create a draft campaign")
     c.add_argument("--name", required=True)
-    c.add_argument("--list", type=int, action="append", required=True, help="list id (repeatable)")
+    c.add_argument("--list", type=int, action="append", default=[], help="list id (repeatable)")
+    c.add_argument("--segment", type=int, action="append", default=[], help="segment id (repeatable)")
     c.add_argument("--from", dest="from_address", required=True)
     c.add_argument("--from-name", default="")
     c.add_argument("--reply-to", default="")
@@ -244,9 +305,41 @@ def run(argv: Sequence[str] | None = None) -> int:
             _show(client.call(client.lists.ListLists, lists_pb2.ListListsRequest()), args.json)
         elif args.cmd == "import":
             return cmd_import(client, args)
+        elif args.cmd == "export":
+            return cmd_export(client, args)
         elif args.cmd == "subscribers":
             req = lists_pb2.ListSubscribersRequest(list_id=args.list_id, page_size=args.limit)
             _show(client.call(client.lists.ListSubscribers, req), args.json)
+        return 0
+    if args.area == "fields":
+        if args.cmd == "create":
+            req = lists_pb2.CreateFieldRequest(
+                key=args.key, label=args.label or args.key, type=_FIELD_TYPES[args.type], options=args.option
+            )
+            _show(client.call(client.lists.CreateField, req), args.json)
+        else:
+            _show(client.call(client.lists.ListFields, lists_pb2.ListFieldsRequest()), args.json)
+        return 0
+    if args.area == "segments":
+        if args.cmd == "create":
+            req = lists_pb2.SegmentInput(name=args.name, conditions_json=args.conditions_json)
+            _show(client.call(client.lists.CreateSegment, req), args.json)
+        elif args.cmd == "ls":
+            _show(client.call(client.lists.ListSegments, lists_pb2.ListSegmentsRequest()), args.json)
+        else:
+            req = lists_pb2.PreviewSegmentRequest(segment_id=args.id, sample_size=10)
+            _show(client.call(client.lists.PreviewSegment, req), args.json)
+        return 0
+    if args.area == "suppression":
+        if args.cmd == "add":
+            req = lists_pb2.AddSuppressionsRequest(emails=args.emails, reason="manual", source="cli")
+            _show(client.call(client.lists.AddSuppressions, req), args.json)
+        elif args.cmd == "ls":
+            req = lists_pb2.ListSuppressionsRequest(email_contains=args.contains, page_size=1000)
+            _show(client.call(client.lists.ListSuppressions, req), args.json)
+        else:
+            req = lists_pb2.RemoveSuppressionRequest(email=args.email)
+            _show(client.call(client.lists.RemoveSuppression, req), args.json)
         return 0
     if args.cmd == "create":
         return cmd_campaign_create(client, args)

@@ -29,6 +29,7 @@ class CampaignDraft:
     subject: str
     html_body: str
     text_body: str
+    segment_ids: tuple[int, ...] = ()
 
 
 def _header_text(field: str, value: str, max_len: int, required: bool) -> str:
@@ -61,10 +62,10 @@ def _template(field: str, source: str) -> None:
 
 def validate_draft(draft: CampaignDraft) -> CampaignDraft:
     """Return the draft cleaned up, or raise InvalidArgument naming the first thing wrong."""
-    if not draft.list_ids:
-        raise InvalidArgument("list_ids: a campaign needs at least one list")
-    if any(list_id <= 0 for list_id in draft.list_ids):
-        raise InvalidArgument("list_ids: list ids are positive numbers")
+    if not draft.list_ids and not draft.segment_ids:
+        raise InvalidArgument("list_ids: a campaign needs at least one list or segment")
+    if any(list_id <= 0 for list_id in (*draft.list_ids, *draft.segment_ids)):
+        raise InvalidArgument("list_ids, segment_ids: ids are positive numbers")
     if not draft.html_body.strip() and not draft.text_body.strip():
         raise InvalidArgument("a campaign needs an HTML body, a text body or both")
     for field, source in (
@@ -82,4 +83,5 @@ def validate_draft(draft: CampaignDraft) -> CampaignDraft:
         subject=_header_text("subject", draft.subject, 900, True),
         html_body=draft.html_body,
         text_body=draft.text_body,
+        segment_ids=tuple(dict.fromkeys(draft.segment_ids)),
     )

@@ -96,6 +96,7 @@ class FanOut:
             stream = self._lists.StreamRecipients(
                 lists_pb2.StreamRecipientsRequest(
                     list_ids=campaign.list_ids,
+                    segment_ids=campaign.segment_ids,
                     chunk_size=self._batch_size,
                     after_subscriber_id=campaign.last_subscriber_id,
                 ),

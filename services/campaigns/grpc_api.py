@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+
 import grpc
-from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc, lists_pb2, lists_pb2_grpc
+from email_validator import EmailNotValidError, validate_email
+from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc, events_pb2, lists_pb2, lists_pb2_grpc
 from opentelemetry import trace
 
 from services.campaigns.content import CampaignDraft, validate_draft
 from services.campaigns.fanout import FanOut
 from services.campaigns.store import CampaignRow, CampaignStore
-from services.common.errors import FailedPrecondition, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.identity import require_scope
 
 tracer = trace.get_tracer("mailblast.campaigns")
@@ -30,6 +35,7 @@ def to_proto(row: CampaignRow) -> campaigns_pb2.Campaign:
         name=row.name,
         state=_STATES[row.state],
         list_ids=row.list_ids,
+        segment_ids=row.segment_ids,
         from_name=row.from_name,
         from_address=row.from_address,
         reply_to=row.reply_to,
@@ -53,10 +59,17 @@ def to_proto(row: CampaignRow) -> campaigns_pb2.Campaign:
 class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
     """Campaign CRUD and sending, always within the caller's organisation."""
 
-    def __init__(self, store: CampaignStore, fanout: FanOut, lists: lists_pb2_grpc.ListsServiceStub) -> None:
+    def __init__(
+        self,
+        store: CampaignStore,
+        fanout: FanOut,
+        lists: lists_pb2_grpc.ListsServiceStub,
+        send_mail: Callable[[events_pb2.TransactionalMessage], Awaitable[None]] | None = None,
+    ) -> None:
         self._store = store
         self._fanout = fanout
         self._lists = lists
+        self._send_mail = send_mail
 
     async def _get(self, organization_id: int, campaign_id: int) -> CampaignRow:
         row = await self._store.get(organization_id, campaign_id)
@@ -71,14 +84,19 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
                 name=request.name, list_ids=tuple(request.list_ids), from_name=request.from_name,
                 from_address=request.from_address, reply_to=request.reply_to, subject=request.subject,
                 html_body=request.html_body, text_body=request.text_body,
+                segment_ids=tuple(request.segment_ids),
             )
         )  # fmt: skip
-        for list_id in draft.list_ids:
+        checks = [("list", i, self._lists.GetList, lists_pb2.GetListRequest(list_id=i)) for i in draft.list_ids]
+        checks += [
+            ("segment", i, self._lists.GetSegment, lists_pb2.GetSegmentRequest(segment_id=i)) for i in draft.segment_ids
+        ]
+        for kind, object_id, call, request_ in checks:
             try:
-                await self._lists.GetList(lists_pb2.GetListRequest(list_id=list_id), timeout=10)
+                await call(request_, timeout=10)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    raise NotFound(f"list {list_id} not found") from None
+                    raise NotFound(f"{kind} {object_id} not found") from None
                 raise
         return to_proto(await self._store.create(principal.organization_id, draft))
 
@@ -118,3 +136,36 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
     async def CancelCampaign(self, request, context):
         allowed = ("draft", "sending", "paused")
         return to_proto(await self._transition(request.campaign_id, allowed, "cancelled", "cancelled"))
+
+    async def SendTest(self, request, context):
+        principal = require_scope("send")
+        row = await self._get(principal.organization_id, request.campaign_id)
+        try:
+            to_address = validate_email(request.to_address.strip(), check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            raise InvalidArgument(f"to_address {request.to_address!r} is not an email address: {exc}") from None
+        fields: dict = {}
+        if request.variables_json:
+            try:
+                fields = json.loads(request.variables_json)
+            except ValueError:
+                raise InvalidArgument("variables_json is not JSON") from None
+            if not isinstance(fields, dict):
+                raise InvalidArgument("variables_json must be a JSON object")
+        fields.setdefault("email", to_address)
+        if self._send_mail is None:
+            raise FailedPrecondition("this campaigns service cannot send test messages (no message bus)")
+        message = events_pb2.TransactionalMessage(
+            organization_id=principal.organization_id,
+            message_key=f"campaigns.test.{row.id}.{uuid.uuid4().hex}",
+            to_address=to_address,
+            to_name=str(fields.get("name", "")),
+            content=events_pb2.MessageContent(
+                from_name=row.from_name, from_address=row.from_address, reply_to=row.reply_to,
+                subject=row.subject, html_body=row.html_body, text_body=row.text_body,
+            ),
+            variables_json=json.dumps(fields, ensure_ascii=False),
+            category="campaigns.test",
+        )  # fmt: skip
+        await self._send_mail(message)
+        return campaigns_pb2.SendTestResponse(message_key=message.message_key)

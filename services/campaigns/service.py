@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc, lists_pb2_grpc
+from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc, events_pb2, lists_pb2_grpc
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
@@ -16,7 +16,7 @@ from services.campaigns.consumers import bounce_consumer, delivery_consumer
 from services.campaigns.fanout import FanOut
 from services.campaigns.grpc_api import CampaignsServicer
 from services.campaigns.store import CampaignStore
-from services.common import bus, db
+from services.common import bus, db, mail
 from services.common.identity import IdentitySigner
 from services.common.rpc import GrpcServer, auth_token_resolver, service_channel, start_grpc_server
 
@@ -74,7 +74,11 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
         channels.append(auth_channel)
         resolver = auth_token_resolver(auth_channel, signer, "campaigns")
     fanout = FanOut(store, js, lists, config.batch_size)
-    servicer = CampaignsServicer(store, fanout, lists)
+
+    async def send_mail(message: events_pb2.TransactionalMessage) -> None:
+        await mail.send_transactional(js, message)
+
+    servicer = CampaignsServicer(store, fanout, lists, send_mail)
 
     def register(server: grpc.aio.Server) -> list[str]:
         campaigns_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, server)

@@ -39,6 +39,7 @@ class CampaignRow:
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    segment_ids: list[int]
 
     @property
     def queued(self) -> int:
@@ -59,12 +60,12 @@ class RecipientOutcome:
 
 _COLUMNS = """id, organization_id, name, state, list_ids, from_name, from_address, reply_to, subject,
     html_body, text_body, total, published_batches, last_subscriber_id, fanout_complete, sent, deferred,
-    bounced, failed, created_at, started_at, finished_at"""
+    bounced, failed, created_at, started_at, finished_at, segment_ids"""
 
 INSERT_CAMPAIGN = f"""
 INSERT INTO campaigns (organization_id, name, list_ids, from_name, from_address, reply_to, subject,
-                       html_body, text_body)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+                       html_body, text_body, segment_ids)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 RETURNING {_COLUMNS}"""
 
 SELECT_CAMPAIGN = f"SELECT {_COLUMNS} FROM campaigns WHERE id = %s AND organization_id = %s"
@@ -124,7 +125,7 @@ class CampaignStore:
             await cur.execute(
                 INSERT_CAMPAIGN,
                 (organization_id, draft.name, list(draft.list_ids), draft.from_name, draft.from_address,
-                 draft.reply_to, draft.subject, draft.html_body, draft.text_body),
+                 draft.reply_to, draft.subject, draft.html_body, draft.text_body, list(draft.segment_ids)),
             )  # fmt: skip
             return await cur.fetchone()
 

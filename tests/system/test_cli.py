@@ -40,6 +40,8 @@ async def test_readme_walkthrough(stack, smtp_sink, tmp_path, monkeypatch, capsy
     code, out, _ = await run_cli(capsys, "--json", "lists", "create", "Newsletter")
     assert code == 0
     list_id = json_line(out)["id"]
+    code, out, _ = await run_cli(capsys, "fields", "create", "company", "--label", "会社名")
+    assert code == 0
 
     people = tmp_path / "people.csv"
     people.write_text(
@@ -87,8 +89,11 @@ async def test_cli_errors_are_clear(stack, tmp_path, monkeypatch, capsys):
         await run_cli(capsys, "lists", "ls")
     monkeypatch.setenv("MAILBLAST_TOKEN", stack.token)
     bad = tmp_path / "bad.csv"
-    bad.write_text("mail,name\na@example.com,A\n")
-    with pytest.raises(cli.CliError, match="no 'email' column"):
-        await run_cli(capsys, "lists", "import", "1", str(bad))
+    bad.write_text("code,amount\nA1,100\nB2,200\n")
+    with pytest.raises(cli.CliError, match="no list 7 in your organisation"):
+        await run_cli(capsys, "lists", "import", "7", str(bad))
+    code, out, _ = await run_cli(capsys, "--json", "lists", "create", "x")
+    with pytest.raises(cli.CliError, match="exactly one column must be the email address"):
+        await run_cli(capsys, "lists", "import", json_line(out)["id"], str(bad))
     with pytest.raises(cli.CliError, match=r"^not found: campaign 424242 not found$"):
         await run_cli(capsys, "campaigns", "show", "424242")
