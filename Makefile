@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/mailblast/v1/*.proto)
 GEN_STAMP := gen/.stamp
 
-.PHONY: install proto run test test-fast bench bench-import lint format clean run-%
+.PHONY: install proto run test test-fast bench bench-import lint format clean browser run-%
 
 install: $(VENV)/.installed
 
@@ -31,9 +31,16 @@ run: install proto
 run-%: install proto
 	$(PY) -m services.$*
 
-test: install proto
+test: install proto browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The console's browser tests drive Debian's chromium through Playwright (browser downloads are not
+# possible): as root (CI) install it when missing; otherwise say what to install.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "the browser tests need Debian's chromium: sudo apt-get install -y chromium" >&2; exit 1; fi
 
 bench: install proto
 	$(PY) -m bench.send

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -128,8 +129,12 @@ def read_internal_key(path: Path) -> bytes:
     return path.read_bytes().strip()
 
 
-def dkim_dns_records(files: SecretFiles) -> list[str]:
-    """The DNS TXT records that publish the DKIM public keys (public, safe to print)."""
+def dkim_txt_values(files: SecretFiles) -> dict[str, str]:
+    """The TXT record values of the DKIM public keys by DNS name (public; the console's outbox checks with them)."""
+    return {f"{selector}._domainkey.{DKIM_DOMAIN}.": value for selector, value in _dkim_values(files).items()}
+
+
+def _dkim_values(files: SecretFiles) -> dict[str, str]:
     rsa_key = serialization.load_pem_private_key(files.dkim_rsa.read_bytes(), password=None)
     rsa_public = rsa_key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -137,12 +142,16 @@ def dkim_dns_records(files: SecretFiles) -> list[str]:
     ed_key = serialization.load_pem_private_key(files.dkim_ed25519.read_bytes(), password=None)
     # RFC 8463: an ed25519 DKIM key is published as the bare 32-byte public key.
     ed_public = ed_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    values = {
+    return {
         DKIM_RSA_SELECTOR: f"v=DKIM1; k=rsa; p={base64.b64encode(rsa_public).decode()}",
         DKIM_ED25519_SELECTOR: f"v=DKIM1; k=ed25519; p={base64.b64encode(ed_public).decode()}",
     }
+
+
+def dkim_dns_records(files: SecretFiles) -> list[str]:
+    """The DNS TXT records that publish the DKIM public keys (public, safe to print)."""
     records = []
-    for selector, value in values.items():
+    for selector, value in _dkim_values(files).items():
         # A TXT character-string holds at most 255 bytes: longer values are split, as zone files expect.
         strings = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
         records.append(f"{selector}._domainkey.{DKIM_DOMAIN}. IN TXT {strings}")
@@ -318,6 +327,16 @@ class Supervisor:
         sender_ports = [free_port() for _ in range(SENDER_PROCESSES)]
         gateway_host, _, gateway_port = gateway_bind.rpartition(":")
         public_host = "127.0.0.1" if gateway_host in ("0.0.0.0", "", "[::]") else gateway_host
+        console_url = f"https://{public_host}:{gateway_port}"
+        # The console serves HTTPS with the development certificate; its plain-HTTP port only redirects.
+        gateway_env = {
+            "GATEWAY_TLS_CERT_FILE": str(files.tls_cert),
+            "GATEWAY_TLS_KEY_FILE": str(files.tls_key),
+            "GATEWAY_HTTP_BIND": os.environ.get("GATEWAY_HTTP_BIND") or f"{public_host}:{free_port()}",
+            "GATEWAY_DEV_DKIM_RECORDS": json.dumps(dkim_txt_values(files)),
+        }
+        if relay.get("SENDER_RELAY_HOST") == "127.0.0.1" and self.catcher is not None:
+            gateway_env["GATEWAY_DEV_OUTBOX_DIR"] = str(self.var / "outbox")
         base = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -335,10 +354,12 @@ class Supervisor:
             "SENDER_DKIM_DOMAIN": DKIM_DOMAIN,
             "SENDER_DKIM_SELECTOR": DKIM_RSA_SELECTOR,
             "SENDER_DKIM_KEY_FILE": str(files.dkim_rsa),
-            "SENDER_DKIM_ED25519_SELECTOR": DKIM_ED25519_SELECTOR,
+            # SENDER_DKIM_ED25519_SELECTOR set to "" in the environment means sign with RSA only.
+            "SENDER_DKIM_ED25519_SELECTOR": os.environ.get("SENDER_DKIM_ED25519_SELECTOR", DKIM_ED25519_SELECTOR),
             "SENDER_DKIM_ED25519_KEY_FILE": str(files.dkim_ed25519),
             "SENDER_RETURN_PATH_DOMAIN": RETURN_PATH_DOMAIN,
-            "SENDER_UNSUBSCRIBE_URL": f"http://{public_host}:{gateway_port}/u/",
+            "SENDER_UNSUBSCRIBE_URL": f"{console_url}/u/",
+            "AUTH_CONSOLE_URL": os.environ.get("AUTH_CONSOLE_URL") or console_url,
             "GATEWAY_BIND": gateway_bind,
             **relay,
         }
@@ -353,10 +374,18 @@ class Supervisor:
         for name, module, address, extra in plan:
             self.services.append(ServiceProcess(name, module, address, self.logs / f"{name}.log", {**base, **extra}))
         self.services.append(
-            ServiceProcess("gateway", "services.gateway", gateway_bind, self.logs / "gateway.log", base, grpc=False)
+            ServiceProcess(
+                "gateway",
+                "services.gateway",
+                gateway_bind,
+                self.logs / "gateway.log",
+                {**base, **gateway_env},
+                grpc=False,
+            )
         )
         self.bounce_smtp = base["BOUNCE_SMTP_BIND"]
-        self.gateway_url = f"http://{public_host}:{gateway_port}/"
+        self.gateway_url = f"{console_url}/"
+        self.gateway_tls = ssl.create_default_context(cafile=str(files.tls_cert))
 
     def wait_healthy(self, svc: ServiceProcess, deadline: float) -> None:
         """Poll a service until it answers healthy; fail if it dies or the deadline passes."""
@@ -374,7 +403,8 @@ class Supervisor:
     def _healthy(self, svc: ServiceProcess) -> bool:
         if not svc.grpc:
             try:
-                with urllib.request.urlopen(f"{self.gateway_url}healthz", timeout=2) as response:  # noqa: S310
+                url = f"{self.gateway_url}healthz"
+                with urllib.request.urlopen(url, timeout=2, context=self.gateway_tls) as response:  # noqa: S310
                     return response.status == 200
             except (urllib.error.URLError, OSError):
                 return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import UTC, datetime
@@ -100,6 +101,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self._store = store
         self._authenticate = authenticator
         self._security = security
+        # ForgotPassword's work runs after its answer; the tasks are kept so they are not collected mid-way.
+        self._background: set[asyncio.Task] = set()
 
     async def Bootstrap(self, request: auth_pb2.BootstrapRequest, context: grpc.aio.ServicerContext):
         """Create the first organisation, owner and admin token, once."""
@@ -438,3 +441,17 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if len(rows) > size:
             reply.next_page_token = str(rows[size - 1].id)
         return reply
+
+    async def ForgotPassword(self, request: auth_pb2.ForgotPasswordRequest, context: grpc.aio.ServicerContext):
+        """Start mailing a reset link for this login, if it exists; answer at once, the same either way."""
+        require_service()
+        task = asyncio.create_task(self._forgot(request.login[:200], request.source_ip[:100]))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return auth_pb2.ForgotPasswordResponse()
+
+    async def _forgot(self, login: str, source_ip: str) -> None:
+        try:
+            await self._security.forgot_password(login, source_ip)
+        except Exception:
+            log.exception("self-service password reset failed")

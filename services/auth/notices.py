@@ -44,8 +44,9 @@ def password_link(
     expires_at: datetime,
     invite: bool,
     mail_from: str,
+    self_service: bool = False,
 ) -> events_pb2.TransactionalMessage:
-    """A single-use link to set a password: an invitation for a new user, or an admin-requested reset."""
+    """A single-use link to set a password: an invitation, an admin-requested or a self-service reset."""
     until = expires_at.strftime("%Y-%m-%d %H:%M UTC")
     if invite:
         subject = "mailblast へのご招待 / You are invited to mailblast"
@@ -58,6 +59,15 @@ def password_link(
             "次のリンクから新しいパスワードを設定してください"
         )
         lead_en = "An administrator asked for your mailblast password ({{ login }}) to be reset. Set a new one here"
+        if self_service:
+            lead = (
+                "{{ login }} 様\n\nパスワードの再設定が依頼されました。"
+                "心当たりがない場合はこのメールを無視してください。次のリンクから新しいパスワードを設定できます"
+            )
+            lead_en = (
+                "Someone asked to reset the mailblast password of {{ login }}; if it was not you, ignore this mail. "
+                "Set a new one here"
+            )
     text = (
         f"{lead}（{{{{ until }}}} まで有効、1 回限り）:\n{{{{ url }}}}\n\n"
         f"{lead_en} (valid once, until {{{{ until }}}}):\n{{{{ url }}}}\n"

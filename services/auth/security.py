@@ -257,7 +257,21 @@ class AccountSecurity:
         )  # fmt: skip
         return revoked
 
-    async def send_password_link(self, account: Account, invite: bool, actor_id: int, source_ip: str) -> datetime:
+    async def forgot_password(self, login: str, source_ip: str) -> None:
+        """Mail a reset link to the user with this login if it may log in; nothing is told either way."""
+        account = await self._store.account_by_login(login.strip()) if login.strip() else None
+        if account is None or account.disabled_at is not None:
+            await self._store.audit(
+                account.organization_id if account else None, account.id if account else None,
+                "password.reset_refused", detail={"reason": "disabled" if account else "unknown_login"},
+                source_ip=source_ip,
+            )  # fmt: skip
+            return
+        await self.send_password_link(account, False, account.id, source_ip, self_service=True)
+
+    async def send_password_link(
+        self, account: Account, invite: bool, actor_id: int, source_ip: str, self_service: bool = False
+    ) -> datetime:
         """Mail the user a single-use link to set a password; earlier links stop working."""
         text, digest = new_secret_token()
         ttl = self._config.invite_ttl_seconds if invite else self._config.reset_ttl_seconds
@@ -269,13 +283,13 @@ class AccountSecurity:
         await self._send_mail(
             notices.password_link(
                 account.organization_id, account.id, token_id, account.login, account.email, url, expires_at,
-                invite, self._config.mail_from,
+                invite, self._config.mail_from, self_service,
             )
         )  # fmt: skip
         action = "user.invited" if invite else "password.reset_requested"
         await self._store.audit(
             account.organization_id, actor_id, action, f"user:{account.id}",
-            {"expires_at": expires_at.isoformat()}, source_ip,
+            {"expires_at": expires_at.isoformat(), "self_service": self_service}, source_ip,
         )  # fmt: skip
         return expires_at
 

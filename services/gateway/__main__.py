@@ -1,31 +1,19 @@
-"""Run the gateway with waitress on GATEWAY_BIND until SIGTERM or SIGINT."""
+"""Run the console over HTTPS on GATEWAY_BIND (and redirect GATEWAY_HTTP_BIND to it) until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
 import signal
 import sys
+import threading
 from types import FrameType
-
-from waitress.server import create_server
 
 from services.common.config import ConfigError
 from services.common.log import configure_logging, get_logger
 from services.gateway.app import create_app
 from services.gateway.config import Config
+from services.gateway.server import ConsoleServer
 
 log = get_logger("services.gateway")
-
-
-def _already_stopping(signum: int, _frame: FrameType | None) -> None:
-    """A second signal (Ctrl-C, then the supervisor's SIGTERM) must not interrupt the stop under way."""
-
-
-def _stop(signum: int, _frame: FrameType | None) -> None:
-    # waitress leaves its loop on SystemExit, finishing the requests under way. A no-op handler rather
-    # than SIG_IGN for the next ones: Python reports a signal caught while it switched to SIG_IGN.
-    signal.signal(signal.SIGTERM, _already_stopping)
-    signal.signal(signal.SIGINT, _already_stopping)
-    raise SystemExit(0)
 
 
 def main() -> int:
@@ -33,17 +21,31 @@ def main() -> int:
     configure_logging("gateway")
     try:
         config = Config.from_env()
+        cert, key = config.tls_files()
     except ConfigError as exc:
         log.error("cannot start", error=str(exc))
         return 2
-    server = create_server(create_app(), host=config.host, port=config.port, ident="mailblast")
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    log.info("service ready", name="gateway", bind=f"{server.effective_host}:{server.effective_port}")
-    try:
-        server.run()
-    finally:
-        server.close()
+    app = create_app(settings=config)
+    server = ConsoleServer(app, config.host, config.port, cert, key, config.http_host, config.http_port)
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    server.start()
+    log.info(
+        "service ready",
+        name="gateway",
+        bind=f"{server.host}:{server.port}",
+        url=f"https://{server.host}:{server.port}/",
+        http_bind=f"{config.http_host}:{server.http_port}" if server.http else "",
+    )
+    while not stopping.wait(0.5):
+        pass
+    server.stop()
+    app.extensions["mailblast_backends"].close()
     log.info("service stopped", name="gateway")
     return 0
 

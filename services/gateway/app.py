@@ -1,34 +1,89 @@
-"""The gateway's Flask application: an app factory, its blueprints and the headers every response carries."""
+"""The gateway's Flask application: the web console, an app factory with its blueprints and security."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response
+import grpc
+from flask import Flask, render_template
+from flask_babel import gettext as _
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
 
-from services.gateway import views
+from services.gateway import account, admin, mail, outbox, views
+from services.gateway.clients import BackendError, Backends
+from services.gateway.config import Config
+from services.gateway.i18n import init_i18n
+from services.gateway.security import init_security
 
-# Sent on every response: no MIME sniffing, never framed by another site, no full URLs in Referer.
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "strict-origin-when-cross-origin",
+# Status codes a refused call turns into when a view does not handle it itself.
+_HTTP_STATUS = {
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 503,
 }
 
 
-def _add_security_headers(response: Response) -> Response:
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    return response
+def _error_page(status: int, message: str) -> tuple[str, int]:
+    return render_template("error.html", status=status, message=message), status
 
 
-def create_app(config: dict[str, Any] | None = None) -> Flask:
-    """Build the gateway application; `config` overrides settings (tests pass TESTING=True)."""
+def _http_error(exc: HTTPException) -> Any:
+    if exc.code is None or exc.code < 400:
+        return exc
+    messages = {
+        403: _("Your role does not allow this."),
+        404: _("This page does not exist, or it belongs to another organisation."),
+        405: _("This address does not accept that kind of request."),
+        503: _("A mailblast service is not answering. Try again in a moment."),
+    }
+    return _error_page(exc.code, messages.get(exc.code, exc.description or ""))
+
+
+def _backend_error(exc: BackendError) -> Any:
+    status = _HTTP_STATUS.get(exc.code, 500)
+    if status == 404:
+        return _http_error_for(404)
+    if status == 403:
+        return _http_error_for(403)
+    return _error_page(status, exc.message)
+
+
+def _http_error_for(status: int) -> Any:
+    from werkzeug.exceptions import default_exceptions
+
+    return _http_error(default_exceptions[status]())
+
+
+def _csrf_error(exc: CSRFError) -> Any:
+    return _error_page(400, _("The form was stale or not sent by this console (CSRF check). Reload and retry."))
+
+
+def create_app(config: dict[str, Any] | None = None, settings: Config | None = None) -> Flask:
+    """Build the gateway; `settings` are the gateway's (from the environment unless given), `config` Flask's."""
     app = Flask(__name__)
-    app.config.from_mapping(JSON_AS_ASCII=False)
+    settings = settings or Config.from_env()
+    app.config.from_mapping(JSON_AS_ASCII=False, SECRET_KEY=settings.flask_secret())
+    app.config["MAILBLAST"] = settings
+    init_security(app)
     if config:
         app.config.update(config)
+    app.extensions["mailblast_backends"] = Backends(settings)
+    CSRFProtect(app)
+    init_i18n(app)
     app.register_blueprint(views.bp)
-    app.after_request(_add_security_headers)
+    app.register_blueprint(account.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(mail.bp)
+    if settings.dev_outbox_dir:
+        app.register_blueprint(outbox.bp)
+    app.register_error_handler(CSRFError, _csrf_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(BackendError, _backend_error)
+    app.jinja_env.globals["dev_outbox"] = bool(settings.dev_outbox_dir)
     return app

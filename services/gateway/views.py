@@ -1,21 +1,10 @@
-"""The gateway's pages: health for probes and supervisors, and a placeholder home page."""
+"""The gateway's health answer for probes and supervisors, and the console's home."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, redirect, url_for
 
 bp = Blueprint("gateway", __name__)
-
-_HOME = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>mailblast</title></head>
-<body>
-<h1>mailblast</h1>
-<p>The web console comes later. Use the <code>mailblast</code> command meanwhile.</p>
-<p lang="ja">Web コンソールは準備中です。当面は <code>mailblast</code> コマンドをお使いください。</p>
-</body>
-</html>
-"""
 
 
 @bp.get("/healthz")
@@ -26,5 +15,5 @@ def healthz() -> Response:
 
 @bp.get("/")
 def home() -> Response:
-    """A minimal page saying the console is yet to come."""
-    return Response(_HOME, mimetype="text/html")
+    """The console opens on the campaigns."""
+    return redirect(url_for("mail.campaigns"))

@@ -8,6 +8,7 @@ import queue
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dev.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-READY = re.compile(r"mailblast is ready: (http://\S+)")
+READY = re.compile(r"mailblast is ready: (https://\S+)")
 TOKEN_LINE = "admin API token"
 START_DEADLINE = 240.0
 
@@ -169,7 +170,9 @@ def _check_everything_serves(var: Path, gateway_url: str) -> dict:
     for address in addresses:
         assert _grpc_serving(address), address
     assert run_info["gateway"] == gateway_url
-    with urllib.request.urlopen(f"{gateway_url}healthz", timeout=10) as response:  # noqa: S310 - loopback
+    # The console serves HTTPS with the development certificate made on the first run.
+    tls = ssl.create_default_context(cafile=str(var / "secrets" / "tls" / "cert.pem"))
+    with urllib.request.urlopen(f"{gateway_url}healthz", timeout=10, context=tls) as response:  # noqa: S310
         assert json.loads(response.read()) == {"status": "ok"}
     return run_info
 

@@ -34,7 +34,9 @@ async def test_segment_campaign_skips_suppressed_addresses(stack, smtp_sink):
     segment = await lists.CreateSegment(
         lists_pb2.SegmentInput(
             name="pro customers",
-            conditions_json=json.dumps({"match": "all", "conditions": [{"field": "custom", "key": "plan", "op": "eq", "value": "pro"}]}),
+            conditions_json=json.dumps(
+                {"match": "all", "conditions": [{"field": "custom", "key": "plan", "op": "eq", "value": "pro"}]}
+            ),
         ),
         metadata=stack.metadata,
     )

@@ -92,7 +92,7 @@ async def test_cli_errors_are_clear(stack, tmp_path, monkeypatch, capsys):
     bad.write_text("code,amount\nA1,100\nB2,200\n")
     with pytest.raises(cli.CliError, match="no list 7 in your organisation"):
         await run_cli(capsys, "lists", "import", "7", str(bad))
-    code, out, _ = await run_cli(capsys, "--json", "lists", "create", "x")
+    _, out, _ = await run_cli(capsys, "--json", "lists", "create", "x")
     with pytest.raises(cli.CliError, match="exactly one column must be the email address"):
         await run_cli(capsys, "lists", "import", json_line(out)["id"], str(bad))
     with pytest.raises(cli.CliError, match=r"^not found: campaign 424242 not found$"):

@@ -1,10 +1,12 @@
-"""`python -m services.gateway` as a real process: serves over HTTP with waitress, stops on signals."""
+"""`python -m services.gateway` as a real process: HTTPS with cheroot, HTTP redirecting, stops on signals."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -16,8 +18,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _start_gateway() -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "GATEWAY_BIND": "127.0.0.1:0", "PYTHONUNBUFFERED": "1"}
+def _start_gateway(tls_dir: Path) -> tuple[subprocess.Popen, dict]:
+    env = {
+        **os.environ,
+        "GATEWAY_BIND": "127.0.0.1:0",
+        "GATEWAY_HTTP_BIND": "127.0.0.1:0",
+        "GATEWAY_TLS_DIR": str(tls_dir),
+        "AUTH_ADDR": "127.0.0.1:9",
+        "LISTS_ADDR": "127.0.0.1:9",
+        "CAMPAIGNS_ADDR": "127.0.0.1:9",
+        "MAILBLAST_INTERNAL_KEY": "k" * 32,
+        "PYTHONUNBUFFERED": "1",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.gateway"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
     )
@@ -29,25 +41,34 @@ def _start_gateway() -> tuple[subprocess.Popen, str]:
             break
         event = json.loads(line)
         if event.get("event") == "service ready":
-            return proc, f"http://{event['bind']}"
+            return proc, event
     proc.kill()
     proc.wait(5)
-    if proc.stderr is not None:
-        proc.stderr.close()
+    proc.stderr.close()
     raise AssertionError("the gateway did not report ready")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_gateway_serves_and_stops_cleanly_on_signal(sig: signal.Signals) -> None:
-    # The gateway process answers /healthz over real HTTP with security headers, and on SIGTERM
-    # (Kubernetes) or SIGINT (Ctrl-C) it stops by itself with exit code 0.
-    proc, base = _start_gateway()
+def test_gateway_serves_https_redirects_http_and_stops_cleanly(sig: signal.Signals, tmp_path: Path) -> None:
+    # Without a configured certificate the gateway makes a self-signed one and serves HTTPS with HSTS;
+    # its plain-HTTP port answers every page with a redirect to HTTPS; on SIGTERM (Kubernetes) or SIGINT
+    # (Ctrl-C) it stops by itself with exit code 0.
+    proc, ready = _start_gateway(tmp_path / "tls")
     try:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=10) as response:  # noqa: S310 - http on loopback
+        assert ready["url"].startswith("https://127.0.0.1:")
+        trust = ssl.create_default_context(cafile=str(tmp_path / "tls" / "cert.pem"))
+        with urllib.request.urlopen(f"{ready['url']}healthz", timeout=10, context=trust) as response:  # noqa: S310
             assert response.status == 200
             assert json.loads(response.read()) == {"status": "ok"}
-            assert response.headers["X-Content-Type-Options"] == "nosniff"
+            assert response.headers["Strict-Transport-Security"].startswith("max-age=")
             assert response.headers["Server"] == "mailblast"
+        host, port = ready["http_bind"].rsplit(":", 1)
+        plain = http.client.HTTPConnection(host, int(port), timeout=10)
+        plain.request("GET", "/login?next=/lists")
+        redirect = plain.getresponse()
+        assert redirect.status == 308
+        assert redirect.headers["Location"] == f"{ready['url']}login?next=/lists"
+        plain.close()
         proc.send_signal(sig)
         assert proc.wait(15) == 0
         assert proc.stderr is not None

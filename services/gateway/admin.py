@@ -1,0 +1,259 @@
+"""Admin pages: users and roles, API tokens, the organisation's security settings, the audit log."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, stream_with_context, url_for
+from flask_babel import gettext as _
+from google.protobuf.timestamp_pb2 import Timestamp
+from mailblast.v1 import auth_pb2
+
+from services.gateway.clients import BackendError, backends, call
+from services.gateway.security import requires
+
+bp = Blueprint("admin", __name__)
+
+ROLES = ("viewer", "editor", "admin", "owner")
+SCOPES = ("read", "send", "admin")
+_FORM_ERRORS = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
+
+
+def _flash_refusal(exc: BackendError) -> None:
+    if exc.code not in _FORM_ERRORS:
+        raise exc
+    flash(_("Refused: %(reason)s", reason=exc.message), "error")
+
+
+def _user_action(user_id: int, method, message, done: str) -> Response:
+    try:
+        call(method, message)
+    except BackendError as exc:
+        _flash_refusal(exc)
+    else:
+        flash(done, "info")
+    return redirect(url_for("admin.users"))
+
+
+@bp.get("/users")
+@requires("admin")
+def users() -> str:
+    """The organisation's users, with their role, lock and 2FA state, and the organisation's settings."""
+    found = call(backends().auth.ListUsers, auth_pb2.ListUsersRequest()).users
+    organization = call(backends().auth.GetOrganization, auth_pb2.GetOrganizationRequest())
+    now = datetime.now(UTC)
+    locked = {u.id for u in found if u.HasField("locked_until") and u.locked_until.ToDatetime(tzinfo=UTC) > now}
+    return render_template("users.html", users=found, roles=ROLES, locked=locked, organization=organization)
+
+
+@bp.post("/users")
+@requires("admin")
+def create_user() -> Response:
+    """Add a user; with the box ticked, mail them an invitation link to set their password."""
+    try:
+        user = call(
+            backends().auth.CreateUser,
+            auth_pb2.CreateUserRequest(
+                login=request.form.get("login", "").strip(),
+                email=request.form.get("email", "").strip(),
+                role=request.form.get("role", "viewer"),
+                send_invite=bool(request.form.get("send_invite")),
+            ),
+        )
+    except BackendError as exc:
+        _flash_refusal(exc)
+    else:
+        flash(_("User %(login)s was created.", login=user.login), "info")
+    return redirect(url_for("admin.users"))
+
+
+@bp.post("/users/<int:user_id>/role")
+@requires("admin")
+def change_role(user_id: int) -> Response:
+    """Give a user another role."""
+    message = auth_pb2.UpdateUserRoleRequest(user_id=user_id, role=request.form.get("role", ""))
+    return _user_action(user_id, backends().auth.UpdateUserRole, message, _("The role was changed."))
+
+
+@bp.post("/users/<int:user_id>/disable")
+@requires("admin")
+def disable_user(user_id: int) -> Response:
+    """Stop a user: sessions end, tokens are refused."""
+    message = auth_pb2.DisableUserRequest(user_id=user_id)
+    return _user_action(user_id, backends().auth.DisableUser, message, _("The user was disabled."))
+
+
+@bp.post("/users/<int:user_id>/unlock")
+@requires("admin")
+def unlock_user(user_id: int) -> Response:
+    """Lift a lockout."""
+    message = auth_pb2.UnlockRequest(user_id=user_id)
+    return _user_action(user_id, backends().auth.Unlock, message, _("The account was unlocked."))
+
+
+@bp.post("/users/<int:user_id>/reset")
+@requires("admin")
+def reset_user(user_id: int) -> Response:
+    """Mail a user a single-use link to set a new password."""
+    message = auth_pb2.RequestPasswordResetRequest(user_id=user_id)
+    return _user_action(user_id, backends().auth.RequestPasswordReset, message, _("A reset link was mailed."))
+
+
+@bp.post("/settings")
+@requires("admin")
+def settings() -> Response:
+    """Require two-step verification for everyone, or not."""
+    require = bool(request.form.get("require_totp"))
+    call(
+        backends().auth.SetOrganizationSettings,
+        auth_pb2.SetOrganizationSettingsRequest(settings=auth_pb2.OrganizationSettings(require_totp=require)),
+    )
+    flash(_("The settings were saved."), "info")
+    return redirect(url_for("admin.users"))
+
+
+@bp.get("/tokens")
+@requires("admin")
+def tokens() -> str:
+    """The organisation's API tokens with their last use; never their secrets."""
+    found = call(backends().auth.ListApiTokens, auth_pb2.ListApiTokensRequest()).tokens
+    people = call(backends().auth.ListUsers, auth_pb2.ListUsersRequest()).users
+    logins = {u.id: u.login for u in people}
+    return render_template("tokens.html", tokens=found, users=people, logins=logins, scopes=SCOPES)
+
+
+@bp.post("/tokens")
+@requires("admin")
+def create_token() -> Response | str:
+    """Issue a token; its secret is on this one page and nowhere else."""
+    try:
+        user_id = int(request.form.get("user_id", "0"))
+    except ValueError:
+        abort(400)
+    try:
+        reply = call(
+            backends().auth.CreateApiToken,
+            auth_pb2.CreateApiTokenRequest(
+                user_id=user_id,
+                name=request.form.get("name", "").strip(),
+                scopes=[s for s in request.form.getlist("scopes") if s in SCOPES],
+            ),
+        )
+    except BackendError as exc:
+        _flash_refusal(exc)
+        return redirect(url_for("admin.tokens"))
+    return render_template("token_created.html", token=reply.token, secret=reply.secret)
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@requires("admin")
+def revoke_token(token_id: int) -> Response:
+    """Revoke a token at once."""
+    call(backends().auth.RevokeApiToken, auth_pb2.RevokeApiTokenRequest(token_id=token_id))
+    flash(_("The token was revoked."), "info")
+    return redirect(url_for("admin.tokens"))
+
+
+def _day(value: str, end: bool = False) -> Timestamp | None:
+    if not value:
+        return None
+    try:
+        day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        abort(400)
+    if end:
+        day += timedelta(days=1)
+    ts = Timestamp()
+    ts.FromDatetime(day)
+    return ts
+
+
+def _audit_request(page_size: int, page_token: str = "") -> auth_pb2.ListAuditEventsRequest:
+    message = auth_pb2.ListAuditEventsRequest(
+        action=request.args.get("action", "").strip(), page_size=page_size, page_token=page_token
+    )
+    since = _day(request.args.get("since", ""))
+    until = _day(request.args.get("until", ""), end=True)
+    if since is not None:
+        message.since.CopyFrom(since)
+    if until is not None:
+        message.until.CopyFrom(until)
+    return message
+
+
+@bp.get("/audit")
+@requires("admin")
+def audit() -> str:
+    """The audit log, newest first, filtered by action and day, a page at a time."""
+    try:
+        reply = call(backends().auth.ListAuditEvents, _audit_request(50, request.args.get("page", "")))
+    except BackendError as exc:
+        if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
+            raise
+        abort(400)
+    people = call(backends().auth.ListUsers, auth_pb2.ListUsersRequest()).users
+    filters = {k: request.args.get(k, "") for k in ("action", "since", "until")}
+    return render_template(
+        "audit.html",
+        events=reply.events,
+        next_page=reply.next_page_token,
+        logins={u.id: u.login for u in people},
+        filters=filters,
+    )
+
+
+def _csv_cell(value: str) -> str:
+    # A cell starting with = + - @ is a formula to a spreadsheet: prefix it so it stays text (CSV injection).
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+@bp.get("/audit.csv")
+@requires("admin")
+def audit_csv() -> Response:
+    """The filtered audit log as CSV, streamed a page at a time."""
+    first = _audit_request(1000)
+
+    def rows() -> Iterator[str]:
+        out = io.StringIO()
+        # A byte-order mark, so that Excel opens the UTF-8 (Japanese) text correctly.
+        out.write("\ufeff")
+        writer = csv.writer(out)
+        writer.writerow(["id", "at", "user_id", "source_ip", "action", "target", "service", "detail"])
+        message = first
+        while True:
+            reply = call(backends().auth.ListAuditEvents, message)
+            for event in reply.events:
+                writer.writerow(
+                    [
+                        event.id,
+                        event.at.ToDatetime(tzinfo=UTC).isoformat(),
+                        event.user_id or "",
+                        _csv_cell(event.source_ip),
+                        _csv_cell(event.action),
+                        _csv_cell(event.target),
+                        _csv_cell(event.service),
+                        _csv_cell(json.dumps(json.loads(event.detail_json or "{}"), ensure_ascii=False)),
+                    ]
+                )
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+            if not reply.next_page_token:
+                return
+            message = auth_pb2.ListAuditEventsRequest()
+            message.CopyFrom(first)
+            message.page_token = reply.next_page_token
+
+    response = Response(stream_with_context(rows()), mimetype="text/csv")
+    response.headers["Content-Disposition"] = 'attachment; filename="mailblast-audit.csv"'
+    return response

@@ -1,0 +1,313 @@
+"""Lists and campaigns pages: create, upload CSV, subscribers; compose, preview, test, send, live progress."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import current_user
+from jinja2 import ChainableUndefined
+from jinja2.sandbox import SandboxedEnvironment
+from mailblast.v1 import auth_pb2, campaigns_pb2, lists_pb2
+
+from services.gateway.clients import BackendError, backends, call, client_ip
+from services.gateway.security import PREVIEW_CSP, requires
+
+bp = Blueprint("mail", __name__)
+
+UPLOAD_CHUNK = 1024 * 1024
+_FORM_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
+
+STATUS_NAMES = {
+    lists_pb2.SUBSCRIBER_STATUS_ACTIVE: "active",
+    lists_pb2.SUBSCRIBER_STATUS_UNSUBSCRIBED: "unsubscribed",
+    lists_pb2.SUBSCRIBER_STATUS_ERROR_STOPPED: "error_stopped",
+    lists_pb2.SUBSCRIBER_STATUS_COMPLAINED: "complained",
+    lists_pb2.SUBSCRIBER_STATUS_DELETED: "deleted",
+    lists_pb2.SUBSCRIBER_STATUS_PENDING: "pending",
+}
+CAMPAIGN_STATES = {
+    campaigns_pb2.CAMPAIGN_STATE_DRAFT: "draft",
+    campaigns_pb2.CAMPAIGN_STATE_SENDING: "sending",
+    campaigns_pb2.CAMPAIGN_STATE_PAUSED: "paused",
+    campaigns_pb2.CAMPAIGN_STATE_SENT: "sent",
+    campaigns_pb2.CAMPAIGN_STATE_CANCELLED: "cancelled",
+}
+# The preview renders personal fields like the senders do: sandboxed, HTML autoescaped, missing fields empty.
+_PREVIEW_ENV = SandboxedEnvironment(autoescape=True, undefined=ChainableUndefined, cache_size=0)
+
+
+def _id_list(values: list[str]) -> list[int]:
+    try:
+        return [int(v) for v in values if v]
+    except ValueError:
+        abort(400)
+
+
+# ---------------------------------------------------------------------------------------------- lists
+
+
+@bp.get("/lists")
+@requires("read")
+def lists() -> str:
+    """The organisation's lists with their counts."""
+    found = call(backends().lists.ListLists, lists_pb2.ListListsRequest()).lists
+    return render_template("lists.html", lists=found)
+
+
+@bp.post("/lists")
+@requires("send")
+def create_list() -> Response:
+    """Create a list."""
+    try:
+        created = call(
+            backends().lists.CreateList,
+            lists_pb2.CreateListRequest(
+                name=request.form.get("name", "").strip(), description=request.form.get("description", "").strip()
+            ),
+        )
+    except BackendError as exc:
+        if exc.code not in _FORM_ERRORS:
+            raise
+        flash(_("Refused: %(reason)s", reason=exc.message), "error")
+        return redirect(url_for("mail.lists"))
+    return redirect(url_for("mail.list_detail", list_id=created.id))
+
+
+@bp.get("/lists/<int:list_id>")
+@requires("read")
+def list_detail(list_id: int) -> str:
+    """One list: its subscribers and their status, a page at a time, and the CSV upload."""
+    found = call(backends().lists.GetList, lists_pb2.GetListRequest(list_id=list_id))
+    try:
+        page = call(
+            backends().lists.ListSubscribers,
+            lists_pb2.ListSubscribersRequest(list_id=list_id, page_size=50, page_token=request.args.get("page", "")),
+        )
+    except BackendError as exc:
+        if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
+            raise
+        abort(400)
+    return render_template(
+        "list.html", mailing_list=found, subscribers=page.subscribers, next_page=page.next_page_token,
+        statuses=STATUS_NAMES,
+    )  # fmt: skip
+
+
+@bp.post("/lists/<int:list_id>/upload")
+@requires("send")
+def upload(list_id: int) -> Response:
+    """Hand a CSV file to the lists service as a background import job, in chunks."""
+    file = request.files.get("file")
+    data = file.read() if file else b""
+    if not data:
+        flash(_("Choose a CSV file to upload."), "error")
+        return redirect(url_for("mail.list_detail", list_id=list_id))
+    lists_stub = backends().lists
+    try:
+        job = call(
+            lists_stub.CreateImport,
+            lists_pb2.CreateImportRequest(
+                list_id=list_id,
+                mode=lists_pb2.IMPORT_MODE_ADD_AND_UPDATE,
+                total_bytes=len(data),
+                file_name=(file.filename or "upload.csv")[:300],
+            ),
+        )
+        for offset in range(0, len(data), UPLOAD_CHUNK):
+            call(
+                lists_stub.UploadImportChunk,
+                lists_pb2.UploadImportChunkRequest(
+                    import_id=job.id, offset=offset, data=data[offset : offset + UPLOAD_CHUNK]
+                ),
+            )
+        call(lists_stub.StartImport, lists_pb2.StartImportRequest(import_id=job.id))
+    except BackendError as exc:
+        if exc.code not in _FORM_ERRORS:
+            raise
+        flash(_("Refused: %(reason)s", reason=exc.message), "error")
+        return redirect(url_for("mail.list_detail", list_id=list_id))
+    return redirect(url_for("mail.import_detail", list_id=list_id, import_id=job.id))
+
+
+def _import_json(job: lists_pb2.ImportJob) -> dict[str, Any]:
+    return {
+        "state": job.state,
+        "rows_done": job.rows_done,
+        "rows_added": job.rows_added,
+        "rows_updated": job.rows_updated,
+        "rows_skipped": job.rows_skipped,
+        "rows_failed": job.rows_failed,
+        "error": job.error,
+        "finished": job.state in ("done", "failed", "rolled_back"),
+    }
+
+
+@bp.get("/lists/<int:list_id>/imports/<int:import_id>")
+@requires("read")
+def import_detail(list_id: int, import_id: int) -> str:
+    """An import's progress, updated live by the page's script."""
+    job = call(backends().lists.GetImport, lists_pb2.GetImportRequest(import_id=import_id))
+    if job.list_id != list_id:
+        abort(404)
+    return render_template("import.html", job=job, list_id=list_id, progress=_import_json(job))
+
+
+@bp.get("/lists/<int:list_id>/imports/<int:import_id>.json")
+@requires("read")
+def import_progress(list_id: int, import_id: int) -> Response:
+    """An import's counters, for polling."""
+    job = call(backends().lists.GetImport, lists_pb2.GetImportRequest(import_id=import_id))
+    if job.list_id != list_id:
+        abort(404)
+    return jsonify(_import_json(job))
+
+
+# ------------------------------------------------------------------------------------------ campaigns
+
+
+def _progress(campaign: campaigns_pb2.Campaign) -> dict[str, Any]:
+    c = campaign.counters
+    state = CAMPAIGN_STATES.get(campaign.state, "unknown")
+    return {
+        "state": state,
+        "total": c.total,
+        "queued": c.queued,
+        "sent": c.sent,
+        "deferred": c.deferred,
+        "bounced": c.bounced,
+        "failed": c.failed,
+        "finished": state in ("sent", "cancelled") and c.queued == 0 and c.deferred == 0,
+    }
+
+
+@bp.get("/campaigns")
+@requires("read")
+def campaigns() -> str:
+    """The organisation's campaigns, newest first."""
+    found = call(backends().campaigns.ListCampaigns, campaigns_pb2.ListCampaignsRequest()).campaigns
+    return render_template("campaigns.html", campaigns=found, states=CAMPAIGN_STATES)
+
+
+@bp.route("/campaigns/new", methods=["GET", "POST"])
+@requires("send")
+def new_campaign() -> Response | str:
+    """Compose a campaign: lists, sender, subject, HTML and text with personal fields."""
+    available = call(backends().lists.ListLists, lists_pb2.ListListsRequest()).lists
+    form = request.form if request.method == "POST" else {}
+    error = None
+    if request.method == "POST":
+        try:
+            created = call(
+                backends().campaigns.CreateCampaign,
+                campaigns_pb2.CreateCampaignRequest(
+                    name=form.get("name", ""),
+                    list_ids=_id_list(request.form.getlist("list_ids")),
+                    from_name=form.get("from_name", ""),
+                    from_address=form.get("from_address", ""),
+                    reply_to=form.get("reply_to", ""),
+                    subject=form.get("subject", ""),
+                    html_body=form.get("html_body", ""),
+                    text_body=form.get("text_body", ""),
+                ),
+            )
+        except BackendError as exc:
+            if exc.code not in (*_FORM_ERRORS, grpc.StatusCode.NOT_FOUND):
+                raise
+            error = exc.message
+        else:
+            return redirect(url_for("mail.campaign_detail", campaign_id=created.id))
+    selected = set(_id_list(request.form.getlist("list_ids"))) if request.method == "POST" else set()
+    return render_template(
+        "campaign_new.html", lists=available, form=form, selected=selected, error=error
+    ), 400 if error else 200
+
+
+@bp.get("/campaigns/<int:campaign_id>")
+@requires("read")
+def campaign_detail(campaign_id: int) -> str:
+    """A campaign: its content, a sandboxed preview, test send, send, and live counters."""
+    campaign = call(backends().campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign_id))
+    return render_template(
+        "campaign.html", campaign=campaign, progress=_progress(campaign), state=CAMPAIGN_STATES.get(campaign.state)
+    )
+
+
+def _sample_fields() -> dict[str, Any]:
+    return {"name": current_user.user.login, "email": current_user.user.email}
+
+
+@bp.get("/campaigns/<int:campaign_id>/preview")
+@requires("read")
+def campaign_preview(campaign_id: int) -> Response:
+    """The campaign's HTML with sample personal fields, for a sandboxed frame: its script can never run."""
+    campaign = call(backends().campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign_id))
+    try:
+        if campaign.html_body:
+            html = _PREVIEW_ENV.from_string(campaign.html_body).render(_sample_fields())
+        else:
+            text = _PREVIEW_ENV.from_string(campaign.text_body).render(_sample_fields())
+            html = f"<pre>{text}</pre>"
+    except Exception as exc:  # a user's template may fail in many ways; the message says how
+        html = _PREVIEW_ENV.from_string("<p>{{ message }}</p>").render(message=str(exc))
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = PREVIEW_CSP
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response
+
+
+@bp.post("/campaigns/<int:campaign_id>/test")
+@requires("send")
+def campaign_test(campaign_id: int) -> Response:
+    """Send the campaign to one address now."""
+    to_address = request.form.get("to_address", "").strip()
+    try:
+        call(
+            backends().campaigns.SendTest,
+            campaigns_pb2.SendTestRequest(
+                campaign_id=campaign_id, to_address=to_address,
+                variables_json=json.dumps({**_sample_fields(), "email": to_address}, ensure_ascii=False),
+            ),
+        )  # fmt: skip
+    except BackendError as exc:
+        if exc.code not in _FORM_ERRORS:
+            raise
+        flash(_("Refused: %(reason)s", reason=exc.message), "error")
+    else:
+        flash(_("A test message is on its way to %(address)s.", address=to_address), "info")
+    return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
+
+
+@bp.post("/campaigns/<int:campaign_id>/send")
+@requires("send")
+def campaign_send(campaign_id: int) -> Response:
+    """Start sending; the send is written to the audit log (by the gateway, which knows the user's address)."""
+    try:
+        campaign = call(backends().campaigns.SendCampaign, campaigns_pb2.SendCampaignRequest(campaign_id=campaign_id))
+    except BackendError as exc:
+        if exc.code not in _FORM_ERRORS:
+            raise
+        flash(_("Refused: %(reason)s", reason=exc.message), "error")
+        return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
+    call(
+        backends().auth.RecordAuditEvent,
+        auth_pb2.RecordAuditEventRequest(
+            action="campaign.sent",
+            target=f"campaign:{campaign.id}",
+            detail_json=json.dumps({"name": campaign.name, "list_ids": list(campaign.list_ids)}, ensure_ascii=False),
+            source_ip=client_ip(),
+        ),
+    )
+    flash(_("Sending has started."), "info")
+    return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
+
+
+@bp.get("/campaigns/<int:campaign_id>/progress.json")
+@requires("read")
+def campaign_progress(campaign_id: int) -> Response:
+    """The campaign's state and counters, for the page's polling script."""
+    campaign = call(backends().campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign_id))
+    return jsonify(_progress(campaign))

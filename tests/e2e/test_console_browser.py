@@ -1,0 +1,153 @@
+"""The console in a real headless Chromium (Debian's package) driven by Playwright, over HTTPS, on real services."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pyotp
+import pytest_asyncio
+from playwright.async_api import Page, async_playwright, expect
+
+from services.gateway.server import ConsoleServer
+from tests.support.console import OWNER, PASSWORD, Console, start_console
+from tests.support.stack import make_dkim_keys
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 30_000
+
+
+@pytest_asyncio.fixture
+async def make_site(database_url, nats_url, internal_key, tls_files, tmp_path: Path):
+    """Start the services and serve the console over HTTPS on a free port; returns (console, base URL)."""
+    started: list[tuple[Console, ConsoleServer]] = []
+
+    async def make(**auth_overrides) -> tuple[Console, str]:
+        dkim = make_dkim_keys(tmp_path / "dkim")
+        console = await start_console(
+            database_url, nats_url, internal_key, tls_files, dkim, tmp_path / "outbox", **auth_overrides
+        )
+        server = ConsoleServer(console.app, "127.0.0.1", 0, tls_files[0], tls_files[1])
+        server.start()
+        started.append((console, server))
+        return console, f"https://localhost:{server.port}"
+
+    yield make
+    for console, server in started:
+        await asyncio.to_thread(server.stop)
+        await console.stop()
+
+
+@pytest_asyncio.fixture
+async def page(tmp_path: Path) -> AsyncIterator[Page]:
+    """A page of a fresh Chromium with a new, empty profile; the test certificate is accepted."""
+    async with async_playwright() as playwright:
+        context = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            ignore_https_errors=True,
+            locale="en-US",
+        )
+        context.set_default_timeout(TIMEOUT_MS)
+        tab = context.pages[0] if context.pages else await context.new_page()
+        # The console asks before sending; the person at the browser says yes.
+        tab.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        try:
+            yield tab
+        finally:
+            await context.close()
+
+
+async def log_in(page: Page, base: str, login: str, password: str) -> None:
+    """Fill and submit the login form."""
+    await page.goto(f"{base}/login")
+    await page.fill("#login", login)
+    await page.fill("#password", password)
+    await page.click("#login-submit")
+
+
+async def test_lockout_totp_and_a_campaign_that_arrives_in_the_outbox(make_site, page: Page):
+    # In a real browser: five wrong passwords and then the right one show the lock; the owner turns on
+    # two-step verification and logs in with a code; creates a list, uploads a CSV (progress updated by
+    # the console's script), composes and sends a campaign, watches the counters reach 2, and finds both
+    # messages in the outbox, signed (DKIM pass) and delivered over TLS.
+    console, base = await make_site()
+    console.add_user("bob", "editor")
+    await page.goto(f"{base}/campaigns")
+    await expect(page).to_have_url(f"{base}/login?next=/campaigns")
+    for _ in range(5):
+        await log_in(page, base, "bob", "wrong-password-1")
+        await expect(page.locator("#login-error")).to_contain_text("wrong")
+    await log_in(page, base, "bob", PASSWORD)
+    await expect(page.locator("#login-error")).to_contain_text("locked")
+
+    await log_in(page, base, OWNER, PASSWORD)
+    await expect(page.locator("#current-login")).to_have_text(OWNER)
+    await page.goto(f"{base}/account/2fa")
+    secret = await page.locator("#totp-secret").inner_text()
+    await expect(page.locator(".qr svg")).to_be_visible()
+    await page.fill("#code", pyotp.TOTP(secret).at(time.time() - 30))
+    await page.click("#totp-confirm")
+    await expect(page.locator("#recovery-codes li")).to_have_count(10)
+    await page.click("#logout")
+    await log_in(page, base, OWNER, PASSWORD)
+    await expect(page).to_have_url(f"{base}/login/totp")
+    await page.fill("#code", pyotp.TOTP(secret).now())
+    await page.click("#totp-submit")
+    await expect(page.locator("#current-login")).to_have_text(OWNER)
+
+    await page.goto(f"{base}/lists")
+    await page.fill("#list-name", "Browser list")
+    await page.click("#create-list")
+    csv_data = "email,name\nhanako@example.net,山田 花子\ntaro@example.net,Taro\n".encode()
+    await page.set_input_files("#csv-file", files=[{"name": "people.csv", "mimeType": "text/csv", "buffer": csv_data}])
+    await page.click("#upload-csv")
+    await expect(page.locator('#import-progress [data-field="state"]')).to_have_text("done")
+    await expect(page.locator('#import-progress [data-field="rows_added"]')).to_have_text("2")
+
+    await page.goto(f"{base}/campaigns/new")
+    await page.fill("#campaign-name", "Browser campaign")
+    await page.check("input[name=list_ids]")
+    await page.fill("#from-address", "news@news.example.com")
+    await page.fill("#subject", "{{ name }}様へのお知らせ")
+    await page.fill("#html-body", "<p>{{ name }}様</p><script>document.title='pwned'</script>")
+    await page.fill("#text-body", "{{ name }}様")
+    await page.click("#save-campaign")
+    await expect(page.locator("#campaign-state")).to_have_text("draft")
+    await page.click("#send-campaign")
+    await expect(page.locator("#campaign-sent")).to_have_text("2", timeout=60_000)
+    assert await page.title() != "pwned"
+
+    await page.goto(f"{base}/outbox")
+    rows = page.locator("#outbox tbody tr")
+    await expect(rows).to_have_count(3)  # bob's lockout notice and the two campaign messages
+    for address in ("hanako@example.net", "taro@example.net"):
+        row = rows.filter(has_text=address)
+        await expect(row.locator(".dkim .pass")).to_have_count(2)
+        await expect(row.locator(".tls")).to_contain_text("TLS")
+
+
+async def test_idle_timeout_sends_the_browser_to_the_login_page_with_the_reason(make_site, page: Page):
+    # With a 2-second idle timeout, a browser left alone for longer lands on the login page at its next
+    # click, told in its language that it was logged out for inactivity.
+    _console, base = await make_site(idle_timeout_seconds=2)
+    await log_in(page, base, OWNER, PASSWORD)
+    await expect(page.locator("#current-login")).to_have_text(OWNER)
+    # The timeout is the behaviour under test: nothing may touch the session meanwhile, so time passes.
+    await asyncio.sleep(3)
+    await page.goto(f"{base}/lists")
+    await expect(page).to_have_url(f"{base}/login?next=/lists")
+    await expect(page.locator(".flash")).to_have_text("You were logged out after 2 seconds of inactivity.")
