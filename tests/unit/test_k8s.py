@@ -107,6 +107,7 @@ def test_probes_are_native_grpc_for_grpc_services_and_http_for_the_gateway(path:
         for probe in ("readinessProbe", "livenessProbe"):
             if name == "gateway":
                 assert main[probe]["httpGet"]["path"] == "/healthz"
+                assert main[probe]["httpGet"]["scheme"] == "HTTPS"  # the console speaks only TLS
             else:
                 assert main[probe]["grpc"] == {"port": GRPC_PORTS[name]}, (name, probe)
         if name != "gateway":
