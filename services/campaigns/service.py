@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc, events_pb2, lists_pb2_grpc
+from mailblast.v1 import auth_pb2_grpc, campaigns_pb2, campaigns_pb2_grpc, events_pb2, lists_pb2_grpc
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
@@ -69,16 +69,18 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
     channels = [lists_channel]
     lists = lists_pb2_grpc.ListsServiceStub(lists_channel)
     resolver = None
+    auth = None
     if config.auth_addr:
         auth_channel = service_channel(config.auth_addr, signer, "campaigns")
         channels.append(auth_channel)
         resolver = auth_token_resolver(auth_channel, signer, "campaigns")
+        auth = auth_pb2_grpc.AuthServiceStub(auth_channel)
     fanout = FanOut(store, js, lists, config.batch_size)
 
     async def send_mail(message: events_pb2.TransactionalMessage) -> None:
         await mail.send_transactional(js, message)
 
-    servicer = CampaignsServicer(store, fanout, lists, send_mail)
+    servicer = CampaignsServicer(store, fanout, lists, send_mail, auth)
 
     def register(server: grpc.aio.Server) -> list[str]:
         campaigns_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, server)
