@@ -158,6 +158,8 @@ def main() -> None:
         SENDER_TLS_CA_FILE=str(cert),
         SENDER_CONCURRENCY=str(args.concurrency),
         OTEL_TRACES_EXPORTER="none",
+        # rsa-sha256 only, as the benchmark's issue specifies (make run signs with ed25519 too).
+        SENDER_DKIM_ED25519_SELECTOR="",
     )
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "dev.run"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True
@@ -167,8 +169,8 @@ def main() -> None:
         run = wait_ready(supervisor, work / "var" / "run.json", 180)
         internal_key = (work / "var" / "secrets" / "internal.key").read_bytes().strip()
         print(
-            f"mailblast send benchmark: {args.recipients} recipients, ~{args.html_kb} KB HTML, DKIM rsa-sha256 + "
-            f"ed25519-sha256, STARTTLS, {len(run['sender'])} senders x {args.concurrency}, {os.cpu_count()} CPUs"
+            f"mailblast send benchmark: {args.recipients} recipients, ~{args.html_kb} KB HTML, DKIM rsa-sha256, "
+            f"STARTTLS, {len(run['sender'])} senders x {args.concurrency}, {os.cpu_count()} CPUs"
         )
         imported, e2e = asyncio.run(pipeline(run, internal_key, args.recipients, args.html_kb))
         message = ("Subject: bench\r\nFrom: bench@example.com\r\n\r\n" + "x" * 76 + "\r\n") * (

@@ -359,6 +359,8 @@ class Supervisor:
             "SENDER_DKIM_ED25519_KEY_FILE": str(files.dkim_ed25519),
             "SENDER_RETURN_PATH_DOMAIN": RETURN_PATH_DOMAIN,
             "SENDER_UNSUBSCRIBE_URL": f"{console_url}/u/",
+            # Confirmation links (/c/) and signup snippets (/f/) point at the gateway, which serves them.
+            "LISTS_PUBLIC_URL": f"{console_url}/",
             "AUTH_CONSOLE_URL": os.environ.get("AUTH_CONSOLE_URL") or console_url,
             "GATEWAY_BIND": gateway_bind,
             **relay,

@@ -21,9 +21,12 @@ tracer = trace.get_tracer("services.bounce")
 
 
 def bounces_of(report: events_pb2.DeliveryReport) -> list[BounceRow]:
-    """The bounces a delivery report implies: REJECTED by the classifier, EXPIRED as soft."""
+    """The bounces a delivery report implies: REJECTED by the classifier, EXPIRED as soft (campaign mail only)."""
     rows: list[BounceRow] = []
     for event in report.events:
+        if event.campaign_id == 0:
+            # A transactional message (password reset, opt-in...) names no subscriber to stop.
+            continue
         if event.outcome == events_pb2.DELIVERY_OUTCOME_REJECTED:
             verdict = classify(event.enhanced_status, event.smtp_message, event.smtp_code)
             kind, reason = verdict.kind, verdict.reason

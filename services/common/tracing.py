@@ -23,9 +23,14 @@ def setup_tracing(service_name: str) -> None:
     exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "")
     if not exporter_name:
         exporter_name = "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none"
+    names = {n.strip() for n in exporter_name.split(",")} - {"", "none"}
+    if not names:
+        # Nothing would be exported: keep the API's no-op provider, whose spans cost next to nothing
+        # (an SDK provider would still build, time and drop every span). Context still propagates.
+        return
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
     provider = TracerProvider(resource=resource)
-    for name in (n.strip() for n in exporter_name.split(",")):
+    for name in sorted(names):
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 

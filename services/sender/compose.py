@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from dataclasses import dataclass
 
 from services.common import verp
@@ -30,12 +33,15 @@ class Composer:
         message_id_domain: str,
         unsubscribe_url: str,
         signer: DkimSigner,
+        system_return_path: str = "",
     ) -> None:
         self._key = key
         self._return_path_domain = return_path_domain
         self._message_id_domain = message_id_domain
         self._unsubscribe_url = unsubscribe_url
         self._signer = signer
+        # Transactional mail names no subscriber, so a VERP address would attribute nothing.
+        self._system_return_path = system_return_path or f"bounces@{return_path_domain}"
 
     def message_id(self, ref: verp.RecipientRef) -> str:
         """The stable Message-ID of one recipient's copy."""
@@ -69,3 +75,43 @@ class Composer:
             message_id=message_id,
             data=self._signer.sign(data),
         )
+
+    def transactional_message_id(self, organization_id: int, message_key: str) -> str:
+        """A Message-ID stable per message key (signed, so it reveals nothing and cannot be forged)."""
+        mac = hmac.new(self._key, f"transactional:{organization_id}.{message_key}".encode(), hashlib.sha256)
+        # "tx." rather than verp's "mb.": the bounce service must not read it as a campaign recipient.
+        signature = base64.b32encode(mac.digest()[:20]).decode().lower()
+        return f"<tx.{organization_id}.{signature}@{self._message_id_domain}>"
+
+    def prepare_transactional(
+        self,
+        *,
+        organization_id: int,
+        message_key: str,
+        category: str,
+        content: CompiledContent,
+        sender: Sender,
+        email: str,
+        name: str,
+        variables_json: str,
+    ) -> Prepared:
+        """Render, build and sign one transactional message; raises TemplateProblem or MessageProblem."""
+        rendered = content.render(recipient_fields(email, name, variables_json))
+        message_id = self.transactional_message_id(organization_id, message_key)
+        unsubscribe_url = ""
+        if not category.startswith("auth."):
+            # Account mail (resets, lockouts) is not something one unsubscribes from; the rest names
+            # the organisation only, as no subscriber stands behind the message.
+            ref = verp.RecipientRef(organization_id, 0, 0)
+            unsubscribe_url = self._unsubscribe_url + verp.unsubscribe_token(self._key, ref)
+        data = build_message(
+            sender=sender,
+            to_address=email,
+            to_name=name,
+            subject=rendered.subject,
+            text=rendered.text,
+            html=rendered.html,
+            message_id=message_id,
+            unsubscribe_url=unsubscribe_url,
+        )
+        return Prepared(envelope_from=self._system_return_path, message_id=message_id, data=self._signer.sign(data))

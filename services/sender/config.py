@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import ConfigError, env_bytes_secret, env_float, env_int, env_str
+from services.sender.mime import MessageProblem, check_address
 
 TLS_OPPORTUNISTIC = "opportunistic"
 TLS_REQUIRED = "required"
@@ -40,12 +41,19 @@ class Config:
     smtp_timeout_seconds: float = 60.0
     # The name given in EHLO; empty means the message-id domain.
     helo_name: str = ""
+    # The envelope sender of transactional mail; empty means bounces@<return-path domain>.
+    system_return_path: str = ""
 
     def __post_init__(self) -> None:
         if self.tls not in (TLS_OPPORTUNISTIC, TLS_REQUIRED):
             raise ConfigError(f"SENDER_TLS={self.tls!r} must be '{TLS_OPPORTUNISTIC}' or '{TLS_REQUIRED}'")
         if self.concurrency < 1:
             raise ConfigError(f"SENDER_CONCURRENCY={self.concurrency} must be at least 1")
+        if self.system_return_path:
+            try:
+                check_address("SENDER_SYSTEM_RETURN_PATH", self.system_return_path)
+            except MessageProblem as exc:
+                raise ConfigError(str(exc)) from None
         if not self.message_id_domain:
             object.__setattr__(self, "message_id_domain", self.return_path_domain)
 
@@ -86,4 +94,5 @@ class Config:
             ack_wait_seconds=env_float("SENDER_ACK_WAIT_SECONDS", 60.0),
             smtp_timeout_seconds=env_float("SENDER_SMTP_TIMEOUT_SECONDS", 60.0),
             helo_name=env_str("SENDER_HELO_NAME", ""),
+            system_return_path=env_str("SENDER_SYSTEM_RETURN_PATH", ""),
         )

@@ -60,6 +60,8 @@ def delivery_report(outcomes: Sequence[Outcome]) -> events_pb2.DeliveryReport:
                 message_id=o.message_id,
                 attempt=o.attempt,
                 occurred_at=occurred,
+                message_key=o.message_key,
+                category=o.category,
             )
         )
     return report
@@ -181,7 +183,7 @@ class SendBatchConsumer:
         with tracer.start_as_current_span(
             "send batch", context=extract_context(msg.headers), kind=trace.SpanKind.CONSUMER, attributes=attributes
         ) as span:
-            keeper = asyncio.create_task(_keep_in_progress(msg, self._ack_wait))
+            keeper = asyncio.create_task(keep_in_progress(msg, self._ack_wait))
             try:
                 decision = await self._send(batch, msg.metadata.num_delivered or 1)
             except asyncio.CancelledError:
@@ -204,13 +206,22 @@ class SendBatchConsumer:
         campaign_id = batch.campaign_id
         states = await self._store.states(campaign_id, {r.subscriber_id for r in batch.recipients})
         todo = []
+        settled = []
         seen: set[int] = set()
         for recipient in batch.recipients:
             state = states.get(recipient.subscriber_id)
-            if recipient.subscriber_id in seen or (state is not None and state.status in FINAL_STATUSES):
+            if recipient.subscriber_id in seen:
                 continue
             seen.add(recipient.subscriber_id)
+            if state is not None and state.status in FINAL_STATUSES:
+                if delivery_count > 1:
+                    settled.append(_settled_outcome(batch, recipient.subscriber_id, state))
+                continue
             todo.append(recipient)
+        if settled:
+            # A sender killed between its ledger commit and the report left these unreported: report
+            # them again (the ledger keeps final rows as they are; the consumers take repeats in stride).
+            await asyncio.gather(*(self._writer.submit(o) for o in settled))
         if not todo:
             return _Decision("ack")
         content = batch.content
@@ -343,6 +354,25 @@ class SendBatchConsumer:
             self._inflight.pop(key, None)
 
 
+def _settled_outcome(batch: events_pb2.SendBatch, subscriber_id: int, state: LedgerState) -> Outcome:
+    """The outcome a final ledger row records, to be reported again."""
+    return Outcome(
+        organization_id=batch.organization_id,
+        campaign_id=batch.campaign_id,
+        subscriber_id=subscriber_id,
+        email=state.email,
+        status=state.status,
+        message_id=state.message_id,
+        smtp_code=state.smtp_code,
+        smtp_message=state.smtp_message,
+        enhanced_status=state.enhanced_status,
+        tls=state.tls,
+        attempt=state.attempts,
+        counts_attempt=False,
+        occurred_at=state.updated_at or dt.datetime.now(dt.UTC),
+    )
+
+
 def _age_seconds(batch: events_pb2.SendBatch) -> float:
     if not batch.HasField("created_at"):
         return 0.0
@@ -350,7 +380,7 @@ def _age_seconds(batch: events_pb2.SendBatch) -> float:
     return max(0.0, time.time() - created)
 
 
-async def _keep_in_progress(msg: Msg, ack_wait: float) -> None:
+async def keep_in_progress(msg: Msg, ack_wait: float) -> None:
     """Tell JetStream the batch is still being worked on, so ack_wait does not expire mid-batch."""
     try:
         while True:

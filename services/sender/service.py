@@ -20,6 +20,7 @@ from services.sender.consumers import SendBatchConsumer, delivery_report
 from services.sender.dkim import DkimSigner, SigningKey, load_key
 from services.sender.smtp import SmtpDelivery
 from services.sender.store import SCHEMA, DeliveryStore, Outcome
+from services.sender.transactional import TransactionalConsumer
 from services.sender.writer import LedgerWriter
 
 log = get_logger(__name__)
@@ -38,7 +39,7 @@ def dkim_keys(config: Config) -> list[SigningKey]:
 
 
 class Running:
-    """A started sender: `grpc_port`, the `consumer` (tests may drive it), and `stop()`."""
+    """A started sender: `grpc_port`, the `consumer` and `transactional` consumers, and `stop()`."""
 
     def __init__(
         self,
@@ -47,29 +48,30 @@ class Running:
         nc: NATS,
         grpc: GrpcServer,
         consumer: SendBatchConsumer,
+        transactional: TransactionalConsumer,
         writer: LedgerWriter,
         delivery: SmtpDelivery,
         store: DeliveryStore,
-        loop_task: asyncio.Task[None] | None,
+        loop_tasks: list[asyncio.Task[None]],
         stop_event: asyncio.Event,
     ) -> None:
         self.grpc_port = grpc.port
         self.consumer = consumer
+        self.transactional = transactional
         self.store = store
         self._pool = pool
         self._nc = nc
         self._grpc = grpc
         self._writer = writer
         self._delivery = delivery
-        self._loop_task = loop_task
+        self._loop_tasks = loop_tasks
         self._stop_event = stop_event
 
     async def stop(self, grace: float = 20.0) -> None:
-        """Stop fetching, let batches under way finish (or abandon them for redelivery), close everything."""
+        """Stop fetching, let work under way finish (or abandon it for redelivery), close everything."""
         self._stop_event.set()
-        if self._loop_task is not None:
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-        await self.consumer.stop(grace)
+        await asyncio.gather(*self._loop_tasks, return_exceptions=True)
+        await asyncio.gather(self.consumer.stop(grace), self.transactional.stop(grace))
         await self._writer.stop()
         await self._delivery.close()
         await self._grpc.stop(grace=2.0)
@@ -81,7 +83,7 @@ class Running:
 
 
 async def start(config: Config, *, consume: bool = True) -> Running:
-    """Migrate, connect, start the gRPC server and (unless told not to) the batch consumer loop."""
+    """Migrate, connect, start the gRPC server and (unless told not to) the batch and transactional loops."""
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     keys = dkim_keys(config)
     pool = await db.open_pool(config.database_url, SCHEMA, min_size=2, max_size=8)
@@ -107,6 +109,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         message_id_domain=config.message_id_domain,
         unsubscribe_url=config.unsubscribe_url,
         signer=DkimSigner(keys),
+        system_return_path=config.system_return_path,
     )
     consumer = SendBatchConsumer(
         js=js,
@@ -121,10 +124,32 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         give_up_seconds=config.give_up_seconds,
         ack_wait_seconds=config.ack_wait_seconds,
     )
+    # Same process, delivery pool, signer and ledger writer; its own durable, so a large campaign
+    # never queues a password reset behind its batches.
+    transactional = TransactionalConsumer(
+        js=js,
+        store=store,
+        writer=writer,
+        composer=composer,
+        delivery=delivery,
+        concurrency=max(4, config.concurrency // 4),
+        retry_base_seconds=config.retry_base_seconds,
+        retry_max_seconds=config.retry_max_seconds,
+        give_up_seconds=config.give_up_seconds,
+        ack_wait_seconds=config.ack_wait_seconds,
+    )
     await consumer.start()
+    await transactional.start()
     grpc = await start_grpc_server(config.grpc_bind, grpc_api.register(store), IdentitySigner(config.internal_key))
     stop_event = asyncio.Event()
-    loop_task = asyncio.create_task(consumer.run(stop_event), name="sender-batches") if consume else None
+    loop_tasks = (
+        [
+            asyncio.create_task(consumer.run(stop_event), name="sender-batches"),
+            asyncio.create_task(transactional.run(stop_event), name="sender-transactional"),
+        ]
+        if consume
+        else []
+    )
     log.info(
         "sender started",
         grpc_port=grpc.port,
@@ -138,9 +163,10 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         nc=nc,
         grpc=grpc,
         consumer=consumer,
+        transactional=transactional,
         writer=writer,
         delivery=delivery,
         store=store,
-        loop_task=loop_task,
+        loop_tasks=loop_tasks,
         stop_event=stop_event,
     )

@@ -14,6 +14,7 @@ import aiosmtplib
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
+from aiosmtplib.protocol import normalize_message_line_endings
 
 from services.common.log import get_logger
 
@@ -288,18 +289,27 @@ class SmtpDelivery:
     ) -> tuple[DeliveryResult, bool]:
         """One MAIL/RCPT/DATA exchange; returns the result and whether the connection is fit to reuse."""
         smtp = conn.smtp
+        loop = asyncio.get_running_loop()
         try:
-            reply = await smtp.execute_command(b"MAIL", b"FROM:<" + envelope_from.encode() + b">")
-            if reply.code != 250:
-                return reply_result(reply.code, reply.message, conn.tls), await _reset(conn, reply.code)
-            reply = await smtp.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
-            if reply.code not in (250, 251):
-                return reply_result(reply.code, reply.message, conn.tls), await _reset(conn, reply.code)
-            try:
-                reply = await smtp.data(message)
-            except aiosmtplib.SMTPResponseException as exc:
-                return reply_result(exc.code, exc.message, conn.tls), await _reset(conn, exc.code)
-            return reply_result(reply.code, reply.message, conn.tls), True
+            protocol = smtp.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("connection lost")
+            # One timer moved before each command, rather than aiosmtplib's wait_for per reply (a task
+            # and a timer each); the protocol's own execute_command, as EHLO already did the checks.
+            async with asyncio.timeout(self._timeout) as deadline:
+                reply = await protocol.execute_command(b"MAIL", b"FROM:<" + envelope_from.encode() + b">")
+                if reply.code != 250:
+                    return reply_result(reply.code, reply.message, conn.tls), await _reset(conn, reply.code)
+                deadline.reschedule(loop.time() + self._timeout)
+                reply = await protocol.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
+                if reply.code not in (250, 251):
+                    return reply_result(reply.code, reply.message, conn.tls), await _reset(conn, reply.code)
+                deadline.reschedule(loop.time() + self._timeout)
+                try:
+                    reply = await _data(smtp, message, lambda: deadline.reschedule(loop.time() + self._timeout))
+                except aiosmtplib.SMTPResponseException as exc:
+                    return reply_result(exc.code, exc.message, conn.tls), await _reset(conn, exc.code)
+                return reply_result(reply.code, reply.message, conn.tls), True
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             return deferred(f"connection failed during the SMTP session: {_describe(exc)}", conn.tls), False
 
@@ -310,6 +320,44 @@ class SmtpDelivery:
         for pool in self._pools.values():
             pool.idle.clear()
         await asyncio.gather(*(_quit(conn) for conn in conns), return_exceptions=True)
+
+
+def data_payload(message: bytes) -> bytes:
+    """The DATA payload of a message: CRLF line ends, leading dots doubled, ended by CRLF . CRLF.
+
+    Our messages are CRLF-normalised when built, so the dot-stuffing is one bytes.replace instead of
+    aiosmtplib's two regular-expression passes; anything else is normalised first.
+    """
+    crlf = message.count(b"\r\n")
+    if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
+        message = normalize_message_line_endings(message)
+    if message.startswith(b"."):
+        message = b"." + message
+    message = message.replace(b"\r\n.", b"\r\n..")
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return message + b".\r\n"
+
+
+async def _data(smtp: aiosmtplib.SMTP, message: bytes, restart_timer: Callable[[], None]) -> aiosmtplib.SMTPResponse:
+    """DATA with our own payload preparation, on aiosmtplib's protocol (as its execute_data_command);
+    the caller's timer bounds each reply, restarted once the 354 has come."""
+    protocol = smtp.protocol
+    lock = getattr(protocol, "_command_lock", None)
+    if protocol is None or lock is None:
+        return await smtp.data(message)
+    payload = data_payload(message)
+    async with lock:
+        protocol.write(b"DATA\r\n")
+        start = await protocol.read_response()
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        restart_timer()
+        protocol.write(payload)
+        reply = await protocol.read_response()
+        if reply.code != 250:
+            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+    return reply
 
 
 async def _reset(conn: _Connection, code: int) -> bool:

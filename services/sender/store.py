@@ -1,4 +1,4 @@
-"""The delivery ledger (schema sender): what each campaign recipient's last outcome was."""
+"""The delivery ledger (schema sender): the last outcome of each campaign recipient and transactional message."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from psycopg_pool import AsyncConnectionPool
 SCHEMA = "sender"
 
 SQL_STATES = """
-SELECT subscriber_id, status, attempts FROM deliveries
-WHERE campaign_id = %s AND subscriber_id = ANY(%s)
+SELECT subscriber_id, status, attempts, email, message_id, smtp_code, smtp_message, enhanced_status, tls, updated_at
+FROM deliveries WHERE campaign_id = %s AND subscriber_id = ANY(%s)
 """
 
 # A final row (sent, rejected, expired) is never overwritten: a late duplicate cannot undo it.
@@ -33,6 +33,27 @@ ON CONFLICT (campaign_id, subscriber_id) DO UPDATE SET
 WHERE d.status = 'deferred'
 """
 
+SQL_RECORD_TRANSACTIONAL = """
+INSERT INTO transactional_deliveries AS d (
+    organization_id, message_key, category, email, status, message_id, smtp_code, smtp_message,
+    enhanced_status, tls, attempts, first_attempt_at, updated_at
+) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (organization_id, message_key) DO UPDATE SET
+    status = EXCLUDED.status,
+    message_id = CASE WHEN EXCLUDED.message_id = '' THEN d.message_id ELSE EXCLUDED.message_id END,
+    smtp_code = EXCLUDED.smtp_code,
+    smtp_message = EXCLUDED.smtp_message,
+    enhanced_status = EXCLUDED.enhanced_status,
+    tls = EXCLUDED.tls,
+    attempts = d.attempts + EXCLUDED.attempts,
+    updated_at = EXCLUDED.updated_at
+WHERE d.status = 'deferred'
+"""
+
+SQL_TRANSACTIONAL_STATE = """
+SELECT status, attempts FROM transactional_deliveries WHERE organization_id = %s AND message_key = %s
+"""
+
 SQL_GET = """
 SELECT campaign_id, subscriber_id, email, status, message_id, smtp_code, smtp_message, tls, attempts
 FROM deliveries WHERE organization_id = %s AND campaign_id = %s AND subscriber_id = %s
@@ -41,10 +62,17 @@ FROM deliveries WHERE organization_id = %s AND campaign_id = %s AND subscriber_i
 
 @dataclass(frozen=True)
 class LedgerState:
-    """A recipient's status so far and how many attempts it has had."""
+    """A recipient's status so far, how many attempts it has had, and the last outcome's details."""
 
     status: str
     attempts: int
+    email: str = ""
+    message_id: str = ""
+    smtp_code: int = 0
+    smtp_message: str = ""
+    enhanced_status: str = ""
+    tls: bool = False
+    updated_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +94,9 @@ class Outcome:
     # False for an expiry: it records a decision, not another attempt.
     counts_attempt: bool
     occurred_at: dt.datetime
+    # Set for a transactional message (campaign_id and subscriber_id 0): its idempotency key and kind.
+    message_key: str = ""
+    category: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,10 +124,10 @@ class DeliveryStore:
         """The ledger state of the given recipients of a campaign (absent ones have none yet)."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(SQL_STATES, (campaign_id, list(subscriber_ids)))
-            return {row[0]: LedgerState(row[1], row[2]) for row in await cur.fetchall()}
+            return {row[0]: LedgerState(*row[1:]) for row in await cur.fetchall()}
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
-        """Write a group of outcomes in one transaction."""
+        """Write a group of outcomes (campaign and transactional) in one transaction."""
         rows = [
             (
                 o.campaign_id,
@@ -114,9 +145,39 @@ class DeliveryStore:
                 o.occurred_at,
             )
             for o in outcomes
+            if not o.message_key
+        ]
+        transactional = [
+            (
+                o.organization_id,
+                o.message_key,
+                o.category,
+                o.email,
+                o.status,
+                o.message_id,
+                o.smtp_code,
+                o.smtp_message,
+                o.enhanced_status,
+                o.tls,
+                1 if o.counts_attempt else 0,
+                o.occurred_at,
+                o.occurred_at,
+            )
+            for o in outcomes
+            if o.message_key
         ]
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await cur.executemany(SQL_RECORD, rows)
+            if rows:
+                await cur.executemany(SQL_RECORD, rows)
+            if transactional:
+                await cur.executemany(SQL_RECORD_TRANSACTIONAL, transactional)
+
+    async def transactional_state(self, organization_id: int, message_key: str) -> LedgerState | None:
+        """The ledger state of one transactional message, or None before its first attempt."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(SQL_TRANSACTIONAL_STATE, (organization_id, message_key))
+            row = await cur.fetchone()
+        return LedgerState(row[0], row[1]) if row else None
 
     async def get(self, organization_id: int, campaign_id: int, subscriber_id: int) -> Delivery | None:
         """One recipient's ledger row, only within the organisation."""

@@ -20,6 +20,7 @@ from mailblast.v1 import events_pb2, sender_pb2, sender_pb2_grpc
 
 from services.common import bus, verp
 from services.common.identity import IDENTITY_HEADER, Principal
+from services.common.mail import send_transactional
 from services.sender.config import Config
 from services.sender.dkim import dns_record, load_key
 from services.sender.service import Running, start
@@ -390,3 +391,163 @@ async def test_undecodable_payload_goes_to_dead_letters(sender, js):
     assert dead.data == b"\xff\xff not protobuf"
     assert "SendBatch" in dead.headers["Mailblast-Dead-Reason"]
     await poll(lambda: all_acked(js), what="payload terminated")
+
+
+def make_transactional(
+    message_key: str,
+    *,
+    to_address: str = "taro@example.net",
+    to_name: str = "山田 太郎",
+    subject: str = "{{ name }}様 パスワードの再設定",
+    text: str = "{{ name }}様\nこちらから再設定してください: {{ link }}",
+    html: str = "<p>{{ name }}様 <a href='{{ link }}'>再設定</a></p>",
+    variables: dict | None = None,
+    category: str = "auth.password_reset",
+    organization_id: int = 7,
+) -> events_pb2.TransactionalMessage:
+    """A TransactionalMessage as auth would send for a password reset."""
+    return events_pb2.TransactionalMessage(
+        organization_id=organization_id,
+        message_key=message_key,
+        to_address=to_address,
+        to_name=to_name,
+        content=events_pb2.MessageContent(
+            from_name="mailblast",
+            from_address="noreply@mail.example.com",
+            subject=subject,
+            text_body=text,
+            html_body=html,
+        ),
+        variables_json=json.dumps(variables if variables is not None else {"link": "https://x.example/r?t=a&b"}),
+        category=category,
+    )
+
+
+async def transactional_ledger(running: Running) -> dict[str, tuple]:
+    """The transactional ledger rows by message key."""
+    async with running._pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT message_key, status, smtp_code, smtp_message, tls, attempts, message_id, category"
+            " FROM transactional_deliveries"
+        )
+        return {row[0]: row[1:] for row in await cur.fetchall()}
+
+
+async def transactional_acked(js, delivered: int = 0) -> bool:
+    """True when sender-transactional has taken at least `delivered` messages and settled them all."""
+    info = await js.consumer_info(bus.STREAM_SEND, "sender-transactional")
+    return info.delivered.stream_seq >= delivered and info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def test_transactional_message_delivered_once_over_tls_signed_and_personalised(
+    sender, js, smtp_sink, make_config, reports
+):
+    # A password reset published with send_transactional reaches the sink once over TLS, rendered with
+    # the recipient's name and the variables (escaped in HTML), signed with both DKIM keys, from the
+    # system return path, with a Message-ID stable per key and no List-Unsubscribe (auth.* mail).
+    # Published again with the same key, and once more under another Nats-Msg-Id, it is not resent.
+    config = make_config()
+    running = await sender()
+    message = make_transactional("auth.reset.42.7f3a")
+    await send_transactional(js, message)
+    [caught] = await smtp_sink.wait_for(1, timeout=30)
+    await poll(lambda: transactional_acked(js, 1), what="message acked")
+    assert caught.tls and caught.rcpt_tos == ["taro@example.net"]
+    assert caught.mail_from == "bounces@bounces.example.com"
+    parsed = email.message_from_bytes(caught.data, policy=email.policy.default)
+    assert str(parsed["Subject"]) == "山田 太郎様 パスワードの再設定"
+    assert parsed["To"].addresses[0].display_name == "山田 太郎"
+    assert parsed.get_body(("plain",)).get_content().strip().endswith("https://x.example/r?t=a&b")
+    assert "href='https://x.example/r?t=a&amp;b'" in parsed.get_body(("html",)).get_content()
+    assert parsed["List-Unsubscribe"] is None and parsed["List-Unsubscribe-Post"] is None
+    assert parsed["Message-ID"].startswith("<tx.7.") and parsed["Message-ID"].endswith("@mail.example.com>")
+    assert verp.parse_message_id(config.internal_key, parsed["Message-ID"]) is None
+    keys = {
+        b"rsa1._domainkey.mail.example.com.": dns_record(load_key(DKIM_DOMAIN, "rsa1", config.dkim_key_file)),
+        b"ed1._domainkey.mail.example.com.": dns_record(load_key(DKIM_DOMAIN, "ed1", config.dkim_ed25519_key_file)),
+    }
+    checker = dkim.DKIM(caught.data)
+    assert checker.verify(idx=0, dnsfunc=lambda name, timeout=5: keys.get(name))
+    assert checker.verify(idx=1, dnsfunc=lambda name, timeout=5: keys.get(name))
+
+    await send_transactional(js, make_transactional("auth.reset.42.7f3a"))  # dropped by NATS de-duplication
+    await bus.publish(js, bus.SUBJECT_SEND_TRANSACTIONAL, message, msg_id="republished-under-another-id")
+    await poll(lambda: transactional_acked(js, 2), what="second copy taken and acked")
+    assert len(smtp_sink.messages) == 1
+    rows = await transactional_ledger(running)
+    assert rows["auth.reset.42.7f3a"][:5] == ("sent", 250, rows["auth.reset.42.7f3a"][2], True, 1)
+    assert rows["auth.reset.42.7f3a"][5] == parsed["Message-ID"]
+    await poll(lambda: _async(len(reports) >= 1), what="report")
+    [event] = reports
+    assert (event.campaign_id, event.subscriber_id, event.message_key, event.category, event.outcome) == (
+        0,
+        0,
+        "auth.reset.42.7f3a",
+        "auth.password_reset",
+        events_pb2.DELIVERY_OUTCOME_SENT,
+    )
+    assert event.message_id == parsed["Message-ID"]
+
+
+async def test_transactional_temporary_refusal_then_accepted_is_delivered_once(sender, js, smtp_sink, reports):
+    # The sink answers 451 to the first offer: the message is deferred (reported, attempt 1), retried
+    # after the backoff, accepted, and delivered exactly once; a non-auth category keeps List-Unsubscribe.
+    smtp_sink.reply = lambda addr, seen: "451 4.7.1 greylisted, try later" if seen == 0 else None
+    running = await sender()
+    await send_transactional(
+        js, make_transactional("lists.confirm.9.1", to_address="new@example.net", category="lists.confirm")
+    )
+    await poll(lambda: _transactional_status(running, "lists.confirm.9.1", "sent"), what="sent after the retry")
+    await poll(lambda: transactional_acked(js, 1), what="message acked")
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [["new@example.net"]]
+    assert smtp_sink._offers["new@example.net"] == 2
+    parsed = email.message_from_bytes(smtp_sink.messages[0].data, policy=email.policy.default)
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert (await transactional_ledger(running))["lists.confirm.9.1"][4] == 2
+    await poll(lambda: _async(len(reports) >= 2), what="reports")
+    assert [(e.outcome, e.attempt, e.smtp_code, e.message_key) for e in reports] == [
+        (events_pb2.DELIVERY_OUTCOME_DEFERRED, 1, 451, "lists.confirm.9.1"),
+        (events_pb2.DELIVERY_OUTCOME_SENT, 2, 250, "lists.confirm.9.1"),
+    ]
+
+
+async def _transactional_status(running: Running, message_key: str, status: str) -> bool:
+    row = (await transactional_ledger(running)).get(message_key)
+    return row is not None and row[0] == status
+
+
+async def test_transactional_header_injection_is_refused_and_nothing_injected(sender, js, smtp_sink, reports):
+    # CR/LF in to_name, in the subject, or in a variable rendered into the subject is refused: the
+    # message is REJECTED (code 0) naming the field, never delivered, never retried; a clean one is sent.
+    running = await sender()
+    bad = {
+        "k.name": make_transactional("k.name", to_name="Eve\r\nBcc: evil@attacker.example", subject="Reset"),
+        "k.subject": make_transactional("k.subject", subject="Reset\r\nBcc: evil@attacker.example"),
+        "k.variable": make_transactional(
+            "k.variable", subject="Hi {{ who }}", variables={"who": "x\nBcc: evil@attacker.example"}
+        ),
+    }
+    for message in bad.values():
+        await send_transactional(js, message)
+    await send_transactional(js, make_transactional("k.clean", to_address="clean@example.net"))
+    await poll(lambda: transactional_acked(js, 4), what="all settled")
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [["clean@example.net"]]
+    assert b"attacker" not in smtp_sink.messages[0].data
+    rows = await transactional_ledger(running)
+    for key, words in (("k.name", "recipient name"), ("k.subject", "subject"), ("k.variable", "subject")):
+        assert rows[key][:2] == ("rejected", 0) and words in rows[key][2], rows[key]
+    assert rows["k.clean"][0] == "sent"
+    await poll(lambda: _async(len(reports) >= 4), what="reports")
+    rejected_keys = {e.message_key for e in reports if e.outcome == events_pb2.DELIVERY_OUTCOME_REJECTED}
+    assert rejected_keys == set(bad)
+
+
+async def test_undecodable_transactional_payload_goes_to_dead_letters(sender, js):
+    # Bytes that are not a TransactionalMessage are kept on the dead-letter stream, not retried.
+    await sender()
+    await js.publish(bus.SUBJECT_SEND_TRANSACTIONAL, b"\xff\xff not protobuf")
+    sub = await js.pull_subscribe(f"{bus.SUBJECT_DEAD_LETTER}.>", stream=bus.STREAM_DEAD_LETTER)
+    [dead] = await sub.fetch(1, timeout=20)
+    assert dead.data == b"\xff\xff not protobuf"
+    assert "TransactionalMessage" in dead.headers["Mailblast-Dead-Reason"]
+    await poll(lambda: transactional_acked(js, 1), what="payload terminated")

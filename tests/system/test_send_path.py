@@ -12,10 +12,13 @@ from email.utils import make_msgid
 import aiosmtplib
 import dkim
 import grpc
+import nats
 import pytest
-from mailblast.v1 import bounce_pb2, campaigns_pb2, lists_pb2
+from mailblast.v1 import bounce_pb2, campaigns_pb2, events_pb2, lists_pb2
 
+from services.common import bus
 from services.common.identity import IDENTITY_HEADER, Principal
+from services.common.mail import send_transactional
 from services.common.verp import parse_return_path
 
 SENT = campaigns_pb2.CAMPAIGN_STATE_SENT
@@ -256,3 +259,44 @@ async def test_one_trace_from_send_click_to_each_delivery(span_exporter, stack, 
     deliveries = [s for s in trace_spans if s.name == "deliver"]
     assert len(deliveries) == 3
     assert all(s.attributes["smtp.reply_code"] == 250 and s.attributes["smtp.tls"] is True for s in deliveries)
+
+
+async def test_transactional_rejection_is_no_subscriber_bounce(stack, smtp_sink):
+    # A transactional message refused with 550 is reported with campaign 0 and its message key; the
+    # campaigns service ignores it and the bounce service records no bounce for it (no subscriber stands
+    # behind it) and keeps working: a campaign's 550 right after is still recorded and counted.
+    smtp_sink.reply = lambda addr, seen: "550 5.1.1 user unknown" if addr.startswith("gone") else None
+    nc = await nats.connect(stack.sender_config.nats_url)
+    try:
+        js = nc.jetstream()
+        reports = await js.pull_subscribe(bus.SUBJECT_DELIVERY_REPORT, stream=bus.STREAM_DELIVERY)
+        message = events_pb2.TransactionalMessage(
+            organization_id=stack.organization_id,
+            message_key="auth.reset.1.a1",
+            to_address="gone-tx@example.net",
+            to_name="Gone",
+            content=events_pb2.MessageContent(
+                from_address="noreply@news.example.com", subject="Reset {{ name }}", text_body="Link: {{ link }}"
+            ),
+            variables_json='{"link": "https://x.example/r"}',
+            category="auth.password_reset",
+        )
+        await send_transactional(js, message)
+        [delivered] = await reports.fetch(1, timeout=30)
+        [event] = events_pb2.DeliveryReport.FromString(delivered.data).events
+        assert (event.campaign_id, event.message_key, event.outcome, event.smtp_code) == (
+            0,
+            "auth.reset.1.a1",
+            events_pb2.DELIVERY_OUTCOME_REJECTED,
+            550,
+        )
+
+        list_id = await stack.create_list(["gone@example.net", "ok@example.net"])
+        campaign = await stack.send_campaign([list_id])
+        done = await stack.wait_campaign(campaign.id, lambda c: finished(c) and c.counters.bounced == 1)
+        assert (done.counters.sent, done.counters.bounced) == (1, 1)
+        bounces = await js.pull_subscribe(bus.SUBJECT_BOUNCE_RECORDED, stream=bus.STREAM_BOUNCE)
+        recorded = [events_pb2.BounceEvent.FromString(m.data) for m in await bounces.fetch(10, timeout=2)]
+        assert [(b.campaign_id, b.email) for b in recorded] == [(campaign.id, "gone@example.net")]
+    finally:
+        await nc.close()

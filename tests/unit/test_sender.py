@@ -229,3 +229,18 @@ def test_relaxed_headers_match_dkimpy():
         [b"H", bytes(rnd.choice(b"ab \t\r\n") for _ in range(rnd.randint(0, 12))) + b"\r\n"] for _ in range(3000)
     ]
     assert relaxed_headers(headers) == [tuple(pair) for pair in Relaxed.canonicalize_headers(headers)]
+
+
+def test_data_payload_matches_aiosmtplib():
+    # The DATA payload (dot-stuffing by bytes.replace) equals aiosmtplib's own regex-based preparation,
+    # for CRLF messages, leading and inner dots, and messages with stray CR or LF that need normalising.
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    from services.sender.smtp import data_payload
+
+    rnd = random.Random(5)
+    messages = [bytes(rnd.choice(b"a.\r\n") for _ in range(rnd.randint(0, 30))) for _ in range(5000)]
+    messages += [b"", b".", b".\r\n", b"a\r\n.\r\n..b\r\n", _message()]
+    for message in messages:
+        expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
+        assert data_payload(message) == expected, message

@@ -1,0 +1,241 @@
+"""The sender-transactional consumer: one message per key, delivered once, then ack / nak(delay) / term."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from dataclasses import replace
+
+from mailblast.v1 import events_pb2
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from opentelemetry import trace
+
+from services.common import bus
+from services.common.log import get_logger
+from services.common.tracing import extract_context
+from services.sender import retry
+from services.sender.compose import Composer
+from services.sender.consumers import keep_in_progress
+from services.sender.mime import MessageProblem, Sender
+from services.sender.render import TemplateCache, TemplateProblem
+from services.sender.smtp import EXPIRED, FINAL_STATUSES, REJECTED, SENT, SmtpDelivery, rejected
+from services.sender.store import DeliveryStore, LedgerState, Outcome
+from services.sender.writer import LedgerWriter
+
+log = get_logger(__name__)
+tracer = trace.get_tracer("services.sender")
+
+DURABLE = "sender-transactional"
+# Messages fetched at once; each is worked on by its own task.
+FETCH = 16
+
+
+class TransactionalConsumer:
+    """Takes TransactionalMessage off its durable consumer; shares delivery, signing and ledger writer."""
+
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        store: DeliveryStore,
+        writer: LedgerWriter,
+        composer: Composer,
+        delivery: SmtpDelivery,
+        concurrency: int,
+        retry_base_seconds: float,
+        retry_max_seconds: float,
+        give_up_seconds: float,
+        ack_wait_seconds: float,
+    ) -> None:
+        self._js = js
+        self._store = store
+        self._writer = writer
+        self._composer = composer
+        self._delivery = delivery
+        self._templates = TemplateCache()
+        self._retry_base = retry_base_seconds
+        self._retry_max = retry_max_seconds
+        self._give_up = give_up_seconds
+        self._ack_wait = ack_wait_seconds
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: dict[asyncio.Task[None], Msg] = {}
+        # Keys being delivered by this process: a second copy arriving meanwhile leaves it to the first.
+        self._inflight: set[tuple[int, str]] = set()
+        self.pull = bus.PullConsumer(
+            js=js,
+            stream=bus.STREAM_SEND,
+            durable=DURABLE,
+            subject=bus.SUBJECT_SEND_TRANSACTIONAL,
+            handler=self._take,
+            batch=FETCH,
+            ack_wait=ack_wait_seconds,
+        )
+
+    async def start(self) -> None:
+        """Bind to the durable consumer."""
+        await self.pull.start()
+
+    async def run_once(self, timeout: float = 1.0) -> int:
+        """Fetch messages (waiting at most `timeout`) and start working on them; return how many came."""
+        return await self.pull.run_once(timeout=timeout)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch messages until `stop` is set."""
+        await self.pull.run(stop)
+
+    async def idle(self) -> None:
+        """Wait until no message is being worked on."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    async def _take(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            # Waiting here holds back the next fetch: a process takes no more than it can work on.
+            await self._slots.acquire()
+            task = asyncio.create_task(self._process(msg))
+            self._tasks[task] = msg
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+        self._slots.release()
+
+    async def stop(self, grace: float) -> None:
+        """Stop taking messages; give those under way `grace` seconds, then abandon them for redelivery."""
+        await self.pull.stop()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
+        abandoned = [self._tasks.get(task) for task in pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for msg in abandoned:
+            if msg is not None:
+                try:
+                    await msg.nak()
+                except Exception:
+                    log.warning("could not nak an abandoned transactional message; it returns after ack_wait")
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            message = bus.decode(msg, events_pb2.TransactionalMessage)
+        except bus.DecodeError as exc:
+            await bus.dead_letter(self._js, msg, f"not a TransactionalMessage: {exc}")
+            return
+        if not message.message_key or message.organization_id <= 0:
+            await bus.dead_letter(self._js, msg, "TransactionalMessage without message_key or organization_id")
+            return
+        attributes = {
+            "messaging.system": "nats",
+            "messaging.destination.name": msg.subject,
+            "mailblast.organization_id": message.organization_id,
+            "mailblast.message_key": message.message_key,
+            "mailblast.category": message.category,
+        }
+        with tracer.start_as_current_span(
+            "send transactional",
+            context=extract_context(msg.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes=attributes,
+        ) as span:
+            keeper = asyncio.create_task(keep_in_progress(msg, self._ack_wait))
+            try:
+                action, delay = await self._send(message, msg.metadata.num_delivered or 1, span)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("transactional message failed; it will be retried", message_key=message.message_key)
+                span.record_exception(exc)
+                action, delay = "nak", self._retry_base
+            finally:
+                keeper.cancel()
+            span.set_attribute("mailblast.decision", action)
+            if action == "ack":
+                await msg.ack()
+            elif action == "term":
+                await msg.term()
+            else:
+                await msg.nak(delay=delay)
+
+    async def _send(
+        self, message: events_pb2.TransactionalMessage, delivery_count: int, span: trace.Span
+    ) -> tuple[str, float]:
+        key = (message.organization_id, message.message_key)
+        if key in self._inflight:
+            # Another copy (re-published under another id) is being delivered here: it settles the key.
+            return "ack", 0.0
+        state = await self._store.transactional_state(*key)
+        if state is not None and state.status in FINAL_STATUSES:
+            return "ack", 0.0
+        self._inflight.add(key)
+        try:
+            outcome = await self._deliver(message, state)
+            span.set_attribute("smtp.reply_code", outcome.smtp_code)
+            span.set_attribute("smtp.tls", outcome.tls)
+            span.set_attribute("mailblast.outcome", outcome.status)
+            await self._writer.submit(outcome)
+        finally:
+            self._inflight.discard(key)
+        if outcome.status == SENT:
+            return "ack", 0.0
+        if outcome.status == REJECTED:
+            return "term", 0.0
+        age = _age_seconds(message)
+        if retry.given_up(age, self._give_up):
+            now = dt.datetime.now(dt.UTC)
+            await self._writer.submit(replace(outcome, status=EXPIRED, counts_attempt=False, occurred_at=now))
+            log.info("transactional message expired", message_key=message.message_key)
+            return "ack", 0.0
+        return "nak", retry.next_retry_delay(delivery_count, age, self._retry_base, self._retry_max, self._give_up)
+
+    async def _deliver(self, message: events_pb2.TransactionalMessage, state: LedgerState | None) -> Outcome:
+        content = message.content
+        sender = Sender(content.from_name, content.from_address, content.reply_to)
+        message_id = ""
+        try:
+            sender.check()
+            # Keyed by content hash: transactional templates repeat (one per kind of notice).
+            compiled = self._templates.get(0, content.subject, content.text_body, content.html_body)
+            prepared = self._composer.prepare_transactional(
+                organization_id=message.organization_id,
+                message_key=message.message_key,
+                category=message.category,
+                content=compiled,
+                sender=sender,
+                email=message.to_address,
+                name=message.to_name,
+                variables_json=message.variables_json,
+            )
+        except (MessageProblem, TemplateProblem) as exc:
+            log.error("transactional message refused", message_key=message.message_key, reason=str(exc))
+            result = rejected(str(exc))
+        else:
+            message_id = prepared.message_id
+            result = await self._delivery.deliver(prepared.envelope_from, message.to_address, prepared.data)
+        return Outcome(
+            organization_id=message.organization_id,
+            campaign_id=0,
+            subscriber_id=0,
+            email=message.to_address,
+            status=result.outcome,
+            message_id=message_id,
+            smtp_code=result.code,
+            smtp_message=result.message,
+            enhanced_status=result.enhanced_status,
+            tls=result.tls,
+            attempt=(state.attempts if state else 0) + 1,
+            counts_attempt=True,
+            occurred_at=dt.datetime.now(dt.UTC),
+            message_key=message.message_key,
+            category=message.category,
+        )
+
+
+def _age_seconds(message: events_pb2.TransactionalMessage) -> float:
+    if not message.HasField("created_at"):
+        return 0.0
+    created = message.created_at.seconds + message.created_at.nanos / 1e9
+    return max(0.0, time.time() - created)
