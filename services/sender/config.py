@@ -37,6 +37,9 @@ class Config:
     give_up_seconds: float = 345600.0
     # How long a batch taken by a sender that vanished (killed) waits before another sender gets it.
     ack_wait_seconds: float = 60.0
+    # How long a sender's claim on a recipient lasts: a killed sender's claims lapse after it, and only then
+    # may another sender deliver those recipients (the one possible duplicate: mail in flight at the kill).
+    claim_seconds: float = 300.0
     # How long one SMTP command may take before the delivery counts as deferred.
     smtp_timeout_seconds: float = 60.0
     # The name given in EHLO; empty means the message-id domain.
@@ -92,6 +95,7 @@ class Config:
             retry_max_seconds=env_float("SENDER_RETRY_MAX_SECONDS", 3600.0),
             give_up_seconds=env_float("SENDER_GIVE_UP_SECONDS", 345600.0),
             ack_wait_seconds=env_float("SENDER_ACK_WAIT_SECONDS", 60.0),
+            claim_seconds=env_float("SENDER_CLAIM_SECONDS", 300.0),
             smtp_timeout_seconds=env_float("SENDER_SMTP_TIMEOUT_SECONDS", 60.0),
             helo_name=env_str("SENDER_HELO_NAME", ""),
             system_return_path=env_str("SENDER_SYSTEM_RETURN_PATH", ""),

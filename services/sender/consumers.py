@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import socket
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -90,9 +93,14 @@ class SendBatchConsumer:
         retry_max_seconds: float,
         give_up_seconds: float,
         ack_wait_seconds: float = ACK_WAIT_SECONDS,
+        claim_seconds: float = 300.0,
     ) -> None:
         self._js = js
         self._ack_wait = ack_wait_seconds
+        self._claim_seconds = claim_seconds
+        # Claims are taken a delivery window ahead, so a kill leaves at most that many in doubt.
+        self._claim_chunk = concurrency
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._store = store
         self._writer = writer
         self._composer = composer
@@ -239,24 +247,49 @@ class SendBatchConsumer:
 
         waits: list[asyncio.Future[Outcome]] = []
         loop = asyncio.get_running_loop()
+        mine: list[events_pb2.BatchRecipient] = []
         for recipient in todo:
-            key = (campaign_id, recipient.subscriber_id)
-            shared = self._inflight.get(key)
+            shared = self._inflight.get((campaign_id, recipient.subscriber_id))
             if shared is not None:
                 waits.append(shared)
-                continue
-            await self._delivery_slots.acquire()
-            future: asyncio.Future[Outcome] = loop.create_future()
-            self._inflight[key] = future
-            waits.append(future)
-            task = asyncio.create_task(self._deliver_one(batch, recipient, compiled, sender, states, key, future))
-            self._deliveries.add(task)
-            task.add_done_callback(self._deliveries.discard)
+            else:
+                mine.append(recipient)
+        busy = 0
+        # A claim names this very pass over the batch: a second copy of the batch in this same process
+        # (redelivered while this one still works) must not take over recipients this one has not reached.
+        owner = f"{self._owner}:{uuid.uuid4().hex[:8]}"
+        for start in range(0, len(mine), self._claim_chunk):
+            chunk = mine[start : start + self._claim_chunk]
+            claimed = await self._store.claim(
+                batch.organization_id,
+                campaign_id,
+                [(r.subscriber_id, r.email) for r in chunk],
+                owner,
+                self._claim_seconds,
+            )
+            for recipient in chunk:
+                key = (campaign_id, recipient.subscriber_id)
+                if recipient.subscriber_id not in claimed:
+                    # Another sender is delivering it (or it became final meanwhile): look again later.
+                    busy += 1
+                    continue
+                if key in self._inflight:
+                    waits.append(self._inflight[key])
+                    continue
+                await self._delivery_slots.acquire()
+                future: asyncio.Future[Outcome] = loop.create_future()
+                self._inflight[key] = future
+                waits.append(future)
+                task = asyncio.create_task(self._deliver_one(batch, recipient, compiled, sender, states, key, future))
+                self._deliveries.add(task)
+                task.add_done_callback(self._deliveries.discard)
         outcomes = await asyncio.gather(*waits)
+        if busy:
+            log.info("recipients claimed by another sender; batch returns later", campaign_id=campaign_id, busy=busy)
 
         still_deferred = [o for o in outcomes if o.status == DEFERRED]
         if not still_deferred:
-            return _Decision("ack")
+            return _Decision("nak", self._retry_base) if busy else _Decision("ack")
         age = _age_seconds(batch)
         if retry.given_up(age, self._give_up):
             now = dt.datetime.now(dt.UTC)
@@ -266,7 +299,7 @@ class SendBatchConsumer:
             ]
             await asyncio.gather(*expiries)
             log.info("deferred recipients expired", campaign_id=campaign_id, count=len(expiries))
-            return _Decision("ack")
+            return _Decision("nak", self._retry_base) if busy else _Decision("ack")
         delay = retry.next_retry_delay(delivery_count, age, self._retry_base, self._retry_max, self._give_up)
         return _Decision("nak", delay)
 

@@ -123,6 +123,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         retry_max_seconds=config.retry_max_seconds,
         give_up_seconds=config.give_up_seconds,
         ack_wait_seconds=config.ack_wait_seconds,
+        claim_seconds=config.claim_seconds,
     )
     # Same process, delivery pool, signer and ledger writer; its own durable, so a large campaign
     # never queues a password reset behind its batches.

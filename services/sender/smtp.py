@@ -237,7 +237,7 @@ class SmtpDelivery:
                         ), False
                     except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
                         return deferred(f"could not connect to {host[0]}:{host[1]}: {_describe(exc)}"), False
-                result, keep = await self._transaction(conn, envelope_from, recipient, message)
+                result, keep, retryable = await self._transaction(conn, envelope_from, recipient, message)
                 if keep and not self._closed:
                     conn.used += 1
                     conn.last_used = time.monotonic()
@@ -247,7 +247,7 @@ class SmtpDelivery:
                         await _quit(conn)
                 else:
                     conn.close()
-                if reused and result.code == 0 and result.outcome == DEFERRED:
+                if reused and retryable:
                     continue
                 return result, True
         return result, True
@@ -286,10 +286,16 @@ class SmtpDelivery:
 
     async def _transaction(
         self, conn: _Connection, envelope_from: str, recipient: str, message: bytes
-    ) -> tuple[DeliveryResult, bool]:
-        """One MAIL/RCPT/DATA exchange; returns the result and whether the connection is fit to reuse."""
+    ) -> tuple[DeliveryResult, bool, bool]:
+        """One MAIL/RCPT/DATA exchange.
+
+        Returns the result, whether the connection is fit to reuse, and whether the message may be offered
+        again on a fresh connection: only when the session broke before DATA, since after it the server may
+        have accepted the message and a second offer would be a second copy.
+        """
         smtp = conn.smtp
         loop = asyncio.get_running_loop()
+        before_data = True
         try:
             protocol = smtp.protocol
             if protocol is None:
@@ -299,19 +305,21 @@ class SmtpDelivery:
             async with asyncio.timeout(self._timeout) as deadline:
                 reply = await protocol.execute_command(b"MAIL", b"FROM:<" + envelope_from.encode() + b">")
                 if reply.code != 250:
-                    return reply_result(reply.code, reply.message, conn.tls), await _reset(conn, reply.code)
+                    return reply_result(reply.code, reply.message, conn.tls), await _reset(conn, reply.code), False
                 deadline.reschedule(loop.time() + self._timeout)
                 reply = await protocol.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
                 if reply.code not in (250, 251):
-                    return reply_result(reply.code, reply.message, conn.tls), await _reset(conn, reply.code)
+                    return reply_result(reply.code, reply.message, conn.tls), await _reset(conn, reply.code), False
                 deadline.reschedule(loop.time() + self._timeout)
+                before_data = False
                 try:
                     reply = await _data(smtp, message, lambda: deadline.reschedule(loop.time() + self._timeout))
                 except aiosmtplib.SMTPResponseException as exc:
-                    return reply_result(exc.code, exc.message, conn.tls), await _reset(conn, exc.code)
-                return reply_result(reply.code, reply.message, conn.tls), True
+                    return reply_result(exc.code, exc.message, conn.tls), await _reset(conn, exc.code), False
+                return reply_result(reply.code, reply.message, conn.tls), True, False
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            return deferred(f"connection failed during the SMTP session: {_describe(exc)}", conn.tls), False
+            result = deferred(f"connection failed during the SMTP session: {_describe(exc)}", conn.tls)
+            return result, False, before_data
 
     async def close(self) -> None:
         """Say QUIT on every idle connection and forget them."""

@@ -29,8 +29,25 @@ ON CONFLICT (campaign_id, subscriber_id) DO UPDATE SET
     enhanced_status = EXCLUDED.enhanced_status,
     tls = EXCLUDED.tls,
     attempts = d.attempts + EXCLUDED.attempts,
-    updated_at = EXCLUDED.updated_at
-WHERE d.status = 'deferred'
+    updated_at = EXCLUDED.updated_at,
+    claim_owner = NULL,
+    claim_expires = NULL
+WHERE d.status IN ('deferred', 'claimed')
+"""
+
+# Claim recipients for one sender until the lease ends: new ones, deferred ones, and claims that lapsed
+# or are already ours. Returns the subscriber ids claimed; the others are final or another sender's.
+SQL_CLAIM = """
+INSERT INTO deliveries AS d (campaign_id, subscriber_id, organization_id, email, status, claim_owner, claim_expires)
+SELECT %(campaign)s, c.subscriber_id, %(organization)s, c.email, 'claimed', %(owner)s,
+       now() + make_interval(secs => %(lease)s)
+FROM unnest(%(ids)s::bigint[], %(emails)s::text[]) AS c(subscriber_id, email)
+ON CONFLICT (campaign_id, subscriber_id) DO UPDATE SET
+    claim_owner = EXCLUDED.claim_owner,
+    claim_expires = EXCLUDED.claim_expires
+WHERE d.status IN ('deferred', 'claimed')
+  AND (d.claim_expires IS NULL OR d.claim_expires < now() OR d.claim_owner = EXCLUDED.claim_owner)
+RETURNING d.subscriber_id
 """
 
 SQL_RECORD_TRANSACTIONAL = """
@@ -125,6 +142,22 @@ class DeliveryStore:
         async with self._pool.connection() as conn:
             cur = await conn.execute(SQL_STATES, (campaign_id, list(subscriber_ids)))
             return {row[0]: LedgerState(*row[1:]) for row in await cur.fetchall()}
+
+    async def claim(
+        self, organization_id: int, campaign_id: int, recipients: Sequence[tuple[int, str]], owner: str, lease: float
+    ) -> set[int]:
+        """Claim (subscriber id, email) pairs for `owner` for `lease` seconds; return the ids now ours."""
+        params = {
+            "campaign": campaign_id,
+            "organization": organization_id,
+            "owner": owner,
+            "lease": lease,
+            "ids": [r[0] for r in recipients],
+            "emails": [r[1] for r in recipients],
+        }
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(SQL_CLAIM, params)
+            return {row[0] for row in await cur.fetchall()}
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         """Write a group of outcomes (campaign and transactional) in one transaction."""

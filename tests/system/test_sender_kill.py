@@ -34,6 +34,7 @@ def sender_env(config, key_file) -> dict[str, str]:
         SENDER_UNSUBSCRIBE_URL=config.unsubscribe_url,
         SENDER_CONCURRENCY=str(CONCURRENCY),
         SENDER_ACK_WAIT_SECONDS="3",
+        SENDER_CLAIM_SECONDS="5",
         SENDER_RETRY_BASE_SECONDS="0.2",
         SENDER_RETRY_MAX_SECONDS="1",
         OTEL_TRACES_EXPORTER="none",
