@@ -10,7 +10,7 @@ from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from services.gateway import account, admin, mail, outbox, views
+from services.gateway import account, admin, audience, mail, outbox, public, views
 from services.gateway.clients import BackendError, Backends
 from services.gateway.config import Config
 from services.gateway.i18n import init_i18n
@@ -74,12 +74,21 @@ def create_app(config: dict[str, Any] | None = None, settings: Config | None = N
     if config:
         app.config.update(config)
     app.extensions["mailblast_backends"] = Backends(settings)
-    CSRFProtect(app)
+    csrf = CSRFProtect(app)
+    # Two POSTs come without a session by design, so there is no CSRF token to check: RFC 8058's
+    # one-click unsubscribe is sent by mail providers with no cookies and no page, and an embedded
+    # signup snippet posts from the subscriber's browser on another site. Neither needs an ambient
+    # credential: the first is authorised by its signed token, the second only creates a pending
+    # subscriber who must confirm by mail. Every other POST, public ones included, keeps the check.
+    csrf.exempt(public.one_click)
+    csrf.exempt(public.signup_submit)
     init_i18n(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(mail.bp)
+    app.register_blueprint(audience.bp)
+    app.register_blueprint(public.bp)
     if settings.dev_outbox_dir:
         app.register_blueprint(outbox.bp)
     app.register_error_handler(CSRFError, _csrf_error)

@@ -44,6 +44,14 @@ PUBLIC_ENDPOINTS = {
     "account.forgot",
     "account.reset",
     "account.set_language",
+    # Subscribers' pages (services/gateway/public.py): the link's token or the form id is the credential.
+    "public.unsubscribe_page",
+    "public.one_click",
+    "public.unsubscribe_choose",
+    "public.signup_page",
+    "public.signup_submit",
+    "public.confirm_page",
+    "public.confirm_submit",
 }
 # Endpoints a set-up-only session (the organisation requires TOTP, the user has none) may use.
 SETUP_ENDPOINTS = {"account.totp", "account.totp_confirm", "account.logout"}

@@ -33,6 +33,13 @@ function pollProgress(box) {
             cell.textContent = String(value);
           }
         });
+        box.querySelectorAll("[data-value-field]").forEach(function (bar) {
+          var value = data[bar.dataset.valueField];
+          if (value !== undefined) {
+            bar.value = value;
+            bar.textContent = String(value) + "%";
+          }
+        });
         if (!data.finished) {
           window.setTimeout(tick, 1000);
         }
