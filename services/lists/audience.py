@@ -184,9 +184,9 @@ class AudienceStore:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(EventRow))
             await cur.execute(
-                "SELECT e.old_status, e.new_status, e.cause, e.detail, e.occurred_at FROM subscriber_events e"
+                "SELECT e.old_status, e.new_status, e.cause, e.detail, e.occurred_at FROM subscriber_history e"
                 " JOIN subscribers s ON s.id = e.subscriber_id WHERE s.organization_id = %s AND s.id = %s"
-                " ORDER BY e.id",
+                " ORDER BY e.seq",
                 (org, subscriber_id),
             )
             return await cur.fetchall()
@@ -327,6 +327,19 @@ class AudienceStore:
                     (offset + len(data), job_id),
                 )
         return await self.get_import(org, job_id)
+
+    async def set_import_mapping(self, org: int, job_id: int, mapping: dict) -> None:
+        """Replace the column mapping of a job still uploading (chosen once its columns were seen)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE import_jobs SET requested_mapping = %s, updated_at = now()"
+                " WHERE organization_id = %s AND id = %s AND state = 'uploading' RETURNING id",
+                (json.dumps(mapping, ensure_ascii=False), org, job_id),
+            )
+            changed = await cur.fetchone()
+        if changed is None:
+            job = await self.get_import(org, job_id)
+            raise FailedPrecondition(f"import {job_id} is {job['state']}; its mapping can change only before it starts")
 
     async def set_import_state(self, org: int, job_id: int, allowed: tuple[str, ...], state: str) -> dict:
         """Move a job to `state` if it is in one of `allowed`."""
@@ -691,8 +704,8 @@ class AudienceStore:
             )
             lists = await cur.fetchall()
             await cur.execute(
-                "SELECT old_status, new_status, cause, detail, occurred_at FROM subscriber_events"
-                " WHERE subscriber_id = %s ORDER BY id",
+                "SELECT old_status, new_status, cause, detail, occurred_at FROM subscriber_history"
+                " WHERE subscriber_id = %s ORDER BY seq",
                 (subscriber_id,),
             )
             events = await cur.fetchall()

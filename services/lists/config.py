@@ -21,7 +21,7 @@ class Config:
     # Tests drive the bounce consumer with run_once instead.
     consume_in_background: bool = True
     # Rows per committed import chunk (a resumed import restarts from the last one committed).
-    import_batch_rows: int = 5000
+    import_batch_rows: int = 20000
     # Base of the public links in confirmation mails and form snippets (the gateway serves /c/ and /f/).
     public_url: str = "http://127.0.0.1:8080/"
     signup_rate_per_hour: int = 10
@@ -36,7 +36,7 @@ class Config:
             grpc_bind=env_str("LISTS_GRPC_BIND", "0.0.0.0:50052"),
             auth_addr=env_str("AUTH_ADDR", "") or None,
             hard_bounce_threshold=env_int("LISTS_HARD_BOUNCE_THRESHOLD", 3),
-            import_batch_rows=env_int("LISTS_IMPORT_BATCH_ROWS", 5000),
+            import_batch_rows=env_int("LISTS_IMPORT_BATCH_ROWS", 20000),
             public_url=env_str("LISTS_PUBLIC_URL", "http://127.0.0.1:8080/"),
             signup_rate_per_hour=env_int("LISTS_SIGNUP_RATE_PER_HOUR", 10),
         )

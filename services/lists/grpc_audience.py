@@ -364,6 +364,9 @@ class AudienceRpcs:
     async def StartImport(self, request, context):
         """Queue the uploaded file for the background runner."""
         principal = require_scope("send")
+        if request.set_mapping:
+            # The console shows the file's columns after the upload and sends the chosen mapping here.
+            await self.audience.set_import_mapping(principal.organization_id, request.import_id, dict(request.mapping))
         job = await self.audience.set_import_state(
             principal.organization_id, request.import_id, ("uploading",), "queued"
         )
@@ -708,6 +711,21 @@ class AudienceRpcs:
         )
         parts.append('<button type="submit">Subscribe</button></form>')
         return lists_pb2.FormSnippet(html="\n".join(parts))
+
+    async def GetPublicForm(self, request, context):
+        """A form's name and fields for its hosted page; the form id names the organisation."""
+        require_service()
+        found = await self.audience.forms(None, request.form_id)
+        if not found:
+            raise NotFound(f"no form {request.form_id}")
+        form = found[0]
+        defs = await self.audience.defs(form["organization_id"])
+        return lists_pb2.PublicForm(
+            id=form["id"],
+            name=form["name"],
+            ask_name=form["ask_name"],
+            fields=[_field(defs[k]) for k in form["field_keys"] if k in defs],
+        )
 
     async def _send_transactional(
         self, org: int, key: str, to: str, name: str, content: events_pb2.MessageContent, category: str, variables=None

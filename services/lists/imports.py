@@ -2,7 +2,12 @@
 
 Each chunk of rows is one transaction: COPY into a staging table, upsert into subscribers, put them on
 the list, record bad rows, and advance the job's byte offset and row number. A job killed half-way
-therefore resumes from its last committed chunk, losing and duplicating nothing.
+therefore resumes from its last committed chunk, losing and duplicating nothing. Chunks are parsed
+(in a worker process for big files) one ahead of the chunk being written, and committed in file order.
+
+The subscribers a job creates carry its id (`created_by_import`); their history's 'import' event is
+that mark with the row's creation time (the `subscriber_history` view), not a row written per
+subscriber.
 
 Rollback (see `rollback`) deletes the subscribers the job created (those still marked with its id),
 takes the job's list subscriptions away, and restores the name and custom fields the job overwrote to
@@ -12,23 +17,29 @@ their values before the job; status changes since (unsubscribes, bounces) are ke
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import json
+import multiprocessing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.log import get_logger
 from services.lists import csvimport
 from services.lists.fields import FieldDef
-from services.lists.privacy import email_hash
 
 log = get_logger(__name__)
 
 SAMPLE_BYTES = 256 * 1024
 IDLE_POLL_SECONDS = 5.0
+# Files at least this big (left to read) are parsed in a worker process; smaller ones in a thread.
+PROCESS_MIN_BYTES = 4 * 1024 * 1024
+GIN_PENDING_KB = 64 * 1024
 
 CREATE_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS import_stage (
@@ -41,13 +52,25 @@ WHERE p.organization_id = %(org)s
   AND (p.email = lower(st.email) OR (st.email_hash IS NOT NULL AND p.email_hash = st.email_hash))
 RETURNING st.row_number, st.email, p.reason
 """
-KEEP_PREVIOUS = """
+# Rows are matched to subscribers by one index probe each (LATERAL ... LIMIT 1 keeps the planner from
+# hashing the whole subscribers table, which grows with every chunk, for a chunk of a few thousand).
+_EXISTING = """
+CROSS JOIN LATERAL (
+    SELECT id, name, attributes, import_job_id, created_by_import FROM subscribers
+    WHERE organization_id = %(org)s AND lower(email) = lower(st.email) LIMIT 1
+) s
+"""
+KEEP_PREVIOUS = (
+    """
 INSERT INTO import_changes (job_id, subscriber_id, previous_name, previous_attributes, previous_import_job)
 SELECT %(job)s, s.id, s.name, s.attributes, s.import_job_id
-FROM import_stage st JOIN subscribers s ON s.organization_id = %(org)s AND lower(s.email) = lower(st.email)
+FROM import_stage st"""
+    + _EXISTING
+    + """
 WHERE s.created_by_import IS DISTINCT FROM %(job)s
 ON CONFLICT DO NOTHING
 """
+)
 # Within one job a later row of the same address merges into the earlier one whatever the mode.
 _MERGE = """
 SET name = CASE WHEN excluded.name <> '' THEN excluded.name ELSE subscribers.name END,
@@ -70,9 +93,6 @@ WITH upserted AS (
     INSERT INTO list_subscriptions (list_id, subscriber_id, import_job_id)
     SELECT %(list)s, id, %(job)s FROM upserted
     ON CONFLICT DO NOTHING
-), history AS (
-    INSERT INTO subscriber_events (subscriber_id, old_status, new_status, cause, detail)
-    SELECT id, NULL, 'active', 'import', %(detail)s FROM upserted WHERE inserted
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM upserted
 """
@@ -87,12 +107,16 @@ WITH updated AS (
 )
 SELECT 0, count(*) FROM updated
 """
-SUBSCRIBE_FROM_STAGE = """
+SUBSCRIBE_FROM_STAGE = (
+    """
 INSERT INTO list_subscriptions (list_id, subscriber_id, import_job_id)
 SELECT %(list)s, s.id, %(job)s
-FROM import_stage st JOIN subscribers s ON s.organization_id = %(org)s AND lower(s.email) = lower(st.email)
+FROM import_stage st"""
+    + _EXISTING
+    + """
 ON CONFLICT DO NOTHING
 """
+)
 ADVANCE_JOB = """
 UPDATE import_jobs SET bytes_done = %(bytes)s, rows_done = %(rows)s, rows_added = rows_added + %(added)s,
     rows_updated = rows_updated + %(updated)s, rows_skipped = rows_skipped + %(skipped)s,
@@ -108,15 +132,12 @@ SELECT organization_id, list_id, mode, state, requested_encoding, encoding, requ
        header, has_header, requested_mapping, columns, bytes_done, rows_done, uploaded_bytes
 FROM import_jobs WHERE id = %s
 """
+CLEAN_GIN_PENDING = """
+SELECT gin_clean_pending_list(i.indexrelid)
+FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+WHERE i.indrelid = 'subscribers'::regclass AND a.amname = 'gin'
+"""
 SELECT_FIELDS = "SELECT id, key, label, type, options FROM custom_fields WHERE organization_id = %s"
-
-
-NULL = "\\N"
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_text(value: str) -> str:
-    return value.translate(_COPY_ESCAPES)
 
 
 @dataclass
@@ -153,10 +174,11 @@ async def _file_bytes(conn: AsyncConnection, job_id: int, start: int) -> AsyncIt
 class ImportRunner:
     """Runs queued import jobs, one at a time per process, each under an advisory lock."""
 
-    def __init__(self, pool: AsyncConnectionPool, internal_key: bytes, batch_rows: int = 5000) -> None:
+    def __init__(self, pool: AsyncConnectionPool, internal_key: bytes, batch_rows: int = 20000) -> None:
         self._pool = pool
         self._key = internal_key
         self.batch_rows = batch_rows
+        self.process_min_bytes = PROCESS_MIN_BYTES
         self._kick = asyncio.Event()
 
     def kick(self) -> None:
@@ -203,6 +225,13 @@ class ImportRunner:
                 with contextlib.suppress(Exception):
                     if not conn.closed:
                         await conn.rollback()
+                        for setting in (
+                            "synchronous_commit",
+                            "gin_pending_list_limit",
+                            "work_mem",
+                            "maintenance_work_mem",
+                        ):
+                            await conn.execute(f"RESET {setting}")
                         await conn.execute(
                             "SELECT pg_advisory_unlock(hashtext('mailblast-import'), %s::int)", (job_id,)
                         )
@@ -214,7 +243,7 @@ class ImportRunner:
         if job is None or job[3] not in ("queued", "running"):
             await conn.commit()
             return False
-        (org, list_id, mode, _, req_enc, _, req_delim, _, header, _, req_map, columns, bytes_done, rows_done, _) = job
+        org, list_id, mode, _, req_enc, _, req_delim, _, header, _, req_map, columns, bytes_done, rows_done, size = job
         await conn.execute("UPDATE import_jobs SET state = 'running', updated_at = now() WHERE id = %s", (job_id,))
         await conn.commit()
         try:
@@ -224,7 +253,7 @@ class ImportRunner:
                 plan = await self._plan(conn, job_id, req_enc, req_delim, header, req_map, defs)
             else:
                 plan = JobPlan(columns["codec"], columns["delimiter"], columns["has_header"], columns["targets"])
-            await self._read(conn, job_id, org, list_id, mode, plan, defs, bytes_done, rows_done)
+            await self._read(conn, job_id, org, list_id, mode, plan, defs, bytes_done, rows_done, size)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -282,14 +311,23 @@ class ImportRunner:
         return plan
 
     async def _read(
-        self, conn, job_id, org, list_id, mode, plan: JobPlan, defs, bytes_done: int, rows_done: int
+        self, conn, job_id, org, list_id, mode, plan: JobPlan, defs, bytes_done: int, rows_done: int, size: int
     ) -> None:
         cur = await conn.execute(
             "SELECT EXISTS (SELECT 1 FROM suppressions WHERE organization_id = %s AND email IS NULL)", (org,)
         )
         row = await cur.fetchone()
-        hash_emails = bool(row and row[0])
+        hash_key = self._key if row and row[0] else None
         await conn.execute(CREATE_STAGE)
+        # A commit lost in a crash takes the chunk's byte offset with it (same transaction), so the chunk
+        # is simply read again on resume: waiting for each flush buys nothing here.
+        await conn.execute("SET synchronous_commit = off")
+        # Let the trigram indexes gather a chunk's entries and merge them in bulk rather than in many
+        # small pending-list clean-ups.
+        await conn.execute(f"SET gin_pending_list_limit = '{GIN_PENDING_KB}kB'")
+        # ... and sort them in memory when merging (the final merge runs under maintenance_work_mem).
+        await conn.execute(f"SET work_mem = '{GIN_PENDING_KB}kB'")
+        await conn.execute(f"SET maintenance_work_mem = '{4 * GIN_PENDING_KB}kB'")
         await conn.commit()
         pending = b""
         position = bytes_done
@@ -298,57 +336,81 @@ class ImportRunner:
         batch_end = bytes_done
         skip_header = plan.has_header and rows_done == 0
         chunks = _file_bytes(conn, job_id, bytes_done)
+        loop = asyncio.get_running_loop()
+        # Parsing is CPU-bound Python: a big file gets a worker process (the second core) that parses the
+        # next batch while this one's rows are written; a small one a thread, to spare the start-up.
+        executor: concurrent.futures.Executor
+        if size - bytes_done >= self.process_min_bytes:
+            executor = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        else:
+            executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="import-parse")
+        # Batches are committed in file order, each with the offset after its last record.
+        parsing: collections.deque[tuple[asyncio.Future, int, int]] = collections.deque()
+
+        async def commit_oldest() -> None:
+            future, end, last_number = parsing.popleft()
+            staged = await future
+            await self._commit_batch(conn, job_id, org, list_id, mode, staged, end, last_number)
 
         async def flush(records: list[tuple[int, bytes]], end: int, last_number: int) -> None:
-            # Parsing runs in a thread so the event loop keeps serving calls meanwhile.
-            parsed = await asyncio.to_thread(
-                csvimport.parse_batch, records, plan.codec, plan.delimiter, plan.targets, defs
+            future = loop.run_in_executor(
+                executor, csvimport.parse_for_copy, records, plan.codec, plan.delimiter, plan.targets, defs, hash_key
             )
-            await self._commit_batch(conn, job_id, org, list_id, mode, parsed, end, last_number, hash_emails)
+            parsing.append((future, end, last_number))
+            if len(parsing) > 1:
+                await commit_oldest()
 
-        finished = False
-        while not finished:
-            data = await anext(chunks, None)
-            finished = data is None
-            buf = pending + (data or b"")
-            records, used = csvimport.split_records(buf, final=finished)
-            pending = buf[used:]
-            base = position
-            for record, end in records:
-                number += 1
-                batch_end = base + end
-                if skip_header:
-                    skip_header = False
-                    continue
-                batch.append((number, record))
-                if len(batch) >= self.batch_rows:
-                    await flush(batch, batch_end, number)
-                    batch = []
-            position = base + used
-        if batch or batch_end != bytes_done:
-            await flush(batch, batch_end, number)
+        try:
+            finished = False
+            while not finished:
+                data = await anext(chunks, None)
+                finished = data is None
+                buf = pending + (data or b"")
+                records, used = csvimport.split_records(buf, final=finished)
+                pending = buf[used:]
+                base = position
+                for record, end in records:
+                    number += 1
+                    batch_end = base + end
+                    if skip_header:
+                        skip_header = False
+                        continue
+                    batch.append((number, record))
+                    if len(batch) >= self.batch_rows:
+                        await flush(batch, batch_end, number)
+                        batch = []
+                position = base + used
+            if batch or batch_end != bytes_done:
+                await flush(batch, batch_end, number)
+            while parsing:
+                await commit_oldest()
+        finally:
+            for future, _, _ in parsing:
+                future.cancel()
+            executor.shutdown(wait=False, cancel_futures=True)
+        # Searches read a pending list linearly: merge what this job left there before calling it done.
+        try:
+            async with conn.transaction():
+                await conn.execute(CLEAN_GIN_PENDING)
+        except psycopg.Error as exc:
+            # Only the indexes' owner may; otherwise autovacuum merges them a little later.
+            log.warning("could not merge the search indexes' pending entries", import_id=job_id, error=str(exc))
 
     async def _commit_batch(
-        self, conn, job_id, org, list_id, mode, parsed: csvimport.ParsedBatch, end: int, number: int, hash_emails
+        self, conn, job_id, org, list_id, mode, staged: csvimport.StagedBatch, end: int, number: int
     ) -> None:
-        params = {"org": org, "job": job_id, "list": list_id, "detail": f"import {job_id}"}
-        bad = list(parsed.bad)
-        added = updated = 0
+        params = {"org": org, "job": job_id, "list": list_id}
+        bad = list(staged.bad)
+        added = updated = refused = 0
         async with conn.transaction():
-            if parsed.rows:
-                # COPY text format built here: several times faster than write_row per row.
-                lines = "".join(
-                    f"{r.row_number}\t{_copy_text(r.email)}\t{_copy_text(r.name)}\t"
-                    f"{_copy_text(csvimport.attributes_text(r.attributes))}\t"
-                    f"{email_hash(self._key, r.email) if hash_emails else NULL}\n"
-                    for r in parsed.rows
-                )
+            if staged.rows:
                 async with conn.cursor().copy(
                     "COPY import_stage (row_number, email, name, attributes, email_hash) FROM STDIN"
                 ) as copy:
-                    await copy.write(lines.encode())
+                    await copy.write(staged.copy_data)
                 cur = await conn.execute(REFUSE_SUPPRESSED, params)
                 for row_number, email, reason in await cur.fetchall():
+                    refused += 1
                     bad.append(
                         csvimport.BadRow(
                             row_number, f"{email} is on the suppression list ({reason}); not imported", email
@@ -357,6 +419,8 @@ class ImportRunner:
                 if mode != "add_only":
                     await conn.execute(KEEP_PREVIOUS, params)
                 if mode == "update_only":
+                    # Planned for the chunk's real size, the join probes subscribers rather than hashing them all.
+                    await conn.execute("ANALYZE import_stage")
                     cur = await conn.execute(UPDATE_FROM_STAGE, params)
                 else:
                     cur = await conn.execute(INSERT_FROM_STAGE.format(conflict=UPSERT[mode]), params)
@@ -371,7 +435,7 @@ class ImportRunner:
                 ) as copy:
                     for b in bad:
                         await copy.write_row((job_id, b.row_number, b.reason, b.raw))
-            staged = len(parsed.rows) - (len(bad) - len(parsed.bad))
+            staged_rows = staged.rows - refused
             await conn.execute(
                 ADVANCE_JOB,
                 {
@@ -380,7 +444,7 @@ class ImportRunner:
                     "rows": number,
                     "added": added,
                     "updated": updated,
-                    "skipped": staged - added - updated,
+                    "skipped": staged_rows - added - updated,
                     "failed": len(bad),
                 },
             )

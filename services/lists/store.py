@@ -75,16 +75,28 @@ INSERT_LIST = """
 INSERT INTO lists (organization_id, name, description) VALUES (%s, %s, %s)
 RETURNING id, name, description, 0::bigint AS active_count, 0::bigint AS subscriber_count, created_at
 """
+# Head counts come from list_counts (kept by triggers in the transactions that change membership or
+# status), so the overview costs a few rows per list however many subscribers there are.
 SELECT_LISTS = """
-SELECT l.id, l.name, l.description, c.active_count, c.subscriber_count, l.created_at
+SELECT l.id, l.name, l.description, coalesce(c.active, 0)::bigint AS active_count,
+       coalesce(c.total, 0)::bigint AS subscriber_count, l.created_at
 FROM lists l
-CROSS JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE s.status = 'active') AS active_count, count(*) AS subscriber_count
-    FROM list_subscriptions ls JOIN subscribers s ON s.id = ls.subscriber_id
-    WHERE ls.list_id = l.id
-) c
+LEFT JOIN LATERAL (
+    SELECT sum(active) AS active, sum(total) AS total FROM list_counts WHERE list_id = l.id
+) c ON true
 WHERE l.organization_id = %(organization_id)s AND (%(list_id)s::bigint IS NULL OR l.id = %(list_id)s)
 ORDER BY l.id
+"""
+# Lists whose counts are spread over more rows than this get them folded into one.
+FOLD_PARTS = 64
+SELECT_SPREAD_LISTS = """
+SELECT l.id FROM lists l JOIN list_counts c ON c.list_id = l.id
+WHERE l.organization_id = %s GROUP BY l.id HAVING count(*) > %s
+"""
+# A concurrent fold skips the rows this one deleted, and neither sees the other's sum: no count is lost.
+FOLD_COUNTS = """
+WITH gone AS (DELETE FROM list_counts WHERE list_id = ANY(%s) RETURNING list_id, active, total)
+INSERT INTO list_counts (list_id, active, total) SELECT list_id, sum(active), sum(total) FROM gone GROUP BY list_id
 """
 SELECT_OWN_LIST_IDS = "SELECT id FROM lists WHERE organization_id = %s AND id = ANY(%s)"
 
@@ -186,7 +198,14 @@ class ListsStore:
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(MailingList))
             await cur.execute(SELECT_LISTS, {"organization_id": organization_id, "list_id": list_id})
-            return await cur.fetchall()
+            rows = await cur.fetchall()
+            await conn.commit()
+            spread = await conn.execute(SELECT_SPREAD_LISTS, (organization_id, FOLD_PARTS))
+            ids = [r[0] for r in await spread.fetchall()]
+            if ids:
+                await conn.execute(FOLD_COUNTS, (ids,))
+            await conn.commit()
+            return rows
 
     async def own_list_ids(self, organization_id: int, list_ids: Sequence[int]) -> set[int]:
         """Those of the ids that are lists of the organisation."""

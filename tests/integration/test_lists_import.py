@@ -11,17 +11,21 @@ import time
 import grpc
 import psycopg
 import pytest
-from mailblast.v1 import lists_pb2, lists_pb2_grpc
+from mailblast.v1 import events_pb2, lists_pb2, lists_pb2_grpc
 
-from services.common.identity import IdentitySigner
+from services.common import bus
+from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+from services.common.verp import RecipientRef, unsubscribe_token
 from services.lists.config import Config
 from services.lists.service import start
+from services.lists.store import FOLD_PARTS
 from tests.integration import test_lists as base
 from tests.integration.test_lists import ORG, as_user, new_list
 
 # The lists service fixtures, shared with the other lists tests.
 lists_service = base.lists_service
 stub = base.stub
+js = base.js
 
 ADMIN = ("read", "send", "admin")
 TERMINAL = ("done", "failed", "rolled_back")
@@ -234,9 +238,11 @@ async def test_resume_after_kill_loses_and_duplicates_nothing(
         counts = conn.execute(
             "SELECT (SELECT count(*) FROM lists.subscribers),"
             " (SELECT count(DISTINCT lower(email)) FROM lists.subscribers),"
-            " (SELECT count(*) FROM lists.subscriber_events), (SELECT count(*) FROM lists.list_subscriptions)"
+            " (SELECT count(*) FROM lists.subscriber_history),"
+            " (SELECT count(DISTINCT subscriber_id) FROM lists.subscriber_history WHERE cause = 'import'),"
+            " (SELECT count(*) FROM lists.list_subscriptions)"
         ).fetchone()
-    assert counts == (3000, 3000, 3000, 3000)
+    assert counts == (3000, 3000, 3000, 3000, 3000)
     # The second service must not stop the fixture's already stopped one again.
     lists_service.stop = _noop
 
@@ -301,3 +307,137 @@ async def test_export_list_as_shift_jis(lists_service, stub, signer):
     rows = list(csv.reader(io.StringIO(data.decode("cp932"))))
     assert rows[0] == ["email", "name", "status", "birthday", "plan", "points", "pref"]
     assert rows[1] == ["a@example.jp", "山田", "active", "", "", "12", ""]
+
+
+async def test_list_counts_follow_every_change(lists_service, stub, js, signer, internal_key, database_url):
+    # The list overview's head counts are kept by the transactions that change membership or status:
+    # after adding, importing (into two lists), unsubscribing from one list and from all, a hard
+    # bounce that error-stops, a complaint, an erasure and an import rollback, ListLists gives exactly
+    # what counting the subscriptions would, and the counts survive being folded together. An imported
+    # subscriber's history opens with the job's import event.
+    news = await new_list(stub, signer)
+    vip = await new_list(stub, signer, "vip")
+    md = as_user(signer)
+
+    async def check(expected: dict[int, tuple[int, int]]) -> None:
+        listed = await stub.ListLists(lists_pb2.ListListsRequest(), metadata=md)
+        got = {m.id: (m.active_count, m.subscriber_count) for m in listed.lists}
+        with psycopg.connect(database_url) as conn:
+            truth = conn.execute(
+                "SELECT l.id, count(s.id) FILTER (WHERE s.status = 'active'), count(s.id) FROM lists.lists l"
+                " LEFT JOIN lists.list_subscriptions ls ON ls.list_id = l.id"
+                " LEFT JOIN lists.subscribers s ON s.id = ls.subscriber_id GROUP BY l.id"
+            ).fetchall()
+        assert got == {r[0]: (r[1], r[2]) for r in truth} == expected
+        one = await stub.GetList(lists_pb2.GetListRequest(list_id=news), metadata=md)
+        assert (one.active_count, one.subscriber_count) == expected[news]
+
+    await check({news: (0, 0), vip: (0, 0)})
+    await stub.AddSubscribers(
+        lists_pb2.AddSubscribersRequest(list_id=news, subscribers=base.rows("a@example.org", "b@example.org")),
+        metadata=md,
+    )
+    await check({news: (2, 2), vip: (0, 0)})
+    body = b"email,name\na@example.org,A\nc@example.org,C\nd@example.org,D\ne@example.org,E\n"
+    first = await wait_job(stub, signer, await upload(stub, signer, news, body))
+    second = await wait_job(stub, signer, await upload(stub, signer, vip, b"email\nb@example.org\nf@example.org\n"))
+    assert (first.state, first.rows_added, second.state, second.rows_added) == ("done", 3, "done", 1)
+    await check({news: (5, 5), vip: (2, 2)})
+
+    ids = {s.email: s.id for s in await base.all_subscribers(stub, signer, news)}
+    ids.update({s.email: s.id for s in await base.all_subscribers(stub, signer, vip)})
+    gateway = [(IDENTITY_HEADER, signer.sign(Principal(organization_id=ORG, service="gateway")))]
+    token = unsubscribe_token(internal_key, RecipientRef(ORG, 1, ids["b@example.org"]))
+    await stub.Unsubscribe(lists_pb2.UnsubscribeRequest(token=token, list_ids=[vip], source="page"), metadata=gateway)
+    await check({news: (5, 5), vip: (1, 1)})
+    token = unsubscribe_token(internal_key, RecipientRef(ORG, 1, ids["a@example.org"]))
+    await stub.Unsubscribe(lists_pb2.UnsubscribeRequest(token=token, source="one-click"), metadata=gateway)
+    await check({news: (4, 4), vip: (1, 1)})
+
+    # A status change without leaving the list: the member stays counted, no longer as active.
+    for n in range(3):
+        await bus.publish(js, bus.SUBJECT_BOUNCE_RECORDED, base.bounce(f"h{n}", ids["c@example.org"]))
+    await bus.publish(
+        js, bus.SUBJECT_BOUNCE_RECORDED, base.bounce("x", ids["d@example.org"], events_pb2.BOUNCE_KIND_COMPLAINT)
+    )
+    await base.consume(lists_service, 4)
+    await check({news: (2, 4), vip: (1, 1)})
+    await stub.UpdateSubscriber(
+        lists_pb2.UpdateSubscriberRequest(
+            subscriber_id=ids["c@example.org"], status=lists_pb2.SUBSCRIBER_STATUS_ACTIVE
+        ),
+        metadata=as_user(signer, scopes=ADMIN),
+    )
+    await check({news: (3, 4), vip: (1, 1)})
+    # The import is recorded once per job; the subscriber's history still shows it first, with its time.
+    history = await stub.ListSubscriberEvents(
+        lists_pb2.ListSubscriberEventsRequest(subscriber_id=ids["c@example.org"]), metadata=md
+    )
+    assert [(e.old_status, e.new_status, e.cause, e.detail) for e in history.events] == [
+        ("", "active", "import", f"import {first.id}"),
+        ("active", "error_stopped", "hard_bounce", "5.1.1 550 mailbox unknown"),
+        ("error_stopped", "active", "manual", ""),
+    ]
+    assert history.events[0].occurred_at.seconds > 0
+
+    await stub.EraseSubscriber(
+        lists_pb2.EraseSubscriberRequest(subscriber_id=ids["f@example.org"]), metadata=as_user(signer, scopes=ADMIN)
+    )
+    await check({news: (3, 4), vip: (0, 0)})
+    await stub.RollbackImport(lists_pb2.GetImportRequest(import_id=first.id), metadata=md)
+    # c, d and e were created by the rolled-back job; a was unsubscribed and only the job had put it on news.
+    await check({news: (1, 1), vip: (0, 0)})
+
+    # Many small changes spread a list's counts over many rows; reading the counts folds them together.
+    for n in range(70):
+        await stub.AddSubscribers(
+            lists_pb2.AddSubscribersRequest(list_id=vip, subscribers=base.rows(f"m{n}@example.org")), metadata=md
+        )
+    await check({news: (1, 1), vip: (70, 70)})
+    with psycopg.connect(database_url) as conn:
+        parts = conn.execute("SELECT count(*) FROM lists.list_counts WHERE list_id = %s", (vip,)).fetchone()
+    assert parts[0] <= FOLD_PARTS
+    await check({news: (1, 1), vip: (70, 70)})
+
+
+async def test_worker_process_parses_big_files_in_order(lists_service, stub, signer, database_url):
+    # A file big enough to be parsed in a worker process (the threshold lowered here), read in 100-row
+    # chunks parsed ahead of the ones being written: bad rows are reported with their row numbers, an
+    # erased subscriber's address is refused by its keyed hash, an address repeated in a later chunk
+    # ends with the later values, and every other row is in, on the list, once.
+    lists_service.imports.process_min_bytes = 0
+    lists_service.imports.batch_rows = 100
+    await define_fields(stub, signer)
+    list_id = await new_list(stub, signer)
+    await stub.AddSubscribers(
+        lists_pb2.AddSubscribersRequest(list_id=list_id, subscribers=base.rows("gone@example.org")),
+        metadata=as_user(signer),
+    )
+    gone = (await base.all_subscribers(stub, signer, list_id))[0].id
+    await stub.EraseSubscriber(
+        lists_pb2.EraseSubscriberRequest(subscriber_id=gone), metadata=as_user(signer, scopes=ADMIN)
+    )
+    lines = ["email,name,points"]
+    for i in range(1000):
+        lines.append(f"w{i}@example.org,W{i},{i}")
+    lines[10] = "w9@example.org,First,1"  # row 11; row 952 (in place of w950) repeats the address
+    lines[951] = "w9@example.org,Second,2"
+    lines[500] = "not-an-address,X,1"
+    lines[700] = "w699x@example.org,Y,many"
+    lines[800] = "GONE@example.org,Z,1"
+    job = await wait_job(
+        stub, signer, await upload(stub, signer, list_id, ("\n".join(lines) + "\n").encode(), chunk=4096)
+    )
+    assert (job.state, job.rows_done, job.rows_failed) == ("done", 1001, 3)
+    report = {int(r[0]): r[1] for r in await error_csv(stub, signer, job.id)}
+    assert sorted(report) == [501, 701, 801]
+    assert "not a number" in report[701] and "suppression list (erased)" in report[801]
+    found = subscribers(database_url)
+    assert found["w9@example.org"][:2] == ("Second", {"points": 2})
+    assert found["w999@example.org"][:2] == ("W999", {"points": 999})
+    # 1000 rows less three bad ones and w950, whose row repeats w9.
+    assert len(found) == 996 and "w950@example.org" not in found and "gone@example.org" not in found
+    with psycopg.connect(database_url) as conn:
+        members = conn.execute("SELECT count(*) FROM lists.list_subscriptions WHERE list_id = %s", (list_id,))
+        assert members.fetchone() == (996,)
+    assert (job.rows_added, job.rows_updated) == (996, 1)
