@@ -417,15 +417,19 @@ class Supervisor:
                 return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
-    def bootstrap(self, files: SecretFiles, auth_address: str) -> str | None:
-        """Create the first organisation and admin token once; return the token, or None if it existed."""
+    def bootstrap(self, files: SecretFiles, auth_address: str) -> tuple[str, str] | None:
+        """Create the first organisation, its admin (with a random console password) and an API token once.
+
+        Returns (API token, password) the first time, None once they exist.
+        """
         from mailblast.v1 import auth_pb2, auth_pb2_grpc
 
         from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 
         signer = IdentitySigner(read_internal_key(files.internal_key))
+        password = secrets.token_urlsafe(15)
         request = auth_pb2.BootstrapRequest(
-            organization_name="mailblast", admin_login=ADMIN_LOGIN, admin_email=ADMIN_EMAIL
+            organization_name="mailblast", admin_login=ADMIN_LOGIN, admin_email=ADMIN_EMAIL, admin_password=password
         )
         deadline = time.monotonic() + 30
         with grpc.insecure_channel(auth_address) as channel:
@@ -443,7 +447,7 @@ class Supervisor:
                         self._pause(0.2)
                         continue
                     raise StartFailed(f"auth refused the bootstrap: {code.name}: {exc.details()}") from None
-                return reply.api_token
+                return reply.api_token, password
 
     def write_run_file(self, database_url: str, nats_url: str, embedded: dict[str, bool]) -> Path:
         """Write var/run.json: where everything listens, for the `mailblast` command. No secrets."""
@@ -511,14 +515,19 @@ class Supervisor:
         deadline = time.monotonic() + START_TIMEOUT
         for svc in self.services:
             self.wait_healthy(svc, deadline)
-        token = self.bootstrap(files, self.services[0].address)
+        credentials = self.bootstrap(files, self.services[0].address)
         embedded = {"postgres": pg_embedded, "nats": nats_embedded, "catcher": self.catcher is not None}
         run_file = self.write_run_file(database_url, nats_url, embedded)
-        self._report(files, token, nats_url, embedded, run_file)
+        self._report(files, credentials, nats_url, embedded, run_file)
         return self._watch()
 
     def _report(
-        self, files: SecretFiles, token: str | None, nats_url: str, embedded: dict[str, bool], run_file: Path
+        self,
+        files: SecretFiles,
+        credentials: tuple[str, str] | None,
+        nats_url: str,
+        embedded: dict[str, bool],
+        run_file: Path,
     ) -> None:
         rows = [("service", "pid", "address")]
         rows += [(svc.name, str(svc.pid), svc.address) for svc in self.services]
@@ -544,11 +553,12 @@ class Supervisor:
         for record in dkim_dns_records(files):
             print(f"  {record}")
         print()
-        if token:
-            print(f"admin login: {ADMIN_LOGIN}")
+        if credentials:
+            token, password = credentials
+            print(f"console login: {ADMIN_LOGIN}  password: {password}  (shown only this once; change it)")
             print(f"admin API token (shown only this once; keep it safe): {token}")
         else:
-            print(f"the admin '{ADMIN_LOGIN}' exists; its API token was shown on the first run")
+            print(f"the admin '{ADMIN_LOGIN}' exists; its password and API token were shown on the first run")
         print(f"\nmailblast is ready: {self.gateway_url}  (Ctrl-C to stop)", flush=True)
 
     def _watch(self) -> int:

@@ -197,6 +197,9 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, d
     assert len(token_lines) == 1, output
     token = token_lines[0].rsplit(" ", 1)[1]
     assert len(token) >= 16
+    [login_line] = [line for line in output.splitlines() if line.startswith("console login: admin")]
+    password = login_line.split("password: ", 1)[1].split()[0]
+    _check_console_password(var, run_info["auth"], password)
     assert 'mb1._domainkey.mailblast.example.com. IN TXT "v=DKIM1; k=rsa; p=' in output
     assert 'mb1ed._domainkey.mailblast.example.com. IN TXT "v=DKIM1; k=ed25519; p=' in output
 
@@ -205,6 +208,7 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, d
     for path in [*(var / "logs").iterdir(), var / "run.json"]:
         content = path.read_bytes()
         assert token.encode() not in content, path
+        assert password.encode() not in content, path
         assert internal_key not in content, path
     assert internal_key.decode() not in output
     assert (var / "secrets").stat().st_mode & 0o777 == 0o700
@@ -226,7 +230,7 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, d
     _check_everything_serves(var, gateway_url)
     output = second.output()
     assert TOKEN_LINE not in output
-    assert token not in output
+    assert token not in output and password not in output
     assert "the admin 'admin' exists" in output
     assert {p: p.read_bytes() for p in secret_files} == secrets_before
     tree = processes_of(var)
@@ -249,3 +253,20 @@ def test_a_service_that_cannot_start_stops_everything_with_its_log(start_devrun,
     assert "last lines of" in output
     assert "mailblast is ready" not in output
     assert processes_of(data_dir / "var") == set()
+
+
+def _check_console_password(var: Path, auth_address: str, password: str) -> None:
+    """The printed password logs the admin in (asked of auth as the console would)."""
+    import grpc
+    from mailblast.v1 import auth_pb2, auth_pb2_grpc
+
+    from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+
+    signer = IdentitySigner((var / "secrets" / "internal.key").read_bytes().strip())
+    with grpc.insecure_channel(auth_address) as channel:
+        reply = auth_pb2_grpc.AuthServiceStub(channel).Login(
+            auth_pb2.LoginRequest(login="admin", password=password, source_ip="127.0.0.1"),
+            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="gateway")))],
+            timeout=30,
+        )
+    assert reply.status == auth_pb2.LOGIN_STATUS_OK
