@@ -38,9 +38,12 @@ test: install proto browser
 # The console's browser tests drive Debian's chromium through Playwright (browser downloads are not
 # possible): as root (CI) install it when missing; otherwise say what to install.
 browser:
-	@if [ -x /usr/bin/chromium ]; then :; \
-	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	else echo "the browser tests need Debian's chromium: sudo apt-get install -y chromium" >&2; exit 1; fi
+	@# Debian's chromium for the browser tests, and libatomic1 for Playwright's bundled node driver
+	@missing=""; [ -x /usr/bin/chromium ] || missing="chromium"; \
+	/sbin/ldconfig -p | grep -q 'libatomic.so.1 ' || missing="$$missing libatomic1"; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "the browser tests need Debian packages: sudo apt-get install -y $$missing" >&2; exit 1; fi
 
 bench: install proto
 	$(PY) -m bench.send
