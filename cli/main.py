@@ -196,10 +196,12 @@ def cmd_campaign_create(client: Client, args: argparse.Namespace) -> int:
 def _progress(campaign: campaigns_pb2.Campaign) -> str:
     c = campaign.counters
     state = campaigns_pb2.CampaignState.Name(campaign.state).removeprefix("CAMPAIGN_STATE_").lower()
-    return (
+    line = (
         f"campaign {campaign.id} {state}: total {c.total}  queued {c.queued}  sent {c.sent}  "
         f"deferred {c.deferred}  bounced {c.bounced}  failed {c.failed}"
     )
+    # Shown once there are any, so the common line stays as it was.
+    return f"{line}  suppressed {c.suppressed}" if c.suppressed else line
 
 
 def cmd_watch(client: Client, args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ _STATUS = {
     events_pb2.DELIVERY_OUTCOME_DEFERRED: "deferred",
     events_pb2.DELIVERY_OUTCOME_REJECTED: "bounced",
     events_pb2.DELIVERY_OUTCOME_EXPIRED: "failed",
+    events_pb2.DELIVERY_OUTCOME_SUPPRESSED: "suppressed",
 }
 
 

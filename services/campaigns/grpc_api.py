@@ -57,7 +57,7 @@ def to_proto(row: CampaignRow) -> campaigns_pb2.Campaign:
         fanout_complete=row.fanout_complete,
         counters=campaigns_pb2.CampaignCounters(
             total=row.total, queued=row.queued, sent=row.sent, deferred=row.deferred,
-            bounced=row.bounced, failed=row.failed,
+            bounced=row.bounced, failed=row.failed, suppressed=row.suppressed,
         ),
     )  # fmt: skip
     campaign.created_at.FromDatetime(row.created_at)

@@ -40,11 +40,12 @@ class CampaignRow:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     segment_ids: list[int]
+    suppressed: int = 0
 
     @property
     def queued(self) -> int:
         """Handed to the senders with no outcome yet."""
-        return max(0, self.total - self.sent - self.deferred - self.bounced - self.failed)
+        return max(0, self.total - self.sent - self.deferred - self.bounced - self.failed - self.suppressed)
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,13 @@ class RecipientOutcome:
     campaign_id: int
     subscriber_id: int
     email: str
-    status: str  # deferred, sent, bounced, failed
+    status: str  # deferred, sent, bounced, failed, suppressed
     smtp_code: int
 
 
 _COLUMNS = """id, organization_id, name, state, list_ids, from_name, from_address, reply_to, subject,
     html_body, text_body, total, published_batches, last_subscriber_id, fanout_complete, sent, deferred,
-    bounced, failed, created_at, started_at, finished_at, segment_ids"""
+    bounced, failed, created_at, started_at, finished_at, segment_ids, suppressed"""
 
 INSERT_CAMPAIGN = f"""
 INSERT INTO campaigns (organization_id, name, list_ids, from_name, from_address, reply_to, subject,
@@ -88,7 +89,7 @@ FINISH_FANOUT = "UPDATE campaigns SET fanout_complete = true WHERE id = %s"
 # Finished once every handed-out recipient has a final outcome.
 COMPLETE_IF_DONE = """
 UPDATE campaigns SET state = 'sent', finished_at = now()
-WHERE id = %s AND state = 'sending' AND fanout_complete AND sent + bounced + failed >= total"""
+WHERE id = %s AND state = 'sending' AND fanout_complete AND sent + bounced + failed + suppressed >= total"""
 
 LOCK_CAMPAIGN = "SELECT id FROM campaigns WHERE id = %s FOR UPDATE"
 SELECT_STATUSES = """
@@ -99,7 +100,8 @@ VALUES (%s, %s, %s, %s, %s)
 ON CONFLICT (campaign_id, subscriber_id) DO UPDATE
 SET status = EXCLUDED.status, smtp_code = EXCLUDED.smtp_code, updated_at = now()"""
 ADD_COUNTERS = """
-UPDATE campaigns SET sent = sent + %s, deferred = deferred + %s, bounced = bounced + %s, failed = failed + %s
+UPDATE campaigns SET sent = sent + %s, deferred = deferred + %s, bounced = bounced + %s, failed = failed + %s,
+    suppressed = suppressed + %s
 WHERE id = %s"""
 CLAIM_BOUNCE = "INSERT INTO processed_bounces (bounce_id) VALUES (%s) ON CONFLICT DO NOTHING"
 
@@ -208,7 +210,7 @@ async def _apply_campaign(conn: AsyncConnection, campaign_id: int, outcomes: lis
             latest[outcome.subscriber_id] = outcome
     cur = await conn.execute(SELECT_STATUSES, (campaign_id, list(latest)))
     current = dict(await cur.fetchall())
-    delta = {"sent": 0, "deferred": 0, "bounced": 0, "failed": 0}
+    delta = {"sent": 0, "deferred": 0, "bounced": 0, "failed": 0, "suppressed": 0}
     rows = []
     for subscriber_id, outcome in latest.items():
         old = current.get(subscriber_id)
@@ -222,5 +224,8 @@ async def _apply_campaign(conn: AsyncConnection, campaign_id: int, outcomes: lis
         return
     async with conn.cursor() as wcur:
         await wcur.executemany(UPSERT_DELIVERY, rows)
-    await conn.execute(ADD_COUNTERS, (delta["sent"], delta["deferred"], delta["bounced"], delta["failed"], campaign_id))
+    await conn.execute(
+        ADD_COUNTERS,
+        (delta["sent"], delta["deferred"], delta["bounced"], delta["failed"], delta["suppressed"], campaign_id),
+    )
     await conn.execute(COMPLETE_IF_DONE, (campaign_id,))

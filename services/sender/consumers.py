@@ -22,10 +22,19 @@ from services.common.log import get_logger
 from services.common.tracing import extract_context
 from services.common.verp import RecipientRef
 from services.sender import retry
+from services.sender.checks import CANCELLED, GO, PAUSED, CampaignStates, SuppressionCheck
 from services.sender.compose import Composer
 from services.sender.mime import MessageProblem, Sender
 from services.sender.render import CompiledContent, TemplateCache, TemplateProblem
-from services.sender.smtp import DEFERRED, EXPIRED, FINAL_STATUSES, DeliveryResult, SmtpDelivery, rejected
+from services.sender.smtp import (
+    DEFERRED,
+    EXPIRED,
+    FINAL_STATUSES,
+    SUPPRESSED,
+    DeliveryResult,
+    SmtpDelivery,
+    rejected,
+)
 from services.sender.store import DeliveryStore, LedgerState, Outcome
 from services.sender.writer import LedgerWriter
 
@@ -40,6 +49,7 @@ _OUTCOMES = {
     "deferred": events_pb2.DELIVERY_OUTCOME_DEFERRED,
     "rejected": events_pb2.DELIVERY_OUTCOME_REJECTED,
     "expired": events_pb2.DELIVERY_OUTCOME_EXPIRED,
+    "suppressed": events_pb2.DELIVERY_OUTCOME_SUPPRESSED,
 }
 
 
@@ -74,6 +84,8 @@ def delivery_report(outcomes: Sequence[Outcome]) -> events_pb2.DeliveryReport:
 class _Decision:
     action: str  # "ack", "nak" or "term"
     delay: float = 0.0
+    # Set when the campaign's state stopped the batch: "paused" or "cancelled".
+    halted: str = ""
 
 
 class SendBatchConsumer:
@@ -94,8 +106,14 @@ class SendBatchConsumer:
         give_up_seconds: float,
         ack_wait_seconds: float = ACK_WAIT_SECONDS,
         claim_seconds: float = 300.0,
+        campaign_states: CampaignStates | None = None,
+        suppression: SuppressionCheck | None = None,
+        pause_recheck_seconds: float = 30.0,
     ) -> None:
         self._js = js
+        self._campaigns = campaign_states or CampaignStates(None)
+        self._suppression = suppression or SuppressionCheck(None)
+        self._pause_recheck = pause_recheck_seconds
         self._ack_wait = ack_wait_seconds
         self._claim_seconds = claim_seconds
         # Claims are taken a delivery window ahead, so a kill leaves at most that many in doubt.
@@ -203,6 +221,8 @@ class SendBatchConsumer:
             finally:
                 keeper.cancel()
             span.set_attribute("mailblast.decision", decision.action)
+            if decision.halted:
+                span.set_attribute("mailblast.halted", decision.halted)
             if decision.action == "ack":
                 await msg.ack()
             elif decision.action == "term":
@@ -210,8 +230,19 @@ class SendBatchConsumer:
             else:
                 await msg.nak(delay=decision.delay)
 
+    def _halt(self, batch: events_pb2.SendBatch, verdict: str) -> _Decision:
+        """A paused campaign's batch comes back later, untouched; a cancelled one's is dropped."""
+        log.info("batch halted by the campaign's state", campaign_id=batch.campaign_id, state=verdict)
+        if verdict == PAUSED:
+            # A plain redelivery, not a retry: nothing is recorded, so no recipient spends an attempt.
+            return _Decision("nak", self._pause_recheck, halted=PAUSED)
+        return _Decision("ack", halted=CANCELLED)
+
     async def _send(self, batch: events_pb2.SendBatch, delivery_count: int) -> _Decision:
         campaign_id = batch.campaign_id
+        verdict = await self._campaigns.verdict(batch.organization_id, campaign_id)
+        if verdict != GO:
+            return self._halt(batch, verdict)
         states = await self._store.states(campaign_id, {r.subscriber_id for r in batch.recipients})
         todo = []
         settled = []
@@ -246,6 +277,7 @@ class SendBatchConsumer:
             return _Decision("term")
 
         waits: list[asyncio.Future[Outcome]] = []
+        recorded: list[asyncio.Future[None]] = []
         loop = asyncio.get_running_loop()
         mine: list[events_pb2.BatchRecipient] = []
         for recipient in todo:
@@ -258,32 +290,58 @@ class SendBatchConsumer:
         # A claim names this very pass over the batch: a second copy of the batch in this same process
         # (redelivered while this one still works) must not take over recipients this one has not reached.
         owner = f"{self._owner}:{uuid.uuid4().hex[:8]}"
-        for start in range(0, len(mine), self._claim_chunk):
-            chunk = mine[start : start + self._claim_chunk]
-            claimed = await self._store.claim(
-                batch.organization_id,
-                campaign_id,
-                [(r.subscriber_id, r.email) for r in chunk],
-                owner,
-                self._claim_seconds,
-            )
-            for recipient in chunk:
-                key = (campaign_id, recipient.subscriber_id)
-                if recipient.subscriber_id not in claimed:
-                    # Another sender is delivering it (or it became final meanwhile): look again later.
-                    busy += 1
-                    continue
-                if key in self._inflight:
-                    waits.append(self._inflight[key])
-                    continue
-                await self._delivery_slots.acquire()
-                future: asyncio.Future[Outcome] = loop.create_future()
-                self._inflight[key] = future
-                waits.append(future)
-                task = asyncio.create_task(self._deliver_one(batch, recipient, compiled, sender, states, key, future))
-                self._deliveries.add(task)
-                task.add_done_callback(self._deliveries.discard)
+        halted = ""
+        try:
+            for start in range(0, len(mine), self._claim_chunk):
+                chunk = mine[start : start + self._claim_chunk]
+                if start:
+                    # A long batch looks at the campaign again before each chunk (the answer is cached briefly).
+                    verdict = await self._campaigns.verdict(batch.organization_id, campaign_id)
+                    if verdict != GO:
+                        halted = verdict
+                        break
+                # Asked before claiming, so a failed look-up leaves no claim behind to lapse.
+                suppressed = await self._suppression.suppressed(batch.organization_id, [r.email for r in chunk])
+                claimed = await self._store.claim(
+                    batch.organization_id,
+                    campaign_id,
+                    [(r.subscriber_id, r.email) for r in chunk],
+                    owner,
+                    self._claim_seconds,
+                )
+                for recipient in chunk:
+                    key = (campaign_id, recipient.subscriber_id)
+                    if recipient.subscriber_id not in claimed:
+                        # Another sender is delivering it (or it became final meanwhile): look again later.
+                        busy += 1
+                        continue
+                    if key in self._inflight:
+                        waits.append(self._inflight[key])
+                        continue
+                    if recipient.email in suppressed:
+                        reason = suppressed[recipient.email]
+                        recorded.append(self._writer.submit(self._suppressed(batch, recipient, reason, states)))
+                        continue
+                    await self._delivery_slots.acquire()
+                    future: asyncio.Future[Outcome] = loop.create_future()
+                    self._inflight[key] = future
+                    waits.append(future)
+                    task = asyncio.create_task(
+                        self._deliver_one(batch, recipient, compiled, sender, states, key, future)
+                    )
+                    self._deliveries.add(task)
+                    task.add_done_callback(self._deliveries.discard)
+        except Exception:
+            # Deliveries already started finish and record their outcomes before the batch is retried.
+            await asyncio.gather(*waits, *recorded, return_exceptions=True)
+            raise
         outcomes = await asyncio.gather(*waits)
+        await asyncio.gather(*recorded)
+        if recorded:
+            log.info("suppressed recipients not sent", campaign_id=campaign_id, count=len(recorded))
+        if halted:
+            # Whatever was under way has finished; the rest waits for a resume or is dropped.
+            return self._halt(batch, halted)
         if busy:
             log.info("recipients claimed by another sender; batch returns later", campaign_id=campaign_id, busy=busy)
 
@@ -325,6 +383,30 @@ class SendBatchConsumer:
             tls=result.tls,
             attempt=(previous.attempts if previous else 0) + 1,
             counts_attempt=True,
+            occurred_at=dt.datetime.now(dt.UTC),
+        )
+
+    def _suppressed(
+        self,
+        batch: events_pb2.SendBatch,
+        recipient: events_pb2.BatchRecipient,
+        reason: str,
+        states: dict[int, LedgerState],
+    ) -> Outcome:
+        previous = states.get(recipient.subscriber_id)
+        return Outcome(
+            organization_id=batch.organization_id,
+            campaign_id=batch.campaign_id,
+            subscriber_id=recipient.subscriber_id,
+            email=recipient.email,
+            status=SUPPRESSED,
+            message_id="",
+            smtp_code=0,
+            smtp_message=f"suppressed: {reason}",
+            enhanced_status="",
+            tls=False,
+            attempt=previous.attempts if previous else 0,
+            counts_attempt=False,
             occurred_at=dt.datetime.now(dt.UTC),
         )
 

@@ -6,14 +6,16 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
 from services.common import bus, db
 from services.common.identity import IdentitySigner
 from services.common.log import get_logger
-from services.common.rpc import GrpcServer, start_grpc_server
+from services.common.rpc import GrpcServer, service_channel, start_grpc_server
 from services.sender import grpc_api
+from services.sender.checks import CampaignStates, SuppressionCheck
 from services.sender.compose import Composer
 from services.sender.config import TLS_REQUIRED, Config
 from services.sender.consumers import SendBatchConsumer, delivery_report
@@ -54,6 +56,7 @@ class Running:
         store: DeliveryStore,
         loop_tasks: list[asyncio.Task[None]],
         stop_event: asyncio.Event,
+        channels: Sequence[grpc.aio.Channel] = (),
     ) -> None:
         self.grpc_port = grpc.port
         self.consumer = consumer
@@ -66,6 +69,7 @@ class Running:
         self._delivery = delivery
         self._loop_tasks = loop_tasks
         self._stop_event = stop_event
+        self._channels = channels
 
     async def stop(self, grace: float = 20.0) -> None:
         """Stop fetching, let work under way finish (or abandon it for redelivery), close everything."""
@@ -75,6 +79,8 @@ class Running:
         await self._writer.stop()
         await self._delivery.close()
         await self._grpc.stop(grace=2.0)
+        for channel in self._channels:
+            await channel.close()
         try:
             await self._nc.drain()
         except Exception:
@@ -89,6 +95,10 @@ async def start(config: Config, *, consume: bool = True) -> Running:
     pool = await db.open_pool(config.database_url, SCHEMA, min_size=2, max_size=8)
     nc, js = await bus.connect(config.nats_url, name="sender")
     store = DeliveryStore(pool)
+    signer = IdentitySigner(config.internal_key)
+    campaigns_channel = service_channel(config.campaigns_addr, signer, "sender") if config.campaigns_addr else None
+    lists_channel = service_channel(config.lists_addr, signer, "sender") if config.lists_addr else None
+    suppression = SuppressionCheck(lists_channel)
 
     async def report(outcomes: Sequence[Outcome]) -> None:
         await bus.publish(js, bus.SUBJECT_DELIVERY_REPORT, delivery_report(outcomes))
@@ -124,6 +134,9 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         give_up_seconds=config.give_up_seconds,
         ack_wait_seconds=config.ack_wait_seconds,
         claim_seconds=config.claim_seconds,
+        campaign_states=CampaignStates(campaigns_channel),
+        suppression=suppression,
+        pause_recheck_seconds=config.pause_recheck_seconds,
     )
     # Same process, delivery pool, signer and ledger writer; its own durable, so a large campaign
     # never queues a password reset behind its batches.
@@ -138,10 +151,11 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         retry_max_seconds=config.retry_max_seconds,
         give_up_seconds=config.give_up_seconds,
         ack_wait_seconds=config.ack_wait_seconds,
+        suppression=suppression,
     )
     await consumer.start()
     await transactional.start()
-    grpc = await start_grpc_server(config.grpc_bind, grpc_api.register(store), IdentitySigner(config.internal_key))
+    grpc = await start_grpc_server(config.grpc_bind, grpc_api.register(store), signer)
     stop_event = asyncio.Event()
     loop_tasks = (
         [
@@ -170,4 +184,5 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         store=store,
         loop_tasks=loop_tasks,
         stop_event=stop_event,
+        channels=[c for c in (campaigns_channel, lists_channel) if c is not None],
     )

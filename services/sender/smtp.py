@@ -24,7 +24,9 @@ SENT = "sent"
 DEFERRED = "deferred"
 REJECTED = "rejected"
 EXPIRED = "expired"
-FINAL_STATUSES = frozenset((SENT, REJECTED, EXPIRED))
+# Never offered: the address was suppressed when the sender came to it.
+SUPPRESSED = "suppressed"
+FINAL_STATUSES = frozenset((SENT, REJECTED, EXPIRED, SUPPRESSED))
 
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
 

@@ -16,11 +16,12 @@ from services.common import bus
 from services.common.log import get_logger
 from services.common.tracing import extract_context
 from services.sender import retry
+from services.sender.checks import SuppressionCheck
 from services.sender.compose import Composer
 from services.sender.consumers import keep_in_progress
 from services.sender.mime import MessageProblem, Sender
 from services.sender.render import TemplateCache, TemplateProblem
-from services.sender.smtp import EXPIRED, FINAL_STATUSES, REJECTED, SENT, SmtpDelivery, rejected
+from services.sender.smtp import EXPIRED, FINAL_STATUSES, REJECTED, SENT, SUPPRESSED, SmtpDelivery, rejected
 from services.sender.store import DeliveryStore, LedgerState, Outcome
 from services.sender.writer import LedgerWriter
 
@@ -30,6 +31,14 @@ tracer = trace.get_tracer("services.sender")
 DURABLE = "sender-transactional"
 # Messages fetched at once; each is worked on by its own task.
 FETCH = 16
+# Categories delivered even to a suppressed address: account mail must always arrive, and a double
+# opt-in confirmation is how a person who once unsubscribed subscribes again.
+UNSUPPRESSED_PREFIXES = ("auth.", "lists.confirm")
+
+
+def checks_suppression(category: str) -> bool:
+    """Whether a transactional message of this category is withheld from suppressed addresses."""
+    return not category.startswith(UNSUPPRESSED_PREFIXES)
 
 
 class TransactionalConsumer:
@@ -48,8 +57,10 @@ class TransactionalConsumer:
         retry_max_seconds: float,
         give_up_seconds: float,
         ack_wait_seconds: float,
+        suppression: SuppressionCheck | None = None,
     ) -> None:
         self._js = js
+        self._suppression = suppression or SuppressionCheck(None)
         self._store = store
         self._writer = writer
         self._composer = composer
@@ -172,6 +183,12 @@ class TransactionalConsumer:
             return "ack", 0.0
         self._inflight.add(key)
         try:
+            reason = await self._suppressed_reason(message)
+            if reason is not None:
+                span.set_attribute("mailblast.outcome", SUPPRESSED)
+                await self._writer.submit(_suppressed(message, state, reason))
+                log.info("transactional message to a suppressed address not sent", message_key=message.message_key)
+                return "ack", 0.0
             outcome = await self._deliver(message, state)
             span.set_attribute("smtp.reply_code", outcome.smtp_code)
             span.set_attribute("smtp.tls", outcome.tls)
@@ -190,6 +207,12 @@ class TransactionalConsumer:
             log.info("transactional message expired", message_key=message.message_key)
             return "ack", 0.0
         return "nak", retry.next_retry_delay(delivery_count, age, self._retry_base, self._retry_max, self._give_up)
+
+    async def _suppressed_reason(self, message: events_pb2.TransactionalMessage) -> str | None:
+        if not checks_suppression(message.category):
+            return None
+        found = await self._suppression.suppressed(message.organization_id, [message.to_address])
+        return found.get(message.to_address)
 
     async def _deliver(self, message: events_pb2.TransactionalMessage, state: LedgerState | None) -> Outcome:
         content = message.content
@@ -232,6 +255,27 @@ class TransactionalConsumer:
             message_key=message.message_key,
             category=message.category,
         )
+
+
+def _suppressed(message: events_pb2.TransactionalMessage, state: LedgerState | None, reason: str) -> Outcome:
+    """The final outcome of a message withheld from a suppressed address."""
+    return Outcome(
+        organization_id=message.organization_id,
+        campaign_id=0,
+        subscriber_id=0,
+        email=message.to_address,
+        status=SUPPRESSED,
+        message_id="",
+        smtp_code=0,
+        smtp_message=f"suppressed: {reason}",
+        enhanced_status="",
+        tls=False,
+        attempt=state.attempts if state else 0,
+        counts_attempt=False,
+        occurred_at=dt.datetime.now(dt.UTC),
+        message_key=message.message_key,
+        category=message.category,
+    )
 
 
 def _age_seconds(message: events_pb2.TransactionalMessage) -> float:

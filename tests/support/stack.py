@@ -201,6 +201,7 @@ def sender_config(
         retry_base_seconds=0.2,
         retry_max_seconds=1.0,
         smtp_timeout_seconds=10.0,
+        pause_recheck_seconds=0.5,
     )
     return dataclasses.replace(config, **overrides)
 
@@ -239,7 +240,13 @@ async def start_stack(
             smtp_bind=f"127.0.0.1:{free_port()}",
         )
     )  # fmt: skip
-    config = sender_config(database_url, nats_url, internal_key, sink_port, cert, dkim, **(sender_overrides or {}))
+    # Senders start after lists and campaigns: they ask them about suppression and campaign state.
+    overrides = {
+        "campaigns_addr": f"127.0.0.1:{campaigns.grpc_port}",
+        "lists_addr": f"127.0.0.1:{lists.grpc_port}",
+        **(sender_overrides or {}),
+    }
+    config = sender_config(database_url, nats_url, internal_key, sink_port, cert, dkim, **overrides)
     running_senders = [await sender_service.start(config) for _ in range(senders)]
     async with grpc.aio.insecure_channel(auth_addr) as channel:
         reply = await auth_pb2_grpc.AuthServiceStub(channel).Bootstrap(

@@ -244,3 +244,37 @@ def test_data_payload_matches_aiosmtplib():
     for message in messages:
         expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
         assert data_payload(message) == expected, message
+
+
+def test_transactional_categories_withheld_from_suppressed_addresses():
+    # Account mail and double opt-in confirmations reach even a suppressed address; other kinds do not.
+    from services.sender.transactional import checks_suppression
+
+    assert not checks_suppression("auth.password_reset")
+    assert not checks_suppression("auth.lockout")
+    assert not checks_suppression("lists.confirm")
+    assert checks_suppression("campaigns.test")
+    assert checks_suppression("lists.welcome")
+    assert checks_suppression("")
+
+
+def test_suppressed_outcome_is_reported_and_bounce_ignores_it():
+    # A suppressed recipient is reported as DELIVERY_OUTCOME_SUPPRESSED; the bounce service makes no bounce of it.
+    import datetime as dt
+
+    from mailblast.v1 import events_pb2
+
+    from services.bounce.consumers import bounces_of
+    from services.sender.consumers import delivery_report
+    from services.sender.smtp import FINAL_STATUSES, SUPPRESSED
+    from services.sender.store import Outcome
+
+    outcome = Outcome(
+        organization_id=1, campaign_id=2, subscriber_id=3, email="x@example.net", status=SUPPRESSED,
+        message_id="", smtp_code=0, smtp_message="suppressed: manual", enhanced_status="", tls=False,
+        attempt=0, counts_attempt=False, occurred_at=dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+    report = delivery_report([outcome])
+    assert report.events[0].outcome == events_pb2.DELIVERY_OUTCOME_SUPPRESSED
+    assert SUPPRESSED in FINAL_STATUSES
+    assert bounces_of(report) == []
