@@ -36,6 +36,7 @@ from services.sender.smtp import (
     rejected,
 )
 from services.sender.store import DeliveryStore, LedgerState, Outcome
+from services.sender.workers import MessageWorkers
 from services.sender.writer import LedgerWriter
 
 log = get_logger(__name__)
@@ -128,69 +129,42 @@ class SendBatchConsumer:
         self._retry_max = retry_max_seconds
         self._give_up = give_up_seconds
         self._delivery_slots = asyncio.Semaphore(concurrency)
-        self._batch_slots = asyncio.Semaphore(batches_in_flight)
-        self._batches: dict[asyncio.Task[None], Msg] = {}
         self._deliveries: set[asyncio.Task[None]] = set()
         # Recipients being delivered by this process: a second copy of a batch waits for their outcome.
         self._inflight: dict[tuple[int, int], asyncio.Future[Outcome]] = {}
-        self.pull = bus.PullConsumer(
-            js=js,
-            stream=bus.STREAM_SEND,
-            durable=DURABLE,
-            subject=bus.SUBJECT_SEND_BATCH,
-            handler=self._take,
-            batch=1,
-            ack_wait=ack_wait_seconds,
+        self.workers = MessageWorkers(
+            {
+                "js": js,
+                "stream": bus.STREAM_SEND,
+                "durable": DURABLE,
+                "subject": bus.SUBJECT_SEND_BATCH,
+                "batch": 1,
+                "ack_wait": ack_wait_seconds,
+            },
+            self._process,
+            batches_in_flight,
+            "batch",
         )
 
     async def start(self) -> None:
         """Bind to the durable consumer."""
-        await self.pull.start()
+        await self.workers.start()
 
     async def run_once(self, timeout: float = 1.0) -> int:
         """Fetch one batch (waiting at most `timeout`) and start working on it; return how many came."""
-        return await self.pull.run_once(timeout=timeout)
+        return await self.workers.run_once(timeout=timeout)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch batches until `stop` is set."""
-        await self.pull.run(stop)
+        await self.workers.run(stop)
 
     async def idle(self) -> None:
         """Wait until no batch is being worked on."""
-        while self._batches:
-            await asyncio.wait(list(self._batches))
-
-    async def _take(self, msgs: list[Msg]) -> None:
-        for msg in msgs:
-            # Waiting here holds back the next fetch: a process takes no more batches than it works on.
-            await self._batch_slots.acquire()
-            task = asyncio.create_task(self._process(msg))
-            self._batches[task] = msg
-            task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._batches.pop(task, None)
-        self._batch_slots.release()
+        await self.workers.idle()
 
     async def stop(self, grace: float) -> None:
         """Stop taking batches; give those under way `grace` seconds, then abandon them for redelivery."""
-        await self.pull.stop()
-        if not self._batches:
-            return
-        _, pending = await asyncio.wait(list(self._batches), timeout=grace)
-        abandoned = [(task, self._batches.get(task)) for task in pending]
-        # A message cut off mid-SMTP may or may not have arrived; it is the only kind that can repeat.
-        cancelled = [task for task, _ in abandoned] + list(self._deliveries)
-        for task in cancelled:
-            task.cancel()
-        await asyncio.gather(*cancelled, return_exceptions=True)
-        for _, msg in abandoned:
-            if msg is not None:
-                try:
-                    # Outcomes already committed stay final; redelivery tries only the rest.
-                    await msg.nak()
-                except Exception:
-                    log.warning("could not nak an abandoned batch; it returns after ack_wait")
+        await self.workers.stop(grace, also_cancel=list(self._deliveries))
 
     async def _process(self, msg: Msg) -> None:
         try:

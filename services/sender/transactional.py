@@ -23,6 +23,7 @@ from services.sender.mime import MessageProblem, Sender
 from services.sender.render import TemplateCache, TemplateProblem
 from services.sender.smtp import EXPIRED, FINAL_STATUSES, REJECTED, SENT, SUPPRESSED, SmtpDelivery, rejected
 from services.sender.store import DeliveryStore, LedgerState, Outcome
+from services.sender.workers import MessageWorkers
 from services.sender.writer import LedgerWriter
 
 log = get_logger(__name__)
@@ -70,65 +71,41 @@ class TransactionalConsumer:
         self._retry_max = retry_max_seconds
         self._give_up = give_up_seconds
         self._ack_wait = ack_wait_seconds
-        self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: dict[asyncio.Task[None], Msg] = {}
         # Keys being delivered by this process: a second copy arriving meanwhile leaves it to the first.
         self._inflight: set[tuple[int, str]] = set()
-        self.pull = bus.PullConsumer(
-            js=js,
-            stream=bus.STREAM_SEND,
-            durable=DURABLE,
-            subject=bus.SUBJECT_SEND_TRANSACTIONAL,
-            handler=self._take,
-            batch=FETCH,
-            ack_wait=ack_wait_seconds,
+        self.workers = MessageWorkers(
+            {
+                "js": js,
+                "stream": bus.STREAM_SEND,
+                "durable": DURABLE,
+                "subject": bus.SUBJECT_SEND_TRANSACTIONAL,
+                "batch": FETCH,
+                "ack_wait": ack_wait_seconds,
+            },
+            self._process,
+            concurrency,
+            "transactional message",
         )
 
     async def start(self) -> None:
         """Bind to the durable consumer."""
-        await self.pull.start()
+        await self.workers.start()
 
     async def run_once(self, timeout: float = 1.0) -> int:
         """Fetch messages (waiting at most `timeout`) and start working on them; return how many came."""
-        return await self.pull.run_once(timeout=timeout)
+        return await self.workers.run_once(timeout=timeout)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch messages until `stop` is set."""
-        await self.pull.run(stop)
+        await self.workers.run(stop)
 
     async def idle(self) -> None:
         """Wait until no message is being worked on."""
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
-
-    async def _take(self, msgs: list[Msg]) -> None:
-        for msg in msgs:
-            # Waiting here holds back the next fetch: a process takes no more than it can work on.
-            await self._slots.acquire()
-            task = asyncio.create_task(self._process(msg))
-            self._tasks[task] = msg
-            task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
-        self._slots.release()
+        await self.workers.idle()
 
     async def stop(self, grace: float) -> None:
         """Stop taking messages; give those under way `grace` seconds, then abandon them for redelivery."""
-        await self.pull.stop()
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
-        abandoned = [self._tasks.get(task) for task in pending]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        for msg in abandoned:
-            if msg is not None:
-                try:
-                    await msg.nak()
-                except Exception:
-                    log.warning("could not nak an abandoned transactional message; it returns after ack_wait")
+        await self.workers.stop(grace)
 
     async def _process(self, msg: Msg) -> None:
         try:
