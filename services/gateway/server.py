@@ -57,6 +57,8 @@ class ConsoleServer:
         adapter = BuiltinSSLAdapter(str(cert), str(key))
         adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.https.ssl_adapter = adapter
+        # Requests under way get a few seconds at shutdown; a keep-alive client must not hold the stop up.
+        self.https.shutdown_timeout = 3
         self.https.prepare()
         self.port = self.https.bind_addr[1]
         self.host = self.https.bind_addr[0]
@@ -65,6 +67,7 @@ class ConsoleServer:
         if http_host is not None:
             redirector = redirect_app(self.port)
             self.http = wsgi.Server((http_host, http_port), redirector, numthreads=2, server_name=SERVER_NAME)
+            self.http.shutdown_timeout = 3
             self.http.prepare()
             self.http_port = self.http.bind_addr[1]
         self._threads = [
@@ -83,4 +86,4 @@ class ConsoleServer:
             if server is not None:
                 server.stop()
         for thread in self._threads:
-            thread.join(10)
+            thread.join(5)
