@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import os
 import socket
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -322,9 +321,16 @@ class SendBatchConsumer:
         still_deferred = [o for o in outcomes if o.status == DEFERRED]
         if not still_deferred:
             return _Decision("nak", self._retry_base) if busy else _Decision("ack")
-        age = _age_seconds(batch)
+        # The give-up clock and the backoff follow the recipients' own attempts, not the batch's age or
+        # NATS's delivery count: time spent paused, or waiting behind other batches, costs no retries.
+        now = dt.datetime.now(dt.UTC)
+        firsts = [
+            (states[o.subscriber_id].first_attempt_at if o.subscriber_id in states else None) or now
+            for o in still_deferred
+        ]
+        age = max((now - min(firsts)).total_seconds(), 0.0)
+        attempts = max(o.attempt for o in still_deferred)
         if retry.given_up(age, self._give_up):
-            now = dt.datetime.now(dt.UTC)
             expiries = [
                 self._writer.submit(replace(o, status=EXPIRED, counts_attempt=False, occurred_at=now))
                 for o in still_deferred
@@ -332,7 +338,7 @@ class SendBatchConsumer:
             await asyncio.gather(*expiries)
             log.info("deferred recipients expired", campaign_id=campaign_id, count=len(expiries))
             return _Decision("nak", self._retry_base) if busy else _Decision("ack")
-        delay = retry.next_retry_delay(delivery_count, age, self._retry_base, self._retry_max, self._give_up)
+        delay = retry.next_retry_delay(attempts, age, self._retry_base, self._retry_max, self._give_up)
         return _Decision("nak", delay)
 
     def _outcome(
@@ -460,13 +466,6 @@ def _settled_outcome(batch: events_pb2.SendBatch, subscriber_id: int, state: Led
         counts_attempt=False,
         occurred_at=state.updated_at or dt.datetime.now(dt.UTC),
     )
-
-
-def _age_seconds(batch: events_pb2.SendBatch) -> float:
-    if not batch.HasField("created_at"):
-        return 0.0
-    created = batch.created_at.seconds + batch.created_at.nanos / 1e9
-    return max(0.0, time.time() - created)
 
 
 async def keep_in_progress(msg: Msg, ack_wait: float) -> None:

@@ -11,7 +11,8 @@ from psycopg_pool import AsyncConnectionPool
 SCHEMA = "sender"
 
 SQL_STATES = """
-SELECT subscriber_id, status, attempts, email, message_id, smtp_code, smtp_message, enhanced_status, tls, updated_at
+SELECT subscriber_id, status, attempts, email, message_id, smtp_code, smtp_message, enhanced_status, tls, updated_at,
+       first_attempt_at
 FROM deliveries WHERE campaign_id = %s AND subscriber_id = ANY(%s)
 """
 
@@ -90,6 +91,7 @@ class LedgerState:
     enhanced_status: str = ""
     tls: bool = False
     updated_at: dt.datetime | None = None
+    first_attempt_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True)

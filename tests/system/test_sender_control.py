@@ -232,3 +232,24 @@ async def test_transactional_mail_to_a_suppressed_address_only_for_account_and_c
     [caught_reset, caught_confirm] = sorted(smtp_sink.messages, key=lambda m: b"lists.confirm" in m.data)
     assert b"Subject: auth.password_reset" in caught_reset.data
     assert b"Subject: lists.confirm" in caught_confirm.data
+
+
+@pytest.mark.stack(senders=0, sender_overrides={"give_up_seconds": 1.0})
+async def test_a_pause_longer_than_the_give_up_age_costs_no_retries(span_exporter, stack, smtp_sink):
+    # The give-up clock counts from a recipient's first attempt, not from when the batch was made: a
+    # campaign paused for longer than the give-up age, whose recipient is then refused once with 451,
+    # is retried and delivered after the resume instead of expiring at once.
+    smtp_sink.reply = lambda addr, seen: (
+        "451 4.7.1 try again later" if addr == "late@example.net" and seen == 0 else None
+    )
+    span_exporter.clear()
+    campaign = await handed_out(stack, ["late@example.net", "ok@example.net"])
+    await campaign_request(stack, "Pause", campaign.id)
+    await start_sender(stack)
+    await wait_spans(span_exporter, campaign.id, lambda spans: halted(spans, 1, "paused") >= 1)
+    # The pause must outlast the give-up age: this wait is the behaviour under test.
+    await asyncio.sleep(1.5)
+    await campaign_request(stack, "Resume", campaign.id)
+    done = await stack.wait_campaign(campaign.id, lambda c: c.state == campaigns_pb2.CAMPAIGN_STATE_SENT)
+    assert (done.counters.sent, done.counters.failed) == (2, 0)
+    exactly_once(smtp_sink, ["late@example.net", "ok@example.net"])
