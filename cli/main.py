@@ -193,6 +193,32 @@ def cmd_campaign_create(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaign_update(client: Client, args: argparse.Namespace) -> int:
+    """Change the given fields of a draft campaign, keeping the others as they are."""
+    current = client.call(client.campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=args.id))
+    given = {
+        "name": args.name,
+        "from_name": args.from_name,
+        "from_address": args.from_address,
+        "reply_to": args.reply_to,
+        "subject": args.subject,
+        "html_body": _read_body(args.html) if args.html else None,
+        "text_body": _read_body(args.text) if args.text else None,
+    }
+    fields = {key: getattr(current, key) if value is None else value for key, value in given.items()}
+    reply = client.call(
+        client.campaigns.UpdateCampaign,
+        campaigns_pb2.UpdateCampaignRequest(
+            campaign_id=args.id,
+            list_ids=args.list if args.list is not None else list(current.list_ids),
+            segment_ids=args.segment if args.segment is not None else list(current.segment_ids),
+            **fields,
+        ),
+    )
+    _show(reply, args.json)
+    return 0
+
+
 def _progress(campaign: campaigns_pb2.Campaign) -> str:
     c = campaign.counters
     state = campaigns_pb2.CampaignState.Name(campaign.state).removeprefix("CAMPAIGN_STATE_").lower()
@@ -285,6 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--subject", required=True, help="may use personal fields, e.g. '{{ name }}様へ'")
     c.add_argument("--html", help="file with the HTML body")
     c.add_argument("--text", help="file with the text body")
+    c = camps.add_parser("update", help="change a draft campaign: only the options given")
+    c.add_argument("id", type=int)
+    c.add_argument("--name")
+    c.add_argument("--list", type=int, action="append", help="list id (repeatable; replaces the lists)")
+    c.add_argument("--segment", type=int, action="append", help="segment id (repeatable; replaces the segments)")
+    c.add_argument("--from", dest="from_address")
+    c.add_argument("--from-name")
+    c.add_argument("--reply-to")
+    c.add_argument("--subject")
+    c.add_argument("--html", help="file with the HTML body")
+    c.add_argument("--text", help="file with the text body")
     camps.add_parser("ls", help="show the campaigns")
     for name in ("show", "send", "pause", "resume", "cancel"):
         camps.add_parser(name, help=f"{name} a campaign").add_argument("id", type=int)
@@ -345,6 +382,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.cmd == "create":
         return cmd_campaign_create(client, args)
+    if args.cmd == "update":
+        return cmd_campaign_update(client, args)
     if args.cmd == "ls":
         _show(client.call(client.campaigns.ListCampaigns, campaigns_pb2.ListCampaignsRequest()), args.json)
         return 0

@@ -100,8 +100,8 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
             raise NotFound(f"campaign {campaign_id} not found")
         return row
 
-    async def CreateCampaign(self, request, context):
-        principal = require_scope("send")
+    async def _checked_draft(self, request) -> CampaignDraft:
+        """The request's draft, validated, with every list and segment it names found in the organisation."""
         draft = validate_draft(
             CampaignDraft(
                 name=request.name, list_ids=tuple(request.list_ids), from_name=request.from_name,
@@ -121,7 +121,26 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     raise NotFound(f"{kind} {object_id} not found") from None
                 raise
+        return draft
+
+    async def CreateCampaign(self, request, context):
+        principal = require_scope("send")
+        draft = await self._checked_draft(request)
         return to_proto(await self._store.create(principal.organization_id, draft))
+
+    async def UpdateCampaign(self, request, context):
+        principal = require_scope("send")
+        # Another organisation's campaign is NOT_FOUND before any validation says anything about it.
+        row = await self._get(principal.organization_id, request.campaign_id)
+        if row.state != "draft":
+            raise FailedPrecondition(f"campaign {row.id} is {row.state}; only a draft can be changed")
+        draft = await self._checked_draft(request)
+        updated = await self._store.update_draft(principal.organization_id, request.campaign_id, draft)
+        if updated is None:
+            # The send started (or the campaign was cancelled) between the read and the update.
+            row = await self._get(principal.organization_id, request.campaign_id)
+            raise FailedPrecondition(f"campaign {row.id} is {row.state}; only a draft can be changed")
+        return to_proto(updated)
 
     async def GetCampaign(self, request, context):
         principal = require_scope("read")

@@ -69,6 +69,13 @@ INSERT INTO campaigns (organization_id, name, list_ids, from_name, from_address,
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 RETURNING {_COLUMNS}"""
 
+# Only a draft changes: the state check is in the statement, so a send that started meanwhile wins.
+UPDATE_DRAFT = f"""
+UPDATE campaigns SET name = %s, list_ids = %s, from_name = %s, from_address = %s, reply_to = %s, subject = %s,
+    html_body = %s, text_body = %s, segment_ids = %s
+WHERE id = %s AND organization_id = %s AND state = 'draft'
+RETURNING {_COLUMNS}"""
+
 SELECT_CAMPAIGN = f"SELECT {_COLUMNS} FROM campaigns WHERE id = %s AND organization_id = %s"
 SELECT_CAMPAIGN_FOR_UPDATE = SELECT_CAMPAIGN + " FOR UPDATE"
 SELECT_CAMPAIGNS = f"SELECT {_COLUMNS} FROM campaigns WHERE organization_id = %s ORDER BY id DESC LIMIT 500"
@@ -128,6 +135,18 @@ class CampaignStore:
                 INSERT_CAMPAIGN,
                 (organization_id, draft.name, list(draft.list_ids), draft.from_name, draft.from_address,
                  draft.reply_to, draft.subject, draft.html_body, draft.text_body, list(draft.segment_ids)),
+            )  # fmt: skip
+            return await cur.fetchone()
+
+    async def update_draft(self, organization_id: int, campaign_id: int, draft: CampaignDraft) -> CampaignRow | None:
+        """Replace a draft's content; None if the campaign is not a draft of the organisation."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=class_row(CampaignRow))
+            await cur.execute(
+                UPDATE_DRAFT,
+                (draft.name, list(draft.list_ids), draft.from_name, draft.from_address, draft.reply_to,
+                 draft.subject, draft.html_body, draft.text_body, list(draft.segment_ids), campaign_id,
+                 organization_id),
             )  # fmt: skip
             return await cur.fetchone()
 

@@ -274,6 +274,33 @@ def profile() -> str:
     return render_template("profile.html")
 
 
+@bp.get("/account/sessions")
+def sessions() -> str:
+    """The user's live sessions: when and where each began and was last used; this one is marked."""
+    reply = call(
+        backends().auth.ListSessions, auth_pb2.ListSessionsRequest(session_token=session["sid"]), as_service=True
+    )
+    return render_template("sessions.html", sessions=list(reply.sessions))
+
+
+@bp.post("/account/sessions/<int:session_id>/revoke")
+def revoke_session(session_id: int) -> Response:
+    """End one of the user's own sessions (another browser or device); auth refuses anyone else's."""
+    try:
+        call(
+            backends().auth.RevokeSession,
+            auth_pb2.RevokeSessionRequest(session_token=session["sid"], session_id=session_id),
+            as_service=True,
+        )
+    except BackendError as exc:
+        if exc.code not in (*_FORM_ERRORS, grpc.StatusCode.NOT_FOUND):
+            raise
+        flash(_("Refused: %(reason)s", reason=exc.message), "error")
+    else:
+        flash(_("The session was ended."), "info")
+    return redirect(url_for("account.sessions"))
+
+
 @bp.post("/language")
 def set_language() -> Response:
     """Remember the chosen language in a cookie for a year."""

@@ -195,38 +195,25 @@ def campaigns() -> str:
     return render_template("campaigns.html", campaigns=found, states=CAMPAIGN_STATES)
 
 
-@bp.route("/campaigns/new", methods=["GET", "POST"])
-@requires("send")
-def new_campaign() -> Response | str:
-    """Compose a campaign: lists, sender, subject, HTML and text with personal fields."""
+def _draft_fields() -> dict[str, Any]:
+    """The compose form's fields, as the keyword arguments of CreateCampaignRequest and UpdateCampaignRequest."""
+    form = request.form
+    return {
+        "name": form.get("name", ""),
+        "list_ids": _id_list(form.getlist("list_ids")),
+        "segment_ids": _id_list(form.getlist("segment_ids")),
+        "from_name": form.get("from_name", ""),
+        "from_address": form.get("from_address", ""),
+        "reply_to": form.get("reply_to", ""),
+        "subject": form.get("subject", ""),
+        "html_body": form.get("html_body", ""),
+        "text_body": form.get("text_body", ""),
+    }
+
+
+def _compose_page(form: Any, selected: set[int], chosen_segments: set[int], error: str | None, campaign=None):
     available = call(backends().lists.ListLists, lists_pb2.ListListsRequest()).lists
     segments = call(backends().lists.ListSegments, lists_pb2.ListSegmentsRequest()).segments
-    form = request.form if request.method == "POST" else {}
-    error = None
-    if request.method == "POST":
-        try:
-            created = call(
-                backends().campaigns.CreateCampaign,
-                campaigns_pb2.CreateCampaignRequest(
-                    name=form.get("name", ""),
-                    list_ids=_id_list(request.form.getlist("list_ids")),
-                    segment_ids=_id_list(request.form.getlist("segment_ids")),
-                    from_name=form.get("from_name", ""),
-                    from_address=form.get("from_address", ""),
-                    reply_to=form.get("reply_to", ""),
-                    subject=form.get("subject", ""),
-                    html_body=form.get("html_body", ""),
-                    text_body=form.get("text_body", ""),
-                ),
-            )
-        except BackendError as exc:
-            if exc.code not in (*_FORM_ERRORS, grpc.StatusCode.NOT_FOUND):
-                raise
-            error = exc.message
-        else:
-            return redirect(url_for("mail.campaign_detail", campaign_id=created.id))
-    selected = set(_id_list(request.form.getlist("list_ids"))) if request.method == "POST" else set()
-    chosen_segments = set(_id_list(request.form.getlist("segment_ids"))) if request.method == "POST" else set()
     return render_template(
         "campaign_new.html",
         lists=available,
@@ -235,7 +222,59 @@ def new_campaign() -> Response | str:
         error=error,
         segments=segments,
         chosen_segments=chosen_segments,
+        campaign=campaign,
     ), 400 if error else 200
+
+
+@bp.route("/campaigns/new", methods=["GET", "POST"])
+@requires("send")
+def new_campaign() -> Response | str:
+    """Compose a campaign: lists, sender, subject, HTML and text with personal fields."""
+    if request.method == "GET":
+        return _compose_page({}, set(), set(), None)
+    fields = _draft_fields()
+    try:
+        created = call(backends().campaigns.CreateCampaign, campaigns_pb2.CreateCampaignRequest(**fields))
+    except BackendError as exc:
+        if exc.code not in (*_FORM_ERRORS, grpc.StatusCode.NOT_FOUND):
+            raise
+        return _compose_page(request.form, set(fields["list_ids"]), set(fields["segment_ids"]), exc.message)
+    return redirect(url_for("mail.campaign_detail", campaign_id=created.id))
+
+
+@bp.get("/campaigns/<int:campaign_id>/edit")
+@requires("send")
+def edit_campaign(campaign_id: int) -> Response | str:
+    """The compose form, filled with a draft's fields; a campaign past draft goes back to its page."""
+    campaign = call(backends().campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign_id))
+    if campaign.state != campaigns_pb2.CAMPAIGN_STATE_DRAFT:
+        flash(_("Only a draft can be edited."), "error")
+        return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
+    form = {
+        key: getattr(campaign, key)
+        for key in ("name", "from_name", "from_address", "reply_to", "subject", "html_body", "text_body")
+    }
+    return _compose_page(form, set(campaign.list_ids), set(campaign.segment_ids), None, campaign)
+
+
+@bp.post("/campaigns/<int:campaign_id>/edit")
+@requires("send")
+def update_campaign(campaign_id: int) -> Response | str:
+    """Save a draft's changed fields (the campaigns service refuses anything but a draft)."""
+    fields = _draft_fields()
+    try:
+        call(
+            backends().campaigns.UpdateCampaign, campaigns_pb2.UpdateCampaignRequest(campaign_id=campaign_id, **fields)
+        )
+    except BackendError as exc:
+        # A missing campaign is a 404 page (another organisation's); a missing list or segment is a form error.
+        missing_campaign = exc.code == grpc.StatusCode.NOT_FOUND and exc.message.startswith("campaign ")
+        if missing_campaign or exc.code not in (*_FORM_ERRORS, grpc.StatusCode.NOT_FOUND):
+            raise
+        campaign = campaigns_pb2.Campaign(id=campaign_id)
+        return _compose_page(request.form, set(fields["list_ids"]), set(fields["segment_ids"]), exc.message, campaign)
+    flash(_("The draft was saved."), "info")
+    return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
 
 
 @bp.get("/campaigns/<int:campaign_id>")
@@ -305,6 +344,32 @@ def campaign_send(campaign_id: int) -> Response:
         flash(_("Refused: %(reason)s", reason=exc.message), "error")
         return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
     flash(_("Sending has started."), "info")
+    return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
+
+
+# Each console action on a running campaign: the RPC, and what the flash says when it worked.
+_STATE_ACTIONS = {
+    "pause": ("PauseCampaign", lambda: _("The campaign is paused.")),
+    "resume": ("ResumeCampaign", lambda: _("Sending has resumed.")),
+    "cancel": ("CancelCampaign", lambda: _("The campaign is cancelled.")),
+}
+
+
+@bp.post("/campaigns/<int:campaign_id>/pause", defaults={"action": "pause"})
+@bp.post("/campaigns/<int:campaign_id>/resume", defaults={"action": "resume"})
+@bp.post("/campaigns/<int:campaign_id>/cancel", defaults={"action": "cancel"})
+@requires("send")
+def campaign_state(campaign_id: int, action: str) -> Response:
+    """Pause, resume or cancel a campaign; a state that does not allow it is refused with a message."""
+    method, done = _STATE_ACTIONS[action]
+    try:
+        call(getattr(backends().campaigns, method), campaigns_pb2.CampaignRequest(campaign_id=campaign_id))
+    except BackendError as exc:
+        if exc.code not in _FORM_ERRORS:
+            raise
+        flash(_("Refused: %(reason)s", reason=exc.message), "error")
+    else:
+        flash(done(), "info")
     return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
 
 
