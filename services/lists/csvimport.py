@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -252,8 +253,14 @@ def parse_batch(
     delimiter: str,
     targets: Sequence[str],
     defs: Mapping[str, FieldDef],
+    done: Sequence[int] = (),
 ) -> ParsedBatch:
-    """Decode, split and check numbered records; duplicates inside the batch are merged."""
+    """Decode, split and check numbered records; duplicates inside the batch are merged.
+
+    With `done` (committed row numbers per writer stream), good rows a stream already committed are left
+    out before merging, so a resumed job re-applies none of them.
+    """
+    last_done = max(done, default=0)
     out = ParsedBatch()
     texts: list[str] = []
     numbers: list[int] = []
@@ -308,6 +315,8 @@ def parse_batch(
         except ValueError as exc:
             out.bad.append(BadRow(number, str(exc), text[:MAX_RAW]))
             continue
+        if number <= last_done and number <= done[stream_of(email, len(done))]:
+            continue
         key = email.lower()
         earlier = merged.get(key)
         if earlier is None:
@@ -353,16 +362,55 @@ def parse_for_copy(
 ) -> StagedBatch:
     """Parse a batch and render its good rows as COPY text (row_number, email, name, attributes, email_hash).
 
-    A module-level function of plain arguments so a worker process can run it; hash_key, when given,
-    adds the keyed hash of each address (to match erased subscribers' suppressions).
+    hash_key, when given, adds the keyed hash of each address (to match erased subscribers' suppressions).
     """
-    parsed = parse_batch(records, codec, delimiter, targets, defs)
-    if hash_key is not None:
-        hashes = [email_hash(hash_key, r.email) for r in parsed.rows]
+    return parse_for_streams(records, codec, delimiter, targets, defs, hash_key, (0,))[0]
+
+
+def stream_of(email: str, streams: int) -> int:
+    """The writer stream an address belongs to: addresses equal under PostgreSQL's lower() share one.
+
+    Non-ASCII characters are left out of the key (only their case mappings that land in ASCII, the Kelvin
+    sign and dotted capital I, are kept), so case-folding differences between Python and the server can
+    never send one address to two streams. crc32, not hash(), so every process and every run agrees.
+    """
+    if email.isascii():
+        key = email.lower()
     else:
-        hashes = [NULL] * len(parsed.rows)
-    text = "".join(
-        f"{r.row_number}\t{copy_text(r.email)}\t{copy_text(r.name)}\t{copy_text(_compact_json(r.attributes))}\t{h}\n"
-        for r, h in zip(parsed.rows, hashes, strict=True)
-    )
-    return StagedBatch(text.encode(), len(parsed.rows), parsed.bad)
+        key = "".join(
+            c.lower() if c.isascii() else "k" if c == "\u212a" else "i" if c == "\u0130" else "" for c in email
+        )
+    return zlib.crc32(key.encode()) % streams
+
+
+def parse_for_streams(
+    records: Sequence[tuple[int, bytes]],
+    codec: str,
+    delimiter: str,
+    targets: Sequence[str],
+    defs: Mapping[str, FieldDef],
+    hash_key: bytes | None,
+    done: Sequence[int],
+) -> list[StagedBatch]:
+    """Parse a batch and split it into one StagedBatch per writer stream (len(done) of them).
+
+    Each stream gets the rows of its addresses (bad rows by row number) after its committed row number
+    `done[s]`, so a resumed job re-applies nothing a stream already committed.
+    """
+    streams = len(done)
+    parsed = parse_batch(records, codec, delimiter, targets, defs, done)
+    lines: list[list[str]] = [[] for _ in range(streams)]
+    counts = [0] * streams
+    for r in parsed.rows:
+        s = stream_of(r.email, streams)
+        h = email_hash(hash_key, r.email) if hash_key is not None else NULL
+        lines[s].append(
+            f"{r.row_number}\t{copy_text(r.email)}\t{copy_text(r.name)}\t{copy_text(_compact_json(r.attributes))}\t{h}\n"
+        )
+        counts[s] += 1
+    bad: list[list[BadRow]] = [[] for _ in range(streams)]
+    for b in parsed.bad:
+        s = b.row_number % streams
+        if b.row_number > done[s]:
+            bad[s].append(b)
+    return [StagedBatch("".join(lines[s]).encode(), counts[s], bad[s]) for s in range(streams)]

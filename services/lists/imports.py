@@ -1,9 +1,13 @@
 """CSV import jobs: the background runner that reads an uploaded file in committed chunks.
 
-Each chunk of rows is one transaction: COPY into a staging table, upsert into subscribers, put them on
-the list, record bad rows, and advance the job's byte offset and row number. A job killed half-way
-therefore resumes from its last committed chunk, losing and duplicating nothing. Chunks are parsed
-(in a worker process for big files) one ahead of the chunk being written, and committed in file order.
+The rows are split by address into STREAMS writer streams (csvimport.stream_of), each written on its own
+connection so PostgreSQL works on two cores; the streams share no address, so they never wait on each
+other's rows and each address's rows are applied in file order. Each stream's share of a chunk of rows
+is one transaction: COPY into a staging table, upsert into subscribers, put them on the list, record
+bad rows, and advance the stream's byte offset and row number (`import_streams`). A job killed half-way
+therefore resumes each stream from its last committed chunk, losing and duplicating nothing; the job's
+own bytes_done / rows_done trail the slowest stream. Chunks are parsed (in a worker process for big
+files) one ahead of the chunks being written, and each stream commits its shares in file order.
 
 The subscribers a job creates carry its id (`created_by_import`); their history's 'import' event is
 that mark with the row's creation time (the `subscriber_history` view), not a row written per
@@ -20,6 +24,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import json
 import multiprocessing
 from collections.abc import AsyncIterator
@@ -117,12 +122,25 @@ FROM import_stage st"""
 ON CONFLICT DO NOTHING
 """
 )
-ADVANCE_JOB = """
-UPDATE import_jobs SET bytes_done = %(bytes)s, rows_done = %(rows)s, rows_added = rows_added + %(added)s,
+ADVANCE_STREAM = """
+INSERT INTO import_streams (job_id, stream, bytes_done, rows_done) VALUES (%(job)s, %(stream)s, %(bytes)s, %(rows)s)
+ON CONFLICT (job_id, stream) DO UPDATE SET bytes_done = excluded.bytes_done, rows_done = excluded.rows_done
+"""
+# The counters, and the job's progress as far as every stream has committed (the other stream's
+# transaction may update the same row: it waits for this one's commit).
+COUNT_JOB = """
+UPDATE import_jobs
+SET bytes_done = GREATEST(bytes_done, (SELECT min(bytes_done) FROM import_streams WHERE job_id = %(job)s)),
+    rows_done = GREATEST(rows_done, (SELECT min(rows_done) FROM import_streams WHERE job_id = %(job)s)),
+    rows_added = rows_added + %(added)s,
     rows_updated = rows_updated + %(updated)s, rows_skipped = rows_skipped + %(skipped)s,
     rows_failed = rows_failed + %(failed)s, updated_at = now()
 WHERE id = %(job)s
 """
+ADVANCE_JOB = "UPDATE import_jobs SET bytes_done = %s, rows_done = %s, updated_at = now() WHERE id = %s"
+SELECT_STREAMS = "SELECT stream, bytes_done, rows_done FROM import_streams WHERE job_id = %s"
+# Writer connections per job: the rows are split between them by address (see csvimport.stream_of).
+STREAMS = 2
 NEXT_CHUNK = """
 SELECT "offset", data FROM import_chunks WHERE job_id = %s AND "offset" + length(data) > %s
 ORDER BY "offset" LIMIT 1
@@ -169,6 +187,13 @@ async def _file_bytes(conn: AsyncConnection, job_id: int, start: int) -> AsyncIt
         data = bytes(data)
         yield data[position - offset :]
         position = offset + len(data)
+
+
+async def _after(previous: asyncio.Future | None, step) -> None:
+    """Run `step()` once `previous` has succeeded (its failure or cancellation passes on)."""
+    if previous is not None:
+        await previous
+    await step()
 
 
 class ImportRunner:
@@ -225,13 +250,7 @@ class ImportRunner:
                 with contextlib.suppress(Exception):
                     if not conn.closed:
                         await conn.rollback()
-                        for setting in (
-                            "synchronous_commit",
-                            "gin_pending_list_limit",
-                            "work_mem",
-                            "maintenance_work_mem",
-                        ):
-                            await conn.execute(f"RESET {setting}")
+                        await self._reset(conn)
                         await conn.execute(
                             "SELECT pg_advisory_unlock(hashtext('mailblast-import'), %s::int)", (job_id,)
                         )
@@ -318,6 +337,40 @@ class ImportRunner:
         )
         row = await cur.fetchone()
         hash_key = self._key if row and row[0] else None
+        await self._prepare(conn)
+        cur = await conn.execute(SELECT_STREAMS, (job_id,))
+        # A stream that never committed starts where the job's progress says.
+        done = [(bytes_done, rows_done)] * STREAMS
+        for stream, stream_bytes, stream_rows in await cur.fetchall():
+            done[stream] = (stream_bytes, stream_rows)
+        await conn.commit()
+        async with self._pool.connection() as other, self._pool.connection() as reader:
+            try:
+                await self._prepare(other)
+                await self._read_streams(
+                    [conn, other], reader, job_id, org, list_id, mode, plan, defs, done, size, hash_key
+                )
+            finally:
+                with contextlib.suppress(Exception):
+                    if not other.closed:
+                        await other.rollback()
+                        await self._reset(other)
+        # Searches read a pending list linearly: merge what this job left there before calling it done.
+        try:
+            async with conn.transaction():
+                await conn.execute(CLEAN_GIN_PENDING)
+        except psycopg.Error as exc:
+            # Only the indexes' owner may; otherwise autovacuum merges them a little later.
+            log.warning("could not merge the search indexes' pending entries", import_id=job_id, error=str(exc))
+
+    @staticmethod
+    async def _reset(conn: AsyncConnection) -> None:
+        for setting in ("synchronous_commit", "gin_pending_list_limit", "work_mem", "maintenance_work_mem"):
+            await conn.execute(f"RESET {setting}")
+        await conn.commit()
+
+    @staticmethod
+    async def _prepare(conn: AsyncConnection) -> None:
         await conn.execute(CREATE_STAGE)
         # A commit lost in a crash takes the chunk's byte offset with it (same transaction), so the chunk
         # is simply read again on resume: waiting for each flush buys nothing here.
@@ -329,13 +382,29 @@ class ImportRunner:
         await conn.execute(f"SET work_mem = '{GIN_PENDING_KB}kB'")
         await conn.execute(f"SET maintenance_work_mem = '{4 * GIN_PENDING_KB}kB'")
         await conn.commit()
+
+    async def _read_streams(
+        self, conns, reader, job_id, org, list_id, mode, plan: JobPlan, defs, done, size: int, hash_key
+    ) -> None:
+        bytes_done, rows_done = min(done)
+        done_rows = tuple(rows for _, rows in done)
         pending = b""
         position = bytes_done
         number = rows_done
         batch: list[tuple[int, bytes]] = []
         batch_end = bytes_done
         skip_header = plan.has_header and rows_done == 0
-        chunks = _file_bytes(conn, job_id, bytes_done)
+        conn = conns[0]
+        # Every stream's progress row exists before any commits, so the job's progress (their minimum) is
+        # never ahead of a stream.
+        async with conn.transaction():
+            for stream, (stream_bytes, stream_rows) in enumerate(done):
+                await conn.execute(
+                    "INSERT INTO import_streams (job_id, stream, bytes_done, rows_done) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT DO NOTHING",
+                    (job_id, stream, stream_bytes, stream_rows),
+                )
+        chunks = _file_bytes(reader, job_id, bytes_done)
         loop = asyncio.get_running_loop()
         # Parsing is CPU-bound Python: a big file gets a worker process (the second core) that parses the
         # next batch while this one's rows are written; a small one a thread, to spare the start-up.
@@ -347,14 +416,44 @@ class ImportRunner:
         # Batches are committed in file order, each with the offset after its last record.
         parsing: collections.deque[tuple[asyncio.Future, int, int]] = collections.deque()
 
+        # Each stream commits its share of a batch on its own connection after its share of the batch
+        # before; the streams share no address, so neither waits on the other's rows, and one may run a
+        # batch ahead of the other.
+        tails: list[asyncio.Future | None] = [None] * len(conns)
+        inflight: set[asyncio.Future] = set()
+
         async def commit_oldest() -> None:
+            nonlocal tails
             future, end, last_number = parsing.popleft()
             staged = await future
-            await self._commit_batch(conn, job_id, org, list_id, mode, staged, end, last_number)
+            previous = [t for t in tails if t is not None]
+            tails = [
+                asyncio.ensure_future(
+                    _after(
+                        tails[stream],
+                        functools.partial(
+                            self._commit_batch, c, job_id, org, list_id, mode, part, end, last_number, stream
+                        ),
+                    )
+                )
+                for stream, (c, part) in enumerate(zip(conns, staged, strict=True))
+            ]
+            inflight.update(tails)
+            # At most one batch queued behind the one being written, per stream.
+            for task in previous:
+                await task
 
         async def flush(records: list[tuple[int, bytes]], end: int, last_number: int) -> None:
             future = loop.run_in_executor(
-                executor, csvimport.parse_for_copy, records, plan.codec, plan.delimiter, plan.targets, defs, hash_key
+                executor,
+                csvimport.parse_for_streams,
+                records,
+                plan.codec,
+                plan.delimiter,
+                plan.targets,
+                defs,
+                hash_key,
+                done_rows,
             )
             parsing.append((future, end, last_number))
             if len(parsing) > 1:
@@ -384,20 +483,22 @@ class ImportRunner:
                 await flush(batch, batch_end, number)
             while parsing:
                 await commit_oldest()
+            for task in tails:
+                if task is not None:
+                    await task
         finally:
             for future, _, _ in parsing:
                 future.cancel()
             executor.shutdown(wait=False, cancel_futures=True)
-        # Searches read a pending list linearly: merge what this job left there before calling it done.
-        try:
-            async with conn.transaction():
-                await conn.execute(CLEAN_GIN_PENDING)
-        except psycopg.Error as exc:
-            # Only the indexes' owner may; otherwise autovacuum merges them a little later.
-            log.warning("could not merge the search indexes' pending entries", import_id=job_id, error=str(exc))
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+        # Both streams are past the last batch: the job's progress says so exactly.
+        async with conn.transaction():
+            await conn.execute(ADVANCE_JOB, (batch_end, number, job_id))
 
     async def _commit_batch(
-        self, conn, job_id, org, list_id, mode, staged: csvimport.StagedBatch, end: int, number: int
+        self, conn, job_id, org, list_id, mode, staged: csvimport.StagedBatch, end: int, number: int, stream: int
     ) -> None:
         params = {"org": org, "job": job_id, "list": list_id}
         bad = list(staged.bad)
@@ -436,12 +537,11 @@ class ImportRunner:
                     for b in bad:
                         await copy.write_row((job_id, b.row_number, b.reason, b.raw))
             staged_rows = staged.rows - refused
+            await conn.execute(ADVANCE_STREAM, {"job": job_id, "stream": stream, "bytes": end, "rows": number})
             await conn.execute(
-                ADVANCE_JOB,
+                COUNT_JOB,
                 {
                     "job": job_id,
-                    "bytes": end,
-                    "rows": number,
                     "added": added,
                     "updated": updated,
                     "skipped": staged_rows - added - updated,
