@@ -88,7 +88,7 @@ class _Decision:
     halted: str = ""
 
 
-class SendBatchConsumer:
+class SendBatchConsumer(MessageWorkers):
     """Takes SendBatch messages off the shared durable consumer and works on several at once."""
 
     def __init__(
@@ -131,7 +131,7 @@ class SendBatchConsumer:
         self._deliveries: set[asyncio.Task[None]] = set()
         # Recipients being delivered by this process: a second copy of a batch waits for their outcome.
         self._inflight: dict[tuple[int, int], asyncio.Future[Outcome]] = {}
-        self.workers = MessageWorkers(
+        super().__init__(
             {
                 "js": js,
                 "stream": bus.STREAM_SEND,
@@ -145,25 +145,9 @@ class SendBatchConsumer:
             "batch",
         )
 
-    async def start(self) -> None:
-        """Bind to the durable consumer."""
-        await self.workers.start()
-
-    async def run_once(self, timeout: float = 1.0) -> int:
-        """Fetch one batch (waiting at most `timeout`) and start working on it; return how many came."""
-        return await self.workers.run_once(timeout=timeout)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Fetch batches until `stop` is set."""
-        await self.workers.run(stop)
-
-    async def idle(self) -> None:
-        """Wait until no batch is being worked on."""
-        await self.workers.idle()
-
     async def stop(self, grace: float) -> None:
         """Stop taking batches; give those under way `grace` seconds, then abandon them for redelivery."""
-        await self.workers.stop(grace, also_cancel=list(self._deliveries))
+        await super().stop(grace, also_cancel=list(self._deliveries))
 
     async def _process(self, msg: Msg) -> None:
         try:

@@ -42,7 +42,7 @@ def checks_suppression(category: str) -> bool:
     return not category.startswith(UNSUPPRESSED_PREFIXES)
 
 
-class TransactionalConsumer:
+class TransactionalConsumer(MessageWorkers):
     """Takes TransactionalMessage off its durable consumer; shares delivery, signing and ledger writer."""
 
     def __init__(
@@ -73,7 +73,7 @@ class TransactionalConsumer:
         self._ack_wait = ack_wait_seconds
         # Keys being delivered by this process: a second copy arriving meanwhile leaves it to the first.
         self._inflight: set[tuple[int, str]] = set()
-        self.workers = MessageWorkers(
+        super().__init__(
             {
                 "js": js,
                 "stream": bus.STREAM_SEND,
@@ -86,26 +86,6 @@ class TransactionalConsumer:
             concurrency,
             "transactional message",
         )
-
-    async def start(self) -> None:
-        """Bind to the durable consumer."""
-        await self.workers.start()
-
-    async def run_once(self, timeout: float = 1.0) -> int:
-        """Fetch messages (waiting at most `timeout`) and start working on them; return how many came."""
-        return await self.workers.run_once(timeout=timeout)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Fetch messages until `stop` is set."""
-        await self.workers.run(stop)
-
-    async def idle(self) -> None:
-        """Wait until no message is being worked on."""
-        await self.workers.idle()
-
-    async def stop(self, grace: float) -> None:
-        """Stop taking messages; give those under way `grace` seconds, then abandon them for redelivery."""
-        await self.workers.stop(grace)
 
     async def _process(self, msg: Msg) -> None:
         try:
