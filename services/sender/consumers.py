@@ -29,10 +29,10 @@ from services.sender.smtp import (
     DEFERRED,
     EXPIRED,
     FINAL_STATUSES,
-    SUPPRESSED,
     DeliveryResult,
     SmtpDelivery,
     rejected,
+    suppressed,
 )
 from services.sender.store import DeliveryStore, LedgerState, Outcome
 from services.sender.workers import MessageWorkers
@@ -258,7 +258,7 @@ class SendBatchConsumer(MessageWorkers):
                         halted = verdict
                         break
                 # Asked before claiming, so a failed look-up leaves no claim behind to lapse.
-                suppressed = await self._suppression.suppressed(batch.organization_id, [r.email for r in chunk])
+                on_list = await self._suppression.suppressed(batch.organization_id, [r.email for r in chunk])
                 claimed = await self._store.claim(
                     batch.organization_id,
                     campaign_id,
@@ -275,9 +275,11 @@ class SendBatchConsumer(MessageWorkers):
                     if key in self._inflight:
                         waits.append(self._inflight[key])
                         continue
-                    if recipient.email in suppressed:
-                        reason = suppressed[recipient.email]
-                        recorded.append(self._writer.submit(self._suppressed(batch, recipient, reason, states)))
+                    if recipient.email in on_list:
+                        reason = on_list[recipient.email]
+                        recorded.append(
+                            self._writer.submit(self._outcome(batch, recipient, suppressed(reason), "", states))
+                        )
                         continue
                     await self._delivery_slots.acquire()
                     future: asyncio.Future[Outcome] = loop.create_future()
@@ -333,45 +335,14 @@ class SendBatchConsumer(MessageWorkers):
         message_id: str,
         states: dict[int, LedgerState],
     ) -> Outcome:
-        previous = states.get(recipient.subscriber_id)
-        return Outcome(
+        return Outcome.of(
+            result,
             organization_id=batch.organization_id,
             campaign_id=batch.campaign_id,
             subscriber_id=recipient.subscriber_id,
             email=recipient.email,
-            status=result.outcome,
             message_id=message_id,
-            smtp_code=result.code,
-            smtp_message=result.message,
-            enhanced_status=result.enhanced_status,
-            tls=result.tls,
-            attempt=(previous.attempts if previous else 0) + 1,
-            counts_attempt=True,
-            occurred_at=dt.datetime.now(dt.UTC),
-        )
-
-    def _suppressed(
-        self,
-        batch: events_pb2.SendBatch,
-        recipient: events_pb2.BatchRecipient,
-        reason: str,
-        states: dict[int, LedgerState],
-    ) -> Outcome:
-        previous = states.get(recipient.subscriber_id)
-        return Outcome(
-            organization_id=batch.organization_id,
-            campaign_id=batch.campaign_id,
-            subscriber_id=recipient.subscriber_id,
-            email=recipient.email,
-            status=SUPPRESSED,
-            message_id="",
-            smtp_code=0,
-            smtp_message=f"suppressed: {reason}",
-            enhanced_status="",
-            tls=False,
-            attempt=previous.attempts if previous else 0,
-            counts_attempt=False,
-            occurred_at=dt.datetime.now(dt.UTC),
+            previous=states.get(recipient.subscriber_id),
         )
 
     async def _deliver_one(

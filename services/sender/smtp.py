@@ -73,6 +73,11 @@ def deferred(reason: str, tls: bool = False) -> DeliveryResult:
     return DeliveryResult(DEFERRED, 0, reason[:1000], "", tls)
 
 
+def suppressed(reason: str) -> DeliveryResult:
+    """A message withheld because its address is on the suppression list (never offered to a server)."""
+    return DeliveryResult(SUPPRESSED, 0, f"suppressed: {reason}")
+
+
 def rejected(reason: str) -> DeliveryResult:
     """A permanent failure found before any SMTP conversation (bad address, unsafe header, template)."""
     return DeliveryResult(REJECTED, 0, reason[:1000], "", False)

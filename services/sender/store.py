@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
+from services.sender.smtp import SUPPRESSED, DeliveryResult
+
 SCHEMA = "sender"
 
 SQL_STATES = """
@@ -116,6 +118,40 @@ class Outcome:
     # Set for a transactional message (campaign_id and subscriber_id 0): its idempotency key and kind.
     message_key: str = ""
     category: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        result: DeliveryResult,
+        *,
+        organization_id: int,
+        email: str,
+        previous: LedgerState | None,
+        message_id: str = "",
+        campaign_id: int = 0,
+        subscriber_id: int = 0,
+        message_key: str = "",
+        category: str = "",
+    ) -> Outcome:
+        """The outcome of an attempt (or, for a withheld message, of a decision that is no attempt)."""
+        counts = result.outcome != SUPPRESSED
+        return cls(
+            organization_id=organization_id,
+            campaign_id=campaign_id,
+            subscriber_id=subscriber_id,
+            email=email,
+            status=result.outcome,
+            message_id=message_id,
+            smtp_code=result.code,
+            smtp_message=result.message,
+            enhanced_status=result.enhanced_status,
+            tls=result.tls,
+            attempt=(previous.attempts if previous else 0) + (1 if counts else 0),
+            counts_attempt=counts,
+            occurred_at=dt.datetime.now(dt.UTC),
+            message_key=message_key,
+            category=category,
+        )
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,17 @@ from services.sender.compose import Composer
 from services.sender.consumers import keep_in_progress
 from services.sender.mime import MessageProblem, Sender
 from services.sender.render import TemplateCache, TemplateProblem
-from services.sender.smtp import EXPIRED, FINAL_STATUSES, REJECTED, SENT, SUPPRESSED, SmtpDelivery, rejected
+from services.sender.smtp import (
+    EXPIRED,
+    FINAL_STATUSES,
+    REJECTED,
+    SENT,
+    SUPPRESSED,
+    DeliveryResult,
+    SmtpDelivery,
+    rejected,
+    suppressed,
+)
 from services.sender.store import DeliveryStore, LedgerState, Outcome
 from services.sender.workers import MessageWorkers
 from services.sender.writer import LedgerWriter
@@ -143,7 +153,7 @@ class TransactionalConsumer(MessageWorkers):
             reason = await self._suppressed_reason(message)
             if reason is not None:
                 span.set_attribute("mailblast.outcome", SUPPRESSED)
-                await self._writer.submit(_suppressed(message, state, reason))
+                await self._writer.submit(_outcome(message, state, suppressed(reason)))
                 log.info("transactional message to a suppressed address not sent", message_key=message.message_key)
                 return "ack", 0.0
             outcome = await self._deliver(message, state)
@@ -195,41 +205,19 @@ class TransactionalConsumer(MessageWorkers):
         else:
             message_id = prepared.message_id
             result = await self._delivery.deliver(prepared.envelope_from, message.to_address, prepared.data)
-        return Outcome(
-            organization_id=message.organization_id,
-            campaign_id=0,
-            subscriber_id=0,
-            email=message.to_address,
-            status=result.outcome,
-            message_id=message_id,
-            smtp_code=result.code,
-            smtp_message=result.message,
-            enhanced_status=result.enhanced_status,
-            tls=result.tls,
-            attempt=(state.attempts if state else 0) + 1,
-            counts_attempt=True,
-            occurred_at=dt.datetime.now(dt.UTC),
-            message_key=message.message_key,
-            category=message.category,
-        )
+        return _outcome(message, state, result, message_id)
 
 
-def _suppressed(message: events_pb2.TransactionalMessage, state: LedgerState | None, reason: str) -> Outcome:
-    """The final outcome of a message withheld from a suppressed address."""
-    return Outcome(
+def _outcome(
+    message: events_pb2.TransactionalMessage, state: LedgerState | None, result: DeliveryResult, message_id: str = ""
+) -> Outcome:
+    """The ledger outcome of one transactional message."""
+    return Outcome.of(
+        result,
         organization_id=message.organization_id,
-        campaign_id=0,
-        subscriber_id=0,
         email=message.to_address,
-        status=SUPPRESSED,
-        message_id="",
-        smtp_code=0,
-        smtp_message=f"suppressed: {reason}",
-        enhanced_status="",
-        tls=False,
-        attempt=state.attempts if state else 0,
-        counts_attempt=False,
-        occurred_at=dt.datetime.now(dt.UTC),
+        previous=state,
+        message_id=message_id,
         message_key=message.message_key,
         category=message.category,
     )
