@@ -32,11 +32,13 @@ def _has_control(text: str) -> bool:
 def check_text(field: str, value: str, max_length: int) -> str:
     """Return a one-line text field, or refuse it naming the field."""
     if not value.strip():
-        raise InvalidArgument(f"{field} must not be empty")
+        raise InvalidArgument("%(field)s must not be empty", field=field)
     if len(value) > max_length:
-        raise InvalidArgument(f"{field} is longer than {max_length} characters")
+        raise InvalidArgument("%(field)s is longer than %(limit)s characters", field=field, limit=max_length)
     if _has_control(value):
-        raise InvalidArgument(f"{field} {value!r} contains line breaks or control characters")
+        raise InvalidArgument(
+            "%(field)s %(value)r contains line breaks or control characters", field=field, value=value
+        )
     return value
 
 
@@ -50,25 +52,29 @@ def check_email(email: str) -> str:
     try:
         return validate_email(email, check_deliverability=False).normalized
     except EmailNotValidError as exc:
-        raise InvalidArgument(f"{email!r} is not an email address: {exc}") from None
+        raise InvalidArgument(
+            "%(address)r is not an email address: %(reason)s", address=email, reason=str(exc)
+        ) from None
 
 
 def check_role(role: str) -> str:
     """Return a known role."""
     if role not in ROLES:
-        raise InvalidArgument(f"role {role!r} is not one of {', '.join(ROLES)}")
+        raise InvalidArgument("role %(role)r is not one of %(allowed)s", role=role, allowed=", ".join(ROLES))
     return role
 
 
 def check_scopes(scopes: list[str], role: str) -> tuple[str, ...]:
     """Return the requested scopes, de-duplicated, if each is known and allowed by the user's role."""
     if not scopes:
-        raise InvalidArgument(f"give at least one scope of {', '.join(SCOPES)}")
+        raise InvalidArgument("give at least one scope of %(allowed)s", allowed=", ".join(SCOPES))
     for scope in scopes:
         if scope not in SCOPES:
-            raise InvalidArgument(f"scope {scope!r} is not one of {', '.join(SCOPES)}")
+            raise InvalidArgument("scope %(scope)r is not one of %(allowed)s", scope=scope, allowed=", ".join(SCOPES))
         if scope not in ROLE_SCOPES[role]:
-            raise InvalidArgument(f"scope {scope!r} is more than a user with role {role!r} may have")
+            raise InvalidArgument(
+                "scope %(scope)r is more than a user with role %(role)r may have", scope=scope, role=role
+            )
     return tuple(dict.fromkeys(scopes))
 
 

@@ -25,11 +25,13 @@ class TokenAuthenticator:
         prefix, secret_hash = tokens.parse(text)
         holder = await self._store.find_token(secret_hash)
         if holder is None or not hmac.compare_digest(holder.prefix, prefix):
-            raise Unauthenticated(f"unknown API token mb_{prefix}_…: check it was copied whole")
+            raise Unauthenticated("unknown API token mb_%(prefix)s_…: check it was copied whole", prefix=prefix)
         if holder.revoked_at is not None:
-            raise Unauthenticated(f"API token mb_{prefix}_… has been revoked; ask an admin for a new one")
+            raise Unauthenticated(
+                "API token mb_%(prefix)s_… has been revoked; ask an admin for a new one", prefix=prefix
+            )
         if holder.user_disabled:
-            raise Unauthenticated(f"API token mb_{prefix}_… belongs to a disabled user; ask an admin")
+            raise Unauthenticated("API token mb_%(prefix)s_… belongs to a disabled user; ask an admin", prefix=prefix)
         if holder.last_used_at is None or datetime.now(UTC) - holder.last_used_at >= _TOUCH_EVERY:
             await self._store.touch_token(holder.token_id)
         return Principal(

@@ -165,7 +165,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = require_scope("admin")
         user = await self._store.get_user(principal.organization_id, request.user_id)
         if user is None:
-            raise NotFound(f"no user {request.user_id} in your organisation")
+            raise NotFound("no user %(user)s in your organisation", user=request.user_id)
         name = accounts.check_text("token name", request.name, accounts.MAX_NAME)
         scopes = accounts.check_scopes(list(request.scopes), user.role)
         issued = tokens.issue()
@@ -190,7 +190,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = require_scope("admin")
         token = await self._store.revoke_token(principal.organization_id, request.token_id)
         if token is None:
-            raise NotFound(f"no API token {request.token_id} in your organisation")
+            raise NotFound("no API token %(token)s in your organisation", token=request.token_id)
         log.info("api token revoked", token_id=token.id)
         await self._store.audit(
             principal.organization_id, principal.user_id, "api_token.revoked", f"api_token:{token.id}",
@@ -276,7 +276,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         require_service()
         _, account = await self._security.require_session(request.session_token)
         if not await self._store.revoke_session(request.session_id, account.id, "revoked_by_user"):
-            raise NotFound(f"you have no live session {request.session_id}")
+            raise NotFound("you have no live session %(session)s", session=request.session_id)
         await self._store.audit(
             account.organization_id, account.id, "session.revoked", f"session:{request.session_id}",
             source_ip=_source_ip(context),
@@ -294,7 +294,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def _org_account(self, principal: Principal, user_id: int) -> Account:
         account = await self._store.account(user_id)
         if account is None or account.organization_id != principal.organization_id:
-            raise NotFound(f"no user {user_id} in your organisation")
+            raise NotFound("no user %(user)s in your organisation", user=user_id)
         return account
 
     async def RequestPasswordReset(
@@ -304,7 +304,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = require_scope("admin")
         account = await self._org_account(principal, request.user_id)
         if account.disabled_at is not None:
-            raise FailedPrecondition(f"user {account.login!r} is disabled")
+            raise FailedPrecondition("user %(login)r is disabled", login=account.login)
         expires_at = await self._security.send_password_link(account, False, principal.user_id, _source_ip(context))
         return auth_pb2.RequestPasswordResetResponse(expires_at=_ts(expires_at))
 
@@ -319,7 +319,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         principal = require_scope("admin")
         user = await self._store.unlock(principal.organization_id, request.user_id)
         if user is None:
-            raise NotFound(f"no user {request.user_id} in your organisation")
+            raise NotFound("no user %(user)s in your organisation", user=request.user_id)
         await self._store.audit(
             principal.organization_id, principal.user_id, "user.unlocked", f"user:{user.id}",
             source_ip=_source_ip(context), service=principal.service,
@@ -375,7 +375,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             raise PermissionDenied("only an owner can grant or take away the owner role")
         user = await self._store.change_role_or_disable(principal.organization_id, account.id, role)
         if user is None:
-            raise NotFound(f"no user {request.user_id} in your organisation")
+            raise NotFound("no user %(user)s in your organisation", user=request.user_id)
         await self._store.audit(
             principal.organization_id, principal.user_id, "user.role_changed", f"user:{user.id}",
             {"from": account.role, "to": role}, _source_ip(context), principal.service,
@@ -390,7 +390,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             raise PermissionDenied("only an owner can disable an owner")
         user = await self._store.change_role_or_disable(principal.organization_id, account.id, None)
         if user is None:
-            raise NotFound(f"no user {request.user_id} in your organisation")
+            raise NotFound("no user %(user)s in your organisation", user=request.user_id)
         await self._store.audit(
             principal.organization_id, principal.user_id, "user.disabled", f"user:{user.id}",
             source_ip=_source_ip(context), service=principal.service,
@@ -403,11 +403,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if principal.organization_id <= 0:
             raise InvalidArgument("an audit event needs the organisation's principal: relay the user's identity")
         if not _ACTION.match(request.action) or len(request.action) > 100:
-            raise InvalidArgument(f"action {request.action!r} must be lower-case words joined by dots")
+            raise InvalidArgument("action %(action)r must be lower-case words joined by dots", action=request.action)
         detail: dict = {}
         if request.detail_json:
             if len(request.detail_json) > MAX_AUDIT_DETAIL:
-                raise InvalidArgument(f"detail_json is longer than {MAX_AUDIT_DETAIL} bytes")
+                raise InvalidArgument("detail_json is longer than %(limit)s bytes", limit=MAX_AUDIT_DETAIL)
             try:
                 detail = json.loads(request.detail_json)
             except ValueError:
@@ -415,7 +415,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             if not isinstance(detail, dict):
                 raise InvalidArgument("detail_json must be a JSON object")
         if await self._store.organization(principal.organization_id) is None:
-            raise NotFound(f"no organisation {principal.organization_id}")
+            raise NotFound("no organisation %(organization)s", organization=principal.organization_id)
         event = await self._store.audit(
             principal.organization_id, principal.user_id, request.action,
             accounts.check_text("target", request.target, 500) if request.target else "", detail,

@@ -35,9 +35,9 @@ def check_new(password: str, login: str, email: str) -> str:
     """Return the normalised password if it meets the rules, else refuse saying which one failed."""
     text = normalize(password)
     if len(text) < MIN_LENGTH:
-        raise InvalidArgument(f"password is shorter than {MIN_LENGTH} characters: choose a longer one")
+        raise InvalidArgument("password is shorter than %(limit)s characters: choose a longer one", limit=MIN_LENGTH)
     if len(text) > MAX_LENGTH:
-        raise InvalidArgument(f"password is longer than {MAX_LENGTH} characters: choose a shorter one")
+        raise InvalidArgument("password is longer than %(limit)s characters: choose a shorter one", limit=MAX_LENGTH)
     folded = text.casefold()
     if folded in _common():
         raise InvalidArgument("password is one of the most common passwords found in breaches: choose another")

@@ -229,7 +229,7 @@ class AccountSecurity:
         if resolved.status not in allowed:
             if resolved.status is SessionStatus.TOTP_SETUP_REQUIRED:
                 raise PermissionDenied("this session may only set up two-step verification (TOTP)")
-            raise Unauthenticated(f"session is not valid: {resolved.status.name.lower()}; log in again")
+            raise Unauthenticated("session is not valid: %(status)s; log in again", status=resolved.status.name.lower())
         assert resolved.session is not None and resolved.account is not None
         return resolved.session, resolved.account
 

@@ -311,7 +311,7 @@ class AuthStore:
             async with self._pool.connection() as conn:
                 return await _one(conn, User, INSERT_USER, (organization_id, login, email, role))
         except psycopg.errors.UniqueViolation:
-            raise AlreadyExists(f"login {login!r} is taken; choose another") from None
+            raise AlreadyExists("login %(login)r is taken; choose another", login=login) from None
 
     async def list_users(self, organization_id: int) -> list[User]:
         """The organisation's users by id."""

@@ -35,11 +35,11 @@ class CampaignDraft:
 def _header_text(field: str, value: str, max_len: int, required: bool) -> str:
     value = value.strip()
     if required and not value:
-        raise InvalidArgument(f"{field} is required")
+        raise InvalidArgument("%(field)s is required", field=field)
     if _HEADER_UNSAFE.search(value):
-        raise InvalidArgument(f"{field} must not contain line breaks or control characters")
+        raise InvalidArgument("%(field)s must not contain line breaks or control characters", field=field)
     if len(value) > max_len:
-        raise InvalidArgument(f"{field} is longer than {max_len} characters")
+        raise InvalidArgument("%(field)s is longer than %(limit)s characters", field=field, limit=max_len)
     return value
 
 
@@ -50,14 +50,21 @@ def _address(field: str, value: str, required: bool) -> str:
     try:
         return validate_email(value, check_deliverability=False).normalized
     except EmailNotValidError as exc:
-        raise InvalidArgument(f"{field} {value!r} is not an email address: {exc}") from None
+        raise InvalidArgument(
+            "%(field)s %(address)r is not an email address: %(reason)s", field=field, address=value, reason=str(exc)
+        ) from None
 
 
 def _template(field: str, source: str) -> None:
     try:
         _PARSER.parse(source)
     except TemplateSyntaxError as exc:
-        raise InvalidArgument(f"{field} has a template error on line {exc.lineno}: {exc.message}") from None
+        raise InvalidArgument(
+            "%(field)s has a template error on line %(line)s: %(reason)s",
+            field=field,
+            line=exc.lineno,
+            reason=exc.message,
+        ) from None
 
 
 def validate_draft(draft: CampaignDraft) -> CampaignDraft:

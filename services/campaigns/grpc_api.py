@@ -97,7 +97,7 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
     async def _get(self, organization_id: int, campaign_id: int) -> CampaignRow:
         row = await self._store.get(organization_id, campaign_id)
         if row is None:
-            raise NotFound(f"campaign {campaign_id} not found")
+            raise NotFound("campaign %(campaign)s not found", campaign=campaign_id)
         return row
 
     async def _checked_draft(self, request) -> CampaignDraft:
@@ -118,8 +118,10 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
             try:
                 await call(request_, timeout=10)
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND and kind == "list":
+                    raise NotFound("list %(id)s not found", id=object_id) from None
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    raise NotFound(f"{kind} {object_id} not found") from None
+                    raise NotFound("segment %(id)s not found", id=object_id) from None
                 raise
         return draft
 
@@ -133,13 +135,17 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         # Another organisation's campaign is NOT_FOUND before any validation says anything about it.
         row = await self._get(principal.organization_id, request.campaign_id)
         if row.state != "draft":
-            raise FailedPrecondition(f"campaign {row.id} is {row.state}; only a draft can be changed")
+            raise FailedPrecondition(
+                "campaign %(campaign)s is %(state)s; only a draft can be changed", campaign=row.id, state=row.state
+            )
         draft = await self._checked_draft(request)
         updated = await self._store.update_draft(principal.organization_id, request.campaign_id, draft)
         if updated is None:
             # The send started (or the campaign was cancelled) between the read and the update.
             row = await self._get(principal.organization_id, request.campaign_id)
-            raise FailedPrecondition(f"campaign {row.id} is {row.state}; only a draft can be changed")
+            raise FailedPrecondition(
+                "campaign %(campaign)s is %(state)s; only a draft can be changed", campaign=row.id, state=row.state
+            )
         return to_proto(updated)
 
     async def GetCampaign(self, request, context):
@@ -155,10 +161,15 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         principal = require_scope("send")
         before, after = await self._store.change_state(principal.organization_id, campaign_id, allowed, to)
         if before is None:
-            raise NotFound(f"campaign {campaign_id} not found")
+            raise NotFound("campaign %(campaign)s not found", campaign=campaign_id)
         if after is None:
-            raise FailedPrecondition(f"campaign {campaign_id} is {before.state}; only a {' or '.join(allowed)} "
-                                     f"campaign can be {verb}")  # fmt: skip
+            raise FailedPrecondition(
+                "campaign %(campaign)s is %(state)s; only a %(allowed)s campaign can be %(action)s",
+                campaign=campaign_id,
+                state=before.state,
+                allowed=" or ".join(allowed),
+                action=verb,
+            )
         return after
 
     async def SendCampaign(self, request, context):
@@ -209,7 +220,11 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         try:
             to_address = validate_email(request.to_address.strip(), check_deliverability=False).normalized
         except EmailNotValidError as exc:
-            raise InvalidArgument(f"to_address {request.to_address!r} is not an email address: {exc}") from None
+            raise InvalidArgument(
+                "to_address %(address)r is not an email address: %(reason)s",
+                address=request.to_address,
+                reason=str(exc),
+            ) from None
         fields: dict = {}
         if request.variables_json:
             try:

@@ -2,8 +2,52 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
 
-class ServiceError(Exception):
+# Trailing metadata key of a refusal's template and values (JSON; binary, since values may be any text).
+EXPLANATION_KEY = "mailblast-explanation-bin"
+
+
+class Explained(Exception):
+    """An error whose message is a translatable template (`%(name)s` placeholders) and its values.
+
+    str() is the English text; the console looks each template up in its catalog and fills in `params`,
+    so a Japanese page shows a Japanese explanation. Without params a template is the text as is.
+    """
+
+    def __init__(self, template: str, **params: Any) -> None:
+        self._explain((template,), params)
+
+    def _explain(self, templates: tuple[str, ...], params: dict[str, Any]) -> None:
+        # An explanation may be a reason behind a prefix ("field 'x': " + "'abc' is not a number"): the
+        # parts are translated one by one, so the catalog needs each part once, not every combination.
+        self.templates = templates
+        self.params = params
+        Exception.__init__(self, "".join(t % params if params else t for t in templates))
+
+    @property
+    def template(self) -> str:
+        """The whole template, in English."""
+        return "".join(self.templates)
+
+    @classmethod
+    def of(cls, exc: Exception, prefix: str = "", **params: Any) -> Explained:
+        """This kind of error with the explanation of `exc`, after an optional prefix template."""
+        if isinstance(exc, Explained):
+            templates, merged = exc.templates, {**exc.params, **params}
+        else:
+            templates, merged = ("%(reason)s",), {"reason": str(exc), **params}
+        made = cls.__new__(cls)
+        made._explain(((prefix,) if prefix else ()) + templates, merged)
+        return made
+
+
+class Problem(Explained, ValueError):
+    """A ValueError with a translatable explanation: for checks that callers turn into their own errors."""
+
+
+class ServiceError(Explained):
     """Base of errors a caller should see, with a message saying what was wrong."""
 
     code_name = "INTERNAL"
@@ -43,3 +87,23 @@ class Unauthenticated(ServiceError):
     """The caller could not be identified."""
 
     code_name = "UNAUTHENTICATED"
+
+
+def explanation_metadata(exc: Explained) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata carrying the template and values of `exc`."""
+    body = {"templates": exc.templates, "params": exc.params}
+    return ((EXPLANATION_KEY, json.dumps(body, ensure_ascii=False, default=str).encode()),)
+
+
+def explanation_from(metadata: Any) -> tuple[list[str], dict[str, Any]] | None:
+    """The (templates, values) a refusal's trailing metadata carries, or None when it carries none."""
+    for key, value in metadata or ():
+        if key == EXPLANATION_KEY:
+            try:
+                body = json.loads(value)
+                templates, params = body["templates"], body["params"]
+            except (ValueError, KeyError, TypeError):
+                return None
+            if isinstance(templates, list) and all(isinstance(t, str) for t in templates) and isinstance(params, dict):
+                return templates, params
+    return None

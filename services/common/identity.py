@@ -70,7 +70,7 @@ def require_scope(scope: str) -> Principal:
     """Return the current principal if it holds the scope, else refuse."""
     principal = current_principal()
     if not principal.has_scope(scope):
-        raise PermissionDenied(f"this call needs the '{scope}' scope")
+        raise PermissionDenied("this call needs the %(scope)r scope", scope=scope)
     return principal
 
 

@@ -36,6 +36,12 @@ def _status_for(exc: errors.ServiceError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, exc.code_name, grpc.StatusCode.INTERNAL)
 
 
+async def _abort(context: grpc.aio.ServicerContext, exc: errors.ServiceError) -> None:
+    # The details stay plain English for API and CLI users; the template travels beside them so the
+    # console can say the same in the user's language.
+    await context.abort(_status_for(exc), str(exc), trailing_metadata=errors.explanation_metadata(exc))
+
+
 class _IdentityInterceptor(grpc.aio.ServerInterceptor):
     """Establishes the caller for every call and turns domain errors into status codes."""
 
@@ -65,11 +71,11 @@ class _IdentityInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     token = set_principal(await outer._principal(context.invocation_metadata()))
                 except errors.ServiceError as exc:
-                    await context.abort(_status_for(exc), str(exc))
+                    await _abort(context, exc)
                 try:
                     return await inner(request, context)
                 except errors.ServiceError as exc:
-                    await context.abort(_status_for(exc), str(exc))
+                    await _abort(context, exc)
                 finally:
                     reset_principal(token)
 
@@ -83,7 +89,7 @@ class _IdentityInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     token = set_principal(await outer._principal(context.invocation_metadata()))
                 except errors.ServiceError as exc:
-                    await context.abort(_status_for(exc), str(exc))
+                    await _abort(context, exc)
                 try:
                     result = inner_stream(request, context)
                     if inspect.isasyncgen(result):
@@ -92,7 +98,7 @@ class _IdentityInterceptor(grpc.aio.ServerInterceptor):
                     else:
                         await result
                 except errors.ServiceError as exc:
-                    await context.abort(_status_for(exc), str(exc))
+                    await _abort(context, exc)
                 finally:
                     reset_principal(token)
 

@@ -69,7 +69,7 @@ def _download(method: Callable, message: Any, filename: str, mimetype: str) -> R
     try:
         first = next(chunks, None)
     except grpc.RpcError as exc:
-        raise BackendError(exc.code(), exc.details() or exc.code().name) from None
+        raise BackendError.from_rpc(exc) from None
 
     def body() -> Iterator[bytes]:
         if first is not None:

@@ -6,9 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from flask import current_app, g, request
+from flask import current_app, g, has_request_context, request
+from flask_babel import gettext
 from mailblast.v1 import auth_pb2_grpc, campaigns_pb2_grpc, lists_pb2_grpc
 
+from services.common.errors import explanation_from
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.gateway.config import Config
 
@@ -21,12 +23,31 @@ CALL_TIMEOUT = 15.0
 
 
 class BackendError(Exception):
-    """A service refused a call; `code` is the gRPC status, `message` its explanation."""
+    """A service refused a call; `code` is the gRPC status, `message` its explanation in the user's language.
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    `template` is the service's English template when it sent one: what code may compare, whatever the language.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, template: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.template = template
+
+    @classmethod
+    def from_rpc(cls, exc: grpc.RpcError) -> BackendError:
+        """The refusal an RpcError reports, its explanation translated when the service sent a template."""
+        message = exc.details() or exc.code().name
+        explained = explanation_from(exc.trailing_metadata())
+        if explained is None:
+            return cls(exc.code(), message)
+        templates, params = explained
+        if has_request_context():
+            try:
+                message = "".join(gettext(t, **params) if params else gettext(t) for t in templates)
+            except (KeyError, ValueError, TypeError):
+                pass  # a translation whose placeholders do not fit: the service's own English text
+        return cls(exc.code(), message, "".join(templates))
 
 
 class Backends:
@@ -71,7 +92,7 @@ def call(method: Callable[..., Any], message: Any, *, as_service: bool = False, 
     try:
         return method(message, metadata=metadata, timeout=timeout)
     except grpc.RpcError as exc:
-        raise BackendError(exc.code(), exc.details() or exc.code().name) from None
+        raise BackendError.from_rpc(exc) from None
 
 
 def stream(method: Callable[..., Any], message: Any, timeout: float = 600.0) -> Any:

@@ -268,7 +268,7 @@ def update_campaign(campaign_id: int) -> Response | str:
         )
     except BackendError as exc:
         # A missing campaign is a 404 page (another organisation's); a missing list or segment is a form error.
-        missing_campaign = exc.code == grpc.StatusCode.NOT_FOUND and exc.message.startswith("campaign ")
+        missing_campaign = exc.code == grpc.StatusCode.NOT_FOUND and exc.template == "campaign %(campaign)s not found"
         if missing_campaign or exc.code not in (*_FORM_ERRORS, grpc.StatusCode.NOT_FOUND):
             raise
         campaign = campaigns_pb2.Campaign(id=campaign_id)

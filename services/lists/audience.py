@@ -111,7 +111,7 @@ class AudienceStore:
             )
             row = await cur.fetchone()
         if row is None:
-            raise InvalidArgument(f"a field {key!r} exists already")
+            raise InvalidArgument("a field %(field)r exists already", field=key)
         return FieldDef(row[0], key, label, type_, tuple(options))
 
     async def delete_field(self, org: int, field_id: int) -> None:
@@ -121,7 +121,7 @@ class AudienceStore:
                 "DELETE FROM custom_fields WHERE organization_id = %s AND id = %s RETURNING id", (org, field_id)
             )
             if await cur.fetchone() is None:
-                raise NotFound(f"no field {field_id} in your organisation")
+                raise NotFound("no field %(field)s in your organisation", field=field_id)
 
     # Subscribers
 
@@ -164,7 +164,7 @@ class AudienceStore:
             )
             row = await cur.fetchone()
             if row is None:
-                raise NotFound(f"no subscriber {subscriber_id} in your organisation")
+                raise NotFound("no subscriber %(subscriber)s in your organisation", subscriber=subscriber_id)
             old, email = row
             if name is not None:
                 await conn.execute(
@@ -301,7 +301,7 @@ class AudienceStore:
             )
             row = await cur.fetchone()
         if row is None:
-            raise NotFound(f"no import {job_id} in your organisation")
+            raise NotFound("no import %(job)s in your organisation", job=job_id)
         return row
 
     async def list_imports(self, org: int) -> list[dict]:
@@ -323,14 +323,20 @@ class AudienceStore:
             )
             row = await cur.fetchone()
             if row is None:
-                raise NotFound(f"no import {job_id} in your organisation")
+                raise NotFound("no import %(job)s in your organisation", job=job_id)
             state, uploaded = row
             if state != "uploading":
-                raise FailedPrecondition(f"import {job_id} is {state}; chunks can only be added while uploading")
+                raise FailedPrecondition(
+                    "import %(job)s is %(state)s; chunks can only be added while uploading", job=job_id, state=state
+                )
             if offset + len(data) <= uploaded:
                 pass
             elif offset != uploaded:
-                raise InvalidArgument(f"chunk at offset {offset}, but {uploaded} bytes are uploaded; send that offset")
+                raise InvalidArgument(
+                    "chunk at offset %(offset)s, but %(uploaded)s bytes are uploaded; send that offset",
+                    offset=offset,
+                    uploaded=uploaded,
+                )
             else:
                 await conn.execute(
                     'INSERT INTO import_chunks (job_id, "offset", data) VALUES (%s, %s, %s)', (job_id, offset, data)
@@ -352,7 +358,11 @@ class AudienceStore:
             changed = await cur.fetchone()
         if changed is None:
             job = await self.get_import(org, job_id)
-            raise FailedPrecondition(f"import {job_id} is {job['state']}; its mapping can change only before it starts")
+            raise FailedPrecondition(
+                "import %(job)s is %(state)s; its mapping can change only before it starts",
+                job=job_id,
+                state=job["state"],
+            )
 
     async def set_import_state(self, org: int, job_id: int, allowed: tuple[str, ...], state: str) -> dict:
         """Move a job to `state` if it is in one of `allowed`."""
@@ -365,7 +375,12 @@ class AudienceStore:
             changed = await cur.fetchone()
         job = await self.get_import(org, job_id)
         if changed is None:
-            raise FailedPrecondition(f"import {job_id} is {job['state']}; it must be {' or '.join(allowed)}")
+            raise FailedPrecondition(
+                "import %(job)s is %(state)s; it must be %(allowed)s",
+                job=job_id,
+                state=job["state"],
+                allowed=" or ".join(allowed),
+            )
         return job
 
     async def rollback_import(self, org: int, job_id: int) -> dict:
@@ -377,10 +392,12 @@ class AudienceStore:
             )
             row = await cur.fetchone()
             if row is None:
-                raise NotFound(f"no import {job_id} in your organisation")
+                raise NotFound("no import %(job)s in your organisation", job=job_id)
             if row[0] not in ("done", "failed"):
                 raise FailedPrecondition(
-                    f"import {job_id} is {row[0]}; only a done or failed import can be rolled back"
+                    "import %(job)s is %(state)s; only a done or failed import can be rolled back",
+                    job=job_id,
+                    state=row[0],
                 )
             # Hold off a concurrent runner of the same job while undoing it.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('mailblast-import'), %s::int)", (job_id,))
@@ -461,7 +478,7 @@ class AudienceStore:
             )
             row = await cur.fetchone()
         if row is None:
-            raise NotFound(f"no segment {segment_id} in your organisation")
+            raise NotFound("no segment %(segment)s in your organisation", segment=segment_id)
         return row
 
     async def delete_segment(self, org: int, segment_id: int) -> None:
@@ -471,7 +488,7 @@ class AudienceStore:
                 "DELETE FROM segments WHERE organization_id = %s AND id = %s RETURNING id", (org, segment_id)
             )
             if await cur.fetchone() is None:
-                raise NotFound(f"no segment {segment_id} in your organisation")
+                raise NotFound("no segment %(segment)s in your organisation", segment=segment_id)
 
     # Suppression
 
@@ -707,7 +724,7 @@ class AudienceStore:
             )
             subscriber = await cur.fetchone()
             if subscriber is None:
-                raise NotFound(f"no subscriber {subscriber_id} in your organisation")
+                raise NotFound("no subscriber %(subscriber)s in your organisation", subscriber=subscriber_id)
             await cur.execute(
                 "SELECT l.id, l.name, ls.created_at AS subscribed_at FROM list_subscriptions ls"
                 " JOIN lists l ON l.id = ls.list_id WHERE ls.subscriber_id = %s ORDER BY l.id",
@@ -748,7 +765,7 @@ class AudienceStore:
             )
             row = await cur.fetchone()
             if row is None:
-                raise NotFound(f"no subscriber {subscriber_id} in your organisation")
+                raise NotFound("no subscriber %(subscriber)s in your organisation", subscriber=subscriber_id)
             hashed = email_hash(self.key, row[0])
             for table in ("subscriber_events", "list_subscriptions", "consents", "import_changes"):
                 await conn.execute(

@@ -10,6 +10,7 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from services.common.errors import Problem
 from services.lists.validation import ATTRIBUTE_KEY, has_control
 
 FIELD_TYPES = ("text", "number", "date", "choice")
@@ -34,24 +35,26 @@ class FieldDef:
 def check_definition(key: str, label: str, type_: str, options: Sequence[str]) -> tuple[str, str, str, list[str]]:
     """Return a field definition cleaned up, or raise ValueError saying what is wrong."""
     if not ATTRIBUTE_KEY.fullmatch(key):
-        raise ValueError(f"field key {key!r} must be letters, digits or _, not start with a digit, at most 64 long")
+        raise Problem(
+            "field key %(key)r must be letters, digits or _, not start with a digit, at most 64 long", key=key
+        )
     if key.lower() in RESERVED_KEYS:
-        raise ValueError(f"field key {key!r} is reserved")
+        raise Problem("field key %(key)r is reserved", key=key)
     if type_ not in FIELD_TYPES:
-        raise ValueError(f"field type must be one of {', '.join(FIELD_TYPES)}")
+        raise Problem("field type must be one of %(types)s", types=", ".join(FIELD_TYPES))
     label = label.strip() or key
     if has_control(label) or len(label) > 200:
-        raise ValueError("the label must be one line of at most 200 characters")
+        raise Problem("the label must be one line of at most 200 characters")
     cleaned = [o.strip() for o in options if o.strip()]
     if type_ == "choice":
         if not cleaned:
-            raise ValueError("a choice field needs at least one option")
+            raise Problem("a choice field needs at least one option")
         if len(cleaned) > MAX_OPTIONS or len(set(cleaned)) != len(cleaned):
-            raise ValueError(f"options must be distinct and at most {MAX_OPTIONS}")
+            raise Problem("options must be distinct and at most %(limit)s", limit=MAX_OPTIONS)
         if any(has_control(o) or len(o) > 200 for o in cleaned):
-            raise ValueError("each option must be one line of at most 200 characters")
+            raise Problem("each option must be one line of at most 200 characters")
     elif cleaned:
-        raise ValueError("only a choice field has options")
+        raise Problem("only a choice field has options")
     return key, label, type_, cleaned
 
 
@@ -59,11 +62,11 @@ def parse_date(text: str) -> str:
     """Return an ISO date (YYYY-MM-DD) for YYYY-MM-DD or YYYY/MM/DD, or raise ValueError."""
     match = _DATE.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"{text!r} is not a date (YYYY-MM-DD or YYYY/MM/DD)")
+        raise Problem("%(value)r is not a date (YYYY-MM-DD or YYYY/MM/DD)", value=text)
     try:
         return date(int(match.group(1)), int(match.group(2)), int(match.group(3))).isoformat()
     except ValueError:
-        raise ValueError(f"{text!r} is not a date that exists") from None
+        raise Problem("%(value)r is not a date that exists", value=text) from None
 
 
 def parse_number(text: str) -> int | float:
@@ -72,9 +75,9 @@ def parse_number(text: str) -> int | float:
     try:
         value = Decimal(cleaned)
     except InvalidOperation:
-        raise ValueError(f"{text!r} is not a number") from None
+        raise Problem("%(value)r is not a number", value=text) from None
     if not value.is_finite():
-        raise ValueError(f"{text!r} is not a number")
+        raise Problem("%(value)r is not a number", value=text)
     return int(value) if value == value.to_integral_value() and abs(value) < 2**53 else float(value)
 
 
@@ -85,22 +88,22 @@ def coerce(field: FieldDef, value: Any) -> Any:
     try:
         if field.type == "number":
             if isinstance(value, bool):
-                raise ValueError(f"{value!r} is not a number")
+                raise Problem("%(value)r is not a number", value=value)
             return value if isinstance(value, int | float) else parse_number(str(value))
         text = value if isinstance(value, str) else str(value)
         if field.type == "date":
             return parse_date(text)
         if has_control(text):
-            raise ValueError("contains a line break or control character")
+            raise Problem("contains a line break or control character")
         if field.type == "choice":
             if text.strip() not in field.options:
-                raise ValueError(f"{text!r} is not one of {', '.join(field.options)}")
+                raise Problem("%(value)r is not one of %(options)s", value=text, options=", ".join(field.options))
             return text.strip()
         if len(text) > MAX_TEXT:
-            raise ValueError(f"is longer than {MAX_TEXT} characters")
+            raise Problem("is longer than %(limit)s characters", limit=MAX_TEXT)
         return text
     except ValueError as exc:
-        raise ValueError(f"field {field.key!r}: {exc}") from None
+        raise Problem.of(exc, "field %(field)r: ", field=field.key) from None
 
 
 def check_values(defs: Mapping[str, FieldDef], attributes_json: str) -> str:

@@ -63,7 +63,7 @@ def _subscriber(s: Subscriber) -> lists_pb2.Subscriber:
 
 def _bounded(value: int, default: int, maximum: int, what: str) -> int:
     if value < 0:
-        raise InvalidArgument(f"{what} must not be negative")
+        raise InvalidArgument("%(what)s must not be negative", what=what)
     return min(value or default, maximum)
 
 
@@ -112,7 +112,7 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
     async def _own_list(self, organization_id: int, list_id: int) -> MailingList:
         found = await self._store.lists(organization_id, list_id)
         if not found:
-            raise NotFound(f"no list {list_id} in your organisation")
+            raise NotFound("no list %(list)s in your organisation", list=list_id)
         return found[0]
 
     async def CreateList(self, request: lists_pb2.CreateListRequest, context: grpc.aio.ServicerContext):
@@ -187,7 +187,7 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
         principal = require_scope("read")
         found = await self._store.subscriber(principal.organization_id, request.subscriber_id)
         if found is None:
-            raise NotFound(f"no subscriber {request.subscriber_id} in your organisation")
+            raise NotFound("no subscriber %(subscriber)s in your organisation", subscriber=request.subscriber_id)
         return _subscriber(found)
 
     async def StreamRecipients(
@@ -206,7 +206,7 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
         size = _bounded(request.chunk_size, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, "chunk_size")
         missing = set(list_ids) - await self._store.own_list_ids(principal.organization_id, list_ids)
         if missing:
-            raise NotFound(f"no list {', '.join(map(str, sorted(missing)))} in your organisation")
+            raise NotFound("no list %(list)s in your organisation", list=", ".join(map(str, sorted(missing))))
         compiled = await self.compile_segments(principal.organization_id, request.segment_ids)
         # An interrupted fan-out resumes after the last subscriber it handed out.
         after = max(0, request.after_subscriber_id)

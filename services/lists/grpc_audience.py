@@ -19,7 +19,7 @@ from mailblast.v1 import events_pb2, lists_pb2
 from nats.js import JetStreamContext
 
 from services.common import bus
-from services.common.errors import InvalidArgument, NotFound, ServiceError
+from services.common.errors import InvalidArgument, NotFound, Problem, ServiceError
 from services.common.identity import Principal, current_principal, require_scope, require_service
 from services.common.log import get_logger
 from services.common.verp import parse_unsubscribe_token
@@ -193,7 +193,7 @@ def _form(row: dict) -> lists_pb2.SignupForm:
 
 def _one_line(text: str, what: str, limit: int = 2000) -> str:
     if validation.has_control(text) or len(text) > limit:
-        raise InvalidArgument(f"{what} must be one line of at most {limit} characters")
+        raise InvalidArgument("%(what)s must be one line of at most %(limit)s characters", what=what, limit=limit)
     return text
 
 
@@ -217,7 +217,7 @@ class AudienceRpcs:
                 request.key, request.label, FIELD_TYPES.get(request.type, ""), list(request.options)
             )
         except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
+            raise InvalidArgument.of(exc) from None
         created = await self.audience.create_field(principal.organization_id, key, label, type_, options)
         return _field(created, datetime.now(UTC))
 
@@ -285,7 +285,7 @@ class AudienceRpcs:
             if request.HasField("attributes_json"):
                 raw = json.loads(request.attributes_json or "{}")
                 if not isinstance(raw, dict):
-                    raise ValueError("attributes_json must be a JSON object")
+                    raise Problem("attributes_json must be a JSON object")
                 kept = {k: v for k, v in raw.items() if v is not None}
                 checked = json.loads(
                     await self.check_field_values(
@@ -294,7 +294,7 @@ class AudienceRpcs:
                 )
                 attributes = json.dumps({**{k: None for k, v in raw.items() if v is None}, **checked})
         except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
+            raise InvalidArgument.of(exc) from None
         status = STATUS_NAMES.get(request.status, "") if request.status else ""
         if request.status and not status:
             raise InvalidArgument("unknown status")
@@ -307,7 +307,7 @@ class AudienceRpcs:
         """A subscriber's status history."""
         principal = require_scope("read")
         if await self._store.subscriber(principal.organization_id, request.subscriber_id) is None:
-            raise NotFound(f"no subscriber {request.subscriber_id} in your organisation")
+            raise NotFound("no subscriber %(subscriber)s in your organisation", subscriber=request.subscriber_id)
         events = await self.audience.events(principal.organization_id, request.subscriber_id)
         return lists_pb2.ListSubscriberEventsResponse(
             events=[
@@ -336,7 +336,9 @@ class AudienceRpcs:
                 if segments_encoding not in ENCODINGS:
                     raise ValueError
             except ValueError:
-                raise InvalidArgument(f"unknown encoding {request.encoding!r}: use utf-8 or shift_jis") from None
+                raise InvalidArgument(
+                    "unknown encoding %(encoding)r: use utf-8 or shift_jis", encoding=request.encoding
+                ) from None
         if len(request.delimiter) > 1 or request.header not in (0, 1, 2):
             raise InvalidArgument("delimiter is one character; header is 0 (detect), 1 (yes) or 2 (no)")
         job = await self.audience.create_import(
@@ -356,7 +358,7 @@ class AudienceRpcs:
         """Append one piece of the file."""
         principal = require_scope("send")
         if len(request.data) > MAX_CHUNK_BYTES:
-            raise InvalidArgument(f"send chunks of at most {MAX_CHUNK_BYTES} bytes")
+            raise InvalidArgument("send chunks of at most %(limit)s bytes", limit=MAX_CHUNK_BYTES)
         return _import(
             await self.audience.upload_chunk(principal.organization_id, request.import_id, request.offset, request.data)
         )
@@ -445,7 +447,7 @@ class AudienceRpcs:
         if compiled.list_ids:
             missing = compiled.list_ids - await self._store.own_list_ids(org, sorted(compiled.list_ids))
             if missing:
-                raise NotFound(f"no list {', '.join(map(str, sorted(missing)))} in your organisation")
+                raise NotFound("no list %(list)s in your organisation", list=", ".join(map(str, sorted(missing))))
         return tree, compiled
 
     async def compile_segments(self, org: int, segment_ids: Iterable[int]) -> list[Compiled]:
@@ -454,7 +456,7 @@ class AudienceRpcs:
         rows = await self.audience.segments(org, wanted)
         missing = set(wanted) - {r["id"] for r in rows}
         if missing:
-            raise NotFound(f"no segment {', '.join(map(str, sorted(missing)))} in your organisation")
+            raise NotFound("no segment %(segment)s in your organisation", segment=", ".join(map(str, sorted(missing))))
         defs = await self.audience.defs(org)
         return [segments.compile_tree(r["conditions"], defs) for r in rows]
 
@@ -472,7 +474,7 @@ class AudienceRpcs:
         principal = require_scope("read")
         found = await self.audience.segments(principal.organization_id, [request.segment_id])
         if not found:
-            raise NotFound(f"no segment {request.segment_id} in your organisation")
+            raise NotFound("no segment %(segment)s in your organisation", segment=request.segment_id)
         return _segment(found[0])
 
     async def ListSegments(self, request, context):
@@ -638,7 +640,7 @@ class AudienceRpcs:
             try:
                 address = validation.check_email(address)
             except ValueError as exc:
-                raise InvalidArgument(str(exc)) from None
+                raise InvalidArgument.of(exc) from None
         saved = await self.audience.update_settings(
             principal.organization_id,
             request.confirm_unsubscribe,
@@ -657,7 +659,7 @@ class AudienceRpcs:
         defs = await self.audience.defs(org)
         unknown = [k for k in request.field_keys if k not in defs]
         if unknown:
-            raise InvalidArgument(f"no custom field {unknown[0]!r} in your organisation")
+            raise InvalidArgument("no custom field %(field)r in your organisation", field=unknown[0])
         redirect = request.redirect_url.strip()
         if redirect and not redirect.startswith(("https://", "http://")):
             raise InvalidArgument("redirect_url must be an http(s) URL")
@@ -680,7 +682,7 @@ class AudienceRpcs:
         principal = require_scope("read")
         found = await self.audience.forms(principal.organization_id, request.form_id)
         if not found:
-            raise NotFound(f"no form {request.form_id} in your organisation")
+            raise NotFound("no form %(form)s in your organisation", form=request.form_id)
         form = found[0]
         defs = await self.audience.defs(principal.organization_id)
         action = html.escape(f"{self.public_url.rstrip('/')}/f/{form['id']}", quote=True)
@@ -717,7 +719,7 @@ class AudienceRpcs:
         require_service()
         found = await self.audience.forms(None, request.form_id)
         if not found:
-            raise NotFound(f"no form {request.form_id}")
+            raise NotFound("no form %(form)s", form=request.form_id)
         form = found[0]
         defs = await self.audience.defs(form["organization_id"])
         return lists_pb2.PublicForm(
@@ -748,7 +750,7 @@ class AudienceRpcs:
         require_service()
         found = await self.audience.forms(None, request.form_id)
         if not found:
-            raise NotFound(f"no form {request.form_id}")
+            raise NotFound("no form %(form)s", form=request.form_id)
         form = found[0]
         reply = lists_pb2.SubmitSignupResponse(
             accepted=True, thanks_text=form["thanks_text"], redirect_url=form["redirect_url"]
@@ -765,7 +767,7 @@ class AudienceRpcs:
             asked = {k: v for k, v in request.fields.items() if k in form["field_keys"]}
             attributes = await self.check_field_values(org, validation.check_attributes(json.dumps(asked)))
         except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
+            raise InvalidArgument.of(exc) from None
         hit = (await self.audience.check_suppressed(org, [email])).get(email_hash(self.internal_key, email))
         if hit and hit[0] not in ("unsubscribed", "erased"):
             # Bounced or complained addresses are not taken back through a form.

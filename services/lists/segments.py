@@ -15,7 +15,7 @@ from typing import Any
 
 from psycopg import sql
 
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument, Problem
 from services.lists.fields import FieldDef, parse_date, parse_number
 
 MAX_DEPTH = 5
@@ -40,7 +40,7 @@ def parse(conditions_json: str) -> dict:
     try:
         tree = json.loads(conditions_json or "")
     except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"conditions_json is not valid JSON: {exc}") from None
+        raise InvalidArgument("conditions_json is not valid JSON: %(reason)s", reason=str(exc)) from None
     if not isinstance(tree, dict):
         raise InvalidArgument('conditions_json must be an object such as {"match": "all", "conditions": [...]}')
     return tree
@@ -63,7 +63,7 @@ class _Compiler:
 
     def group(self, node: Mapping[str, Any], depth: int) -> sql.Composable:
         if depth > MAX_DEPTH:
-            raise InvalidArgument(f"condition groups nest deeper than {MAX_DEPTH}")
+            raise InvalidArgument("condition groups nest deeper than %(limit)s", limit=MAX_DEPTH)
         match = node.get("match", "all")
         if match not in ("all", "any"):
             raise InvalidArgument('a group\'s "match" must be "all" or "any"')
@@ -81,7 +81,7 @@ class _Compiler:
     def condition(self, cond: Mapping[str, Any]) -> sql.Composable:
         self.count += 1
         if self.count > MAX_CONDITIONS:
-            raise InvalidArgument(f"a segment has at most {MAX_CONDITIONS} conditions")
+            raise InvalidArgument("a segment has at most %(limit)s conditions", limit=MAX_CONDITIONS)
         name = cond.get("field")
         op = cond.get("op")
         if name == "opened":
@@ -101,28 +101,33 @@ class _Compiler:
         if name == "custom":
             return self.custom(op, cond)
         raise InvalidArgument(
-            f"unknown condition field {str(name)[:40]!r}: use email, name, status, created_at, subscribed_at,"
-            " list, custom or opened"
+            "unknown condition field %(field)r: use email, name, status, created_at, subscribed_at, list, custom"
+            " or opened",
+            field=str(name)[:40],
         )
 
     @staticmethod
     def value(cond: Mapping[str, Any]) -> Any:
         if "value" not in cond:
-            raise InvalidArgument(f"condition on {cond.get('field')!r} needs a value")
+            raise InvalidArgument("condition on %(field)r needs a value", field=cond.get("field"))
         return cond["value"]
 
     @staticmethod
     def values(cond: Mapping[str, Any], exactly: int | None = None) -> list[Any]:
         values = cond.get("value")
         if not isinstance(values, list) or not values or len(values) > MAX_VALUES:
-            raise InvalidArgument(f"condition on {cond.get('field')!r} needs a non-empty array value")
+            raise InvalidArgument("condition on %(field)r needs a non-empty array value", field=cond.get("field"))
         if exactly is not None and len(values) != exactly:
-            raise InvalidArgument(f"'between' needs exactly {exactly} values")
+            raise InvalidArgument("'between' needs exactly %(count)s values", count=exactly)
         return values
 
     def text(self, expr: sql.Composable, op: Any, cond: Mapping[str, Any], lower: bool) -> sql.Composable:
         if op not in TEXT_OPS:
-            raise InvalidArgument(f"operator {str(op)[:20]!r} does not apply to text; use {', '.join(TEXT_OPS)}")
+            raise InvalidArgument(
+                "operator %(operator)r does not apply to text; use %(allowed)s",
+                operator=str(op)[:20],
+                allowed=", ".join(TEXT_OPS),
+            )
         if op == "is_empty":
             return sql.SQL("(coalesce({}, '') = '')").format(expr)
         if op == "in":
@@ -147,7 +152,9 @@ class _Compiler:
             raise InvalidArgument("status takes eq, ne or in")
         unknown = [v for v in chosen if v not in STATUSES]
         if unknown:
-            raise InvalidArgument(f"unknown status {unknown[0][:40]!r}; use {', '.join(STATUSES)}")
+            raise InvalidArgument(
+                "unknown status %(status)r; use %(allowed)s", status=unknown[0][:40], allowed=", ".join(STATUSES)
+            )
         neg = sql.SQL("NOT ") if op == "ne" else sql.SQL("")
         return sql.SQL("({}s.status = ANY({}::text[]))").format(neg, self.p(chosen))
 
@@ -156,14 +163,18 @@ class _Compiler:
             if kind == "date":
                 return date.fromisoformat(parse_date(str(value)))
             if isinstance(value, bool):
-                raise ValueError(f"{value!r} is not a number")
+                raise Problem("%(value)r is not a number", value=value)
             return value if isinstance(value, int | float) else parse_number(str(value))
         except ValueError as exc:
-            raise InvalidArgument(f"condition value: {exc}") from None
+            raise InvalidArgument.of(exc, "condition value: ") from None
 
     def ordered(self, expr: sql.Composable, op: Any, cond: Mapping[str, Any], kind: str) -> sql.Composable:
         if op not in ORDERED_OPS:
-            raise InvalidArgument(f"operator {str(op)[:20]!r} does not apply here; use {', '.join(ORDERED_OPS)}")
+            raise InvalidArgument(
+                "operator %(operator)r does not apply here; use %(allowed)s",
+                operator=str(op)[:20],
+                allowed=", ".join(ORDERED_OPS),
+            )
         cast = sql.SQL("::date" if kind == "date" else "::numeric")
         if op == "is_empty":
             return sql.SQL("({} IS NULL)").format(expr)
@@ -182,7 +193,7 @@ class _Compiler:
 
     def list_id(self, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
-            raise InvalidArgument(f"list id {str(value)[:40]!r} is not a number")
+            raise InvalidArgument("list id %(value)r is not a number", value=str(value)[:40])
         self.list_ids.add(int(value))
         return int(value)
 
@@ -212,7 +223,7 @@ class _Compiler:
         key = cond.get("key")
         definition = self.defs.get(key) if isinstance(key, str) else None
         if definition is None:
-            raise InvalidArgument(f"no custom field {str(key)[:64]!r} in your organisation")
+            raise InvalidArgument("no custom field %(field)r in your organisation", field=str(key)[:64])
         # The key travels as a parameter; only the definition's type picks the SQL shape.
         if definition.type == "number":
             expr = sql.SQL(

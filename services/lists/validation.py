@@ -14,7 +14,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, Problem
 
 MAX_ROWS = 10_000
 MAX_NAME = 200
@@ -68,34 +68,36 @@ def _describe(text: str) -> str:
 def check_email(email: str) -> str:
     """Return the address normalised (domain lower-cased, Unicode NFC), or raise ValueError saying why."""
     if not email.strip():
-        raise ValueError("the email address is empty")
+        raise Problem("the email address is empty")
     try:
         return validate_email(email, check_deliverability=False, allow_smtputf8=True).normalized
     except EmailNotValidError as exc:
-        raise ValueError(f"{_describe(email)} is not an email address: {exc}") from None
+        raise Problem(
+            "%(address)s is not an email address: %(reason)s", address=_describe(email), reason=str(exc)
+        ) from None
 
 
 def check_name(name: str) -> str:
     """Return a subscriber name that is one line of at most 200 characters."""
     if len(name) > MAX_NAME:
-        raise ValueError(f"the name is longer than {MAX_NAME} characters")
+        raise Problem("the name is longer than %(limit)s characters", limit=MAX_NAME)
     if has_control(name):
-        raise ValueError(f"the name {_describe(name)} contains a line break or control character")
+        raise Problem("the name %(name)s contains a line break or control character", name=_describe(name))
     return name
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in attributes_json")
+    raise Problem("%(constant)s is not allowed in attributes_json", constant=name)
 
 
 def _check_value(key: str, value: Any) -> None:
     if isinstance(value, str):
         if has_control(value):
-            raise ValueError(f"attribute {key!r} contains a line break or control character")
+            raise Problem("attribute %(key)r contains a line break or control character", key=key)
     elif isinstance(value, dict):
         for inner_key, inner in value.items():
             if has_control(inner_key):
-                raise ValueError(f"attribute {key!r} has a key with a control character")
+                raise Problem("attribute %(key)r has a key with a control character", key=key)
             _check_value(key, inner)
     elif isinstance(value, list):
         for inner in value:
@@ -107,19 +109,19 @@ def check_attributes(text: str) -> str:
     if not text.strip():
         return "{}"
     if len(text) > MAX_ATTRIBUTES_JSON:
-        raise ValueError(f"attributes_json is longer than {MAX_ATTRIBUTES_JSON} bytes")
+        raise Problem("attributes_json is longer than %(limit)s bytes", limit=MAX_ATTRIBUTES_JSON)
     try:
         # NaN and Infinity are not JSON and PostgreSQL would refuse them.
         data = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"attributes_json is not valid JSON: {exc}") from None
+        raise Problem("attributes_json is not valid JSON: %(reason)s", reason=str(exc)) from None
     if not isinstance(data, dict):
-        raise ValueError('attributes_json must be a JSON object such as {"plan": "gold"}')
+        raise Problem('attributes_json must be a JSON object such as {"plan": "gold"}')
     for key, value in data.items():
         if not ATTRIBUTE_KEY.fullmatch(key):
-            raise ValueError(
-                f"attribute name {_describe(key)} must be letters, digits or _, not start with a digit,"
-                " at most 64 characters"
+            raise Problem(
+                "attribute name %(key)s must be letters, digits or _, not start with a digit, at most 64 characters",
+                key=_describe(key),
             )
         _check_value(key, value)
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
@@ -128,7 +130,9 @@ def check_attributes(text: str) -> str:
 def check_rows(rows: Sequence[SubscriberRow]) -> tuple[list[ValidSubscriber], list[RowProblem]]:
     """Split rows into valid subscribers and problems; a repeated address keeps its last valid row."""
     if len(rows) > MAX_ROWS:
-        raise InvalidArgument(f"{len(rows)} rows is more than {MAX_ROWS} per call; send them in parts")
+        raise InvalidArgument(
+            "%(rows)s rows is more than %(limit)s per call; send them in parts", rows=len(rows), limit=MAX_ROWS
+        )
     by_address: dict[str, ValidSubscriber] = {}
     problems: list[RowProblem] = []
     for index, row in enumerate(rows):
@@ -151,11 +155,11 @@ def check_list_fields(name: str, description: str) -> tuple[str, str]:
     if not name.strip():
         raise InvalidArgument("the list name must not be empty")
     if len(name) > MAX_LIST_NAME:
-        raise InvalidArgument(f"the list name is longer than {MAX_LIST_NAME} characters")
+        raise InvalidArgument("the list name is longer than %(limit)s characters", limit=MAX_LIST_NAME)
     if has_control(name):
-        raise InvalidArgument(f"the list name {_describe(name)} contains a line break or control character")
+        raise InvalidArgument("the list name %(name)s contains a line break or control character", name=_describe(name))
     if len(description) > MAX_DESCRIPTION:
-        raise InvalidArgument(f"the description is longer than {MAX_DESCRIPTION} characters")
+        raise InvalidArgument("the description is longer than %(limit)s characters", limit=MAX_DESCRIPTION)
     if has_control(description.replace("\n", "")):
         raise InvalidArgument("the description contains control characters")
     return name, description

@@ -25,7 +25,11 @@ class SenderServicer(sender_pb2_grpc.SenderServiceServicer):
         principal = require_scope("read")
         row = await self._store.get(principal.organization_id, request.campaign_id, request.subscriber_id)
         if row is None:
-            raise NotFound(f"no delivery for subscriber {request.subscriber_id} of campaign {request.campaign_id}")
+            raise NotFound(
+                "no delivery for subscriber %(subscriber)s of campaign %(campaign)s",
+                subscriber=request.subscriber_id,
+                campaign=request.campaign_id,
+            )
         return sender_pb2.Delivery(
             campaign_id=row.campaign_id,
             subscriber_id=row.subscriber_id,

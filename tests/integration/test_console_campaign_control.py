@@ -178,6 +178,10 @@ async def test_update_refused_unless_draft_and_other_organisation_is_not_found(m
     assert (await intruder.get(f"/campaigns/{campaign_id}/edit")).status_code == 404
     posted = await intruder.post(f"/campaigns/{campaign_id}/edit", {**fields, "list_ids": str(list_id)})
     assert posted.status_code == 404
+    # The console tells a missing campaign from a missing list by the refusal's template, not its words.
+    await intruder.post("/language", {"language": "ja"})
+    posted = await intruder.post(f"/campaigns/{campaign_id}/edit", {**fields, "list_ids": str(list_id)})
+    assert posted.status_code == 404
 
     await stub.SendCampaign(campaigns_pb2.SendCampaignRequest(campaign_id=campaign_id), metadata=metadata)
     try:

@@ -319,3 +319,31 @@ async def test_csrf_required_on_console_posts_but_not_on_the_two_public_ones(con
     assert one_click.status_code == 404 and "CSRF" not in text(one_click)
     signup = await anonymous.post("/f/999", {"email": "a@example.jp"}, csrf=False)
     assert signup.status_code == 404 and "CSRF" not in text(signup)
+
+
+async def test_service_refusals_read_in_the_users_language(console):
+    # The lists service explains a refusal in English (for the API and CLI); the console shows the same
+    # explanation in the user's language, values filled in, also when it is a reason behind a prefix
+    # ("field 'plan': " + "'gold' is not one of free, pro"). English users keep the service's own words.
+    admin = await logged_in(console)
+    await add_plan_field(admin)
+    list_id = await create_list(admin, "all")
+    source = "m,n,p\nhanako@example.jp,山田 花子,pro\n"
+    await import_sjis(admin, list_id, source, {"1": "email", "2": "name", "3": "plan"})
+    target = console.sql("SELECT id FROM lists.subscribers WHERE email = 'hanako@example.jp'")[0][0]
+
+    async def refusals(path: str, form: dict) -> str:
+        page = await admin.post(path, form, follow_redirects=True)
+        return " ".join(re.findall(r'class="flash error"[^>]*>([^<]*)<', text(page)))
+
+    duplicate = await refusals("/fields", {"key": "plan", "type": "text"})
+    assert "a field &#39;plan&#39; exists already" in duplicate, duplicate
+    wrong_choice = await refusals(f"/subscribers/{target}", {"name": "山田 花子", "field.plan": "gold"})
+    assert "field &#39;plan&#39;: &#39;gold&#39; is not one of free, pro" in wrong_choice
+
+    await admin.post("/language", {"language": "ja"})
+    duplicate = await refusals("/fields", {"key": "plan", "type": "text"})
+    assert "項目 &#39;plan&#39; はすでにあります" in duplicate, duplicate
+    wrong_choice = await refusals(f"/subscribers/{target}", {"name": "山田 花子", "field.plan": "gold"})
+    assert "項目 &#39;plan&#39;: &#39;gold&#39; は free, pro のいずれでもありません" in wrong_choice, wrong_choice
+    assert console.sql("SELECT attributes->>'plan' FROM lists.subscribers WHERE id = %s", (target,)) == [("pro",)]
