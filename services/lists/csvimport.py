@@ -367,20 +367,29 @@ def parse_for_copy(
     return parse_for_streams(records, codec, delimiter, targets, defs, hash_key, (0,))[0]
 
 
+# Non-ASCII characters that some server locale lower-cases to, or from, an ASCII letter: the Kelvin sign
+# (to k), dotted capital I (to i), and dotless ı, which a Turkish ctype gives as the lower case of I.
+_ASCII_KIN = {"\u212a": "k", "\u0130": "i", "\u0131": "i"}
+
+
+def stream_key(email: str) -> str:
+    """The part of an address that decides its writer stream: equal under any server lower() means equal here.
+
+    Non-ASCII characters are left out, except those whose case mapping meets an ASCII letter in some
+    locale; they count as that letter. So case-folding differences between Python and the server (or
+    the server's ctype) can never send one address to two streams.
+    """
+    if email.isascii():
+        return email.lower()
+    return "".join(c.lower() if c.isascii() else _ASCII_KIN.get(c, "") for c in email)
+
+
 def stream_of(email: str, streams: int) -> int:
     """The writer stream an address belongs to: addresses equal under PostgreSQL's lower() share one.
 
-    Non-ASCII characters are left out of the key (only their case mappings that land in ASCII, the Kelvin
-    sign and dotted capital I, are kept), so case-folding differences between Python and the server can
-    never send one address to two streams. crc32, not hash(), so every process and every run agrees.
+    crc32 of the stream key, not hash(), so every process and every run agrees.
     """
-    if email.isascii():
-        key = email.lower()
-    else:
-        key = "".join(
-            c.lower() if c.isascii() else "k" if c == "\u212a" else "i" if c == "\u0130" else "" for c in email
-        )
-    return zlib.crc32(key.encode()) % streams
+    return zlib.crc32(stream_key(email).encode()) % streams
 
 
 def parse_for_streams(

@@ -58,3 +58,33 @@ def test_copy_rows_escape_and_hash():
     number, email, name, attributes, hashed = staged.copy_data.decode().rstrip("\n").split("\t")
     assert (number, email, name, attributes) == ("3", "a@example.org", "A\\\\B", '{"points":13}')
     assert hashed == csvimport.email_hash(b"k" * 32, "a@example.org")
+
+
+def _simple_lower(c: str) -> str:
+    # A server's lower() maps one character to one (libc towlower); Python's full mapping of İ is two.
+    return "i" if c == "\u0130" else c.lower()
+
+
+def _turkish_lower(c: str) -> str:
+    # A Turkish ctype lower-cases I to dotless ı.
+    return "\u0131" if c == "I" else _simple_lower(c)
+
+
+@pytest.mark.parametrize("lower", [_simple_lower, _turkish_lower], ids=["default", "turkish"])
+def test_addresses_a_server_lower_cases_alike_share_a_writer_stream(lower):
+    # Two writer streams must never hold the same subscriber: any character that lower-cases, in the
+    # default or a Turkish server locale, to what an ASCII letter lower-cases to must land in the
+    # letter's stream. Checked over every Unicode code point.
+    letters = {lower(a): a for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"}
+    kin = []
+    for point in range(0x80, 0x110000):
+        c = chr(point)
+        if 0xD800 <= point <= 0xDFFF or lower(c) not in letters:
+            continue
+        kin.append(c)
+        a = letters[lower(c)]
+        assert csvimport.stream_key(f"x{c}y@example.jp") == csvimport.stream_key(f"x{a}y@example.jp"), hex(point)
+        for streams in (2, 3, 8):
+            assert csvimport.stream_of(f"{c}@例え.jp", streams) == csvimport.stream_of(f"{a}@例え.jp", streams)
+    assert "\u212a" in kin and "\u0130" in kin
+    assert ("\u0131" in kin) == (lower is _turkish_lower)
