@@ -89,21 +89,31 @@ class Unauthenticated(ServiceError):
     code_name = "UNAUTHENTICATED"
 
 
+def explanation_json(exc: Explained) -> str:
+    """The template parts and values of `exc` as JSON, to send or to keep beside its English text."""
+    return json.dumps({"templates": exc.templates, "params": exc.params}, ensure_ascii=False, default=str)
+
+
 def explanation_metadata(exc: Explained) -> tuple[tuple[str, bytes], ...]:
     """Trailing metadata carrying the template and values of `exc`."""
-    body = {"templates": exc.templates, "params": exc.params}
-    return ((EXPLANATION_KEY, json.dumps(body, ensure_ascii=False, default=str).encode()),)
+    return ((EXPLANATION_KEY, explanation_json(exc).encode()),)
+
+
+def parse_explanation(text: str | bytes) -> tuple[list[str], dict[str, Any]] | None:
+    """The (templates, values) of an explanation_json text, or None when it is not one."""
+    try:
+        body = json.loads(text)
+        templates, params = body["templates"], body["params"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if isinstance(templates, list) and all(isinstance(t, str) for t in templates) and isinstance(params, dict):
+        return templates, params
+    return None
 
 
 def explanation_from(metadata: Any) -> tuple[list[str], dict[str, Any]] | None:
     """The (templates, values) a refusal's trailing metadata carries, or None when it carries none."""
     for key, value in metadata or ():
         if key == EXPLANATION_KEY:
-            try:
-                body = json.loads(value)
-                templates, params = body["templates"], body["params"]
-            except (ValueError, KeyError, TypeError):
-                return None
-            if isinstance(templates, list) and all(isinstance(t, str) for t in templates) and isinstance(params, dict):
-                return templates, params
+            return parse_explanation(value)
     return None

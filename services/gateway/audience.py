@@ -4,6 +4,8 @@ suppression, signup forms and the organisation's lists settings."""
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ from flask_babel import gettext as _
 from mailblast.v1 import lists_pb2
 
 from services.gateway.clients import BackendError, backends, call, stream
+from services.gateway.explanations import explain_json
 from services.gateway.mail import STATUS_NAMES, UPLOAD_CHUNK
 from services.gateway.security import requires
 
@@ -282,10 +285,28 @@ def import_rollback(list_id: int, import_id: int) -> Response:
 def import_errors(list_id: int, import_id: int) -> Response:
     """The bad rows (row number, reason, raw line) as CSV."""
     _own_import(list_id, import_id)
-    return _download(
-        backends().lists.StreamImportErrors, lists_pb2.GetImportRequest(import_id=import_id),
-        f"import-{import_id}-errors.csv", "text/csv",
-    )  # fmt: skip
+    pages: Iterator = stream(backends().lists.StreamImportErrorRows, lists_pb2.GetImportRequest(import_id=import_id))
+    try:
+        first = next(pages, None)
+    except grpc.RpcError as exc:
+        raise BackendError.from_rpc(exc) from None
+
+    def body() -> Iterator[bytes]:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\r\n")
+        # UTF-8 with a BOM, so Excel reads the Japanese reasons and names right.
+        writer.writerow(["\ufeff" + _("row"), _("reason"), _("raw")])
+        for page in itertools.chain([first] if first is not None else [], pages):
+            for row in page.rows:
+                writer.writerow([row.row_number, explain_json(row.explanation_json, row.reason), row.raw])
+            yield buf.getvalue().encode("utf-8")
+            buf.seek(0)
+            buf.truncate()
+        yield buf.getvalue().encode("utf-8")
+
+    response = Response(stream_with_context(body()), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="import-{import_id}-errors.csv"'
+    return response
 
 
 # -------------------------------------------------------------------------------------------- exports

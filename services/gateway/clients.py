@@ -7,12 +7,12 @@ from typing import Any
 
 import grpc
 from flask import current_app, g, has_request_context, request
-from flask_babel import gettext
 from mailblast.v1 import auth_pb2_grpc, campaigns_pb2_grpc, lists_pb2_grpc
 
 from services.common.errors import explanation_from
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.gateway.config import Config
+from services.gateway.explanations import explain
 
 SERVICE_NAME = "gateway"
 # The end user's address travels with every call, for the audit log (auth reads this key).
@@ -43,10 +43,7 @@ class BackendError(Exception):
             return cls(exc.code(), message)
         templates, params = explained
         if has_request_context():
-            try:
-                message = "".join(gettext(t, **params) if params else gettext(t) for t in templates)
-            except (KeyError, ValueError, TypeError):
-                pass  # a translation whose placeholders do not fit: the service's own English text
+            message = explain(templates, params, message)
         return cls(exc.code(), message, "".join(templates))
 
 

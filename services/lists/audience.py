@@ -421,15 +421,15 @@ class AudienceStore:
             )
         return await self.get_import(org, job_id)
 
-    async def import_errors(self, org: int, job_id: int) -> AsyncIterator[list[tuple[int, str, str]]]:
-        """The job's bad rows in pages, by row number."""
+    async def import_errors(self, org: int, job_id: int) -> AsyncIterator[list[tuple[int, str, str, str | None]]]:
+        """The job's bad rows in pages, by row number: (row, reason, raw, explanation JSON or None)."""
         await self.get_import(org, job_id)
         after = -1
         while True:
             async with self.pool.connection() as conn:
                 cur = await conn.execute(
-                    "SELECT row_number, reason, raw FROM import_errors WHERE job_id = %s AND row_number > %s"
-                    " ORDER BY row_number LIMIT %s",
+                    "SELECT row_number, reason, raw, explanation::text FROM import_errors"
+                    " WHERE job_id = %s AND row_number > %s ORDER BY row_number LIMIT %s",
                     (job_id, after, EXPORT_PAGE),
                 )
                 rows = await cur.fetchall()

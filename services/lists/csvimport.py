@@ -20,6 +20,7 @@ from typing import Any
 
 from charset_normalizer import from_bytes
 
+from services.common.errors import Explained, Problem, explanation_json
 from services.lists.fields import MAX_TEXT, FieldDef, coerce
 from services.lists.privacy import email_hash
 from services.lists.validation import MAX_NAME, check_email, check_name
@@ -186,11 +187,18 @@ class ParsedRow:
 
 @dataclass
 class BadRow:
-    """A row that cannot be imported and why."""
+    """A row that cannot be imported and why: in English, and as an explanation_json the console translates."""
 
     row_number: int
     reason: str
     raw: str
+    explanation: str | None = None
+
+    @classmethod
+    def of(cls, row_number: int, problem: Exception, raw: str) -> BadRow:
+        """A bad row rejected for `problem` (its template kept when it has one)."""
+        explained = problem if isinstance(problem, Explained) else Problem.of(problem)
+        return cls(row_number, str(explained), raw, explanation_json(explained))
 
 
 @dataclass
@@ -280,9 +288,9 @@ def parse_batch(
             numbers.append(number)
         except UnicodeDecodeError as exc:
             out.bad.append(
-                BadRow(
+                BadRow.of(
                     number,
-                    f"bytes at position {exc.start} are not {codec} text",
+                    Problem("bytes at position %(position)s are not %(codec)s text", position=exc.start, codec=codec),
                     raw.decode(codec, "replace")[:MAX_RAW],
                 )
             )
@@ -295,7 +303,8 @@ def parse_batch(
     merged: dict[str, ParsedRow] = {}
     for number, text, cells in zip(numbers, texts, csv.reader(texts, delimiter=delimiter), strict=True):
         if len(cells) != width:
-            out.bad.append(BadRow(number, f"expected {width} columns, found {len(cells)}", text[:MAX_RAW]))
+            wrong = Problem("expected %(expected)s columns, found %(found)s", expected=width, found=len(cells))
+            out.bad.append(BadRow.of(number, wrong, text[:MAX_RAW]))
             continue
         try:
             email = normalize_email(cells[email_at].strip())
@@ -313,7 +322,7 @@ def parse_batch(
                     if value is not None:
                         attributes[key] = value
         except ValueError as exc:
-            out.bad.append(BadRow(number, str(exc), text[:MAX_RAW]))
+            out.bad.append(BadRow.of(number, exc, text[:MAX_RAW]))
             continue
         if number <= last_done and number <= done[stream_of(email, len(done))]:
             continue

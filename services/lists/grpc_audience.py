@@ -409,12 +409,23 @@ class AudienceRpcs:
 
         async def rows():
             if first is not None:
-                yield first
+                yield [row[:3] for row in first]
                 async for page in pages:
-                    yield page
+                    yield [row[:3] for row in page]
 
         async for chunk in _csv_stream(rows(), ["row", "reason", "raw"], "utf-8"):
             yield chunk
+
+    async def StreamImportErrorRows(self, request, context):
+        """The bad rows in pages, with the explanation behind each reason."""
+        principal = require_scope("read")
+        async for page in self.audience.import_errors(principal.organization_id, request.import_id):
+            yield lists_pb2.ImportErrorPage(
+                rows=[
+                    lists_pb2.ImportErrorRow(row_number=n, reason=reason, raw=raw, explanation_json=explained or "")
+                    for n, reason, raw, explained in page
+                ]
+            )
 
     async def ExportSubscribers(self, request, context):
         """A list or a segment as CSV."""

@@ -34,6 +34,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from services.common.errors import Problem
 from services.common.log import get_logger
 from services.lists import csvimport
 from services.lists.fields import FieldDef
@@ -512,11 +513,12 @@ class ImportRunner:
                 cur = await conn.execute(REFUSE_SUPPRESSED, params)
                 for row_number, email, reason in await cur.fetchall():
                     refused += 1
-                    bad.append(
-                        csvimport.BadRow(
-                            row_number, f"{email} is on the suppression list ({reason}); not imported", email
-                        )
+                    suppressed = Problem(
+                        "%(address)s is on the suppression list (%(reason)s); not imported",
+                        address=email,
+                        reason=reason,
                     )
+                    bad.append(csvimport.BadRow.of(row_number, suppressed, email))
                 if mode != "add_only":
                     await conn.execute(KEEP_PREVIOUS, params)
                 if mode == "update_only":
@@ -532,10 +534,10 @@ class ImportRunner:
                     await conn.execute(SUBSCRIBE_FROM_STAGE, params)
             if bad:
                 async with conn.cursor().copy(
-                    "COPY import_errors (job_id, row_number, reason, raw) FROM STDIN"
+                    "COPY import_errors (job_id, row_number, reason, raw, explanation) FROM STDIN"
                 ) as copy:
                     for b in bad:
-                        await copy.write_row((job_id, b.row_number, b.reason, b.raw))
+                        await copy.write_row((job_id, b.row_number, b.reason, b.raw, b.explanation))
             staged_rows = staged.rows - refused
             await conn.execute(ADVANCE_STREAM, {"job": job_id, "stream": stream, "bytes": end, "rows": number})
             await conn.execute(

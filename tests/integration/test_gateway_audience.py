@@ -347,3 +347,15 @@ async def test_service_refusals_read_in_the_users_language(console):
     wrong_choice = await refusals(f"/subscribers/{target}", {"name": "山田 花子", "field.plan": "gold"})
     assert "項目 &#39;plan&#39;: &#39;gold&#39; は free, pro のいずれでもありません" in wrong_choice, wrong_choice
     assert console.sql("SELECT attributes->>'plan' FROM lists.subscribers WHERE id = %s", (target,)) == [("pro",)]
+
+    # The rejected-rows CSV of an import, downloaded in Japanese, explains each row in Japanese.
+    source = "m,n,p\ntaro@example.jp,鈴木 太郎,gold\njiro@example.jp,鈴木 次郎\nsaburo@example.jp,鈴木 三郎,free\n"
+    job = await import_sjis(admin, list_id, source, {"1": "email", "2": "name", "3": "plan"})
+    assert (job["rows_added"], job["rows_failed"]) == (1, 2)
+    download = await admin.get(f"/lists/{list_id}/imports/{job['id']}/errors.csv")
+    rows = list(csv.reader(io.StringIO(download.get_data().decode("utf-8-sig"))))
+    assert rows == [
+        ["行番号", "理由", "元の行"],
+        ["2", "項目 'plan': 'gold' は free, pro のいずれでもありません", "taro@example.jp,鈴木 太郎,gold"],
+        ["3", "列数が 3 のはずが 2 です", "jiro@example.jp,鈴木 次郎"],
+    ]
