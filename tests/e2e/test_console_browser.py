@@ -127,8 +127,20 @@ async def test_lockout_totp_and_a_campaign_that_arrives_in_the_outbox(make_site,
     await page.fill("#text-body", "{{ name }}様")
     await page.click("#save-campaign")
     await expect(page.locator("#campaign-state")).to_have_text("draft")
-    await page.click("#send-campaign")
+    # Another tab sends it. This one, never reloaded, follows by itself: the counters and the state
+    # change, and the buttons become those of a sent campaign (no send, pause or cancel left to press).
+    await expect(page.locator("#send-campaign")).to_be_visible()
+    await page.evaluate("window.notReloaded = true")
+    other = await page.context.new_page()
+    other.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await other.goto(page.url)
+    await other.click("#send-campaign")
     await expect(page.locator("#campaign-sent")).to_have_text("2", timeout=60_000)
+    await expect(page.locator("#campaign-state")).to_have_text("sent")
+    await expect(page.locator("#campaign-actions button")).to_have_count(0)
+    await expect(page.locator("#send-test")).to_be_visible()
+    assert await page.evaluate("window.notReloaded === true")
+    await other.close()
     assert await page.title() != "pwned"
 
     await page.goto(f"{base}/outbox")

@@ -1,14 +1,39 @@
 // The console's only script (the CSP allows no other): confirmations and live counters by polling JSON.
 "use strict";
 
-function confirmForms() {
-  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+function confirmForms(root) {
+  root.querySelectorAll("form[data-confirm]").forEach(function (form) {
     form.addEventListener("submit", function (event) {
       if (!window.confirm(form.dataset.confirm)) {
         event.preventDefault();
       }
     });
   });
+}
+
+// The buttons a page offers depend on the state (pause while sending, none once sent): when the state
+// changes, take them from a fresh copy of the page, so the server stays the one that decides.
+function refreshActions(state) {
+  var holder = document.getElementById("campaign-actions");
+  if (!holder || holder.dataset.state === state) {
+    return;
+  }
+  fetch(window.location.href, { credentials: "same-origin" })
+    .then(function (response) {
+      return response.ok && !response.redirected ? response.text() : null;
+    })
+    .then(function (html) {
+      if (!html) {
+        return;
+      }
+      var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("campaign-actions");
+      var current = document.getElementById("campaign-actions");
+      if (fresh && current) {
+        current.replaceWith(fresh);
+        confirmForms(fresh);
+      }
+    })
+    .catch(function () {});
 }
 
 function pollProgress(box) {
@@ -33,6 +58,9 @@ function pollProgress(box) {
             cell.textContent = String(value);
           }
         });
+        if (data.state !== undefined) {
+          refreshActions(String(data.state));
+        }
         box.querySelectorAll("[data-value-field]").forEach(function (bar) {
           var value = data[bar.dataset.valueField];
           if (value !== undefined) {
@@ -52,6 +80,6 @@ function pollProgress(box) {
 }
 
 document.addEventListener("DOMContentLoaded", function () {
-  confirmForms();
+  confirmForms(document);
   document.querySelectorAll("[data-poll-url]").forEach(pollProgress);
 });
