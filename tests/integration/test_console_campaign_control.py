@@ -15,7 +15,16 @@ from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 from cli import main as cli
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
-from tests.support.console import OWNER, PASSWORD, Console, Web, poll, start_console
+from tests.support.console import (
+    OWNER,
+    PASSWORD,
+    Console,
+    Web,
+    create_campaign,
+    create_list,
+    poll,
+    start_console,
+)
 from tests.support.stack import make_dkim_keys
 
 
@@ -50,9 +59,7 @@ async def logged_in(console: Console, login: str = OWNER, user_agent: str = "tes
 
 
 async def _list_with(web: Web, name: str, csv_text: str) -> int:
-    created = await web.post("/lists", {"name": name})
-    assert created.status_code == 302, text(created)
-    list_id = int(created.location.rsplit("/", 1)[1])
+    list_id = await create_list(web, name)
     upload = await web.post(
         f"/lists/{list_id}/upload",
         {"file": (io.BytesIO(csv_text.encode()), "people.csv")},
@@ -66,22 +73,6 @@ async def _list_with(web: Web, name: str, csv_text: str) -> int:
 
     assert (await poll(imported))["state"] == "done"
     return list_id
-
-
-async def _create_campaign(web: Web, list_id: int, **fields) -> int:
-    form = {
-        "name": "Spring sale",
-        "list_ids": str(list_id),
-        "from_name": "Acme",
-        "from_address": "news@news.example.com",
-        "subject": "Hello {{ name }}",
-        "html_body": "<p>Hello {{ name }}</p>",
-        "text_body": "Hello {{ name }}",
-        **fields,
-    }
-    response = await web.post("/campaigns/new", form)
-    assert response.status_code == 302, text(response)
-    return int(response.location.rsplit("/", 1)[1])
 
 
 def _stub(console: Console, internal_key: bytes, organization_id: int):
@@ -100,7 +91,7 @@ async def test_edit_a_draft_in_console_and_cli_then_send_carries_new_subject(mak
     console = await make_console()
     web = await logged_in(console)
     list_id = await _list_with(web, "Customers", "email,name\nhanako@example.net,Hanako\n")
-    campaign_id = await _create_campaign(web, list_id)
+    campaign_id = await create_campaign(web, list_id)
     assert f"/campaigns/{campaign_id}/edit" in text(await web.get(f"/campaigns/{campaign_id}"))
     form_page = text(await web.get(f"/campaigns/{campaign_id}/edit"))
     assert 'value="Hello {{ name }}"' in form_page and f'value="{list_id}" checked' in form_page
@@ -147,7 +138,7 @@ async def test_update_refused_unless_draft_and_other_organisation_is_not_found(m
     web = await logged_in(console)
     console.catcher.reply = lambda address, seen: "450 4.2.0 try later"  # keep the campaign sending
     list_id = await _list_with(web, "Customers", "email,name\nhanako@example.net,Hanako\n")
-    campaign_id = await _create_campaign(web, list_id)
+    campaign_id = await create_campaign(web, list_id)
     stub, metadata = _stub(console, internal_key, console.organization_id)
     fields = {
         "name": "Renamed",
@@ -206,7 +197,7 @@ async def test_pause_resume_cancel_buttons_change_the_state(make_console):
     web = await logged_in(console)
     viewer = await logged_in(console, "vic")
     list_id = await _list_with(web, "Customers", "email,name\nhanako@example.net,Hanako\n")
-    campaign_id = await _create_campaign(web, list_id)
+    campaign_id = await create_campaign(web, list_id)
     page = f"/campaigns/{campaign_id}"
 
     async def state() -> str:

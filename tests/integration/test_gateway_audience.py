@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest_asyncio
 
-from tests.support.console import OWNER, PASSWORD, Console, Web, poll, start_console
+from tests.support.console import OWNER, PASSWORD, Console, Web, create_list, poll, start_console
 from tests.support.stack import make_dkim_keys
 
 
@@ -34,13 +34,6 @@ async def logged_in(console: Console, login: str = OWNER) -> Web:
     web = console.client()
     assert (await web.login(login, PASSWORD)).status_code == 302
     return web
-
-
-async def create_list(web: Web, name: str) -> int:
-    """A new list's id."""
-    response = await web.post("/lists", {"name": name})
-    assert response.status_code == 302, text(response)
-    return int(response.location.rsplit("/", 1)[1])
 
 
 async def add_plan_field(web: Web) -> None:

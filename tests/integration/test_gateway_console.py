@@ -15,7 +15,16 @@ import pytest
 import pytest_asyncio
 
 from services.gateway.security import PUBLIC_ENDPOINTS
-from tests.support.console import OWNER, PASSWORD, Console, Web, poll, start_console
+from tests.support.console import (
+    OWNER,
+    PASSWORD,
+    Console,
+    Web,
+    create_campaign,
+    create_list,
+    poll,
+    start_console,
+)
 from tests.support.stack import make_dkim_keys
 
 NEW_PASSWORD = "amber-heron-92-quartz"
@@ -312,8 +321,8 @@ async def test_another_organisations_objects_are_404(make_console):
     # gets 404 for its lists, campaigns, previews, progress, imports and users, and changes nothing.
     console = await make_console()
     owner = await logged_in(console)
-    list_id = await _create_list(owner, "Acme customers")
-    campaign_id = await _create_campaign(owner, list_id)
+    list_id = await create_list(owner, "Acme customers")
+    campaign_id = await create_campaign(owner, list_id)
     other = console.add_organization("Other KK")
     console.add_user("mallory", "admin", organization_id=other)
     bob = console.add_user("bob", "editor")
@@ -368,8 +377,8 @@ async def test_security_headers_and_no_inline_script(make_console):
     # and HSTS, and is not cached; no page contains an inline script or event handler.
     console = await make_console()
     web = await logged_in(console)
-    list_id = await _create_list(web, "Headers")
-    campaign_id = await _create_campaign(web, list_id)
+    list_id = await create_list(web, "Headers")
+    campaign_id = await create_campaign(web, list_id)
     for path in ("/login", "/campaigns", f"/campaigns/{campaign_id}", "/lists", "/users", "/tokens", "/audit"):
         response = await web.get(path)
         assert response.status_code == 200, path
@@ -391,10 +400,10 @@ async def test_campaign_preview_is_sandboxed_and_user_text_is_escaped(make_conso
     # the console's origin; names with markup are shown as text everywhere in the console.
     console = await make_console()
     web = await logged_in(console)
-    list_id = await _create_list(web, "<img src=x onerror=alert(1)>")
+    list_id = await create_list(web, "<img src=x onerror=alert(1)>")
     lists_page = text(await web.get("/lists"))
     assert "<img src=x" not in lists_page and "&lt;img src=x onerror=alert(1)&gt;" in lists_page
-    campaign_id = await _create_campaign(
+    campaign_id = await create_campaign(
         web, list_id, name="<b>bold</b>", html_body="<script>parent.alert(1)</script><p>Hi {{ name }}</p>"
     )
     page = text(await web.get(f"/campaigns/{campaign_id}"))
@@ -409,28 +418,6 @@ async def test_campaign_preview_is_sandboxed_and_user_text_is_escaped(make_conso
     assert "<p>Hi alice</p>" in text(preview)
 
 
-async def _create_list(web: Web, name: str) -> int:
-    response = await web.post("/lists", {"name": name})
-    assert response.status_code == 302, text(response)
-    return int(response.location.rsplit("/", 1)[1])
-
-
-async def _create_campaign(web: Web, list_id: int, **fields) -> int:
-    form = {
-        "name": "Spring sale",
-        "list_ids": str(list_id),
-        "from_name": "Acme",
-        "from_address": "news@news.example.com",
-        "subject": "Hello {{ name }}",
-        "html_body": "<p>Hello {{ name }}</p>",
-        "text_body": "Hello {{ name }}",
-        **fields,
-    }
-    response = await web.post("/campaigns/new", form)
-    assert response.status_code == 302, text(response)
-    return int(response.location.rsplit("/", 1)[1])
-
-
 async def test_upload_compose_test_send_progress_audit_and_outbox(make_console):
     # An editor uploads a CSV (a background import), sees the subscribers active, composes a campaign,
     # sends a test to one address, sends it; the progress JSON reaches "sent" for both recipients, the
@@ -438,7 +425,7 @@ async def test_upload_compose_test_send_progress_audit_and_outbox(make_console):
     console = await make_console()
     console.add_user("eddie", "editor")
     editor = await logged_in(console, "eddie")
-    list_id = await _create_list(editor, "Customers")
+    list_id = await create_list(editor, "Customers")
     csv_data = "email,name,company\nhanako@example.net,山田 花子,ACME\ntaro@example.net,Taro,Beta\n".encode()
     upload = await editor.post(
         f"/lists/{list_id}/upload",
@@ -457,7 +444,7 @@ async def test_upload_compose_test_send_progress_audit_and_outbox(make_console):
     subscribers = text(await editor.get(f"/lists/{list_id}"))
     assert "hanako@example.net" in subscribers and "山田 花子" in subscribers and "status-active" in subscribers
 
-    campaign_id = await _create_campaign(editor, list_id, subject="{{ name }}様へ", html_body="<p>{{ company }}</p>")
+    campaign_id = await create_campaign(editor, list_id, subject="{{ name }}様へ", html_body="<p>{{ company }}</p>")
     tested = await editor.post(f"/campaigns/{campaign_id}/test", {"to_address": "qa@example.org"})
     assert tested.status_code == 302
     test_mail = (await poll(lambda: _mail_to(console, "qa@example.org")))[0]

@@ -187,3 +187,27 @@ async def poll(check, timeout: float = 30.0, interval: float = 0.1) -> Any:
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def create_list(web: Web, name: str) -> int:
+    """A new list's id, created through the console."""
+    response = await web.post("/lists", {"name": name})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return int(response.location.rsplit("/", 1)[1])
+
+
+async def create_campaign(web: Web, list_id: int, **fields) -> int:
+    """A new draft's id, composed through the console for one list (fields override the defaults)."""
+    form = {
+        "name": "Spring sale",
+        "list_ids": str(list_id),
+        "from_name": "Acme",
+        "from_address": "news@news.example.com",
+        "subject": "Hello {{ name }}",
+        "html_body": "<p>Hello {{ name }}</p>",
+        "text_body": "Hello {{ name }}",
+        **fields,
+    }
+    response = await web.post("/campaigns/new", form)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return int(response.location.rsplit("/", 1)[1])
