@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import psycopg
+from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -73,6 +74,7 @@ class SecretFiles:
     """Where the development secrets are; the files themselves are mode 0600."""
 
     internal_key: Path
+    totp_keys: Path
     dkim_rsa: Path
     dkim_ed25519: Path
     tls_cert: Path
@@ -98,6 +100,7 @@ def ensure_secrets(directory: Path) -> tuple[SecretFiles, bool]:
     directory.chmod(0o700)
     files = SecretFiles(
         internal_key=directory / "internal.key",
+        totp_keys=directory / "totp.keys",
         dkim_rsa=directory / f"dkim-{DKIM_RSA_SELECTOR}.pem",
         dkim_ed25519=directory / f"dkim-{DKIM_ED25519_SELECTOR}.pem",
         tls_cert=directory / "tls" / "cert.pem",
@@ -108,6 +111,10 @@ def ensure_secrets(directory: Path) -> tuple[SecretFiles, bool]:
         # 32 random bytes, hex-encoded: the services strip whitespace from key files, and a text key
         # also fits the MAILBLAST_INTERNAL_KEY variable used in Kubernetes.
         _write_secret(files.internal_key, secrets.token_hex(32).encode())
+        created = True
+    if not files.totp_keys.exists():
+        # One Fernet key sealing TOTP secrets in the database (rotation adds keys after it).
+        _write_secret(files.totp_keys, Fernet.generate_key())
         created = True
     if not files.dkim_rsa.exists():
         _write_secret(files.dkim_rsa, _pkcs8(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
@@ -343,6 +350,7 @@ class Supervisor:
             "DATABASE_URL": database_url,
             "NATS_URL": nats_url,
             "MAILBLAST_INTERNAL_KEY_FILE": str(files.internal_key),
+            "AUTH_TOTP_KEYS_FILE": str(files.totp_keys),
             "AUTH_ADDR": f"127.0.0.1:{ports['auth']}",
             "LISTS_ADDR": f"127.0.0.1:{ports['lists']}",
             "CAMPAIGNS_ADDR": f"127.0.0.1:{ports['campaigns']}",
@@ -367,6 +375,7 @@ class Supervisor:
         }
         # The key itself must not reach a child's environment: the file is the one channel.
         base.pop("MAILBLAST_INTERNAL_KEY", None)
+        base.pop("AUTH_TOTP_KEYS", None)
         plan = [(name, f"services.{name}", base[f"{name.upper()}_GRPC_BIND"], {}) for name in ("auth", "lists")]
         plan.append(("campaigns", "services.campaigns", base["CAMPAIGNS_GRPC_BIND"], {}))
         for index, port in enumerate(sender_ports, start=1):

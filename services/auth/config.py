@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.config import env_bytes_secret, env_int, env_str
+from services.auth.sealing import parse_keys
+from services.common.config import ConfigError, env_bytes_secret, env_int, env_str
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,8 @@ class Config:
     internal_key: bytes
     # Lockout and password-reset mails go out through the senders over NATS.
     nats_url: str
+    # Fernet keys sealing TOTP secrets in the database; the first seals, the others still open (rotation).
+    totp_keys: tuple[bytes, ...]
     grpc_bind: str = "0.0.0.0:50051"
     lockout_threshold: int = 5
     lockout_seconds: int = 1800
@@ -28,11 +31,16 @@ class Config:
 
     @classmethod
     def from_env(cls) -> Config:
-        """Read DATABASE_URL, MAILBLAST_INTERNAL_KEY(_FILE), NATS_URL and AUTH_*."""
+        """Read DATABASE_URL, MAILBLAST_INTERNAL_KEY(_FILE), NATS_URL, AUTH_TOTP_KEYS(_FILE) and AUTH_*."""
+        try:
+            totp_keys = parse_keys(env_bytes_secret("AUTH_TOTP_KEYS").decode())
+        except ValueError as exc:
+            raise ConfigError(f"AUTH_TOTP_KEYS: {exc}") from None
         return cls(
             database_url=env_str("DATABASE_URL"),
             internal_key=env_bytes_secret("MAILBLAST_INTERNAL_KEY"),
             nats_url=env_str("NATS_URL"),
+            totp_keys=totp_keys,
             grpc_bind=env_str("AUTH_GRPC_BIND", "0.0.0.0:50051"),
             lockout_threshold=env_int("AUTH_LOCKOUT_THRESHOLD", 5),
             lockout_seconds=env_int("AUTH_LOCKOUT_SECONDS", 1800),

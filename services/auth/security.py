@@ -8,10 +8,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from cryptography.fernet import InvalidToken
 from mailblast.v1 import events_pb2
 
 from services.auth import notices, passwords, tokens, totp
 from services.auth.config import Config
+from services.auth.sealing import SecretBox
 from services.auth.store import Account, AuthStore, SessionRow
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.log import get_logger
@@ -91,6 +93,15 @@ class AccountSecurity:
         self._store = store
         self._config = config
         self._send_mail = send_mail
+        self._box = SecretBox(config.totp_keys)
+
+    def _open(self, account: Account, sealed: str) -> str | None:
+        try:
+            return self._box.open(sealed)
+        except InvalidToken:
+            # The user can still log in with a recovery code; the operator must restore the key.
+            log.error("totp secret cannot be opened: was its key removed from AUTH_TOTP_KEYS?", user_id=account.id)
+            return None
 
     # -- login
 
@@ -159,7 +170,10 @@ class AccountSecurity:
                 )  # fmt: skip
             return used
         assert account.totp_secret is not None
-        step = totp.matching_step(account.totp_secret, attempt.totp_code, account.totp_last_step)
+        secret = self._open(account, account.totp_secret)
+        if secret is None:
+            return False
+        step = totp.matching_step(secret, attempt.totp_code, account.totp_last_step)
         return step is not None and await self._store.accept_totp_step(account.id, step)
 
     async def _audit_failure(self, account: Account, reason: str, ip: str) -> None:
@@ -319,7 +333,7 @@ class AccountSecurity:
         if account.totp_enabled:
             raise FailedPrecondition("two-step verification is already on: turn it off first to change devices")
         secret = totp.new_secret()
-        await self._store.set_totp_pending(account.id, secret)
+        await self._store.set_totp_pending(account.id, self._box.seal(secret))
         return secret, totp.provisioning_uri(secret, account.login)
 
     async def confirm_totp(self, token: str, code: str, source_ip: str, user_agent: str) -> tuple[list[str], str]:
@@ -327,7 +341,8 @@ class AccountSecurity:
         session, account = await self.require_session(token, allow_setup_only=True)
         if account.totp_pending_secret is None:
             raise FailedPrecondition("no two-step verification set-up is under way: begin it first")
-        step = totp.matching_step(account.totp_pending_secret, code, 0)
+        pending = self._open(account, account.totp_pending_secret)
+        step = None if pending is None else totp.matching_step(pending, code, 0)
         if step is None:
             raise InvalidArgument("the code does not match: check the device's clock and type the current code")
         codes = totp.new_recovery_codes()

@@ -12,11 +12,15 @@ from psycopg_pool import AsyncConnectionPool
 from services.auth.authenticate import TokenAuthenticator
 from services.auth.config import Config
 from services.auth.grpc_api import AuthServicer
+from services.auth.sealing import SecretBox
 from services.auth.security import AccountSecurity
 from services.auth.store import AuthStore
 from services.common import bus, db, mail
 from services.common.identity import IdentitySigner
+from services.common.log import get_logger
 from services.common.rpc import GrpcServer, start_grpc_server
+
+log = get_logger(__name__)
 
 SCHEMA = "auth"
 SQL_DIR = Path(__file__).parent / "sql"
@@ -46,6 +50,9 @@ async def start(config: Config) -> Running:
     try:
         nc, js = await bus.connect(config.nats_url, "auth")
         store = AuthStore(pool)
+        resealed = await store.reseal_totp_secrets(SecretBox(config.totp_keys).reseal)
+        if resealed:
+            log.info("totp secrets sealed with the current key", count=resealed)
         authenticator = TokenAuthenticator(store)
 
         async def send_mail(message: events_pb2.TransactionalMessage) -> None:

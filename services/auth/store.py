@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -220,6 +221,14 @@ UPDATE users SET password_hash = %s, failed_logins = 0, locked_until = NULL WHER
 """  # noqa: S105
 
 SET_TOTP_PENDING = "UPDATE users SET totp_pending_secret = %s WHERE id = %s"
+SELECT_TOTP_SECRETS = (
+    "SELECT id, totp_secret, totp_pending_secret FROM users"
+    " WHERE totp_secret IS NOT NULL OR totp_pending_secret IS NOT NULL"
+)
+RESEAL_TOTP = {
+    "totp_secret": "UPDATE users SET totp_secret = %s WHERE id = %s AND totp_secret = %s",
+    "totp_pending_secret": "UPDATE users SET totp_pending_secret = %s WHERE id = %s AND totp_pending_secret = %s",
+}
 ENABLE_TOTP = """
 UPDATE users SET totp_secret = totp_pending_secret, totp_pending_secret = NULL, totp_enabled_at = now(),
     totp_last_step = %s
@@ -507,6 +516,20 @@ class AuthStore:
             await conn.execute(RESET_PASSWORD, (password_hash, user_id))
             cur = await conn.execute(REVOKE_USER_SESSIONS, ("password_reset", user_id, 0))
             return cur.rowcount
+
+    async def reseal_totp_secrets(self, reseal: Callable[[str], str | None]) -> int:
+        """Store each TOTP secret as `reseal` says (sealing plaintext, rotating old keys); how many changed."""
+        changed = 0
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(SELECT_TOTP_SECRETS)
+            for user_id, *stored in await cur.fetchall():
+                for column, old in zip(("totp_secret", "totp_pending_secret"), stored, strict=True):
+                    new = reseal(old) if old is not None else None
+                    if new is not None:
+                        # Only if unchanged meanwhile: another replica may be doing the same.
+                        done = await conn.execute(RESEAL_TOTP[column], (new, user_id, old))
+                        changed += done.rowcount
+        return changed
 
     async def set_totp_pending(self, user_id: int, secret: str) -> None:
         """Keep a secret being set up (it replaces any earlier pending one)."""

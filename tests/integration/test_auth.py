@@ -9,6 +9,7 @@ import grpc
 import psycopg
 import pytest
 import pytest_asyncio
+from cryptography.fernet import Fernet
 from mailblast.v1 import auth_pb2, auth_pb2_grpc
 
 from services.auth.config import Config
@@ -36,7 +37,13 @@ def bearer(token: str) -> list[tuple[str, str]]:
 async def auth(database_url: str, nats_url: str, internal_key: bytes):
     """A started auth service and a stub connected to it."""
     running = await start(
-        Config(database_url=database_url, internal_key=internal_key, nats_url=nats_url, grpc_bind="127.0.0.1:0")
+        Config(
+            database_url=database_url,
+            internal_key=internal_key,
+            nats_url=nats_url,
+            totp_keys=(Fernet.generate_key(),),
+            grpc_bind="127.0.0.1:0",
+        )
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}")
     try:

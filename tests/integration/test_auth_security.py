@@ -12,6 +12,7 @@ import nats
 import psycopg
 import pytest
 import pytest_asyncio
+from cryptography.fernet import Fernet
 from mailblast.v1 import auth_pb2, auth_pb2_grpc, events_pb2
 
 from services.auth import totp
@@ -98,7 +99,10 @@ class Env:
 
 def config(database_url: str, nats_url: str, internal_key: bytes, **overrides) -> Config:
     """Auth settings for a test."""
-    base = Config(database_url, internal_key, nats_url, grpc_bind="127.0.0.1:0", console_url="https://console.test")
+    keys = (Fernet.generate_key(),)
+    base = Config(
+        database_url, internal_key, nats_url, keys, grpc_bind="127.0.0.1:0", console_url="https://console.test"
+    )
     return dataclasses.replace(base, **overrides)
 
 
@@ -560,3 +564,53 @@ async def test_audit_events_recorded_and_paged(make_env):
     assert "campaign.sent" not in [
         e.action for e in (await env.stub.ListAuditEvents(earlier, metadata=env.owner)).events
     ]
+
+
+async def test_totp_secret_is_sealed_at_rest_and_survives_key_rotation(
+    make_env, database_url, nats_url, internal_key, capsys
+):
+    # Scenario: alice turns on TOTP under key OLD; the users table holds a seal, not the secret. Auth
+    # restarted with NEW,OLD reseals it under NEW, and an auth knowing only NEW logs her in with a code.
+    # A secret an older version stored in plaintext is sealed at start. With no key that opens it, a
+    # code fails (auth still starts, and logs why) while a recovery code still logs her in.
+    old_key, new_key = Fernet.generate_key(), Fernet.generate_key()
+    env = await make_env(totp_keys=(old_key,))
+    session = (await env.login("alice", PASSWORD)).session_token
+    setup = await env.stub.BeginTotpSetup(S.BeginTotpSetupRequest(session_token=session), metadata=env.gateway)
+    (pending,) = env.sql("SELECT totp_pending_secret FROM auth.users WHERE login = 'alice'")[0]
+    assert setup.secret not in pending and Fernet(old_key).decrypt(pending.encode()).decode() == setup.secret
+    confirm = S.ConfirmTotpRequest(session_token=session, code=totp.code_at(setup.secret, time.time()))
+    codes = list((await env.stub.ConfirmTotp(confirm, metadata=env.gateway)).recovery_codes)
+
+    def stored() -> str:
+        return env.sql("SELECT totp_secret FROM auth.users WHERE login = 'alice'")[0][0]
+
+    assert setup.secret not in stored() and Fernet(old_key).decrypt(stored().encode()).decode() == setup.secret
+
+    async def login_with_code(keys: tuple[bytes, ...], code: str) -> int:
+        # Another auth replica on the same database, with these keys; the code may be reused.
+        env.sql("UPDATE auth.users SET totp_last_step = 0 WHERE login = 'alice'")
+        running = await start(config(database_url, nats_url, internal_key, totp_keys=keys))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+                stub = auth_pb2_grpc.AuthServiceStub(channel)
+                request = S.LoginRequest(login="alice", password=PASSWORD, totp_code=code, source_ip="203.0.113.5")
+                return (await stub.Login(request, metadata=env.gateway)).status
+        finally:
+            await running.stop()
+
+    now = totp.code_at(setup.secret, time.time())
+    assert await login_with_code((new_key, old_key), now) == S.LOGIN_STATUS_OK
+    assert Fernet(new_key).decrypt(stored().encode()).decode() == setup.secret
+    assert await login_with_code((new_key,), now) == S.LOGIN_STATUS_OK
+
+    env.sql("UPDATE auth.users SET totp_secret = %s WHERE login = 'alice'", (setup.secret,))
+    assert await login_with_code((new_key,), now) == S.LOGIN_STATUS_OK
+    assert setup.secret not in stored() and Fernet(new_key).decrypt(stored().encode()).decode() == setup.secret
+
+    assert await login_with_code((Fernet.generate_key(),), now) == S.LOGIN_STATUS_FAILED
+    logged = capsys.readouterr().out
+    assert "totp secret cannot be opened: was its key removed from AUTH_TOTP_KEYS?" in logged
+    assert setup.secret not in logged and new_key.decode() not in logged and old_key.decode() not in logged
+    recovered = await env.login("alice", PASSWORD, recovery_code=codes[0])
+    assert recovered.status == S.LOGIN_STATUS_OK

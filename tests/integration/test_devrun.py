@@ -205,15 +205,17 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, d
 
     # The token and the secrets stay out of every file the run writes besides the secrets themselves.
     internal_key = (var / "secrets" / "internal.key").read_bytes().strip()
+    totp_key = (var / "secrets" / "totp.keys").read_bytes().strip()
     for path in [*(var / "logs").iterdir(), var / "run.json"]:
         content = path.read_bytes()
         assert token.encode() not in content, path
         assert password.encode() not in content, path
         assert internal_key not in content, path
-    assert internal_key.decode() not in output
+        assert totp_key not in content, path
+    assert internal_key.decode() not in output and totp_key.decode() not in output
     assert (var / "secrets").stat().st_mode & 0o777 == 0o700
     secret_files = [p for p in (var / "secrets").rglob("*") if p.is_file()]
-    assert len(secret_files) == 5
+    assert len(secret_files) == 6
     for path in secret_files:
         assert path.stat().st_mode & 0o777 == 0o600, path
     secrets_before = {p: p.read_bytes() for p in secret_files}

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from dev.run import dkim_dns_records, ensure_secrets, read_internal_key, var_dir
+from services.auth.sealing import parse_keys
 from services.common.config import env_bytes_secret
 from services.common.identity import IdentitySigner, Principal
 
@@ -30,7 +31,7 @@ def test_secrets_are_created_once_and_private(tmp_path: Path) -> None:
     # The first run creates every secret with mode 0600 in a 0700 folder; a second run reuses them unchanged.
     files, created = ensure_secrets(tmp_path / "secrets")
     assert created
-    paths = [files.internal_key, files.dkim_rsa, files.dkim_ed25519, files.tls_cert, files.tls_key]
+    paths = [files.internal_key, files.totp_keys, files.dkim_rsa, files.dkim_ed25519, files.tls_cert, files.tls_key]
     assert (tmp_path / "secrets").stat().st_mode & 0o777 == 0o700
     for path in paths:
         assert path.stat().st_mode & 0o777 == 0o600, path
@@ -42,10 +43,12 @@ def test_secrets_are_created_once_and_private(tmp_path: Path) -> None:
 
 
 def test_keys_have_the_promised_kinds(tmp_path: Path) -> None:
-    # The internal key carries 32 random bytes; DKIM keys are PKCS#8 PEM, RSA-2048 for mb1 and ed25519 for mb1ed.
+    # The internal key carries 32 random bytes; the TOTP key is one Fernet key, as auth reads it; DKIM keys
+    # are PKCS#8 PEM, RSA-2048 for mb1 and ed25519 for mb1ed.
     files, _ = ensure_secrets(tmp_path / "secrets")
     key = read_internal_key(files.internal_key)
     assert len(bytes.fromhex(key.decode())) == 32
+    assert len(parse_keys(files.totp_keys.read_text())) == 1
     rsa_pem = files.dkim_rsa.read_bytes()
     assert rsa_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
     rsa_key = serialization.load_pem_private_key(rsa_pem, password=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 import pytest_asyncio
+from cryptography.fernet import Fernet
 from mailblast.v1 import auth_pb2, auth_pb2_grpc, lists_pb2, lists_pb2_grpc
 
 from services.auth import service as auth_service
@@ -23,7 +24,13 @@ def bearer(token: str) -> list[tuple[str, str]]:
 async def stubs(database_url: str, nats_url: str, internal_key: bytes):
     """Auth and lists started side by side (one database, their own schemas), and a stub for each."""
     auth = await auth_service.start(
-        AuthConfig(database_url=database_url, internal_key=internal_key, nats_url=nats_url, grpc_bind="127.0.0.1:0")
+        AuthConfig(
+            database_url=database_url,
+            internal_key=internal_key,
+            nats_url=nats_url,
+            totp_keys=(Fernet.generate_key(),),
+            grpc_bind="127.0.0.1:0",
+        )
     )
     lists = await lists_service.start(
         ListsConfig(

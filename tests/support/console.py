@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import psycopg
+from cryptography.fernet import Fernet
 from flask import Flask
 from flask.testing import FlaskClient
 from mailblast.v1 import auth_pb2, auth_pb2_grpc
@@ -140,7 +141,12 @@ async def start_console(
     catcher = SmtpCatcher(*tls_files, store_dir=outbox)
     catcher.start()
     auth_config = AuthConfig(
-        database_url, internal_key, nats_url, grpc_bind="127.0.0.1:0", console_url="https://localhost"
+        database_url,
+        internal_key,
+        nats_url,
+        (Fernet.generate_key(),),
+        grpc_bind="127.0.0.1:0",
+        console_url="https://localhost",
     )
     auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides))
     auth_addr = f"127.0.0.1:{auth.grpc_port}"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from mailblast.v1 import (
@@ -220,7 +221,8 @@ async def start_stack(
 ) -> Stack:
     """Start every service in this process and bootstrap an organisation with an admin token."""
     signer = IdentitySigner(internal_key)
-    auth = await auth_service.start(AuthConfig(database_url, internal_key, nats_url, grpc_bind="127.0.0.1:0"))
+    auth_config = AuthConfig(database_url, internal_key, nats_url, (Fernet.generate_key(),), grpc_bind="127.0.0.1:0")
+    auth = await auth_service.start(auth_config)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
         ListsConfig(

@@ -129,6 +129,8 @@ def test_settings_and_secrets_come_from_config_map_and_secret(path: str) -> None
             e["name"]: e["valueFrom"]["secretKeyRef"] for e in main["env"] if "secretKeyRef" in e.get("valueFrom", {})
         }
         assert secret_keys["MAILBLAST_INTERNAL_KEY"]["name"] == "mailblast-secrets"
+        if name == "auth":
+            assert secret_keys["AUTH_TOTP_KEYS"] == {"name": "mailblast-secrets", "key": "AUTH_TOTP_KEYS"}
         if name != "gateway":
             assert secret_keys["DATABASE_URL"] == {"name": "mailblast-secrets", "key": "DATABASE_URL"}
     sender = objects(path, "Deployment")["sender"]
