@@ -22,7 +22,7 @@ from charset_normalizer import from_bytes
 
 from services.common.errors import Explained, Problem, explanation_json
 from services.lists.fields import MAX_TEXT, FieldDef, coerce
-from services.lists.privacy import email_hash
+from services.lists.privacy import email_hasher
 from services.lists.validation import MAX_NAME, check_email, check_name
 
 ENCODINGS = {
@@ -419,9 +419,10 @@ def parse_for_streams(
     parsed = parse_batch(records, codec, delimiter, targets, defs, done)
     lines: list[list[str]] = [[] for _ in range(streams)]
     counts = [0] * streams
+    hash_of = email_hasher(hash_key) if hash_key is not None else None
     for r in parsed.rows:
         s = stream_of(r.email, streams)
-        h = email_hash(hash_key, r.email) if hash_key is not None else NULL
+        h = hash_of(r.email) if hash_of is not None else NULL
         lines[s].append(
             f"{r.row_number}\t{copy_text(r.email)}\t{copy_text(r.name)}\t{copy_text(_compact_json(r.attributes))}\t{h}\n"
         )
