@@ -95,6 +95,10 @@ class AccountSecurity:
         self._send_mail = send_mail
         self._box = SecretBox(config.totp_keys)
 
+    async def reseal_totp_secrets(self) -> int:
+        """Seal secrets stored in plaintext and reseal older keys' seals under the first key; how many."""
+        return await self._store.reseal_totp_secrets(self._box.reseal)
+
     def _open(self, account: Account, sealed: str) -> str | None:
         try:
             return self._box.open(sealed)

@@ -12,7 +12,6 @@ from psycopg_pool import AsyncConnectionPool
 from services.auth.authenticate import TokenAuthenticator
 from services.auth.config import Config
 from services.auth.grpc_api import AuthServicer
-from services.auth.sealing import SecretBox
 from services.auth.security import AccountSecurity
 from services.auth.store import AuthStore
 from services.common import bus, db, mail
@@ -50,15 +49,16 @@ async def start(config: Config) -> Running:
     try:
         nc, js = await bus.connect(config.nats_url, "auth")
         store = AuthStore(pool)
-        resealed = await store.reseal_totp_secrets(SecretBox(config.totp_keys).reseal)
-        if resealed:
-            log.info("totp secrets sealed with the current key", count=resealed)
         authenticator = TokenAuthenticator(store)
 
         async def send_mail(message: events_pb2.TransactionalMessage) -> None:
             await mail.send_transactional(js, message)
 
-        servicer = AuthServicer(store, authenticator, AccountSecurity(store, config, send_mail))
+        security = AccountSecurity(store, config, send_mail)
+        resealed = await security.reseal_totp_secrets()
+        if resealed:
+            log.info("totp secrets sealed with the current key", count=resealed)
+        servicer = AuthServicer(store, authenticator, security)
 
         def register(server: grpc.aio.Server) -> list[str]:
             auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)

@@ -16,15 +16,12 @@ class Explained(Exception):
     so a Japanese page shows a Japanese explanation. Without params a template is the text as is.
     """
 
-    def __init__(self, template: str, **params: Any) -> None:
-        self._explain((template,), params)
-
-    def _explain(self, templates: tuple[str, ...], params: dict[str, Any]) -> None:
-        # An explanation may be a reason behind a prefix ("field 'x': " + "'abc' is not a number"): the
-        # parts are translated one by one, so the catalog needs each part once, not every combination.
+    def __init__(self, *templates: str, **params: Any) -> None:
+        # Usually one template. A reason behind a prefix ("field 'x': " + "'abc' is not a number") keeps
+        # its parts, translated one by one, so the catalog needs each part once, not every combination.
         self.templates = templates
         self.params = params
-        Exception.__init__(self, "".join(t % params if params else t for t in templates))
+        super().__init__("".join(t % params if params else t for t in templates))
 
     @property
     def template(self) -> str:
@@ -38,9 +35,7 @@ class Explained(Exception):
             templates, merged = exc.templates, {**exc.params, **params}
         else:
             templates, merged = ("%(reason)s",), {"reason": str(exc), **params}
-        made = cls.__new__(cls)
-        made._explain(((prefix,) if prefix else ()) + templates, merged)
-        return made
+        return cls(*((prefix,) if prefix else ()), *templates, **merged)
 
 
 class Problem(Explained, ValueError):

@@ -66,23 +66,26 @@ def _fields() -> list[lists_pb2.CustomField]:
     return list(call(backends().lists.ListFields, lists_pb2.ListFieldsRequest()).fields)
 
 
-def _download(method: Callable, message: Any, filename: str, mimetype: str) -> Response:
-    """Stream a FileChunk RPC to the browser; a refusal before the first chunk is an ordinary error page."""
-    chunks: Iterator = stream(method, message)
+def _opened(method: Callable, message: Any) -> Iterator:
+    """A server-streaming RPC's items; a refusal before the first one is raised here, as a BackendError."""
+    items: Iterator = stream(method, message)
     try:
-        first = next(chunks, None)
+        first = next(items, None)
     except grpc.RpcError as exc:
         raise BackendError.from_rpc(exc) from None
+    return itertools.chain([first] if first is not None else [], items)
 
-    def body() -> Iterator[bytes]:
-        if first is not None:
-            yield first.data
-        for chunk in chunks:
-            yield chunk.data
 
-    response = Response(stream_with_context(body()), mimetype=mimetype)
+def _attachment(body: Iterator[bytes], filename: str, mimetype: str) -> Response:
+    response = Response(stream_with_context(body), mimetype=mimetype)
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
+
+
+def _download(method: Callable, message: Any, filename: str, mimetype: str) -> Response:
+    """Stream a FileChunk RPC to the browser; a refusal before the first chunk is an ordinary error page."""
+    chunks = _opened(method, message)
+    return _attachment((chunk.data for chunk in chunks), filename, mimetype)
 
 
 # --------------------------------------------------------------------------------------------- fields
@@ -285,18 +288,14 @@ def import_rollback(list_id: int, import_id: int) -> Response:
 def import_errors(list_id: int, import_id: int) -> Response:
     """The bad rows (row number, reason, raw line) as CSV."""
     _own_import(list_id, import_id)
-    pages: Iterator = stream(backends().lists.StreamImportErrorRows, lists_pb2.GetImportRequest(import_id=import_id))
-    try:
-        first = next(pages, None)
-    except grpc.RpcError as exc:
-        raise BackendError.from_rpc(exc) from None
+    pages = _opened(backends().lists.StreamImportErrorRows, lists_pb2.GetImportRequest(import_id=import_id))
 
     def body() -> Iterator[bytes]:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\r\n")
         # UTF-8 with a BOM, so Excel reads the Japanese reasons and names right.
         writer.writerow(["\ufeff" + _("row"), _("reason"), _("raw")])
-        for page in itertools.chain([first] if first is not None else [], pages):
+        for page in pages:
             for row in page.rows:
                 writer.writerow([row.row_number, explain_json(row.explanation_json, row.reason), row.raw])
             yield buf.getvalue().encode("utf-8")
@@ -304,9 +303,7 @@ def import_errors(list_id: int, import_id: int) -> Response:
             buf.truncate()
         yield buf.getvalue().encode("utf-8")
 
-    response = Response(stream_with_context(body()), mimetype="text/csv")
-    response.headers["Content-Disposition"] = f'attachment; filename="import-{import_id}-errors.csv"'
-    return response
+    return _attachment(body(), f"import-{import_id}-errors.csv", "text/csv")
 
 
 # -------------------------------------------------------------------------------------------- exports

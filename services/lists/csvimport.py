@@ -20,7 +20,7 @@ from typing import Any
 
 from charset_normalizer import from_bytes
 
-from services.common.errors import Explained, Problem, explanation_json
+from services.common.errors import Problem, explanation_json
 from services.lists.fields import MAX_TEXT, FieldDef, coerce
 from services.lists.privacy import email_hasher
 from services.lists.validation import MAX_NAME, check_email, check_name
@@ -197,7 +197,7 @@ class BadRow:
     @classmethod
     def of(cls, row_number: int, problem: Exception, raw: str) -> BadRow:
         """A bad row rejected for `problem` (its template kept when it has one)."""
-        explained = problem if isinstance(problem, Explained) else Problem.of(problem)
+        explained = Problem.of(problem)
         return cls(row_number, str(explained), raw, explanation_json(explained))
 
 

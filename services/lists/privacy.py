@@ -22,4 +22,4 @@ def email_hasher(key: bytes) -> Callable[[str], str]:
 
 def email_hash(key: bytes, email: str) -> str:
     """HMAC-SHA256 of the lower-cased address under the internal key, hex."""
-    return hmac.new(key, b"suppression:" + email.strip().lower().encode(), hashlib.sha256).hexdigest()
+    return email_hasher(key)(email)
