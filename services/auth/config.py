@@ -28,6 +28,8 @@ class Config:
     invite_ttl_seconds: int = 259200
     console_url: str = "http://127.0.0.1:8080"
     mail_from: str = "no-reply@mailblast.example.com"
+    # The .creds file of this process's NATS credential; empty: connect without (a server without auth).
+    nats_creds_file: str = ""
 
     @classmethod
     def from_env(cls) -> Config:
@@ -51,4 +53,5 @@ class Config:
             invite_ttl_seconds=env_int("AUTH_INVITE_TTL_SECONDS", 259200),
             console_url=env_str("AUTH_CONSOLE_URL", "http://127.0.0.1:8080").rstrip("/"),
             mail_from=env_str("AUTH_MAIL_FROM", "no-reply@mailblast.example.com"),
+            nats_creds_file=env_str("NATS_CREDS_FILE", ""),
         )

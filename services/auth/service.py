@@ -47,7 +47,7 @@ async def start(config: Config) -> Running:
     pool = await db.open_pool(config.database_url, SCHEMA)
     nc: NATS | None = None
     try:
-        nc, js = await bus.connect(config.nats_url, "auth")
+        nc, js = await bus.connect(config.nats_url, "auth", config.nats_creds_file)
         store = AuthStore(pool)
         authenticator = TokenAuthenticator(store)
 

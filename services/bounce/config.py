@@ -19,6 +19,8 @@ class Config:
     smtp_bind: str = "0.0.0.0:2525"
     smtp_hostname: str = "bounce.mailblast.example.com"
     max_message_bytes: int = 10 * 1024 * 1024
+    # The .creds file of this process's NATS credential; empty: connect without (a server without auth).
+    nats_creds_file: str = ""
 
     @classmethod
     def from_env(cls) -> Config:
@@ -32,4 +34,5 @@ class Config:
             smtp_bind=env_str("BOUNCE_SMTP_BIND", "0.0.0.0:2525"),
             smtp_hostname=env_str("BOUNCE_SMTP_HOSTNAME", "bounce.mailblast.example.com"),
             max_message_bytes=env_int("BOUNCE_MAX_MESSAGE_BYTES", 10 * 1024 * 1024),
+            nats_creds_file=env_str("NATS_CREDS_FILE", ""),
         )

@@ -69,7 +69,7 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
     """
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA)
-    nc, js = await bus.connect(config.nats_url, "bounce")
+    nc, js = await bus.connect(config.nats_url, "bounce", config.nats_creds_file)
     store = BounceStore(pool)
     recorder = BounceRecorder(store, js, config.internal_key)
 

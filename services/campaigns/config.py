@@ -18,6 +18,8 @@ class Config:
     auth_addr: str = ""
     grpc_bind: str = "0.0.0.0:50053"
     batch_size: int = 500
+    # The .creds file of this process's NATS credential; empty: connect without (a server without auth).
+    nats_creds_file: str = ""
 
     @classmethod
     def from_env(cls) -> Config:
@@ -30,4 +32,5 @@ class Config:
             auth_addr=env_str("AUTH_ADDR", ""),
             grpc_bind=env_str("CAMPAIGNS_GRPC_BIND", "0.0.0.0:50053"),
             batch_size=env_int("CAMPAIGNS_BATCH_SIZE", 500),
+            nats_creds_file=env_str("NATS_CREDS_FILE", ""),
         )

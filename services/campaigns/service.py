@@ -63,7 +63,7 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA, max_size=10)
     store = CampaignStore(pool)
-    nc, js = await bus.connect(config.nats_url, "campaigns")
+    nc, js = await bus.connect(config.nats_url, "campaigns", config.nats_creds_file)
     signer = IdentitySigner(config.internal_key)
     lists_channel = service_channel(config.lists_addr, signer, "campaigns")
     channels = [lists_channel]

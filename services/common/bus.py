@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import nats
 from google.protobuf.message import DecodeError, Message
@@ -21,13 +25,18 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from services.common.config import ConfigError
 from services.common.log import get_logger
 from services.common.tracing import inject_headers
 
 log = get_logger(__name__)
 
 SUBJECT_SEND_BATCH = "mailblast.send.batch"
-SUBJECT_SEND_TRANSACTIONAL = "mailblast.send.transactional"
+# Transactional mail travels on mailblast.send.transactional.<organisation id>: NATS permissions can
+# then confine an application's credential to its own organisation's subject, and the sender refuses
+# a message whose organisation differs from its subject's.
+_TRANSACTIONAL = "mailblast.send.transactional"
+SUBJECT_SEND_TRANSACTIONAL = f"{_TRANSACTIONAL}.*"
 SUBJECT_DELIVERY_REPORT = "mailblast.delivery.report"
 SUBJECT_BOUNCE_RECORDED = "mailblast.bounce.recorded"
 SUBJECT_DEAD_LETTER = "mailblast.deadletter"
@@ -76,21 +85,192 @@ STREAMS: tuple[StreamConfig, ...] = (
 )
 
 
-async def connect(url: str, name: str) -> tuple[NATS, JetStreamContext]:
-    """Connect to NATS, make sure the mailblast streams exist, and return the client and JetStream."""
-    nc = await nats.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+def transactional_subject(organization_id: int) -> str:
+    """The subject a TransactionalMessage of this organisation is published to."""
+    if organization_id <= 0:
+        raise ValueError(f"a transactional message needs an organisation, not {organization_id}")
+    return f"{_TRANSACTIONAL}.{organization_id}"
+
+
+def subject_organization(subject: str) -> int | None:
+    """The organisation a transactional subject names, or None when it names none."""
+    prefix, _, last = subject.rpartition(".")
+    if prefix != _TRANSACTIONAL or not last.isdigit():
+        return None
+    return int(last)
+
+
+# ------------------------------------------------------------------------------------- permissions
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A durable pull consumer a service reads: its stream, durable name and filter subject."""
+
+    stream: str
+    durable: str
+    subject: str
+
+
+@dataclass(frozen=True)
+class Access:
+    """What one service does on NATS; its credential allows exactly this and nothing else."""
+
+    publishes: tuple[str, ...] = ()
+    consumes: tuple[Consumer, ...] = ()
+    # Streams whose configuration this service may change (a newer release adding subjects). Any
+    # service may create a stream it uses, so start-up order does not matter, but creating cannot
+    # alter a stream that exists: the server refuses a different configuration under the same name.
+    maintains: tuple[str, ...] = ()
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The streams this service publishes to or consumes from (dead letters if it consumes)."""
+        used = {_stream_of(subject) for subject in self.publishes} | {c.stream for c in self.consumes}
+        if self.consumes:
+            used.add(STREAM_DEAD_LETTER)
+        return tuple(config.name for config in STREAMS if config.name in used)
+
+    def publish_allow(self) -> list[str]:
+        """The subjects its credential may publish to: its own, and the JetStream API for its streams."""
+        allow = list(self.publishes)
+        for consumer in self.consumes:
+            allow += [
+                f"{SUBJECT_DEAD_LETTER}.{consumer.subject}",
+                f"$JS.API.CONSUMER.INFO.{consumer.stream}.{consumer.durable}",
+                f"$JS.API.CONSUMER.CREATE.{consumer.stream}.{consumer.durable}.{consumer.subject}",
+                f"$JS.API.CONSUMER.MSG.NEXT.{consumer.stream}.{consumer.durable}",
+                # ack, nak, term and in-progress all answer on the delivery's reply subject
+                f"$JS.ACK.{consumer.stream}.{consumer.durable}.>",
+            ]
+        for stream in self.streams:
+            allow += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}"]
+        allow += [f"$JS.API.STREAM.UPDATE.{stream}" for stream in self.maintains]
+        return list(dict.fromkeys(allow))
+
+
+def _stream_of(subject: str) -> str:
+    return next(config.name for config in STREAMS if subject in (config.subjects or []))
+
+
+SERVICE_ACCESS: dict[str, Access] = {
+    "auth": Access(publishes=(SUBJECT_SEND_TRANSACTIONAL,)),
+    "lists": Access(
+        publishes=(SUBJECT_SEND_TRANSACTIONAL,),
+        consumes=(Consumer(STREAM_BOUNCE, "lists-bounces", SUBJECT_BOUNCE_RECORDED),),
+    ),
+    "campaigns": Access(
+        publishes=(SUBJECT_SEND_BATCH, SUBJECT_SEND_TRANSACTIONAL),
+        consumes=(
+            Consumer(STREAM_DELIVERY, "campaigns-delivery", SUBJECT_DELIVERY_REPORT),
+            Consumer(STREAM_BOUNCE, "campaigns-bounces", SUBJECT_BOUNCE_RECORDED),
+        ),
+    ),
+    # The sender maintains the work queue it drains and the reports it writes; bounce its events.
+    # The dead-letter stream's one subject (mailblast.deadletter.>) never changes.
+    "sender": Access(
+        publishes=(SUBJECT_DELIVERY_REPORT,),
+        consumes=(
+            Consumer(STREAM_SEND, "sender-batches", SUBJECT_SEND_BATCH),
+            Consumer(STREAM_SEND, "sender-transactional", SUBJECT_SEND_TRANSACTIONAL),
+        ),
+        maintains=(STREAM_SEND, STREAM_DELIVERY),
+    ),
+    "bounce": Access(
+        publishes=(SUBJECT_BOUNCE_RECORDED,),
+        consumes=(Consumer(STREAM_DELIVERY, "bounce-delivery", SUBJECT_DELIVERY_REPORT),),
+        maintains=(STREAM_BOUNCE,),
+    ),
+}
+
+
+def inbox_prefix(user_key: str) -> str:
+    """The inbox prefix of a credential: replies (JetStream acks, pull deliveries) come only to its holder."""
+    return f"_INBOX.{user_key}"
+
+
+def credential_user_key(path: str) -> str:
+    """The user public key in a .creds file; a file that is not one stops start-up naming it."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"NATS_CREDS_FILE {path}: {exc.strerror}") from None
+    lines = text.splitlines()
+    try:
+        token = lines[lines.index("-----BEGIN NATS USER JWT-----") + 1].strip()
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        seed_at = next(i for i, line in enumerate(lines) if "BEGIN USER NKEY SEED" in line)
+    except (ValueError, IndexError, StopIteration, UnicodeDecodeError):
+        raise ConfigError(f"NATS_CREDS_FILE {path} is not a NATS user credentials file") from None
+    if not str(claims.get("sub", "")).startswith("U") or not lines[seed_at + 1].strip().startswith("SU"):
+        raise ConfigError(f"NATS_CREDS_FILE {path} is not a NATS user credentials file")
+    return claims["sub"]
+
+
+# ------------------------------------------------------------------------------------- connecting
+
+
+async def connect(url: str, name: str, creds_file: str = "") -> tuple[NATS, JetStreamContext]:
+    """Connect to NATS (with the .creds file if given), make sure this service's streams exist.
+
+    A server that refuses the credential at start stops start-up naming NATS_CREDS_FILE; an
+    unreachable one is waited for, and a connection lost later is retried for ever.
+    """
+    options: dict = {}
+    if creds_file:
+        options = {"user_credentials": creds_file, "inbox_prefix": inbox_prefix(credential_user_key(creds_file))}
+    else:
+        log.warning("NATS_CREDS_FILE is not set: connecting without credentials", service=name)
+    nc = NATS()
+    refused = asyncio.Event()
+
+    async def report(exc: Exception) -> None:
+        text = str(exc) or type(exc).__name__
+        if "authorization violation" in text.lower():
+            refused.set()
+            log.error("NATS refused the connection: check NATS_CREDS_FILE", service=name, error=text)
+        elif "permissions violation" in text.lower():
+            log.error("NATS refused an operation this service's credential does not allow", error=text)
+        else:
+            log.warning("NATS connection problem", error=text)
+
+    connecting = asyncio.ensure_future(
+        nc.connect(url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=report, **options)
+    )
+    refusal = asyncio.ensure_future(refused.wait())
+    await asyncio.wait({connecting, refusal}, return_when=asyncio.FIRST_COMPLETED)
+    if not connecting.done():
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await connecting
+        await nc.close()
+        raise ConfigError(f"NATS refused the {name} service's connection: NATS_CREDS_FILE must name its credential")
+    refusal.cancel()
+    await connecting
     js = nc.jetstream()
-    await ensure_streams(js)
+    access = SERVICE_ACCESS.get(name)
+    if access is None:
+        await ensure_streams(js)
+    else:
+        await ensure_streams(js, access.streams, access.maintains)
     return nc, js
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create the mailblast streams that are missing, and add subjects a newer release introduced."""
+async def ensure_streams(
+    js: JetStreamContext, names: tuple[str, ...] | None = None, maintains: tuple[str, ...] | None = None
+) -> None:
+    """Create the named streams (all by default) that are missing; update those this service maintains."""
     for config in STREAMS:
+        if names is not None and config.name not in names:
+            continue
         try:
             info = await js.stream_info(config.name)
             if set(config.subjects or []) - set(info.config.subjects or []):
-                await js.update_stream(config)
+                if maintains is None or config.name in maintains:
+                    await js.update_stream(config)
+                else:
+                    log.warning("stream lacks subjects of this release; its maintainer adds them", stream=config.name)
         except NotFoundError:
             try:
                 await js.add_stream(config)
@@ -143,6 +323,7 @@ class PullConsumer:
     async def start(self) -> None:
         """Bind to (or create) the durable consumer."""
         config = ConsumerConfig(
+            name=self.durable,
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
@@ -152,6 +333,11 @@ class PullConsumer:
             filter_subject=self.subject,
         )
         self._sub = await self.js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream, config=config)
+        info = await self.js.consumer_info(self.stream, self.durable)
+        if info.config.filter_subject != self.subject:
+            # A durable made by an older release keeps its filter until told (transactional mail moved
+            # to one subject per organisation).
+            await self.js.add_consumer(self.stream, config)
 
     async def run_once(self, timeout: float = 1.0) -> int:
         """Fetch up to `batch` messages (waiting at most `timeout`), hand them over, return how many."""

@@ -9,10 +9,13 @@ from services.common import bus
 
 
 async def send_transactional(js: JetStreamContext, message: events_pb2.TransactionalMessage) -> None:
-    """Publish a TransactionalMessage; its message_key is the Nats-Msg-Id, so a repeat is dropped."""
+    """Publish a TransactionalMessage to its organisation's subject; its message_key is the Nats-Msg-Id."""
     if not message.message_key:
         raise ValueError("a transactional message needs a message_key (its idempotency key)")
     if not message.HasField("created_at"):
         # The senders give up on a message deferred for too long, counting from created_at.
         message.created_at.GetCurrentTime()
-    await bus.publish(js, bus.SUBJECT_SEND_TRANSACTIONAL, message, msg_id=message.message_key)
+    # The platform's own mails (a lockout notice, an opt-in confirmation) belong to the organisation
+    # of the person they are sent to; the sender refuses a message whose organisation is not its subject's.
+    subject = bus.transactional_subject(message.organization_id)
+    await bus.publish(js, subject, message, msg_id=message.message_key)

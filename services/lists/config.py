@@ -25,6 +25,8 @@ class Config:
     # Base of the public links in confirmation mails and form snippets (the gateway serves /c/ and /f/).
     public_url: str = "http://127.0.0.1:8080/"
     signup_rate_per_hour: int = 10
+    # The .creds file of this process's NATS credential; empty: connect without (a server without auth).
+    nats_creds_file: str = ""
 
     @classmethod
     def from_env(cls) -> Config:
@@ -39,4 +41,5 @@ class Config:
             import_batch_rows=env_int("LISTS_IMPORT_BATCH_ROWS", 20000),
             public_url=env_str("LISTS_PUBLIC_URL", "http://127.0.0.1:8080/"),
             signup_rate_per_hour=env_int("LISTS_SIGNUP_RATE_PER_HOUR", 10),
+            nats_creds_file=env_str("NATS_CREDS_FILE", ""),
         )

@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mailblast.v1 import events_pb2, lists_pb2
 from nats.js import JetStreamContext
 
-from services.common import bus
+from services.common import mail
 from services.common.errors import InvalidArgument, NotFound, Problem, ServiceError
 from services.common.identity import Principal, current_principal, require_scope, require_service
 from services.common.log import get_logger
@@ -754,7 +754,7 @@ class AudienceRpcs:
             created_at=ts(datetime.now(UTC)),
         )
         assert self.js is not None
-        await bus.publish(self.js, bus.SUBJECT_SEND_TRANSACTIONAL, message, msg_id=key)
+        await mail.send_transactional(self.js, message)
 
     async def SubmitSignup(self, request, context):
         """A signup from a public form: pending subscriber, consent, confirmation mail."""

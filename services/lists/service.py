@@ -89,7 +89,7 @@ async def start(config: Config) -> Running:
     auth_channel: grpc.aio.Channel | None = None
     try:
         store = ListsStore(pool, config.internal_key)
-        nc, js = await bus.connect(config.nats_url, SERVICE_NAME)
+        nc, js = await bus.connect(config.nats_url, SERVICE_NAME, config.nats_creds_file)
         consumer = BounceConsumer(js, store, config.hard_bounce_threshold)
         await consumer.start()
         signer = IdentitySigner(config.internal_key)

@@ -52,6 +52,8 @@ class Config:
     lists_addr: str = ""
     # How long a batch of a paused campaign waits before the sender looks at the campaign again.
     pause_recheck_seconds: float = 30.0
+    # The .creds file of this process's NATS credential; empty: connect without (a server without auth).
+    nats_creds_file: str = ""
 
     def __post_init__(self) -> None:
         if self.tls not in (TLS_OPPORTUNISTIC, TLS_REQUIRED):
@@ -108,4 +110,5 @@ class Config:
             campaigns_addr=env_str("SENDER_CAMPAIGNS_ADDR", "") or env_str("CAMPAIGNS_ADDR", ""),
             lists_addr=env_str("SENDER_LISTS_ADDR", "") or env_str("LISTS_ADDR", ""),
             pause_recheck_seconds=env_float("SENDER_PAUSE_RECHECK_SECONDS", 30.0),
+            nats_creds_file=env_str("NATS_CREDS_FILE", ""),
         )

@@ -93,7 +93,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     keys = dkim_keys(config)
     pool = await db.open_pool(config.database_url, SCHEMA, min_size=2, max_size=8)
-    nc, js = await bus.connect(config.nats_url, name="sender")
+    nc, js = await bus.connect(config.nats_url, "sender", config.nats_creds_file)
     store = DeliveryStore(pool)
     signer = IdentitySigner(config.internal_key)
     campaigns_channel = service_channel(config.campaigns_addr, signer, "sender") if config.campaigns_addr else None

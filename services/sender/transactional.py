@@ -106,6 +106,16 @@ class TransactionalConsumer(MessageWorkers):
         if not message.message_key or message.organization_id <= 0:
             await bus.dead_letter(self._js, msg, "TransactionalMessage without message_key or organization_id")
             return
+        if bus.subject_organization(msg.subject) != message.organization_id:
+            # NATS lets a credential publish only its own organisation's subject; a payload naming
+            # another organisation is an attempt to send as that one, and is never delivered.
+            await bus.dead_letter(
+                self._js,
+                msg,
+                f"TransactionalMessage of organisation {message.organization_id} published to {msg.subject}: "
+                "the organisation must match the subject's",
+            )
+            return
         attributes = {
             "messaging.system": "nats",
             "messaging.destination.name": msg.subject,
