@@ -20,6 +20,7 @@ import grpc
 import psycopg
 from mailblast.v1 import lists_pb2, lists_pb2_grpc
 
+from cli import nats_credentials
 from dev.embedded import EmbeddedServer, start_nats, start_postgres
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.lists.config import Config
@@ -72,15 +73,16 @@ def generate(path: Path, rows: int) -> None:
 async def run(rows: int, workdir: Path) -> None:
     """Run both measurements and print them."""
     pg = start_postgres(workdir / "pg" / "data", durable=False)
-    nats = start_nats(workdir / "nats")
+    trust = nats_credentials.init(workdir / "nats-trust")
+    nats = start_nats(workdir / "nats", config_file=trust.server_config_file)
     try:
-        await _measure(rows, workdir, pg, nats.url)
+        await _measure(rows, workdir, pg, nats.url, str(trust.creds_file("lists")))
     finally:
         nats.stop()
         pg.stop()
 
 
-async def _measure(rows: int, workdir: Path, pg: EmbeddedServer, nats_url: str) -> None:
+async def _measure(rows: int, workdir: Path, pg: EmbeddedServer, nats_url: str, nats_creds: str) -> None:
     """Import the generated file through a job, then COPY it raw, on the same server."""
     key = secrets.token_hex(32).encode()
     signer = IdentitySigner(key)
@@ -94,6 +96,7 @@ async def _measure(rows: int, workdir: Path, pg: EmbeddedServer, nats_url: str) 
         Config(
             database_url=pg.url,
             nats_url=nats_url,
+            nats_creds_file=nats_creds,
             internal_key=key,
             grpc_bind="127.0.0.1:0",
             consume_in_background=False,

@@ -16,6 +16,9 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc, lists_pb2, lists_pb2_grpc
 
+from cli import nats_credentials
+from services.common.bus import inbox_prefix, transactional_subject
+
 IMPORT_CHUNK = 1000
 _FINISHED = {campaigns_pb2.CAMPAIGN_STATE_SENT, campaigns_pb2.CAMPAIGN_STATE_CANCELLED}
 
@@ -329,12 +332,67 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("id", type=int)
     c.add_argument("--interval", type=float, default=1.0)
     c.add_argument("--timeout", type=float, default=3600.0)
+
+    bus = sub.add_parser("nats", help="NATS credentials (needs no API token)").add_subparsers(dest="cmd", required=True)
+    c = bus.add_parser(
+        "init", help="create the NATS operator and accounts once; write server.conf and each service's credential"
+    )
+    c.add_argument("--dir", type=Path, default=None, help=f"where (default {_nats_dir()})")
+    c = bus.add_parser(
+        "issue-credential", help="a credential that publishes one organisation's transactional mail, nothing else"
+    )
+    c.add_argument("--organization", type=int, required=True, help="the organisation id the application sends for")
+    c.add_argument("--name", required=True, help="the application's name, e.g. shop-app")
+    c.add_argument(
+        "--signing-key", type=Path, default=None, help=f"signing-key.json (default {_nats_dir() / 'signing-key.json'})"
+    )
+    c.add_argument("--out", type=Path, default=None, help="the .creds file to write (default ./<name>.creds)")
     return p
+
+
+def _nats_dir() -> Path:
+    return Path(os.environ.get("MAILBLAST_VAR_DIR", "var")) / "secrets" / "nats"
+
+
+def cmd_nats(args: argparse.Namespace) -> int:
+    """`mailblast nats init` and `mailblast nats issue-credential`; no seed is ever printed."""
+    if args.cmd == "init":
+        setup = nats_credentials.init(args.dir or _nats_dir())
+        print(f"NATS trust in {setup.directory}:")
+        print(f"  {setup.server_config_file.name}: include it in nats-server's configuration (no secrets)")
+        print(f"  <service>.creds: one credential for each of {', '.join(nats_credentials.SERVICES)}")
+        print(f"  {setup.signing_key_file.name}: issues application credentials (keep it private)")
+        print(f"  {setup.authority_file.name}: every seed (keep it offline)")
+        return 0
+    key_file = args.signing_key or _nats_dir() / "signing-key.json"
+    try:
+        issuer = nats_credentials.Issuer.load(key_file)
+    except FileNotFoundError:
+        raise CliError(
+            f"no signing key at {key_file}: run `mailblast nats init` (or make run), or pass --signing-key"
+        ) from None
+    except (ValueError, KeyError):
+        raise CliError(f"{key_file} is not a signing-key.json written by `mailblast nats init`") from None
+    if args.organization <= 0:
+        raise CliError(f"--organization {args.organization}: give the id of the organisation the application sends for")
+    out = args.out or Path(f"{args.name}.creds")
+    if out.exists():
+        raise CliError(f"{out} exists: a credential file is never overwritten; choose another --out")
+    try:
+        creds, user = issuer.application(args.organization, args.name)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    nats_credentials.write_secret(out, creds)
+    print(f"wrote {out} (mode 0600): publishes to {transactional_subject(args.organization)} only")
+    print(f"connect with user_credentials={out} and inbox_prefix={inbox_prefix(user)}")
+    return 0
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit status."""
     args = build_parser().parse_args(argv)
+    if args.area == "nats":
+        return cmd_nats(args)
     client = Client(args.token)
     if args.area == "lists":
         if args.cmd == "create":

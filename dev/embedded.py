@@ -152,15 +152,24 @@ def nats_server_binary() -> str:
 
 
 def start_nats(
-    store_dir: Path, port: int | None = None, log_path: Path | None = None, own_session: bool = False
+    store_dir: Path,
+    port: int | None = None,
+    log_path: Path | None = None,
+    own_session: bool = False,
+    config_file: Path | None = None,
 ) -> EmbeddedServer:
-    """Start NATS with JetStream on 127.0.0.1, keeping its data in store_dir (own_session: as for PostgreSQL)."""
+    """Start NATS with JetStream on 127.0.0.1, keeping its data in store_dir (own_session: as for PostgreSQL).
+
+    config_file: server settings to load first (mailblast's operator and accounts, which turn
+    authentication on); the address, port and JetStream flags given here override it.
+    """
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log_path = log_path or store_dir.parent / "nats.log"
     log = open(log_path, "ab")
+    config = ["-c", str(config_file)] if config_file else []
     proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)],
+        [nats_server_binary(), *config, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=own_session,
     )  # fmt: skip
     log.close()  # the child keeps its own descriptor

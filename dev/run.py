@@ -2,7 +2,9 @@
 
 Everything it keeps lives under var/ (MAILBLAST_VAR_DIR to move it): postgres/, nats/, secrets/,
 outbox/ (the catcher's messages), logs/ and run.json (addresses for the `mailblast` command).
-Given DATABASE_URL, NATS_URL or SENDER_RELAY_HOST it uses those instead of starting its own.
+Given DATABASE_URL, NATS_URL or SENDER_RELAY_HOST it uses those instead of starting its own (with a
+given NATS_URL, the services use the NATS_CREDS_FILE of the environment, if any). The embedded NATS
+requires authentication: each service gets its own credential from secrets/nats/.
 GATEWAY_BIND moves the gateway (default 127.0.0.1:8080); MAILBLAST_START_TIMEOUT (seconds, default 120)
 bounds the wait for the services to answer healthy.
 """
@@ -35,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cli import nats_credentials
 from dev.embedded import EmbeddedServer, free_port, start_nats, start_postgres
 from dev.tls import make_self_signed
 
@@ -267,6 +270,7 @@ class Supervisor:
         self.stop_requested = threading.Event()
         self.postgres: EmbeddedServer | None = None
         self.nats: EmbeddedServer | None = None
+        self.nats_trust: nats_credentials.Setup | None = None
         self.catcher = None
         self.services: list[ServiceProcess] = []
 
@@ -306,7 +310,14 @@ class Supervisor:
         given = os.environ.get("NATS_URL")
         if given:
             return given, False
-        self.nats = start_nats(self.var / "nats", log_path=self.logs / "nats.log", own_session=True)
+        # The operator, accounts and one credential per service, made once (cli/nats_credentials.py).
+        self.nats_trust = nats_credentials.init(self.var / "secrets" / "nats")
+        self.nats = start_nats(
+            self.var / "nats",
+            log_path=self.logs / "nats.log",
+            own_session=True,
+            config_file=self.nats_trust.server_config_file,
+        )
         return self.nats.url, True
 
     def start_catcher(self, files: SecretFiles) -> dict[str, str]:
@@ -383,6 +394,9 @@ class Supervisor:
             plan.append((f"sender-{index}", "services.sender", bind, {"SENDER_GRPC_BIND": bind}))
         plan.append(("bounce", "services.bounce", base["BOUNCE_GRPC_BIND"], {}))
         for name, module, address, extra in plan:
+            if self.nats_trust is not None:
+                # Each process connects with its own service's credential (both senders with the sender's).
+                extra = {**extra, "NATS_CREDS_FILE": str(self.nats_trust.creds_file(module.split(".")[1]))}
             self.services.append(ServiceProcess(name, module, address, self.logs / f"{name}.log", {**base, **extra}))
         self.services.append(
             ServiceProcess(
@@ -558,6 +572,8 @@ class Supervisor:
             print(f"mail goes to the relay {os.environ.get('SENDER_RELAY_HOST')}")
         print(f"logs: {self.logs}")
         print(f"addresses for the mailblast command: {run_file}")
+        if self.nats_trust is not None:
+            print("NATS credential for an application: mailblast nats issue-credential --organization N --name APP")
         print("\nDNS records to publish for DKIM:")
         for record in dkim_dns_records(files):
             print(f"  {record}")
