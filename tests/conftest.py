@@ -13,8 +13,11 @@ import psycopg
 import pytest
 import pytest_asyncio
 
+from cli import nats_credentials
+from cli.nats_credentials import Setup
 from dev.embedded import start_nats, start_postgres
 from services.common.identity import IdentitySigner
+from tests.support.nats import NatsServer
 from tests.support.smtp import SmtpSink, make_self_signed
 
 
@@ -46,12 +49,18 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def nats_trust(tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    """One operator, account and set of service credentials for the session (as make run makes them)."""
+    return nats_credentials.init(tmp_path_factory.mktemp("nats-trust"))
+
+
 @pytest.fixture
-def nats_url(tmp_path: Path) -> Iterator[str]:
-    """An isolated NATS server with JetStream for each test."""
-    server = start_nats(tmp_path / "nats")
+def nats_server(tmp_path: Path, nats_trust: Setup) -> Iterator[NatsServer]:
+    """An isolated NATS server with JetStream and authentication for each test: `.url`, `.creds(service)`."""
+    server = start_nats(tmp_path / "nats", config_file=nats_trust.server_config_file)
     try:
-        yield server.url
+        yield NatsServer(server.url, nats_trust)
     finally:
         server.stop()
 

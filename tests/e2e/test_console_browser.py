@@ -29,14 +29,14 @@ TIMEOUT_MS = 30_000
 
 
 @pytest_asyncio.fixture
-async def make_site(database_url, nats_url, internal_key, tls_files, tmp_path: Path):
+async def make_site(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
     """Start the services and serve the console over HTTPS on a free port; returns (console, base URL)."""
     started: list[tuple[Console, ConsoleServer]] = []
 
     async def make(**auth_overrides) -> tuple[Console, str]:
         dkim = make_dkim_keys(tmp_path / "dkim")
         console = await start_console(
-            database_url, nats_url, internal_key, tls_files, dkim, tmp_path / "outbox", **auth_overrides
+            database_url, nats_server, internal_key, tls_files, dkim, tmp_path / "outbox", **auth_overrides
         )
         server = ConsoleServer(console.app, "127.0.0.1", 0, tls_files[0], tls_files[1])
         server.start()

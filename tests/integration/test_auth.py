@@ -15,6 +15,7 @@ from mailblast.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.config import Config
 from services.auth.service import start
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+from tests.support.nats import NatsServer
 
 
 def as_service(signer: IdentitySigner, organization_id: int = 0) -> list[tuple[str, str]]:
@@ -34,13 +35,14 @@ def bearer(token: str) -> list[tuple[str, str]]:
 
 
 @pytest_asyncio.fixture
-async def auth(database_url: str, nats_url: str, internal_key: bytes):
+async def auth(database_url: str, nats_server: NatsServer, internal_key: bytes):
     """A started auth service and a stub connected to it."""
     running = await start(
         Config(
             database_url=database_url,
             internal_key=internal_key,
-            nats_url=nats_url,
+            nats_url=nats_server.url,
+            nats_creds_file=nats_server.creds("auth"),
             totp_keys=(Fernet.generate_key(),),
             grpc_bind="127.0.0.1:0",
         )

@@ -8,7 +8,7 @@ import json
 import time
 
 import grpc
-import nats
+import nats.errors
 import psycopg
 import pytest
 import pytest_asyncio
@@ -20,6 +20,7 @@ from services.auth.config import Config
 from services.auth.service import start
 from services.common import bus
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+from tests.support.nats import NatsServer
 
 S = auth_pb2
 PASSWORD = "violet-otter-47-lantern"
@@ -97,24 +98,25 @@ class Env:
             return cur.fetchall() if cur.description else []
 
 
-def config(database_url: str, nats_url: str, internal_key: bytes, **overrides) -> Config:
+def config(database_url: str, nats: NatsServer, internal_key: bytes, **overrides) -> Config:
     """Auth settings for a test."""
     keys = (Fernet.generate_key(),)
     base = Config(
-        database_url, internal_key, nats_url, keys, grpc_bind="127.0.0.1:0", console_url="https://console.test"
-    )
+        database_url, internal_key, nats.url, keys, grpc_bind="127.0.0.1:0", console_url="https://console.test",
+        nats_creds_file=nats.creds("auth"),
+    )  # fmt: skip
     return dataclasses.replace(base, **overrides)
 
 
 @pytest_asyncio.fixture
-async def make_env(database_url: str, nats_url: str, internal_key: bytes, signer: IdentitySigner):
+async def make_env(database_url: str, nats_server: NatsServer, internal_key: bytes, signer: IdentitySigner):
     """Start auth with the given settings, bootstrap organisation 'Acme' with owner 'alice', and a mailbox."""
     started = []
 
     async def make(**overrides) -> Env:
-        running = await start(config(database_url, nats_url, internal_key, **overrides))
+        running = await start(config(database_url, nats_server, internal_key, **overrides))
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}")
-        nc = await nats.connect(nats_url)
+        nc = await nats_server.connect()
         sub = await nc.jetstream().pull_subscribe(
             bus.SUBJECT_SEND_TRANSACTIONAL, durable="test-mail", stream=bus.STREAM_SEND
         )
@@ -567,7 +569,7 @@ async def test_audit_events_recorded_and_paged(make_env):
 
 
 async def test_totp_secret_is_sealed_at_rest_and_survives_key_rotation(
-    make_env, database_url, nats_url, internal_key, capsys
+    make_env, database_url, nats_server, internal_key, capsys
 ):
     # Scenario: alice turns on TOTP under key OLD; the users table holds a seal, not the secret. Auth
     # restarted with NEW,OLD reseals it under NEW, and an auth knowing only NEW logs her in with a code.
@@ -590,7 +592,7 @@ async def test_totp_secret_is_sealed_at_rest_and_survives_key_rotation(
     async def login_with_code(keys: tuple[bytes, ...], code: str) -> int:
         # Another auth replica on the same database, with these keys; the code may be reused.
         env.sql("UPDATE auth.users SET totp_last_step = 0 WHERE login = 'alice'")
-        running = await start(config(database_url, nats_url, internal_key, totp_keys=keys))
+        running = await start(config(database_url, nats_server, internal_key, totp_keys=keys))
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
                 stub = auth_pb2_grpc.AuthServiceStub(channel)

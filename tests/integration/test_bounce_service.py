@@ -8,7 +8,7 @@ import time
 
 import aiosmtplib
 import grpc
-import nats
+import nats.errors
 import pytest
 import pytest_asyncio
 from mailblast.v1 import bounce_pb2, bounce_pb2_grpc, events_pb2
@@ -19,6 +19,7 @@ from services.bounce.service import start
 from services.common import bus
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.common.verp import RecipientRef, message_id, return_path
+from tests.support.nats import NatsServer
 
 ORG, CAMPAIGN, SUBSCRIBER = 7, 42, 1007
 
@@ -66,11 +67,12 @@ async def send_returned_mail(port: int, rcpt: str, message: bytes) -> None:
 
 
 @pytest_asyncio.fixture
-async def service(database_url: str, nats_url: str, internal_key: bytes):
+async def service(database_url: str, nats_server: NatsServer, internal_key: bytes):
     """A running bounce service whose consumer is stepped by the test (run_once)."""
     config = Config(
         database_url=database_url,
-        nats_url=nats_url,
+        nats_url=nats_server.url,
+        nats_creds_file=nats_server.creds("bounce"),
         internal_key=internal_key,
         grpc_bind="127.0.0.1:0",
         smtp_bind=f"127.0.0.1:{free_port()}",
@@ -83,9 +85,9 @@ async def service(database_url: str, nats_url: str, internal_key: bytes):
 
 
 @pytest_asyncio.fixture
-async def js(nats_url: str):
-    """A JetStream client for the test's own publishing and reading."""
-    nc = await nats.connect(nats_url)
+async def js(nats_server: NatsServer):
+    """A JetStream client for the test's own publishing and reading (allowed everything)."""
+    nc = await nats_server.connect()
     try:
         yield nc.jetstream()
     finally:

@@ -29,13 +29,13 @@ from tests.support.stack import make_dkim_keys
 
 
 @pytest_asyncio.fixture
-async def make_console(database_url, nats_url, internal_key, tls_files, tmp_path: Path):
+async def make_console(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
     """Start the console on real services."""
     started: list[Console] = []
 
     async def make() -> Console:
         dkim = make_dkim_keys(tmp_path / "dkim")
-        console = await start_console(database_url, nats_url, internal_key, tls_files, dkim, tmp_path / "outbox")
+        console = await start_console(database_url, nats_server, internal_key, tls_files, dkim, tmp_path / "outbox")
         started.append(console)
         return console
 

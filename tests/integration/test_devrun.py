@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -20,9 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import nats.aio.client
+import nats.errors
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cli.nats_credentials import SERVICES
 from dev.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,9 +217,20 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, d
         assert internal_key not in content, path
         assert totp_key not in content, path
     assert internal_key.decode() not in output and totp_key.decode() not in output
+    # The embedded NATS refuses a client without credentials; the NATS seeds stay out of logs and console.
+    assert _nats_refuses_anonymous(run_info["nats"])
+    authority = json.loads((var / "secrets" / "nats" / "authority.json").read_text())
+    creds = [p.read_text() for p in (var / "secrets" / "nats").glob("*.creds")]
+    creds_seeds = [line for text in creds for line in text.splitlines() if line.startswith("SU")]
+    assert len(creds_seeds) == len(SERVICES)
+    for seed in [*authority.values(), *creds_seeds]:
+        assert seed not in output
+        for path in [*(var / "logs").iterdir(), var / "run.json"]:
+            assert seed.encode() not in path.read_bytes(), path
     assert (var / "secrets").stat().st_mode & 0o777 == 0o700
     secret_files = [p for p in (var / "secrets").rglob("*") if p.is_file()]
-    assert len(secret_files) == 6
+    # internal key, TOTP keys, two DKIM keys, TLS pair; NATS authority, signing key, server.conf, creds
+    assert len(secret_files) == 6 + 3 + len(SERVICES)
     for path in secret_files:
         assert path.stat().st_mode & 0o777 == 0o600, path
     secrets_before = {p: p.read_bytes() for p in secret_files}
@@ -255,6 +270,22 @@ def test_a_service_that_cannot_start_stops_everything_with_its_log(start_devrun,
     assert "last lines of" in output
     assert "mailblast is ready" not in output
     assert processes_of(data_dir / "var") == set()
+
+
+def _nats_refuses_anonymous(url: str) -> bool:
+    """True when the NATS server at url refuses a client that brings no credentials."""
+
+    async def attempt() -> bool:
+        client = nats.aio.client.Client()
+        try:
+            await client.connect(url, allow_reconnect=False, connect_timeout=10)
+        except nats.errors.Error as exc:
+            return "Authorization Violation" in str(exc)
+        finally:
+            await client.close()
+        return False
+
+    return asyncio.run(attempt())
 
 
 def _check_console_password(var: Path, auth_address: str, password: str) -> None:

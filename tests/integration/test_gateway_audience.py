@@ -15,10 +15,10 @@ from tests.support.stack import make_dkim_keys
 
 
 @pytest_asyncio.fixture
-async def console(database_url, nats_url, internal_key, tls_files, tmp_path: Path):
+async def console(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
     """The console on real services."""
     started = await start_console(
-        database_url, nats_url, internal_key, tls_files, make_dkim_keys(tmp_path / "dkim"), tmp_path / "outbox"
+        database_url, nats_server, internal_key, tls_files, make_dkim_keys(tmp_path / "dkim"), tmp_path / "outbox"
     )
     yield started
     await started.stop()

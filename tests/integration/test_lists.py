@@ -16,6 +16,7 @@ from services.common import bus
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.lists.config import Config
 from services.lists.service import Running, start
+from tests.support.nats import NatsServer
 
 ORG = 1
 OTHER_ORG = 2
@@ -33,12 +34,13 @@ def as_campaigns(signer: IdentitySigner, organization_id: int = ORG) -> list:
 
 
 @pytest_asyncio.fixture
-async def lists_service(database_url: str, nats_url: str, internal_key: bytes):
+async def lists_service(database_url: str, nats_server: NatsServer, internal_key: bytes):
     """A started lists service whose bounce consumer the test steps by hand."""
     running = await start(
         Config(
             database_url=database_url,
-            nats_url=nats_url,
+            nats_url=nats_server.url,
+            nats_creds_file=nats_server.creds("lists"),
             internal_key=internal_key,
             grpc_bind="127.0.0.1:0",
             consume_in_background=False,
@@ -61,9 +63,9 @@ async def stub(lists_service: Running):
 
 
 @pytest_asyncio.fixture
-async def js(nats_url: str):
-    """A JetStream context on the test's NATS server, as the bounce service would publish with."""
-    nc, js = await bus.connect(nats_url, "test")
+async def js(nats_server: NatsServer):
+    """A JetStream context on the test's NATS server, publishing what bounce would (and reading dead letters)."""
+    nc, js = await bus.connect(nats_server.url, "test", nats_server.creds("admin"))
     try:
         yield js
     finally:
@@ -416,13 +418,14 @@ async def test_undecodable_payload_dead_lettered(lists_service: Running, stub, j
     assert await lists_service.bounce_consumer.run_once(timeout=0.5) == 0
 
 
-async def test_background_consumer_applies_bounces(database_url, nats_url, internal_key, signer, js):
+async def test_background_consumer_applies_bounces(database_url, nats_server, internal_key, signer, js):
     # Started as in production, the service consumes bounces on its own: with a threshold of one, a
     # single hard bounce published on NATS error-stops the subscriber shortly after.
     running = await start(
         Config(
             database_url=database_url,
-            nats_url=nats_url,
+            nats_url=nats_server.url,
+            nats_creds_file=nats_server.creds("lists"),
             internal_key=internal_key,
             grpc_bind="127.0.0.1:0",
             hard_bounce_threshold=1,

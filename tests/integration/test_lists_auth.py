@@ -13,6 +13,7 @@ from services.auth.config import Config as AuthConfig
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.lists import service as lists_service
 from services.lists.config import Config as ListsConfig
+from tests.support.nats import NatsServer
 
 
 def bearer(token: str) -> list[tuple[str, str]]:
@@ -21,13 +22,14 @@ def bearer(token: str) -> list[tuple[str, str]]:
 
 
 @pytest_asyncio.fixture
-async def stubs(database_url: str, nats_url: str, internal_key: bytes):
+async def stubs(database_url: str, nats_server: NatsServer, internal_key: bytes):
     """Auth and lists started side by side (one database, their own schemas), and a stub for each."""
     auth = await auth_service.start(
         AuthConfig(
             database_url=database_url,
             internal_key=internal_key,
-            nats_url=nats_url,
+            nats_url=nats_server.url,
+            nats_creds_file=nats_server.creds("auth"),
             totp_keys=(Fernet.generate_key(),),
             grpc_bind="127.0.0.1:0",
         )
@@ -35,7 +37,8 @@ async def stubs(database_url: str, nats_url: str, internal_key: bytes):
     lists = await lists_service.start(
         ListsConfig(
             database_url=database_url,
-            nats_url=nats_url,
+            nats_url=nats_server.url,
+            nats_creds_file=nats_server.creds("lists"),
             internal_key=internal_key,
             grpc_bind="127.0.0.1:0",
             auth_addr=f"127.0.0.1:{auth.grpc_port}",

@@ -193,7 +193,7 @@ async def test_import_modes_and_duplicates(lists_service, stub, signer, database
 
 
 async def test_resume_after_kill_loses_and_duplicates_nothing(
-    lists_service, stub, signer, database_url, nats_url, internal_key
+    lists_service, stub, signer, database_url, nats_server, internal_key
 ):
     # A 3000-row import committing every 50 rows is killed (its service stopped, the job task cancelled
     # mid-chunk) after some chunks are in; a new service process resumes it from the last committed
@@ -201,7 +201,8 @@ async def test_resume_after_kill_loses_and_duplicates_nothing(
     await lists_service.stop()
     config = Config(
         database_url=database_url,
-        nats_url=nats_url,
+        nats_url=nats_server.url,
+        nats_creds_file=nats_server.creds("lists"),
         internal_key=internal_key,
         grpc_bind="127.0.0.1:0",
         consume_in_background=False,

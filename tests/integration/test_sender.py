@@ -11,7 +11,6 @@ from pathlib import Path
 
 import dkim
 import grpc
-import nats
 import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
@@ -44,13 +43,14 @@ def dkim_files(tmp_path: Path) -> tuple[str, str]:
 
 
 @pytest.fixture
-def make_config(database_url, nats_url, smtp_sink, tls_files, internal_key, dkim_files):
+def make_config(database_url, nats_server, smtp_sink, tls_files, internal_key, dkim_files):
     """Settings for a sender relaying to the sink over required TLS, signing with both keys."""
 
     def make(**overrides) -> Config:
         values = dict(
             database_url=database_url,
-            nats_url=nats_url,
+            nats_url=nats_server.url,
+            nats_creds_file=nats_server.creds("sender"),
             internal_key=internal_key,
             return_path_domain="bounces.example.com",
             message_id_domain=DKIM_DOMAIN,
@@ -78,9 +78,9 @@ def make_config(database_url, nats_url, smtp_sink, tls_files, internal_key, dkim
 
 
 @pytest_asyncio.fixture
-async def js(nats_url):
-    """A JetStream client for the test's own publishing and reading."""
-    nc = await nats.connect(nats_url)
+async def js(nats_server):
+    """A JetStream client for the test's own publishing and reading (allowed everything)."""
+    nc = await nats_server.connect()
     context = nc.jetstream()
     await bus.ensure_streams(context)
     try:
@@ -471,7 +471,7 @@ async def test_transactional_message_delivered_once_over_tls_signed_and_personal
     assert checker.verify(idx=1, dnsfunc=lambda name, timeout=5: keys.get(name))
 
     await send_transactional(js, make_transactional("auth.reset.42.7f3a"))  # dropped by NATS de-duplication
-    await bus.publish(js, bus.SUBJECT_SEND_TRANSACTIONAL, message, msg_id="republished-under-another-id")
+    await bus.publish(js, bus.transactional_subject(7), message, msg_id="republished-under-another-id")
     await poll(lambda: transactional_acked(js, 2), what="second copy taken and acked")
     assert len(smtp_sink.messages) == 1
     rows = await transactional_ledger(running)
@@ -545,7 +545,7 @@ async def test_transactional_header_injection_is_refused_and_nothing_injected(se
 async def test_undecodable_transactional_payload_goes_to_dead_letters(sender, js):
     # Bytes that are not a TransactionalMessage are kept on the dead-letter stream, not retried.
     await sender()
-    await js.publish(bus.SUBJECT_SEND_TRANSACTIONAL, b"\xff\xff not protobuf")
+    await js.publish(bus.transactional_subject(7), b"\xff\xff not protobuf")
     sub = await js.pull_subscribe(f"{bus.SUBJECT_DEAD_LETTER}.>", stream=bus.STREAM_DEAD_LETTER)
     [dead] = await sub.fetch(1, timeout=20)
     assert dead.data == b"\xff\xff not protobuf"

@@ -30,6 +30,7 @@ from services.gateway.config import Config as GatewayConfig
 from services.lists import service as lists_service
 from services.lists.config import Config as ListsConfig
 from services.sender import service as sender_service
+from tests.support.nats import NatsServer
 from tests.support.stack import DkimKeys, sender_config
 
 PASSWORD = "violet-otter-47-lantern"
@@ -129,7 +130,7 @@ class Web:
 
 async def start_console(
     database_url: str,
-    nats_url: str,
+    nats: NatsServer,
     internal_key: bytes,
     tls_files: tuple[Path, Path],
     dkim: DkimKeys,
@@ -143,24 +144,38 @@ async def start_console(
     auth_config = AuthConfig(
         database_url,
         internal_key,
-        nats_url,
+        nats.url,
         (Fernet.generate_key(),),
         grpc_bind="127.0.0.1:0",
         console_url="https://localhost",
+        nats_creds_file=nats.creds("auth"),
     )
     auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides))
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
-        ListsConfig(database_url, nats_url, internal_key, grpc_bind="127.0.0.1:0", auth_addr=auth_addr)
+        ListsConfig(
+            database_url,
+            nats.url,
+            internal_key,
+            grpc_bind="127.0.0.1:0",
+            auth_addr=auth_addr,
+            nats_creds_file=nats.creds("lists"),
+        )
     )
     lists_addr = f"127.0.0.1:{lists.grpc_port}"
     campaigns = await campaigns_service.start(
         CampaignsConfig(
-            database_url, nats_url, internal_key, lists_addr=lists_addr, auth_addr=auth_addr, grpc_bind="127.0.0.1:0"
+            database_url,
+            nats.url,
+            internal_key,
+            lists_addr=lists_addr,
+            auth_addr=auth_addr,
+            grpc_bind="127.0.0.1:0",
+            nats_creds_file=nats.creds("campaigns"),
         )
     )
     sender = await sender_service.start(
-        sender_config(database_url, nats_url, internal_key, catcher.port, tls_files[0], dkim)
+        sender_config(database_url, nats, internal_key, catcher.port, tls_files[0], dkim)
     )
     async with grpc.aio.insecure_channel(auth_addr) as channel:
         boot = await auth_pb2_grpc.AuthServiceStub(channel).Bootstrap(

@@ -34,6 +34,7 @@ from services.lists import service as lists_service
 from services.lists.config import Config as ListsConfig
 from services.sender import service as sender_service
 from services.sender.config import Config as SenderConfig
+from tests.support.nats import NatsServer
 
 DKIM_DOMAIN = "news.example.com"
 RETURN_PATH_DOMAIN = "bounces.example.com"
@@ -179,12 +180,13 @@ class Stack:
 
 
 def sender_config(
-    database_url: str, nats_url: str, internal_key: bytes, sink_port: int, cert: Path, dkim: DkimKeys, **overrides
+    database_url: str, nats: NatsServer, internal_key: bytes, sink_port: int, cert: Path, dkim: DkimKeys, **overrides
 ) -> SenderConfig:
     """A sender relaying to the test sink over mandatory STARTTLS, signing with both algorithms."""
     config = SenderConfig(
         database_url=database_url,
-        nats_url=nats_url,
+        nats_url=nats.url,
+        nats_creds_file=nats.creds("sender"),
         internal_key=internal_key,
         return_path_domain=RETURN_PATH_DOMAIN,
         unsubscribe_url="https://mail.example.com/u/",
@@ -209,7 +211,7 @@ def sender_config(
 
 async def start_stack(
     database_url: str,
-    nats_url: str,
+    nats: NatsServer,
     internal_key: bytes,
     sink_port: int,
     cert: Path,
@@ -221,25 +223,28 @@ async def start_stack(
 ) -> Stack:
     """Start every service in this process and bootstrap an organisation with an admin token."""
     signer = IdentitySigner(internal_key)
-    auth_config = AuthConfig(database_url, internal_key, nats_url, (Fernet.generate_key(),), grpc_bind="127.0.0.1:0")
+    auth_config = AuthConfig(
+        database_url, internal_key, nats.url, (Fernet.generate_key(),), grpc_bind="127.0.0.1:0",
+        nats_creds_file=nats.creds("auth"),
+    )  # fmt: skip
     auth = await auth_service.start(auth_config)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
         ListsConfig(
-            database_url, nats_url, internal_key, grpc_bind="127.0.0.1:0", auth_addr=auth_addr,
-            hard_bounce_threshold=hard_bounce_threshold,
+            database_url, nats.url, internal_key, grpc_bind="127.0.0.1:0", auth_addr=auth_addr,
+            hard_bounce_threshold=hard_bounce_threshold, nats_creds_file=nats.creds("lists"),
         )
     )  # fmt: skip
     campaigns = await campaigns_service.start(
         CampaignsConfig(
-            database_url, nats_url, internal_key, lists_addr=f"127.0.0.1:{lists.grpc_port}", auth_addr=auth_addr,
-            grpc_bind="127.0.0.1:0",
+            database_url, nats.url, internal_key, lists_addr=f"127.0.0.1:{lists.grpc_port}", auth_addr=auth_addr,
+            grpc_bind="127.0.0.1:0", nats_creds_file=nats.creds("campaigns"),
         )
     )  # fmt: skip
     bounce = await bounce_service.start(
         BounceConfig(
-            database_url, nats_url, internal_key, auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
-            smtp_bind=f"127.0.0.1:{free_port()}",
+            database_url, nats.url, internal_key, auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
+            smtp_bind=f"127.0.0.1:{free_port()}", nats_creds_file=nats.creds("bounce"),
         )
     )  # fmt: skip
     # Senders start after lists and campaigns: they ask them about suppression and campaign state.
@@ -248,7 +253,7 @@ async def start_stack(
         "lists_addr": f"127.0.0.1:{lists.grpc_port}",
         **(sender_overrides or {}),
     }
-    config = sender_config(database_url, nats_url, internal_key, sink_port, cert, dkim, **overrides)
+    config = sender_config(database_url, nats, internal_key, sink_port, cert, dkim, **overrides)
     running_senders = [await sender_service.start(config) for _ in range(senders)]
     async with grpc.aio.insecure_channel(auth_addr) as channel:
         reply = await auth_pb2_grpc.AuthServiceStub(channel).Bootstrap(

@@ -31,12 +31,12 @@ def dkim_keys(tmp_path_factory: pytest.TempPathFactory) -> DkimKeys:
 
 
 @pytest_asyncio.fixture
-async def stack(database_url, nats_url, internal_key, smtp_sink, tls_files, dkim_keys, request):
+async def stack(database_url, nats_server, internal_key, smtp_sink, tls_files, dkim_keys, request):
     """Every service running in this process; options through @pytest.mark.stack(...)."""
     marker = request.node.get_closest_marker("stack")
     options = dict(marker.kwargs) if marker else {}
     running = await start_stack(
-        database_url, nats_url, internal_key, smtp_sink.port, tls_files[0], dkim_keys, **options
+        database_url, nats_server, internal_key, smtp_sink.port, tls_files[0], dkim_keys, **options
     )
     try:
         yield running

@@ -22,10 +22,10 @@ from tests.support.stack import make_dkim_keys
 
 
 @pytest_asyncio.fixture
-async def site(database_url, nats_url, internal_key, tls_files, tmp_path: Path):
+async def site(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
     """The services with the console served over HTTPS on a free port; yields (console, port)."""
     console = await start_console(
-        database_url, nats_url, internal_key, tls_files, make_dkim_keys(tmp_path / "dkim"), tmp_path / "outbox"
+        database_url, nats_server, internal_key, tls_files, make_dkim_keys(tmp_path / "dkim"), tmp_path / "outbox"
     )
     server = ConsoleServer(console.app, "127.0.0.1", 0, tls_files[0], tls_files[1])
     server.start()

@@ -12,7 +12,6 @@ from email.utils import make_msgid
 import aiosmtplib
 import dkim
 import grpc
-import nats
 import pytest
 from mailblast.v1 import bounce_pb2, campaigns_pb2, events_pb2, lists_pb2
 
@@ -261,12 +260,12 @@ async def test_one_trace_from_send_click_to_each_delivery(span_exporter, stack, 
     assert all(s.attributes["smtp.reply_code"] == 250 and s.attributes["smtp.tls"] is True for s in deliveries)
 
 
-async def test_transactional_rejection_is_no_subscriber_bounce(stack, smtp_sink):
+async def test_transactional_rejection_is_no_subscriber_bounce(stack, smtp_sink, nats_server):
     # A transactional message refused with 550 is reported with campaign 0 and its message key; the
     # campaigns service ignores it and the bounce service records no bounce for it (no subscriber stands
     # behind it) and keeps working: a campaign's 550 right after is still recorded and counted.
     smtp_sink.reply = lambda addr, seen: "550 5.1.1 user unknown" if addr.startswith("gone") else None
-    nc = await nats.connect(stack.sender_config.nats_url)
+    nc = await nats_server.connect()
     try:
         js = nc.jetstream()
         reports = await js.pull_subscribe(bus.SUBJECT_DELIVERY_REPORT, stream=bus.STREAM_DELIVERY)

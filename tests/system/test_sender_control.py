@@ -6,7 +6,7 @@ import asyncio
 import math
 import time
 
-import nats
+import nats.errors
 import pytest
 from mailblast.v1 import campaigns_pb2, events_pb2, lists_pb2
 
@@ -139,7 +139,7 @@ async def test_pause_mid_send_stops_deliveries_and_resume_sends_the_rest_once(sp
 
 
 @pytest.mark.stack(senders=0)
-async def test_cancel_mid_send_stops_for_good(span_exporter, stack, smtp_sink, nats_url):
+async def test_cancel_mid_send_stops_for_good(span_exporter, stack, smtp_sink, nats_server):
     # A sender is delivering a 3,000-recipient campaign when it is cancelled: every batch ends (acked)
     # with the rest unsent, nothing is left in NATS to deliver, and no recipient got two copies.
     emails = [f"c{i:04d}@example.net" for i in range(3000)]
@@ -152,7 +152,7 @@ async def test_cancel_mid_send_stops_for_good(span_exporter, stack, smtp_sink, n
 
     spans = await wait_spans(span_exporter, campaign.id, lambda spans: all(acked(spans, b) for b in batches))
     assert any(s.attributes.get("mailblast.halted") == "cancelled" for s in spans)
-    nc = await nats.connect(nats_url)
+    nc = await nats_server.connect()
     try:
         info = await nc.jetstream().consumer_info(bus.STREAM_SEND, DURABLE)
         assert (info.num_pending, info.num_ack_pending) == (0, 0)
@@ -183,13 +183,15 @@ async def test_address_suppressed_after_the_fan_out_is_not_sent_and_counts_as_su
     exactly_once(smtp_sink, [e for e in emails if e != "s2@example.net"])
 
 
-async def test_transactional_mail_to_a_suppressed_address_only_for_account_and_confirmation(stack, smtp_sink, nats_url):
+async def test_transactional_mail_to_a_suppressed_address_only_for_account_and_confirmation(
+    stack, smtp_sink, nats_server
+):
     # To a suppressed address, a password reset and a double opt-in confirmation still go out; a
     # campaign's test send is withheld and reported as suppressed.
     await stack.lists_stub.AddSuppressions(
         lists_pb2.AddSuppressionsRequest(emails=["blocked@example.net"], reason="manual"), metadata=stack.metadata
     )
-    nc = await nats.connect(nats_url)
+    nc = await nats_server.connect()
     try:
         js = nc.jetstream()
         reports = await js.pull_subscribe(bus.SUBJECT_DELIVERY_REPORT, stream=bus.STREAM_DELIVERY)

@@ -24,6 +24,7 @@ def sender_env(config, key_file) -> dict[str, str]:
     env.update(
         DATABASE_URL=config.database_url,
         NATS_URL=config.nats_url,
+        NATS_CREDS_FILE=config.nats_creds_file,
         MAILBLAST_INTERNAL_KEY_FILE=str(key_file),
         SENDER_GRPC_BIND="127.0.0.1:0",
         SENDER_RELAY_HOST=config.relay_host,
@@ -43,13 +44,15 @@ def sender_env(config, key_file) -> dict[str, str]:
 
 
 async def test_sigkill_mid_campaign_loses_nothing(
-    database_url, nats_url, internal_key, smtp_sink, tls_files, dkim_keys, tmp_path
+    database_url, nats_server, internal_key, smtp_sink, tls_files, dkim_keys, tmp_path
 ):
     # Two sender processes share a 5,000-recipient campaign; one is SIGKILLed after 1,000 deliveries.
     # Every recipient still receives the message. A second copy is possible only for messages in
     # flight at the kill (at most the killed sender's delivery concurrency plus its one uncommitted
     # ledger group), and a second copy carries the same Message-ID as the first.
-    stack = await start_stack(database_url, nats_url, internal_key, smtp_sink.port, tls_files[0], dkim_keys, senders=0)
+    stack = await start_stack(
+        database_url, nats_server, internal_key, smtp_sink.port, tls_files[0], dkim_keys, senders=0
+    )
     key_file = tmp_path / "internal.key"
     key_file.write_bytes(internal_key)
     env = sender_env(stack.sender_config, key_file)

@@ -170,3 +170,21 @@ def test_dev_overlay_puts_everything_in_its_namespace_with_the_dev_image() -> No
         assert container(deployment)["image"] == "mailblast:dev"
     for deployment in objects("deploy/k8s/base", "Deployment").values():
         assert container(deployment)["image"] == "ghcr.io/example/mailblast:0.1.0"
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_each_nats_client_mounts_only_its_own_nats_credential(path: str) -> None:
+    # NATS refuses clients without credentials: every service that uses NATS mounts its own key of the
+    # operator's Secret mailblast-nats-creds at the NATS_CREDS_FILE path, and no other; the gateway none.
+    (config,) = objects(path, "ConfigMap").values()
+    creds_file = Path(config["data"]["NATS_CREDS_FILE"])
+    for name, deployment in objects(path, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        volumes = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "mailblast-nats-creds"]
+        if name == "gateway":
+            assert volumes == []
+            continue
+        (volume,) = volumes
+        assert volume["secret"]["items"] == [{"key": f"{name}.creds", "path": creds_file.name}]
+        (mount,) = [m for m in container(deployment)["volumeMounts"] if m["name"] == volume["name"]]
+        assert (mount["mountPath"], mount["readOnly"]) == (str(creds_file.parent), True)
