@@ -280,8 +280,9 @@ def audit_csv() -> Response:
         # A byte-order mark, so that Excel opens the UTF-8 (Japanese) text correctly.
         out.write("\ufeff")
         writer = csv.writer(out)
-        header = ["id", "at", "user_id", "api_token_id", "source_ip", "action", "action_label", "target", "service"]
-        writer.writerow([*header, "detail"])
+        # New columns go last, so spreadsheets built on the older export keep working.
+        header = ["id", "at", "user_id", "source_ip", "action", "target", "service", "detail"]
+        writer.writerow([*header, "api_token_id", "action_label"])
         message = first
         while True:
             reply = call(backends().auth.ListAuditEvents, message)
@@ -291,13 +292,13 @@ def audit_csv() -> Response:
                         event.id,
                         event.at.ToDatetime(tzinfo=UTC).isoformat(),
                         event.user_id or "",
-                        event.api_token_id or "",
                         _csv_cell(event.source_ip),
                         _csv_cell(event.action),
-                        _csv_cell(action_label(event.action)),
                         _csv_cell(event.target),
                         _csv_cell(event.service),
                         _csv_cell(json.dumps(json.loads(event.detail_json or "{}"), ensure_ascii=False)),
+                        event.api_token_id or "",
+                        _csv_cell(action_label(event.action)),
                     ]
                 )
             yield out.getvalue()
