@@ -71,6 +71,7 @@ def _audit(event: AuditEvent) -> auth_pb2.AuditEvent:
         target=event.target,
         detail_json=json.dumps(event.detail, ensure_ascii=False, sort_keys=True),
         service=event.service,
+        api_token_id=event.api_token_id or 0,
     )
 
 
@@ -129,6 +130,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             user_id=principal.user_id,
             scopes=principal.scopes,
             role=principal.role,
+            token_id=principal.token_id,
         )
 
     async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: grpc.aio.ServicerContext):

@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.errors import AlreadyExists, FailedPrecondition
+from services.common.identity import peek_principal
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class AuditEvent:
     action: str
     target: str
     detail: dict
+    api_token_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -168,12 +170,12 @@ SELECT count(*) FROM audit_events
 WHERE action = 'login.failed' AND source_ip = %s AND at > now() - interval '1 minute'
 """
 INSERT_AUDIT = """
-INSERT INTO audit_events (organization_id, user_id, service, source_ip, action, target, detail)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
-RETURNING id, organization_id, at, user_id, service, source_ip, action, target, detail
+INSERT INTO audit_events (organization_id, user_id, service, source_ip, action, target, detail, api_token_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+RETURNING id, organization_id, at, user_id, service, source_ip, action, target, detail, api_token_id
 """
 SELECT_AUDIT = """
-SELECT id, organization_id, at, user_id, service, source_ip, action, target, detail FROM audit_events
+SELECT id, organization_id, at, user_id, service, source_ip, action, target, detail, api_token_id FROM audit_events
 WHERE organization_id = %(org)s
   AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)
   AND (%(until)s::timestamptz IS NULL OR at < %(until)s)
@@ -420,8 +422,12 @@ class AuthStore:
         source_ip: str = "",
         service: str = "",
     ) -> AuditEvent:
-        """Append an event to the audit log."""
-        params = (organization_id, user_id or None, service, source_ip, action, target, Jsonb(detail or {}))
+        """Append an event to the audit log; the API token is the one the current caller presented, if any."""
+        caller = peek_principal()
+        token_id = caller.token_id if caller is not None and caller.organization_id == organization_id else 0
+        params = (
+            organization_id, user_id or None, service, source_ip, action, target, Jsonb(detail or {}), token_id or None
+        )  # fmt: skip
         async with self._pool.connection() as conn:
             return await _one(conn, AuditEvent, INSERT_AUDIT, params)
 

@@ -19,12 +19,14 @@ from services.bounce.recorder import BounceRecorder
 from services.bounce.smtp import BounceHandler
 from services.bounce.store import BounceStore
 from services.common import bus, db, rpc
+from services.common.erasure import erasure_consumer
 from services.common.identity import IdentitySigner
 from services.common.log import get_logger
 
 log = get_logger(__name__)
 SCHEMA = "bounce"
 SQL_DIR = Path(__file__).parent / "sql"
+ERASURES_DURABLE = "bounce-erasures"
 
 
 def _host_port(bind: str) -> tuple[str, int]:
@@ -34,18 +36,19 @@ def _host_port(bind: str) -> tuple[str, int]:
 
 @dataclass
 class Running:
-    """A started bounce service; `.grpc_port`, `.smtp_port`, and `.consumer` for tests' run_once."""
+    """A started bounce service; `.grpc_port`, `.smtp_port`, and `.consumer` / `.erasures` for tests' run_once."""
 
     grpc_port: int
     smtp_port: int
     consumer: bus.PullConsumer
+    erasures: bus.PullConsumer
     recorder: BounceRecorder
     _grpc: rpc.GrpcServer
     _smtp: asyncio.base_events.Server
     _nc: NATS
     _pool: AsyncConnectionPool
     _stop: asyncio.Event
-    _consumer_task: asyncio.Task | None
+    _consumer_tasks: list[asyncio.Task]
 
     async def stop(self) -> None:
         """Stop taking mail and calls, finish the batch under way, close connections."""
@@ -53,11 +56,12 @@ class Running:
         await self._smtp.wait_closed()
         await self._grpc.stop()
         self._stop.set()
-        if self._consumer_task is not None:
-            self._consumer_task.cancel()
+        for task in self._consumer_tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._consumer_task
+                await task
         await self.consumer.stop()
+        await self.erasures.stop()
         await self._nc.drain()
         await self._pool.close()
 
@@ -74,9 +78,18 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
     recorder = BounceRecorder(store, js, config.internal_key)
 
     consumer = delivery_consumer(js, recorder)
+    erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)
     await consumer.start()
+    await erasures.start()
     stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop), name="bounce-delivery") if run_consumers else None
+    tasks = (
+        [
+            asyncio.create_task(consumer.run(stop), name="bounce-delivery"),
+            asyncio.create_task(erasures.run(stop), name=ERASURES_DURABLE),
+        ]
+        if run_consumers
+        else []
+    )
 
     handler = BounceHandler(config.internal_key, recorder.record_returned_message)
     host, port = _host_port(config.smtp_bind)
@@ -109,11 +122,12 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
         grpc_port=grpc_server.port,
         smtp_port=smtp_port,
         consumer=consumer,
+        erasures=erasures,
         recorder=recorder,
         _grpc=grpc_server,
         _smtp=smtp_server,
         _nc=nc,
         _pool=pool,
         _stop=stop,
-        _consumer_task=task,
+        _consumer_tasks=tasks,
     )

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 import grpc
 from email_validator import EmailNotValidError, validate_email
 from mailblast.v1 import (
-    auth_pb2,
     auth_pb2_grpc,
     campaigns_pb2,
     campaigns_pb2_grpc,
@@ -22,12 +21,12 @@ from opentelemetry import trace
 from services.campaigns.content import CampaignDraft, validate_draft
 from services.campaigns.fanout import FanOut
 from services.campaigns.store import CampaignRow, CampaignStore
+from services.common.audit import AuditTrail
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.common.identity import current_principal, require_scope
+from services.common.identity import require_scope
 from services.common.log import get_logger
 
 log = get_logger(__name__)
-SOURCE_IP_HEADER = "x-mailblast-source-ip"
 
 tracer = trace.get_tracer("mailblast.campaigns")
 
@@ -68,15 +67,6 @@ def to_proto(row: CampaignRow) -> campaigns_pb2.Campaign:
     return campaign
 
 
-def _peer_ip(context) -> str:
-    """The caller's address from gRPC's peer string ("ipv4:127.0.0.1:5555", "ipv6:[::1]:5555")."""
-    peer = context.peer() or ""
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv6":
-        return rest.rsplit(":", 1)[0].strip("[]")
-    return rest.rsplit(":", 1)[0] if kind == "ipv4" else ""
-
-
 class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
     """Campaign CRUD and sending, always within the caller's organisation."""
 
@@ -92,7 +82,7 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         self._fanout = fanout
         self._lists = lists
         self._send_mail = send_mail
-        self._auth = auth
+        self._audit_trail = AuditTrail(auth)
 
     async def _get(self, organization_id: int, campaign_id: int) -> CampaignRow:
         row = await self._store.get(organization_id, campaign_id)
@@ -181,26 +171,8 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
 
     async def _audit(self, context, action: str, row: CampaignRow) -> None:
         """Record who started a send in auth's audit log, whichever client (console, API, CLI) asked."""
-        if self._auth is None:
-            log.warning("no AUTH_ADDR: campaign send not audited", campaign_id=row.id)
-            return
-        source_ip = _peer_ip(context)
-        if current_principal().service:
-            # Only a mailblast service (the console) is trusted to say which address its user came from.
-            relayed = [str(v) for k, v in context.invocation_metadata() or () if k == SOURCE_IP_HEADER]
-            source_ip = relayed[0] if relayed else source_ip
         detail = {"name": row.name, "list_ids": row.list_ids, "segment_ids": row.segment_ids}
-        try:
-            await self._auth.RecordAuditEvent(
-                auth_pb2.RecordAuditEventRequest(
-                    action=action, target=f"campaign:{row.id}", detail_json=json.dumps(detail, ensure_ascii=False),
-                    source_ip=source_ip,
-                ),
-                timeout=10,
-            )  # fmt: skip
-        except grpc.aio.AioRpcError as exc:
-            # The send has started; losing its audit line is logged loudly rather than undoing the send.
-            log.error("could not record the campaign send in the audit log", campaign_id=row.id, error=exc.details())
+        await self._audit_trail.record(action, f"campaign:{row.id}", detail, context=context)
 
     async def PauseCampaign(self, request, context):
         return to_proto(await self._transition(request.campaign_id, ("sending",), "paused", "paused"))

@@ -17,11 +17,13 @@ from services.campaigns.fanout import FanOut
 from services.campaigns.grpc_api import CampaignsServicer
 from services.campaigns.store import CampaignStore
 from services.common import bus, db, mail
+from services.common.erasure import erasure_consumer
 from services.common.identity import IdentitySigner
 from services.common.rpc import GrpcServer, auth_token_resolver, service_channel, start_grpc_server
 
 SCHEMA = "campaigns"
 SQL_DIR = Path(__file__).parent / "sql"
+ERASURES_DURABLE = "campaigns-erasures"
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Running:
     store: CampaignStore
     delivery_consumer: bus.PullConsumer
     bounce_consumer: bus.PullConsumer
+    erasure_consumer: bus.PullConsumer
     channels: list[grpc.aio.Channel]
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -50,7 +53,7 @@ class Running:
         self._stop.set()
         await self.fanout.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for consumer in (self.delivery_consumer, self.bounce_consumer):
+        for consumer in (self.delivery_consumer, self.bounce_consumer, self.erasure_consumer):
             await consumer.stop()
         await self.nc.drain()
         for channel in self.channels:
@@ -89,13 +92,16 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
     grpc_server = await start_grpc_server(config.grpc_bind, register, signer, resolver)
     deliveries = delivery_consumer(js, store)
     bounces = bounce_consumer(js, store)
+    erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)
     await deliveries.start()
     await bounces.start()
-    running = Running(grpc_server, pool, nc, fanout, store, deliveries, bounces, channels)
+    await erasures.start()
+    running = Running(grpc_server, pool, nc, fanout, store, deliveries, bounces, erasures, channels)
     if run_consumers:
         running._tasks = [
             asyncio.create_task(deliveries.run(running._stop), name="campaigns-delivery"),
             asyncio.create_task(bounces.run(running._stop), name="campaigns-bounces"),
+            asyncio.create_task(erasures.run(running._stop), name=ERASURES_DURABLE),
         ]
     for campaign in await store.unfinished_fanouts():
         fanout.start(campaign)

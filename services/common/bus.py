@@ -30,11 +30,13 @@ SUBJECT_SEND_BATCH = "mailblast.send.batch"
 SUBJECT_SEND_TRANSACTIONAL = "mailblast.send.transactional"
 SUBJECT_DELIVERY_REPORT = "mailblast.delivery.report"
 SUBJECT_BOUNCE_RECORDED = "mailblast.bounce.recorded"
+SUBJECT_SUBSCRIBER_ERASED = "mailblast.privacy.erased"
 SUBJECT_DEAD_LETTER = "mailblast.deadletter"
 
 STREAM_SEND = "MAILBLAST_SEND"
 STREAM_DELIVERY = "MAILBLAST_DELIVERY"
 STREAM_BOUNCE = "MAILBLAST_BOUNCE"
+STREAM_PRIVACY = "MAILBLAST_PRIVACY"
 STREAM_DEAD_LETTER = "MAILBLAST_DEADLETTER"
 
 _DAY = 24 * 3600.0
@@ -65,6 +67,16 @@ STREAMS: tuple[StreamConfig, ...] = (
         storage=StorageType.FILE,
         max_age=30 * _DAY,
         duplicate_window=3600.0,
+    ),
+    # Erasures are few and small and carry no address: kept for a year, so that a service that was down
+    # (or restored from a backup) still erases what it holds when it comes back.
+    StreamConfig(
+        name=STREAM_PRIVACY,
+        subjects=[SUBJECT_SUBSCRIBER_ERASED],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=365 * _DAY,
+        duplicate_window=24 * 3600.0,
     ),
     StreamConfig(
         name=STREAM_DEAD_LETTER,

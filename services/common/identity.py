@@ -30,6 +30,8 @@ class Principal:
     role: str = ""
     # The service acting for the organisation ("campaigns", "dev-run"), empty for a user's own call.
     service: str = ""
+    # The API token the caller presented (0 for a console session): the audit log names it.
+    token_id: int = 0
 
     def has_scope(self, scope: str) -> bool:
         """True when the principal may act with this scope ("admin" implies the others)."""
@@ -108,6 +110,7 @@ class IdentitySigner:
                 "s": list(principal.scopes),
                 "r": principal.role,
                 "svc": principal.service,
+                "t": principal.token_id,
                 "exp": int(time.time()) + self._ttl,
             },
             separators=(",", ":"),
@@ -134,4 +137,5 @@ class IdentitySigner:
             scopes=tuple(data["s"]),
             role=data["r"],
             service=data["svc"],
+            token_id=int(data.get("t", 0)),
         )

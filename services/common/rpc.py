@@ -26,6 +26,9 @@ from services.common.log import get_logger
 
 log = get_logger(__name__)
 
+# The console passes its end user's address on every call in this metadata key, for the audit log.
+SOURCE_IP_HEADER = "x-mailblast-source-ip"
+
 # Resolves a bearer API token to its principal (auth answers this for everyone else).
 TokenResolver = Callable[[str], Awaitable[Principal]]
 
@@ -106,6 +109,26 @@ class _IdentityInterceptor(grpc.aio.ServerInterceptor):
                 unary_stream, handler.request_deserializer, handler.response_serializer
             )
         return handler
+
+
+def _peer_ip(context: grpc.aio.ServicerContext) -> str:
+    """The caller's address from gRPC's peer string ("ipv4:127.0.0.1:5555", "ipv6:[::1]:5555")."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return rest.rsplit(":", 1)[0] if kind == "ipv4" else ""
+
+
+def caller_address(context: grpc.aio.ServicerContext) -> str:
+    """The end user's address: the one the console relays for a service caller, else the gRPC peer's."""
+    principal = peek_principal()
+    if principal is not None and principal.service:
+        # Only a mailblast service (the console) is trusted to say which address its user came from.
+        relayed = [str(v) for k, v in context.invocation_metadata() or () if k == SOURCE_IP_HEADER]
+        if relayed:
+            return relayed[0][:100]
+    return _peer_ip(context)[:100]
 
 
 class GrpcServer:
@@ -236,6 +259,7 @@ def auth_token_resolver(channel: grpc.aio.Channel, signer: IdentitySigner, servi
             user_id=reply.user_id,
             scopes=tuple(reply.scopes),
             role=reply.role,
+            token_id=reply.token_id,
         )
 
     return TokenCache(resolve)

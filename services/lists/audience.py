@@ -12,9 +12,9 @@ from psycopg.rows import class_row, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.privacy import email_hash
 from services.lists.fields import FieldDef
 from services.lists.imports import field_defs
-from services.lists.privacy import email_hash
 from services.lists.segments import Compiled
 from services.lists.store import Recipient, Subscriber
 
@@ -114,14 +114,16 @@ class AudienceStore:
             raise InvalidArgument("a field %(field)r exists already", field=key)
         return FieldDef(row[0], key, label, type_, tuple(options))
 
-    async def delete_field(self, org: int, field_id: int) -> None:
-        """Remove a field definition (values stay in attributes as free text)."""
+    async def delete_field(self, org: int, field_id: int) -> str:
+        """Remove a field definition (values stay in attributes as free text); returns its key."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "DELETE FROM custom_fields WHERE organization_id = %s AND id = %s RETURNING id", (org, field_id)
+                "DELETE FROM custom_fields WHERE organization_id = %s AND id = %s RETURNING key", (org, field_id)
             )
-            if await cur.fetchone() is None:
+            row = await cur.fetchone()
+            if row is None:
                 raise NotFound("no field %(field)s in your organisation", field=field_id)
+        return row[0]
 
     # Subscribers
 
@@ -363,6 +365,26 @@ class AudienceStore:
                 job=job_id,
                 state=job["state"],
             )
+
+    async def set_import_starter(self, org: int, job_id: int, user_id: int, token_id: int, source_ip: str) -> None:
+        """Remember who started the job, for the audit log's line when it ends."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE import_jobs SET started_by_user = %s, started_by_token = %s, started_from = %s"
+                " WHERE organization_id = %s AND id = %s",
+                (user_id, token_id, source_ip[:100], org, job_id),
+            )
+
+    async def import_outcome(self, job_id: int) -> dict | None:
+        """A job's organisation, starter and final figures (for the audit log), or None."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT organization_id, list_id, state, rows_done, rows_added, rows_updated, rows_skipped,"
+                " rows_failed, started_by_user, started_by_token, started_from FROM import_jobs WHERE id = %s",
+                (job_id,),
+            )
+            return await cur.fetchone()
 
     async def set_import_state(self, org: int, job_id: int, allowed: tuple[str, ...], state: str) -> dict:
         """Move a job to `state` if it is in one of `allowed`."""
@@ -757,8 +779,11 @@ class AudienceStore:
             "suppression": suppression,
         }
 
-    async def erase(self, org: int, subscriber_id: int) -> None:
-        """Delete every trace of the subscriber; keep only the keyed hash of the address as a suppression."""
+    async def erase(self, org: int, subscriber_id: int) -> str:
+        """Delete every trace of the subscriber; keep only the keyed hash of the address as a suppression.
+
+        The erasure is queued for the other services in the same transaction; returns the keyed hash.
+        """
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT email FROM subscribers WHERE organization_id = %s AND id = %s FOR UPDATE", (org, subscriber_id)
@@ -776,8 +801,8 @@ class AudienceStore:
             pattern = "%" + row[0].lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             await conn.execute(
                 "DELETE FROM import_errors WHERE job_id IN (SELECT id FROM import_jobs WHERE organization_id = %s)"
-                " AND lower(raw) LIKE %s",
-                (org, pattern),
+                " AND (lower(raw) LIKE %s OR lower(reason) LIKE %s OR lower(coalesce(explanation::text, '')) LIKE %s)",
+                (org, pattern, pattern, pattern),
             )
             await conn.execute("DELETE FROM suppressions WHERE organization_id = %s AND email_hash = %s", (org, hashed))
             await conn.execute(
@@ -785,3 +810,8 @@ class AudienceStore:
                 " VALUES (%s, NULL, %s, 'erased', 'erasure request')",
                 (org, hashed),
             )
+            await conn.execute(
+                "INSERT INTO erasures (organization_id, subscriber_id, email_hash) VALUES (%s, %s, %s)",
+                (org, subscriber_id, hashed),
+            )
+        return hashed

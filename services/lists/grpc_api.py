@@ -11,11 +11,13 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from mailblast.v1 import lists_pb2, lists_pb2_grpc
 
+from services.common.audit import AuditTrail
 from services.common.errors import InvalidArgument, NotFound
 from services.common.identity import current_principal, require_scope
 from services.common.log import get_logger
 from services.lists import fields, validation
 from services.lists.audience import AudienceStore
+from services.lists.erasures import ErasureAnnouncer
 from services.lists.grpc_audience import STATUS_VALUES, AudienceRpcs
 from services.lists.imports import ImportRunner
 from services.lists.store import ListsStore, MailingList, Subscriber
@@ -96,8 +98,12 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
         internal_key: bytes,
         public_url: str = "",
         signup_rate_per_hour: int = 10,
+        audit: AuditTrail | None = None,
+        erasures: ErasureAnnouncer | None = None,
     ) -> None:
         self._store = store
+        self.audit = audit or AuditTrail(None)
+        self.erasures = erasures
         self.audience = audience
         self.imports = imports
         self.js = js

@@ -259,6 +259,8 @@ class SendBatchConsumer(MessageWorkers):
                         break
                 # Asked before claiming, so a failed look-up leaves no claim behind to lapse.
                 on_list = await self._suppression.suppressed(batch.organization_id, [r.email for r in chunk])
+                # An erasure this sender heard of is final here even when lists cannot be asked.
+                gone = await self._store.erased(batch.organization_id, [r.subscriber_id for r in chunk])
                 claimed = await self._store.claim(
                     batch.organization_id,
                     campaign_id,
@@ -275,8 +277,8 @@ class SendBatchConsumer(MessageWorkers):
                     if key in self._inflight:
                         waits.append(self._inflight[key])
                         continue
-                    if recipient.email in on_list:
-                        reason = on_list[recipient.email]
+                    if recipient.email in on_list or recipient.subscriber_id in gone:
+                        reason = on_list.get(recipient.email, "erased")
                         recorded.append(
                             self._writer.submit(self._outcome(batch, recipient, suppressed(reason), "", states))
                         )

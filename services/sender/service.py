@@ -11,6 +11,7 @@ from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
 from services.common import bus, db
+from services.common.erasure import erasure_consumer
 from services.common.identity import IdentitySigner
 from services.common.log import get_logger
 from services.common.rpc import GrpcServer, service_channel, start_grpc_server
@@ -28,6 +29,7 @@ from services.sender.writer import LedgerWriter
 log = get_logger(__name__)
 
 SQL_DIR = Path(__file__).parent / "sql"
+ERASURES_DURABLE = "sender-erasures"
 
 
 def dkim_keys(config: Config) -> list[SigningKey]:
@@ -56,11 +58,13 @@ class Running:
         store: DeliveryStore,
         loop_tasks: list[asyncio.Task[None]],
         stop_event: asyncio.Event,
+        erasures: bus.PullConsumer,
         channels: Sequence[grpc.aio.Channel] = (),
     ) -> None:
         self.grpc_port = grpc.port
         self.consumer = consumer
         self.transactional = transactional
+        self.erasures = erasures
         self.store = store
         self._pool = pool
         self._nc = nc
@@ -76,6 +80,7 @@ class Running:
         self._stop_event.set()
         await asyncio.gather(*self._loop_tasks, return_exceptions=True)
         await asyncio.gather(self.consumer.stop(grace), self.transactional.stop(grace))
+        await self.erasures.stop()
         await self._writer.stop()
         await self._delivery.close()
         await self._grpc.stop(grace=2.0)
@@ -94,7 +99,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
     keys = dkim_keys(config)
     pool = await db.open_pool(config.database_url, SCHEMA, min_size=2, max_size=8)
     nc, js = await bus.connect(config.nats_url, name="sender")
-    store = DeliveryStore(pool)
+    store = DeliveryStore(pool, config.internal_key)
     signer = IdentitySigner(config.internal_key)
     campaigns_channel = service_channel(config.campaigns_addr, signer, "sender") if config.campaigns_addr else None
     lists_channel = service_channel(config.lists_addr, signer, "sender") if config.lists_addr else None
@@ -153,14 +158,17 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         ack_wait_seconds=config.ack_wait_seconds,
         suppression=suppression,
     )
+    erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)
     await consumer.start()
     await transactional.start()
+    await erasures.start()
     grpc = await start_grpc_server(config.grpc_bind, grpc_api.register(store), signer)
     stop_event = asyncio.Event()
     loop_tasks = (
         [
             asyncio.create_task(consumer.run(stop_event), name="sender-batches"),
             asyncio.create_task(transactional.run(stop_event), name="sender-transactional"),
+            asyncio.create_task(erasures.run(stop_event), name=ERASURES_DURABLE),
         ]
         if consume
         else []
@@ -184,5 +192,6 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         store=store,
         loop_tasks=loop_tasks,
         stop_event=stop_event,
+        erasures=erasures,
         channels=[c for c in (campaigns_channel, lists_channel) if c is not None],
     )

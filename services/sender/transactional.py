@@ -45,6 +45,9 @@ FETCH = 16
 # Categories delivered even to a suppressed address: account mail must always arrive, and a double
 # opt-in confirmation is how a person who once unsubscribed subscribes again.
 UNSUPPRESSED_PREFIXES = ("auth.", "lists.confirm")
+# Mail about a subscription, which an erasure of its subscriber withdraws; other mail (account notices,
+# test sends) to the same address still goes, its ledger row keeping only the keyed hash.
+SUBSCRIBER_PREFIX = "lists."
 
 
 def checks_suppression(category: str) -> bool:
@@ -176,6 +179,11 @@ class TransactionalConsumer(MessageWorkers):
         return "nak", retry.next_retry_delay(delivery_count, age, self._retry_base, self._retry_max, self._give_up)
 
     async def _suppressed_reason(self, message: events_pb2.TransactionalMessage) -> str | None:
+        if message.category.startswith(SUBSCRIBER_PREFIX) and await self._store.erased_since(
+            message.organization_id, message.to_address, _created_at(message)
+        ):
+            # Asked for before its subscriber was erased (a confirmation whose consent is gone): never sent.
+            return "erased"
         if not checks_suppression(message.category):
             return None
         found = await self._suppression.suppressed(message.organization_id, [message.to_address])
@@ -212,7 +220,7 @@ def _outcome(
     message: events_pb2.TransactionalMessage, state: LedgerState | None, result: DeliveryResult, message_id: str = ""
 ) -> Outcome:
     """The ledger outcome of one transactional message."""
-    return Outcome.of(
+    outcome = Outcome.of(
         result,
         organization_id=message.organization_id,
         email=message.to_address,
@@ -221,6 +229,11 @@ def _outcome(
         message_key=message.message_key,
         category=message.category,
     )
+    return replace(outcome, message_created_at=_created_at(message))
+
+
+def _created_at(message: events_pb2.TransactionalMessage) -> dt.datetime | None:
+    return message.created_at.ToDatetime(tzinfo=dt.UTC) if message.HasField("created_at") else None
 
 
 def _age_seconds(message: events_pb2.TransactionalMessage) -> float:

@@ -352,3 +352,49 @@ async def test_service_refusals_read_in_the_users_language(console):
         ["2", "項目 'plan': 'gold' は free, pro のいずれでもありません", "taro@example.jp,鈴木 太郎,gold"],
         ["3", "列数が 3 のはずが 2 です", "jiro@example.jp,鈴木 次郎"],
     ]
+
+
+async def test_audience_actions_appear_on_the_audit_page_and_csv_in_japanese(console):
+    # An admin who reads the console in Japanese defines a field, changes the list settings, imports a
+    # file, exports the list and the suppression list, downloads a subscriber's personal data and erases
+    # them: the audit page lists each action under its Japanese label (with its code) and the admin's
+    # login, and the CSV has the same lines with their labels; no line names the erased address.
+    admin = await logged_in(console)
+    await admin.post("/language", {"language": "ja"})
+    await add_plan_field(admin)
+    assert (await admin.post("/audience-settings", {"confirm_unsubscribe": "1"})).status_code == 302
+    list_id = await create_list(admin, "all")
+    await import_sjis(admin, list_id, "m,n\nhanako@example.jp,山田 花子\n", {"1": "email", "2": "name"})
+    assert (await admin.get(f"/lists/{list_id}/export.csv")).status_code == 200
+    assert (await admin.get("/suppression.csv")).status_code == 200
+    target = console.sql("SELECT id FROM lists.subscribers WHERE email = 'hanako@example.jp'")[0][0]
+    assert (await admin.get(f"/subscribers/{target}/personal-data.json")).status_code == 200
+    erased = await admin.post(f"/subscribers/{target}/erase", {"confirm_email": "hanako@example.jp"})
+    assert erased.status_code == 302
+    labels = {
+        "field.created": "カスタム項目の作成",
+        "lists.settings_changed": "リスト設定の変更",
+        "import.started": "インポートの開始",
+        "import.finished": "インポートの終了",
+        "list.exported": "読者の書き出し",
+        "suppression.exported": "配信停止リストの書き出し",
+        "subscriber.data_exported": "個人データの書き出し",
+        "subscriber.erased": "読者の完全消去",
+    }
+
+    async def every_action_listed():
+        page = text(await admin.get("/audit"))
+        return page if all(code in page for code in labels) else None
+
+    page = await poll(every_action_listed)
+    for code, label in labels.items():
+        assert f"{label} <code>{code}</code>" in page, code
+    assert f"subscriber:{target}" in page and "hanako@example.jp" not in page and OWNER in page
+    exported = (await admin.get("/audit.csv")).get_data().decode("utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(exported)))
+    by_action = {row["action"]: row for row in rows}
+    for code, label in labels.items():
+        assert by_action[code]["action_label"] == label
+        assert (by_action[code]["service"], by_action[code]["source_ip"]) == ("lists", "127.0.0.1")
+    assert json.loads(by_action["subscriber.erased"]["detail"])["via"] == "gateway"
+    assert "hanako@example.jp" not in exported

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import nats
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -21,6 +24,7 @@ from mailblast.v1 import (
     lists_pb2,
     lists_pb2_grpc,
 )
+from nats.js import JetStreamContext
 
 from dev.embedded import free_port
 from services.auth import service as auth_service
@@ -87,6 +91,7 @@ class Stack:
     signer: IdentitySigner
     organization_id: int
     sender_config: SenderConfig
+    bounce_config: BounceConfig | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     @property
@@ -168,6 +173,20 @@ class Stack:
                 raise TimeoutError(f"campaign {campaign_id} not done within {timeout}s: {campaign.counters}")
             await asyncio.sleep(0.1)
 
+    async def restart_bounce(self) -> None:
+        """Start the bounce service again (after `await stack.bounce.stop()`) with the settings it had."""
+        assert self.bounce_config is not None
+        self.bounce = await bounce_service.start(self.bounce_config)
+
+    @contextlib.asynccontextmanager
+    async def jetstream(self) -> AsyncIterator[JetStreamContext]:
+        """A NATS connection of the test's own, to publish events or look at consumers."""
+        nc = await nats.connect(self.sender_config.nats_url)
+        try:
+            yield nc.jetstream()
+        finally:
+            await nc.close()
+
     async def stop(self) -> None:
         """Stop everything, senders first."""
         for channel in self.channels:
@@ -236,12 +255,11 @@ async def start_stack(
             grpc_bind="127.0.0.1:0",
         )
     )  # fmt: skip
-    bounce = await bounce_service.start(
-        BounceConfig(
-            database_url, nats_url, internal_key, auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
-            smtp_bind=f"127.0.0.1:{free_port()}",
-        )
+    bounce_config = BounceConfig(
+        database_url, nats_url, internal_key, auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
+        smtp_bind=f"127.0.0.1:{free_port()}",
     )  # fmt: skip
+    bounce = await bounce_service.start(bounce_config)
     # Senders start after lists and campaigns: they ask them about suppression and campaign state.
     overrides = {
         "campaigns_addr": f"127.0.0.1:{campaigns.grpc_port}",
@@ -258,5 +276,6 @@ async def start_stack(
             metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="test")))],
         )
     return Stack(
-        auth, lists, campaigns, bounce, running_senders, reply.api_token, signer, reply.organization.id, config
-    )
+        auth, lists, campaigns, bounce, running_senders, reply.api_token, signer, reply.organization.id, config,
+        bounce_config,
+    )  # fmt: skip

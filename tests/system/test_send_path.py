@@ -7,7 +7,6 @@ import email
 import time
 from email import policy
 from email.message import EmailMessage
-from email.utils import make_msgid
 
 import aiosmtplib
 import dkim
@@ -20,6 +19,7 @@ from services.common import bus
 from services.common.identity import IDENTITY_HEADER, Principal
 from services.common.mail import send_transactional
 from services.common.verp import parse_return_path
+from tests.support.smtp import dsn_for
 
 SENT = campaigns_pb2.CAMPAIGN_STATE_SENT
 
@@ -131,28 +131,6 @@ async def test_permanent_refusal_bounces_and_error_stops_after_threshold(stack, 
     done = await stack.wait_campaign(third.id, finished)
     assert (done.counters.total, done.counters.sent, done.counters.bounced) == (2, 2, 0)
     assert smtp_sink._offers["gone@example.net"] == 2
-
-
-def dsn_for(original: bytes, rcpt: str, verp: str) -> bytes:
-    """A Postfix-style RFC 3464 report saying `rcpt` does not exist, returning the original's headers."""
-    headers = original.split(b"\r\n\r\n", 1)[0].decode()
-    boundary = "dsn-boundary-1"
-    return (
-        "From: MAILER-DAEMON@mx.example.net\r\n"
-        f"To: {verp}\r\n"
-        "Subject: Undelivered Mail Returned to Sender\r\n"
-        f"Message-ID: {make_msgid(domain='mx.example.net')}\r\n"
-        "MIME-Version: 1.0\r\n"
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"\r\n\r\n'
-        f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
-        f"I'm sorry to have to inform you that your message could not be delivered.\r\n\r\n"
-        f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
-        "Reporting-MTA: dns; mx.example.net\r\n\r\n"
-        f"Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
-        f"Diagnostic-Code: smtp; 550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown\r\n\r\n"
-        f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n{headers}\r\n\r\n"
-        f"--{boundary}--\r\n"
-    ).encode()
 
 
 async def test_dsn_is_attributed_to_its_recipient_and_counted(stack, smtp_sink):
