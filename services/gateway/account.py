@@ -11,7 +11,7 @@ from mailblast.v1 import auth_pb2
 from markupsafe import Markup
 
 from services.gateway.clients import BackendError, backends, call, client_ip
-from services.gateway.security import LANGUAGE_COOKIE, LANGUAGES, safe_next
+from services.gateway.security import LANGUAGE_COOKIE, LANGUAGES, MAIL_LINK_REFERRER_POLICY, safe_next
 
 bp = Blueprint("account", __name__)
 
@@ -172,8 +172,7 @@ def reset(token: str) -> Response | str:
                 flash(_("Your password is set. Log in with it."), "info")
                 return redirect(url_for("account.login"))
     response = make_response(render_template("reset.html", error=error), 400 if error else 200)
-    # The token is in the address: never let it leak in a Referer.
-    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Referrer-Policy"] = MAIL_LINK_REFERRER_POLICY
     return response
 
 

@@ -14,6 +14,7 @@ from flask_babel import gettext as _
 from mailblast.v1 import lists_pb2
 
 from services.gateway.clients import BackendError, backends, call, client_ip
+from services.gateway.security import MAIL_LINK_REFERRER_POLICY
 
 bp = Blueprint("public", __name__)
 
@@ -73,8 +74,7 @@ def unsubscribe_page(token: str) -> Any:
             return _gone()
         raise
     response = Response(render_template("unsubscribe.html", page=page, token=token))
-    # The token in the address must not leak to other sites through Referer.
-    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Referrer-Policy"] = MAIL_LINK_REFERRER_POLICY
     return response
 
 
@@ -178,7 +178,7 @@ def signup_submit(form_id: int) -> Any:
 def confirm_page(token: str) -> Any:
     """The link in the confirmation mail: a button, because mail scanners fetch links without a person."""
     response = Response(render_template("confirm.html", token=token))
-    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Referrer-Policy"] = MAIL_LINK_REFERRER_POLICY
     return response
 
 

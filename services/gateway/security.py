@@ -34,6 +34,14 @@ PREVIEW_CSP = (
     "frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
 )
 HSTS = "max-age=31536000; includeSubDomains"
+# Pages whose address holds a secret from a mail (a confirmation, unsubscribe or reset token) send only
+# the bare origin as Referer: no request from them, to another site or to this console's own static
+# files (and whatever logs their Referer), carries the token. Not "no-referrer": Chromium then sends the
+# page's own form with no Referer (and Origin: null), and the strict Referer check Flask-WTF makes over
+# HTTPS (WTF_CSRF_SSL_STRICT, kept) refuses it. Nor a Fetch Metadata check (Sec-Fetch-Site) in place of
+# Referer: a browser without Sec-Fetch-* would leave only Origin to check, which no-referrer nulls too.
+# The origin policy loosens no check and works in every browser.
+MAIL_LINK_REFERRER_POLICY = "strict-origin"
 
 # Endpoints reachable without a session.
 PUBLIC_ENDPOINTS = {

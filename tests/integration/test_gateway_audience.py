@@ -307,7 +307,7 @@ async def test_csrf_required_on_console_posts_but_not_on_the_two_public_ones(con
     assert console.sql("SELECT count(*) FROM lists.suppressions") == [(0,)]
     anonymous = console.client()
     one_click = await anonymous.post(
-        "/u/1.2.3.AAAAAAAAAAAAAAAAAAAAAA", {"List-Unsubscribe": "One-Click"}, csrf=False, headers={"Referer": ""}
+        "/u/1.2.3.AAAAAAAAAAAAAAAAAAAAAA", {"List-Unsubscribe": "One-Click"}, csrf=False, from_page=False
     )
     assert one_click.status_code == 404 and "CSRF" not in text(one_click)
     signup = await anonymous.post("/f/999", {"email": "a@example.jp"}, csrf=False)

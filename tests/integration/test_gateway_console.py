@@ -179,7 +179,7 @@ async def test_no_enumeration_on_login_or_forgotten_password(make_console):
     assert link, body
     path = f"/reset/{link.group(1)}"
     page = await web.get(path)
-    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert page.headers["Referrer-Policy"] == "strict-origin"
     done = await web.post(path, {"new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD})
     assert done.status_code == 302
     again = await web.post(path, {"new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD})
