@@ -741,7 +741,8 @@ def forms() -> str:
     """The signup forms, and the form to make one."""
     found = call(backends().lists.ListForms, lists_pb2.ListFormsRequest()).forms
     available = call(backends().lists.ListLists, lists_pb2.ListListsRequest()).lists
-    return render_template("forms.html", forms=found, lists=available, fields=_fields())
+    sender = call(backends().lists.GetSettings, lists_pb2.GetSettingsRequest()).sender_address
+    return render_template("forms.html", forms=found, lists=available, fields=_fields(), has_sender=bool(sender))
 
 
 @bp.post("/forms")

@@ -165,6 +165,14 @@ def signup_submit(form_id: int) -> Any:
             return _gone()
         if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return _too_many()
+        if exc.code == grpc.StatusCode.FAILED_PRECONDITION:
+            # The form's organisation has no sender for the confirmation mail: no thanks for a mail never sent.
+            return _page(
+                "public_message.html",
+                503,
+                title=_("Signups are closed for now"),
+                message=_("This form cannot take signups at the moment. Please try again later."),
+            )
         if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
             raise
         form = _public_form(form_id)
