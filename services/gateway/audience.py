@@ -564,7 +564,8 @@ def _builder_page(
 ) -> tuple[str, int]:
     defined = _fields()
     available = call(backends().lists.ListLists, lists_pb2.ListListsRequest()).lists
-    choices = [(f, f) for f in BUILTIN_FIELDS] + [(f"custom:{f.key}", f.label or f.key) for f in defined]
+    # The built-in fields' names are translated; a custom field's label is the admin's own text, shown as is.
+    choices = [(f, _(f)) for f in BUILTIN_FIELDS] + [(f"custom:{f.key}", f.label or f.key) for f in defined]
     return render_template(
         "segment_builder.html", state=state, name=name, segment_id=segment_id, preview=preview, error=error,
         field_choices=choices, ops=ALL_OPS, lists=available, statuses=list(STATUS_VALUES),
