@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import grpc
 import segno
-from flask import Blueprint, Response, flash, make_response, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, flash, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 from mailblast.v1 import auth_pb2
 from markupsafe import Markup
 
 from services.gateway.clients import BackendError, backends, call, client_ip
-from services.gateway.security import LANGUAGE_COOKIE, LANGUAGES, MAIL_LINK_REFERRER_POLICY, safe_next
+from services.gateway.security import LANGUAGE_COOKIE, LANGUAGES, safe_next
 
 bp = Blueprint("account", __name__)
 
@@ -149,7 +149,7 @@ def forgot() -> Response | str:
 
 
 @bp.route("/reset/<token>", methods=["GET", "POST"])
-def reset(token: str) -> Response | str:
+def reset(token: str) -> Response | tuple[str, int]:
     """Set a password from a reset or invitation link."""
     error = None
     if request.method == "POST":
@@ -171,9 +171,7 @@ def reset(token: str) -> Response | str:
                 session.clear()
                 flash(_("Your password is set. Log in with it."), "info")
                 return redirect(url_for("account.login"))
-    response = make_response(render_template("reset.html", error=error), 400 if error else 200)
-    response.headers["Referrer-Policy"] = MAIL_LINK_REFERRER_POLICY
-    return response
+    return render_template("reset.html", error=error), 400 if error else 200
 
 
 @bp.route("/account/password", methods=["GET", "POST"])

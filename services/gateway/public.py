@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from flask import Blueprint, Response, abort, redirect, render_template, request
+from flask import Blueprint, abort, redirect, render_template, request
 from flask_babel import gettext as _
 from mailblast.v1 import lists_pb2
 
 from services.gateway.clients import BackendError, backends, call, client_ip
-from services.gateway.security import MAIL_LINK_REFERRER_POLICY
 
 bp = Blueprint("public", __name__)
 
@@ -73,9 +72,7 @@ def unsubscribe_page(token: str) -> Any:
         if exc.code == grpc.StatusCode.NOT_FOUND:
             return _gone()
         raise
-    response = Response(render_template("unsubscribe.html", page=page, token=token))
-    response.headers["Referrer-Policy"] = MAIL_LINK_REFERRER_POLICY
-    return response
+    return render_template("unsubscribe.html", page=page, token=token)
 
 
 @bp.post("/u/<token>/choose")
@@ -185,9 +182,7 @@ def signup_submit(form_id: int) -> Any:
 @bp.get("/c/<token>")
 def confirm_page(token: str) -> Any:
     """The link in the confirmation mail: a button, because mail scanners fetch links without a person."""
-    response = Response(render_template("confirm.html", token=token))
-    response.headers["Referrer-Policy"] = MAIL_LINK_REFERRER_POLICY
-    return response
+    return render_template("confirm.html", token=token)
 
 
 @bp.post("/c/<token>")

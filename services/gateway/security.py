@@ -42,6 +42,16 @@ HSTS = "max-age=31536000; includeSubDomains"
 # Referer: a browser without Sec-Fetch-* would leave only Origin to check, which no-referrer nulls too.
 # The origin policy loosens no check and works in every browser.
 MAIL_LINK_REFERRER_POLICY = "strict-origin"
+# The endpoints whose address holds such a token: every answer from them has that policy, the page after
+# a form was sent and error pages included, as each is a document whose address is the token's.
+MAIL_LINK_ENDPOINTS = {
+    "public.unsubscribe_page",
+    "public.one_click",
+    "public.unsubscribe_choose",
+    "public.confirm_page",
+    "public.confirm_submit",
+    "account.reset",
+}
 
 # Endpoints reachable without a session.
 PUBLIC_ENDPOINTS = {
@@ -184,7 +194,10 @@ def add_security_headers(response: Response) -> Response:
     response.headers.setdefault("Content-Security-Policy", CONSOLE_CSP)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
+    mail_link = request.endpoint in MAIL_LINK_ENDPOINTS
+    response.headers.setdefault(
+        "Referrer-Policy", MAIL_LINK_REFERRER_POLICY if mail_link else "strict-origin-when-cross-origin"
+    )
     response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
     response.headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
     if request.is_secure:

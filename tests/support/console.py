@@ -210,9 +210,13 @@ async def start_console(
     tls_files: tuple[Path, Path],
     dkim: DkimKeys,
     outbox: Path,
+    public_url: str = ORIGIN,
     **auth_overrides: Any,
 ) -> Console:
-    """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway."""
+    """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway.
+
+    Mailed links (reset, confirmation, unsubscribe) point at `public_url`, where the console is served.
+    """
     signer = IdentitySigner(internal_key)
     catcher = SmtpCatcher(*tls_files, store_dir=outbox)
     catcher.start()
@@ -222,12 +226,19 @@ async def start_console(
         nats_url,
         (Fernet.generate_key(),),
         grpc_bind="127.0.0.1:0",
-        console_url="https://localhost",
+        console_url=public_url,
     )
     auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides))
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
-        ListsConfig(database_url, nats_url, internal_key, grpc_bind="127.0.0.1:0", auth_addr=auth_addr)
+        ListsConfig(
+            database_url,
+            nats_url,
+            internal_key,
+            grpc_bind="127.0.0.1:0",
+            auth_addr=auth_addr,
+            public_url=f"{public_url}/",
+        )
     )
     lists_addr = f"127.0.0.1:{lists.grpc_port}"
     campaigns = await campaigns_service.start(
@@ -236,7 +247,9 @@ async def start_console(
         )
     )
     sender = await sender_service.start(
-        sender_config(database_url, nats_url, internal_key, catcher.port, tls_files[0], dkim)
+        sender_config(
+            database_url, nats_url, internal_key, catcher.port, tls_files[0], dkim, unsubscribe_url=f"{public_url}/u/"
+        )
     )
     async with grpc.aio.insecure_channel(auth_addr) as channel:
         boot = await auth_pb2_grpc.AuthServiceStub(channel).Bootstrap(

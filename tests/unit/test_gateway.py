@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from flask import Flask
+from flask import Flask, render_template_string
 from flask.testing import FlaskClient
 
 from services.common.config import ConfigError
@@ -47,6 +47,29 @@ def test_every_response_carries_security_headers(client: FlaskClient, path: str)
     assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert response.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
     assert response.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/c/tok"), ("POST", "/c/tok"), ("GET", "/reset/tok")])
+def test_pages_with_a_mailed_token_send_only_the_origin_as_referer(client: FlaskClient, method: str, path: str):
+    # A page whose address holds a token from a mail (and the answer to its form, or an error) lets the
+    # browser send only the origin as Referer: the token never travels, and the page's own form still
+    # passes the strict same-origin Referer check.
+    response = client.open(path, method=method, base_url="https://localhost")
+    assert response.headers["Referrer-Policy"] == "strict-origin"
+
+
+def test_translated_text_in_a_template_is_never_markup(app: Flask) -> None:
+    # A template translating a value (not a literal) shows the value as text, whatever it holds; a
+    # translation with values escapes them as well; the catalog's own text stays readable.
+    label = '</select><button formaction="/users/2/role">x</button>'
+    with app.test_request_context("/", headers={"Accept-Language": "ja"}):
+        assert render_template_string("{{ _(label) }}", label=label) == (
+            "&lt;/select&gt;&lt;button formaction=&#34;/users/2/role&#34;&gt;x&lt;/button&gt;"
+        )
+        assert render_template_string('{{ _("Address: %(email)s", email=e) }}', e="<b>a@b.jp</b>") == (
+            "メールアドレス: &lt;b&gt;a@b.jp&lt;/b&gt;"
+        )
+        assert render_template_string("{{ ngettext(label, label, 2) }}", label="<i>") == "&lt;i&gt;"
 
 
 def test_unknown_page_is_404_and_pages_need_login(client: FlaskClient) -> None:
