@@ -45,11 +45,12 @@ async def assert_no_token_in_referers(people: People, tab: Page, *secret_prefixe
 
 
 async def test_signup_confirm_unsubscribe_page_and_one_click_in_chromium(make_site, people: People, tmp_path: Path):
-    # The owner (a Japanese browser) finds that a form needs a sender address, sets it, and publishes a signup form. Hanako, in
-    # a Japanese Chromium, signs up on the hosted page, opens the link in the confirmation mail and presses
-    # the button: she is active on the list. From a campaign's List-Unsubscribe link she opens the
-    # unsubscribe page and leaves one of her two lists only. Taro's webmail (another site) posts the
-    # RFC 8058 one-click form: he is unsubscribed and suppressed. No request carried a token in Referer.
+    # The owner (in a Japanese browser) finds that a form needs a sender address, sets it, and publishes a
+    # signup form. Hanako, in a Japanese Chromium too, signs up on the hosted page, opens the link in the
+    # confirmation mail and presses the button: she is active on the list. From a campaign's
+    # List-Unsubscribe link she opens the unsubscribe page and leaves one of her two lists only. Taro's
+    # webmail (another site) posts the RFC 8058 one-click form: he is unsubscribed and suppressed. No
+    # request carried a token in its Referer.
     console, base = await make_site()
     owner = await people.open(locale="ja-JP")
     await log_in(owner, base, OWNER, PASSWORD)

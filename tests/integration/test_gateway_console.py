@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import email
 import email.policy
 import io
 import re
+import smtplib
 import time
 from pathlib import Path
 
@@ -511,6 +513,51 @@ async def test_users_invite_role_change_and_disable(make_console):
     assert (await admin.post(f"/users/{bob}/disable")).status_code == 302
     assert (await bob_web.get("/campaigns")).status_code == 302
     assert (await bob_web.login("bob", PASSWORD)).status_code == 401
+
+
+async def test_the_outbox_shows_each_organisation_only_its_own_mail(make_console):
+    # Two organisations share the development SMTP catcher. Acme's owner invites Nina; the other
+    # organisation's owner, Olga, has a reset link mailed to her. Each owner's outbox lists only their own
+    # organisation's mail, and the other's message, its headers and its HTML are 404 by name, so neither
+    # reads the other's link. Mail sent to the catcher from outside, with a Message-ID made up to name an
+    # organisation, is shown to no one.
+    console = await make_console()
+    other = console.add_organization("Other KK")
+    console.add_user("olga", "owner", organization_id=other)
+    acme = await logged_in(console)
+    olga = await logged_in(console, "olga")
+    await acme.post("/users", {"login": "nina", "email": "nina@example.org", "role": "viewer", "send_invite": "1"})
+    await console.client().post("/forgot", {"login": "olga"})
+    invitation = (await poll(lambda: _mail_to(console, "nina@example.org")))[0]
+    reset = (await poll(lambda: _mail_to(console, "olga@example.org")))[0]
+    forged = (
+        "From: a@example.com\r\nTo: mallory@example.org\r\nSubject: forged\r\n"
+        f"Message-ID: <tx.{console.organization_id}.aaaaaaaaaaaaaaaa.bbbbbbbbbbbbbbbb@mail.example.com>\r\n"
+        "\r\nhello\r\n"
+    )
+    await asyncio.to_thread(_send_to_catcher, console.catcher.port, "mallory@example.org", forged)
+    await console.catcher.wait_for(3)
+
+    acme_outbox = text(await acme.get("/outbox"))
+    olga_outbox = text(await olga.get("/outbox"))
+    assert "nina@example.org" in acme_outbox and "olga@example.org" not in acme_outbox
+    assert "olga@example.org" in olga_outbox and "nina@example.org" not in olga_outbox
+    assert "mallory@example.org" not in acme_outbox and "mallory@example.org" not in olga_outbox
+    [acme_mail] = re.findall(r'href="/outbox/([0-9]+-[0-9]+)"', acme_outbox)
+    [olga_mail] = re.findall(r'href="/outbox/([0-9]+-[0-9]+)"', olga_outbox)
+    assert "/reset/" in text(await acme.get(f"/outbox/{acme_mail}"))
+    assert "/reset/" in text(await olga.get(f"/outbox/{olga_mail}"))
+    for path in (f"/outbox/{olga_mail}", f"/outbox/{olga_mail}/html"):
+        refused = await acme.get(path)
+        assert refused.status_code == 404 and mail_text(reset).split("/reset/")[1][:20] not in text(refused)
+    for path in (f"/outbox/{acme_mail}", f"/outbox/{acme_mail}/html"):
+        refused = await olga.get(path)
+        assert refused.status_code == 404 and mail_text(invitation).split("/reset/")[1][:20] not in text(refused)
+
+
+def _send_to_catcher(port: int, recipient: str, message: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.sendmail("a@example.com", [recipient], message.encode())
 
 
 async def test_audit_log_filters_pages_and_exports_csv(make_console):
