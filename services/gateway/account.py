@@ -280,7 +280,7 @@ def sessions() -> str:
     return render_template("sessions.html", sessions=list(reply.sessions))
 
 
-@bp.post("/account/sessions/<int:session_id>/revoke")
+@bp.post("/account/sessions/<id:session_id>/revoke")
 def revoke_session(session_id: int) -> Response:
     """End one of the user's own sessions (another browser or device); auth refuses anyone else's."""
     try:

@@ -119,7 +119,7 @@ def _public_form(form_id: int) -> lists_pb2.PublicForm | None:
         raise
 
 
-@bp.get("/f/<int:form_id>")
+@bp.get("/f/<id:form_id>")
 def signup_page(form_id: int) -> Any:
     """The hosted signup page of a form."""
     form = _public_form(form_id)
@@ -139,7 +139,7 @@ def _thanks(reply: Any) -> Any:
     )
 
 
-@bp.post("/f/<int:form_id>")
+@bp.post("/f/<id:form_id>")
 def signup_submit(form_id: int) -> Any:
     """A signup from the hosted page or an embedded snippet on another site (hence no CSRF token)."""
     fields = {k[len(FIELD_PREFIX) :]: v for k, v in request.form.items() if k.startswith(FIELD_PREFIX) and v}

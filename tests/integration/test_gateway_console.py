@@ -560,6 +560,20 @@ def _send_to_catcher(port: int, recipient: str, message: str) -> None:
         smtp.sendmail("a@example.com", [recipient], message.encode())
 
 
+async def test_an_id_past_int64_in_an_address_is_a_plain_404(make_console):
+    # A logged-in admin typing (or a script sending) a number no int64 id can be gets the ordinary "does
+    # not exist" page, for pages and form posts alike, never a server error; the largest int64 is simply
+    # not found either.
+    console = await make_console()
+    admin = await logged_in(console)
+    for path in ("/lists/99999999999999999999", "/campaigns/9223372036854775808", "/subscribers/1" + "0" * 30):
+        response = await admin.get(path)
+        assert response.status_code == 404 and "does not exist" in text(response), path
+    assert (await admin.get("/lists/9223372036854775807")).status_code == 404
+    refused = await admin.post("/users/99999999999999999999/role", {"role": "viewer"})
+    assert refused.status_code == 404 and "does not exist" in text(refused)
+
+
 async def test_audit_log_filters_pages_and_exports_csv(make_console):
     # The audit log filters by action prefix and day, and the CSV export streams every matching event
     # with time, user and source address.

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from flask import Flask, render_template_string
 from flask.testing import FlaskClient
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import IntegerConverter
 
 from services.common.config import ConfigError
 from services.gateway.admin import _csv_cell
-from services.gateway.app import create_app
+from services.gateway.app import IdConverter, create_app
 from services.gateway.config import Config
 from services.gateway.security import safe_next
 from services.gateway.server import redirect_app
@@ -56,6 +58,21 @@ def test_pages_with_a_mailed_token_send_only_the_origin_as_referer(client: Flask
     # passes the strict same-origin Referer check.
     response = client.open(path, method=method, base_url="https://localhost")
     assert response.headers["Referrer-Policy"] == "strict-origin"
+
+
+def test_every_id_in_a_route_must_fit_an_int64(app: Flask) -> None:
+    # Each route naming a row by number takes only numbers an int64 id can be: one past it matches no
+    # route (404) instead of failing in protobuf (500).
+    numbered = [rule for rule in app.url_map.iter_rules() if rule._converters]
+    assert len(numbered) > 30
+    for rule in numbered:
+        for name, converter in rule._converters.items():
+            assert not isinstance(converter, IntegerConverter) or isinstance(converter, IdConverter), (rule, name)
+    urls = app.url_map.bind("localhost")
+    assert urls.match("/lists/9223372036854775807") == ("mail.list_detail", {"list_id": 9223372036854775807})
+    for path in ("/lists/9223372036854775808", "/lists/99999999999999999999", "/campaigns/18446744073709551616"):
+        with pytest.raises(NotFound):
+            urls.match(path)
 
 
 def test_translated_text_in_a_template_is_never_markup(app: Flask) -> None:
