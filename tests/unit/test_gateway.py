@@ -13,7 +13,7 @@ from services.gateway.admin import _csv_cell
 from services.gateway.app import IdConverter, create_app
 from services.gateway.config import Config
 from services.gateway.security import safe_next
-from services.gateway.server import redirect_app
+from services.gateway.server import bind_url, redirect_app
 
 SETTINGS = Config(
     auth_addr="127.0.0.1:1", lists_addr="127.0.0.1:2", campaigns_addr="127.0.0.1:3", internal_key=b"k" * 32
@@ -109,19 +109,26 @@ def test_post_without_csrf_token_is_refused(client: FlaskClient) -> None:
     assert response.status_code == 400
 
 
-def test_http_listener_redirects_to_https() -> None:
-    # The plain-HTTP port sends every request to the same path over HTTPS with a permanent redirect,
-    # keeping the query; only /healthz answers there (for probes).
-    app = redirect_app(8443)
+def test_http_listener_redirects_to_the_configured_https_address() -> None:
+    # The plain-HTTP port sends every request to the same path under the console's configured public
+    # address with a permanent redirect, keeping the query; a Host header naming another site changes
+    # nothing (no redirect to an address the client chose); only /healthz answers there (for probes).
+    app = redirect_app("https://console.example.com:8443/")
     seen = {}
 
     def start_response(status, headers):
         seen["status"], seen["headers"] = status, dict(headers)
 
-    app({"PATH_INFO": "/lists/3", "QUERY_STRING": "page=2", "HTTP_HOST": "console.example:8080"}, start_response)
+    app({"PATH_INFO": "/lists/3", "QUERY_STRING": "page=2", "HTTP_HOST": "console.example.com"}, start_response)
     assert seen["status"].startswith("308")
-    assert seen["headers"]["Location"] == "https://console.example:8443/lists/3?page=2"
+    assert seen["headers"]["Location"] == "https://console.example.com:8443/lists/3?page=2"
+    app({"PATH_INFO": "//evil.example/x", "HTTP_HOST": "evil.example:80"}, start_response)
+    assert seen["headers"]["Location"] == "https://console.example.com:8443//evil.example/x"
+    app({"PATH_INFO": "/f/1 é".encode().decode("latin-1"), "HTTP_HOST": "evil.example"}, start_response)
+    assert seen["headers"]["Location"] == "https://console.example.com:8443/f/1%20%C3%A9"
     assert b"ok" in b"".join(app({"PATH_INFO": "/healthz"}, start_response))
+    assert bind_url("0.0.0.0", 8443) == "https://localhost:8443"
+    assert bind_url("::1", 443) == "https://[::1]"
 
 
 @pytest.mark.parametrize(
@@ -140,8 +147,9 @@ def test_csv_cells_that_look_like_formulas_are_neutralised() -> None:
 
 
 def test_gateway_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    # GATEWAY_BIND picks the HTTPS address, GATEWAY_HTTP_BIND the redirecting one; service addresses and
-    # the internal key are required; a malformed bind names its variable.
+    # GATEWAY_BIND picks the HTTPS address, GATEWAY_HTTP_BIND the redirecting one, GATEWAY_PUBLIC_URL the
+    # https address it redirects to; service addresses and the internal key are required; a malformed
+    # setting names its variable.
     monkeypatch.setenv("AUTH_ADDR", "a:1")
     monkeypatch.setenv("LISTS_ADDR", "l:2")
     monkeypatch.setenv("CAMPAIGNS_ADDR", "c:3")
@@ -156,6 +164,15 @@ def test_gateway_settings_are_read_from_the_environment(monkeypatch: pytest.Monk
     with pytest.raises(ConfigError, match="GATEWAY_BIND"):
         Config.from_env()
     monkeypatch.setenv("GATEWAY_BIND", "127.0.0.1:0")
+    monkeypatch.delenv("GATEWAY_PUBLIC_URL", raising=False)
+    assert Config.from_env().public_url == ""
+    monkeypatch.setenv("GATEWAY_PUBLIC_URL", "https://mail.example.com/")
+    assert Config.from_env().public_url == "https://mail.example.com"
+    for wrong in ("http://mail.example.com", "https://", "https://a@mail.example.com", "https://m.example:x/"):
+        monkeypatch.setenv("GATEWAY_PUBLIC_URL", wrong)
+        with pytest.raises(ConfigError, match="GATEWAY_PUBLIC_URL"):
+            Config.from_env()
+    monkeypatch.delenv("GATEWAY_PUBLIC_URL")
     monkeypatch.delenv("AUTH_ADDR")
     with pytest.raises(ConfigError, match="AUTH_ADDR"):
         Config.from_env()
