@@ -82,8 +82,8 @@ def create_app(config: dict[str, Any] | None = None, settings: Config | None = N
     settings = settings or Config.from_env()
     app.config.from_mapping(JSON_AS_ASCII=False, SECRET_KEY=settings.flask_secret())
     app.config["MAILBLAST"] = settings
-    # Every route naming a row by number uses <id:...>: before this, a number past int64 reached protobuf
-    # and failed there (500).
+    # Every route naming a row by number uses <id:...>, so a number past int64 is a 404 rather than a
+    # protobuf error (500) in the view.
     app.url_map.converters["id"] = IdConverter
     init_security(app)
     if config:
