@@ -103,7 +103,7 @@ async def test_every_route_needs_a_session_and_state_changes_need_post(make_cons
     for rule in console.app.url_map.iter_rules():
         if rule.endpoint in PUBLIC_ENDPOINTS:
             continue
-        path = re.sub(r"<(?:int:)?(\w+)>", "1", rule.rule)
+        path = re.sub(r"<(?:\w+:)?(\w+)>", "1", rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             call = web.get if method == "GET" else web.post
             response = await call(path)
