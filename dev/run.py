@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dev.embedded import EmbeddedServer, free_port, start_nats, start_postgres
+from dev.embedded import EmbeddedServer, free_port, open_private_log, start_nats, start_postgres
 from dev.tls import make_self_signed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +201,7 @@ class ServiceProcess:
 
     def _copy_output(self) -> None:
         assert self.process is not None and self.process.stdout is not None
-        with self.log_path.open("ab") as log, self.process.stdout as out:
+        with open_private_log(self.log_path) as log, self.process.stdout as out:
             for raw in out:
                 log.write(raw)
                 log.flush()
@@ -341,6 +341,8 @@ class Supervisor:
             "GATEWAY_TLS_KEY_FILE": str(files.tls_key),
             "GATEWAY_HTTP_BIND": os.environ.get("GATEWAY_HTTP_BIND") or f"{public_host}:{free_port()}",
             "GATEWAY_DEV_DKIM_RECORDS": json.dumps(dkim_txt_values(files)),
+            # Where the plain-HTTP port redirects: the console's own address, never a client's Host header.
+            "GATEWAY_PUBLIC_URL": os.environ.get("GATEWAY_PUBLIC_URL") or console_url,
         }
         if relay.get("SENDER_RELAY_HOST") == "127.0.0.1" and self.catcher is not None:
             gateway_env["GATEWAY_DEV_OUTBOX_DIR"] = str(self.var / "outbox")
@@ -490,8 +492,10 @@ class Supervisor:
 
     def run(self) -> int:
         """Start everything, report, watch until told to stop or a service dies; return the exit code."""
+        # Logs may show addresses and links, the outbox holds invitation and reset links: the owner's only.
         for sub in ("logs", "outbox"):
             (self.var / sub).mkdir(parents=True, exist_ok=True)
+            (self.var / sub).chmod(0o700)
         try:
             return self._run()
         except Stopped:

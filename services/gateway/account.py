@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import segno
-from flask import Blueprint, Response, flash, make_response, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, flash, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 from mailblast.v1 import auth_pb2
@@ -149,7 +149,7 @@ def forgot() -> Response | str:
 
 
 @bp.route("/reset/<token>", methods=["GET", "POST"])
-def reset(token: str) -> Response | str:
+def reset(token: str) -> Response | tuple[str, int]:
     """Set a password from a reset or invitation link."""
     error = None
     if request.method == "POST":
@@ -171,10 +171,7 @@ def reset(token: str) -> Response | str:
                 session.clear()
                 flash(_("Your password is set. Log in with it."), "info")
                 return redirect(url_for("account.login"))
-    response = make_response(render_template("reset.html", error=error), 400 if error else 200)
-    # The token is in the address: never let it leak in a Referer.
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    return render_template("reset.html", error=error), 400 if error else 200
 
 
 @bp.route("/account/password", methods=["GET", "POST"])
@@ -283,7 +280,7 @@ def sessions() -> str:
     return render_template("sessions.html", sessions=list(reply.sessions))
 
 
-@bp.post("/account/sessions/<int:session_id>/revoke")
+@bp.post("/account/sessions/<id:session_id>/revoke")
 def revoke_session(session_id: int) -> Response:
     """End one of the user's own sessions (another browser or device); auth refuses anyone else's."""
     try:

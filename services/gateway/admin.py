@@ -78,7 +78,7 @@ def create_user() -> Response:
     return redirect(url_for("admin.users"))
 
 
-@bp.post("/users/<int:user_id>/role")
+@bp.post("/users/<id:user_id>/role")
 @requires("admin")
 def change_role(user_id: int) -> Response:
     """Give a user another role."""
@@ -86,7 +86,7 @@ def change_role(user_id: int) -> Response:
     return _user_action(user_id, backends().auth.UpdateUserRole, message, _("The role was changed."))
 
 
-@bp.post("/users/<int:user_id>/disable")
+@bp.post("/users/<id:user_id>/disable")
 @requires("admin")
 def disable_user(user_id: int) -> Response:
     """Stop a user: sessions end, tokens are refused."""
@@ -94,7 +94,7 @@ def disable_user(user_id: int) -> Response:
     return _user_action(user_id, backends().auth.DisableUser, message, _("The user was disabled."))
 
 
-@bp.post("/users/<int:user_id>/unlock")
+@bp.post("/users/<id:user_id>/unlock")
 @requires("admin")
 def unlock_user(user_id: int) -> Response:
     """Lift a lockout."""
@@ -102,7 +102,7 @@ def unlock_user(user_id: int) -> Response:
     return _user_action(user_id, backends().auth.Unlock, message, _("The account was unlocked."))
 
 
-@bp.post("/users/<int:user_id>/reset")
+@bp.post("/users/<id:user_id>/reset")
 @requires("admin")
 def reset_user(user_id: int) -> Response:
     """Mail a user a single-use link to set a new password."""
@@ -156,7 +156,7 @@ def create_token() -> Response | str:
     return render_template("token_created.html", token=reply.token, secret=reply.secret)
 
 
-@bp.post("/tokens/<int:token_id>/revoke")
+@bp.post("/tokens/<id:token_id>/revoke")
 @requires("admin")
 def revoke_token(token_id: int) -> Response:
     """Revoke a token at once."""

@@ -7,6 +7,7 @@ import hmac
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from services.common.config import ConfigError, env_bytes_secret, env_str
 
@@ -19,6 +20,20 @@ def parse_bind(name: str, value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def parse_public_url(name: str, value: str) -> str:
+    """An https://host[:port][/path] base without query or fragment (no trailing slash), naming the variable."""
+    parts = urlsplit(value)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if not port_ok or parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"environment variable {name}={value!r} is not an https://host[:port] address")
+    if "@" in parts.netloc:
+        raise ConfigError(f"environment variable {name}={value!r} must not hold a user or password")
+    return value.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Config:
     """Where the gateway listens, which services it talks to, and its TLS material."""
@@ -28,6 +43,9 @@ class Config:
     # The plain-HTTP listener that only redirects to HTTPS; None for none.
     http_host: str | None = None
     http_port: int = 0
+    # The console's address as people reach it (the plain-HTTP listener redirects there); "" for the
+    # HTTPS bind address.
+    public_url: str = ""
     auth_addr: str = ""
     lists_addr: str = ""
     campaigns_addr: str = ""
@@ -43,6 +61,7 @@ class Config:
     @classmethod
     def from_env(cls) -> Config:
         """Read GATEWAY_*, AUTH_ADDR, LISTS_ADDR, CAMPAIGNS_ADDR and MAILBLAST_INTERNAL_KEY(_FILE)."""
+        public_url = env_str("GATEWAY_PUBLIC_URL", "")
         host, port = parse_bind("GATEWAY_BIND", env_str("GATEWAY_BIND", "127.0.0.1:8080"))
         http_bind = env_str("GATEWAY_HTTP_BIND", "")
         http_host, http_port = parse_bind("GATEWAY_HTTP_BIND", http_bind) if http_bind else (None, 0)
@@ -56,6 +75,7 @@ class Config:
             port=port,
             http_host=http_host,
             http_port=http_port,
+            public_url=parse_public_url("GATEWAY_PUBLIC_URL", public_url) if public_url else "",
             auth_addr=env_str("AUTH_ADDR"),
             lists_addr=env_str("LISTS_ADDR"),
             campaigns_addr=env_str("CAMPAIGNS_ADDR"),

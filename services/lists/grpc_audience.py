@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 
 from services.common import bus
 from services.common.audit import AuditTrail
-from services.common.errors import InvalidArgument, NotFound, Problem, ServiceError
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Problem, ServiceError
 from services.common.identity import Principal, current_principal, require_scope, require_service
 from services.common.log import get_logger
 from services.common.privacy import email_hash
@@ -705,9 +705,16 @@ class AudienceRpcs:
         address = request.sender_address.strip()
         if address:
             try:
-                address = validation.check_email(address)
+                address = validation.check_sender_address(address)
             except ValueError as exc:
                 raise InvalidArgument.of(exc) from None
+        elif await self.audience.forms(principal.organization_id):
+            raise FailedPrecondition(
+                "the signup forms send their confirmation mail from the sender address: it cannot be empty "
+                "while the organisation has forms"
+            )
+        elif request.confirm_unsubscribe:
+            raise InvalidArgument("the unsubscribe confirmation mail needs a sender address: set one too")
         saved = await self.audience.update_settings(
             principal.organization_id,
             request.confirm_unsubscribe,
@@ -726,6 +733,11 @@ class AudienceRpcs:
         principal = require_scope("send")
         org = principal.organization_id
         await self._own_list(org, request.list_id)
+        if not (await self.audience.settings(org))["sender_address"]:
+            # A form is live once saved: without a From its confirmation mail could never be sent.
+            raise FailedPrecondition(
+                "a signup form needs a sender address for its confirmation mail: set one in the list settings first"
+            )
         defs = await self.audience.defs(org)
         unknown = [k for k in request.field_keys if k not in defs]
         if unknown:
@@ -833,6 +845,11 @@ class AudienceRpcs:
         if not await self.audience.signup_allowed(request.source_ip or "unknown", self.signup_rate_per_hour):
             raise ResourceExhausted("too many signups from this address; try again in an hour")
         org = form["organization_id"]
+        settings = await self.audience.settings(org)
+        if not settings["sender_address"]:
+            # A form saved before forms needed a sender: refuse rather than thank for a mail never sent.
+            log.warning("signup refused: no sender address for the confirmation mail", organization_id=org)
+            raise FailedPrecondition("this form cannot take signups at the moment; please try again later")
         try:
             email = validation.check_email(request.email.strip())
             name = validation.check_name(request.name.strip()) if form["ask_name"] else ""
@@ -848,7 +865,6 @@ class AudienceRpcs:
         subscriber_id = await self.audience.submit_signup(
             org, form["id"], email, name, attributes, _hash_token(token), request.source_ip[:100], request.user_agent
         )
-        settings = await self.audience.settings(org)
         link = f"{self.public_url.rstrip('/')}/c/{token}"
         content = events_pb2.MessageContent(
             from_name=settings["sender_name"],

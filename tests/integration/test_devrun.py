@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import queue
@@ -180,11 +181,18 @@ def _check_everything_serves(var: Path, gateway_url: str) -> dict:
 def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, data_dir: Path) -> None:
     # On a machine with no database, broker or relay, dev.run starts embedded PostgreSQL and NATS, an SMTP
     # catcher and every service; all answer healthy, the admin token is printed once and nowhere written.
-    # Ctrl-C stops the whole tree with exit 0. A second run finds the same secrets and the admin.
+    # Logs and caught mail are private (0600 in 0700 folders); the plain-HTTP port redirects to the console's
+    # address. Ctrl-C stops the whole tree with exit 0. A second run finds the same secrets and the admin.
     var = data_dir / "var"
-    first = start_devrun()
+    http_port = free_port()
+    first = start_devrun(GATEWAY_HTTP_BIND=f"127.0.0.1:{http_port}")
     gateway_url = first.wait_ready()
     run_info = _check_everything_serves(var, gateway_url)
+    # The plain-HTTP port redirects to the console's own address, whatever Host the client claims.
+    plain = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+    plain.request("GET", "/lists?page=2", headers={"Host": "evil.example"})
+    assert plain.getresponse().headers["Location"] == f"{gateway_url}lists?page=2"
+    plain.close()
     assert run_info["embedded"] == {"postgres": True, "nats": True, "catcher": True}
     assert run_info["postgres"].startswith("127.0.0.1:")
     assert run_info["nats"].startswith("nats://127.0.0.1:")
@@ -213,6 +221,13 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, d
         assert internal_key not in content, path
         assert totp_key not in content, path
     assert internal_key.decode() not in output and totp_key.decode() not in output
+    # Logs and caught mail (invitation and reset links) are for the owner of the folder alone.
+    for folder in ("logs", "outbox"):
+        assert (var / folder).stat().st_mode & 0o777 == 0o700, folder
+    logs = sorted((var / "logs").iterdir())
+    assert {p.name for p in logs} >= {"auth.log", "gateway.log", "postgres.log", "nats.log", "sender-1.log"}
+    for path in logs:
+        assert path.stat().st_mode & 0o777 == 0o600, path
     assert (var / "secrets").stat().st_mode & 0o777 == 0o700
     secret_files = [p for p in (var / "secrets").rglob("*") if p.is_file()]
     assert len(secret_files) == 6
@@ -227,9 +242,14 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, d
     assert [pid for pid in tree if alive(pid)] == []
     assert not (var / "run.json").exists()
 
+    # A log left readable by others (say, by an older version) is made private again on the next run.
+    (var / "logs" / "auth.log").chmod(0o644)
+    (var / "logs").chmod(0o755)
     second = start_devrun()
     gateway_url = second.wait_ready()
     _check_everything_serves(var, gateway_url)
+    assert (var / "logs" / "auth.log").stat().st_mode & 0o777 == 0o600
+    assert (var / "logs").stat().st_mode & 0o777 == 0o700
     output = second.output()
     assert TOKEN_LINE not in output
     assert token not in output and password not in output

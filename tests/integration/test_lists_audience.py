@@ -27,6 +27,14 @@ def as_gateway(signer) -> list:
     return [(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="gateway")))]
 
 
+async def set_sender(stub, signer, address: str = "news@example.jp", organization_id: int = ORG) -> None:
+    """An admin sets the sender of list mail (forms need it for their confirmation mail)."""
+    await stub.UpdateSettings(
+        lists_pb2.ListsSettings(sender_address=address, sender_name="Acme"),
+        metadata=as_user(signer, organization_id, ADMIN),
+    )
+
+
 async def seed(stub, signer) -> tuple[int, int, dict[str, int]]:
     """Two lists and five subscribers with typed fields; return list ids and ids by address."""
     await define_fields(stub, signer)
@@ -264,6 +272,7 @@ async def test_signup_double_opt_in(lists_service, stub, signer, js):
     # mail on NATS (category lists.confirm, Nats-Msg-Id its message key); the link's token activates
     # the subscriber on the form's list. A filled honeypot is ignored; an IP over its hourly limit is refused.
     news = await new_list(stub, signer)
+    await set_sender(stub, signer)
     form = await stub.CreateForm(
         lists_pb2.FormInput(list_id=news, name="top", ask_name=True, thanks_text="ありがとう"), metadata=as_user(signer)
     )
@@ -281,6 +290,7 @@ async def test_signup_double_opt_in(lists_service, stub, signer, js):
     message = events_pb2.TransactionalMessage()
     message.ParseFromString(msg.data)
     assert (message.category, message.to_address, message.organization_id) == ("lists.confirm", "new@example.jp", ORG)
+    assert (message.content.from_address, message.content.from_name) == ("news@example.jp", "Acme")
     assert msg.headers["Nats-Msg-Id"] == message.message_key
     confirm_url = json.loads(message.variables_json)["confirm_url"]
     token = confirm_url.rsplit("/c/", 1)[1]
@@ -316,6 +326,53 @@ async def test_signup_double_opt_in(lists_service, stub, signer, js):
                 metadata=as_gateway(signer),
             )
     assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_form_needs_a_sender_address_before_it_takes_signups(lists_service, stub, signer, js, database_url):
+    # Without a sender address the confirmation mail could never be sent: no form can be made, the
+    # address cannot be emptied while forms exist, the unsubscribe confirmation cannot be turned on
+    # without one, and an address a From header cannot carry is refused. A form left from before (its
+    # sender emptied behind the service's back) refuses signups, storing and mailing nothing, instead
+    # of thanking the person for a mail that never comes.
+    news = await new_list(stub, signer)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.CreateForm(lists_pb2.FormInput(list_id=news, name="top"), metadata=as_user(signer))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "needs a sender address" in refused.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as unsendable:
+        await set_sender(stub, signer, "ニュース@example.jp")
+    assert unsendable.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "cannot be the sender address" in unsendable.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as no_from:
+        await stub.UpdateSettings(
+            lists_pb2.ListsSettings(confirm_unsubscribe=True), metadata=as_user(signer, scopes=ADMIN)
+        )
+    assert no_from.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # An internationalised domain is kept in the IDNA form a From header carries.
+    await set_sender(stub, signer, "news@例え.jp")
+    settings = await stub.GetSettings(lists_pb2.GetSettingsRequest(), metadata=as_user(signer))
+    assert settings.sender_address == "news@xn--r8jz45g.jp"
+    form = await stub.CreateForm(lists_pb2.FormInput(list_id=news, name="top"), metadata=as_user(signer))
+    with pytest.raises(grpc.aio.AioRpcError) as emptied:
+        await set_sender(stub, signer, "")
+    assert emptied.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (await stub.GetSettings(lists_pb2.GetSettingsRequest(), metadata=as_user(signer))).sender_address
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE lists.organization_settings SET sender_address = ''")
+    sub = await js.pull_subscribe(bus.SUBJECT_SEND_TRANSACTIONAL, durable="test-no-sender", stream=bus.STREAM_SEND)
+    with pytest.raises(grpc.aio.AioRpcError) as closed:
+        await stub.SubmitSignup(
+            lists_pb2.SubmitSignupRequest(form_id=form.id, email="new@example.jp", source_ip="192.0.2.9"),
+            metadata=as_gateway(signer),
+        )
+    assert closed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM lists.subscribers").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM lists.consents").fetchone() == (0,)
+    with pytest.raises(TimeoutError):
+        await sub.fetch(1, timeout=1)
 
 
 async def test_erase_leaves_only_the_hash(lists_service, stub, signer, database_url):
@@ -358,6 +415,7 @@ async def test_other_organisation_gets_not_found(lists_service, stub, signer):
         ),
         metadata=as_user(signer),
     )
+    await set_sender(stub, signer)
     form = await stub.CreateForm(lists_pb2.FormInput(list_id=news, name="f"), metadata=as_user(signer))
     job = await stub.CreateImport(lists_pb2.CreateImportRequest(list_id=news), metadata=as_user(signer))
     fields = await stub.ListFields(lists_pb2.ListFieldsRequest(), metadata=as_user(signer))
