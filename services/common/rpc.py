@@ -43,12 +43,13 @@ TokenResolver = Callable[[str], Awaitable[Principal]]
 _PUBLIC_PREFIXES = ("/grpc.health.v1.Health/",)
 _MAX_MESSAGE = 64 * 1024 * 1024
 
-# Who may call whom, by the identity in the caller's certificate: exactly the stubs each caller builds.
-# gateway: the console (auth, lists, campaigns; sender and bounce answer its read-only questions);
-# cli: the `mailblast` command and other tools calling with a user's API token (auth answers those
-# itself, so that tokens can be managed with a token); dev-run: `make run`, which bootstraps the
-# first organisation (in Kubernetes no such certificate is issued); the services: tokens (auth),
-# recipients (lists), pause and suppression checks at send time (campaigns, lists).
+# Who may call whom, by the identity in the caller's certificate, from the stubs each caller builds:
+# gateway, the console: auth, lists, campaigns. cli, the `mailblast` command and other tools with a
+# user's API token: lists, campaigns, and auth (which answers tokens itself, so that tokens can be
+# managed with a token). dev-run, `make run`: auth, to bootstrap the first organisation (Kubernetes
+# issues no such certificate). The services: tokens (auth), recipients (lists), pause and suppression
+# checks at send time (campaigns, lists). sender's and bounce's read-only APIs have no caller among
+# the services yet; they are open to the console and the command, as their protos intend.
 ALLOWED_CALLERS: dict[str, frozenset[str]] = {
     "auth": frozenset({"gateway", "lists", "campaigns", "bounce", "cli", "dev-run"}),
     "lists": frozenset({"gateway", "campaigns", "sender", "cli"}),
