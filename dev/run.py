@@ -1,7 +1,8 @@
 """`make run`: the whole of mailblast on one machine, with embedded PostgreSQL, NATS and an SMTP catcher.
 
-Everything it keeps lives under var/ (MAILBLAST_VAR_DIR to move it): postgres/, nats/, secrets/,
-outbox/ (the catcher's messages), logs/ and run.json (addresses for the `mailblast` command).
+Everything it keeps lives under var/ (MAILBLAST_VAR_DIR to move it): postgres/, nats/, secrets/
+(secrets/grpc/ holds the development CA and each process's mutual-TLS certificate), outbox/ (the
+catcher's messages), logs/ and run.json (addresses and certificate paths for the `mailblast` command).
 Given DATABASE_URL, NATS_URL or SENDER_RELAY_HOST it uses those instead of starting its own.
 GATEWAY_BIND moves the gateway (default 127.0.0.1:8080); MAILBLAST_START_TIMEOUT (seconds, default 120)
 bounds the wait for the services to answer healthy.
@@ -10,6 +11,7 @@ bounds the wait for the services to answer healthy.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import secrets
@@ -36,7 +38,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dev.embedded import EmbeddedServer, free_port, open_private_log, start_nats, start_postgres
-from dev.tls import make_self_signed
+from dev.tls import issue_certificate, make_ca, make_self_signed
+from services.common.rpc import TlsFiles
 
 ROOT = Path(__file__).resolve().parents[1]
 DATABASE_NAME = "mailblast"
@@ -129,6 +132,28 @@ def ensure_secrets(directory: Path) -> tuple[SecretFiles, bool]:
     make_self_signed(files.tls_cert.parent, "localhost")
     files.tls_cert.chmod(0o600)
     return files, created
+
+
+# The gRPC services, and the clients that only call: the console, the `mailblast` command and this supervisor.
+GRPC_SERVICES = ("auth", "lists", "campaigns", "sender", "bounce")
+GRPC_CLIENTS = ("gateway", "cli", "dev-run")
+
+
+def ensure_grpc_certificates(directory: Path) -> dict[str, TlsFiles]:
+    """The development CA and one certificate per identity under directory (made once, renewed when due).
+
+    Services' certificates are valid for 127.0.0.1, localhost and the names the Kubernetes Services use.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    ca_dir = directory / "ca"
+    make_ca(ca_dir)
+    files = {}
+    for name in (*GRPC_SERVICES, *GRPC_CLIENTS):
+        hosts = (name, "localhost") if name in GRPC_SERVICES else ()
+        addresses = ("127.0.0.1",) if name in GRPC_SERVICES else ()
+        files[name] = TlsFiles.in_directory(issue_certificate(ca_dir, directory / name, name, hosts, addresses))
+    return files
 
 
 def read_internal_key(path: Path) -> bytes:
@@ -269,6 +294,8 @@ class Supervisor:
         self.nats: EmbeddedServer | None = None
         self.catcher = None
         self.services: list[ServiceProcess] = []
+        # Each process's mutual-TLS certificate, by identity (ensure_grpc_certificates).
+        self.grpc_tls: dict[str, TlsFiles] = {}
 
     # -- waiting that notices a stop request and dead children
 
@@ -385,20 +412,30 @@ class Supervisor:
             plan.append((f"sender-{index}", "services.sender", bind, {"SENDER_GRPC_BIND": bind}))
         plan.append(("bounce", "services.bounce", base["BOUNCE_GRPC_BIND"], {}))
         for name, module, address, extra in plan:
-            self.services.append(ServiceProcess(name, module, address, self.logs / f"{name}.log", {**base, **extra}))
+            env = {**base, **extra, **self._tls_env(module.removeprefix("services."))}
+            self.services.append(ServiceProcess(name, module, address, self.logs / f"{name}.log", env))
         self.services.append(
             ServiceProcess(
                 "gateway",
                 "services.gateway",
                 gateway_bind,
                 self.logs / "gateway.log",
-                {**base, **gateway_env},
+                {**base, **gateway_env, **self._tls_env("gateway")},
                 grpc=False,
             )
         )
         self.bounce_smtp = base["BOUNCE_SMTP_BIND"]
         self.gateway_url = f"{console_url}/"
         self.gateway_tls = ssl.create_default_context(cafile=str(files.tls_cert))
+
+    def _tls_env(self, identity: str) -> dict[str, str]:
+        """The MAILBLAST_TLS_* settings of one process: paths only, the keys stay in their files."""
+        files = self.grpc_tls[identity]
+        return {
+            "MAILBLAST_TLS_CA_FILE": files.ca_file,
+            "MAILBLAST_TLS_CERT_FILE": files.cert_file,
+            "MAILBLAST_TLS_KEY_FILE": files.key_file,
+        }
 
     def wait_healthy(self, svc: ServiceProcess, deadline: float) -> None:
         """Poll a service until it answers healthy; fail if it dies or the deadline passes."""
@@ -421,7 +458,7 @@ class Supervisor:
                     return response.status == 200
             except (urllib.error.URLError, OSError):
                 return False
-        with grpc.insecure_channel(svc.address) as channel:
+        with grpc.secure_channel(svc.address, self.grpc_tls["dev-run"].channel_credentials()) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
             except grpc.RpcError:
@@ -435,19 +472,20 @@ class Supervisor:
         """
         from mailblast.v1 import auth_pb2, auth_pb2_grpc
 
-        from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+        from services.common.identity import IDENTITY_HEADER, Principal
+        from services.common.rpc import ServiceIdentity
 
-        signer = IdentitySigner(read_internal_key(files.internal_key))
+        me = ServiceIdentity("dev-run", self.grpc_tls["dev-run"], read_internal_key(files.internal_key))
         password = secrets.token_urlsafe(15)
         request = auth_pb2.BootstrapRequest(
             organization_name="mailblast", admin_login=ADMIN_LOGIN, admin_email=ADMIN_EMAIL, admin_password=password
         )
         deadline = time.monotonic() + 30
-        with grpc.insecure_channel(auth_address) as channel:
+        with grpc.secure_channel(auth_address, me.tls.channel_credentials()) as channel:
             stub = auth_pb2_grpc.AuthServiceStub(channel)
             while True:
                 self._check()
-                identity = signer.sign(Principal(organization_id=0, service="dev-run"))
+                identity = me.assertion(Principal(organization_id=0), "auth")
                 try:
                     reply = stub.Bootstrap(request, metadata=[(IDENTITY_HEADER, identity)], timeout=15)
                 except grpc.RpcError as exc:
@@ -481,6 +519,8 @@ class Supervisor:
             "catcher": f"127.0.0.1:{self.catcher.port}" if self.catcher else None,
             "outbox": str(self.var / "outbox") if self.catcher else None,
             "embedded": embedded,
+            # The `mailblast` command's client certificate: where its files are, never what they hold.
+            "cli_tls": dataclasses.asdict(self.grpc_tls["cli"]),
         }
         path = self.var / "run.json"
         tmp = path.with_suffix(".tmp")
@@ -515,6 +555,7 @@ class Supervisor:
     def _run(self) -> int:
         files, created = ensure_secrets(self.var / "secrets")
         print("secrets: created in" if created else "secrets: reusing", self.var / "secrets", flush=True)
+        self.grpc_tls = ensure_grpc_certificates(self.var / "secrets" / "grpc")
         self._check()
         database_url, pg_embedded = self.start_database()
         self._check()

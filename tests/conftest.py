@@ -15,6 +15,7 @@ import pytest_asyncio
 
 from dev.embedded import start_nats, start_postgres
 from services.common.identity import IdentitySigner
+from tests.support.mtls import TestPki, default_pki
 from tests.support.smtp import SmtpSink, make_self_signed
 
 
@@ -77,6 +78,12 @@ async def smtp_sink(tls_files: tuple[Path, Path]):
         yield sink
     finally:
         sink.stop()
+
+
+@pytest.fixture(scope="session")
+def pki() -> TestPki:
+    """The services' mutual-TLS CA: `pki.tls(name)` gives a certificate, `pki.channel(port, name)` a channel."""
+    return default_pki()
 
 
 @pytest.fixture

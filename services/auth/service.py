@@ -15,9 +15,8 @@ from services.auth.grpc_api import AuthServicer
 from services.auth.security import AccountSecurity
 from services.auth.store import AuthStore
 from services.common import bus, db, mail
-from services.common.identity import IdentitySigner
 from services.common.log import get_logger
-from services.common.rpc import GrpcServer, start_grpc_server
+from services.common.rpc import GrpcServer, ServiceIdentity, start_grpc_server
 
 log = get_logger(__name__)
 
@@ -43,6 +42,7 @@ class Running:
 
 async def start(config: Config) -> Running:
     """Migrate the auth schema, open its pool, connect NATS and serve gRPC."""
+    me = ServiceIdentity("auth", config.grpc_tls, config.internal_key)
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA)
     nc: NATS | None = None
@@ -66,7 +66,7 @@ async def start(config: Config) -> Running:
 
         # Auth answers its own bearer tokens locally, so users can manage tokens with a token.
         server = await start_grpc_server(
-            config.grpc_bind, register, IdentitySigner(config.internal_key), resolve_token=authenticator
+            config.grpc_bind, register, me, resolve_token=authenticator, health_bind=config.health_bind
         )
     except BaseException:
         if nc is not None:

@@ -20,7 +20,6 @@ from services.bounce.smtp import BounceHandler
 from services.bounce.store import BounceStore
 from services.common import bus, db, rpc
 from services.common.erasure import erasure_consumer
-from services.common.identity import IdentitySigner
 from services.common.log import get_logger
 
 log = get_logger(__name__)
@@ -71,6 +70,7 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
 
     With run_consumers=False the consumer is bound but not looped, for tests that call run_once.
     """
+    me = rpc.ServiceIdentity("bounce", config.grpc_tls, config.internal_key)
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA)
     nc, js = await bus.connect(config.nats_url, "bounce")
@@ -107,16 +107,15 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
     )
     smtp_port = smtp_server.sockets[0].getsockname()[1]
 
-    signer = IdentitySigner(config.internal_key)
     resolver = None
     if config.auth_addr:
-        resolver = rpc.auth_token_resolver(rpc.service_channel(config.auth_addr, signer, "bounce"), signer, "bounce")
+        resolver = rpc.auth_token_resolver(rpc.service_channel(config.auth_addr, "auth", me), me)
 
     def register(server):
         bounce_pb2_grpc.add_BounceServiceServicer_to_server(BounceServicer(store), server)
         return ["mailblast.v1.BounceService"]
 
-    grpc_server = await rpc.start_grpc_server(config.grpc_bind, register, signer, resolver)
+    grpc_server = await rpc.start_grpc_server(config.grpc_bind, register, me, resolver, config.health_bind)
     log.info("bounce service started", grpc_port=grpc_server.port, smtp_port=smtp_port)
     return Running(
         grpc_port=grpc_server.port,

@@ -18,8 +18,13 @@ from services.campaigns.grpc_api import CampaignsServicer
 from services.campaigns.store import CampaignStore
 from services.common import bus, db, mail
 from services.common.erasure import erasure_consumer
-from services.common.identity import IdentitySigner
-from services.common.rpc import GrpcServer, auth_token_resolver, service_channel, start_grpc_server
+from services.common.rpc import (
+    GrpcServer,
+    ServiceIdentity,
+    auth_token_resolver,
+    service_channel,
+    start_grpc_server,
+)
 
 SCHEMA = "campaigns"
 SQL_DIR = Path(__file__).parent / "sql"
@@ -66,17 +71,17 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA, max_size=10)
     store = CampaignStore(pool)
+    me = ServiceIdentity("campaigns", config.grpc_tls, config.internal_key)
     nc, js = await bus.connect(config.nats_url, "campaigns")
-    signer = IdentitySigner(config.internal_key)
-    lists_channel = service_channel(config.lists_addr, signer, "campaigns")
+    lists_channel = service_channel(config.lists_addr, "lists", me)
     channels = [lists_channel]
     lists = lists_pb2_grpc.ListsServiceStub(lists_channel)
     resolver = None
     auth = None
     if config.auth_addr:
-        auth_channel = service_channel(config.auth_addr, signer, "campaigns")
+        auth_channel = service_channel(config.auth_addr, "auth", me)
         channels.append(auth_channel)
-        resolver = auth_token_resolver(auth_channel, signer, "campaigns")
+        resolver = auth_token_resolver(auth_channel, me)
         auth = auth_pb2_grpc.AuthServiceStub(auth_channel)
     fanout = FanOut(store, js, lists, config.batch_size)
 
@@ -89,7 +94,7 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
         campaigns_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, server)
         return [campaigns_pb2.DESCRIPTOR.services_by_name["CampaignsService"].full_name]
 
-    grpc_server = await start_grpc_server(config.grpc_bind, register, signer, resolver)
+    grpc_server = await start_grpc_server(config.grpc_bind, register, me, resolver, config.health_bind)
     deliveries = delivery_consumer(js, store)
     bounces = bounce_consumer(js, store)
     erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from services.common.config import ConfigError, env_bytes_secret, env_str
+from services.common.rpc import TlsFiles
 
 
 def parse_bind(name: str, value: str) -> tuple[str, int]:
@@ -50,6 +51,8 @@ class Config:
     lists_addr: str = ""
     campaigns_addr: str = ""
     internal_key: bytes = b""
+    # The gateway's client certificate for auth, lists and campaigns (MAILBLAST_TLS_*); required to start.
+    grpc_tls: TlsFiles | None = None
     tls_cert_file: str = ""
     tls_key_file: str = ""
     # Where a self-signed certificate is made when none is given (development).
@@ -60,7 +63,7 @@ class Config:
 
     @classmethod
     def from_env(cls) -> Config:
-        """Read GATEWAY_*, AUTH_ADDR, LISTS_ADDR, CAMPAIGNS_ADDR and MAILBLAST_INTERNAL_KEY(_FILE)."""
+        """Read GATEWAY_*, AUTH_ADDR, LISTS_ADDR, CAMPAIGNS_ADDR, MAILBLAST_INTERNAL_KEY(_FILE) and MAILBLAST_TLS_*."""
         public_url = env_str("GATEWAY_PUBLIC_URL", "")
         host, port = parse_bind("GATEWAY_BIND", env_str("GATEWAY_BIND", "127.0.0.1:8080"))
         http_bind = env_str("GATEWAY_HTTP_BIND", "")
@@ -80,6 +83,7 @@ class Config:
             lists_addr=env_str("LISTS_ADDR"),
             campaigns_addr=env_str("CAMPAIGNS_ADDR"),
             internal_key=env_bytes_secret("MAILBLAST_INTERNAL_KEY"),
+            grpc_tls=TlsFiles.from_env(),
             tls_cert_file=env_str("GATEWAY_TLS_CERT_FILE", ""),
             tls_key_file=env_str("GATEWAY_TLS_KEY_FILE", ""),
             tls_dir=env_str("GATEWAY_TLS_DIR", ""),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import env_bytes_secret, env_int, env_str
+from services.common.rpc import TlsFiles
 
 
 @dataclass(frozen=True)
@@ -14,7 +15,11 @@ class Config:
     database_url: str
     nats_url: str
     internal_key: bytes
+    # Mutual TLS for gRPC: this service's certificate, its key and the CA it trusts (MAILBLAST_TLS_*).
+    grpc_tls: TlsFiles
     grpc_bind: str = "0.0.0.0:50052"
+    # A plaintext listener answering only grpc.health.v1 (Kubernetes' gRPC probes); empty for none.
+    health_bind: str = ""
     # Where to check users' bearer tokens; None accepts signed service identities only.
     auth_addr: str | None = None
     hard_bounce_threshold: int = 3
@@ -28,12 +33,14 @@ class Config:
 
     @classmethod
     def from_env(cls) -> Config:
-        """Read DATABASE_URL, NATS_URL, MAILBLAST_INTERNAL_KEY(_FILE), AUTH_ADDR, LISTS_*."""
+        """Read DATABASE_URL, NATS_URL, MAILBLAST_INTERNAL_KEY(_FILE), MAILBLAST_TLS_*, AUTH_ADDR, LISTS_*."""
         return cls(
             database_url=env_str("DATABASE_URL"),
             nats_url=env_str("NATS_URL"),
             internal_key=env_bytes_secret("MAILBLAST_INTERNAL_KEY"),
             grpc_bind=env_str("LISTS_GRPC_BIND", "0.0.0.0:50052"),
+            grpc_tls=TlsFiles.from_env(),
+            health_bind=env_str("MAILBLAST_HEALTH_BIND", ""),
             auth_addr=env_str("AUTH_ADDR", "") or None,
             hard_bounce_threshold=env_int("LISTS_HARD_BOUNCE_THRESHOLD", 3),
             import_batch_rows=env_int("LISTS_IMPORT_BATCH_ROWS", 20000),

@@ -13,9 +13,14 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.common import bus, db
 from services.common.audit import AuditTrail
-from services.common.identity import IdentitySigner
 from services.common.log import get_logger
-from services.common.rpc import GrpcServer, auth_token_resolver, service_channel, start_grpc_server
+from services.common.rpc import (
+    GrpcServer,
+    ServiceIdentity,
+    auth_token_resolver,
+    service_channel,
+    start_grpc_server,
+)
 from services.lists.audience import AudienceStore
 from services.lists.config import Config
 from services.lists.consumers import BounceConsumer
@@ -89,6 +94,7 @@ class Running:
 
 async def start(config: Config) -> Running:
     """Migrate the lists schema, open its pool, bind the bounce consumer and serve gRPC."""
+    me = ServiceIdentity(SERVICE_NAME, config.grpc_tls, config.internal_key)
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA)
     nc: NATS | None = None
@@ -98,12 +104,11 @@ async def start(config: Config) -> Running:
         nc, js = await bus.connect(config.nats_url, SERVICE_NAME)
         consumer = BounceConsumer(js, store, config.hard_bounce_threshold)
         await consumer.start()
-        signer = IdentitySigner(config.internal_key)
         resolve_token = None
         auth = None
         if config.auth_addr:
-            auth_channel = service_channel(config.auth_addr, signer, SERVICE_NAME)
-            resolve_token = auth_token_resolver(auth_channel, signer, SERVICE_NAME)
+            auth_channel = service_channel(config.auth_addr, "auth", me)
+            resolve_token = auth_token_resolver(auth_channel, me)
             auth = auth_pb2_grpc.AuthServiceStub(auth_channel)
         imports = ImportRunner(pool, config.internal_key, config.import_batch_rows)
         erasures = ErasureAnnouncer(pool, js)
@@ -124,7 +129,9 @@ async def start(config: Config) -> Running:
             lists_pb2_grpc.add_ListsServiceServicer_to_server(servicer, server)
             return [lists_pb2.DESCRIPTOR.services_by_name["ListsService"].full_name]
 
-        server = await start_grpc_server(config.grpc_bind, register, signer, resolve_token=resolve_token)
+        server = await start_grpc_server(
+            config.grpc_bind, register, me, resolve_token=resolve_token, health_bind=config.health_bind
+        )
     except BaseException:
         if auth_channel is not None:
             await auth_channel.close()

@@ -12,9 +12,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.common import bus, db
 from services.common.erasure import erasure_consumer
-from services.common.identity import IdentitySigner
 from services.common.log import get_logger
-from services.common.rpc import GrpcServer, service_channel, start_grpc_server
+from services.common.rpc import GrpcServer, ServiceIdentity, service_channel, start_grpc_server
 from services.sender import grpc_api
 from services.sender.checks import CampaignStates, SuppressionCheck
 from services.sender.compose import Composer
@@ -95,14 +94,14 @@ class Running:
 
 async def start(config: Config, *, consume: bool = True) -> Running:
     """Migrate, connect, start the gRPC server and (unless told not to) the batch and transactional loops."""
+    me = ServiceIdentity("sender", config.grpc_tls, config.internal_key)
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     keys = dkim_keys(config)
     pool = await db.open_pool(config.database_url, SCHEMA, min_size=2, max_size=8)
     nc, js = await bus.connect(config.nats_url, name="sender")
     store = DeliveryStore(pool, config.internal_key)
-    signer = IdentitySigner(config.internal_key)
-    campaigns_channel = service_channel(config.campaigns_addr, signer, "sender") if config.campaigns_addr else None
-    lists_channel = service_channel(config.lists_addr, signer, "sender") if config.lists_addr else None
+    campaigns_channel = service_channel(config.campaigns_addr, "campaigns", me) if config.campaigns_addr else None
+    lists_channel = service_channel(config.lists_addr, "lists", me) if config.lists_addr else None
     suppression = SuppressionCheck(lists_channel)
 
     async def report(outcomes: Sequence[Outcome]) -> None:
@@ -162,7 +161,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
     await consumer.start()
     await transactional.start()
     await erasures.start()
-    grpc = await start_grpc_server(config.grpc_bind, grpc_api.register(store), signer)
+    grpc = await start_grpc_server(config.grpc_bind, grpc_api.register(store), me, health_bind=config.health_bind)
     stop_event = asyncio.Event()
     loop_tasks = (
         [

@@ -18,14 +18,14 @@ from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 
 
 def as_service(signer: IdentitySigner, organization_id: int = 0) -> list[tuple[str, str]]:
-    """Metadata of another mailblast service calling (as `make run`'s bootstrap or lists would)."""
-    return [(IDENTITY_HEADER, signer.sign(Principal(organization_id=organization_id, service="test")))]
+    """Metadata of the console calling as itself (the channel presents its certificate)."""
+    return [(IDENTITY_HEADER, signer.sign(Principal(organization_id=organization_id, service="gateway"), "auth"))]
 
 
 def as_admin_of(signer: IdentitySigner, organization_id: int) -> list[tuple[str, str]]:
-    """Metadata of an admin user of an organisation, passed on as a signed identity."""
+    """Metadata of an admin user of an organisation, relayed by the console as a signed identity."""
     principal = Principal(organization_id=organization_id, user_id=0, scopes=("admin",), role="admin")
-    return [(IDENTITY_HEADER, signer.sign(principal))]
+    return [(IDENTITY_HEADER, signer.sign(principal.acting_as("gateway"), "auth"))]
 
 
 def bearer(token: str) -> list[tuple[str, str]]:
@@ -34,18 +34,19 @@ def bearer(token: str) -> list[tuple[str, str]]:
 
 
 @pytest_asyncio.fixture
-async def auth(database_url: str, nats_url: str, internal_key: bytes):
-    """A started auth service and a stub connected to it."""
+async def auth(database_url: str, nats_url: str, internal_key: bytes, pki):
+    """A started auth service and a stub connected to it as the console."""
     running = await start(
         Config(
             database_url=database_url,
             internal_key=internal_key,
             nats_url=nats_url,
             totp_keys=(Fernet.generate_key(),),
+            grpc_tls=pki.tls("auth"),
             grpc_bind="127.0.0.1:0",
         )
     )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}")
+    channel = pki.channel(running.grpc_port, "gateway")
     try:
         yield auth_pb2_grpc.AuthServiceStub(channel)
     finally:

@@ -20,6 +20,7 @@ from services.auth.config import Config
 from services.auth.service import start
 from services.common import bus
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+from tests.support.mtls import default_pki
 
 S = auth_pb2
 PASSWORD = "violet-otter-47-lantern"
@@ -57,17 +58,19 @@ class Env:
     signer: IdentitySigner
     boot: auth_pb2.BootstrapResponse
     database_url: str
+    # auth's gRPC port, for a channel with another certificate than the console's
+    port: int = 0
 
     @property
     def gateway(self) -> list[tuple[str, str]]:
         """Metadata of the console gateway calling as a service."""
-        return [(IDENTITY_HEADER, self.signer.sign(Principal(organization_id=0, service="gateway")))]
+        return [(IDENTITY_HEADER, self.signer.sign(Principal(organization_id=0, service="gateway"), "auth"))]
 
     def as_user(self, organization_id: int, user_id: int, role: str) -> list[tuple[str, str]]:
         """Metadata of the gateway relaying a logged-in user's principal."""
         scopes = {"viewer": ("read",), "editor": ("read", "send")}.get(role, ("read", "send", "admin"))
         principal = Principal(organization_id, user_id, scopes, role, service="gateway")
-        return [(IDENTITY_HEADER, self.signer.sign(principal)), ("x-mailblast-source-ip", "198.51.100.9")]
+        return [(IDENTITY_HEADER, self.signer.sign(principal, "auth")), ("x-mailblast-source-ip", "198.51.100.9")]
 
     @property
     def owner(self) -> list[tuple[str, str]]:
@@ -101,8 +104,9 @@ def config(database_url: str, nats_url: str, internal_key: bytes, **overrides) -
     """Auth settings for a test."""
     keys = (Fernet.generate_key(),)
     base = Config(
-        database_url, internal_key, nats_url, keys, grpc_bind="127.0.0.1:0", console_url="https://console.test"
-    )
+        database_url, internal_key, nats_url, keys, default_pki().tls("auth"), grpc_bind="127.0.0.1:0",
+        console_url="https://console.test",
+    )  # fmt: skip
     return dataclasses.replace(base, **overrides)
 
 
@@ -113,20 +117,22 @@ async def make_env(database_url: str, nats_url: str, internal_key: bytes, signer
 
     async def make(**overrides) -> Env:
         running = await start(config(database_url, nats_url, internal_key, **overrides))
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}")
+        channel = default_pki().channel(running.grpc_port, "gateway")
         nc = await nats.connect(nats_url)
         sub = await nc.jetstream().pull_subscribe(
             bus.SUBJECT_SEND_TRANSACTIONAL, durable="test-mail", stream=bus.STREAM_SEND
         )
         started.append((running, channel, nc))
         stub = auth_pb2_grpc.AuthServiceStub(channel)
-        boot = await stub.Bootstrap(
-            S.BootstrapRequest(
-                organization_name="Acme", admin_login="alice", admin_email="alice@example.org", admin_password=PASSWORD
-            ),
-            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="test")))],
-        )
-        return Env(stub, Mailbox(sub), signer, boot, database_url)
+        async with default_pki().channel(running.grpc_port, "dev-run") as boot_channel:
+            boot = await auth_pb2_grpc.AuthServiceStub(boot_channel).Bootstrap(
+                S.BootstrapRequest(
+                    organization_name="Acme", admin_login="alice", admin_email="alice@example.org",
+                    admin_password=PASSWORD,
+                ),
+                metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run"), "auth"))],
+            )  # fmt: skip
+        return Env(stub, Mailbox(sub), signer, boot, database_url, running.grpc_port)
 
     yield make
     for running, channel, nc in started:
@@ -512,18 +518,23 @@ async def test_audit_events_recorded_and_paged(make_env):
     campaigns = [
         (
             IDENTITY_HEADER,
-            env.signer.sign(Principal(env.boot.organization.id, env.boot.user.id, ("send",), "owner", "campaigns")),
+            env.signer.sign(
+                Principal(env.boot.organization.id, env.boot.user.id, ("send",), "owner", "campaigns"), "auth"
+            ),
         )
     ]
-    recorded = await env.stub.RecordAuditEvent(
+    campaigns_channel = default_pki().channel(env.port, "campaigns")
+    as_campaigns = auth_pb2_grpc.AuthServiceStub(campaigns_channel)
+    recorded = await as_campaigns.RecordAuditEvent(
         S.RecordAuditEventRequest(action="campaign.sent", target="campaign:7", detail_json='{"recipients": 3}'),
         metadata=campaigns,
     )
     assert recorded.service == "campaigns" and recorded.organization_id == env.boot.organization.id
     await refused(
-        env.stub.RecordAuditEvent(S.RecordAuditEventRequest(action="Bad Action"), metadata=campaigns),
+        as_campaigns.RecordAuditEvent(S.RecordAuditEventRequest(action="Bad Action"), metadata=campaigns),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
+    await campaigns_channel.close()
 
     pages, token_ = [], ""
     while True:
@@ -592,7 +603,7 @@ async def test_totp_secret_is_sealed_at_rest_and_survives_key_rotation(
         env.sql("UPDATE auth.users SET totp_last_step = 0 WHERE login = 'alice'")
         running = await start(config(database_url, nats_url, internal_key, totp_keys=keys))
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+            async with default_pki().channel(running.grpc_port, "gateway") as channel:
                 stub = auth_pb2_grpc.AuthServiceStub(channel)
                 request = S.LoginRequest(login="alice", password=PASSWORD, totp_code=code, source_ip="203.0.113.5")
                 return (await stub.Login(request, metadata=env.gateway)).status

@@ -7,7 +7,6 @@ import smtplib
 import time
 
 import aiosmtplib
-import grpc
 import nats
 import pytest
 import pytest_asyncio
@@ -19,6 +18,7 @@ from services.bounce.service import start
 from services.common import bus
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.common.verp import RecipientRef, message_id, return_path
+from tests.support.mtls import default_pki
 
 ORG, CAMPAIGN, SUBSCRIBER = 7, 42, 1007
 
@@ -72,6 +72,7 @@ async def service(database_url: str, nats_url: str, internal_key: bytes):
         database_url=database_url,
         nats_url=nats_url,
         internal_key=internal_key,
+        grpc_tls=default_pki().tls("bounce"),
         grpc_bind="127.0.0.1:0",
         smtp_bind=f"127.0.0.1:{free_port()}",
     )
@@ -110,13 +111,13 @@ async def bounce_events(js, want: int, timeout: float = 10.0) -> list[events_pb2
 
 
 async def list_bounces(grpc_port: int, signer: IdentitySigner, org: int, campaign: int):
-    """Call ListBounces as a reader of `org`."""
-    principal = Principal(organization_id=org, user_id=1, scopes=("read",))
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+    """Call ListBounces as a reader of `org`, relayed by the console."""
+    principal = Principal(organization_id=org, user_id=1, scopes=("read",), service="gateway")
+    async with default_pki().channel(grpc_port, "gateway") as channel:
         stub = bounce_pb2_grpc.BounceServiceStub(channel)
         return await stub.ListBounces(
             bounce_pb2.ListBouncesRequest(campaign_id=campaign),
-            metadata=[(IDENTITY_HEADER, signer.sign(principal))],
+            metadata=[(IDENTITY_HEADER, signer.sign(principal, "bounce"))],
             timeout=10,
         )
 

@@ -25,6 +25,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dev.embedded import free_port
+from dev.run import GRPC_CLIENTS, GRPC_SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"mailblast is ready: (https://\S+)")
@@ -158,8 +159,11 @@ def start_devrun(data_dir: Path) -> Iterator:
             run.process.stdout.close()
 
 
-def _grpc_serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
+def _grpc_serving(address: str, run_info: dict) -> bool:
+    # Over mutual TLS, with the `mailblast` command's certificate that run.json points at.
+    files = {key: Path(path).read_bytes() for key, path in run_info["cli_tls"].items()}
+    credentials = grpc.ssl_channel_credentials(files["ca_file"], files["key_file"], files["cert_file"])
+    with grpc.secure_channel(address, credentials) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -169,7 +173,11 @@ def _check_everything_serves(var: Path, gateway_url: str) -> dict:
     addresses = [run_info["auth"], run_info["lists"], run_info["campaigns"], run_info["bounce"], *run_info["sender"]]
     assert len(run_info["sender"]) == 2
     for address in addresses:
-        assert _grpc_serving(address), address
+        assert _grpc_serving(address, run_info), address
+        # Nothing answers in plaintext: not even the health service.
+        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as plain:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
     assert run_info["gateway"] == gateway_url
     # The console serves HTTPS with the development certificate made on the first run.
     tls = ssl.create_default_context(cafile=str(var / "secrets" / "tls" / "cert.pem"))
@@ -230,9 +238,20 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, d
         assert path.stat().st_mode & 0o777 == 0o600, path
     assert (var / "secrets").stat().st_mode & 0o777 == 0o700
     secret_files = [p for p in (var / "secrets").rglob("*") if p.is_file()]
-    assert len(secret_files) == 6
+    # The six secrets, and the gRPC CA (certificate and key) with each identity's tls.crt, tls.key, ca.crt.
+    assert len(secret_files) == 6 + 2 + 3 * len(GRPC_SERVICES + GRPC_CLIENTS)
     for path in secret_files:
         assert path.stat().st_mode & 0o777 == 0o600, path
+    assert run_info["cli_tls"] == {
+        "ca_file": str(var / "secrets" / "grpc" / "cli" / "ca.crt"),
+        "cert_file": str(var / "secrets" / "grpc" / "cli" / "tls.crt"),
+        "key_file": str(var / "secrets" / "grpc" / "cli" / "tls.key"),
+    }
+    private_keys = [p.read_bytes() for p in secret_files if p.suffix == ".key"]
+    for path in [*(var / "logs").iterdir(), var / "run.json"]:
+        content = path.read_bytes()
+        assert not any(key.strip() in content for key in private_keys), path
+    assert not any(key.strip().decode() in output for key in private_keys)
     secrets_before = {p: p.read_bytes() for p in secret_files}
 
     assert first.interrupt() == 0, first.output()
@@ -283,12 +302,14 @@ def _check_console_password(var: Path, auth_address: str, password: str) -> None
     from mailblast.v1 import auth_pb2, auth_pb2_grpc
 
     from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+    from services.common.rpc import TlsFiles
 
     signer = IdentitySigner((var / "secrets" / "internal.key").read_bytes().strip())
-    with grpc.insecure_channel(auth_address) as channel:
+    console = TlsFiles.in_directory(var / "secrets" / "grpc" / "gateway")
+    with grpc.secure_channel(auth_address, console.channel_credentials()) as channel:
         reply = auth_pb2_grpc.AuthServiceStub(channel).Login(
             auth_pb2.LoginRequest(login="admin", password=password, source_ip="127.0.0.1"),
-            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="gateway")))],
+            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="gateway"), "auth"))],
             timeout=30,
         )
     assert reply.status == auth_pb2.LOGIN_STATUS_OK

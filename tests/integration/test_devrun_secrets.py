@@ -68,8 +68,8 @@ def test_services_read_the_internal_key_file_as_dev_run_signs_with_it(
     monkeypatch.delenv("MAILBLAST_INTERNAL_KEY", raising=False)
     monkeypatch.setenv("MAILBLAST_INTERNAL_KEY_FILE", str(files.internal_key))
     service_side = IdentitySigner(env_bytes_secret("MAILBLAST_INTERNAL_KEY"))
-    assertion = IdentitySigner(read_internal_key(files.internal_key)).sign(Principal(0, service="dev-run"))
-    assert service_side.verify(assertion).service == "dev-run"
+    assertion = IdentitySigner(read_internal_key(files.internal_key)).sign(Principal(0, service="dev-run"), "auth")
+    assert service_side.verify(assertion, "auth").service == "dev-run"
 
 
 def test_printed_dns_records_verify_signatures_made_with_the_keys(tmp_path: Path) -> None:

@@ -19,12 +19,13 @@ from tests.integration.test_lists_import import ADMIN, define_fields
 
 lists_service = base.lists_service
 stub = base.stub
+campaigns_stub = base.campaigns_stub
 js = base.js
 
 
 def as_gateway(signer) -> list:
     """The gateway relaying a public request: a service identity with no organisation."""
-    return [(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="gateway")))]
+    return [(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="gateway"), "lists"))]
 
 
 async def set_sender(stub, signer, address: str = "news@example.jp", organization_id: int = ORG) -> None:
@@ -83,7 +84,7 @@ async def preview(stub, signer, tree: dict) -> list[str]:
     return sorted(s.email for s in reply.sample)
 
 
-async def test_segment_conditions_against_known_data(lists_service, stub, signer):
+async def test_segment_conditions_against_known_data(lists_service, stub, campaigns_stub, signer):
     # Condition trees of every kind select exactly the subscribers they describe: text operators on
     # address and name, typed operators on number/date/choice fields, list membership, nested any/all.
     _news, vip, _ = await seed(stub, signer)
@@ -138,7 +139,7 @@ async def test_segment_conditions_against_known_data(lists_service, stub, signer
         lists_pb2.SegmentInput(name="tokyo", conditions_json=json.dumps({"conditions": [nested["conditions"][1]]})),
         metadata=as_user(signer),
     )
-    chunks = await stream_segments(stub, signer, [saved.id])
+    chunks = await stream_segments(campaigns_stub, signer, [saved.id])
     assert [r.email for r in chunks] == ["ichiro@example.com"]
 
 
@@ -209,7 +210,7 @@ async def test_search_and_keyset_paging(lists_service, stub, signer):
     assert [s.email for s in on_vip.subscribers] == ["taro@example.jp"]
 
 
-async def test_suppression_respected_by_stream_recipients(lists_service, stub, signer):
+async def test_suppression_respected_by_stream_recipients(lists_service, stub, campaigns_stub, signer):
     # An address suppressed by hand is never streamed though still active; CheckSuppressed tells the
     # sender so at send time; removing it needs the admin scope and brings it back.
     news, _, _ = await seed(stub, signer)
@@ -217,9 +218,9 @@ async def test_suppression_respected_by_stream_recipients(lists_service, stub, s
         lists_pb2.AddSuppressionsRequest(emails=["Hanako@example.jp", "not-an-address"]), metadata=as_user(signer)
     )
     assert added.added == 1 and [e.index for e in added.errors] == [1]
-    streamed = [r.email for chunk in await stream(stub, as_campaigns(signer), [news]) for r in chunk]
+    streamed = [r.email for chunk in await stream(campaigns_stub, as_campaigns(signer), [news]) for r in chunk]
     assert "hanako@example.jp" not in streamed and len(streamed) == 4
-    checked = await stub.CheckSuppressed(
+    checked = await campaigns_stub.CheckSuppressed(
         lists_pb2.CheckSuppressedRequest(emails=["HANAKO@example.jp", "taro@example.jp"]), metadata=as_campaigns(signer)
     )
     assert [(s.email, s.reason) for s in checked.suppressed] == [("HANAKO@example.jp", "manual")]
@@ -231,11 +232,11 @@ async def test_suppression_respected_by_stream_recipients(lists_service, stub, s
     await stub.RemoveSuppression(
         lists_pb2.RemoveSuppressionRequest(email="hanako@example.jp"), metadata=as_user(signer, scopes=ADMIN)
     )
-    streamed = [r.email for chunk in await stream(stub, as_campaigns(signer), [news]) for r in chunk]
+    streamed = [r.email for chunk in await stream(campaigns_stub, as_campaigns(signer), [news]) for r in chunk]
     assert "hanako@example.jp" in streamed
 
 
-async def test_unsubscribe_by_token(lists_service, stub, signer, internal_key, database_url):
+async def test_unsubscribe_by_token(lists_service, stub, campaigns_stub, signer, internal_key, database_url):
     # The page shows the subscriber's lists; leaving one list keeps the others; a one-click
     # unsubscribe leaves everything, is recorded with its source and suppresses the address before
     # the call returns. A forged token names nobody.
@@ -251,7 +252,7 @@ async def test_unsubscribe_by_token(lists_service, stub, signer, internal_key, d
         lists_pb2.UnsubscribeRequest(token=token, source="one-click"), metadata=as_gateway(signer)
     )
     assert list(gone.left_list_ids) == [news] and gone.status == lists_pb2.SUBSCRIBER_STATUS_UNSUBSCRIBED
-    streamed = [r.email for chunk in await stream(stub, as_campaigns(signer), [news, vip]) for r in chunk]
+    streamed = [r.email for chunk in await stream(campaigns_stub, as_campaigns(signer), [news, vip]) for r in chunk]
     assert "taro@example.jp" not in streamed
     events = await stub.ListSubscriberEvents(
         lists_pb2.ListSubscriberEventsRequest(subscriber_id=ids["taro@example.jp"]), metadata=as_user(signer)
@@ -267,7 +268,7 @@ async def test_unsubscribe_by_token(lists_service, stub, signer, internal_key, d
     assert forged.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_signup_double_opt_in(lists_service, stub, signer, js):
+async def test_signup_double_opt_in(lists_service, stub, campaigns_stub, signer, js):
     # A form signup creates a pending subscriber with a consent record and publishes the confirmation
     # mail on NATS (category lists.confirm, Nats-Msg-Id its message key); the link's token activates
     # the subscriber on the form's list. A filled honeypot is ignored; an IP over its hourly limit is refused.
@@ -298,11 +299,11 @@ async def test_signup_double_opt_in(lists_service, stub, signer, js):
         lists_pb2.SearchSubscribersRequest(email_prefix="new@"), metadata=as_user(signer)
     )
     assert found.subscribers[0].status == lists_pb2.SUBSCRIBER_STATUS_PENDING
-    assert await stream(stub, as_campaigns(signer), [news]) == []
+    assert await stream(campaigns_stub, as_campaigns(signer), [news]) == []
 
     confirmed = await stub.ConfirmSignup(lists_pb2.ConfirmSignupRequest(token=token), metadata=as_gateway(signer))
     assert confirmed.list_id == news
-    streamed = [r.email for chunk in await stream(stub, as_campaigns(signer), [news]) for r in chunk]
+    streamed = [r.email for chunk in await stream(campaigns_stub, as_campaigns(signer), [news]) for r in chunk]
     assert streamed == ["new@example.jp"]
     data = await stub.ExportSubscriberData(
         lists_pb2.ExportSubscriberDataRequest(subscriber_id=found.subscribers[0].id),

@@ -21,14 +21,16 @@ def bearer(token: str) -> list[tuple[str, str]]:
 
 
 @pytest_asyncio.fixture
-async def stubs(database_url: str, nats_url: str, internal_key: bytes):
-    """Auth and lists started side by side (one database, their own schemas), and a stub for each."""
+async def stubs(database_url: str, nats_url: str, internal_key: bytes, pki):
+    """Auth and lists side by side (one database, their own schemas): a stub of each as a user's tool, and
+    auth as `make run`, which bootstraps."""
     auth = await auth_service.start(
         AuthConfig(
             database_url=database_url,
             internal_key=internal_key,
             nats_url=nats_url,
             totp_keys=(Fernet.generate_key(),),
+            grpc_tls=pki.tls("auth"),
             grpc_bind="127.0.0.1:0",
         )
     )
@@ -37,16 +39,23 @@ async def stubs(database_url: str, nats_url: str, internal_key: bytes):
             database_url=database_url,
             nats_url=nats_url,
             internal_key=internal_key,
+            grpc_tls=pki.tls("lists"),
             grpc_bind="127.0.0.1:0",
             auth_addr=f"127.0.0.1:{auth.grpc_port}",
             consume_in_background=False,
         )
     )
-    auth_channel = grpc.aio.insecure_channel(f"127.0.0.1:{auth.grpc_port}")
-    lists_channel = grpc.aio.insecure_channel(f"127.0.0.1:{lists.grpc_port}")
+    auth_channel = pki.channel(auth.grpc_port, "cli")
+    lists_channel = pki.channel(lists.grpc_port, "cli")
+    boot_channel = pki.channel(auth.grpc_port, "dev-run")
     try:
-        yield auth_pb2_grpc.AuthServiceStub(auth_channel), lists_pb2_grpc.ListsServiceStub(lists_channel)
+        yield (
+            auth_pb2_grpc.AuthServiceStub(auth_channel),
+            lists_pb2_grpc.ListsServiceStub(lists_channel),
+            auth_pb2_grpc.AuthServiceStub(boot_channel),
+        )
     finally:
+        await boot_channel.close()
         await lists_channel.close()
         await auth_channel.close()
         await lists.stop()
@@ -55,12 +64,13 @@ async def stubs(database_url: str, nats_url: str, internal_key: bytes):
 
 async def test_user_token_through_auth(stubs, signer: IdentitySigner):
     # The owner's token from bootstrap creates a list, adds subscribers and streams them through lists,
-    # which asks auth who the token is. A viewer's token may read but not write; an unknown or revoked
+    # which asks auth who the token is. A viewer's token may read but not write, a send-only token may
+    # not stream recipients; an unknown or revoked
     # token (revoked before lists ever saw it) is UNAUTHENTICATED.
-    auth, lists = stubs
-    boot = await auth.Bootstrap(
+    auth, lists, as_make_run = stubs
+    boot = await as_make_run.Bootstrap(
         auth_pb2.BootstrapRequest(organization_name="Acme", admin_login="alice", admin_email="alice@example.org"),
-        metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run")))],
+        metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run"), "auth"))],
     )
     owner = bearer(boot.api_token)
     created = await lists.CreateList(lists_pb2.CreateListRequest(name="news"), metadata=owner)
@@ -89,6 +99,14 @@ async def test_user_token_through_auth(stubs, signer: IdentitySigner):
     with pytest.raises(grpc.aio.AioRpcError) as write:
         await lists.CreateList(lists_pb2.CreateListRequest(name="x"), metadata=bearer(read_only.secret))
     assert write.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Streaming recipients needs the read scope from a person (services relay their organisation instead).
+    send_only = await auth.CreateApiToken(
+        auth_pb2.CreateApiTokenRequest(user_id=boot.user.id, name="sender", scopes=["send"]), metadata=owner
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as no_scope:
+        request = lists_pb2.StreamRecipientsRequest(list_ids=[created.id])
+        [c async for c in lists.StreamRecipients(request, metadata=bearer(send_only.secret))]
+    assert no_scope.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
     doomed = await auth.CreateApiToken(
         auth_pb2.CreateApiTokenRequest(user_id=viewer.id, name="old", scopes=["read"]), metadata=owner

@@ -44,7 +44,7 @@ def dkim_files(tmp_path: Path) -> tuple[str, str]:
 
 
 @pytest.fixture
-def make_config(database_url, nats_url, smtp_sink, tls_files, internal_key, dkim_files):
+def make_config(database_url, nats_url, smtp_sink, tls_files, internal_key, dkim_files, pki):
     """Settings for a sender relaying to the sink over required TLS, signing with both keys."""
 
     def make(**overrides) -> Config:
@@ -55,6 +55,7 @@ def make_config(database_url, nats_url, smtp_sink, tls_files, internal_key, dkim
             return_path_domain="bounces.example.com",
             message_id_domain=DKIM_DOMAIN,
             unsubscribe_url="https://mail.example.com/u/",
+            grpc_tls=pki.tls("sender"),
             grpc_bind="127.0.0.1:0",
             relay_host="127.0.0.1",
             relay_port=smtp_sink.port,
@@ -193,7 +194,7 @@ async def all_acked(js) -> bool:
     return info.num_pending == 0 and info.num_ack_pending == 0
 
 
-async def test_two_batches_delivered_once_over_tls_personalised_signed(sender, js, smtp_sink, make_config, signer):
+async def test_two_batches_delivered_once_over_tls_personalised_signed(sender, js, smtp_sink, make_config, signer, pki):
     # 200 recipients in two batches each arrive exactly once over TLS, with personal fields filled in
     # (escaped in HTML, not in text), the Japanese subject intact, List-Unsubscribe headers, and both
     # DKIM signatures verifying against the published keys; GetDelivery answers from the ledger.
@@ -242,9 +243,11 @@ async def test_two_batches_delivered_once_over_tls_personalised_signed(sender, j
     rows = await ledger(running, 41)
     assert all(row[0] == "sent" and row[1] == 250 and row[3] is True and row[4] == 1 for row in rows.values())
 
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+    async with pki.channel(running.grpc_port, "gateway") as channel:
         stub = sender_pb2_grpc.SenderServiceStub(channel)
-        own = [(IDENTITY_HEADER, signer.sign(Principal(organization_id=7, scopes=("read",))))]
+        own = [
+            (IDENTITY_HEADER, signer.sign(Principal(organization_id=7, scopes=("read",), service="gateway"), "sender"))
+        ]
         delivery = await stub.GetDelivery(
             sender_pb2.GetDeliveryRequest(campaign_id=41, subscriber_id=1005), metadata=own
         )
@@ -254,7 +257,9 @@ async def test_two_batches_delivered_once_over_tls_personalised_signed(sender, j
             True,
             250,
         )
-        other = [(IDENTITY_HEADER, signer.sign(Principal(organization_id=8, scopes=("read",))))]
+        other = [
+            (IDENTITY_HEADER, signer.sign(Principal(organization_id=8, scopes=("read",), service="gateway"), "sender"))
+        ]
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GetDelivery(sender_pb2.GetDeliveryRequest(campaign_id=41, subscriber_id=1005), metadata=other)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND

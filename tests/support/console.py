@@ -30,6 +30,7 @@ from services.gateway.config import Config as GatewayConfig
 from services.lists import service as lists_service
 from services.lists.config import Config as ListsConfig
 from services.sender import service as sender_service
+from tests.support.mtls import default_pki
 from tests.support.stack import DkimKeys, sender_config
 
 PASSWORD = "violet-otter-47-lantern"
@@ -72,6 +73,12 @@ class Console:
     def add_organization(self, name: str) -> int:
         """Another organisation (Bootstrap makes only the first)."""
         return self.sql("INSERT INTO auth.organizations (name) VALUES (%s) RETURNING id", (name,))[0][0]
+
+    def channel(self, port: int, identity: str = "cli") -> grpc.aio.Channel:
+        """A mutual-TLS channel to one of the services, presenting the certificate of `identity`."""
+        channel = default_pki().channel(port, identity)
+        self.channels.append(channel)
+        return channel
 
     def client(self) -> Web:
         """A new browser-like client of the console (its own cookies)."""
@@ -218,6 +225,7 @@ async def start_console(
     Mailed links (reset, confirmation, unsubscribe) point at `public_url`, where the console is served.
     """
     signer = IdentitySigner(internal_key)
+    pki = default_pki()
     catcher = SmtpCatcher(*tls_files, store_dir=outbox)
     catcher.start()
     auth_config = AuthConfig(
@@ -225,6 +233,7 @@ async def start_console(
         internal_key,
         nats_url,
         (Fernet.generate_key(),),
+        pki.tls("auth"),
         grpc_bind="127.0.0.1:0",
         console_url=public_url,
     )
@@ -235,6 +244,7 @@ async def start_console(
             database_url,
             nats_url,
             internal_key,
+            pki.tls("lists"),
             grpc_bind="127.0.0.1:0",
             auth_addr=auth_addr,
             public_url=f"{public_url}/",
@@ -243,7 +253,13 @@ async def start_console(
     lists_addr = f"127.0.0.1:{lists.grpc_port}"
     campaigns = await campaigns_service.start(
         CampaignsConfig(
-            database_url, nats_url, internal_key, lists_addr=lists_addr, auth_addr=auth_addr, grpc_bind="127.0.0.1:0"
+            database_url,
+            nats_url,
+            internal_key,
+            lists_addr,
+            pki.tls("campaigns"),
+            auth_addr=auth_addr,
+            grpc_bind="127.0.0.1:0",
         )
     )
     sender = await sender_service.start(
@@ -251,18 +267,19 @@ async def start_console(
             database_url, nats_url, internal_key, catcher.port, tls_files[0], dkim, unsubscribe_url=f"{public_url}/u/"
         )
     )
-    async with grpc.aio.insecure_channel(auth_addr) as channel:
+    async with pki.channel(auth_addr, "dev-run") as channel:
         boot = await auth_pb2_grpc.AuthServiceStub(channel).Bootstrap(
             auth_pb2.BootstrapRequest(
                 organization_name="Acme", admin_login=OWNER, admin_email="alice@example.org", admin_password=PASSWORD
             ),
-            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="test")))],
+            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run"), "auth"))],
         )
     settings = GatewayConfig(
         auth_addr=auth_addr,
         lists_addr=lists_addr,
         campaigns_addr=f"127.0.0.1:{campaigns.grpc_port}",
         internal_key=internal_key,
+        grpc_tls=pki.tls("gateway"),
         dev_outbox_dir=str(outbox),
         dev_dkim_records={k.decode(): v.decode() for k, v in dkim.records.items()},
     )

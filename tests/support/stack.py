@@ -38,6 +38,7 @@ from services.lists import service as lists_service
 from services.lists.config import Config as ListsConfig
 from services.sender import service as sender_service
 from services.sender.config import Config as SenderConfig
+from tests.support.mtls import default_pki
 
 DKIM_DOMAIN = "news.example.com"
 RETURN_PATH_DOMAIN = "bounces.example.com"
@@ -99,9 +100,9 @@ class Stack:
         """Call metadata of the bootstrap admin."""
         return [("authorization", f"Bearer {self.token}")]
 
-    def channel(self, port: int) -> grpc.aio.Channel:
-        """A plain client channel to one of the services."""
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    def channel(self, port: int, identity: str = "cli") -> grpc.aio.Channel:
+        """A mutual-TLS channel to one of the services, presenting the certificate of `identity`."""
+        channel = default_pki().channel(port, identity)
         self.channels.append(channel)
         return channel
 
@@ -207,6 +208,7 @@ def sender_config(
         internal_key=internal_key,
         return_path_domain=RETURN_PATH_DOMAIN,
         unsubscribe_url="https://mail.example.com/u/",
+        grpc_tls=default_pki().tls("sender"),
         grpc_bind="127.0.0.1:0",
         relay_host="127.0.0.1",
         relay_port=sink_port,
@@ -240,23 +242,26 @@ async def start_stack(
 ) -> Stack:
     """Start every service in this process and bootstrap an organisation with an admin token."""
     signer = IdentitySigner(internal_key)
-    auth_config = AuthConfig(database_url, internal_key, nats_url, (Fernet.generate_key(),), grpc_bind="127.0.0.1:0")
+    pki = default_pki()
+    auth_config = AuthConfig(
+        database_url, internal_key, nats_url, (Fernet.generate_key(),), pki.tls("auth"), grpc_bind="127.0.0.1:0"
+    )
     auth = await auth_service.start(auth_config)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
         ListsConfig(
-            database_url, nats_url, internal_key, grpc_bind="127.0.0.1:0", auth_addr=auth_addr,
+            database_url, nats_url, internal_key, pki.tls("lists"), grpc_bind="127.0.0.1:0", auth_addr=auth_addr,
             hard_bounce_threshold=hard_bounce_threshold,
         )
     )  # fmt: skip
     campaigns = await campaigns_service.start(
         CampaignsConfig(
-            database_url, nats_url, internal_key, lists_addr=f"127.0.0.1:{lists.grpc_port}", auth_addr=auth_addr,
-            grpc_bind="127.0.0.1:0",
+            database_url, nats_url, internal_key, lists_addr=f"127.0.0.1:{lists.grpc_port}",
+            grpc_tls=pki.tls("campaigns"), auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
         )
     )  # fmt: skip
     bounce_config = BounceConfig(
-        database_url, nats_url, internal_key, auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
+        database_url, nats_url, internal_key, pki.tls("bounce"), auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
         smtp_bind=f"127.0.0.1:{free_port()}",
     )  # fmt: skip
     bounce = await bounce_service.start(bounce_config)
@@ -268,12 +273,13 @@ async def start_stack(
     }
     config = sender_config(database_url, nats_url, internal_key, sink_port, cert, dkim, **overrides)
     running_senders = [await sender_service.start(config) for _ in range(senders)]
-    async with grpc.aio.insecure_channel(auth_addr) as channel:
+    # Bootstrapped as `make run` does it.
+    async with pki.channel(auth_addr, "dev-run") as channel:
         reply = await auth_pb2_grpc.AuthServiceStub(channel).Bootstrap(
             auth_pb2.BootstrapRequest(
                 organization_name="Test KK", admin_login="admin", admin_email="admin@example.com"
             ),
-            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="test")))],
+            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run"), "auth"))],
         )
     return Stack(
         auth, lists, campaigns, bounce, running_senders, reply.api_token, signer, reply.organization.id, config,

@@ -13,7 +13,7 @@ import dkim
 import grpc
 import nats
 import pytest
-from mailblast.v1 import bounce_pb2, campaigns_pb2, events_pb2, lists_pb2
+from mailblast.v1 import bounce_pb2, campaigns_pb2, campaigns_pb2_grpc, events_pb2, lists_pb2, lists_pb2_grpc
 
 from services.common import bus
 from services.common.identity import IDENTITY_HEADER, Principal
@@ -195,21 +195,25 @@ async def test_bad_input_is_refused_clearly_and_nothing_is_injected(stack, smtp_
         msg = parse(caught.data)
         assert msg["Bcc"] is None and msg["X-Injected"] is None
 
-    other = [(IDENTITY_HEADER, stack.signer.sign(Principal(organization_id=999, scopes=("read", "send", "admin"))))]
+    # A user of another organisation, as the console relays one.
+    other = Principal(organization_id=999, scopes=("read", "send", "admin"), service="gateway")
+    relayed_campaigns = campaigns_pb2_grpc.CampaignsServiceStub(stack.channel(stack.campaigns.grpc_port, "gateway"))
+    relayed_lists = lists_pb2_grpc.ListsServiceStub(stack.channel(stack.lists.grpc_port, "gateway"))
     for call, request in (
-        (campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign.id)),
-        (campaigns.SendCampaign, campaigns_pb2.SendCampaignRequest(campaign_id=campaign.id)),
-        (campaigns.CancelCampaign, campaigns_pb2.CampaignRequest(campaign_id=campaign.id)),
+        (relayed_campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign.id)),
+        (relayed_campaigns.SendCampaign, campaigns_pb2.SendCampaignRequest(campaign_id=campaign.id)),
+        (relayed_campaigns.CancelCampaign, campaigns_pb2.CampaignRequest(campaign_id=campaign.id)),
         (
-            campaigns.CreateCampaign,
+            relayed_campaigns.CreateCampaign,
             campaigns_pb2.CreateCampaignRequest(
                 name="x", list_ids=[created.id], from_address="a@example.com", subject="s", text_body="t"
             ),
         ),
-        (lists.GetList, lists_pb2.GetListRequest(list_id=created.id)),
+        (relayed_lists.GetList, lists_pb2.GetListRequest(list_id=created.id)),
     ):
+        audience = "lists" if call is relayed_lists.GetList else "campaigns"
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await call(request, metadata=other)
+            await call(request, metadata=[(IDENTITY_HEADER, stack.signer.sign(other, audience))])
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await campaigns.GetCampaign(campaigns_pb2.GetCampaignRequest(campaign_id=987654), metadata=stack.metadata)

@@ -14,9 +14,14 @@ from services.gateway.app import IdConverter, create_app
 from services.gateway.config import Config
 from services.gateway.security import safe_next
 from services.gateway.server import bind_url, redirect_app
+from tests.support.mtls import default_pki
 
 SETTINGS = Config(
-    auth_addr="127.0.0.1:1", lists_addr="127.0.0.1:2", campaigns_addr="127.0.0.1:3", internal_key=b"k" * 32
+    auth_addr="127.0.0.1:1",
+    lists_addr="127.0.0.1:2",
+    campaigns_addr="127.0.0.1:3",
+    internal_key=b"k" * 32,
+    grpc_tls=default_pki().tls("gateway"),
 )
 
 
@@ -148,12 +153,14 @@ def test_csv_cells_that_look_like_formulas_are_neutralised() -> None:
 
 def test_gateway_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # GATEWAY_BIND picks the HTTPS address, GATEWAY_HTTP_BIND the redirecting one, GATEWAY_PUBLIC_URL the
-    # https address it redirects to; service addresses and the internal key are required; a malformed
-    # setting names its variable.
+    # https address it redirects to; service addresses, the internal key and the gRPC client certificate are
+    # required; a malformed setting names its variable.
     monkeypatch.setenv("AUTH_ADDR", "a:1")
     monkeypatch.setenv("LISTS_ADDR", "l:2")
     monkeypatch.setenv("CAMPAIGNS_ADDR", "c:3")
     monkeypatch.setenv("MAILBLAST_INTERNAL_KEY", "k" * 32)
+    for name, value in default_pki().env("gateway").items():
+        monkeypatch.setenv(name, value)
     monkeypatch.delenv("GATEWAY_BIND", raising=False)
     monkeypatch.setenv("GATEWAY_HTTP_BIND", "0.0.0.0:8081")
     config = Config.from_env()
@@ -175,4 +182,8 @@ def test_gateway_settings_are_read_from_the_environment(monkeypatch: pytest.Monk
     monkeypatch.delenv("GATEWAY_PUBLIC_URL")
     monkeypatch.delenv("AUTH_ADDR")
     with pytest.raises(ConfigError, match="AUTH_ADDR"):
+        Config.from_env()
+    monkeypatch.setenv("AUTH_ADDR", "a:1")
+    monkeypatch.delenv("MAILBLAST_TLS_KEY_FILE")
+    with pytest.raises(ConfigError, match="MAILBLAST_TLS_KEY_FILE is required"):
         Config.from_env()

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.mtls import default_pki
+
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC_URL = "https://console.example.com"
 
@@ -30,6 +32,7 @@ def _start_gateway(tls_dir: Path) -> tuple[subprocess.Popen, dict]:
         "LISTS_ADDR": "127.0.0.1:9",
         "CAMPAIGNS_ADDR": "127.0.0.1:9",
         "MAILBLAST_INTERNAL_KEY": "k" * 32,
+        **default_pki().env("gateway"),
         "PYTHONUNBUFFERED": "1",
     }
     proc = subprocess.Popen(
