@@ -401,7 +401,8 @@ async def test_audience_actions_appear_on_the_audit_page_and_csv_in_japanese(con
     admin = await logged_in(console)
     await admin.post("/language", {"language": "ja"})
     await add_plan_field(admin)
-    assert (await admin.post("/audience-settings", {"confirm_unsubscribe": "1"})).status_code == 302
+    settings = {"confirm_unsubscribe": "1", "sender_address": "news@example.jp"}
+    assert (await admin.post("/audience-settings", settings)).status_code == 302
     list_id = await create_list(admin, "all")
     await import_sjis(admin, list_id, "m,n\nhanako@example.jp,山田 花子\n", {"1": "email", "2": "name"})
     assert (await admin.get(f"/lists/{list_id}/export.csv")).status_code == 200
