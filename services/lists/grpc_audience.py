@@ -22,6 +22,7 @@ from services.common import bus
 from services.common.errors import InvalidArgument, NotFound, Problem, ServiceError
 from services.common.identity import Principal, current_principal, require_scope, require_service
 from services.common.log import get_logger
+from services.common.spreadsheet import formula_safe_row
 from services.common.verp import parse_unsubscribe_token
 from services.lists import fields, segments, validation
 from services.lists.audience import AudienceStore, SuppressionRow
@@ -110,14 +111,14 @@ def _encoding(requested: str) -> str:
 
 
 async def _csv_stream(rows: AsyncIterator[Iterable[list[Any]]], header: list[str], encoding: str):
-    """Yield FileChunks of CSV text encoded as asked (UTF-8 with a BOM so Excel reads it)."""
+    """Yield FileChunks of CSV text encoded as asked (UTF-8 with a BOM so Excel reads it), formulas defused."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(header)
+    writer.writerow(formula_safe_row(header))
     prefix = b"\xef\xbb\xbf" if encoding.startswith("utf") else b""
     async for page in rows:
         for row in page:
-            writer.writerow(row)
+            writer.writerow(formula_safe_row(row))
         if buf.tell() >= STREAM_BYTES:
             yield lists_pb2.FileChunk(data=prefix + _encode(buf.getvalue(), encoding))
             prefix = b""

@@ -73,6 +73,12 @@ class Console:
         """Another organisation (Bootstrap makes only the first)."""
         return self.sql("INSERT INTO auth.organizations (name) VALUES (%s) RETURNING id", (name,))[0][0]
 
+    def channel(self, port: int) -> grpc.aio.Channel:
+        """A plain client channel to one of the services, closed by stop()."""
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.channels.append(channel)
+        return channel
+
     def client(self) -> Web:
         """A new browser-like client of the console (its own cookies)."""
         return Web(self.app.test_client())
