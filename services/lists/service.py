@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -81,8 +83,11 @@ class Running:
         await self._pool.close()
 
 
-async def start(config: Config) -> Running:
-    """Migrate the lists schema, open its pool, bind the bounce consumer and serve gRPC."""
+async def start(config: Config, clock: Callable[[], datetime] | None = None) -> Running:
+    """Migrate the lists schema, open its pool, bind the bounce consumer and serve gRPC.
+
+    `clock` is what the double opt-in limits count time in (the current time unless a test moves it).
+    """
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA)
     nc: NATS | None = None
@@ -106,6 +111,9 @@ async def start(config: Config) -> Running:
             config.internal_key,
             config.public_url,
             config.signup_rate_per_hour,
+            config.confirm_window_seconds,
+            config.confirm_daily_cap,
+            clock,
         )
 
         def register(server: grpc.aio.Server) -> list[str]:

@@ -6,7 +6,9 @@ import asyncio
 import dataclasses
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +142,13 @@ async def start_console(
     tls_files: tuple[Path, Path],
     dkim: DkimKeys,
     outbox: Path,
+    lists_clock: Callable[[], datetime] | None = None,
     **auth_overrides: Any,
 ) -> Console:
-    """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway."""
+    """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway.
+
+    `lists_clock` is the time the lists service counts its double opt-in limits in (tests move it).
+    """
     signer = IdentitySigner(internal_key)
     catcher = SmtpCatcher(*tls_files, store_dir=outbox)
     catcher.start()
@@ -157,7 +163,8 @@ async def start_console(
     auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides))
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
-        ListsConfig(database_url, nats_url, internal_key, grpc_bind="127.0.0.1:0", auth_addr=auth_addr)
+        ListsConfig(database_url, nats_url, internal_key, grpc_bind="127.0.0.1:0", auth_addr=auth_addr),
+        clock=lists_clock,
     )
     lists_addr = f"127.0.0.1:{lists.grpc_port}"
     campaigns = await campaigns_service.start(
