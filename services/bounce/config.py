@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.config import env_bytes_secret, env_int, env_str
+from services.common.config import env_bytes_secret, env_float, env_int, env_str
 from services.common.rpc import TlsFiles
 
 
@@ -24,6 +24,12 @@ class Config:
     smtp_bind: str = "0.0.0.0:2525"
     smtp_hostname: str = "bounce.mailblast.example.com"
     max_message_bytes: int = 10 * 1024 * 1024
+    # Sessions open at once, in all and from one client address; more are told 421 and closed.
+    max_connections: int = 100
+    max_connections_per_ip: int = 10
+    # Time allowed between commands (RFC 5321 4.5.3.2.7: at least five minutes), and for all of DATA.
+    idle_timeout_seconds: float = 300.0
+    data_timeout_seconds: float = 600.0
 
     @classmethod
     def from_env(cls) -> Config:
@@ -39,4 +45,8 @@ class Config:
             smtp_bind=env_str("BOUNCE_SMTP_BIND", "0.0.0.0:2525"),
             smtp_hostname=env_str("BOUNCE_SMTP_HOSTNAME", "bounce.mailblast.example.com"),
             max_message_bytes=env_int("BOUNCE_MAX_MESSAGE_BYTES", 10 * 1024 * 1024),
+            max_connections=env_int("BOUNCE_MAX_CONNECTIONS", 100),
+            max_connections_per_ip=env_int("BOUNCE_MAX_CONNECTIONS_PER_IP", 10),
+            idle_timeout_seconds=env_float("BOUNCE_IDLE_TIMEOUT_SECONDS", 300.0),
+            data_timeout_seconds=env_float("BOUNCE_DATA_TIMEOUT_SECONDS", 600.0),
         )

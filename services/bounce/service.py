@@ -7,7 +7,6 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiosmtpd.smtp import SMTP
 from mailblast.v1 import bounce_pb2_grpc
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
@@ -16,7 +15,7 @@ from services.bounce.config import Config
 from services.bounce.consumers import delivery_consumer
 from services.bounce.grpc_api import BounceServicer
 from services.bounce.recorder import BounceRecorder
-from services.bounce.smtp import BounceHandler
+from services.bounce.smtp import BounceHandler, BoundedSMTP, ConnectionCounter, SessionLimits
 from services.bounce.store import BounceStore
 from services.common import bus, db, rpc
 from services.common.erasure import erasure_consumer
@@ -92,15 +91,19 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
     )
 
     handler = BounceHandler(config.internal_key, recorder.record_returned_message)
+    limits = SessionLimits(
+        max_connections=config.max_connections,
+        max_connections_per_ip=config.max_connections_per_ip,
+        idle_timeout=config.idle_timeout_seconds,
+        data_timeout=config.data_timeout_seconds,
+        max_message_bytes=config.max_message_bytes,
+    )
+    counter = ConnectionCounter(limits)
     host, port = _host_port(config.smtp_bind)
     loop = asyncio.get_running_loop()
     smtp_server = await loop.create_server(
-        lambda: SMTP(
-            handler,
-            hostname=config.smtp_hostname,
-            data_size_limit=config.max_message_bytes,
-            enable_SMTPUTF8=True,
-            decode_data=False,
+        lambda: BoundedSMTP(
+            handler, counter, limits, hostname=config.smtp_hostname, enable_SMTPUTF8=True, decode_data=False
         ),
         host=host,
         port=port,

@@ -15,6 +15,7 @@ from flask_babel import lazy_gettext as _l
 from google.protobuf.timestamp_pb2 import Timestamp
 from mailblast.v1 import auth_pb2
 
+from services.common.spreadsheet import formula_safe_row
 from services.gateway.clients import BackendError, backends, call
 from services.gateway.security import requires
 
@@ -264,11 +265,6 @@ def audit() -> str:
     )
 
 
-def _csv_cell(value: str) -> str:
-    # A cell starting with = + - @ is a formula to a spreadsheet: prefix it so it stays text (CSV injection).
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
 @bp.get("/audit.csv")
 @requires("admin")
 def audit_csv() -> Response:
@@ -288,18 +284,20 @@ def audit_csv() -> Response:
             reply = call(backends().auth.ListAuditEvents, message)
             for event in reply.events:
                 writer.writerow(
-                    [
-                        event.id,
-                        event.at.ToDatetime(tzinfo=UTC).isoformat(),
-                        event.user_id or "",
-                        _csv_cell(event.source_ip),
-                        _csv_cell(event.action),
-                        _csv_cell(event.target),
-                        _csv_cell(event.service),
-                        _csv_cell(json.dumps(json.loads(event.detail_json or "{}"), ensure_ascii=False)),
-                        event.api_token_id or "",
-                        _csv_cell(action_label(event.action)),
-                    ]
+                    formula_safe_row(
+                        [
+                            event.id,
+                            event.at.ToDatetime(tzinfo=UTC).isoformat(),
+                            event.user_id or "",
+                            event.source_ip,
+                            event.action,
+                            event.target,
+                            event.service,
+                            json.dumps(json.loads(event.detail_json or "{}"), ensure_ascii=False),
+                            event.api_token_id or "",
+                            action_label(event.action),
+                        ]
+                    )
                 )
             yield out.getvalue()
             out.seek(0)

@@ -26,6 +26,7 @@ from flask import (
 from flask_babel import gettext as _
 from mailblast.v1 import lists_pb2
 
+from services.common.spreadsheet import formula_safe_row
 from services.gateway.clients import BackendError, backends, call, stream
 from services.gateway.explanations import explain_json
 from services.gateway.mail import STATUS_NAMES, UPLOAD_CHUNK
@@ -297,7 +298,9 @@ def import_errors(list_id: int, import_id: int) -> Response:
         writer.writerow(["\ufeff" + _("row"), _("reason"), _("raw")])
         for page in pages:
             for row in page.rows:
-                writer.writerow([row.row_number, explain_json(row.explanation_json, row.reason), row.raw])
+                writer.writerow(
+                    formula_safe_row([row.row_number, explain_json(row.explanation_json, row.reason), row.raw])
+                )
             yield buf.getvalue().encode("utf-8")
             buf.seek(0)
             buf.truncate()

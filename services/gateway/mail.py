@@ -9,11 +9,13 @@ import grpc
 from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
-from jinja2 import ChainableUndefined
-from jinja2.sandbox import SandboxedEnvironment
 from mailblast.v1 import campaigns_pb2, lists_pb2
+from markupsafe import escape
 
+from services.common import templating
+from services.common.templating import RenderBudget, TemplateLimitExceeded
 from services.gateway.clients import BackendError, backends, call
+from services.gateway.explanations import explain
 from services.gateway.security import PREVIEW_CSP, requires
 
 bp = Blueprint("mail", __name__)
@@ -36,8 +38,6 @@ CAMPAIGN_STATES = {
     campaigns_pb2.CAMPAIGN_STATE_SENT: "sent",
     campaigns_pb2.CAMPAIGN_STATE_CANCELLED: "cancelled",
 }
-# The preview renders personal fields like the senders do: sandboxed, HTML autoescaped, missing fields empty.
-_PREVIEW_ENV = SandboxedEnvironment(autoescape=True, undefined=ChainableUndefined, cache_size=0)
 
 
 def _id_list(values: list[str]) -> list[int]:
@@ -296,14 +296,18 @@ def _sample_fields() -> dict[str, Any]:
 def campaign_preview(campaign_id: int) -> Response:
     """The campaign's HTML with sample personal fields, for a sandboxed frame: its script can never run."""
     campaign = call(backends().campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign_id))
+    # Rendered like the senders do: bounded sandbox, HTML autoescaped, missing fields empty.
     try:
         if campaign.html_body:
-            html = _PREVIEW_ENV.from_string(campaign.html_body).render(_sample_fields())
+            html = templating.render(templating.HTML.from_string(campaign.html_body), _sample_fields(), RenderBudget())
         else:
-            text = _PREVIEW_ENV.from_string(campaign.text_body).render(_sample_fields())
+            text = templating.render(templating.HTML.from_string(campaign.text_body), _sample_fields(), RenderBudget())
             html = f"<pre>{text}</pre>"
+    except TemplateLimitExceeded as exc:
+        reason = explain(exc.templates, exc.params, str(exc))
+        html = f'<p class="error">{escape(_("Refused: %(reason)s", reason=reason))}</p>'
     except Exception as exc:  # a user's template may fail in many ways; the message says how
-        html = _PREVIEW_ENV.from_string("<p>{{ message }}</p>").render(message=str(exc))
+        html = f"<p>{escape(str(exc))}</p>"
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = PREVIEW_CSP
     response.headers["X-Frame-Options"] = "SAMEORIGIN"

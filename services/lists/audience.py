@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection, sql
@@ -40,6 +41,17 @@ WITH doomed AS MATERIALIZED (
 )
 DELETE FROM subscribers WHERE id IN (SELECT id FROM doomed)
 """
+
+
+@dataclass(frozen=True)
+class ConfirmationLimits:
+    """How often one address may be sent a double opt-in confirmation, as of `now`."""
+
+    now: datetime
+    # One mail per address and form within this window; a repeat signup within it sends nothing.
+    window: timedelta
+    # At most this many per address and organisation in any 24 hours, whichever form asked.
+    daily_cap: int
 
 
 async def record_status(
@@ -677,10 +689,47 @@ class AudienceStore:
             return True
 
     async def submit_signup(
-        self, org: int, form_id: int, email: str, name: str, attributes_json: str, token_hash: str, ip: str, agent: str
-    ) -> int:
-        """Create (or find) the subscriber, pending when new, and a consent waiting for confirmation."""
+        self,
+        org: int,
+        form_id: int,
+        email: str,
+        name: str,
+        attributes_json: str,
+        token_hash: str,
+        ip: str,
+        agent: str,
+        confirmation: ConfirmationLimits,
+        send: Callable[[int], Awaitable[None]],
+    ) -> int | None:
+        """Create (or find) the subscriber, pending when new, and a consent; `send` mails the confirmation.
+
+        None, with nothing changed and nothing sent, when this address had its confirmation mail from
+        this form within the window, or its daily number of them from the organisation. `send` runs
+        inside the transaction: a mail that could not be handed on records nothing.
+        """
+        hashed = email_hash(self.key, email)
+        now = confirmation.now
         async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('mailblast-confirm:' || %s || ':' || %s))", (org, hashed)
+            )
+            await conn.execute(
+                "DELETE FROM confirmation_mails WHERE organization_id = %s AND email_hash = %s AND sent_at <= %s",
+                (org, hashed, now - timedelta(days=1)),
+            )
+            cur = await conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE form_id = %s AND sent_at > %s)"
+                " FROM confirmation_mails WHERE organization_id = %s AND email_hash = %s",
+                (form_id, now - confirmation.window, org, hashed),
+            )
+            today, this_form = await cur.fetchone()
+            if this_form or today >= confirmation.daily_cap:
+                return None
+            await conn.execute(
+                "INSERT INTO confirmation_mails (organization_id, email_hash, form_id, sent_at)"
+                " VALUES (%s, %s, %s, %s)",
+                (org, hashed, form_id, now),
+            )
             cur = await conn.execute(
                 "INSERT INTO subscribers (organization_id, email, name, attributes, status)"
                 " VALUES (%s, %s, %s, %s, 'pending')"
@@ -696,6 +745,7 @@ class AudienceStore:
                 " VALUES (%s, %s, %s, %s, %s)",
                 (subscriber_id, form_id, token_hash, ip[:100], agent[:500]),
             )
+            await send(subscriber_id)
             return subscriber_id
 
     async def confirm_signup(self, token_hash: str, name: str, attributes_json: str | None) -> dict:

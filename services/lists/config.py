@@ -30,6 +30,9 @@ class Config:
     # Base of the public links in confirmation mails and form snippets (the gateway serves /c/ and /f/).
     public_url: str = "http://127.0.0.1:8080/"
     signup_rate_per_hour: int = 10
+    # Double opt-in mails to one address: one per form within the window, at most the cap a day.
+    confirm_window_seconds: int = 900
+    confirm_daily_cap: int = 3
 
     @classmethod
     def from_env(cls) -> Config:
@@ -46,4 +49,6 @@ class Config:
             import_batch_rows=env_int("LISTS_IMPORT_BATCH_ROWS", 20000),
             public_url=env_str("LISTS_PUBLIC_URL", "http://127.0.0.1:8080/"),
             signup_rate_per_hour=env_int("LISTS_SIGNUP_RATE_PER_HOUR", 10),
+            confirm_window_seconds=env_int("LISTS_CONFIRM_WINDOW_SECONDS", 900),
+            confirm_daily_cap=env_int("LISTS_CONFIRM_DAILY_CAP", 3),
         )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -100,6 +100,9 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
         signup_rate_per_hour: int = 10,
         audit: AuditTrail | None = None,
         erasures: ErasureAnnouncer | None = None,
+        confirm_window_seconds: float = 900.0,
+        confirm_daily_cap: int = 3,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._store = store
         self.audit = audit or AuditTrail(None)
@@ -110,6 +113,9 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
         self.internal_key = internal_key
         self.public_url = public_url
         self.signup_rate_per_hour = signup_rate_per_hour
+        self.confirm_window = timedelta(seconds=confirm_window_seconds)
+        self.confirm_daily_cap = confirm_daily_cap
+        self.clock = clock or (lambda: datetime.now(UTC))
 
     @staticmethod
     def _subscriber_pb(s: Subscriber) -> lists_pb2.Subscriber:

@@ -10,8 +10,8 @@ import html
 import io
 import json
 import secrets
-from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, date, datetime
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,9 +25,10 @@ from services.common.identity import Principal, current_principal, require_scope
 from services.common.log import get_logger
 from services.common.privacy import email_hash
 from services.common.rpc import caller_address
+from services.common.spreadsheet import formula_safe_row
 from services.common.verp import parse_unsubscribe_token
 from services.lists import fields, segments, validation
-from services.lists.audience import AudienceStore, SuppressionRow
+from services.lists.audience import AudienceStore, ConfirmationLimits, SuppressionRow
 from services.lists.erasures import ErasureAnnouncer
 from services.lists.imports import ImportRunner
 from services.lists.segments import Compiled
@@ -113,14 +114,14 @@ def _encoding(requested: str) -> str:
 
 
 async def _csv_stream(rows: AsyncIterator[Iterable[list[Any]]], header: list[str], encoding: str):
-    """Yield FileChunks of CSV text encoded as asked (UTF-8 with a BOM so Excel reads it)."""
+    """Yield FileChunks of CSV text encoded as asked (UTF-8 with a BOM so Excel reads it), formulas defused."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(header)
+    writer.writerow(formula_safe_row(header))
     prefix = b"\xef\xbb\xbf" if encoding.startswith("utf") else b""
     async for page in rows:
         for row in page:
-            writer.writerow(row)
+            writer.writerow(formula_safe_row(row))
         if buf.tell() >= STREAM_BYTES:
             yield lists_pb2.FileChunk(data=prefix + _encode(buf.getvalue(), encoding))
             prefix = b""
@@ -211,6 +212,10 @@ class AudienceRpcs:
     internal_key: bytes
     public_url: str
     signup_rate_per_hour: int
+    confirm_window: timedelta
+    confirm_daily_cap: int
+    # The time confirmation limits are counted in; tests move it.
+    clock: Callable[[], datetime]
 
     # Fields
 
@@ -862,9 +867,6 @@ class AudienceRpcs:
             # Bounced or complained addresses are not taken back through a form.
             raise InvalidArgument("this address cannot be subscribed; contact the sender")
         token = secrets.token_urlsafe(24)
-        subscriber_id = await self.audience.submit_signup(
-            org, form["id"], email, name, attributes, _hash_token(token), request.source_ip[:100], request.user_agent
-        )
         link = f"{self.public_url.rstrip('/')}/c/{token}"
         content = events_pb2.MessageContent(
             from_name=settings["sender_name"],
@@ -874,10 +876,22 @@ class AudienceRpcs:
             html_body="<p>以下のリンクから登録を確定してください。<br>Please confirm your subscription:</p>"
             '<p><a href="{{confirm_url}}">{{confirm_url}}</a></p>',
         )
-        await self._send_transactional(
-            org, f"lists.confirm.{form['id']}.{subscriber_id}.{_hash_token(token)[:16]}", email, name, content,
-            "lists.confirm", {"confirm_url": link},
+
+        async def send(subscriber_id: int) -> None:
+            await self._send_transactional(
+                org, f"lists.confirm.{form['id']}.{subscriber_id}.{_hash_token(token)[:16]}", email, name, content,
+                "lists.confirm", {"confirm_url": link},
+            )  # fmt: skip
+
+        limits = ConfirmationLimits(self.clock(), self.confirm_window, self.confirm_daily_cap)
+        subscriber_id = await self.audience.submit_signup(
+            org, form["id"], email, name, attributes, _hash_token(token), request.source_ip[:100], request.user_agent,
+            limits, send,
         )  # fmt: skip
+        if subscriber_id is None:
+            # The same answer as a signup that mailed: a stranger learns nothing about the address.
+            log.info("confirmation mail held back by its limits", organization_id=org, form_id=form["id"])
+            return reply
         log.info("signup awaiting confirmation", organization_id=org, form_id=form["id"], subscriber_id=subscriber_id)
         return reply
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -92,8 +94,11 @@ class Running:
         await self._pool.close()
 
 
-async def start(config: Config) -> Running:
-    """Migrate the lists schema, open its pool, bind the bounce consumer and serve gRPC."""
+async def start(config: Config, clock: Callable[[], datetime] | None = None) -> Running:
+    """Migrate the lists schema, open its pool, bind the bounce consumer and serve gRPC.
+
+    `clock` is what the double opt-in limits count time in (the current time unless a test moves it).
+    """
     me = ServiceIdentity(SERVICE_NAME, config.grpc_tls, config.internal_key)
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA)
@@ -122,6 +127,9 @@ async def start(config: Config) -> Running:
             config.signup_rate_per_hour,
             AuditTrail(auth),
             erasures,
+            config.confirm_window_seconds,
+            config.confirm_daily_cap,
+            clock,
         )
         imports.on_finished = servicer.import_finished
 

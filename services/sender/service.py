@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -29,6 +30,13 @@ log = get_logger(__name__)
 
 SQL_DIR = Path(__file__).parent / "sql"
 ERASURES_DURABLE = "sender-erasures"
+
+# Threads that render and sign, per consumer. Rendering is Python under the GIL: more threads add no
+# speed and only compete with the event loop for it. Measured with a campaign needing ~45 ms per render
+# (tests/system/test_render_starvation.py): rendering on the loop stalled it 3.1 s and the password
+# reset went out after the whole campaign; one thread each keeps the worst stall near 0.1-0.3 s on a
+# loaded machine, and the reset leaves while the campaign is still sending.
+RENDER_THREADS = 1
 
 
 def dkim_keys(config: Config) -> list[SigningKey]:
@@ -59,6 +67,7 @@ class Running:
         stop_event: asyncio.Event,
         erasures: bus.PullConsumer,
         channels: Sequence[grpc.aio.Channel] = (),
+        render_pools: Sequence[ThreadPoolExecutor] = (),
     ) -> None:
         self.grpc_port = grpc.port
         self.consumer = consumer
@@ -73,6 +82,7 @@ class Running:
         self._loop_tasks = loop_tasks
         self._stop_event = stop_event
         self._channels = channels
+        self._render_pools = render_pools
 
     async def stop(self, grace: float = 20.0) -> None:
         """Stop fetching, let work under way finish (or abandon it for redelivery), close everything."""
@@ -80,6 +90,9 @@ class Running:
         await asyncio.gather(*self._loop_tasks, return_exceptions=True)
         await asyncio.gather(self.consumer.stop(grace), self.transactional.stop(grace))
         await self.erasures.stop()
+        for render_pool in self._render_pools:
+            # Nothing is queued any more; a render under way ends within its time limit.
+            await asyncio.to_thread(render_pool.shutdown)
         await self._writer.stop()
         await self._delivery.close()
         await self._grpc.stop(grace=2.0)
@@ -125,6 +138,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         signer=DkimSigner(keys),
         system_return_path=config.system_return_path,
     )
+    render_pools = [ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix=f"sender-render-{kind}") for kind in "bt"]
     consumer = SendBatchConsumer(
         js=js,
         store=store,
@@ -141,6 +155,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         campaign_states=CampaignStates(campaigns_channel),
         suppression=suppression,
         pause_recheck_seconds=config.pause_recheck_seconds,
+        render_pool=render_pools[0],
     )
     # Same process, delivery pool, signer and ledger writer; its own durable, so a large campaign
     # never queues a password reset behind its batches.
@@ -156,6 +171,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         give_up_seconds=config.give_up_seconds,
         ack_wait_seconds=config.ack_wait_seconds,
         suppression=suppression,
+        render_pool=render_pools[1],
     )
     erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)
     await consumer.start()
@@ -193,4 +209,5 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         stop_event=stop_event,
         erasures=erasures,
         channels=[c for c in (campaigns_channel, lists_channel) if c is not None],
+        render_pools=render_pools,
     )

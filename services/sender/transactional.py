@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import time
+from concurrent.futures import Executor
 from dataclasses import replace
 
 from mailblast.v1 import events_pb2
@@ -17,7 +19,7 @@ from services.common.log import get_logger
 from services.common.tracing import extract_context
 from services.sender import retry
 from services.sender.checks import SuppressionCheck
-from services.sender.compose import Composer
+from services.sender.compose import Composer, Prepared
 from services.sender.consumers import keep_in_progress
 from services.sender.mime import MessageProblem, Sender
 from services.sender.render import TemplateCache, TemplateProblem
@@ -72,8 +74,11 @@ class TransactionalConsumer(MessageWorkers):
         give_up_seconds: float,
         ack_wait_seconds: float,
         suppression: SuppressionCheck | None = None,
+        render_pool: Executor | None = None,
     ) -> None:
         self._js = js
+        # Its own threads: a campaign's renders queued in the batch consumer's pool never delay this one's.
+        self._render_pool = render_pool
         self._suppression = suppression or SuppressionCheck(None)
         self._store = store
         self._writer = writer
@@ -195,17 +200,8 @@ class TransactionalConsumer(MessageWorkers):
         message_id = ""
         try:
             sender.check()
-            # Keyed by content hash: transactional templates repeat (one per kind of notice).
-            compiled = self._templates.get(0, content.subject, content.text_body, content.html_body)
-            prepared = self._composer.prepare_transactional(
-                organization_id=message.organization_id,
-                message_key=message.message_key,
-                category=message.category,
-                content=compiled,
-                sender=sender,
-                email=message.to_address,
-                name=message.to_name,
-                variables_json=message.variables_json,
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                self._render_pool, functools.partial(self._prepare, message, sender)
             )
         except (MessageProblem, TemplateProblem) as exc:
             log.error("transactional message refused", message_key=message.message_key, reason=str(exc))
@@ -214,6 +210,22 @@ class TransactionalConsumer(MessageWorkers):
             message_id = prepared.message_id
             result = await self._delivery.deliver(prepared.envelope_from, message.to_address, prepared.data)
         return _outcome(message, state, result, message_id)
+
+    def _prepare(self, message: events_pb2.TransactionalMessage, sender: Sender) -> Prepared:
+        """Compile (cached), render and sign one message; runs in a render thread."""
+        content = message.content
+        # Keyed by content hash: transactional templates repeat (one per kind of notice).
+        compiled = self._templates.get(0, content.subject, content.text_body, content.html_body)
+        return self._composer.prepare_transactional(
+            organization_id=message.organization_id,
+            message_key=message.message_key,
+            category=message.category,
+            content=compiled,
+            sender=sender,
+            email=message.to_address,
+            name=message.to_name,
+            variables_json=message.variables_json,
+        )
 
 
 def _outcome(

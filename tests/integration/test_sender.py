@@ -372,6 +372,41 @@ async def test_header_injection_and_template_errors_fail_clearly(sender, js, smt
     assert {e.campaign_id for e in reports if e.outcome == events_pb2.DELIVERY_OUTCOME_REJECTED} == {45, 46, 47, 48, 49}
 
 
+async def test_over_limit_templates_fail_their_recipients_permanently_and_the_sender_goes_on(
+    sender, js, smtp_sink, reports
+):
+    # A batch whose template breaks a render limit whatever the data (saved before the limits existed,
+    # or published by hand) fails every recipient once, REJECTED with a reason naming the limit, and is
+    # not retried. A template that breaks a limit only with one subscriber's data (a loop as long as
+    # their field says) fails that subscriber alone; the others are delivered. A later ordinary batch
+    # is delivered too: nothing hangs.
+    running = await sender()
+    nested = "{% for i in range(100000) %}{% for j in range(100000) %}.{% endfor %}{% endfor %}"
+    await publish(
+        js, make_batch(60, 1, [(1, "a@example.net", "A", {}), (2, "b@example.net", "B", {})], html=nested), "s60"
+    )
+    await publish(
+        js, make_batch(61, 1, [(1, "c@example.net", "C", {})], text="{% set a = 'x' * 100000000 %}{{ a }}"), "s61"
+    )
+    per_data = "{% for i in range(count) %}{% for j in range(count) %}.{% endfor %}{% endfor %}"
+    people = [(1, "small@example.net", "S", {"count": 3}), (2, "big@example.net", "L", {"count": 1000})]
+    await publish(js, make_batch(62, 1, people, html=per_data), "s62")
+    await publish(js, make_batch(63, 1, [(1, "after@example.net", "D", {})]), "s63")
+    await poll(lambda: all_acked(js), what="all batches settled")
+    assert sorted(m.rcpt_tos[0] for m in smtp_sink.messages) == ["after@example.net", "small@example.net"]
+    loops = "template limit: HTML body: the template runs more than 10000 loop iterations"
+    for campaign, sid, reason in (
+        (60, 1, loops),
+        (60, 2, loops),
+        (61, 1, "template limit: text body: the template builds a value of more than 1000000 characters"),
+        (62, 2, "template limit: the template runs more than 10000 loop iterations"),
+    ):
+        status, code, message = (await ledger(running, campaign))[sid][:3]
+        assert (status, code) == ("rejected", 0) and message.startswith(reason), message
+    assert (await ledger(running, 62))[1][0] == "sent"
+    await poll(lambda: _async(len(reports) >= 6), what="reports")
+
+
 async def test_recipient_always_deferred_expires_after_give_up_age(sender, js, smtp_sink, reports):
     # A recipient refused with 450 on every offer is retried until the batch reaches the give-up age,
     # then becomes EXPIRED (final) and the batch is acknowledged.

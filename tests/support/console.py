@@ -6,7 +6,9 @@ import asyncio
 import dataclasses
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -218,11 +220,13 @@ async def start_console(
     dkim: DkimKeys,
     outbox: Path,
     public_url: str = ORIGIN,
+    lists_clock: Callable[[], datetime] | None = None,
     **auth_overrides: Any,
 ) -> Console:
     """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway.
 
     Mailed links (reset, confirmation, unsubscribe) point at `public_url`, where the console is served.
+    `lists_clock` is the time the lists service counts its double opt-in limits in (tests move it).
     """
     signer = IdentitySigner(internal_key)
     pki = default_pki()
@@ -248,7 +252,8 @@ async def start_console(
             grpc_bind="127.0.0.1:0",
             auth_addr=auth_addr,
             public_url=f"{public_url}/",
-        )
+        ),
+        clock=lists_clock,
     )
     lists_addr = f"127.0.0.1:{lists.grpc_port}"
     campaigns = await campaigns_service.start(

@@ -66,7 +66,10 @@ async def test_audience_actions_are_audited_with_token_address_and_no_personal_d
         lists_pb2.CreateFieldRequest(key="plan", label="プラン", type=lists_pb2.FIELD_TYPE_TEXT), metadata=md
     )
     assert (await latest("field.created")).target == f"field:{field.id}"
-    await lists.UpdateSettings(lists_pb2.ListsSettings(confirm_unsubscribe=True, sender_name="ニュース", sender_address="news@example.jp"), metadata=md)
+    settings = lists_pb2.ListsSettings(
+        confirm_unsubscribe=True, sender_name="ニュース", sender_address="news@example.jp"
+    )
+    await lists.UpdateSettings(settings, metadata=md)
     assert json.loads((await latest("lists.settings_changed")).detail_json)["confirm_unsubscribe"] is True
     form = await lists.CreateForm(lists_pb2.FormInput(list_id=list_id, name="top"), metadata=md)
     assert (await latest("form.created")).target == f"form:{form.id}"
