@@ -94,6 +94,15 @@ def _token(token: ApiToken) -> auth_pb2.ApiToken:
     )
 
 
+def _token_owner(principal: Principal) -> int:
+    """Whose tokens the caller manages: 0 for everyone's (an admin), else their own user id."""
+    if principal.has_scope("admin"):
+        return 0
+    if principal.user_id <= 0:
+        raise PermissionDenied("an API token belongs to a user: call as the user it is for")
+    return principal.user_id
+
+
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """Organisations, users and API tokens over gRPC."""
 
@@ -161,13 +170,24 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.ListUsersResponse(users=[_user(u) for u in users])
 
     async def CreateApiToken(self, request: auth_pb2.CreateApiTokenRequest, context: grpc.aio.ServicerContext):
-        """Issue a token for a user of the caller's organisation; the secret is in this reply only."""
-        principal = require_scope("admin")
-        user = await self._store.get_user(principal.organization_id, request.user_id)
-        if user is None:
-            raise NotFound("no user %(user)s in your organisation", user=request.user_id)
+        """Issue a token for the calling user, no stronger than their role; the secret is in this reply only."""
+        principal = require_scope("read")
+        # A token for someone else would let its maker act as them (an admin as the owner): never.
+        if principal.user_id <= 0:
+            raise PermissionDenied("an API token belongs to a user: call as the user it is for")
+        if request.user_id and request.user_id != principal.user_id:
+            raise PermissionDenied(
+                "an API token is only ever issued to its creator: user %(user)s must create their own",
+                user=request.user_id,
+            )
+        user = await self._store.get_user(principal.organization_id, principal.user_id)
+        if user is None or user.disabled_at is not None:
+            raise PermissionDenied("an API token belongs to a user: call as the user it is for")
         name = accounts.check_text("token name", request.name, accounts.MAX_NAME)
         scopes = accounts.check_scopes(list(request.scopes), user.role)
+        for scope in scopes:
+            if not principal.has_scope(scope):
+                raise PermissionDenied("scope %(scope)r is more than the credentials of this call grant", scope=scope)
         issued = tokens.issue()
         token = await self._store.create_token(
             principal.organization_id, user.id, name, scopes, issued.prefix, issued.secret_hash
@@ -180,15 +200,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.CreateApiTokenResponse(token=_token(token), secret=issued.text)
 
     async def ListApiTokens(self, request: auth_pb2.ListApiTokensRequest, context: grpc.aio.ServicerContext):
-        """The caller organisation's tokens, without secrets."""
-        principal = require_scope("admin")
-        found = await self._store.list_tokens(principal.organization_id)
+        """The tokens of the caller's organisation (an admin) or the caller's own, without secrets."""
+        principal = require_scope("read")
+        found = await self._store.list_tokens(principal.organization_id, _token_owner(principal))
         return auth_pb2.ListApiTokensResponse(tokens=[_token(t) for t in found])
 
     async def RevokeApiToken(self, request: auth_pb2.RevokeApiTokenRequest, context: grpc.aio.ServicerContext):
-        """Revoke a token of the caller's organisation."""
-        principal = require_scope("admin")
-        token = await self._store.revoke_token(principal.organization_id, request.token_id)
+        """Revoke a token of the caller's organisation (an admin) or one of the caller's own."""
+        principal = require_scope("read")
+        token = await self._store.revoke_token(principal.organization_id, request.token_id, _token_owner(principal))
         if token is None:
             raise NotFound("no API token %(token)s in your organisation", token=request.token_id)
         log.info("api token revoked", token_id=token.id)

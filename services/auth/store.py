@@ -266,13 +266,14 @@ INSERT INTO api_tokens (organization_id, user_id, name, scopes, prefix, secret_h
 VALUES (%s, %s, %s, %s, %s, %s)
 RETURNING id, organization_id, user_id, name, scopes, prefix, created_at, last_used_at, revoked_at
 """  # noqa: S105
+# user_id 0 stands for every user of the organisation (an admin's view).
 SELECT_TOKENS = """
 SELECT id, organization_id, user_id, name, scopes, prefix, created_at, last_used_at, revoked_at
-FROM api_tokens WHERE organization_id = %s ORDER BY id
+FROM api_tokens WHERE organization_id = %(org)s AND (%(user)s = 0 OR user_id = %(user)s) ORDER BY id
 """
 REVOKE_TOKEN = """
 UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now())
-WHERE organization_id = %s AND id = %s
+WHERE organization_id = %(org)s AND id = %(token)s AND (%(user)s = 0 OR user_id = %(user)s)
 RETURNING id, organization_id, user_id, name, scopes, prefix, created_at, last_used_at, revoked_at
 """  # noqa: S105
 SELECT_TOKEN_HOLDER = """
@@ -350,18 +351,18 @@ class AuthStore:
             params = (organization_id, user_id, name, list(scopes), prefix, secret_hash)
             return await _one(conn, ApiToken, INSERT_TOKEN, params)
 
-    async def list_tokens(self, organization_id: int) -> list[ApiToken]:
-        """The organisation's tokens by id."""
+    async def list_tokens(self, organization_id: int, user_id: int = 0) -> list[ApiToken]:
+        """The organisation's tokens by id: all of them, or one user's."""
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(ApiToken))
-            await cur.execute(SELECT_TOKENS, (organization_id,))
+            await cur.execute(SELECT_TOKENS, {"org": organization_id, "user": user_id})
             return await cur.fetchall()
 
-    async def revoke_token(self, organization_id: int, token_id: int) -> ApiToken | None:
-        """Mark a token revoked (keeping the first time); None if the organisation has no such token."""
+    async def revoke_token(self, organization_id: int, token_id: int, user_id: int = 0) -> ApiToken | None:
+        """Mark a token revoked (keeping the first time); None if the organisation (or that user) has no such token."""
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(ApiToken))
-            await cur.execute(REVOKE_TOKEN, (organization_id, token_id))
+            await cur.execute(REVOKE_TOKEN, {"org": organization_id, "token": token_id, "user": user_id})
             return await cur.fetchone()
 
     async def find_token(self, secret_hash: bytes) -> TokenHolder | None:

@@ -426,9 +426,6 @@ async def test_roles_and_organisations_on_every_rpc(make_env):
         ("SetOrganizationSettings", S.SetOrganizationSettingsRequest()),
         ("ListAuditEvents", S.ListAuditEventsRequest()),
         ("ListUsers", S.ListUsersRequest()),
-        ("CreateApiToken", S.CreateApiTokenRequest(user_id=bob.id, name="t", scopes=["read"])),
-        ("ListApiTokens", S.ListApiTokensRequest()),
-        ("RevokeApiToken", S.RevokeApiTokenRequest(token_id=1)),
     ]
     for name, request in admin_calls:
         for who, role in ((bob, "editor"), (vic, "viewer")):
@@ -436,15 +433,11 @@ async def test_roles_and_organisations_on_every_rpc(make_env):
                 getattr(env.stub, name)(request, metadata=env.as_user(org, who.id, role)),
                 grpc.StatusCode.PERMISSION_DENIED,
             )
-        if name in (
-            "Unlock",
-            "RequestPasswordReset",
-            "UpdateUserRole",
-            "DisableUser",
-            "CreateApiToken",
-            "RevokeApiToken",
-        ):
+        if name in ("Unlock", "RequestPasswordReset", "UpdateUserRole", "DisableUser"):
             await refused(getattr(env.stub, name)(request, metadata=intruder), grpc.StatusCode.NOT_FOUND)
+    await refused(
+        env.stub.RevokeApiToken(S.RevokeApiTokenRequest(token_id=1), metadata=intruder), grpc.StatusCode.NOT_FOUND
+    )
     assert list((await env.stub.ListAuditEvents(S.ListAuditEventsRequest(), metadata=intruder)).events) == []
     assert (await env.stub.GetOrganization(S.GetOrganizationRequest(), metadata=intruder)).id == other_org
 
@@ -497,6 +490,152 @@ async def test_roles_and_organisations_on_every_rpc(make_env):
     assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_FAILED
 
 
+async def test_an_admin_cannot_make_itself_owner(make_env):
+    # The attack: admin ada mints an API token for the owner alice and, calling with it, makes herself
+    # owner. A token is now only ever issued to its creator: ada asking for alice's is refused, so is
+    # asking for more than her role (or than the credentials she calls with) grants, and the token she
+    # may have is hers, so UpdateUserRole(ada, owner) with it is refused. The owner/admin rules stand: an
+    # admin grants no one owner, changes no owner's role, disables no owner, creates no owner; the last
+    # owner cannot be demoted; an owner can hand over ownership.
+    env = await make_env()
+    org, alice = env.boot.organization.id, env.boot.user.id
+    ada = await env.add_user("ada", "admin")
+    eddie = await env.add_user("eddie", "editor")
+    vic = await env.add_user("vic", "viewer")
+    ada_md = env.as_user(org, ada.id, "admin")
+
+    def tokens_of(user_id: int) -> int:
+        return env.sql("SELECT count(*) FROM auth.api_tokens WHERE user_id = %s", (user_id,))[0][0]
+
+    # Not for the owner, and not even the owner's own token mints one for somebody else.
+    owner_token = [("authorization", f"Bearer {env.boot.api_token}")]
+    for metadata, victim in ((ada_md, alice), (owner_token, eddie.id)):
+        steal = S.CreateApiTokenRequest(user_id=victim, name="x", scopes=["read"])
+        assert "only ever issued to its creator" in await refused(
+            env.stub.CreateApiToken(steal, metadata=metadata), grpc.StatusCode.PERMISSION_DENIED
+        )
+    assert tokens_of(alice) == 1 and tokens_of(eddie.id) == 0
+    await refused(
+        env.stub.CreateApiToken(S.CreateApiTokenRequest(name="x", scopes=["owner"]), metadata=ada_md),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    for who, role, scopes in ((eddie, "editor", ["read", "admin"]), (vic, "viewer", ["send"])):
+        assert "more than a user with role" in await refused(
+            env.stub.CreateApiToken(
+                S.CreateApiTokenRequest(name="x", scopes=scopes), metadata=env.as_user(org, who.id, role)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+    mine = await env.stub.CreateApiToken(S.CreateApiTokenRequest(name="ada", scopes=["admin"]), metadata=ada_md)
+    assert mine.token.user_id == ada.id
+    ada_token = [("authorization", f"Bearer {mine.secret}")]
+    await refused(
+        env.stub.UpdateUserRole(S.UpdateUserRoleRequest(user_id=ada.id, role="owner"), metadata=ada_token),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    reader = await env.stub.CreateApiToken(S.CreateApiTokenRequest(name="r", scopes=["read"]), metadata=ada_md)
+    assert "more than the credentials" in await refused(
+        env.stub.CreateApiToken(
+            S.CreateApiTokenRequest(name="w", scopes=["send"]), metadata=[("authorization", f"Bearer {reader.secret}")]
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+
+    for metadata in (ada_md, ada_token):
+        for request in (
+            S.UpdateUserRoleRequest(user_id=eddie.id, role="owner"),
+            S.UpdateUserRoleRequest(user_id=alice, role="admin"),
+        ):
+            await refused(env.stub.UpdateUserRole(request, metadata=metadata), grpc.StatusCode.PERMISSION_DENIED)
+        await refused(
+            env.stub.DisableUser(S.DisableUserRequest(user_id=alice), metadata=metadata),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+        await refused(
+            env.stub.CreateUser(
+                S.CreateUserRequest(login="o2", email="o2@example.org", role="owner"), metadata=metadata
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+    roles = {u.login: u.role for u in (await env.stub.ListUsers(S.ListUsersRequest(), metadata=env.owner)).users}
+    assert roles == {"alice": "owner", "ada": "admin", "eddie": "editor", "vic": "viewer"}
+
+    alice_to_admin = S.UpdateUserRoleRequest(user_id=alice, role="admin")
+    assert "last owner" in await refused(
+        env.stub.UpdateUserRole(alice_to_admin, metadata=env.owner), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    promoted = await env.stub.UpdateUserRole(S.UpdateUserRoleRequest(user_id=ada.id, role="owner"), metadata=env.owner)
+    assert promoted.role == "owner"
+    assert (await env.stub.UpdateUserRole(alice_to_admin, metadata=env.owner)).role == "admin"
+    await refused(
+        env.stub.UpdateUserRole(
+            S.UpdateUserRoleRequest(user_id=ada.id, role="editor"), metadata=env.as_user(org, ada.id, "owner")
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+
+
+async def test_each_user_manages_their_own_tokens_and_an_admin_everyone_s(make_env):
+    # Any role may make tokens for itself, up to its role; a viewer lists and revokes only its own (the
+    # owner's are NOT_FOUND to it), an admin lists and revokes anyone's in the organisation.
+    env = await make_env()
+    org = env.boot.organization.id
+    vic = await env.add_user("vic", "viewer")
+    vic_md = env.as_user(org, vic.id, "viewer")
+    own = await env.stub.CreateApiToken(S.CreateApiTokenRequest(name="cli", scopes=["read"]), metadata=vic_md)
+    assert (own.token.user_id, list(own.token.scopes)) == (vic.id, ["read"])
+    principal = await env.stub.Authenticate(S.AuthenticateRequest(token=own.secret), metadata=env.gateway)
+    assert (principal.user_id, principal.role, list(principal.scopes)) == (vic.id, "viewer", ["read"])
+    listed = (await env.stub.ListApiTokens(S.ListApiTokensRequest(), metadata=vic_md)).tokens
+    assert [t.id for t in listed] == [own.token.id]
+    [boot_token] = [
+        t
+        for t in (await env.stub.ListApiTokens(S.ListApiTokensRequest(), metadata=env.owner)).tokens
+        if t.user_id == env.boot.user.id
+    ]
+    await refused(
+        env.stub.RevokeApiToken(S.RevokeApiTokenRequest(token_id=boot_token.id), metadata=vic_md),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    everyone = (await env.stub.ListApiTokens(S.ListApiTokensRequest(), metadata=env.owner)).tokens
+    assert {t.user_id for t in everyone} == {env.boot.user.id, vic.id}
+    revoked = await env.stub.RevokeApiToken(S.RevokeApiTokenRequest(token_id=own.token.id), metadata=env.owner)
+    assert revoked.HasField("revoked_at")
+    again = await env.stub.CreateApiToken(S.CreateApiTokenRequest(name="cli2", scopes=["read"]), metadata=vic_md)
+    assert (await env.stub.RevokeApiToken(S.RevokeApiTokenRequest(token_id=again.token.id), metadata=vic_md)).HasField(
+        "revoked_at"
+    )
+
+
+async def test_tokens_an_admin_issued_to_someone_else_are_revoked_on_upgrade(
+    make_env, database_url, nats_url, internal_key
+):
+    # Before the fix an admin could issue a token to the owner. The upgrade revokes every token whose
+    # audited creator is not its holder (such a token is how an admin became owner), and leaves the
+    # bootstrap token and tokens people made for themselves alone.
+    env = await make_env()
+    alice = env.boot.user.id
+    ada = await env.add_user("ada", "admin")
+    mine = await env.stub.CreateApiToken(S.CreateApiTokenRequest(name="mine", scopes=["read"]), metadata=env.owner)
+    # What the old CreateApiToken stored when ada issued a token to alice.
+    stolen = env.sql(
+        "INSERT INTO auth.api_tokens (organization_id, user_id, name, scopes, prefix, secret_hash) "
+        "VALUES (%s, %s, 'stolen', '{read,send,admin}', 'abcd1234', 'x') RETURNING id",
+        (env.boot.organization.id, alice),
+    )[0][0]
+    env.sql(
+        "INSERT INTO auth.audit_events (organization_id, user_id, action, target, detail) "
+        "VALUES (%s, %s, 'api_token.created', %s, %s)",
+        (env.boot.organization.id, ada.id, f"api_token:{stolen}", json.dumps({"user_id": alice})),
+    )
+    env.sql("DELETE FROM auth.schema_migrations WHERE version = '0005_revoke_tokens_minted_for_others.sql'")
+    running = await start(config(database_url, nats_url, internal_key))
+    await running.stop()
+    revoked = dict(env.sql("SELECT name, revoked_at IS NOT NULL FROM auth.api_tokens"))
+    assert revoked == {"bootstrap": False, "mine": False, "stolen": True}
+    assert mine.token.name == "mine"
+
+
 async def test_audit_events_recorded_and_paged(make_env):
     # Auth records its own events (logins, failures, user and token changes) with the source address;
     # another service records one for the relayed principal's organisation; an admin lists them newest
@@ -505,9 +644,7 @@ async def test_audit_events_recorded_and_paged(make_env):
     await env.login("alice", "wrong-password-x", ip="192.0.2.1")
     await env.login("alice", PASSWORD, ip="192.0.2.1")
     bob = await env.add_user("bob", "viewer")
-    token = await env.stub.CreateApiToken(
-        S.CreateApiTokenRequest(user_id=bob.id, name="t", scopes=["read"]), metadata=env.owner
-    )
+    token = await env.stub.CreateApiToken(S.CreateApiTokenRequest(name="t", scopes=["read"]), metadata=env.owner)
     await env.stub.RevokeApiToken(S.RevokeApiTokenRequest(token_id=token.token.id), metadata=env.owner)
     campaigns = [
         (

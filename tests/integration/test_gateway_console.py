@@ -295,7 +295,7 @@ async def test_roles_are_enforced_on_routes_not_just_menus(make_console):
     viewer = await logged_in(console, "vic")
     editor = await logged_in(console, "eddie")
     admin = await logged_in(console)
-    admin_pages = ["/users", "/tokens", "/audit", "/audit.csv", "/outbox"]
+    admin_pages = ["/users", "/audit", "/audit.csv", "/outbox"]
     for path in ["/campaigns", "/lists"]:
         assert (await viewer.get(path)).status_code == 200
     assert "/campaigns/new" not in text(await viewer.get("/campaigns"))
@@ -308,7 +308,12 @@ async def test_roles_are_enforced_on_routes_not_just_menus(make_console):
         assert (await editor.get(path)).status_code == 403, path
         assert (await admin.get(path)).status_code == 200, path
     assert (await editor.post("/users", {"login": "zed", "email": "z@example.org", "role": "admin"})).status_code == 403
-    assert (await editor.post("/tokens", {"user_id": "1", "name": "t"})).status_code == 403
+    # The tokens page is everyone's, for their own tokens only: naming alice's user id changes nothing.
+    assert (await viewer.get("/tokens")).status_code == 200
+    assert (await editor.post("/tokens", {"user_id": "1", "name": "t", "scopes": ["read"]})).status_code == 200
+    assert console.sql(
+        "SELECT u.login FROM auth.api_tokens t JOIN auth.users u ON u.id = t.user_id WHERE t.name = 't'"
+    ) == [("eddie",)]
     assert (await editor.get("/campaigns/new")).status_code == 200
     created = await editor.post("/lists", {"name": "Editors' list"})
     assert created.status_code == 302
@@ -477,11 +482,15 @@ async def test_upload_compose_test_send_progress_audit_and_outbox(make_console):
 
 
 async def test_api_tokens_shown_once_listed_with_last_use_and_revoked(make_console):
-    # An admin creates a token with scopes: the secret is on that one page; the list shows its prefix
-    # and "never" used, never the secret; revoking marks it revoked. Token changes are audited.
+    # An admin creates a token for herself with scopes: the page offers no one else to make it for; the
+    # secret is on that one page; the list shows its prefix and "never" used, never the secret; revoking
+    # marks it revoked. Token changes are audited. An editor's page offers only the scopes of an editor
+    # and lists only the editor's own tokens.
     console = await make_console()
     admin = await logged_in(console)
-    created = await admin.post("/tokens", {"user_id": str(console.owner_id), "name": "ci", "scopes": ["read", "send"]})
+    form = text(await admin.get("/tokens"))
+    assert 'name="user_id"' not in form and "A token acts as you (alice)" in form
+    created = await admin.post("/tokens", {"name": "ci", "scopes": ["read", "send"]})
     assert created.status_code == 200
     secret = re.search(r'id="token-secret">([^<]+)<', text(created)).group(1)
     listing = text(await admin.get("/tokens"))
@@ -491,6 +500,14 @@ async def test_api_tokens_shown_once_listed_with_last_use_and_revoked(make_conso
     assert "revoked" in text(await admin.get("/tokens"))
     audit = text(await admin.get("/audit?action=api_token."))
     assert "api_token.created" in audit and "api_token.revoked" in audit
+
+    console.add_user("eddie", "editor")
+    editor = await logged_in(console, "eddie")
+    page = text(await editor.get("/tokens"))
+    assert 'value="send"' in page and 'value="admin"' not in page and "ci" not in page
+    refused = await editor.post("/tokens", {"name": "sneaky", "scopes": ["admin"]})
+    assert refused.status_code == 302
+    assert "more than a user with role &#39;editor&#39; may have" in text(await editor.get("/tokens"))
 
 
 async def test_users_invite_role_change_and_disable(make_console):
