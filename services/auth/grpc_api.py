@@ -232,6 +232,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 source_ip=request.source_ip[:100],
                 user_agent=request.user_agent,
                 challenge_token=request.challenge_token,
+                device_cookie=request.device_cookie,
             )
         )
         reply = auth_pb2.LoginResponse(
@@ -245,6 +246,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             reply.session_id = outcome.session.id
             reply.absolute_expires_at.CopyFrom(_ts(self._security.absolute_expiry(outcome.session)))
         reply.challenge_token = outcome.challenge_token
+        reply.device_cookie = outcome.device_cookie
         return reply
 
     def _session(self, row: SessionRow, current_id: int = 0, touched: bool = False) -> auth_pb2.Session:

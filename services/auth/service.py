@@ -10,6 +10,7 @@ from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
 from services.auth.authenticate import TokenAuthenticator
+from services.auth.clock import Clock
 from services.auth.config import Config
 from services.auth.grpc_api import AuthServicer
 from services.auth.security import AccountSecurity
@@ -41,8 +42,8 @@ class Running:
         await self._pool.close()
 
 
-async def start(config: Config) -> Running:
-    """Migrate the auth schema, open its pool, connect NATS and serve gRPC."""
+async def start(config: Config, clock: Clock | None = None) -> Running:
+    """Migrate the auth schema, open its pool, connect NATS and serve gRPC; lockouts go by `clock` (the system's)."""
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA)
     nc: NATS | None = None
@@ -54,7 +55,7 @@ async def start(config: Config) -> Running:
         async def send_mail(message: events_pb2.TransactionalMessage) -> None:
             await mail.send_transactional(js, message)
 
-        security = AccountSecurity(store, config, send_mail)
+        security = AccountSecurity(store, config, send_mail, clock)
         resealed = await security.reseal_totp_secrets()
         if resealed:
             log.info("totp secrets sealed with the current key", count=resealed)

@@ -20,6 +20,7 @@ from services.auth.config import Config
 from services.auth.service import start
 from services.common import bus
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+from tests.support.clock import MovableClock
 
 S = auth_pb2
 PASSWORD = "violet-otter-47-lantern"
@@ -57,6 +58,7 @@ class Env:
     signer: IdentitySigner
     boot: auth_pb2.BootstrapResponse
     database_url: str
+    clock: MovableClock
 
     @property
     def gateway(self) -> list[tuple[str, str]]:
@@ -112,7 +114,8 @@ async def make_env(database_url: str, nats_url: str, internal_key: bytes, signer
     started = []
 
     async def make(**overrides) -> Env:
-        running = await start(config(database_url, nats_url, internal_key, **overrides))
+        clock = MovableClock()
+        running = await start(config(database_url, nats_url, internal_key, **overrides), clock)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}")
         nc = await nats.connect(nats_url)
         sub = await nc.jetstream().pull_subscribe(
@@ -126,7 +129,7 @@ async def make_env(database_url: str, nats_url: str, internal_key: bytes, signer
             ),
             metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="test")))],
         )
-        return Env(stub, Mailbox(sub), signer, boot, database_url)
+        return Env(stub, Mailbox(sub), signer, boot, database_url, clock)
 
     yield make
     for running, channel, nc in started:
@@ -144,22 +147,27 @@ async def refused(call, code: grpc.StatusCode) -> str:
 
 
 async def test_lockout_mail_unlock_and_expiry(make_env):
-    # Five wrong passwords in a row lock bob's account: the fifth publishes an "auth.lockout" mail to
-    # him. While locked, the right password gets LOCKED and a wrong one FAILED (nothing revealed to a
-    # guesser). An admin's Unlock lets him in at once; a second lock simply expires after its time.
-    env = await make_env(lockout_seconds=2)
+    # Five wrong passwords in a row lock bob's login for browsers that never logged in to it: the fifth
+    # publishes an "auth.lockout" mail to him saying so. While locked, the right password and a wrong one
+    # get the very same LOCKED answer (the password is not even checked), and each try counts: one made
+    # just before the lock would have ended keeps it. An admin's Unlock lets him in at once; a second
+    # lock simply expires 30 minutes after the last try (the clock is moved, not waited for).
+    env = await make_env()
     bob = await env.add_user("bob", "editor")
-    for _ in range(4):
+    for _ in range(5):
         assert (await env.login("bob", "wrong-password-x")).status == S.LOGIN_STATUS_FAILED
-    assert (await env.login("bob", "wrong-password-x")).status == S.LOGIN_STATUS_FAILED
     notice = await env.mail.next("auth.lockout")
     assert notice.to_address == "bob@example.org" and notice.content.from_address == "no-reply@mailblast.example.com"
     assert json.loads(notice.variables_json)["login"] == "bob"
-    assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_LOCKED
-    wrong = await env.login("bob", "wrong-password-x")
-    assert wrong.status == S.LOGIN_STATUS_FAILED and not wrong.session_token and not wrong.HasField("user")
+    assert "Browsers you have logged in with before can still log in." in notice.content.text_body
+    right, wrong = await env.login("bob", PASSWORD), await env.login("bob", "wrong-password-x")
+    assert right == wrong == S.LoginResponse(status=S.LOGIN_STATUS_LOCKED, idle_timeout_seconds=1800)
     [listed] = [u for u in (await env.stub.ListUsers(S.ListUsersRequest(), metadata=env.owner)).users if u.id == bob.id]
     assert listed.HasField("locked_until")
+    env.clock.advance(1800 - 60)
+    assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_LOCKED
+    env.clock.advance(120)
+    assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_LOCKED
 
     unlocked = await env.stub.Unlock(S.UnlockRequest(user_id=bob.id), metadata=env.owner)
     assert not unlocked.HasField("locked_until")
@@ -169,14 +177,89 @@ async def test_lockout_mail_unlock_and_expiry(make_env):
     for _ in range(5):
         await env.login("bob", "wrong-password-x")
     assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_LOCKED
-    deadline = time.monotonic() + 10
-    while (await env.login("bob", PASSWORD)).status != S.LOGIN_STATUS_OK:
-        assert time.monotonic() < deadline, "the lock did not expire"
-        await asyncio.sleep(0.2)
+    env.clock.advance(1799)
+    assert (await env.login("bob", "wrong-password-x")).status == S.LOGIN_STATUS_LOCKED
+    env.clock.advance(1801)
+    assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_OK
     actions = [
         e.action for e in (await env.stub.ListAuditEvents(S.ListAuditEventsRequest(), metadata=env.owner)).events
     ]
     assert actions.count("login.locked") == 2 and "user.unlocked" in actions
+    reasons = [
+        json.loads(e.detail_json)["reason"]
+        for e in (
+            await env.stub.ListAuditEvents(S.ListAuditEventsRequest(action="login.failed"), metadata=env.owner)
+        ).events
+    ]
+    assert reasons.count("locked") == 6 and reasons.count("wrong_password") == 10
+
+
+async def test_failures_spread_out_do_not_add_up(make_env):
+    # Four wrong passwords, then one more over 30 minutes later: the count started again, so bob is not
+    # locked; four more right after that then lock him.
+    env = await make_env()
+    await env.add_user("bob", "editor")
+    for _ in range(4):
+        await env.login("bob", "wrong-password-x")
+    env.clock.advance(1801)
+    assert (await env.login("bob", "wrong-password-x")).status == S.LOGIN_STATUS_FAILED
+    assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_OK
+    for _ in range(5):
+        assert (await env.login("bob", "wrong-password-x")).status == S.LOGIN_STATUS_FAILED
+    assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_LOCKED
+
+
+async def test_made_up_logins_lock_like_real_ones(make_env):
+    # A guesser cannot tell which logins exist from the lock: five failures of a login nobody has lock it
+    # just like a real one, and the locked answers are identical.
+    env = await make_env()
+    for login in ("alice", "nobody-here"):
+        for _ in range(5):
+            assert (await env.login(login, "wrong-password-x")).status == S.LOGIN_STATUS_FAILED
+    real, made_up = await env.login("alice", PASSWORD), await env.login("nobody-here", PASSWORD)
+    assert real == made_up == S.LoginResponse(status=S.LOGIN_STATUS_LOCKED, idle_timeout_seconds=1800)
+
+
+async def test_a_browser_that_logged_in_before_is_not_locked_out_by_strangers(make_env):
+    # The attack: strangers lock the well-known owner "alice" with five wrong passwords, and twenty
+    # failures for made-up logins from her office's address throttle it. Alice's browsers, which logged
+    # in before and carry auth's device cookie, still get in with the right password, from that same
+    # address, while any browser without one (even with the right password) is locked or throttled. A
+    # cookie for another login, or a forged one, counts as none. A device's own wrong passwords lock
+    # only that device (and throttle no address): her other browser still logs in. Each lock is mailed,
+    # saying which browsers.
+    env = await make_env(ip_failures_per_minute=5)
+    office, elsewhere = "198.51.100.20", "203.0.113.99"
+    laptop = (await env.login("alice", PASSWORD, ip=office)).device_cookie
+    phone = (await env.login("alice", PASSWORD, ip=elsewhere)).device_cookie
+    assert laptop and phone and laptop != phone and "alice" not in laptop
+    await env.add_user("bob", "editor")
+    bobs = (await env.login("bob", PASSWORD)).device_cookie
+
+    for _ in range(5):
+        await env.login("alice", "guess-1234", ip=elsewhere)
+    assert "not logged in to it before" in (await env.mail.next("auth.lockout")).content.text_body
+    for n in range(20):
+        await env.login(f"made-up-{n}", "guess-1234", ip=office)
+    assert (await env.login("alice", PASSWORD, ip=office)).status == S.LOGIN_STATUS_THROTTLED
+    assert (await env.login("alice", PASSWORD, ip="192.0.2.1")).status == S.LOGIN_STATUS_LOCKED
+    for stranger in (bobs, laptop[:-4] + "AAAA", laptop.replace("d1.", "d2.", 1), "nonsense"):
+        got = await env.login("alice", PASSWORD, ip="192.0.2.1", device_cookie=stranger)
+        assert got.status == S.LOGIN_STATUS_LOCKED, stranger
+
+    back = await env.login("alice", PASSWORD, ip=office, device_cookie=laptop)
+    assert back.status == S.LOGIN_STATUS_OK and back.session_token
+    assert back.device_cookie and back.device_cookie != laptop
+    laptop = back.device_cookie
+
+    env.clock.advance(61)
+    for _ in range(5):
+        got = await env.login("alice", "my-own-typo-1", ip=office, device_cookie=laptop)
+        assert got.status == S.LOGIN_STATUS_FAILED
+    assert "Other browsers are not affected." in (await env.mail.next("auth.lockout")).content.text_body
+    assert (await env.login("alice", PASSWORD, ip=office, device_cookie=laptop)).status == S.LOGIN_STATUS_LOCKED
+    assert (await env.login("alice", PASSWORD, ip=office, device_cookie=phone)).status == S.LOGIN_STATUS_OK
+    assert (await env.login("bob", PASSWORD, ip=office)).status == S.LOGIN_STATUS_OK
 
 
 async def test_no_user_enumeration(make_env):
@@ -202,12 +285,16 @@ async def test_no_user_enumeration(make_env):
 
 async def test_ip_throttle(make_env):
     # After AUTH_IP_FAILURES_PER_MINUTE failures from one address, that address gets THROTTLED even with
-    # the right password; another address still logs in.
+    # the right password; another address still logs in; a minute later (the clock moved) so does it.
     env = await make_env(ip_failures_per_minute=3)
     for login in ("x1", "x2", "alice"):
         assert (await env.login(login, "wrong-password-x", ip="192.0.2.66")).status == S.LOGIN_STATUS_FAILED
     assert (await env.login("alice", PASSWORD, ip="192.0.2.66")).status == S.LOGIN_STATUS_THROTTLED
     assert (await env.login("alice", PASSWORD, ip="192.0.2.67")).status == S.LOGIN_STATUS_OK
+    env.clock.advance(30)
+    assert (await env.login("alice", PASSWORD, ip="192.0.2.66")).status == S.LOGIN_STATUS_THROTTLED
+    env.clock.advance(31)
+    assert (await env.login("alice", PASSWORD, ip="192.0.2.66")).status == S.LOGIN_STATUS_OK
 
 
 async def test_idle_and_absolute_timeouts(make_env):
@@ -278,6 +365,35 @@ async def test_password_rules_and_change_revokes_other_sessions(make_env):
     assert (await status(here)).status == S.SESSION_STATUS_REVOKED
     stored = env.sql("SELECT password_hash FROM auth.users WHERE login = 'alice'")[0][0]
     assert stored.startswith("$argon2id$")
+
+
+async def test_wrong_passwords_within_a_session_lock_that_session_s_password_checks(make_env):
+    # Someone holding alice's session (not her password) guesses it through "change password": after
+    # five wrong current passwords that session gets FAILED_PRECONDITION even for the right one, so the
+    # answers tell nothing; her other session is not affected, and the lock ends 30 minutes after the
+    # last try (the clock moved). Turning off TOTP checks the password the same way.
+    env = await make_env()
+    stolen, hers = (
+        (await env.login("alice", PASSWORD)).session_token,
+        (await env.login("alice", PASSWORD)).session_token,
+    )
+    change = S.ChangePasswordRequest(
+        session_token=stolen, current_password="guess-0000", new_password="calm-river-81-stone"
+    )
+    for _ in range(5):
+        await refused(env.stub.ChangePassword(change, metadata=env.gateway), grpc.StatusCode.PERMISSION_DENIED)
+    for current in (PASSWORD, "guess-0000"):
+        change.current_password = current
+        assert "too many wrong passwords in this session" in await refused(
+            env.stub.ChangePassword(change, metadata=env.gateway), grpc.StatusCode.FAILED_PRECONDITION
+        )
+    disable = S.DisableTotpRequest(session_token=stolen, password=PASSWORD)
+    await refused(env.stub.DisableTotp(disable, metadata=env.gateway), grpc.StatusCode.FAILED_PRECONDITION)
+    mine = S.ChangePasswordRequest(session_token=hers, current_password="typo-1111", new_password="calm-river-81-stone")
+    await refused(env.stub.ChangePassword(mine, metadata=env.gateway), grpc.StatusCode.PERMISSION_DENIED)
+    env.clock.advance(1801)
+    change.current_password = PASSWORD
+    assert (await env.stub.ChangePassword(change, metadata=env.gateway)).revoked_sessions == 1
 
 
 async def test_reset_link_single_use_and_expiry(make_env):

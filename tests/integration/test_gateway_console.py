@@ -73,8 +73,7 @@ async def test_login_sets_a_new_hardened_session_and_logout_revokes_it(make_cons
     before = web.cookie("__Host-mailblast-session").value
     response = await web.login()
     assert response.status_code == 302 and response.location == "/campaigns"
-    set_cookie = response.headers["Set-Cookie"]
-    assert set_cookie.startswith("__Host-mailblast-session=")
+    [set_cookie] = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("__Host-mailblast-session=")]
     for flag in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/"):
         assert flag in set_cookie, set_cookie
     assert "Domain=" not in set_cookie
@@ -117,20 +116,32 @@ async def test_every_route_needs_a_session_and_state_changes_need_post(make_cons
 
 
 async def test_five_failures_lock_the_account_until_an_admin_unlocks_it(make_console):
-    # Five wrong passwords lock bob: even the right password then gets the lock message (only someone
-    # who knows it learns of the lock), bob is mailed, the audit log has it; the admin unlocks bob on the
-    # users page and bob logs in.
+    # Five wrong passwords from a stranger's browser lock bob for browsers that never logged in as him:
+    # the right password then gets the same lock message as a wrong one, bob is mailed, the audit log
+    # has it. Bob's own browser, which logged in before and keeps the console's device cookie (Secure,
+    # HttpOnly, SameSite=Strict, __Host-, long-lived), still gets in. The admin unlocks bob on the users
+    # page and the stranger's browser logs in too.
     console = await make_console()
     bob = console.add_user("bob", "editor")
+    own = console.client()
+    first = await own.login("bob", PASSWORD)
+    [device] = [c for c in first.headers.getlist("Set-Cookie") if c.startswith("__Host-mailblast-device=")]
+    for flag in ("Secure", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=34560000"):
+        assert flag in device, device
+    assert "Domain=" not in device
+    await own.post("/logout")
+    assert own.cookie("__Host-mailblast-device") is not None
+
     web = console.client()
     for _ in range(5):
         failed = await web.login("bob", "wrong-password-1")
         assert failed.status_code == 401
         assert "The login ID or password is wrong." in text(failed)
-    locked = await web.login("bob", PASSWORD)
-    assert locked.status_code == 401
-    assert "locked" in text(locked)
+    locked, also_locked = await web.login("bob", PASSWORD), await web.login("bob", "wrong-password-1")
+    assert locked.status_code == also_locked.status_code == 401
+    assert "locked for this browser" in text(locked) and "locked for this browser" in text(also_locked)
     await poll(lambda: _mail_to(console, "bob@example.org"))
+    assert (await own.login("bob", PASSWORD)).status_code == 302
 
     admin = await logged_in(console)
     users = text(await admin.get("/users"))

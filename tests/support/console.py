@@ -21,6 +21,7 @@ from werkzeug.test import TestResponse
 from dev.catcher import SmtpCatcher
 from services.auth import passwords
 from services.auth import service as auth_service
+from services.auth.clock import Clock
 from services.auth.config import Config as AuthConfig
 from services.campaigns import service as campaigns_service
 from services.campaigns.config import Config as CampaignsConfig
@@ -134,9 +135,10 @@ async def start_console(
     tls_files: tuple[Path, Path],
     dkim: DkimKeys,
     outbox: Path,
+    clock: Clock | None = None,
     **auth_overrides: Any,
 ) -> Console:
-    """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway."""
+    """Start auth (these settings, this clock), lists, campaigns, a sender relaying to a catcher; build the gateway."""
     signer = IdentitySigner(internal_key)
     catcher = SmtpCatcher(*tls_files, store_dir=outbox)
     catcher.start()
@@ -148,7 +150,7 @@ async def start_console(
         grpc_bind="127.0.0.1:0",
         console_url="https://localhost",
     )
-    auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides))
+    auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides), clock)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
         ListsConfig(database_url, nats_url, internal_key, grpc_bind="127.0.0.1:0", auth_addr=auth_addr)

@@ -1,0 +1,22 @@
+"""The time auth judges lockouts and login throttles by: a clock the service owns, which tests replace."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """Something that tells the current time."""
+
+    def now(self) -> datetime:
+        """The current time, timezone-aware."""
+        ...
+
+
+class SystemClock:
+    """The machine's clock, in UTC."""
+
+    def now(self) -> datetime:
+        """The current time."""
+        return datetime.now(UTC)
