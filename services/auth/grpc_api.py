@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from datetime import UTC, datetime
@@ -122,10 +123,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         issued = tokens.issue()
         password_hash = None
         if request.admin_password:
-            password_hash = await passwords.hash_async(passwords.check_new(request.admin_password, login, email))
+            normalized = await passwords.check_new_async(request.admin_password, login, email, name)
+            password_hash = await passwords.hash_async(normalized)
         org, user, _ = await self._store.bootstrap(name, login, email, issued.prefix, issued.secret_hash)
         if password_hash is not None:
             await self._store.set_password_hash(user.id, password_hash)
+            user = dataclasses.replace(user, has_password=True)
         log.info("bootstrapped", organization_id=org.id, user_id=user.id, by=caller.service)
         return auth_pb2.BootstrapResponse(organization=_organization(org), user=_user(user), api_token=issued.text)
 

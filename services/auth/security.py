@@ -338,7 +338,7 @@ class AccountSecurity:
         session, account = await self.require_session(token)
         if not await self._password_in_session(session, account, current, "wrong_current_password", source_ip):
             raise PermissionDenied("the current password is wrong")
-        normalized = passwords.check_new(new, account.login, account.email)
+        normalized = await passwords.check_new_async(new, account.login, account.email, account.organization_name)
         await self._store.set_password_hash(account.id, await passwords.hash_async(normalized))
         revoked = await self._store.revoke_user_sessions(account.id, "password_changed", except_session=session.id)
         await self._store.audit(
@@ -389,7 +389,7 @@ class AccountSecurity:
         account = await self._store.account(found[1]) if found else None
         if found is None or account is None or account.disabled_at is not None:
             raise FailedPrecondition("this link has expired or was already used: ask an administrator for a new one")
-        normalized = passwords.check_new(new, account.login, account.email)
+        normalized = await passwords.check_new_async(new, account.login, account.email, account.organization_name)
         revoked = await self._store.reset_password(found[0], account.id, await passwords.hash_async(normalized))
         if revoked is None:
             raise FailedPrecondition("this link has expired or was already used: ask an administrator for a new one")

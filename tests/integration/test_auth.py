@@ -102,6 +102,23 @@ async def test_bootstrap_once_then_refused(auth, signer: IdentitySigner, databas
     ]
 
 
+async def test_bootstrap_refuses_a_weak_owner_password_saying_why(auth, signer: IdentitySigner, database_url: str):
+    # The first owner's console password follows the same rules as every other: one built on the
+    # organisation's name is refused with zxcvbn's reasons, and nothing is created; a strong one works.
+    request = auth_pb2.BootstrapRequest(
+        organization_name="Sakura Trading", admin_login="alice", admin_email="alice@example.org",
+        admin_password="SakuraTrading",
+    )  # fmt: skip
+    with pytest.raises(grpc.aio.AioRpcError) as weak:
+        await auth.Bootstrap(request, metadata=as_service(signer))
+    assert weak.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "too easy to guess" in weak.value.details() and "organisation" in weak.value.details()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM auth.organizations").fetchone()[0] == 0
+    request.admin_password = "quiet-maple-window-53"
+    assert (await auth.Bootstrap(request, metadata=as_service(signer))).user.has_password
+
+
 async def test_authenticate_then_revoke(auth, signer: IdentitySigner):
     # A service turns the bootstrap token into its principal; once the token is revoked the same
     # question is answered UNAUTHENTICATED, as are malformed and unknown tokens. Users may not ask.

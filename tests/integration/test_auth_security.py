@@ -330,25 +330,41 @@ async def test_idle_and_absolute_timeouts(make_env):
 
 async def test_password_rules_and_change_revokes_other_sessions(make_env):
     # Changing the password needs the current one and follows the rules (8..128 characters, 64 allowed,
-    # not a common breached password, not the login or email); afterwards the user's other sessions are
-    # REVOKED while the one used stays valid, and the old password no longer logs in. Logout revokes.
+    # not the login or email, and hard to guess by zxcvbn's score with the user's login, email, the
+    # organisation "Acme" and the product's name as known words, the refusal saying why); afterwards the
+    # user's other sessions are REVOKED while the one used stays valid, and the old password no longer
+    # logs in. Logout revokes.
     env = await make_env()
     here, there = await env.login("alice", PASSWORD), await env.login("alice", PASSWORD)
     change = S.ChangePasswordRequest(session_token=here.session_token, current_password=PASSWORD)
     for new, words in [
         ("short7!", "shorter than 8"),
         ("x" * 129, "longer than 128"),
-        ("iloveyou", "common"),
+        ("iloveyou", "This is a top-100 common password."),
+        ("password", "This is a top-10 common password."),
         ("Baseball1", "common"),
+        ("aaaaaaaa", 'Repeats like "aaa" are easy to guess.'),
+        ("abcdefgh", 'Sequences like "abc" or "6543" are easy to guess.'),
+        ("mailblast", "It is built on your login, email address or organisation, or on the product's name."),
+        ("AcmeAlice1", "It is built on your login"),
         ("alice@example.org", "login or email"),
     ]:
         change.new_password = new
         assert words in await refused(
             env.stub.ChangePassword(change, metadata=env.gateway), grpc.StatusCode.INVALID_ARGUMENT
         )
+    change.new_password = "aaaaaaaa"
+    assert await refused(env.stub.ChangePassword(change, metadata=env.gateway), grpc.StatusCode.INVALID_ARGUMENT) == (
+        'password is too easy to guess (strength 0 of 4, 3 needed): Repeats like "aaa" are easy to guess. '
+        "Add another word or two. Uncommon words are better. Avoid repeated words and characters."
+    )
     change.current_password, change.new_password = "wrong-current-1", "another-good-pass-1"
     await refused(env.stub.ChangePassword(change, metadata=env.gateway), grpc.StatusCode.PERMISSION_DENIED)
-    long_password = "ぱすわーど" * 12 + "long"
+    long_password = (
+        "しずかなもりのおくでふくろうがないているよるにはつきがでると"
+        + "こどもたちがいうのでまどをあけてそらをみたらほしがみっつならんでいた"
+    )
+    assert len(long_password) == 64
     change.current_password, change.new_password = PASSWORD, long_password
     reply = await env.stub.ChangePassword(change, metadata=env.gateway)
     assert reply.revoked_sessions == 1

@@ -234,6 +234,18 @@ async def test_password_change_ends_the_other_sessions(make_console):
         "/account/password", {"current_password": PASSWORD, "new_password": "password", "confirm_password": "password"}
     )
     assert weak.status_code == 400
+    assert "too easy to guess (strength 0 of 4, 3 needed): This is a top-10 common password." in text(weak)
+    await here.post("/language", {"language": "ja"})
+    weak = await here.post(
+        "/account/password", {"current_password": PASSWORD, "new_password": "aaaaaaaa", "confirm_password": "aaaaaaaa"}
+    )
+    assert weak.status_code == 400
+    assert (
+        "パスワードが推測されやすすぎます (強度 0/4、3 以上が必要): 「aaa」のような繰り返しは推測されやすいです。 "
+        "単語をもう 1 つか 2 つ加えてください。あまり使われない単語ほど効果的です。 "
+        "単語や文字の繰り返しは避けてください。"
+    ) in text(weak)
+    await here.post("/language", {"language": "en"})
     done = await here.post(
         "/account/password",
         {"current_password": PASSWORD, "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD},
