@@ -1,4 +1,4 @@
-"""Admin pages: users and roles, API tokens, the organisation's security settings, the audit log."""
+"""Admin pages: users and roles, the organisation's security settings, the audit log; and everyone's API tokens."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import grpc
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, stream_with_context, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_login import current_user
 from google.protobuf.timestamp_pb2 import Timestamp
 from mailblast.v1 import auth_pb2
 
@@ -125,28 +126,26 @@ def settings() -> Response:
 
 
 @bp.get("/tokens")
-@requires("admin")
+@requires("read")
 def tokens() -> str:
-    """The organisation's API tokens with their last use; never their secrets."""
+    """API tokens with their last use, never their secrets: an admin sees the organisation's, others their own."""
     found = call(backends().auth.ListApiTokens, auth_pb2.ListApiTokensRequest()).tokens
-    people = call(backends().auth.ListUsers, auth_pb2.ListUsersRequest()).users
-    logins = {u.id: u.login for u in people}
-    return render_template("tokens.html", tokens=found, users=people, logins=logins, scopes=SCOPES)
+    logins = {current_user.user.id: current_user.user.login}
+    if current_user.can("admin"):
+        logins = {u.id: u.login for u in call(backends().auth.ListUsers, auth_pb2.ListUsersRequest()).users}
+    # A token is only ever one's own, and no stronger than one's role: only those scopes are offered.
+    offered = [s for s in SCOPES if s in current_user.principal.scopes]
+    return render_template("tokens.html", tokens=found, logins=logins, scopes=offered)
 
 
 @bp.post("/tokens")
-@requires("admin")
+@requires("read")
 def create_token() -> Response | str:
-    """Issue a token; its secret is on this one page and nowhere else."""
-    try:
-        user_id = int(request.form.get("user_id", "0"))
-    except ValueError:
-        abort(400)
+    """Issue a token to yourself; its secret is on this one page and nowhere else."""
     try:
         reply = call(
             backends().auth.CreateApiToken,
             auth_pb2.CreateApiTokenRequest(
-                user_id=user_id,
                 name=request.form.get("name", "").strip(),
                 scopes=[s for s in request.form.getlist("scopes") if s in SCOPES],
             ),
@@ -158,9 +157,9 @@ def create_token() -> Response | str:
 
 
 @bp.post("/tokens/<id:token_id>/revoke")
-@requires("admin")
+@requires("read")
 def revoke_token(token_id: int) -> Response:
-    """Revoke a token at once."""
+    """Revoke a token at once (auth refuses another user's unless you are an admin)."""
     call(backends().auth.RevokeApiToken, auth_pb2.RevokeApiTokenRequest(token_id=token_id))
     flash(_("The token was revoked."), "info")
     return redirect(url_for("admin.tokens"))

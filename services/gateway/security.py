@@ -20,6 +20,10 @@ from services.gateway.clients import BackendError, backends, call
 # The console's cookies: Secure, HttpOnly, SameSite=Lax, and __Host- so no subdomain can set or scope them.
 SESSION_COOKIE = "__Host-mailblast-session"
 LANGUAGE_COOKIE = "__Host-mailblast-lang"
+# Auth's signed device cookie: this browser logged in before, so strangers' lockouts do not stop it.
+# SameSite=Strict: only the console's own login form needs it.
+DEVICE_COOKIE = "__Host-mailblast-device"
+DEVICE_COOKIE_SECONDS = 400 * 86400
 LANGUAGES = ("en", "ja")
 
 # No script but our own files, no plugins, no framing of the console, forms only to ourselves.

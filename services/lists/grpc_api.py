@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from mailblast.v1 import lists_pb2, lists_pb2_grpc
 
 from services.common.audit import AuditTrail
+from services.common.clock import Clock, SystemClock
 from services.common.errors import InvalidArgument, NotFound
 from services.common.identity import current_principal, require_scope
 from services.common.log import get_logger
@@ -102,7 +103,7 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
         erasures: ErasureAnnouncer | None = None,
         confirm_window_seconds: float = 900.0,
         confirm_daily_cap: int = 3,
-        clock: Callable[[], datetime] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._store = store
         self.audit = audit or AuditTrail(None)
@@ -115,7 +116,7 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
         self.signup_rate_per_hour = signup_rate_per_hour
         self.confirm_window = timedelta(seconds=confirm_window_seconds)
         self.confirm_daily_cap = confirm_daily_cap
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or SystemClock()
 
     @staticmethod
     def _subscriber_pb(s: Subscriber) -> lists_pb2.Subscriber:

@@ -10,7 +10,7 @@ import html
 import io
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 
 from services.common import bus
 from services.common.audit import AuditTrail
+from services.common.clock import Clock
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Problem, ServiceError
 from services.common.identity import Principal, current_principal, require_scope, require_service
 from services.common.log import get_logger
@@ -215,7 +216,7 @@ class AudienceRpcs:
     confirm_window: timedelta
     confirm_daily_cap: int
     # The time confirmation limits are counted in; tests move it.
-    clock: Callable[[], datetime]
+    clock: Clock
 
     # Fields
 
@@ -883,7 +884,7 @@ class AudienceRpcs:
                 "lists.confirm", {"confirm_url": link},
             )  # fmt: skip
 
-        limits = ConfirmationLimits(self.clock(), self.confirm_window, self.confirm_daily_cap)
+        limits = ConfirmationLimits(self.clock.now(), self.confirm_window, self.confirm_daily_cap)
         subscriber_id = await self.audience.submit_signup(
             org, form["id"], email, name, attributes, _hash_token(token), request.source_ip[:100], request.user_agent,
             limits, send,

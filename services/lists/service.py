@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -15,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.common import bus, db
 from services.common.audit import AuditTrail
+from services.common.clock import Clock
 from services.common.log import get_logger
 from services.common.rpc import (
     GrpcServer,
@@ -94,7 +93,7 @@ class Running:
         await self._pool.close()
 
 
-async def start(config: Config, clock: Callable[[], datetime] | None = None) -> Running:
+async def start(config: Config, clock: Clock | None = None) -> Running:
     """Migrate the lists schema, open its pool, bind the bounce consumer and serve gRPC.
 
     `clock` is what the double opt-in limits count time in (the current time unless a test moves it).

@@ -58,3 +58,9 @@ async def people(tmp_path: Path) -> AsyncIterator[People]:
 async def page(people: People) -> Page:
     """The first person's page (an English browser)."""
     return await people.open()
+
+
+@pytest_asyncio.fixture
+async def stranger(people: People, page: Page) -> Page:
+    """Someone else's browser (a profile of its own), on the same address as the first person's."""
+    return await people.open()

@@ -13,7 +13,8 @@ from tests.support.console import OWNER, PASSWORD
 
 
 async def test_lockout_totp_and_a_campaign_that_arrives_in_the_outbox(make_site, page: Page):
-    # In a real browser: five wrong passwords and then the right one show the lock; the owner turns on
+    # In a real browser that never logged in as bob: five wrong passwords and then the right one show the
+    # lock (the right password from an unknown browser says "locked" like any other); the owner turns on
     # two-step verification and logs in with a code; creates a list, uploads a CSV (progress updated by
     # the console's script), composes and sends a campaign, watches the counters reach 2, and finds both
     # messages in the outbox, signed (DKIM pass) and delivered over TLS.
@@ -85,6 +86,33 @@ async def test_lockout_totp_and_a_campaign_that_arrives_in_the_outbox(make_site,
         row = rows.filter(has_text=address)
         await expect(row.locator(".dkim .pass")).to_have_count(2)
         await expect(row.locator(".tls")).to_contain_text("TLS")
+
+
+async def test_a_browser_that_logged_in_before_gets_in_while_strangers_locked_the_account(
+    make_site, page: Page, stranger: Page
+):
+    # Alice logs in once in her own browser, and out again. A stranger's browser then tries five wrong
+    # passwords for "alice": there even the right one shows the lock; a few more failures for made-up
+    # logins from the same address (both browsers are on 127.0.0.1) throttle that address. Alice's
+    # browser, which kept the console's device cookie, still logs in with her password.
+    _console, base = await make_site(ip_failures_per_minute=8)
+    await log_in(page, base, OWNER, PASSWORD)
+    await expect(page.locator("#current-login")).to_have_text(OWNER)
+    await page.click("#logout")
+    await expect(page).to_have_url(f"{base}/login")
+
+    for _ in range(5):
+        await log_in(stranger, base, OWNER, "wrong-password-1")
+        await expect(stranger.locator("#login-error")).to_contain_text("wrong")
+    await log_in(stranger, base, OWNER, PASSWORD)
+    await expect(stranger.locator("#login-error")).to_contain_text("locked for this browser")
+    for n in range(3):
+        await log_in(stranger, base, f"made-up-{n}", "wrong-password-1")
+    await log_in(stranger, base, OWNER, PASSWORD)
+    await expect(stranger.locator("#login-error")).to_contain_text("Too many failed logins from your address")
+
+    await log_in(page, base, OWNER, PASSWORD)
+    await expect(page.locator("#current-login")).to_have_text(OWNER)
 
 
 async def test_idle_timeout_sends_the_browser_to_the_login_page_with_the_reason(make_site, page: Page):

@@ -75,8 +75,7 @@ async def test_login_sets_a_new_hardened_session_and_logout_revokes_it(make_cons
     before = web.cookie("__Host-mailblast-session").value
     response = await web.login()
     assert response.status_code == 302 and response.location == "/campaigns"
-    set_cookie = response.headers["Set-Cookie"]
-    assert set_cookie.startswith("__Host-mailblast-session=")
+    [set_cookie] = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("__Host-mailblast-session=")]
     for flag in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/"):
         assert flag in set_cookie, set_cookie
     assert "Domain=" not in set_cookie
@@ -119,20 +118,32 @@ async def test_every_route_needs_a_session_and_state_changes_need_post(make_cons
 
 
 async def test_five_failures_lock_the_account_until_an_admin_unlocks_it(make_console):
-    # Five wrong passwords lock bob: even the right password then gets the lock message (only someone
-    # who knows it learns of the lock), bob is mailed, the audit log has it; the admin unlocks bob on the
-    # users page and bob logs in.
+    # Five wrong passwords from a stranger's browser lock bob for browsers that never logged in as him:
+    # the right password then gets the same lock message as a wrong one, bob is mailed, the audit log
+    # has it. Bob's own browser, which logged in before and keeps the console's device cookie (Secure,
+    # HttpOnly, SameSite=Strict, __Host-, long-lived), still gets in. The admin unlocks bob on the users
+    # page and the stranger's browser logs in too.
     console = await make_console()
     bob = console.add_user("bob", "editor")
+    own = console.client()
+    first = await own.login("bob", PASSWORD)
+    [device] = [c for c in first.headers.getlist("Set-Cookie") if c.startswith("__Host-mailblast-device=")]
+    for flag in ("Secure", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=34560000"):
+        assert flag in device, device
+    assert "Domain=" not in device
+    await own.post("/logout")
+    assert own.cookie("__Host-mailblast-device") is not None
+
     web = console.client()
     for _ in range(5):
         failed = await web.login("bob", "wrong-password-1")
         assert failed.status_code == 401
         assert "The login ID or password is wrong." in text(failed)
-    locked = await web.login("bob", PASSWORD)
-    assert locked.status_code == 401
-    assert "locked" in text(locked)
+    locked, also_locked = await web.login("bob", PASSWORD), await web.login("bob", "wrong-password-1")
+    assert locked.status_code == also_locked.status_code == 401
+    assert "locked for this browser" in text(locked) and "locked for this browser" in text(also_locked)
     await poll(lambda: _mail_to(console, "bob@example.org"))
+    assert (await own.login("bob", PASSWORD)).status_code == 302
 
     admin = await logged_in(console)
     users = text(await admin.get("/users"))
@@ -225,6 +236,18 @@ async def test_password_change_ends_the_other_sessions(make_console):
         "/account/password", {"current_password": PASSWORD, "new_password": "password", "confirm_password": "password"}
     )
     assert weak.status_code == 400
+    assert "too easy to guess (strength 0 of 4, 3 needed): This is a top-10 common password." in text(weak)
+    await here.post("/language", {"language": "ja"})
+    weak = await here.post(
+        "/account/password", {"current_password": PASSWORD, "new_password": "aaaaaaaa", "confirm_password": "aaaaaaaa"}
+    )
+    assert weak.status_code == 400
+    assert (
+        "パスワードが推測されやすすぎます (強度 0/4、3 以上が必要): 「aaa」のような繰り返しは推測されやすいです。 "
+        "単語をもう 1 つか 2 つ加えてください。あまり使われない単語ほど効果的です。 "
+        "単語や文字の繰り返しは避けてください。"
+    ) in text(weak)
+    await here.post("/language", {"language": "en"})
     done = await here.post(
         "/account/password",
         {"current_password": PASSWORD, "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD},
@@ -297,7 +320,7 @@ async def test_roles_are_enforced_on_routes_not_just_menus(make_console):
     viewer = await logged_in(console, "vic")
     editor = await logged_in(console, "eddie")
     admin = await logged_in(console)
-    admin_pages = ["/users", "/tokens", "/audit", "/audit.csv", "/outbox"]
+    admin_pages = ["/users", "/audit", "/audit.csv", "/outbox"]
     for path in ["/campaigns", "/lists"]:
         assert (await viewer.get(path)).status_code == 200
     assert "/campaigns/new" not in text(await viewer.get("/campaigns"))
@@ -310,7 +333,12 @@ async def test_roles_are_enforced_on_routes_not_just_menus(make_console):
         assert (await editor.get(path)).status_code == 403, path
         assert (await admin.get(path)).status_code == 200, path
     assert (await editor.post("/users", {"login": "zed", "email": "z@example.org", "role": "admin"})).status_code == 403
-    assert (await editor.post("/tokens", {"user_id": "1", "name": "t"})).status_code == 403
+    # The tokens page is everyone's, for their own tokens only: naming alice's user id changes nothing.
+    assert (await viewer.get("/tokens")).status_code == 200
+    assert (await editor.post("/tokens", {"user_id": "1", "name": "t", "scopes": ["read"]})).status_code == 200
+    assert console.sql(
+        "SELECT u.login FROM auth.api_tokens t JOIN auth.users u ON u.id = t.user_id WHERE t.name = 't'"
+    ) == [("eddie",)]
     assert (await editor.get("/campaigns/new")).status_code == 200
     created = await editor.post("/lists", {"name": "Editors' list"})
     assert created.status_code == 302
@@ -479,11 +507,15 @@ async def test_upload_compose_test_send_progress_audit_and_outbox(make_console):
 
 
 async def test_api_tokens_shown_once_listed_with_last_use_and_revoked(make_console):
-    # An admin creates a token with scopes: the secret is on that one page; the list shows its prefix
-    # and "never" used, never the secret; revoking marks it revoked. Token changes are audited.
+    # An admin creates a token for herself with scopes: the page offers no one else to make it for; the
+    # secret is on that one page; the list shows its prefix and "never" used, never the secret; revoking
+    # marks it revoked. Token changes are audited. An editor's page offers only the scopes of an editor
+    # and lists only the editor's own tokens.
     console = await make_console()
     admin = await logged_in(console)
-    created = await admin.post("/tokens", {"user_id": str(console.owner_id), "name": "ci", "scopes": ["read", "send"]})
+    form = text(await admin.get("/tokens"))
+    assert 'name="user_id"' not in form and "A token acts as you (alice)" in form
+    created = await admin.post("/tokens", {"name": "ci", "scopes": ["read", "send"]})
     assert created.status_code == 200
     secret = re.search(r'id="token-secret">([^<]+)<', text(created)).group(1)
     listing = text(await admin.get("/tokens"))
@@ -493,6 +525,14 @@ async def test_api_tokens_shown_once_listed_with_last_use_and_revoked(make_conso
     assert "revoked" in text(await admin.get("/tokens"))
     audit = text(await admin.get("/audit?action=api_token."))
     assert "api_token.created" in audit and "api_token.revoked" in audit
+
+    console.add_user("eddie", "editor")
+    editor = await logged_in(console, "eddie")
+    page = text(await editor.get("/tokens"))
+    assert 'value="send"' in page and 'value="admin"' not in page and "ci" not in page
+    refused = await editor.post("/tokens", {"name": "sneaky", "scopes": ["admin"]})
+    assert refused.status_code == 302
+    assert "more than a user with role &#39;editor&#39; may have" in text(await editor.get("/tokens"))
 
 
 async def test_users_invite_role_change_and_disable(make_console):

@@ -91,8 +91,12 @@ async def test_user_token_through_auth(stubs, signer: IdentitySigner):
     viewer = await auth.CreateUser(
         auth_pb2.CreateUserRequest(login="vic", email="vic@example.org", role="viewer"), metadata=owner
     )
+    # The viewer makes their own token, logged in to the console (which relays their identity).
+    as_viewer = [
+        (IDENTITY_HEADER, signer.sign(Principal(boot.organization.id, viewer.id, ("read",), "viewer", "gateway")))
+    ]
     read_only = await auth.CreateApiToken(
-        auth_pb2.CreateApiTokenRequest(user_id=viewer.id, name="cli", scopes=["read"]), metadata=owner
+        auth_pb2.CreateApiTokenRequest(name="cli", scopes=["read"]), metadata=as_viewer
     )
     got = await lists.GetList(lists_pb2.GetListRequest(list_id=created.id), metadata=bearer(read_only.secret))
     assert (got.name, got.subscriber_count, got.active_count) == ("news", 1, 1)
@@ -108,9 +112,7 @@ async def test_user_token_through_auth(stubs, signer: IdentitySigner):
         [c async for c in lists.StreamRecipients(request, metadata=bearer(send_only.secret))]
     assert no_scope.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
-    doomed = await auth.CreateApiToken(
-        auth_pb2.CreateApiTokenRequest(user_id=viewer.id, name="old", scopes=["read"]), metadata=owner
-    )
+    doomed = await auth.CreateApiToken(auth_pb2.CreateApiTokenRequest(name="old", scopes=["read"]), metadata=as_viewer)
     await auth.RevokeApiToken(auth_pb2.RevokeApiTokenRequest(token_id=doomed.token.id), metadata=owner)
     for token, words in [(doomed.secret, "revoked"), (boot.api_token[:-4] + "AAAA", "unknown")]:
         with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -29,7 +29,7 @@ async def console(database_url, nats_url, internal_key, tls_files, tmp_path: Pat
         tls_files,
         make_dkim_keys(tmp_path / "dkim"),
         tmp_path / "outbox",
-        lists_clock=clock,
+        clock=clock,
     )
     yield started
     await started.stop()

@@ -1,4 +1,4 @@
-"""A clock the tests move, for behaviour that depends on how much time has passed."""
+"""A clock tests move forward instead of sleeping (auth's lockouts, lists' mail limits go by it)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 
 class MovableClock:
-    """Stands still at a fixed time until the test moves it forward; call it for the current time."""
+    """The real time plus an offset that only the test changes."""
 
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime.now(UTC)
+    def __init__(self) -> None:
+        self._offset = timedelta(0)
 
-    def __call__(self) -> datetime:
-        """The clock's current time."""
-        return self.now
+    def now(self) -> datetime:
+        """The current time, as far as the service can tell."""
+        return datetime.now(UTC) + self._offset
 
-    def advance(self, **delta: float) -> None:
-        """Move the clock forward, e.g. advance(minutes=16)."""
-        self.now += timedelta(**delta)
+    def advance(self, seconds: float = 0.0, **delta: float) -> None:
+        """Move the clock forward, e.g. advance(1801) or advance(minutes=16)."""
+        self._offset += timedelta(seconds=seconds, **delta)

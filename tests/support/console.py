@@ -6,9 +6,7 @@ import asyncio
 import dataclasses
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from services.auth import service as auth_service
 from services.auth.config import Config as AuthConfig
 from services.campaigns import service as campaigns_service
 from services.campaigns.config import Config as CampaignsConfig
+from services.common.clock import Clock
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.gateway.app import create_app
 from services.gateway.config import Config as GatewayConfig
@@ -220,13 +219,13 @@ async def start_console(
     dkim: DkimKeys,
     outbox: Path,
     public_url: str = ORIGIN,
-    lists_clock: Callable[[], datetime] | None = None,
+    clock: Clock | None = None,
     **auth_overrides: Any,
 ) -> Console:
     """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway.
 
     Mailed links (reset, confirmation, unsubscribe) point at `public_url`, where the console is served.
-    `lists_clock` is the time the lists service counts its double opt-in limits in (tests move it).
+    Auth's lockouts and lists' double opt-in limits go by `clock` (tests move it; the system's by default).
     """
     signer = IdentitySigner(internal_key)
     pki = default_pki()
@@ -241,7 +240,7 @@ async def start_console(
         grpc_bind="127.0.0.1:0",
         console_url=public_url,
     )
-    auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides))
+    auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides), clock)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
         ListsConfig(
@@ -253,7 +252,7 @@ async def start_console(
             auth_addr=auth_addr,
             public_url=f"{public_url}/",
         ),
-        clock=lists_clock,
+        clock=clock,
     )
     lists_addr = f"127.0.0.1:{lists.grpc_port}"
     campaigns = await campaigns_service.start(
