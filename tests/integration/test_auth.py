@@ -32,7 +32,7 @@ def as_user(signer: IdentitySigner, user: auth_pb2.User) -> list[tuple[str, str]
     """Metadata of the console relaying a logged-in user, with the scopes of their role."""
     scopes = {"viewer": ("read",), "editor": ("read", "send")}.get(user.role, ("read", "send", "admin"))
     principal = Principal(user.organization_id, user.id, scopes, user.role, service="gateway")
-    return [(IDENTITY_HEADER, signer.sign(principal))]
+    return [(IDENTITY_HEADER, signer.sign(principal, "auth"))]
 
 
 def bearer(token: str) -> list[tuple[str, str]]:

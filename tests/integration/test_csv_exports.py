@@ -142,8 +142,8 @@ async def test_audit_log_export_keeps_a_formula_target_as_text(console, internal
     # A service records an audit event whose target starts with = (the RPC every service uses): the
     # audit-log CSV shows it quoted as text; the other cells (time, action) are unchanged.
     signer = IdentitySigner(internal_key)
-    stub = auth_pb2_grpc.AuthServiceStub(console.channel(console.auth.grpc_port))
-    identity = signer.sign(Principal(organization_id=console.organization_id, service="campaigns"))
+    stub = auth_pb2_grpc.AuthServiceStub(console.channel(console.auth.grpc_port, "campaigns"))
+    identity = signer.sign(Principal(organization_id=console.organization_id, service="campaigns"), "auth")
     await stub.RecordAuditEvent(
         auth_pb2.RecordAuditEventRequest(
             action="campaign.sent", target=HYPERLINK, detail_json=json.dumps({"name": "秋"}, ensure_ascii=False)

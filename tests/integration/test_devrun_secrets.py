@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from dev.embedded import open_private_log
-from dev.run import Supervisor, dkim_dns_records, ensure_secrets, read_internal_key, var_dir
+from dev.run import (
+    Supervisor,
+    dkim_dns_records,
+    ensure_grpc_certificates,
+    ensure_secrets,
+    read_internal_key,
+    var_dir,
+)
 from services.auth.sealing import parse_keys
 from services.common.config import env_bytes_secret
 from services.common.identity import IdentitySigner, Principal
@@ -119,6 +126,7 @@ def test_logs_are_private_and_the_console_redirects_to_its_own_address(tmp_path:
 
     files, _ = ensure_secrets(tmp_path / "secrets")
     supervisor = Supervisor(tmp_path / "var")
+    supervisor.grpc_tls = ensure_grpc_certificates(tmp_path / "secrets" / "grpc")
     supervisor.plan_services("postgresql://db", "nats://bus", files, {}, "0.0.0.0:8443")
     gateway = next(svc for svc in supervisor.services if svc.name == "gateway")
     assert gateway.env["GATEWAY_PUBLIC_URL"] == "https://127.0.0.1:8443"

@@ -119,8 +119,8 @@ async def test_a_service_not_on_the_allow_list_is_refused_before_any_handler_run
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
     with psycopg.connect(database_url) as conn:
-        [(failures,)] = conn.execute("SELECT failed_logins FROM auth.users WHERE login = 'alice'").fetchall()
-    assert failures == 0
+        failures = conn.execute("SELECT failures FROM auth.login_lockouts WHERE login = 'alice'").fetchall()
+    assert failures == []
 
 
 async def test_an_assertion_is_good_only_for_its_audience_and_from_its_certificate(

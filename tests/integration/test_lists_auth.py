@@ -48,13 +48,16 @@ async def stubs(database_url: str, nats_url: str, internal_key: bytes, pki):
     auth_channel = pki.channel(auth.grpc_port, "cli")
     lists_channel = pki.channel(lists.grpc_port, "cli")
     boot_channel = pki.channel(auth.grpc_port, "dev-run")
+    console_channel = pki.channel(auth.grpc_port, "gateway")
     try:
         yield (
             auth_pb2_grpc.AuthServiceStub(auth_channel),
             lists_pb2_grpc.ListsServiceStub(lists_channel),
             auth_pb2_grpc.AuthServiceStub(boot_channel),
+            auth_pb2_grpc.AuthServiceStub(console_channel),
         )
     finally:
+        await console_channel.close()
         await boot_channel.close()
         await lists_channel.close()
         await auth_channel.close()
@@ -67,7 +70,7 @@ async def test_user_token_through_auth(stubs, signer: IdentitySigner):
     # which asks auth who the token is. A viewer's token may read but not write, a send-only token may
     # not stream recipients; an unknown or revoked
     # token (revoked before lists ever saw it) is UNAUTHENTICATED.
-    auth, lists, as_make_run = stubs
+    auth, lists, as_make_run, as_console = stubs
     boot = await as_make_run.Bootstrap(
         auth_pb2.BootstrapRequest(organization_name="Acme", admin_login="alice", admin_email="alice@example.org"),
         metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run"), "auth"))],
@@ -93,9 +96,12 @@ async def test_user_token_through_auth(stubs, signer: IdentitySigner):
     )
     # The viewer makes their own token, logged in to the console (which relays their identity).
     as_viewer = [
-        (IDENTITY_HEADER, signer.sign(Principal(boot.organization.id, viewer.id, ("read",), "viewer", "gateway")))
+        (
+            IDENTITY_HEADER,
+            signer.sign(Principal(boot.organization.id, viewer.id, ("read",), "viewer", "gateway"), "auth"),
+        )
     ]
-    read_only = await auth.CreateApiToken(
+    read_only = await as_console.CreateApiToken(
         auth_pb2.CreateApiTokenRequest(name="cli", scopes=["read"]), metadata=as_viewer
     )
     got = await lists.GetList(lists_pb2.GetListRequest(list_id=created.id), metadata=bearer(read_only.secret))
@@ -112,7 +118,9 @@ async def test_user_token_through_auth(stubs, signer: IdentitySigner):
         [c async for c in lists.StreamRecipients(request, metadata=bearer(send_only.secret))]
     assert no_scope.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
-    doomed = await auth.CreateApiToken(auth_pb2.CreateApiTokenRequest(name="old", scopes=["read"]), metadata=as_viewer)
+    doomed = await as_console.CreateApiToken(
+        auth_pb2.CreateApiTokenRequest(name="old", scopes=["read"]), metadata=as_viewer
+    )
     await auth.RevokeApiToken(auth_pb2.RevokeApiTokenRequest(token_id=doomed.token.id), metadata=owner)
     for token, words in [(doomed.secret, "revoked"), (boot.api_token[:-4] + "AAAA", "unknown")]:
         with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -52,8 +52,8 @@ async def test_password_reset_goes_out_while_a_heavy_campaign_renders_and_the_lo
             return any(m.rcpt_tos[0] in emails for m in smtp_sink.messages)
 
         await poll(started)
-        auth = auth_pb2_grpc.AuthServiceStub(stack.channel(stack.auth.grpc_port))
-        gateway = [(IDENTITY_HEADER, stack.signer.sign(Principal(organization_id=0, service="gateway")))]
+        auth = auth_pb2_grpc.AuthServiceStub(stack.channel(stack.auth.grpc_port, identity="gateway"))
+        gateway = [(IDENTITY_HEADER, stack.signer.sign(Principal(organization_id=0, service="gateway"), "auth"))]
         await auth.ForgotPassword(auth_pb2.ForgotPasswordRequest(login="admin"), metadata=gateway)
 
         async def reset_mail():
