@@ -22,6 +22,7 @@ from mailblast.v1 import lists_pb2, lists_pb2_grpc
 
 from cli import nats_credentials
 from dev.embedded import EmbeddedServer, start_nats, start_postgres
+from dev.run import ensure_grpc_certificates
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.lists.config import Config
 from services.lists.service import start
@@ -86,7 +87,10 @@ async def _measure(rows: int, workdir: Path, pg: EmbeddedServer, nats_url: str, 
     """Import the generated file through a job, then COPY it raw, on the same server."""
     key = secrets.token_hex(32).encode()
     signer = IdentitySigner(key)
-    md = [(IDENTITY_HEADER, signer.sign(Principal(organization_id=1, user_id=1, scopes=("read", "send", "admin"))))]
+    # Calls as the console relaying an admin, over mutual TLS with certificates of a throwaway CA.
+    certificates = ensure_grpc_certificates(workdir / "grpc")
+    admin = Principal(organization_id=1, user_id=1, scopes=("read", "send", "admin"), service="gateway")
+    md = [(IDENTITY_HEADER, signer.sign(admin, "lists"))]
     path = workdir / "subscribers.csv"
     t0 = time.monotonic()
     generate(path, rows)
@@ -98,12 +102,14 @@ async def _measure(rows: int, workdir: Path, pg: EmbeddedServer, nats_url: str, 
             nats_url=nats_url,
             nats_creds_file=nats_creds,
             internal_key=key,
+            grpc_tls=certificates["lists"],
             grpc_bind="127.0.0.1:0",
             consume_in_background=False,
         )
     )
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.grpc_port}") as channel:
+        credentials = certificates["gateway"].channel_credentials()
+        async with grpc.aio.secure_channel(f"127.0.0.1:{service.grpc_port}", credentials) as channel:
             stub = lists_pb2_grpc.ListsServiceStub(channel)
             for field_key, type_, options in [
                 ("pref", lists_pb2.FIELD_TYPE_TEXT, []),

@@ -28,6 +28,7 @@ from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc, lists_pb2, lists_pb2
 from dev.embedded import free_port, wait_for_port
 from dev.tls import make_self_signed
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+from services.common.rpc import TlsFiles
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,18 +82,23 @@ def wait_ready(proc: subprocess.Popen, run_file: Path, timeout: float) -> dict:
     return json.loads(run_file.read_text())
 
 
-async def pipeline(run: dict, key: bytes, recipients: int, kb: int) -> tuple[float, float]:
+async def pipeline(run: dict, key: bytes, console: TlsFiles, recipients: int, kb: int) -> tuple[float, float]:
     """Import the list, send the campaign, and return (import seconds, end-to-end messages per second)."""
-    principal = Principal(organization_id=1, scopes=("read", "send", "admin"), service="bench")
+    # Calls as the console relaying an admin: its certificate from the run's own var/secrets.
+    principal = Principal(organization_id=1, scopes=("read", "send", "admin"), service="gateway")
     signer = IdentitySigner(key)
 
-    def md() -> list[tuple[str, str]]:
-        return [(IDENTITY_HEADER, signer.sign(principal))]
+    def md(audience: str) -> list[tuple[str, str]]:
+        return [(IDENTITY_HEADER, signer.sign(principal, audience))]
 
-    async with grpc.aio.insecure_channel(run["lists"]) as lc, grpc.aio.insecure_channel(run["campaigns"]) as cc:
+    credentials = console.channel_credentials()
+    async with (
+        grpc.aio.secure_channel(run["lists"], credentials) as lc,
+        grpc.aio.secure_channel(run["campaigns"], credentials) as cc,
+    ):
         lists = lists_pb2_grpc.ListsServiceStub(lc)
         campaigns = campaigns_pb2_grpc.CampaignsServiceStub(cc)
-        created = await lists.CreateList(lists_pb2.CreateListRequest(name="bench"), metadata=md())
+        created = await lists.CreateList(lists_pb2.CreateListRequest(name="bench"), metadata=md("lists"))
         start = time.perf_counter()
         for first in range(0, recipients, 5000):
             rows = [
@@ -100,7 +106,7 @@ async def pipeline(run: dict, key: bytes, recipients: int, kb: int) -> tuple[flo
                 for i in range(first, min(recipients, first + 5000))
             ]
             await lists.AddSubscribers(
-                lists_pb2.AddSubscribersRequest(list_id=created.id, subscribers=rows), metadata=md()
+                lists_pb2.AddSubscribersRequest(list_id=created.id, subscribers=rows), metadata=md("lists")
             )
         imported = time.perf_counter() - start
         campaign = await campaigns.CreateCampaign(
@@ -109,13 +115,17 @@ async def pipeline(run: dict, key: bytes, recipients: int, kb: int) -> tuple[flo
                 from_name="ベンチ", subject="{{ name }}様へ 今月のご案内", html_body=html_body(kb),
                 text_body="{{ name }}様\n今月のご案内です。",
             ),
-            metadata=md(),
+            metadata=md("campaigns"),
         )  # fmt: skip
         start = time.perf_counter()
-        await campaigns.SendCampaign(campaigns_pb2.SendCampaignRequest(campaign_id=campaign.id), metadata=md())
+        await campaigns.SendCampaign(
+            campaigns_pb2.SendCampaignRequest(campaign_id=campaign.id), metadata=md("campaigns")
+        )
         last_print = 0.0
         while True:
-            got = await campaigns.GetCampaign(campaigns_pb2.GetCampaignRequest(campaign_id=campaign.id), metadata=md())
+            got = await campaigns.GetCampaign(
+                campaigns_pb2.GetCampaignRequest(campaign_id=campaign.id), metadata=md("campaigns")
+            )
             elapsed = time.perf_counter() - start
             if elapsed - last_print > 5:
                 c = got.counters
@@ -172,7 +182,8 @@ def main() -> None:
             f"mailblast send benchmark: {args.recipients} recipients, ~{args.html_kb} KB HTML, DKIM rsa-sha256, "
             f"STARTTLS, {len(run['sender'])} senders x {args.concurrency}, {os.cpu_count()} CPUs"
         )
-        imported, e2e = asyncio.run(pipeline(run, internal_key, args.recipients, args.html_kb))
+        console = TlsFiles.in_directory(work / "var" / "secrets" / "grpc" / "gateway")
+        imported, e2e = asyncio.run(pipeline(run, internal_key, console, args.recipients, args.html_kb))
         message = ("Subject: bench\r\nFrom: bench@example.com\r\n\r\n" + "x" * 76 + "\r\n") * (
             args.html_kb * 1024 // 120
         )

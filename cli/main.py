@@ -31,14 +31,18 @@ def _run_file() -> Path:
     return Path(os.environ.get("MAILBLAST_RUN_FILE") or Path(os.environ.get("MAILBLAST_VAR_DIR", "var")) / "run.json")
 
 
+def _run_info() -> dict:
+    path = _run_file()
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _address(service: str) -> str:
     """Where a service listens: MAILBLAST_<SERVICE>_ADDR, else what `make run` wrote to var/run.json."""
     given = os.environ.get(f"MAILBLAST_{service.upper()}_ADDR")
     if given:
         return given
-    path = _run_file()
-    if path.exists():
-        data = json.loads(path.read_text())
+    data = _run_info()
+    if data:
         for section in (data, data.get("endpoints", {}), data.get("services", {})):
             value = section.get(service) if isinstance(section, dict) else None
             if isinstance(value, dict):
@@ -48,6 +52,30 @@ def _address(service: str) -> str:
     raise CliError(f"don't know where the {service} service is: set MAILBLAST_{service.upper()}_ADDR or run `make run`")
 
 
+_TLS_SETTINGS = {
+    "ca_file": "MAILBLAST_TLS_CA_FILE",
+    "cert_file": "MAILBLAST_TLS_CERT_FILE",
+    "key_file": "MAILBLAST_TLS_KEY_FILE",
+}
+
+
+def _credentials() -> grpc.ChannelCredentials:
+    """The command's client certificate (identity `cli`): MAILBLAST_TLS_*, else the files var/run.json names."""
+    recorded = _run_info().get("cli_tls") or {}
+    paths = {}
+    for key, setting in _TLS_SETTINGS.items():
+        paths[key] = os.environ.get(setting) or recorded.get(key)
+        if not paths[key]:
+            raise CliError(
+                f"no client certificate for the services: set {setting} (or run `make run`, which makes one)"
+            )
+    try:
+        ca, chain, key = (Path(paths[k]).read_bytes() for k in ("ca_file", "cert_file", "key_file"))
+    except OSError as exc:
+        raise CliError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=chain)
+
+
 class Client:
     """gRPC stubs with the caller's API token on every call."""
 
@@ -55,8 +83,12 @@ class Client:
         if not token:
             raise CliError("no API token: pass --token or set MAILBLAST_TOKEN (make run prints one on first start)")
         self._metadata = (("authorization", f"Bearer {token}"),)
-        self.lists = lists_pb2_grpc.ListsServiceStub(grpc.insecure_channel(_address("lists")))
-        self.campaigns = campaigns_pb2_grpc.CampaignsServiceStub(grpc.insecure_channel(_address("campaigns")))
+        # Mutual TLS: the services take calls only from certificates of the installation's CA.
+        credentials = _credentials()
+        self.lists = lists_pb2_grpc.ListsServiceStub(grpc.secure_channel(_address("lists"), credentials))
+        self.campaigns = campaigns_pb2_grpc.CampaignsServiceStub(
+            grpc.secure_channel(_address("campaigns"), credentials)
+        )
 
     def call(self, method, request):
         """Call one RPC; turn a refusal into a CliError with the server's explanation."""

@@ -10,11 +10,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import psycopg
 
 # PostgreSQL refuses to run as root; as root we run it as this unprivileged user.
 PG_SYSTEM_USER = "mailblast-pg"
+
+
+def open_private_log(path: Path) -> BinaryIO:
+    """Open a log for appending, readable by its owner only (0600, an older more open log tightened too)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -117,7 +125,7 @@ def start_postgres(
         )  # fmt: skip
     port = port or free_port()
     log_path = log_path or data_dir.parent / "postgres.log"
-    log = open(log_path, "ab")
+    log = open_private_log(log_path)
     proc = subprocess.Popen(
         [str(bin_dir / "postgres"), "-D", str(data_dir), "-h", "127.0.0.1", "-p", str(port),
          "-k", str(data_dir), "-c", "max_connections=300", "-c", f"fsync={'on' if durable else 'off'}"],
@@ -166,7 +174,7 @@ def start_nats(
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log_path = log_path or store_dir.parent / "nats.log"
-    log = open(log_path, "ab")
+    log = open_private_log(log_path)
     config = ["-c", str(config_file)] if config_file else []
     proc = subprocess.Popen(
         [nats_server_binary(), *config, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)],

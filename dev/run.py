@@ -1,7 +1,8 @@
 """`make run`: the whole of mailblast on one machine, with embedded PostgreSQL, NATS and an SMTP catcher.
 
-Everything it keeps lives under var/ (MAILBLAST_VAR_DIR to move it): postgres/, nats/, secrets/,
-outbox/ (the catcher's messages), logs/ and run.json (addresses for the `mailblast` command).
+Everything it keeps lives under var/ (MAILBLAST_VAR_DIR to move it): postgres/, nats/, secrets/
+(secrets/grpc/ holds the development CA and each process's mutual-TLS certificate), outbox/ (the
+catcher's messages), logs/ and run.json (addresses and certificate paths for the `mailblast` command).
 Given DATABASE_URL, NATS_URL or SENDER_RELAY_HOST it uses those instead of starting its own (with a
 given NATS_URL, the services use the NATS_CREDS_FILE of the environment, if any). The embedded NATS
 requires authentication: each service gets its own credential from secrets/nats/.
@@ -12,6 +13,7 @@ bounds the wait for the services to answer healthy.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import secrets
@@ -38,8 +40,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cli import nats_credentials
-from dev.embedded import EmbeddedServer, free_port, start_nats, start_postgres
-from dev.tls import make_self_signed
+from dev.embedded import EmbeddedServer, free_port, open_private_log, start_nats, start_postgres
+from dev.tls import issue_certificate, make_ca, make_self_signed
+from services.common.rpc import TlsFiles
 
 ROOT = Path(__file__).resolve().parents[1]
 DATABASE_NAME = "mailblast"
@@ -134,6 +137,28 @@ def ensure_secrets(directory: Path) -> tuple[SecretFiles, bool]:
     return files, created
 
 
+# The gRPC services, and the clients that only call: the console, the `mailblast` command and this supervisor.
+GRPC_SERVICES = ("auth", "lists", "campaigns", "sender", "bounce")
+GRPC_CLIENTS = ("gateway", "cli", "dev-run")
+
+
+def ensure_grpc_certificates(directory: Path) -> dict[str, TlsFiles]:
+    """The development CA and one certificate per identity under directory (made once, renewed when due).
+
+    Services' certificates are valid for 127.0.0.1, localhost and the names the Kubernetes Services use.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    ca_dir = directory / "ca"
+    make_ca(ca_dir)
+    files = {}
+    for name in (*GRPC_SERVICES, *GRPC_CLIENTS):
+        hosts = (name, "localhost") if name in GRPC_SERVICES else ()
+        addresses = ("127.0.0.1",) if name in GRPC_SERVICES else ()
+        files[name] = TlsFiles.in_directory(issue_certificate(ca_dir, directory / name, name, hosts, addresses))
+    return files
+
+
 def read_internal_key(path: Path) -> bytes:
     """The internal key as the services read it (services.common.config.env_bytes_secret)."""
     return path.read_bytes().strip()
@@ -204,7 +229,7 @@ class ServiceProcess:
 
     def _copy_output(self) -> None:
         assert self.process is not None and self.process.stdout is not None
-        with self.log_path.open("ab") as log, self.process.stdout as out:
+        with open_private_log(self.log_path) as log, self.process.stdout as out:
             for raw in out:
                 log.write(raw)
                 log.flush()
@@ -273,6 +298,8 @@ class Supervisor:
         self.nats_trust: nats_credentials.Setup | None = None
         self.catcher = None
         self.services: list[ServiceProcess] = []
+        # Each process's mutual-TLS certificate, by identity (ensure_grpc_certificates).
+        self.grpc_tls: dict[str, TlsFiles] = {}
 
     # -- waiting that notices a stop request and dead children
 
@@ -352,6 +379,8 @@ class Supervisor:
             "GATEWAY_TLS_KEY_FILE": str(files.tls_key),
             "GATEWAY_HTTP_BIND": os.environ.get("GATEWAY_HTTP_BIND") or f"{public_host}:{free_port()}",
             "GATEWAY_DEV_DKIM_RECORDS": json.dumps(dkim_txt_values(files)),
+            # Where the plain-HTTP port redirects: the console's own address, never a client's Host header.
+            "GATEWAY_PUBLIC_URL": os.environ.get("GATEWAY_PUBLIC_URL") or console_url,
         }
         if relay.get("SENDER_RELAY_HOST") == "127.0.0.1" and self.catcher is not None:
             gateway_env["GATEWAY_DEV_OUTBOX_DIR"] = str(self.var / "outbox")
@@ -397,20 +426,30 @@ class Supervisor:
             if self.nats_trust is not None:
                 # Each process connects with its own service's credential (both senders with the sender's).
                 extra = {**extra, "NATS_CREDS_FILE": str(self.nats_trust.creds_file(module.split(".")[1]))}
-            self.services.append(ServiceProcess(name, module, address, self.logs / f"{name}.log", {**base, **extra}))
+            env = {**base, **extra, **self._tls_env(module.removeprefix("services."))}
+            self.services.append(ServiceProcess(name, module, address, self.logs / f"{name}.log", env))
         self.services.append(
             ServiceProcess(
                 "gateway",
                 "services.gateway",
                 gateway_bind,
                 self.logs / "gateway.log",
-                {**base, **gateway_env},
+                {**base, **gateway_env, **self._tls_env("gateway")},
                 grpc=False,
             )
         )
         self.bounce_smtp = base["BOUNCE_SMTP_BIND"]
         self.gateway_url = f"{console_url}/"
         self.gateway_tls = ssl.create_default_context(cafile=str(files.tls_cert))
+
+    def _tls_env(self, identity: str) -> dict[str, str]:
+        """The MAILBLAST_TLS_* settings of one process: paths only, the keys stay in their files."""
+        files = self.grpc_tls[identity]
+        return {
+            "MAILBLAST_TLS_CA_FILE": files.ca_file,
+            "MAILBLAST_TLS_CERT_FILE": files.cert_file,
+            "MAILBLAST_TLS_KEY_FILE": files.key_file,
+        }
 
     def wait_healthy(self, svc: ServiceProcess, deadline: float) -> None:
         """Poll a service until it answers healthy; fail if it dies or the deadline passes."""
@@ -433,7 +472,7 @@ class Supervisor:
                     return response.status == 200
             except (urllib.error.URLError, OSError):
                 return False
-        with grpc.insecure_channel(svc.address) as channel:
+        with grpc.secure_channel(svc.address, self.grpc_tls["dev-run"].channel_credentials()) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
             except grpc.RpcError:
@@ -447,19 +486,20 @@ class Supervisor:
         """
         from mailblast.v1 import auth_pb2, auth_pb2_grpc
 
-        from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+        from services.common.identity import IDENTITY_HEADER, Principal
+        from services.common.rpc import ServiceIdentity
 
-        signer = IdentitySigner(read_internal_key(files.internal_key))
+        me = ServiceIdentity("dev-run", self.grpc_tls["dev-run"], read_internal_key(files.internal_key))
         password = secrets.token_urlsafe(15)
         request = auth_pb2.BootstrapRequest(
             organization_name="mailblast", admin_login=ADMIN_LOGIN, admin_email=ADMIN_EMAIL, admin_password=password
         )
         deadline = time.monotonic() + 30
-        with grpc.insecure_channel(auth_address) as channel:
+        with grpc.secure_channel(auth_address, me.tls.channel_credentials()) as channel:
             stub = auth_pb2_grpc.AuthServiceStub(channel)
             while True:
                 self._check()
-                identity = signer.sign(Principal(organization_id=0, service="dev-run"))
+                identity = me.assertion(Principal(organization_id=0), "auth")
                 try:
                     reply = stub.Bootstrap(request, metadata=[(IDENTITY_HEADER, identity)], timeout=15)
                 except grpc.RpcError as exc:
@@ -493,6 +533,8 @@ class Supervisor:
             "catcher": f"127.0.0.1:{self.catcher.port}" if self.catcher else None,
             "outbox": str(self.var / "outbox") if self.catcher else None,
             "embedded": embedded,
+            # The `mailblast` command's client certificate: where its files are, never what they hold.
+            "cli_tls": dataclasses.asdict(self.grpc_tls["cli"]),
         }
         path = self.var / "run.json"
         tmp = path.with_suffix(".tmp")
@@ -504,8 +546,10 @@ class Supervisor:
 
     def run(self) -> int:
         """Start everything, report, watch until told to stop or a service dies; return the exit code."""
+        # Logs may show addresses and links, the outbox holds invitation and reset links: the owner's only.
         for sub in ("logs", "outbox"):
             (self.var / sub).mkdir(parents=True, exist_ok=True)
+            (self.var / sub).chmod(0o700)
         try:
             return self._run()
         except Stopped:
@@ -525,6 +569,7 @@ class Supervisor:
     def _run(self) -> int:
         files, created = ensure_secrets(self.var / "secrets")
         print("secrets: created in" if created else "secrets: reusing", self.var / "secrets", flush=True)
+        self.grpc_tls = ensure_grpc_certificates(self.var / "secrets" / "grpc")
         self._check()
         database_url, pg_embedded = self.start_database()
         self._check()

@@ -17,6 +17,7 @@ from cli import nats_credentials
 from cli.nats_credentials import Setup
 from dev.embedded import start_nats, start_postgres
 from services.common.identity import IdentitySigner
+from tests.support.mtls import TestPki, default_pki
 from tests.support.nats import NatsServer
 from tests.support.smtp import SmtpSink, make_self_signed
 
@@ -86,6 +87,12 @@ async def smtp_sink(tls_files: tuple[Path, Path]):
         yield sink
     finally:
         sink.stop()
+
+
+@pytest.fixture(scope="session")
+def pki() -> TestPki:
+    """The services' mutual-TLS CA: `pki.tls(name)` gives a certificate, `pki.channel(port, name)` a channel."""
+    return default_pki()
 
 
 @pytest.fixture

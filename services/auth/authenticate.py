@@ -39,4 +39,5 @@ class TokenAuthenticator:
             user_id=holder.user_id,
             scopes=accounts.effective_scopes(holder.scopes, holder.role),
             role=holder.role,
+            token_id=holder.token_id,
         )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from services.auth.sealing import parse_keys
 from services.common.config import ConfigError, env_bytes_secret, env_int, env_str
+from services.common.rpc import TlsFiles
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,11 @@ class Config:
     nats_url: str
     # Fernet keys sealing TOTP secrets in the database; the first seals, the others still open (rotation).
     totp_keys: tuple[bytes, ...]
+    # Mutual TLS for gRPC: this service's certificate, its key and the CA it trusts (MAILBLAST_TLS_*).
+    grpc_tls: TlsFiles
     grpc_bind: str = "0.0.0.0:50051"
+    # A plaintext listener answering only grpc.health.v1 (Kubernetes' gRPC probes); empty for none.
+    health_bind: str = ""
     lockout_threshold: int = 5
     lockout_seconds: int = 1800
     ip_failures_per_minute: int = 20
@@ -33,7 +38,7 @@ class Config:
 
     @classmethod
     def from_env(cls) -> Config:
-        """Read DATABASE_URL, MAILBLAST_INTERNAL_KEY(_FILE), NATS_URL, AUTH_TOTP_KEYS(_FILE) and AUTH_*."""
+        """Read DATABASE_URL, NATS_URL, MAILBLAST_INTERNAL_KEY(_FILE) and _TLS_*, AUTH_TOTP_KEYS(_FILE), AUTH_*."""
         try:
             totp_keys = parse_keys(env_bytes_secret("AUTH_TOTP_KEYS").decode())
         except ValueError as exc:
@@ -44,6 +49,8 @@ class Config:
             nats_url=env_str("NATS_URL"),
             totp_keys=totp_keys,
             grpc_bind=env_str("AUTH_GRPC_BIND", "0.0.0.0:50051"),
+            grpc_tls=TlsFiles.from_env(),
+            health_bind=env_str("MAILBLAST_HEALTH_BIND", ""),
             lockout_threshold=env_int("AUTH_LOCKOUT_THRESHOLD", 5),
             lockout_seconds=env_int("AUTH_LOCKOUT_SECONDS", 1800),
             ip_failures_per_minute=env_int("AUTH_IP_FAILURES_PER_MINUTE", 20),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from datetime import UTC, datetime
@@ -71,6 +72,7 @@ def _audit(event: AuditEvent) -> auth_pb2.AuditEvent:
         target=event.target,
         detail_json=json.dumps(event.detail, ensure_ascii=False, sort_keys=True),
         service=event.service,
+        api_token_id=event.api_token_id or 0,
     )
 
 
@@ -94,6 +96,15 @@ def _token(token: ApiToken) -> auth_pb2.ApiToken:
     )
 
 
+def _token_owner(principal: Principal) -> int:
+    """Whose tokens the caller manages: 0 for everyone's (an admin), else their own user id."""
+    if principal.has_scope("admin"):
+        return 0
+    if principal.user_id <= 0:
+        raise PermissionDenied("an API token belongs to a user: call as the user it is for")
+    return principal.user_id
+
+
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     """Organisations, users and API tokens over gRPC."""
 
@@ -113,10 +124,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         issued = tokens.issue()
         password_hash = None
         if request.admin_password:
-            password_hash = await passwords.hash_async(passwords.check_new(request.admin_password, login, email))
+            normalized = await passwords.check_new_async(request.admin_password, login, email, name)
+            password_hash = await passwords.hash_async(normalized)
         org, user, _ = await self._store.bootstrap(name, login, email, issued.prefix, issued.secret_hash)
         if password_hash is not None:
             await self._store.set_password_hash(user.id, password_hash)
+            user = dataclasses.replace(user, has_password=True)
         log.info("bootstrapped", organization_id=org.id, user_id=user.id, by=caller.service)
         return auth_pb2.BootstrapResponse(organization=_organization(org), user=_user(user), api_token=issued.text)
 
@@ -129,6 +142,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             user_id=principal.user_id,
             scopes=principal.scopes,
             role=principal.role,
+            token_id=principal.token_id,
         )
 
     async def CreateUser(self, request: auth_pb2.CreateUserRequest, context: grpc.aio.ServicerContext):
@@ -161,13 +175,24 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.ListUsersResponse(users=[_user(u) for u in users])
 
     async def CreateApiToken(self, request: auth_pb2.CreateApiTokenRequest, context: grpc.aio.ServicerContext):
-        """Issue a token for a user of the caller's organisation; the secret is in this reply only."""
-        principal = require_scope("admin")
-        user = await self._store.get_user(principal.organization_id, request.user_id)
-        if user is None:
-            raise NotFound("no user %(user)s in your organisation", user=request.user_id)
+        """Issue a token for the calling user, no stronger than their role; the secret is in this reply only."""
+        principal = require_scope("read")
+        # A token for someone else would let its maker act as them (an admin as the owner): never.
+        if principal.user_id <= 0:
+            raise PermissionDenied("an API token belongs to a user: call as the user it is for")
+        if request.user_id and request.user_id != principal.user_id:
+            raise PermissionDenied(
+                "an API token is only ever issued to its creator: user %(user)s must create their own",
+                user=request.user_id,
+            )
+        user = await self._store.get_user(principal.organization_id, principal.user_id)
+        if user is None or user.disabled_at is not None:
+            raise PermissionDenied("an API token belongs to a user: call as the user it is for")
         name = accounts.check_text("token name", request.name, accounts.MAX_NAME)
         scopes = accounts.check_scopes(list(request.scopes), user.role)
+        for scope in scopes:
+            if not principal.has_scope(scope):
+                raise PermissionDenied("scope %(scope)r is more than the credentials of this call grant", scope=scope)
         issued = tokens.issue()
         token = await self._store.create_token(
             principal.organization_id, user.id, name, scopes, issued.prefix, issued.secret_hash
@@ -180,15 +205,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.CreateApiTokenResponse(token=_token(token), secret=issued.text)
 
     async def ListApiTokens(self, request: auth_pb2.ListApiTokensRequest, context: grpc.aio.ServicerContext):
-        """The caller organisation's tokens, without secrets."""
-        principal = require_scope("admin")
-        found = await self._store.list_tokens(principal.organization_id)
+        """The tokens of the caller's organisation (an admin) or the caller's own, without secrets."""
+        principal = require_scope("read")
+        found = await self._store.list_tokens(principal.organization_id, _token_owner(principal))
         return auth_pb2.ListApiTokensResponse(tokens=[_token(t) for t in found])
 
     async def RevokeApiToken(self, request: auth_pb2.RevokeApiTokenRequest, context: grpc.aio.ServicerContext):
-        """Revoke a token of the caller's organisation."""
-        principal = require_scope("admin")
-        token = await self._store.revoke_token(principal.organization_id, request.token_id)
+        """Revoke a token of the caller's organisation (an admin) or one of the caller's own."""
+        principal = require_scope("read")
+        token = await self._store.revoke_token(principal.organization_id, request.token_id, _token_owner(principal))
         if token is None:
             raise NotFound("no API token %(token)s in your organisation", token=request.token_id)
         log.info("api token revoked", token_id=token.id)
@@ -212,6 +237,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 source_ip=request.source_ip[:100],
                 user_agent=request.user_agent,
                 challenge_token=request.challenge_token,
+                device_cookie=request.device_cookie,
             )
         )
         reply = auth_pb2.LoginResponse(
@@ -225,6 +251,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             reply.session_id = outcome.session.id
             reply.absolute_expires_at.CopyFrom(_ts(self._security.absolute_expiry(outcome.session)))
         reply.challenge_token = outcome.challenge_token
+        reply.device_cookie = outcome.device_cookie
         return reply
 
     def _session(self, row: SessionRow, current_id: int = 0, touched: bool = False) -> auth_pb2.Session:

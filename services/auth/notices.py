@@ -10,24 +10,53 @@ from mailblast.v1 import events_pb2
 _FROM_NAME = "mailblast"
 
 
+# What a lock stops, by the kind of client it holds for (see services/auth/security.py), in both languages.
+_LOCKED_CLIENTS = {
+    "unknown": (
+        "ログインの失敗が続いたため、これまでログインに使ったことのないブラウザーからの {{ login }} へのログインを "
+        "{{ until }} まで止めています。以前ログインしたブラウザーからは、引き続きログインできます。",
+        "After repeated failed logins, logging in to {{ login }} from browsers that have not logged in to it "
+        "before is blocked until {{ until }}. Browsers you have logged in with before can still log in.",
+    ),
+    "device": (
+        "以前 {{ login }} でログインしたブラウザーの 1 つでログインの失敗が続いたため、そのブラウザーからのログインを "
+        "{{ until }} まで止めています。ほかのブラウザーには影響ありません。",
+        "After repeated failed logins from one of the browsers that logged in to {{ login }} before, logging in "
+        "from that browser is blocked until {{ until }}. Other browsers are not affected.",
+    ),
+    "session": (
+        "{{ login }} のログイン中のセッションで、パスワードの確認に何度も失敗したため、そのセッションでの確認を "
+        "{{ until }} まで止めています。",
+        "A logged-in session of {{ login }} gave a wrong password repeatedly, so that session cannot check "
+        "passwords until {{ until }}.",
+    ),
+}
+
+
 def lockout(
-    organization_id: int, user_id: int, login: str, email: str, locked_until: datetime, mail_from: str
+    organization_id: int,
+    user_id: int,
+    login: str,
+    email: str,
+    locked_until: datetime,
+    mail_from: str,
+    clients: str = "unknown",
 ) -> events_pb2.TransactionalMessage:
-    """Tell a user their account was locked after repeated failed logins, and until when."""
+    """Tell a user that logins were locked after repeated failures: for which browsers, and until when."""
     until = locked_until.strftime("%Y-%m-%d %H:%M UTC")
+    japanese, english = _LOCKED_CLIENTS[clients]
     text = (
-        "{{ login }} 様\n\nログインの失敗が続いたため、アカウントを {{ until }} までロックしました。"
+        f"{{{{ login }}}} 様\n\n{japanese}"
         "心当たりがない場合は管理者に連絡してください。\n\n"
-        "Your mailblast account {{ login }} was locked until {{ until }} after repeated failed logins. "
-        "If this was not you, tell your administrator.\n"
+        f"{english} If this was not you, tell your administrator.\n"
     )
     return _message(
         organization_id,
-        f"auth.lockout.{user_id}.{int(locked_until.timestamp())}",
+        f"auth.lockout.{user_id}.{clients}.{int(locked_until.timestamp())}",
         email,
         login,
         "auth.lockout",
-        "アカウントをロックしました / Your mailblast account was locked",
+        "ログインを一時停止しました / Logins to your mailblast account were paused",
         text,
         {"login": login, "until": until},
         mail_from,

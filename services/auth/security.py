@@ -1,4 +1,11 @@
-"""Account security: logins with lockout and throttling, sessions, password links, TOTP; no grpc, no nats."""
+"""Account security: logins with lockout, device cookies and throttling, sessions, password links, TOTP.
+
+Lockouts follow OWASP's device-cookie scheme: failures are counted per login and client. A browser that
+logged in to the login before (a valid device cookie) is its own client, locked only by its own failures
+and never throttled by its address; every other browser is one "unknown client" per login. While a client
+is locked for a login, every try answers LOCKED without the password being checked, and still counts.
+No grpc, no nats.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +20,10 @@ from mailblast.v1 import events_pb2
 
 from services.auth import notices, passwords, tokens, totp
 from services.auth.config import Config
+from services.auth.devices import DeviceCookies
 from services.auth.sealing import SecretBox
 from services.auth.store import Account, AuthStore, SessionRow
+from services.common.clock import Clock, SystemClock
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.log import get_logger
 
@@ -23,6 +32,12 @@ log = get_logger(__name__)
 SendMail = Callable[[events_pb2.TransactionalMessage], Awaitable[None]]
 
 CHALLENGE_SECONDS = 300
+# AUTH_IP_FAILURES_PER_MINUTE counts the failures of this last stretch of time.
+IP_WINDOW = timedelta(minutes=1)
+# Every browser without a valid device cookie for the login.
+UNKNOWN_CLIENT = ""
+# Longer than any login can be; what is longer still is cut, not refused, so it fails like any other.
+MAX_LOGIN_KEY = 200
 
 
 class LoginStatus(enum.Enum):
@@ -58,6 +73,7 @@ class LoginAttempt:
     source_ip: str = ""
     user_agent: str = ""
     challenge_token: str = ""
+    device_cookie: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,8 @@ class LoginOutcome:
     session: SessionRow | None = None
     session_token: str = ""
     challenge_token: str = ""
+    # A new device cookie for the browser, after a successful login.
+    device_cookie: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,11 +107,13 @@ def new_secret_token() -> tuple[str, bytes]:
 class AccountSecurity:
     """The rules of logging in and staying logged in, over the auth store."""
 
-    def __init__(self, store: AuthStore, config: Config, send_mail: SendMail) -> None:
+    def __init__(self, store: AuthStore, config: Config, send_mail: SendMail, clock: Clock | None = None) -> None:
         self._store = store
         self._config = config
         self._send_mail = send_mail
         self._box = SecretBox(config.totp_keys)
+        self._clock = clock or SystemClock()
+        self._devices = DeviceCookies(config.internal_key)
 
     async def reseal_totp_secrets(self) -> int:
         """Seal secrets stored in plaintext and reseal older keys' seals under the first key; how many."""
@@ -111,45 +131,54 @@ class AccountSecurity:
 
     async def login(self, attempt: LoginAttempt) -> LoginOutcome:
         """Check credentials and open a session; see LoginStatus in auth.proto for the answers."""
+        now = self._clock.now()
         ip = attempt.source_ip
-        if ip and await self._store.ip_failures(ip) >= self._config.ip_failures_per_minute:
-            log.warning("login throttled", source_ip=ip)
-            return LoginOutcome(LoginStatus.THROTTLED)
         challenge_id = 0
         if attempt.challenge_token:
             found = await self._store.find_user_token(tokens.hash_secret(attempt.challenge_token), ("login_challenge",))
             account = await self._store.account(found[1]) if found else None
             challenge_id = found[0] if found else 0
+            login = account.login if account else ""
+        else:
+            login = attempt.login[:MAX_LOGIN_KEY]
+            account = await self._store.account_by_login(login) if login else None
+        nonce = self._devices.nonce(attempt.device_cookie, login) if login and attempt.device_cookie else None
+        client = f"device:{nonce}" if nonce else UNKNOWN_CLIENT
+        if (
+            nonce is None
+            and ip
+            and await self._store.ip_failures(ip, now - IP_WINDOW) >= self._config.ip_failures_per_minute
+        ):
+            log.warning("login throttled", source_ip=ip)
+            return LoginOutcome(LoginStatus.THROTTLED)
+        if login and await self._store.locked_until(login, client, now) is not None:
+            # Whatever the password: it is not even checked, so the answer cannot tell it. The try counts.
+            return await self._fail(login, account, client, "locked", ip, now, LoginStatus.LOCKED)
+        if attempt.challenge_token:
             password_ok = account is not None
         else:
-            account = await self._store.account_by_login(attempt.login) if attempt.login else None
             # Unknown logins and users without a password verify a dummy hash: same answer, same time.
             stored = account.password_hash if account else None
             password_ok = await passwords.verify_async(stored, attempt.password)
         if account is None:
-            await self._store.audit(None, None, "login.failed", detail={"reason": "unknown_login"}, source_ip=ip)
-            return LoginOutcome(LoginStatus.FAILED)
+            return await self._fail(login, None, client, "unknown_login", ip, now)
         if account.disabled_at is not None:
-            await self._audit_failure(account, "disabled", ip)
-            return LoginOutcome(LoginStatus.FAILED)
-        if account.locked_until is not None and account.locked_until > account.now:
-            await self._audit_failure(account, "locked", ip)
-            return LoginOutcome(LoginStatus.LOCKED if password_ok else LoginStatus.FAILED)
+            return await self._fail(login, account, client, "disabled", ip, now)
         if not password_ok:
-            return await self._fail(account, "wrong_password", ip)
+            return await self._fail(login, account, client, "wrong_password", ip, now)
         if account.totp_enabled:
             if not attempt.totp_code and not attempt.recovery_code:
                 text, digest = new_secret_token()
                 await self._store.create_user_token(account.id, "login_challenge", digest, CHALLENGE_SECONDS)
                 return LoginOutcome(LoginStatus.TOTP_REQUIRED, account, challenge_token=text)
             if not await self._second_factor(account, attempt):
-                return await self._fail(account, "wrong_code", ip)
+                return await self._fail(login, account, client, "wrong_code", ip, now)
             if challenge_id and not await self._store.consume_user_token(challenge_id):
-                return await self._fail(account, "challenge_used", ip)
+                return await self._fail(login, account, client, "challenge_used", ip, now)
         if attempt.password and account.password_hash and passwords.needs_rehash(account.password_hash):
             new_hash = await passwords.hash_async(passwords.normalize(attempt.password))
             await self._store.set_password_hash(account.id, new_hash)
-        await self._store.record_success(account.id)
+        await self._store.clear_login_failures(login, client)
         setup_only = account.require_totp and not account.totp_enabled
         text, digest = new_secret_token()
         session = await self._store.create_session(account, digest, setup_only, ip, attempt.user_agent[:500])
@@ -158,11 +187,13 @@ class AccountSecurity:
             account.id,
             "login.succeeded",
             f"session:{session.id}",
-            {"totp_setup_only": setup_only, "user_agent": attempt.user_agent[:500]},
+            {"totp_setup_only": setup_only, "user_agent": attempt.user_agent[:500], "known_device": bool(nonce)},
             ip,
         )
         status = LoginStatus.TOTP_SETUP_REQUIRED if setup_only else LoginStatus.OK
-        return LoginOutcome(status, account, session, session_token=text)
+        # A fresh nonce at every login: the device's old cookie and its count are done with.
+        device_cookie = self._devices.issue(account.login)
+        return LoginOutcome(status, account, session, session_token=text, device_cookie=device_cookie)
 
     async def _second_factor(self, account: Account, attempt: LoginAttempt) -> bool:
         if attempt.recovery_code:
@@ -180,32 +211,74 @@ class AccountSecurity:
         step = totp.matching_step(secret, attempt.totp_code, account.totp_last_step)
         return step is not None and await self._store.accept_totp_step(account.id, step)
 
-    async def _audit_failure(self, account: Account, reason: str, ip: str) -> None:
-        await self._store.audit(
-            account.organization_id, account.id, "login.failed", f"user:{account.id}", {"reason": reason}, ip
-        )
-
-    async def _fail(self, account: Account, reason: str, ip: str) -> LoginOutcome:
-        locked_until = await self._store.record_failure(
-            account.id, self._config.lockout_threshold, self._config.lockout_seconds
-        )
-        await self._audit_failure(account, reason, ip)
-        if locked_until is not None:
+    async def _fail(
+        self,
+        login: str,
+        account: Account | None,
+        client: str,
+        reason: str,
+        ip: str,
+        now: datetime,
+        status: LoginStatus = LoginStatus.FAILED,
+    ) -> LoginOutcome:
+        """Count a failed try of the login from the client, audit it, and start a lock at the threshold."""
+        strikes = None
+        if login:
+            strikes = await self._store.record_login_failure(
+                login, client, now, self._config.lockout_threshold, self._config.lockout_seconds
+            )
+        detail: dict = {"reason": reason}
+        if client.startswith("device:"):
+            detail["known_device"] = True
+        if account is None:
+            # Unknown logins belong to no organisation, but still count against the source address.
+            await self._store.audit(None, None, "login.failed", detail=detail, source_ip=ip, at=now)
+        else:
             await self._store.audit(
-                account.organization_id, account.id, "login.locked", f"user:{account.id}",
-                {"locked_until": locked_until.isoformat()}, ip,
-            )  # fmt: skip
-            log.warning("account locked", user_id=account.id, locked_until=locked_until.isoformat())
-            message = notices.lockout(
-                account.organization_id, account.id, account.login, account.email, locked_until,
-                self._config.mail_from,
-            )  # fmt: skip
-            try:
-                await self._send_mail(message)
-            except Exception:
-                # The lock holds whether or not the notice goes out; the audit log has it either way.
-                log.exception("lockout notice not published", user_id=account.id)
-        return LoginOutcome(LoginStatus.FAILED)
+                account.organization_id, account.id, "login.failed", f"user:{account.id}", detail, ip, at=now
+            )
+        if strikes is not None and strikes.locked_now and strikes.locked_until is not None:
+            await self._locked(account, client, strikes.locked_until, ip)
+        return LoginOutcome(status)
+
+    async def _locked(self, account: Account | None, client: str, locked_until: datetime, ip: str) -> None:
+        kind = client.split(":", 1)[0] or "unknown"
+        log.warning(
+            "login locked", user_id=account.id if account else None, clients=kind, until=locked_until.isoformat()
+        )
+        if account is None:
+            return
+        await self._store.audit(
+            account.organization_id, account.id, "login.locked", f"user:{account.id}",
+            {"locked_until": locked_until.isoformat(), "clients": kind}, ip,
+        )  # fmt: skip
+        message = notices.lockout(
+            account.organization_id, account.id, account.login, account.email, locked_until, self._config.mail_from,
+            kind,
+        )  # fmt: skip
+        try:
+            await self._send_mail(message)
+        except Exception:
+            # The lock holds whether or not the notice goes out; the audit log has it either way.
+            log.exception("lockout notice not published", user_id=account.id)
+
+    async def _password_in_session(
+        self, session: SessionRow, account: Account, password: str, reason: str, source_ip: str
+    ) -> bool:
+        """Whether a password given within a session is right; wrong ones lock that session's password checks."""
+        now = self._clock.now()
+        client = f"session:{session.id}"
+        locked_until = await self._store.locked_until(account.login, client, now)
+        if locked_until is not None:
+            await self._fail(account.login, account, client, "locked", source_ip, now)
+            raise FailedPrecondition(
+                "too many wrong passwords in this session: try again after %(until)s",
+                until=locked_until.strftime("%Y-%m-%d %H:%M UTC"),
+            )
+        if await passwords.verify_async(account.password_hash, password):
+            return True
+        await self._fail(account.login, account, client, reason, source_ip, now)
+        return False
 
     # -- sessions
 
@@ -263,10 +336,9 @@ class AccountSecurity:
     async def change_password(self, token: str, current: str, new: str, source_ip: str) -> int:
         """Check the current password, set the new one, revoke the user's other sessions; return how many."""
         session, account = await self.require_session(token)
-        if not await passwords.verify_async(account.password_hash, current):
-            await self._fail(account, "wrong_current_password", source_ip)
+        if not await self._password_in_session(session, account, current, "wrong_current_password", source_ip):
             raise PermissionDenied("the current password is wrong")
-        normalized = passwords.check_new(new, account.login, account.email)
+        normalized = await passwords.check_new_async(new, account.login, account.email, account.organization_name)
         await self._store.set_password_hash(account.id, await passwords.hash_async(normalized))
         revoked = await self._store.revoke_user_sessions(account.id, "password_changed", except_session=session.id)
         await self._store.audit(
@@ -312,12 +384,12 @@ class AccountSecurity:
         return expires_at
 
     async def reset_password(self, token: str, new: str, source_ip: str) -> Account:
-        """Consume a reset or invitation token and set the password; clears lockout, revokes sessions."""
+        """Consume a reset or invitation token and set the password; clears the login's lockouts, revokes sessions."""
         found = await self._store.find_user_token(tokens.hash_secret(token), ("reset", "invite")) if token else None
         account = await self._store.account(found[1]) if found else None
         if found is None or account is None or account.disabled_at is not None:
             raise FailedPrecondition("this link has expired or was already used: ask an administrator for a new one")
-        normalized = passwords.check_new(new, account.login, account.email)
+        normalized = await passwords.check_new_async(new, account.login, account.email, account.organization_name)
         revoked = await self._store.reset_password(found[0], account.id, await passwords.hash_async(normalized))
         if revoked is None:
             raise FailedPrecondition("this link has expired or was already used: ask an administrator for a new one")
@@ -368,9 +440,8 @@ class AccountSecurity:
 
     async def disable_totp(self, token: str, password: str, source_ip: str) -> Account:
         """Turn TOTP off after checking the password; refused while the organisation requires it."""
-        _, account = await self.require_session(token)
-        if not await passwords.verify_async(account.password_hash, password):
-            await self._fail(account, "wrong_password", source_ip)
+        session, account = await self.require_session(token)
+        if not await self._password_in_session(session, account, password, "wrong_password", source_ip):
             raise PermissionDenied("the password is wrong")
         if account.require_totp:
             raise FailedPrecondition("your organisation requires two-step verification: it cannot be turned off")

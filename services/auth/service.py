@@ -15,9 +15,9 @@ from services.auth.grpc_api import AuthServicer
 from services.auth.security import AccountSecurity
 from services.auth.store import AuthStore
 from services.common import bus, db, mail
-from services.common.identity import IdentitySigner
+from services.common.clock import Clock
 from services.common.log import get_logger
-from services.common.rpc import GrpcServer, start_grpc_server
+from services.common.rpc import GrpcServer, ServiceIdentity, start_grpc_server
 
 log = get_logger(__name__)
 
@@ -41,8 +41,9 @@ class Running:
         await self._pool.close()
 
 
-async def start(config: Config) -> Running:
-    """Migrate the auth schema, open its pool, connect NATS and serve gRPC."""
+async def start(config: Config, clock: Clock | None = None) -> Running:
+    """Migrate the auth schema, open its pool, connect NATS and serve gRPC; lockouts go by `clock` (the system's)."""
+    me = ServiceIdentity("auth", config.grpc_tls, config.internal_key)
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA)
     nc: NATS | None = None
@@ -54,7 +55,7 @@ async def start(config: Config) -> Running:
         async def send_mail(message: events_pb2.TransactionalMessage) -> None:
             await mail.send_transactional(js, message)
 
-        security = AccountSecurity(store, config, send_mail)
+        security = AccountSecurity(store, config, send_mail, clock)
         resealed = await security.reseal_totp_secrets()
         if resealed:
             log.info("totp secrets sealed with the current key", count=resealed)
@@ -66,7 +67,7 @@ async def start(config: Config) -> Running:
 
         # Auth answers its own bearer tokens locally, so users can manage tokens with a token.
         server = await start_grpc_server(
-            config.grpc_bind, register, IdentitySigner(config.internal_key), resolve_token=authenticator
+            config.grpc_bind, register, me, resolve_token=authenticator, health_bind=config.health_bind
         )
     except BaseException:
         if nc is not None:

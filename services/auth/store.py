@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 from psycopg.rows import class_row
@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.errors import AlreadyExists, FailedPrecondition
+from services.common.identity import peek_principal
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class User:
 
 @dataclass(frozen=True)
 class Account:
-    """A user with what logging in needs; `now` is the database's clock at the time of reading."""
+    """A user with what logging in needs."""
 
     id: int
     organization_id: int
@@ -54,12 +55,11 @@ class Account:
     locked_until: datetime | None
     disabled_at: datetime | None
     password_hash: str | None
-    failed_logins: int
     totp_secret: str | None
     totp_pending_secret: str | None
     totp_last_step: int
     require_totp: bool
-    now: datetime
+    organization_name: str
 
     def user(self) -> User:
         """The public part."""
@@ -86,6 +86,15 @@ class SessionRow:
 
 
 @dataclass(frozen=True)
+class Strikes:
+    """Failed logins of one login from one client; the try just counted locked it when `locked_now`."""
+
+    failures: int
+    locked_until: datetime | None
+    locked_now: bool
+
+
+@dataclass(frozen=True)
 class AuditEvent:
     """One row of the audit log."""
 
@@ -98,6 +107,7 @@ class AuditEvent:
     action: str
     target: str
     detail: dict
+    api_token_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,45 +145,58 @@ BOOTSTRAP_LOCK = "SELECT pg_advisory_xact_lock(hashtext('mailblast-auth-bootstra
 ANY_ORGANIZATION = "SELECT EXISTS (SELECT 1 FROM organizations)"
 INSERT_ORGANIZATION = "INSERT INTO organizations (name) VALUES (%s) RETURNING id, name, created_at"
 
-USER_COLUMNS = """id, organization_id, login, email, role, created_at, password_hash IS NOT NULL AS has_password,
-totp_enabled_at IS NOT NULL AS totp_enabled, locked_until, disabled_at"""
+# A user's lock is the one of unknown clients (client ''): their browsers with a device cookie are not locked.
+USER_LOCKED_UNTIL = "(SELECT l.locked_until FROM login_lockouts l WHERE l.login = {table}.login AND l.client = '')"
+USER_COLUMNS = f"""id, organization_id, login, email, role, created_at, password_hash IS NOT NULL AS has_password,
+totp_enabled_at IS NOT NULL AS totp_enabled, {USER_LOCKED_UNTIL.format(table="users")} AS locked_until, disabled_at"""
 INSERT_USER = f"""
 INSERT INTO users (organization_id, login, email, role) VALUES (%s, %s, %s, %s) RETURNING {USER_COLUMNS}
 """
 SELECT_USERS = f"SELECT {USER_COLUMNS} FROM users WHERE organization_id = %s ORDER BY id"
 SELECT_USER = f"SELECT {USER_COLUMNS} FROM users WHERE organization_id = %s AND id = %s"
-ACCOUNT_COLUMNS = """u.id, u.organization_id, u.login, u.email, u.role, u.created_at,
-u.password_hash IS NOT NULL AS has_password, u.totp_enabled_at IS NOT NULL AS totp_enabled, u.locked_until,
-u.disabled_at, u.password_hash, u.failed_logins, u.totp_secret, u.totp_pending_secret, u.totp_last_step,
-o.require_totp, now() AS now"""
+ACCOUNT_COLUMNS = f"""u.id, u.organization_id, u.login, u.email, u.role, u.created_at,
+u.password_hash IS NOT NULL AS has_password, u.totp_enabled_at IS NOT NULL AS totp_enabled,
+{USER_LOCKED_UNTIL.format(table="u")} AS locked_until, u.disabled_at, u.password_hash, u.totp_secret,
+u.totp_pending_secret, u.totp_last_step, o.require_totp, o.name AS organization_name"""
 SELECT_ACCOUNT_BY_LOGIN = f"""
 SELECT {ACCOUNT_COLUMNS} FROM users u JOIN organizations o ON o.id = u.organization_id WHERE u.login = %s
 """
 SELECT_ACCOUNT = f"""
 SELECT {ACCOUNT_COLUMNS} FROM users u JOIN organizations o ON o.id = u.organization_id WHERE u.id = %s
 """
-# A failure while locked does not extend the lock; reaching the threshold locks and restarts the count.
-RECORD_FAILURE = """
-UPDATE users SET
-    failed_logins = CASE WHEN failed_logins + 1 >= %(threshold)s THEN 0 ELSE failed_logins + 1 END,
-    locked_until = CASE WHEN failed_logins + 1 >= %(threshold)s
-                        THEN now() + make_interval(secs => %(seconds)s) ELSE locked_until END
-WHERE id = %(user_id)s AND (locked_until IS NULL OR locked_until <= now())
-RETURNING failed_logins = 0 AND locked_until > now() AS locked_now, locked_until
+# Every failure counts, locked or not. A failure more than `seconds` after the one before starts the count
+# again; from `threshold` failures on, each one locks until `seconds` after it (so guessing on while
+# locked keeps the lock). The failure that reaches the threshold is the one that starts the lock.
+RECORD_LOGIN_FAILURE = """
+INSERT INTO login_lockouts AS l (login, client, failures, last_failure_at, locked_until)
+VALUES (%(login)s, %(client)s, 1, %(now)s, CASE WHEN %(threshold)s <= 1 THEN %(until)s END)
+ON CONFLICT (login, client) DO UPDATE SET
+    failures = CASE WHEN l.last_failure_at <= %(stale)s THEN 1 ELSE l.failures + 1 END,
+    last_failure_at = %(now)s,
+    locked_until = CASE WHEN (CASE WHEN l.last_failure_at <= %(stale)s THEN 1 ELSE l.failures + 1 END) >= %(threshold)s
+                        THEN %(until)s END
+RETURNING failures, locked_until
 """
-RECORD_SUCCESS = "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = %s"
+# Rows whose last failure is older than the window neither lock nor count any more.
+PRUNE_LOGIN_FAILURES = "DELETE FROM login_lockouts WHERE last_failure_at <= %s"
+SELECT_LOCKED_UNTIL = """
+SELECT locked_until FROM login_lockouts WHERE login = %s AND client = %s AND locked_until > %s
+"""
+CLEAR_LOGIN_FAILURES = "DELETE FROM login_lockouts WHERE login = %s AND client = %s"
+CLEAR_ALL_LOGIN_FAILURES = "DELETE FROM login_lockouts WHERE login = %s"
 SET_PASSWORD_HASH = "UPDATE users SET password_hash = %s WHERE id = %s"  # noqa: S105
+# Failures of browsers without a device cookie: a throttle strangers trigger must not stop the owner's browsers.
 COUNT_IP_FAILURES = """
 SELECT count(*) FROM audit_events
-WHERE action = 'login.failed' AND source_ip = %s AND at > now() - interval '1 minute'
+WHERE action = 'login.failed' AND source_ip = %s AND at > %s AND detail->>'known_device' IS NULL
 """
 INSERT_AUDIT = """
-INSERT INTO audit_events (organization_id, user_id, service, source_ip, action, target, detail)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
-RETURNING id, organization_id, at, user_id, service, source_ip, action, target, detail
+INSERT INTO audit_events (organization_id, user_id, service, source_ip, action, target, detail, api_token_id, at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, coalesce(%s, clock_timestamp()))
+RETURNING id, organization_id, at, user_id, service, source_ip, action, target, detail, api_token_id
 """
 SELECT_AUDIT = """
-SELECT id, organization_id, at, user_id, service, source_ip, action, target, detail FROM audit_events
+SELECT id, organization_id, at, user_id, service, source_ip, action, target, detail, api_token_id FROM audit_events
 WHERE organization_id = %(org)s
   AND (%(since)s::timestamptz IS NULL OR at >= %(since)s)
   AND (%(until)s::timestamptz IS NULL OR at < %(until)s)
@@ -216,9 +239,7 @@ WHERE token_hash = %s AND kind = ANY(%s) AND used_at IS NULL AND expires_at > no
 CONSUME_USER_TOKEN = """
 UPDATE user_tokens SET used_at = now() WHERE id = %s AND used_at IS NULL AND expires_at > now() RETURNING user_id
 """  # noqa: S105
-RESET_PASSWORD = """
-UPDATE users SET password_hash = %s, failed_logins = 0, locked_until = NULL WHERE id = %s
-"""  # noqa: S105
+RESET_PASSWORD = "UPDATE users SET password_hash = %s WHERE id = %s RETURNING login"  # noqa: S105
 
 SET_TOTP_PENDING = "UPDATE users SET totp_pending_secret = %s WHERE id = %s"
 SELECT_TOTP_SECRETS = (
@@ -255,9 +276,8 @@ DISABLE_USER = f"""
 UPDATE users SET disabled_at = coalesce(disabled_at, now()) WHERE organization_id = %s AND id = %s
 RETURNING {USER_COLUMNS}
 """
-UNLOCK_USER = f"""
-UPDATE users SET failed_logins = 0, locked_until = NULL WHERE organization_id = %s AND id = %s
-RETURNING {USER_COLUMNS}
+UNLOCK_USER = """
+DELETE FROM login_lockouts WHERE login = (SELECT login FROM users WHERE organization_id = %s AND id = %s)
 """
 
 # Names with "token" in them hold SQL, not secrets (hence the noqa for the hard-coded-password check).
@@ -266,13 +286,14 @@ INSERT INTO api_tokens (organization_id, user_id, name, scopes, prefix, secret_h
 VALUES (%s, %s, %s, %s, %s, %s)
 RETURNING id, organization_id, user_id, name, scopes, prefix, created_at, last_used_at, revoked_at
 """  # noqa: S105
+# user_id 0 stands for every user of the organisation (an admin's view).
 SELECT_TOKENS = """
 SELECT id, organization_id, user_id, name, scopes, prefix, created_at, last_used_at, revoked_at
-FROM api_tokens WHERE organization_id = %s ORDER BY id
+FROM api_tokens WHERE organization_id = %(org)s AND (%(user)s = 0 OR user_id = %(user)s) ORDER BY id
 """
 REVOKE_TOKEN = """
 UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now())
-WHERE organization_id = %s AND id = %s
+WHERE organization_id = %(org)s AND id = %(token)s AND (%(user)s = 0 OR user_id = %(user)s)
 RETURNING id, organization_id, user_id, name, scopes, prefix, created_at, last_used_at, revoked_at
 """  # noqa: S105
 SELECT_TOKEN_HOLDER = """
@@ -350,18 +371,18 @@ class AuthStore:
             params = (organization_id, user_id, name, list(scopes), prefix, secret_hash)
             return await _one(conn, ApiToken, INSERT_TOKEN, params)
 
-    async def list_tokens(self, organization_id: int) -> list[ApiToken]:
-        """The organisation's tokens by id."""
+    async def list_tokens(self, organization_id: int, user_id: int = 0) -> list[ApiToken]:
+        """The organisation's tokens by id: all of them, or one user's."""
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(ApiToken))
-            await cur.execute(SELECT_TOKENS, (organization_id,))
+            await cur.execute(SELECT_TOKENS, {"org": organization_id, "user": user_id})
             return await cur.fetchall()
 
-    async def revoke_token(self, organization_id: int, token_id: int) -> ApiToken | None:
-        """Mark a token revoked (keeping the first time); None if the organisation has no such token."""
+    async def revoke_token(self, organization_id: int, token_id: int, user_id: int = 0) -> ApiToken | None:
+        """Mark a token revoked (keeping the first time); None if the organisation (or that user) has no such token."""
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(ApiToken))
-            await cur.execute(REVOKE_TOKEN, (organization_id, token_id))
+            await cur.execute(REVOKE_TOKEN, {"org": organization_id, "token": token_id, "user": user_id})
             return await cur.fetchone()
 
     async def find_token(self, secret_hash: bytes) -> TokenHolder | None:
@@ -386,27 +407,41 @@ class AuthStore:
         """The account of a user id, or None."""
         return await self._fetch(Account, SELECT_ACCOUNT, (user_id,))
 
-    async def record_failure(self, user_id: int, threshold: int, lockout_seconds: int) -> datetime | None:
-        """Count a failed login; return the lock's end when this failure locked the account."""
-        async with self._pool.connection() as conn:
-            cur = await conn.execute(
-                RECORD_FAILURE, {"threshold": threshold, "seconds": lockout_seconds, "user_id": user_id}
-            )
+    async def record_login_failure(
+        self, login: str, client: str, now: datetime, threshold: int, lockout_seconds: int
+    ) -> Strikes:
+        """Count a failed login of this login from this client (see RECORD_LOGIN_FAILURE)."""
+        window = timedelta(seconds=lockout_seconds)
+        params = {
+            "login": login, "client": client, "now": now, "threshold": threshold, "until": now + window,
+            "stale": now - window,
+        }  # fmt: skip
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(PRUNE_LOGIN_FAILURES, (now - window,))
+            cur = await conn.execute(RECORD_LOGIN_FAILURE, params)
             row = await cur.fetchone()
-        return row[1] if row and row[0] else None
+        assert row is not None
+        return Strikes(row[0], row[1], row[0] == threshold)
 
-    async def record_success(self, user_id: int) -> None:
-        """Reset the failure count."""
-        await self._execute(RECORD_SUCCESS, (user_id,))
+    async def locked_until(self, login: str, client: str, now: datetime) -> datetime | None:
+        """The end of the lock of this login for this client, or None when it is not locked."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(SELECT_LOCKED_UNTIL, (login, client, now))
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def clear_login_failures(self, login: str, client: str) -> None:
+        """Forget the failures of this login from this client (it just logged in)."""
+        await self._execute(CLEAR_LOGIN_FAILURES, (login, client))
 
     async def set_password_hash(self, user_id: int, password_hash: str) -> None:
         """Replace the stored hash (a rehash with today's parameters, or a changed password)."""
         await self._execute(SET_PASSWORD_HASH, (password_hash, user_id))
 
-    async def ip_failures(self, source_ip: str) -> int:
-        """Failed logins from this address in the last minute."""
+    async def ip_failures(self, source_ip: str, since: datetime) -> int:
+        """Failed logins from this address since then, by browsers without a device cookie."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute(COUNT_IP_FAILURES, (source_ip,))
+            cur = await conn.execute(COUNT_IP_FAILURES, (source_ip, since))
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
@@ -419,9 +454,16 @@ class AuthStore:
         detail: dict | None = None,
         source_ip: str = "",
         service: str = "",
+        at: datetime | None = None,
     ) -> AuditEvent:
-        """Append an event to the audit log."""
-        params = (organization_id, user_id or None, service, source_ip, action, target, Jsonb(detail or {}))
+        """Append an event to the audit log (at the database's time unless `at` says when); the API token is
+        the one the current caller presented, if any."""
+        caller = peek_principal()
+        token_id = caller.token_id if caller is not None and caller.organization_id == organization_id else 0
+        params = (
+            organization_id, user_id or None, service, source_ip, action, target, Jsonb(detail or {}), token_id or None,
+            at,
+        )  # fmt: skip
         async with self._pool.connection() as conn:
             return await _one(conn, AuditEvent, INSERT_AUDIT, params)
 
@@ -505,7 +547,7 @@ class AuthStore:
             return cur.rowcount == 1
 
     async def reset_password(self, token_id: int, user_id: int, password_hash: str) -> int | None:
-        """Consume the token, set the password, clear the lockout and revoke all sessions, at once.
+        """Consume the token, set the password, clear the login's lockouts and revoke all sessions, at once.
 
         Returns how many sessions were revoked, or None when the token was used or expired meanwhile.
         """
@@ -513,7 +555,10 @@ class AuthStore:
             cur = await conn.execute(CONSUME_USER_TOKEN, (token_id,))
             if cur.rowcount != 1:
                 return None
-            await conn.execute(RESET_PASSWORD, (password_hash, user_id))
+            cur = await conn.execute(RESET_PASSWORD, (password_hash, user_id))
+            row = await cur.fetchone()
+            assert row is not None
+            await conn.execute(CLEAR_ALL_LOGIN_FAILURES, (row[0],))
             cur = await conn.execute(REVOKE_USER_SESSIONS, ("password_reset", user_id, 0))
             return cur.rowcount
 
@@ -602,8 +647,12 @@ class AuthStore:
             return await _one(conn, User, SET_ROLE, (role, organization_id, user_id))
 
     async def unlock(self, organization_id: int, user_id: int) -> User | None:
-        """Lift a lockout; None when the organisation has no such user."""
-        return await self._fetch(User, UNLOCK_USER, (organization_id, user_id))
+        """Lift every lockout of the user's login (unknown clients and device cookies); None for no such user."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(UNLOCK_USER, (organization_id, user_id))
+            cur = conn.cursor(row_factory=class_row(User))
+            await cur.execute(SELECT_USER, (organization_id, user_id))
+            return await cur.fetchone()
 
     async def _fetch(self, cls: type, sql: str, params: tuple) -> object | None:
         async with self._pool.connection() as conn:

@@ -51,13 +51,16 @@ class BounceRecorder:
         self._js = js
         self._key = key
 
-    async def record(self, rows: list[BounceRow]) -> None:
+    async def record(self, rows: list[BounceRow]) -> list[BounceRow]:
         """Commit the bounces, then publish each (Nats-Msg-Id = bounce_id, so a retry publishes once)."""
         if not rows:
-            return
-        await self._store.record(rows)
-        for row in rows:
+            return []
+        # As stored: an erased subscriber's bounce is announced with the keyed hash, never the address.
+        stored = []
+        for row in await self._store.record(rows):
             await bus.publish(self._js, bus.SUBJECT_BOUNCE_RECORDED, bounce_event(row), msg_id=row.bounce_id)
+            stored.append(row)
+        return stored
 
     async def record_returned_message(self, envelope_recipients: list[str], raw: bytes) -> list[BounceRow]:
         """Parse a message received at a VERP address and record the bounces it attributes to us."""
@@ -87,5 +90,4 @@ class BounceRecorder:
             span.set_attribute("mailblast.bounces", len(rows))
             if not rows:
                 log.info("returned message recorded nothing", kind=report.kind, recipients=len(report.recipients))
-            await self.record(rows)
-            return rows
+            return await self.record(rows)

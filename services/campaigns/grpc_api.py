@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -9,7 +10,6 @@ from collections.abc import Awaitable, Callable
 import grpc
 from email_validator import EmailNotValidError, validate_email
 from mailblast.v1 import (
-    auth_pb2,
     auth_pb2_grpc,
     campaigns_pb2,
     campaigns_pb2_grpc,
@@ -19,15 +19,16 @@ from mailblast.v1 import (
 )
 from opentelemetry import trace
 
-from services.campaigns.content import CampaignDraft, validate_draft
+from services.campaigns.content import CampaignDraft, check_limits, validate_draft
 from services.campaigns.fanout import FanOut
 from services.campaigns.store import CampaignRow, CampaignStore
+from services.common.audit import AuditTrail
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.common.identity import current_principal, require_scope
+from services.common.identity import require_scope
 from services.common.log import get_logger
+from services.common.templating import SAMPLE_FIELDS
 
 log = get_logger(__name__)
-SOURCE_IP_HEADER = "x-mailblast-source-ip"
 
 tracer = trace.get_tracer("mailblast.campaigns")
 
@@ -68,15 +69,6 @@ def to_proto(row: CampaignRow) -> campaigns_pb2.Campaign:
     return campaign
 
 
-def _peer_ip(context) -> str:
-    """The caller's address from gRPC's peer string ("ipv4:127.0.0.1:5555", "ipv6:[::1]:5555")."""
-    peer = context.peer() or ""
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv6":
-        return rest.rsplit(":", 1)[0].strip("[]")
-    return rest.rsplit(":", 1)[0] if kind == "ipv4" else ""
-
-
 class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
     """Campaign CRUD and sending, always within the caller's organisation."""
 
@@ -92,7 +84,7 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         self._fanout = fanout
         self._lists = lists
         self._send_mail = send_mail
-        self._auth = auth
+        self._audit_trail = AuditTrail(auth)
 
     async def _get(self, organization_id: int, campaign_id: int) -> CampaignRow:
         row = await self._store.get(organization_id, campaign_id)
@@ -102,13 +94,15 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
 
     async def _checked_draft(self, request) -> CampaignDraft:
         """The request's draft, validated, with every list and segment it names found in the organisation."""
-        draft = validate_draft(
+        # In a thread: trying the templates within their limits may take up to the render time limit.
+        draft = await asyncio.to_thread(
+            validate_draft,
             CampaignDraft(
                 name=request.name, list_ids=tuple(request.list_ids), from_name=request.from_name,
                 from_address=request.from_address, reply_to=request.reply_to, subject=request.subject,
                 html_body=request.html_body, text_body=request.text_body,
                 segment_ids=tuple(request.segment_ids),
-            )
+            ),
         )  # fmt: skip
         checks = [("list", i, self._lists.GetList, lists_pb2.GetListRequest(list_id=i)) for i in draft.list_ids]
         checks += [
@@ -172,8 +166,19 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
             )
         return after
 
+    async def _check_sendable(self, row: CampaignRow, fields: dict | None = None) -> None:
+        """Refuse a campaign whose templates break the render limits (one saved before they existed)."""
+        try:
+            await asyncio.to_thread(check_limits, row.subject, row.text_body, row.html_body, fields or SAMPLE_FIELDS)
+        except InvalidArgument as exc:
+            raise FailedPrecondition.of(exc, "campaign %(campaign)s cannot be sent: ", campaign=row.id) from None
+
     async def SendCampaign(self, request, context):
         with tracer.start_as_current_span("campaign.send", attributes={"mailblast.campaign_id": request.campaign_id}):
+            principal = require_scope("send")
+            draft = await self._get(principal.organization_id, request.campaign_id)
+            if draft.state == "draft":
+                await self._check_sendable(draft)
             row = await self._transition(request.campaign_id, ("draft",), "sending", "sent")
             self._fanout.start(row)
             await self._audit(context, "campaign.sent", row)
@@ -181,26 +186,8 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
 
     async def _audit(self, context, action: str, row: CampaignRow) -> None:
         """Record who started a send in auth's audit log, whichever client (console, API, CLI) asked."""
-        if self._auth is None:
-            log.warning("no AUTH_ADDR: campaign send not audited", campaign_id=row.id)
-            return
-        source_ip = _peer_ip(context)
-        if current_principal().service:
-            # Only a mailblast service (the console) is trusted to say which address its user came from.
-            relayed = [str(v) for k, v in context.invocation_metadata() or () if k == SOURCE_IP_HEADER]
-            source_ip = relayed[0] if relayed else source_ip
         detail = {"name": row.name, "list_ids": row.list_ids, "segment_ids": row.segment_ids}
-        try:
-            await self._auth.RecordAuditEvent(
-                auth_pb2.RecordAuditEventRequest(
-                    action=action, target=f"campaign:{row.id}", detail_json=json.dumps(detail, ensure_ascii=False),
-                    source_ip=source_ip,
-                ),
-                timeout=10,
-            )  # fmt: skip
-        except grpc.aio.AioRpcError as exc:
-            # The send has started; losing its audit line is logged loudly rather than undoing the send.
-            log.error("could not record the campaign send in the audit log", campaign_id=row.id, error=exc.details())
+        await self._audit_trail.record(action, f"campaign:{row.id}", detail, context=context)
 
     async def PauseCampaign(self, request, context):
         return to_proto(await self._transition(request.campaign_id, ("sending",), "paused", "paused"))
@@ -234,6 +221,7 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
             if not isinstance(fields, dict):
                 raise InvalidArgument("variables_json must be a JSON object")
         fields.setdefault("email", to_address)
+        await self._check_sendable(row, fields)
         if self._send_mail is None:
             raise FailedPrecondition("this campaigns service cannot send test messages (no message bus)")
         message = events_pb2.TransactionalMessage(

@@ -17,11 +17,18 @@ from services.campaigns.fanout import FanOut
 from services.campaigns.grpc_api import CampaignsServicer
 from services.campaigns.store import CampaignStore
 from services.common import bus, db, mail
-from services.common.identity import IdentitySigner
-from services.common.rpc import GrpcServer, auth_token_resolver, service_channel, start_grpc_server
+from services.common.erasure import erasure_consumer
+from services.common.rpc import (
+    GrpcServer,
+    ServiceIdentity,
+    auth_token_resolver,
+    service_channel,
+    start_grpc_server,
+)
 
 SCHEMA = "campaigns"
 SQL_DIR = Path(__file__).parent / "sql"
+ERASURES_DURABLE = "campaigns-erasures"
 
 
 @dataclass
@@ -35,6 +42,7 @@ class Running:
     store: CampaignStore
     delivery_consumer: bus.PullConsumer
     bounce_consumer: bus.PullConsumer
+    erasure_consumer: bus.PullConsumer
     channels: list[grpc.aio.Channel]
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -50,7 +58,7 @@ class Running:
         self._stop.set()
         await self.fanout.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for consumer in (self.delivery_consumer, self.bounce_consumer):
+        for consumer in (self.delivery_consumer, self.bounce_consumer, self.erasure_consumer):
             await consumer.stop()
         await self.nc.drain()
         for channel in self.channels:
@@ -63,17 +71,17 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA, max_size=10)
     store = CampaignStore(pool)
+    me = ServiceIdentity("campaigns", config.grpc_tls, config.internal_key)
     nc, js = await bus.connect(config.nats_url, "campaigns", config.nats_creds_file)
-    signer = IdentitySigner(config.internal_key)
-    lists_channel = service_channel(config.lists_addr, signer, "campaigns")
+    lists_channel = service_channel(config.lists_addr, "lists", me)
     channels = [lists_channel]
     lists = lists_pb2_grpc.ListsServiceStub(lists_channel)
     resolver = None
     auth = None
     if config.auth_addr:
-        auth_channel = service_channel(config.auth_addr, signer, "campaigns")
+        auth_channel = service_channel(config.auth_addr, "auth", me)
         channels.append(auth_channel)
-        resolver = auth_token_resolver(auth_channel, signer, "campaigns")
+        resolver = auth_token_resolver(auth_channel, me)
         auth = auth_pb2_grpc.AuthServiceStub(auth_channel)
     fanout = FanOut(store, js, lists, config.batch_size)
 
@@ -86,16 +94,19 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
         campaigns_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, server)
         return [campaigns_pb2.DESCRIPTOR.services_by_name["CampaignsService"].full_name]
 
-    grpc_server = await start_grpc_server(config.grpc_bind, register, signer, resolver)
+    grpc_server = await start_grpc_server(config.grpc_bind, register, me, resolver, config.health_bind)
     deliveries = delivery_consumer(js, store)
     bounces = bounce_consumer(js, store)
+    erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)
     await deliveries.start()
     await bounces.start()
-    running = Running(grpc_server, pool, nc, fanout, store, deliveries, bounces, channels)
+    await erasures.start()
+    running = Running(grpc_server, pool, nc, fanout, store, deliveries, bounces, erasures, channels)
     if run_consumers:
         running._tasks = [
             asyncio.create_task(deliveries.run(running._stop), name="campaigns-delivery"),
             asyncio.create_task(bounces.run(running._stop), name="campaigns-bounces"),
+            asyncio.create_task(erasures.run(running._stop), name=ERASURES_DURABLE),
         ]
     for campaign in await store.unfinished_fanouts():
         fanout.start(campaign)

@@ -11,6 +11,9 @@ from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from services.campaigns.content import CampaignDraft
+from services.common.erasure import Erasure, exclude_writers, hold_off_erasures
+
+SERVICE = "campaigns"
 
 
 @dataclass
@@ -98,7 +101,19 @@ COMPLETE_IF_DONE = """
 UPDATE campaigns SET state = 'sent', finished_at = now()
 WHERE id = %s AND state = 'sending' AND fanout_complete AND sent + bounced + failed + suppressed >= total"""
 
-LOCK_CAMPAIGN = "SELECT id FROM campaigns WHERE id = %s FOR UPDATE"
+LOCK_CAMPAIGN = "SELECT organization_id FROM campaigns WHERE id = %s FOR UPDATE"
+SELECT_ORGANIZATIONS = "SELECT DISTINCT organization_id FROM campaigns WHERE id = ANY(%s)"
+SELECT_ERASED = """
+SELECT subscriber_id, email_hash FROM erased_subscribers WHERE organization_id = %s AND subscriber_id = ANY(%s)"""
+INSERT_ERASED = """
+INSERT INTO erased_subscribers (organization_id, subscriber_id, email_hash, erased_at) VALUES (%s, %s, %s, %s)
+ON CONFLICT (organization_id, subscriber_id) DO NOTHING"""
+# The rows and their statuses stay, so the counters and a late event's transition stay right.
+ERASE_DELIVERIES = """
+UPDATE campaign_deliveries d SET email = %(hash)s
+FROM campaigns c
+WHERE c.id = d.campaign_id AND c.organization_id = %(organization)s AND d.subscriber_id = %(subscriber)s
+  AND d.email <> %(hash)s"""
 SELECT_STATUSES = """
 SELECT subscriber_id, status FROM campaign_deliveries WHERE campaign_id = %s AND subscriber_id = ANY(%s)"""
 UPSERT_DELIVERY = """
@@ -199,11 +214,28 @@ class CampaignStore:
         """Apply delivery outcomes to recipient states and counters in one transaction."""
         by_campaign: dict[int, list[RecipientOutcome]] = {}
         async with self.pool.connection() as conn, conn.transaction():
+            # Before any row lock: an erasure of these organisations waits for this transaction, or ends first.
+            cur = await conn.execute(SELECT_ORGANIZATIONS, (sorted({o.campaign_id for o in outcomes}),))
+            await hold_off_erasures(conn, SERVICE, [row[0] for row in await cur.fetchall()])
             fresh = await _claim_bounces(conn, bounce_ids, outcomes) if bounce_ids else outcomes
             for outcome in fresh:
                 by_campaign.setdefault(outcome.campaign_id, []).append(outcome)
             for campaign_id in sorted(by_campaign):
                 await _apply_campaign(conn, campaign_id, by_campaign[campaign_id])
+
+    async def erase(self, erasure: Erasure) -> None:
+        """Keep only the keyed hash of an erased subscriber's address in its recipient rows (idempotent)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await exclude_writers(conn, SERVICE, erasure.organization_id)
+            await conn.execute(
+                INSERT_ERASED,
+                (erasure.organization_id, erasure.subscriber_id, erasure.email_hash, erasure.erased_at),
+            )
+            await conn.execute(
+                ERASE_DELIVERIES,
+                {"hash": erasure.email_hash, "organization": erasure.organization_id,
+                 "subscriber": erasure.subscriber_id},
+            )  # fmt: skip
 
 
 async def _claim_bounces(
@@ -220,7 +252,8 @@ async def _claim_bounces(
 async def _apply_campaign(conn: AsyncConnection, campaign_id: int, outcomes: list[RecipientOutcome]) -> None:
     # Serialise updates per campaign so the counters move exactly with the recipient states.
     cur = await conn.execute(LOCK_CAMPAIGN, (campaign_id,))
-    if await cur.fetchone() is None:
+    found = await cur.fetchone()
+    if found is None:
         return
     latest: dict[int, RecipientOutcome] = {}
     for outcome in outcomes:
@@ -229,6 +262,8 @@ async def _apply_campaign(conn: AsyncConnection, campaign_id: int, outcomes: lis
             latest[outcome.subscriber_id] = outcome
     cur = await conn.execute(SELECT_STATUSES, (campaign_id, list(latest)))
     current = dict(await cur.fetchall())
+    cur = await conn.execute(SELECT_ERASED, (found[0], list(latest)))
+    erased = dict(await cur.fetchall())
     delta = {"sent": 0, "deferred": 0, "bounced": 0, "failed": 0, "suppressed": 0}
     rows = []
     for subscriber_id, outcome in latest.items():
@@ -238,7 +273,8 @@ async def _apply_campaign(conn: AsyncConnection, campaign_id: int, outcomes: lis
         if old is not None:
             delta[old] -= 1
         delta[outcome.status] += 1
-        rows.append((campaign_id, subscriber_id, outcome.email, outcome.status, outcome.smtp_code))
+        email = erased.get(subscriber_id, outcome.email)
+        rows.append((campaign_id, subscriber_id, email, outcome.status, outcome.smtp_code))
     if not rows:
         return
     async with conn.cursor() as wcur:

@@ -39,11 +39,13 @@ _TRANSACTIONAL = "mailblast.send.transactional"
 SUBJECT_SEND_TRANSACTIONAL = f"{_TRANSACTIONAL}.*"
 SUBJECT_DELIVERY_REPORT = "mailblast.delivery.report"
 SUBJECT_BOUNCE_RECORDED = "mailblast.bounce.recorded"
+SUBJECT_SUBSCRIBER_ERASED = "mailblast.privacy.erased"
 SUBJECT_DEAD_LETTER = "mailblast.deadletter"
 
 STREAM_SEND = "MAILBLAST_SEND"
 STREAM_DELIVERY = "MAILBLAST_DELIVERY"
 STREAM_BOUNCE = "MAILBLAST_BOUNCE"
+STREAM_PRIVACY = "MAILBLAST_PRIVACY"
 STREAM_DEAD_LETTER = "MAILBLAST_DEADLETTER"
 
 _DAY = 24 * 3600.0
@@ -74,6 +76,16 @@ STREAMS: tuple[StreamConfig, ...] = (
         storage=StorageType.FILE,
         max_age=30 * _DAY,
         duplicate_window=3600.0,
+    ),
+    # Erasures are few and small and carry no address: kept for a year, so that a service that was down
+    # (or restored from a backup) still erases what it holds when it comes back.
+    StreamConfig(
+        name=STREAM_PRIVACY,
+        subjects=[SUBJECT_SUBSCRIBER_ERASED],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=365 * _DAY,
+        duplicate_window=24 * 3600.0,
     ),
     StreamConfig(
         name=STREAM_DEAD_LETTER,
@@ -155,30 +167,37 @@ def _stream_of(subject: str) -> str:
 
 SERVICE_ACCESS: dict[str, Access] = {
     "auth": Access(publishes=(SUBJECT_SEND_TRANSACTIONAL,)),
+    # Each stream has one maintainer: the sender the work queue it drains and the reports it writes,
+    # bounce its events, lists the erasures it announces. The dead-letter stream's one subject
+    # (mailblast.deadletter.>) never changes.
     "lists": Access(
-        publishes=(SUBJECT_SEND_TRANSACTIONAL,),
+        publishes=(SUBJECT_SEND_TRANSACTIONAL, SUBJECT_SUBSCRIBER_ERASED),
         consumes=(Consumer(STREAM_BOUNCE, "lists-bounces", SUBJECT_BOUNCE_RECORDED),),
+        maintains=(STREAM_PRIVACY,),
     ),
     "campaigns": Access(
         publishes=(SUBJECT_SEND_BATCH, SUBJECT_SEND_TRANSACTIONAL),
         consumes=(
             Consumer(STREAM_DELIVERY, "campaigns-delivery", SUBJECT_DELIVERY_REPORT),
             Consumer(STREAM_BOUNCE, "campaigns-bounces", SUBJECT_BOUNCE_RECORDED),
+            Consumer(STREAM_PRIVACY, "campaigns-erasures", SUBJECT_SUBSCRIBER_ERASED),
         ),
     ),
-    # The sender maintains the work queue it drains and the reports it writes; bounce its events.
-    # The dead-letter stream's one subject (mailblast.deadletter.>) never changes.
     "sender": Access(
         publishes=(SUBJECT_DELIVERY_REPORT,),
         consumes=(
             Consumer(STREAM_SEND, "sender-batches", SUBJECT_SEND_BATCH),
             Consumer(STREAM_SEND, "sender-transactional", SUBJECT_SEND_TRANSACTIONAL),
+            Consumer(STREAM_PRIVACY, "sender-erasures", SUBJECT_SUBSCRIBER_ERASED),
         ),
         maintains=(STREAM_SEND, STREAM_DELIVERY),
     ),
     "bounce": Access(
         publishes=(SUBJECT_BOUNCE_RECORDED,),
-        consumes=(Consumer(STREAM_DELIVERY, "bounce-delivery", SUBJECT_DELIVERY_REPORT),),
+        consumes=(
+            Consumer(STREAM_DELIVERY, "bounce-delivery", SUBJECT_DELIVERY_REPORT),
+            Consumer(STREAM_PRIVACY, "bounce-erasures", SUBJECT_SUBSCRIBER_ERASED),
+        ),
         maintains=(STREAM_BOUNCE,),
     ),
 }

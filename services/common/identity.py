@@ -15,6 +15,9 @@ from services.common.errors import PermissionDenied, Unauthenticated
 # Metadata keys on gRPC calls.
 IDENTITY_HEADER = "x-mailblast-identity"
 AUTHORIZATION_HEADER = "authorization"
+# A process's certificate names it with one URI SAN, spiffe://mailblast/<name> (a SPIFFE ID, which
+# cert-manager's Certificate writes with `uris:` and gRPC reports as the peer's `peer_spiffe_id`).
+CERTIFICATE_IDENTITY_PREFIX = "spiffe://mailblast/"
 
 ROLES = ("owner", "admin", "editor", "viewer")
 SCOPES = ("read", "send", "admin")
@@ -30,6 +33,8 @@ class Principal:
     role: str = ""
     # The service acting for the organisation ("campaigns", "dev-run"), empty for a user's own call.
     service: str = ""
+    # The API token the caller presented (0 for a console session): the audit log names it.
+    token_id: int = 0
 
     def has_scope(self, scope: str) -> bool:
         """True when the principal may act with this scope ("admin" implies the others)."""
@@ -90,24 +95,36 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-class IdentitySigner:
-    """Signs and checks the identity one service passes to another (HMAC-SHA256 with a shared key)."""
+def certificate_identity_uri(name: str) -> str:
+    """The URI SAN a certificate of this mailblast identity ("auth", "cli", ...) carries."""
+    return f"{CERTIFICATE_IDENTITY_PREFIX}{name}"
 
-    def __init__(self, key: bytes, ttl_seconds: int = 300) -> None:
+
+class IdentitySigner:
+    """Signs and checks the identity one service passes to another (HMAC-SHA256 with a shared key).
+
+    An assertion names the service it is meant for (its audience) and the service that issued it
+    (`Principal.service`, which the callee compares with the caller's certificate), and lives 60 s:
+    long enough for a call and its retries, too short to be worth keeping.
+    """
+
+    def __init__(self, key: bytes, ttl_seconds: int = 60) -> None:
         if len(key) < 16:
             raise ValueError("the internal key must be at least 16 bytes")
         self._key = key
         self._ttl = ttl_seconds
 
-    def sign(self, principal: Principal) -> str:
-        """Return a compact signed assertion of the principal, valid for the TTL."""
+    def sign(self, principal: Principal, audience: str) -> str:
+        """Return a compact signed assertion of the principal for the service `audience`, valid for the TTL."""
         body = json.dumps(
             {
+                "aud": audience,
                 "o": principal.organization_id,
                 "u": principal.user_id,
                 "s": list(principal.scopes),
                 "r": principal.role,
                 "svc": principal.service,
+                "t": principal.token_id,
                 "exp": int(time.time()) + self._ttl,
             },
             separators=(",", ":"),
@@ -115,8 +132,8 @@ class IdentitySigner:
         mac = hmac.new(self._key, body, hashlib.sha256).digest()
         return f"{_b64(body)}.{_b64(mac)}"
 
-    def verify(self, assertion: str) -> Principal:
-        """Return the principal of a valid assertion; refuse forged or expired ones."""
+    def verify(self, assertion: str, audience: str) -> Principal:
+        """Return the principal of an assertion meant for `audience`; refuse forged, expired or misdirected ones."""
         try:
             body_text, mac_text = assertion.split(".", 1)
             body = _unb64(body_text)
@@ -128,10 +145,18 @@ class IdentitySigner:
         data = json.loads(body)
         if data["exp"] < time.time():
             raise Unauthenticated("service identity has expired")
+        if data.get("aud") != audience:
+            # An assertion taken from a call to one service must not open another.
+            raise Unauthenticated(
+                "service identity is meant for %(audience)s, not %(service)s",
+                audience=str(data.get("aud") or "no service"),
+                service=audience,
+            )
         return Principal(
             organization_id=int(data["o"]),
             user_id=int(data["u"]),
             scopes=tuple(data["s"]),
             role=data["r"],
             service=data["svc"],
+            token_id=int(data.get("t", 0)),
         )

@@ -1,7 +1,8 @@
 """Signed per-recipient addresses: the VERP return path and the Message-ID name campaign and recipient.
 
-The sender writes them; the bounce service reads them back from returned mail. The signature stops a
-forged bounce from error-stopping somebody else's subscriber.
+The sender writes them; the bounce service reads them back from returned mail, and the development
+outbox reads whose mail it is. The signature stops a forged bounce from error-stopping somebody else's
+subscriber, and a message from outside from passing as an organisation's.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 _RETURN_PATH = re.compile(r"^b-(\d+)-(\d+)-(\d+)-([a-z2-7]{10})@", re.IGNORECASE)
 _MESSAGE_ID = re.compile(r"<?mb\.(\d+)\.(\d+)\.(\d+)\.([a-z2-7]{10})@[^>]+>?", re.IGNORECASE)
+_TRANSACTIONAL_ID = re.compile(r"^<tx\.(\d{1,19})\.([a-z2-7]{16})\.([a-z2-7]{16})@[^>]+>$")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,35 @@ def parse_return_path(key: bytes, address: str) -> RecipientRef | None:
 def parse_message_id(key: bytes, value: str) -> RecipientRef | None:
     """The recipient a Message-ID stands for, or None when it is not one of ours or is forged."""
     return _checked(key, _MESSAGE_ID.search(value or ""))
+
+
+def _b32_mac(key: bytes, text: str, length: int) -> str:
+    digest = hmac.new(key, text.encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest).decode().lower()[:length]
+
+
+def transactional_message_id(key: bytes, organization_id: int, message_key: str, domain: str) -> str:
+    """A transactional message's Message-ID: stable per message key, naming its organisation, signed.
+
+    The key appears only as a keyed hash (it may hold a token's hash); the signature over organisation
+    and hash lets anyone with the internal key tell whose message it is.
+    """
+    ref = _b32_mac(key, f"transactional-key:{organization_id}.{message_key}", 16)
+    # "tx." rather than "mb.": the bounce service must not read it as a campaign recipient.
+    return f"<tx.{organization_id}.{ref}.{_b32_mac(key, f'transactional:{organization_id}.{ref}', 16)}@{domain}>"
+
+
+def message_organization(key: bytes, value: str) -> int | None:
+    """The organisation a Message-ID we signed (campaign or transactional) names, or None (not ours, forged)."""
+    campaign = parse_message_id(key, value)
+    if campaign is not None:
+        return campaign.organization_id
+    match = _TRANSACTIONAL_ID.match((value or "").strip())
+    if match is None:
+        return None
+    organization_id, ref, signature = int(match.group(1)), match.group(2), match.group(3)
+    expected = _b32_mac(key, f"transactional:{organization_id}.{ref}", 16)
+    return organization_id if hmac.compare_digest(expected, signature) else None
 
 
 def _unsubscribe_mac(key: bytes, body: str) -> str:

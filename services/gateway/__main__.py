@@ -26,7 +26,9 @@ def main() -> int:
         log.error("cannot start", error=str(exc))
         return 2
     app = create_app(settings=config)
-    server = ConsoleServer(app, config.host, config.port, cert, key, config.http_host, config.http_port)
+    server = ConsoleServer(
+        app, config.host, config.port, cert, key, config.http_host, config.http_port, public_url=config.public_url
+    )
     stopping = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:

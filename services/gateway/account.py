@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import grpc
 import segno
-from flask import Blueprint, Response, flash, make_response, redirect, render_template, request, session, url_for
+from flask import Blueprint, Response, flash, redirect, render_template, request, session, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 from mailblast.v1 import auth_pb2
 from markupsafe import Markup
 
 from services.gateway.clients import BackendError, backends, call, client_ip
-from services.gateway.security import LANGUAGE_COOKIE, LANGUAGES, safe_next
+from services.gateway.security import DEVICE_COOKIE, DEVICE_COOKIE_SECONDS, LANGUAGE_COOKIE, LANGUAGES, safe_next
 
 bp = Blueprint("account", __name__)
 
@@ -34,16 +34,26 @@ def _start_session(reply: auth_pb2.LoginResponse) -> None:
         session["next"] = next_page
 
 
-def _after_login() -> Response:
+def _with_device_cookie(response: Response, reply: auth_pb2.LoginResponse) -> Response:
+    # Auth decides and signs; the browser only keeps what auth gave it after a successful login.
+    if reply.device_cookie:
+        response.set_cookie(
+            DEVICE_COOKIE, reply.device_cookie, max_age=DEVICE_COOKIE_SECONDS, path="/", secure=True,
+            httponly=True, samesite="Strict",
+        )  # fmt: skip
+    return response
+
+
+def _after_login(reply: auth_pb2.LoginResponse) -> Response:
     target = safe_next(session.pop("next", None)) or url_for("gateway.home")
-    return redirect(target)
+    return _with_device_cookie(redirect(target), reply)
 
 
 def _login_failure(status: int) -> str:
     if status == auth_pb2.LOGIN_STATUS_LOCKED:
         return _(
-            "This account is locked after repeated failed logins. Try again later, or ask an administrator "
-            "to unlock it."
+            "This login is locked for this browser after repeated failed logins. Try again later, log in from "
+            "a browser you have logged in with before, or ask an administrator to unlock it."
         )
     if status == auth_pb2.LOGIN_STATUS_THROTTLED:
         return _("Too many failed logins from your address. Wait a minute and try again.")
@@ -64,16 +74,17 @@ def login() -> Response | str:
             password=request.form.get("password", ""),
             source_ip=client_ip(),
             user_agent=request.headers.get("User-Agent", "")[:500],
+            device_cookie=request.cookies.get(DEVICE_COOKIE, ""),
         ),
         as_service=True,
     )
     if reply.status == auth_pb2.LOGIN_STATUS_OK:
         _start_session(reply)
-        return _after_login()
+        return _after_login(reply)
     if reply.status == auth_pb2.LOGIN_STATUS_TOTP_SETUP_REQUIRED:
         _start_session(reply)
         flash(_("Your organisation requires two-step verification: set it up to continue."), "warning")
-        return redirect(url_for("account.totp"))
+        return _with_device_cookie(redirect(url_for("account.totp")), reply)
     if reply.status == auth_pb2.LOGIN_STATUS_TOTP_REQUIRED:
         next_page = session.get("next")
         session.clear()
@@ -102,12 +113,13 @@ def login_totp() -> Response | str:
             recovery_code=recovery,
             source_ip=client_ip(),
             user_agent=request.headers.get("User-Agent", "")[:500],
+            device_cookie=request.cookies.get(DEVICE_COOKIE, ""),
         ),
         as_service=True,
     )
     if reply.status == auth_pb2.LOGIN_STATUS_OK:
         _start_session(reply)
-        return _after_login()
+        return _after_login(reply)
     if reply.status in (auth_pb2.LOGIN_STATUS_LOCKED, auth_pb2.LOGIN_STATUS_THROTTLED):
         session.pop("challenge", None)
         flash(_login_failure(reply.status), "error")
@@ -149,7 +161,7 @@ def forgot() -> Response | str:
 
 
 @bp.route("/reset/<token>", methods=["GET", "POST"])
-def reset(token: str) -> Response | str:
+def reset(token: str) -> Response | tuple[str, int]:
     """Set a password from a reset or invitation link."""
     error = None
     if request.method == "POST":
@@ -171,10 +183,7 @@ def reset(token: str) -> Response | str:
                 session.clear()
                 flash(_("Your password is set. Log in with it."), "info")
                 return redirect(url_for("account.login"))
-    response = make_response(render_template("reset.html", error=error), 400 if error else 200)
-    # The token is in the address: never let it leak in a Referer.
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    return render_template("reset.html", error=error), 400 if error else 200
 
 
 @bp.route("/account/password", methods=["GET", "POST"])
@@ -283,7 +292,7 @@ def sessions() -> str:
     return render_template("sessions.html", sessions=list(reply.sessions))
 
 
-@bp.post("/account/sessions/<int:session_id>/revoke")
+@bp.post("/account/sessions/<id:session_id>/revoke")
 def revoke_session(session_id: int) -> Response:
     """End one of the user's own sessions (another browser or device); auth refuses anyone else's."""
     try:

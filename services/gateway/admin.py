@@ -1,4 +1,4 @@
-"""Admin pages: users and roles, API tokens, the organisation's security settings, the audit log."""
+"""Admin pages: users and roles, the organisation's security settings, the audit log; and everyone's API tokens."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from datetime import UTC, datetime, timedelta
 import grpc
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, stream_with_context, url_for
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from flask_login import current_user
 from google.protobuf.timestamp_pb2 import Timestamp
 from mailblast.v1 import auth_pb2
 
+from services.common.spreadsheet import formula_safe_row
 from services.gateway.clients import BackendError, backends, call
 from services.gateway.security import requires
 
@@ -77,7 +80,7 @@ def create_user() -> Response:
     return redirect(url_for("admin.users"))
 
 
-@bp.post("/users/<int:user_id>/role")
+@bp.post("/users/<id:user_id>/role")
 @requires("admin")
 def change_role(user_id: int) -> Response:
     """Give a user another role."""
@@ -85,7 +88,7 @@ def change_role(user_id: int) -> Response:
     return _user_action(user_id, backends().auth.UpdateUserRole, message, _("The role was changed."))
 
 
-@bp.post("/users/<int:user_id>/disable")
+@bp.post("/users/<id:user_id>/disable")
 @requires("admin")
 def disable_user(user_id: int) -> Response:
     """Stop a user: sessions end, tokens are refused."""
@@ -93,7 +96,7 @@ def disable_user(user_id: int) -> Response:
     return _user_action(user_id, backends().auth.DisableUser, message, _("The user was disabled."))
 
 
-@bp.post("/users/<int:user_id>/unlock")
+@bp.post("/users/<id:user_id>/unlock")
 @requires("admin")
 def unlock_user(user_id: int) -> Response:
     """Lift a lockout."""
@@ -101,7 +104,7 @@ def unlock_user(user_id: int) -> Response:
     return _user_action(user_id, backends().auth.Unlock, message, _("The account was unlocked."))
 
 
-@bp.post("/users/<int:user_id>/reset")
+@bp.post("/users/<id:user_id>/reset")
 @requires("admin")
 def reset_user(user_id: int) -> Response:
     """Mail a user a single-use link to set a new password."""
@@ -123,28 +126,26 @@ def settings() -> Response:
 
 
 @bp.get("/tokens")
-@requires("admin")
+@requires("read")
 def tokens() -> str:
-    """The organisation's API tokens with their last use; never their secrets."""
+    """API tokens with their last use, never their secrets: an admin sees the organisation's, others their own."""
     found = call(backends().auth.ListApiTokens, auth_pb2.ListApiTokensRequest()).tokens
-    people = call(backends().auth.ListUsers, auth_pb2.ListUsersRequest()).users
-    logins = {u.id: u.login for u in people}
-    return render_template("tokens.html", tokens=found, users=people, logins=logins, scopes=SCOPES)
+    logins = {current_user.user.id: current_user.user.login}
+    if current_user.can("admin"):
+        logins = {u.id: u.login for u in call(backends().auth.ListUsers, auth_pb2.ListUsersRequest()).users}
+    # A token is only ever one's own, and no stronger than one's role: only those scopes are offered.
+    offered = [s for s in SCOPES if s in current_user.principal.scopes]
+    return render_template("tokens.html", tokens=found, logins=logins, scopes=offered)
 
 
 @bp.post("/tokens")
-@requires("admin")
+@requires("read")
 def create_token() -> Response | str:
-    """Issue a token; its secret is on this one page and nowhere else."""
-    try:
-        user_id = int(request.form.get("user_id", "0"))
-    except ValueError:
-        abort(400)
+    """Issue a token to yourself; its secret is on this one page and nowhere else."""
     try:
         reply = call(
             backends().auth.CreateApiToken,
             auth_pb2.CreateApiTokenRequest(
-                user_id=user_id,
                 name=request.form.get("name", "").strip(),
                 scopes=[s for s in request.form.getlist("scopes") if s in SCOPES],
             ),
@@ -155,10 +156,10 @@ def create_token() -> Response | str:
     return render_template("token_created.html", token=reply.token, secret=reply.secret)
 
 
-@bp.post("/tokens/<int:token_id>/revoke")
-@requires("admin")
+@bp.post("/tokens/<id:token_id>/revoke")
+@requires("read")
 def revoke_token(token_id: int) -> Response:
-    """Revoke a token at once."""
+    """Revoke a token at once (auth refuses another user's unless you are an admin)."""
     call(backends().auth.RevokeApiToken, auth_pb2.RevokeApiTokenRequest(token_id=token_id))
     flash(_("The token was revoked."), "info")
     return redirect(url_for("admin.tokens"))
@@ -176,6 +177,56 @@ def _day(value: str, end: bool = False) -> Timestamp | None:
     ts = Timestamp()
     ts.FromDatetime(day)
     return ts
+
+
+# Every action the audit log can hold, as people read it (the code stays beside it for filtering).
+AUDIT_ACTIONS = {
+    "login.succeeded": _l("Login succeeded"),
+    "login.failed": _l("Login failed"),
+    "login.locked": _l("Account locked"),
+    "user.unlocked": _l("Account unlocked"),
+    "session.logout": _l("Logged out"),
+    "session.revoked": _l("Session revoked"),
+    "password.changed": _l("Password changed"),
+    "password.reset_requested": _l("Password reset requested"),
+    "password.reset": _l("Password reset"),
+    "password.reset_refused": _l("Password reset refused"),
+    "totp.enabled": _l("Two-factor authentication turned on"),
+    "totp.disabled": _l("Two-factor authentication turned off"),
+    "totp.recovery_code_used": _l("Recovery code used"),
+    "user.created": _l("User created"),
+    "user.invited": _l("User invited"),
+    "user.role_changed": _l("Role changed"),
+    "user.disabled": _l("User disabled"),
+    "api_token.created": _l("API token issued"),
+    "api_token.revoked": _l("API token revoked"),
+    "organization.settings_changed": _l("Security settings changed"),
+    "campaign.sent": _l("Campaign send started"),
+    "subscriber.erased": _l("Subscriber erased"),
+    "subscriber.data_exported": _l("Personal data exported"),
+    "list.exported": _l("Subscribers exported"),
+    "suppression.exported": _l("Suppression list exported"),
+    "import.errors_exported": _l("Rejected import rows exported"),
+    "import.started": _l("Import started"),
+    "import.resumed": _l("Import resumed"),
+    "import.finished": _l("Import finished"),
+    "import.rolled_back": _l("Import rolled back"),
+    "lists.settings_changed": _l("List settings changed"),
+    "form.created": _l("Signup form created"),
+    "field.created": _l("Custom field created"),
+    "field.deleted": _l("Custom field deleted"),
+    "segment.created": _l("Segment created"),
+    "segment.updated": _l("Segment changed"),
+    "segment.deleted": _l("Segment deleted"),
+    "suppression.added": _l("Addresses added to the suppression list"),
+    "suppression.removed": _l("Address taken off the suppression list"),
+}
+
+
+def action_label(action: str) -> str:
+    """The action in the user's language; an action this console does not know shows as its code."""
+    label = AUDIT_ACTIONS.get(action)
+    return str(label) if label is not None else action
 
 
 def _audit_request(page_size: int, page_token: str = "") -> auth_pb2.ListAuditEventsRequest:
@@ -209,12 +260,8 @@ def audit() -> str:
         next_page=reply.next_page_token,
         logins={u.id: u.login for u in people},
         filters=filters,
+        action_label=action_label,
     )
-
-
-def _csv_cell(value: str) -> str:
-    # A cell starting with = + - @ is a formula to a spreadsheet: prefix it so it stays text (CSV injection).
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 @bp.get("/audit.csv")
@@ -228,22 +275,28 @@ def audit_csv() -> Response:
         # A byte-order mark, so that Excel opens the UTF-8 (Japanese) text correctly.
         out.write("\ufeff")
         writer = csv.writer(out)
-        writer.writerow(["id", "at", "user_id", "source_ip", "action", "target", "service", "detail"])
+        # New columns go last, so spreadsheets built on the older export keep working.
+        header = ["id", "at", "user_id", "source_ip", "action", "target", "service", "detail"]
+        writer.writerow([*header, "api_token_id", "action_label"])
         message = first
         while True:
             reply = call(backends().auth.ListAuditEvents, message)
             for event in reply.events:
                 writer.writerow(
-                    [
-                        event.id,
-                        event.at.ToDatetime(tzinfo=UTC).isoformat(),
-                        event.user_id or "",
-                        _csv_cell(event.source_ip),
-                        _csv_cell(event.action),
-                        _csv_cell(event.target),
-                        _csv_cell(event.service),
-                        _csv_cell(json.dumps(json.loads(event.detail_json or "{}"), ensure_ascii=False)),
-                    ]
+                    formula_safe_row(
+                        [
+                            event.id,
+                            event.at.ToDatetime(tzinfo=UTC).isoformat(),
+                            event.user_id or "",
+                            event.source_ip,
+                            event.action,
+                            event.target,
+                            event.service,
+                            json.dumps(json.loads(event.detail_json or "{}"), ensure_ascii=False),
+                            event.api_token_id or "",
+                            action_label(event.action),
+                        ]
+                    )
                 )
             yield out.getvalue()
             out.seek(0)

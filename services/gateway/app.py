@@ -9,12 +9,24 @@ from flask import Flask, render_template
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter, Map
 
 from services.gateway import account, admin, audience, mail, outbox, public, views
 from services.gateway.clients import BackendError, Backends
 from services.gateway.config import Config
 from services.gateway.i18n import init_i18n
 from services.gateway.security import init_security
+
+# The services' ids are PostgreSQL bigints, carried as protobuf int64.
+INT64_MAX = 2**63 - 1
+
+
+class IdConverter(IntegerConverter):
+    """`<id:...>` in a route: digits that fit an int64 id; a larger number matches no route, so it is a 404."""
+
+    def __init__(self, map: Map) -> None:
+        super().__init__(map, max=INT64_MAX)
+
 
 # Status codes a refused call turns into when a view does not handle it itself.
 _HTTP_STATUS = {
@@ -70,6 +82,9 @@ def create_app(config: dict[str, Any] | None = None, settings: Config | None = N
     settings = settings or Config.from_env()
     app.config.from_mapping(JSON_AS_ASCII=False, SECRET_KEY=settings.flask_secret())
     app.config["MAILBLAST"] = settings
+    # Every route naming a row by number uses <id:...>, so a number past int64 is a 404 rather than a
+    # protobuf error (500) in the view.
+    app.url_map.converters["id"] = IdConverter
     init_security(app)
     if config:
         app.config.update(config)

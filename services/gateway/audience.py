@@ -26,6 +26,7 @@ from flask import (
 from flask_babel import gettext as _
 from mailblast.v1 import lists_pb2
 
+from services.common.spreadsheet import formula_safe_row
 from services.gateway.clients import BackendError, backends, call, stream
 from services.gateway.explanations import explain_json
 from services.gateway.mail import STATUS_NAMES, UPLOAD_CHUNK
@@ -120,7 +121,7 @@ def create_field() -> Response:
     return redirect(url_for("audience.fields"))
 
 
-@bp.post("/fields/<int:field_id>/delete")
+@bp.post("/fields/<id:field_id>/delete")
 @requires("admin")
 def delete_field(field_id: int) -> Response:
     """Remove a field definition."""
@@ -170,7 +171,7 @@ def guess_target(header: str, sample: str, fields: list[lists_pb2.CustomField]) 
     return ""
 
 
-@bp.get("/lists/<int:list_id>/import")
+@bp.get("/lists/<id:list_id>/import")
 @requires("send")
 def import_form(list_id: int) -> str:
     """Upload a CSV with an encoding override and a mode; the columns are mapped on the next page."""
@@ -180,7 +181,7 @@ def import_form(list_id: int) -> str:
     return render_template("import_form.html", mailing_list=found, imports=recent[:20])
 
 
-@bp.post("/lists/<int:list_id>/import")
+@bp.post("/lists/<id:list_id>/import")
 @requires("send")
 def import_upload(list_id: int) -> Response | tuple[str, int] | str:
     """Hand the file to lists (not started yet) and show its columns for mapping."""
@@ -229,7 +230,7 @@ def import_upload(list_id: int) -> Response | tuple[str, int] | str:
     )  # fmt: skip
 
 
-@bp.post("/lists/<int:list_id>/imports/<int:import_id>/start")
+@bp.post("/lists/<id:list_id>/imports/<id:import_id>/start")
 @requires("send")
 def import_start(list_id: int, import_id: int) -> Response:
     """Start the uploaded job with the chosen mapping (column number to email, name, a field, or skip)."""
@@ -257,7 +258,7 @@ def _own_import(list_id: int, import_id: int) -> None:
         abort(404)
 
 
-@bp.post("/lists/<int:list_id>/imports/<int:import_id>/resume")
+@bp.post("/lists/<id:list_id>/imports/<id:import_id>/resume")
 @requires("send")
 def import_resume(list_id: int, import_id: int) -> Response:
     """Continue a failed job from its last committed chunk."""
@@ -269,7 +270,7 @@ def import_resume(list_id: int, import_id: int) -> Response:
     return redirect(url_for("mail.import_detail", list_id=list_id, import_id=import_id))
 
 
-@bp.post("/lists/<int:list_id>/imports/<int:import_id>/rollback")
+@bp.post("/lists/<id:list_id>/imports/<id:import_id>/rollback")
 @requires("send")
 def import_rollback(list_id: int, import_id: int) -> Response:
     """Undo what a job did."""
@@ -283,7 +284,7 @@ def import_rollback(list_id: int, import_id: int) -> Response:
     return redirect(url_for("mail.import_detail", list_id=list_id, import_id=import_id))
 
 
-@bp.get("/lists/<int:list_id>/imports/<int:import_id>/errors.csv")
+@bp.get("/lists/<id:list_id>/imports/<id:import_id>/errors.csv")
 @requires("read")
 def import_errors(list_id: int, import_id: int) -> Response:
     """The bad rows (row number, reason, raw line) as CSV."""
@@ -297,7 +298,9 @@ def import_errors(list_id: int, import_id: int) -> Response:
         writer.writerow(["\ufeff" + _("row"), _("reason"), _("raw")])
         for page in pages:
             for row in page.rows:
-                writer.writerow([row.row_number, explain_json(row.explanation_json, row.reason), row.raw])
+                writer.writerow(
+                    formula_safe_row([row.row_number, explain_json(row.explanation_json, row.reason), row.raw])
+                )
             yield buf.getvalue().encode("utf-8")
             buf.seek(0)
             buf.truncate()
@@ -320,7 +323,7 @@ def _csv_type(encoding: str) -> str:
     return "text/csv; charset=shift_jis" if encoding == "shift_jis" else "text/csv; charset=utf-8"
 
 
-@bp.get("/lists/<int:list_id>/export.csv")
+@bp.get("/lists/<id:list_id>/export.csv")
 @requires("read")
 def export_list(list_id: int) -> Response:
     """A list's subscribers as CSV in UTF-8 (with a BOM for Excel) or Shift_JIS, streamed."""
@@ -331,7 +334,7 @@ def export_list(list_id: int) -> Response:
     )  # fmt: skip
 
 
-@bp.get("/segments/<int:segment_id>/export.csv")
+@bp.get("/segments/<id:segment_id>/export.csv")
 @requires("read")
 def export_segment(segment_id: int) -> Response:
     """A segment's subscribers as CSV, streamed."""
@@ -385,7 +388,7 @@ def _attributes(subscriber: lists_pb2.Subscriber) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-@bp.get("/subscribers/<int:subscriber_id>")
+@bp.get("/subscribers/<id:subscriber_id>")
 @requires("read")
 def subscriber_detail(subscriber_id: int) -> str:
     """One subscriber: fields, status with its history, edit, personal data export and erasure."""
@@ -399,7 +402,7 @@ def subscriber_detail(subscriber_id: int) -> str:
     )  # fmt: skip
 
 
-@bp.post("/subscribers/<int:subscriber_id>")
+@bp.post("/subscribers/<id:subscriber_id>")
 @requires("send")
 def update_subscriber(subscriber_id: int) -> Response:
     """Change the name, field values or status (every status change is recorded with the reason)."""
@@ -432,7 +435,7 @@ def update_subscriber(subscriber_id: int) -> Response:
     return redirect(url_for("audience.subscriber_detail", subscriber_id=subscriber_id))
 
 
-@bp.get("/subscribers/<int:subscriber_id>/personal-data.json")
+@bp.get("/subscribers/<id:subscriber_id>/personal-data.json")
 @requires("admin")
 def subscriber_data(subscriber_id: int) -> Response:
     """Everything held about the subscriber, as a JSON download (a personal data request)."""
@@ -444,7 +447,7 @@ def subscriber_data(subscriber_id: int) -> Response:
     return response
 
 
-@bp.post("/subscribers/<int:subscriber_id>/erase")
+@bp.post("/subscribers/<id:subscriber_id>/erase")
 @requires("admin")
 def erase_subscriber(subscriber_id: int) -> Response:
     """Erase the subscriber completely (a keyed hash stays suppressed); the typed address confirms it."""
@@ -564,7 +567,8 @@ def _builder_page(
 ) -> tuple[str, int]:
     defined = _fields()
     available = call(backends().lists.ListLists, lists_pb2.ListListsRequest()).lists
-    choices = [(f, f) for f in BUILTIN_FIELDS] + [(f"custom:{f.key}", f.label or f.key) for f in defined]
+    # The built-in fields' names are translated; a custom field's label is the admin's own text, shown as is.
+    choices = [(f, _(f)) for f in BUILTIN_FIELDS] + [(f"custom:{f.key}", f.label or f.key) for f in defined]
     return render_template(
         "segment_builder.html", state=state, name=name, segment_id=segment_id, preview=preview, error=error,
         field_choices=choices, ops=ALL_OPS, lists=available, statuses=list(STATUS_VALUES),
@@ -586,7 +590,7 @@ def new_segment() -> tuple[str, int]:
     return _builder_page(builder_state({}), "", 0)
 
 
-@bp.get("/segments/<int:segment_id>")
+@bp.get("/segments/<id:segment_id>")
 @requires("read")
 def segment_detail(segment_id: int) -> tuple[str, int]:
     """A saved segment in the builder, with its count and sample."""
@@ -649,7 +653,7 @@ def build_segment() -> Any:
     return _builder_page(state, name, segment_id, preview)
 
 
-@bp.post("/segments/<int:segment_id>/delete")
+@bp.post("/segments/<id:segment_id>/delete")
 @requires("send")
 def delete_segment(segment_id: int) -> Response:
     """Remove a segment."""
@@ -741,7 +745,8 @@ def forms() -> str:
     """The signup forms, and the form to make one."""
     found = call(backends().lists.ListForms, lists_pb2.ListFormsRequest()).forms
     available = call(backends().lists.ListLists, lists_pb2.ListListsRequest()).lists
-    return render_template("forms.html", forms=found, lists=available, fields=_fields())
+    sender = call(backends().lists.GetSettings, lists_pb2.GetSettingsRequest()).sender_address
+    return render_template("forms.html", forms=found, lists=available, fields=_fields(), has_sender=bool(sender))
 
 
 @bp.post("/forms")
@@ -768,7 +773,7 @@ def create_form() -> Response:
     return redirect(url_for("audience.form_detail", form_id=created.id))
 
 
-@bp.get("/forms/<int:form_id>")
+@bp.get("/forms/<id:form_id>")
 @requires("read")
 def form_detail(form_id: int) -> str:
     """A form's hosted page address and its embeddable snippet (shown as text, never as markup)."""

@@ -9,8 +9,10 @@ import grpc
 from flask import current_app, g, has_request_context, request
 from mailblast.v1 import auth_pb2_grpc, campaigns_pb2_grpc, lists_pb2_grpc
 
+from services.common.config import ConfigError
 from services.common.errors import explanation_from
-from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+from services.common.identity import Principal, reset_principal, set_principal
+from services.common.rpc import ServiceIdentity, blocking_service_channel
 from services.gateway.config import Config
 from services.gateway.explanations import explain
 
@@ -48,14 +50,25 @@ class BackendError(Exception):
 
 
 class Backends:
-    """Channels and stubs for auth, lists and campaigns, shared by every request of the app."""
+    """Mutual-TLS channels and stubs for auth, lists and campaigns, shared by every request of the app.
+
+    Each channel signs the principal of the call under way (see `call`) for its own service.
+    """
 
     def __init__(self, config: Config) -> None:
-        self.signer = IdentitySigner(config.internal_key)
-        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        if config.grpc_tls is None:
+            raise ConfigError(
+                "the gateway needs its gRPC client certificate: set MAILBLAST_TLS_CA_FILE, "
+                "MAILBLAST_TLS_CERT_FILE and MAILBLAST_TLS_KEY_FILE"
+            )
+        self.identity = ServiceIdentity(SERVICE_NAME, config.grpc_tls, config.internal_key)
         self._channels = [
-            grpc.insecure_channel(addr, options=options)
-            for addr in (config.auth_addr, config.lists_addr, config.campaigns_addr)
+            blocking_service_channel(addr, callee, self.identity)
+            for addr, callee in (
+                (config.auth_addr, "auth"),
+                (config.lists_addr, "lists"),
+                (config.campaigns_addr, "campaigns"),
+            )
         ]
         self.auth = auth_pb2_grpc.AuthServiceStub(self._channels[0])
         self.lists = lists_pb2_grpc.ListsServiceStub(self._channels[1])
@@ -82,21 +95,20 @@ def call(method: Callable[..., Any], message: Any, *, as_service: bool = False, 
     principal = GATEWAY_PRINCIPAL if as_service else g.get("principal")
     if principal is None:
         raise BackendError(grpc.StatusCode.UNAUTHENTICATED, "not logged in")
-    metadata = [
-        (IDENTITY_HEADER, backends().signer.sign(principal.acting_as(SERVICE_NAME))),
-        (SOURCE_IP_HEADER, client_ip()),
-    ]
+    # The channel signs the principal current while the call starts, for the service it leads to.
+    token = set_principal(principal)
     try:
-        return method(message, metadata=metadata, timeout=timeout)
+        return method(message, metadata=[(SOURCE_IP_HEADER, client_ip())], timeout=timeout)
     except grpc.RpcError as exc:
         raise BackendError.from_rpc(exc) from None
+    finally:
+        reset_principal(token)
 
 
 def stream(method: Callable[..., Any], message: Any, timeout: float = 600.0) -> Any:
     """Call a server-streaming RPC for the logged-in user; iterate the result."""
-    principal = g.get("principal")
-    metadata = [
-        (IDENTITY_HEADER, backends().signer.sign(principal.acting_as(SERVICE_NAME))),
-        (SOURCE_IP_HEADER, client_ip()),
-    ]
-    return method(message, metadata=metadata, timeout=timeout)
+    token = set_principal(g.get("principal"))
+    try:
+        return method(message, metadata=[(SOURCE_IP_HEADER, client_ip())], timeout=timeout)
+    finally:
+        reset_principal(token)

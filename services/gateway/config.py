@@ -7,8 +7,10 @@ import hmac
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from services.common.config import ConfigError, env_bytes_secret, env_str
+from services.common.rpc import TlsFiles
 
 
 def parse_bind(name: str, value: str) -> tuple[str, int]:
@@ -17,6 +19,20 @@ def parse_bind(name: str, value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"environment variable {name}={value!r} is not host:port")
     return host.strip("[]"), int(port)
+
+
+def parse_public_url(name: str, value: str) -> str:
+    """An https://host[:port][/path] base without query or fragment (no trailing slash), naming the variable."""
+    parts = urlsplit(value)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if not port_ok or parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"environment variable {name}={value!r} is not an https://host[:port] address")
+    if "@" in parts.netloc:
+        raise ConfigError(f"environment variable {name}={value!r} must not hold a user or password")
+    return value.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -28,10 +44,15 @@ class Config:
     # The plain-HTTP listener that only redirects to HTTPS; None for none.
     http_host: str | None = None
     http_port: int = 0
+    # The console's address as people reach it (the plain-HTTP listener redirects there); "" for the
+    # HTTPS bind address.
+    public_url: str = ""
     auth_addr: str = ""
     lists_addr: str = ""
     campaigns_addr: str = ""
     internal_key: bytes = b""
+    # The gateway's client certificate for auth, lists and campaigns (MAILBLAST_TLS_*); required to start.
+    grpc_tls: TlsFiles | None = None
     tls_cert_file: str = ""
     tls_key_file: str = ""
     # Where a self-signed certificate is made when none is given (development).
@@ -42,7 +63,8 @@ class Config:
 
     @classmethod
     def from_env(cls) -> Config:
-        """Read GATEWAY_*, AUTH_ADDR, LISTS_ADDR, CAMPAIGNS_ADDR and MAILBLAST_INTERNAL_KEY(_FILE)."""
+        """Read GATEWAY_*, AUTH_ADDR, LISTS_ADDR, CAMPAIGNS_ADDR, MAILBLAST_INTERNAL_KEY(_FILE) and MAILBLAST_TLS_*."""
+        public_url = env_str("GATEWAY_PUBLIC_URL", "")
         host, port = parse_bind("GATEWAY_BIND", env_str("GATEWAY_BIND", "127.0.0.1:8080"))
         http_bind = env_str("GATEWAY_HTTP_BIND", "")
         http_host, http_port = parse_bind("GATEWAY_HTTP_BIND", http_bind) if http_bind else (None, 0)
@@ -56,10 +78,12 @@ class Config:
             port=port,
             http_host=http_host,
             http_port=http_port,
+            public_url=parse_public_url("GATEWAY_PUBLIC_URL", public_url) if public_url else "",
             auth_addr=env_str("AUTH_ADDR"),
             lists_addr=env_str("LISTS_ADDR"),
             campaigns_addr=env_str("CAMPAIGNS_ADDR"),
             internal_key=env_bytes_secret("MAILBLAST_INTERNAL_KEY"),
+            grpc_tls=TlsFiles.from_env(),
             tls_cert_file=env_str("GATEWAY_TLS_CERT_FILE", ""),
             tls_key_file=env_str("GATEWAY_TLS_KEY_FILE", ""),
             tls_dir=env_str("GATEWAY_TLS_DIR", ""),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from flask import Flask, request
-from flask_babel import Babel, get_locale
+from flask_babel import Babel, get_locale, get_translations
+from markupsafe import Markup, escape
 
 from services.gateway.security import LANGUAGE_COOKIE, LANGUAGES
 
@@ -47,4 +49,19 @@ def init_i18n(app: Flask) -> Babel:
     app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(_COMPILED)
     app.config["BABEL_DEFAULT_LOCALE"] = "en"
     app.jinja_env.globals["get_locale"] = get_locale
-    return Babel(app, locale_selector=select_locale)
+    babel = Babel(app, locale_selector=select_locale)
+    # Jinja's gettext marks what it returns as safe markup (only its %-values are escaped), so a template's
+    # _() on a value rather than a literal (a field label, say) would put that value in unescaped. The
+    # catalog holds text, never markup: each translation is escaped before Jinja formats the values in.
+    app.jinja_env.install_gettext_callables(
+        gettext=_as_text(lambda s: get_translations().ugettext(s)),
+        ngettext=_as_text(lambda s, p, n: get_translations().ungettext(s, p, n)),
+        pgettext=_as_text(lambda c, s: get_translations().upgettext(c, s)),
+        npgettext=_as_text(lambda c, s, p, n: get_translations().unpgettext(c, s, p, n)),
+        newstyle=True,
+    )
+    return babel
+
+
+def _as_text(lookup: Callable[..., str]) -> Callable[..., Markup]:
+    return lambda *args: escape(lookup(*args))

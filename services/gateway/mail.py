@@ -9,11 +9,13 @@ import grpc
 from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
-from jinja2 import ChainableUndefined
-from jinja2.sandbox import SandboxedEnvironment
 from mailblast.v1 import campaigns_pb2, lists_pb2
+from markupsafe import escape
 
+from services.common import templating
+from services.common.templating import RenderBudget, TemplateLimitExceeded
 from services.gateway.clients import BackendError, backends, call
+from services.gateway.explanations import explain
 from services.gateway.security import PREVIEW_CSP, requires
 
 bp = Blueprint("mail", __name__)
@@ -36,8 +38,6 @@ CAMPAIGN_STATES = {
     campaigns_pb2.CAMPAIGN_STATE_SENT: "sent",
     campaigns_pb2.CAMPAIGN_STATE_CANCELLED: "cancelled",
 }
-# The preview renders personal fields like the senders do: sandboxed, HTML autoescaped, missing fields empty.
-_PREVIEW_ENV = SandboxedEnvironment(autoescape=True, undefined=ChainableUndefined, cache_size=0)
 
 
 def _id_list(values: list[str]) -> list[int]:
@@ -77,7 +77,7 @@ def create_list() -> Response:
     return redirect(url_for("mail.list_detail", list_id=created.id))
 
 
-@bp.get("/lists/<int:list_id>")
+@bp.get("/lists/<id:list_id>")
 @requires("read")
 def list_detail(list_id: int) -> str:
     """One list: its subscribers and their status, a page at a time, and the CSV upload."""
@@ -97,7 +97,7 @@ def list_detail(list_id: int) -> str:
     )  # fmt: skip
 
 
-@bp.post("/lists/<int:list_id>/upload")
+@bp.post("/lists/<id:list_id>/upload")
 @requires("send")
 def upload(list_id: int) -> Response:
     """Hand a CSV file to the lists service as a background import job, in chunks."""
@@ -149,7 +149,7 @@ def _import_json(job: lists_pb2.ImportJob) -> dict[str, Any]:
     }
 
 
-@bp.get("/lists/<int:list_id>/imports/<int:import_id>")
+@bp.get("/lists/<id:list_id>/imports/<id:import_id>")
 @requires("read")
 def import_detail(list_id: int, import_id: int) -> str:
     """An import's progress, updated live by the page's script."""
@@ -159,7 +159,7 @@ def import_detail(list_id: int, import_id: int) -> str:
     return render_template("import.html", job=job, list_id=list_id, progress=_import_json(job))
 
 
-@bp.get("/lists/<int:list_id>/imports/<int:import_id>.json")
+@bp.get("/lists/<id:list_id>/imports/<id:import_id>.json")
 @requires("read")
 def import_progress(list_id: int, import_id: int) -> Response:
     """An import's counters, for polling."""
@@ -242,7 +242,7 @@ def new_campaign() -> Response | str:
     return redirect(url_for("mail.campaign_detail", campaign_id=created.id))
 
 
-@bp.get("/campaigns/<int:campaign_id>/edit")
+@bp.get("/campaigns/<id:campaign_id>/edit")
 @requires("send")
 def edit_campaign(campaign_id: int) -> Response | str:
     """The compose form, filled with a draft's fields; a campaign past draft goes back to its page."""
@@ -257,7 +257,7 @@ def edit_campaign(campaign_id: int) -> Response | str:
     return _compose_page(form, set(campaign.list_ids), set(campaign.segment_ids), None, campaign)
 
 
-@bp.post("/campaigns/<int:campaign_id>/edit")
+@bp.post("/campaigns/<id:campaign_id>/edit")
 @requires("send")
 def update_campaign(campaign_id: int) -> Response | str:
     """Save a draft's changed fields (the campaigns service refuses anything but a draft)."""
@@ -277,7 +277,7 @@ def update_campaign(campaign_id: int) -> Response | str:
     return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
 
 
-@bp.get("/campaigns/<int:campaign_id>")
+@bp.get("/campaigns/<id:campaign_id>")
 @requires("read")
 def campaign_detail(campaign_id: int) -> str:
     """A campaign: its content, a sandboxed preview, test send, send, and live counters."""
@@ -291,26 +291,30 @@ def _sample_fields() -> dict[str, Any]:
     return {"name": current_user.user.login, "email": current_user.user.email}
 
 
-@bp.get("/campaigns/<int:campaign_id>/preview")
+@bp.get("/campaigns/<id:campaign_id>/preview")
 @requires("read")
 def campaign_preview(campaign_id: int) -> Response:
     """The campaign's HTML with sample personal fields, for a sandboxed frame: its script can never run."""
     campaign = call(backends().campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign_id))
+    # Rendered like the senders do: bounded sandbox, HTML autoescaped, missing fields empty.
     try:
         if campaign.html_body:
-            html = _PREVIEW_ENV.from_string(campaign.html_body).render(_sample_fields())
+            html = templating.render(templating.HTML.from_string(campaign.html_body), _sample_fields(), RenderBudget())
         else:
-            text = _PREVIEW_ENV.from_string(campaign.text_body).render(_sample_fields())
+            text = templating.render(templating.HTML.from_string(campaign.text_body), _sample_fields(), RenderBudget())
             html = f"<pre>{text}</pre>"
+    except TemplateLimitExceeded as exc:
+        reason = explain(exc.templates, exc.params, str(exc))
+        html = f'<p class="error">{escape(_("Refused: %(reason)s", reason=reason))}</p>'
     except Exception as exc:  # a user's template may fail in many ways; the message says how
-        html = _PREVIEW_ENV.from_string("<p>{{ message }}</p>").render(message=str(exc))
+        html = f"<p>{escape(str(exc))}</p>"
     response = Response(html, mimetype="text/html")
     response.headers["Content-Security-Policy"] = PREVIEW_CSP
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
     return response
 
 
-@bp.post("/campaigns/<int:campaign_id>/test")
+@bp.post("/campaigns/<id:campaign_id>/test")
 @requires("send")
 def campaign_test(campaign_id: int) -> Response:
     """Send the campaign to one address now."""
@@ -332,7 +336,7 @@ def campaign_test(campaign_id: int) -> Response:
     return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
 
 
-@bp.post("/campaigns/<int:campaign_id>/send")
+@bp.post("/campaigns/<id:campaign_id>/send")
 @requires("send")
 def campaign_send(campaign_id: int) -> Response:
     """Start sending; the campaigns service writes the send, with the user's address, to the audit log."""
@@ -355,9 +359,9 @@ _STATE_ACTIONS = {
 }
 
 
-@bp.post("/campaigns/<int:campaign_id>/pause", defaults={"action": "pause"})
-@bp.post("/campaigns/<int:campaign_id>/resume", defaults={"action": "resume"})
-@bp.post("/campaigns/<int:campaign_id>/cancel", defaults={"action": "cancel"})
+@bp.post("/campaigns/<id:campaign_id>/pause", defaults={"action": "pause"})
+@bp.post("/campaigns/<id:campaign_id>/resume", defaults={"action": "resume"})
+@bp.post("/campaigns/<id:campaign_id>/cancel", defaults={"action": "cancel"})
 @requires("send")
 def campaign_state(campaign_id: int, action: str) -> Response:
     """Pause, resume or cancel a campaign; a state that does not allow it is refused with a message."""
@@ -373,7 +377,7 @@ def campaign_state(campaign_id: int, action: str) -> Response:
     return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
 
 
-@bp.get("/campaigns/<int:campaign_id>/progress.json")
+@bp.get("/campaigns/<id:campaign_id>/progress.json")
 @requires("read")
 def campaign_progress(campaign_id: int) -> Response:
     """The campaign's state and counters, for the page's polling script."""

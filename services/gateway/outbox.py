@@ -1,4 +1,8 @@
-"""Development only: every message the SMTP catcher received, with headers, DKIM result and TLS flag."""
+"""Development only: the organisation's messages the SMTP catcher received, with headers, DKIM result and TLS flag.
+
+Whose a message is comes from its Message-ID, which the sender signs with the internal key (services.common.verp):
+a header anyone sending to the catcher could write is never trusted.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from pathlib import Path
 
 import dkim
 from flask import Blueprint, Response, abort, current_app, render_template
+from flask_login import current_user
 
+from services.common.verp import message_organization
 from services.gateway.security import PREVIEW_CSP, requires
 
 bp = Blueprint("outbox", __name__)
@@ -89,6 +95,25 @@ def _stems() -> list[Path]:
     return sorted((s for s in stems if s.with_suffix(".eml").exists()), key=lambda s: s.name, reverse=True)
 
 
+def _ours(mail: CaughtMail) -> bool:
+    """Whether the logged-in user's organisation sent this message (its signed Message-ID says so)."""
+    key = current_app.config["MAILBLAST"].internal_key
+    organization = message_organization(key, str(mail.message.get("Message-ID", "")))
+    return organization is not None and organization == current_user.principal.organization_id
+
+
+def _our_mail(limit: int) -> list[CaughtMail]:
+    """The organisation's newest `limit` messages, newest first."""
+    found = []
+    for stem in _stems():
+        mail = _read(stem)
+        if _ours(mail):
+            found.append(mail)
+            if len(found) == limit:
+                break
+    return found
+
+
 def _body(message: EmailMessage, subtype: str) -> str:
     part = message.get_body(preferencelist=(subtype,))
     return part.get_content() if part is not None else ""
@@ -99,7 +124,7 @@ def _body(message: EmailMessage, subtype: str) -> str:
 def index() -> str:
     """The newest caught messages first."""
     records = current_app.config["MAILBLAST"].dev_dkim_records
-    mails = [_read(s) for s in _stems()[:MAX_LISTED]]
+    mails = _our_mail(MAX_LISTED)
     results = {m.name: dkim_results(m.raw, records) for m in mails}
     return render_template("outbox.html", mails=mails, dkim=results)
 
@@ -110,7 +135,11 @@ def _one(name: str) -> CaughtMail:
     stem = _folder() / name
     if not stem.with_suffix(".json").exists() or not stem.with_suffix(".eml").exists():
         abort(404)
-    return _read(stem)
+    mail = _read(stem)
+    if not _ours(mail):
+        # Another organisation's message is not found, as everything of another organisation.
+        abort(404)
+    return mail
 
 
 @bp.get("/outbox/<name>")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from flask import Blueprint, Response, abort, redirect, render_template, request
+from flask import Blueprint, abort, redirect, render_template, request
 from flask_babel import gettext as _
 from mailblast.v1 import lists_pb2
 
@@ -72,10 +72,7 @@ def unsubscribe_page(token: str) -> Any:
         if exc.code == grpc.StatusCode.NOT_FOUND:
             return _gone()
         raise
-    response = Response(render_template("unsubscribe.html", page=page, token=token))
-    # The token in the address must not leak to other sites through Referer.
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    return render_template("unsubscribe.html", page=page, token=token)
 
 
 @bp.post("/u/<token>/choose")
@@ -122,7 +119,7 @@ def _public_form(form_id: int) -> lists_pb2.PublicForm | None:
         raise
 
 
-@bp.get("/f/<int:form_id>")
+@bp.get("/f/<id:form_id>")
 def signup_page(form_id: int) -> Any:
     """The hosted signup page of a form."""
     form = _public_form(form_id)
@@ -142,7 +139,7 @@ def _thanks(reply: Any) -> Any:
     )
 
 
-@bp.post("/f/<int:form_id>")
+@bp.post("/f/<id:form_id>")
 def signup_submit(form_id: int) -> Any:
     """A signup from the hosted page or an embedded snippet on another site (hence no CSRF token)."""
     fields = {k[len(FIELD_PREFIX) :]: v for k, v in request.form.items() if k.startswith(FIELD_PREFIX) and v}
@@ -165,6 +162,14 @@ def signup_submit(form_id: int) -> Any:
             return _gone()
         if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return _too_many()
+        if exc.code == grpc.StatusCode.FAILED_PRECONDITION:
+            # The form's organisation has no sender for the confirmation mail: no thanks for a mail never sent.
+            return _page(
+                "public_message.html",
+                503,
+                title=_("Signups are closed for now"),
+                message=_("This form cannot take signups at the moment. Please try again later."),
+            )
         if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
             raise
         form = _public_form(form_id)
@@ -177,9 +182,7 @@ def signup_submit(form_id: int) -> Any:
 @bp.get("/c/<token>")
 def confirm_page(token: str) -> Any:
     """The link in the confirmation mail: a button, because mail scanners fetch links without a person."""
-    response = Response(render_template("confirm.html", token=token))
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    return render_template("confirm.html", token=token)
 
 
 @bp.post("/c/<token>")

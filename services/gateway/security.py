@@ -20,6 +20,10 @@ from services.gateway.clients import BackendError, backends, call
 # The console's cookies: Secure, HttpOnly, SameSite=Lax, and __Host- so no subdomain can set or scope them.
 SESSION_COOKIE = "__Host-mailblast-session"
 LANGUAGE_COOKIE = "__Host-mailblast-lang"
+# Auth's signed device cookie: this browser logged in before, so strangers' lockouts do not stop it.
+# SameSite=Strict: only the console's own login form needs it.
+DEVICE_COOKIE = "__Host-mailblast-device"
+DEVICE_COOKIE_SECONDS = 400 * 86400
 LANGUAGES = ("en", "ja")
 
 # No script but our own files, no plugins, no framing of the console, forms only to ourselves.
@@ -34,6 +38,24 @@ PREVIEW_CSP = (
     "frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
 )
 HSTS = "max-age=31536000; includeSubDomains"
+# Pages whose address holds a secret from a mail (a confirmation, unsubscribe or reset token) send only
+# the bare origin as Referer: no request from them, to another site or to this console's own static
+# files (and whatever logs their Referer), carries the token. Not "no-referrer": Chromium then sends the
+# page's own form with no Referer (and Origin: null), and the strict Referer check Flask-WTF makes over
+# HTTPS (WTF_CSRF_SSL_STRICT, kept) refuses it. Nor a Fetch Metadata check (Sec-Fetch-Site) in place of
+# Referer: a browser without Sec-Fetch-* would leave only Origin to check, which no-referrer nulls too.
+# The origin policy loosens no check and works in every browser.
+MAIL_LINK_REFERRER_POLICY = "strict-origin"
+# The endpoints whose address holds such a token: every answer from them has that policy, the page after
+# a form was sent and error pages included, as each is a document whose address is the token's.
+MAIL_LINK_ENDPOINTS = {
+    "public.unsubscribe_page",
+    "public.one_click",
+    "public.unsubscribe_choose",
+    "public.confirm_page",
+    "public.confirm_submit",
+    "account.reset",
+}
 
 # Endpoints reachable without a session.
 PUBLIC_ENDPOINTS = {
@@ -176,7 +198,10 @@ def add_security_headers(response: Response) -> Response:
     response.headers.setdefault("Content-Security-Policy", CONSOLE_CSP)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
+    mail_link = request.endpoint in MAIL_LINK_ENDPOINTS
+    response.headers.setdefault(
+        "Referrer-Policy", MAIL_LINK_REFERRER_POLICY if mail_link else "strict-origin-when-cross-origin"
+    )
     response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
     response.headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
     if request.is_secure:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
@@ -16,20 +17,20 @@ from services.gateway.security import HSTS
 SERVER_NAME = "mailblast"
 
 
-def redirect_app(https_port: int) -> Callable:
-    """A WSGI app sending every request to the same path over HTTPS (308 keeps the method and body)."""
+def redirect_app(public_url: str) -> Callable:
+    """A WSGI app sending every request to the same path under the console's public HTTPS address (308 keeps
+    the method and body). The address is configured, never taken from the Host header a client chose."""
+    base = public_url.rstrip("/")
 
     def app(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == "/healthz":
             # Probes may ask over plain HTTP; the answer says nothing about anyone.
             start_response("200 OK", [("Content-Type", "application/json"), ("Cache-Control", "no-store")])
             return [b'{"status":"ok"}']
-        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "localhost")
-        hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        port = "" if https_port == 443 else f":{https_port}"
-        path = environ.get("PATH_INFO", "/")
+        # PEP 3333 hands the path over as latin-1 text: back to its bytes, then percent-encoded.
+        path = quote(environ.get("PATH_INFO", "/").encode("latin-1"), safe="/:@!$&'()*+,;=-._~%")
         query = environ.get("QUERY_STRING", "")
-        location = f"https://{hostname}{port}{path}" + (f"?{query}" if query else "")
+        location = f"{base}{path}" + (f"?{query}" if query else "")
         start_response(
             "308 Permanent Redirect",
             [("Location", location), ("Content-Type", "text/plain"), ("Strict-Transport-Security", HSTS)],
@@ -37,6 +38,15 @@ def redirect_app(https_port: int) -> Callable:
         return [b"use HTTPS\n"]
 
     return app
+
+
+def bind_url(host: str, port: int) -> str:
+    """The https address of a bind address: a wildcard bind is reached as localhost, port 443 left out."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}" + ("" if port == 443 else f":{port}")
 
 
 class ConsoleServer:
@@ -52,6 +62,7 @@ class ConsoleServer:
         http_host: str | None = None,
         http_port: int = 0,
         threads: int = 16,
+        public_url: str = "",
     ) -> None:
         self.https = wsgi.Server((host, port), app, numthreads=threads, server_name=SERVER_NAME)
         adapter = BuiltinSSLAdapter(str(cert), str(key))
@@ -65,7 +76,7 @@ class ConsoleServer:
         self.http: wsgi.Server | None = None
         self.http_port = 0
         if http_host is not None:
-            redirector = redirect_app(self.port)
+            redirector = redirect_app(public_url or bind_url(self.host, self.port))
             self.http = wsgi.Server((http_host, http_port), redirector, numthreads=2, server_name=SERVER_NAME)
             self.http.shutdown_timeout = 3
             self.http.prepare()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection, sql
@@ -12,9 +13,9 @@ from psycopg.rows import class_row, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.privacy import email_hash
 from services.lists.fields import FieldDef
 from services.lists.imports import field_defs
-from services.lists.privacy import email_hash
 from services.lists.segments import Compiled
 from services.lists.store import Recipient, Subscriber
 
@@ -40,6 +41,17 @@ WITH doomed AS MATERIALIZED (
 )
 DELETE FROM subscribers WHERE id IN (SELECT id FROM doomed)
 """
+
+
+@dataclass(frozen=True)
+class ConfirmationLimits:
+    """How often one address may be sent a double opt-in confirmation, as of `now`."""
+
+    now: datetime
+    # One mail per address and form within this window; a repeat signup within it sends nothing.
+    window: timedelta
+    # At most this many per address and organisation in any 24 hours, whichever form asked.
+    daily_cap: int
 
 
 async def record_status(
@@ -114,14 +126,16 @@ class AudienceStore:
             raise InvalidArgument("a field %(field)r exists already", field=key)
         return FieldDef(row[0], key, label, type_, tuple(options))
 
-    async def delete_field(self, org: int, field_id: int) -> None:
-        """Remove a field definition (values stay in attributes as free text)."""
+    async def delete_field(self, org: int, field_id: int) -> str:
+        """Remove a field definition (values stay in attributes as free text); returns its key."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "DELETE FROM custom_fields WHERE organization_id = %s AND id = %s RETURNING id", (org, field_id)
+                "DELETE FROM custom_fields WHERE organization_id = %s AND id = %s RETURNING key", (org, field_id)
             )
-            if await cur.fetchone() is None:
+            row = await cur.fetchone()
+            if row is None:
                 raise NotFound("no field %(field)s in your organisation", field=field_id)
+        return row[0]
 
     # Subscribers
 
@@ -363,6 +377,26 @@ class AudienceStore:
                 job=job_id,
                 state=job["state"],
             )
+
+    async def set_import_starter(self, org: int, job_id: int, user_id: int, token_id: int, source_ip: str) -> None:
+        """Remember who started the job, for the audit log's line when it ends."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE import_jobs SET started_by_user = %s, started_by_token = %s, started_from = %s"
+                " WHERE organization_id = %s AND id = %s",
+                (user_id, token_id, source_ip[:100], org, job_id),
+            )
+
+    async def import_outcome(self, job_id: int) -> dict | None:
+        """A job's organisation, starter and final figures (for the audit log), or None."""
+        async with self.pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                "SELECT organization_id, list_id, state, rows_done, rows_added, rows_updated, rows_skipped,"
+                " rows_failed, started_by_user, started_by_token, started_from FROM import_jobs WHERE id = %s",
+                (job_id,),
+            )
+            return await cur.fetchone()
 
     async def set_import_state(self, org: int, job_id: int, allowed: tuple[str, ...], state: str) -> dict:
         """Move a job to `state` if it is in one of `allowed`."""
@@ -655,10 +689,47 @@ class AudienceStore:
             return True
 
     async def submit_signup(
-        self, org: int, form_id: int, email: str, name: str, attributes_json: str, token_hash: str, ip: str, agent: str
-    ) -> int:
-        """Create (or find) the subscriber, pending when new, and a consent waiting for confirmation."""
+        self,
+        org: int,
+        form_id: int,
+        email: str,
+        name: str,
+        attributes_json: str,
+        token_hash: str,
+        ip: str,
+        agent: str,
+        confirmation: ConfirmationLimits,
+        send: Callable[[int], Awaitable[None]],
+    ) -> int | None:
+        """Create (or find) the subscriber, pending when new, and a consent; `send` mails the confirmation.
+
+        None, with nothing changed and nothing sent, when this address had its confirmation mail from
+        this form within the window, or its daily number of them from the organisation. `send` runs
+        inside the transaction: a mail that could not be handed on records nothing.
+        """
+        hashed = email_hash(self.key, email)
+        now = confirmation.now
         async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('mailblast-confirm:' || %s || ':' || %s))", (org, hashed)
+            )
+            await conn.execute(
+                "DELETE FROM confirmation_mails WHERE organization_id = %s AND email_hash = %s AND sent_at <= %s",
+                (org, hashed, now - timedelta(days=1)),
+            )
+            cur = await conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE form_id = %s AND sent_at > %s)"
+                " FROM confirmation_mails WHERE organization_id = %s AND email_hash = %s",
+                (form_id, now - confirmation.window, org, hashed),
+            )
+            today, this_form = await cur.fetchone()
+            if this_form or today >= confirmation.daily_cap:
+                return None
+            await conn.execute(
+                "INSERT INTO confirmation_mails (organization_id, email_hash, form_id, sent_at)"
+                " VALUES (%s, %s, %s, %s)",
+                (org, hashed, form_id, now),
+            )
             cur = await conn.execute(
                 "INSERT INTO subscribers (organization_id, email, name, attributes, status)"
                 " VALUES (%s, %s, %s, %s, 'pending')"
@@ -674,6 +745,7 @@ class AudienceStore:
                 " VALUES (%s, %s, %s, %s, %s)",
                 (subscriber_id, form_id, token_hash, ip[:100], agent[:500]),
             )
+            await send(subscriber_id)
             return subscriber_id
 
     async def confirm_signup(self, token_hash: str, name: str, attributes_json: str | None) -> dict:
@@ -757,8 +829,11 @@ class AudienceStore:
             "suppression": suppression,
         }
 
-    async def erase(self, org: int, subscriber_id: int) -> None:
-        """Delete every trace of the subscriber; keep only the keyed hash of the address as a suppression."""
+    async def erase(self, org: int, subscriber_id: int) -> str:
+        """Delete every trace of the subscriber; keep only the keyed hash of the address as a suppression.
+
+        The erasure is queued for the other services in the same transaction; returns the keyed hash.
+        """
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT email FROM subscribers WHERE organization_id = %s AND id = %s FOR UPDATE", (org, subscriber_id)
@@ -776,8 +851,8 @@ class AudienceStore:
             pattern = "%" + row[0].lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             await conn.execute(
                 "DELETE FROM import_errors WHERE job_id IN (SELECT id FROM import_jobs WHERE organization_id = %s)"
-                " AND lower(raw) LIKE %s",
-                (org, pattern),
+                " AND (lower(raw) LIKE %s OR lower(reason) LIKE %s OR lower(coalesce(explanation::text, '')) LIKE %s)",
+                (org, pattern, pattern, pattern),
             )
             await conn.execute("DELETE FROM suppressions WHERE organization_id = %s AND email_hash = %s", (org, hashed))
             await conn.execute(
@@ -785,3 +860,8 @@ class AudienceStore:
                 " VALUES (%s, NULL, %s, 'erased', 'erasure request')",
                 (org, hashed),
             )
+            await conn.execute(
+                "INSERT INTO erasures (organization_id, subscriber_id, email_hash) VALUES (%s, %s, %s)",
+                (org, subscriber_id, hashed),
+            )
+        return hashed

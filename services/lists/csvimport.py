@@ -21,8 +21,8 @@ from typing import Any
 from charset_normalizer import from_bytes
 
 from services.common.errors import Problem, explanation_json
+from services.common.privacy import email_hasher
 from services.lists.fields import MAX_TEXT, FieldDef, coerce
-from services.lists.privacy import email_hasher
 from services.lists.validation import MAX_NAME, check_email, check_name
 
 ENCODINGS = {

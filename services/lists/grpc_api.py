@@ -5,17 +5,20 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from mailblast.v1 import lists_pb2, lists_pb2_grpc
 
+from services.common.audit import AuditTrail
+from services.common.clock import Clock, SystemClock
 from services.common.errors import InvalidArgument, NotFound
 from services.common.identity import current_principal, require_scope
 from services.common.log import get_logger
 from services.lists import fields, validation
 from services.lists.audience import AudienceStore
+from services.lists.erasures import ErasureAnnouncer
 from services.lists.grpc_audience import STATUS_VALUES, AudienceRpcs
 from services.lists.imports import ImportRunner
 from services.lists.store import ListsStore, MailingList, Subscriber
@@ -96,14 +99,24 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
         internal_key: bytes,
         public_url: str = "",
         signup_rate_per_hour: int = 10,
+        audit: AuditTrail | None = None,
+        erasures: ErasureAnnouncer | None = None,
+        confirm_window_seconds: float = 900.0,
+        confirm_daily_cap: int = 3,
+        clock: Clock | None = None,
     ) -> None:
         self._store = store
+        self.audit = audit or AuditTrail(None)
+        self.erasures = erasures
         self.audience = audience
         self.imports = imports
         self.js = js
         self.internal_key = internal_key
         self.public_url = public_url
         self.signup_rate_per_hour = signup_rate_per_hour
+        self.confirm_window = timedelta(seconds=confirm_window_seconds)
+        self.confirm_daily_cap = confirm_daily_cap
+        self.clock = clock or SystemClock()
 
     @staticmethod
     def _subscriber_pb(s: Subscriber) -> lists_pb2.Subscriber:

@@ -11,7 +11,7 @@ import io
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -19,14 +19,19 @@ from mailblast.v1 import events_pb2, lists_pb2
 from nats.js import JetStreamContext
 
 from services.common import mail
-from services.common.errors import InvalidArgument, NotFound, Problem, ServiceError
+from services.common.audit import AuditTrail
+from services.common.clock import Clock
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Problem, ServiceError
 from services.common.identity import Principal, current_principal, require_scope, require_service
 from services.common.log import get_logger
+from services.common.privacy import email_hash
+from services.common.rpc import caller_address
+from services.common.spreadsheet import formula_safe_row
 from services.common.verp import parse_unsubscribe_token
 from services.lists import fields, segments, validation
-from services.lists.audience import AudienceStore, SuppressionRow
+from services.lists.audience import AudienceStore, ConfirmationLimits, SuppressionRow
+from services.lists.erasures import ErasureAnnouncer
 from services.lists.imports import ImportRunner
-from services.lists.privacy import email_hash
 from services.lists.segments import Compiled
 
 log = get_logger(__name__)
@@ -110,14 +115,14 @@ def _encoding(requested: str) -> str:
 
 
 async def _csv_stream(rows: AsyncIterator[Iterable[list[Any]]], header: list[str], encoding: str):
-    """Yield FileChunks of CSV text encoded as asked (UTF-8 with a BOM so Excel reads it)."""
+    """Yield FileChunks of CSV text encoded as asked (UTF-8 with a BOM so Excel reads it), formulas defused."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(header)
+    writer.writerow(formula_safe_row(header))
     prefix = b"\xef\xbb\xbf" if encoding.startswith("utf") else b""
     async for page in rows:
         for row in page:
-            writer.writerow(row)
+            writer.writerow(formula_safe_row(row))
         if buf.tell() >= STREAM_BYTES:
             yield lists_pb2.FileChunk(data=prefix + _encode(buf.getvalue(), encoding))
             prefix = b""
@@ -203,9 +208,15 @@ class AudienceRpcs:
     audience: AudienceStore
     imports: ImportRunner
     js: JetStreamContext | None
+    audit: AuditTrail
+    erasures: ErasureAnnouncer | None
     internal_key: bytes
     public_url: str
     signup_rate_per_hour: int
+    confirm_window: timedelta
+    confirm_daily_cap: int
+    # The time confirmation limits are counted in; tests move it.
+    clock: Clock
 
     # Fields
 
@@ -219,6 +230,7 @@ class AudienceRpcs:
         except ValueError as exc:
             raise InvalidArgument.of(exc) from None
         created = await self.audience.create_field(principal.organization_id, key, label, type_, options)
+        await self.audit.record("field.created", f"field:{created.id}", {"key": key, "type": type_}, context=context)
         return _field(created, datetime.now(UTC))
 
     async def ListFields(self, request, context):
@@ -230,7 +242,8 @@ class AudienceRpcs:
     async def DeleteField(self, request, context):
         """Remove a field definition."""
         principal = require_scope("admin")
-        await self.audience.delete_field(principal.organization_id, request.field_id)
+        key = await self.audience.delete_field(principal.organization_id, request.field_id)
+        await self.audit.record("field.deleted", f"field:{request.field_id}", {"key": key}, context=context)
         return lists_pb2.DeleteFieldResponse()
 
     async def check_field_values(self, organization_id: int, attributes_json: str) -> str:
@@ -372,8 +385,32 @@ class AudienceRpcs:
         job = await self.audience.set_import_state(
             principal.organization_id, request.import_id, ("uploading",), "queued"
         )
-        self.imports.kick()
+        await self._import_started("import.started", job, principal, context)
         return _import(job)
+
+    async def _import_started(self, action: str, job: dict, principal: Principal, context) -> None:
+        source_ip = caller_address(context)
+        await self.audience.set_import_starter(
+            principal.organization_id, job["id"], principal.user_id, principal.token_id, source_ip
+        )
+        detail = {"list_id": job["list_id"], "mode": job["mode"], "bytes": job["total_bytes"]}
+        await self.audit.record(action, f"import:{job['id']}", detail, context=context)
+        # Kicked only now, so the job's end is credited to whoever started it.
+        self.imports.kick()
+
+    async def import_finished(self, job_id: int) -> None:
+        """Audit the end of a job the runner finished, for the user (or token) that started it."""
+        job = await self.audience.import_outcome(job_id)
+        if job is None:
+            return
+        starter = Principal(
+            organization_id=job["organization_id"], user_id=job["started_by_user"], token_id=job["started_by_token"]
+        )
+        detail = {k: job[k] for k in ("list_id", "state", "rows_done", "rows_added", "rows_updated", "rows_skipped",
+                                      "rows_failed")}  # fmt: skip
+        await self.audit.record(
+            "import.finished", f"import:{job_id}", detail, source_ip=job["started_from"], principal=starter
+        )
 
     async def GetImport(self, request, context):
         """A job's progress."""
@@ -393,19 +430,25 @@ class AudienceRpcs:
         job = await self.audience.set_import_state(
             principal.organization_id, request.import_id, ("failed", "running"), "queued"
         )
-        self.imports.kick()
+        await self._import_started("import.resumed", job, principal, context)
         return _import(job)
 
     async def RollbackImport(self, request, context):
         """Undo what a job did."""
         principal = require_scope("send")
-        return _import(await self.audience.rollback_import(principal.organization_id, request.import_id))
+        job = await self.audience.rollback_import(principal.organization_id, request.import_id)
+        await self.audit.record(
+            "import.rolled_back", f"import:{job['id']}", {"list_id": job["list_id"]}, context=context
+        )
+        return _import(job)
 
     async def StreamImportErrors(self, request, context):
         """The bad rows as CSV: row, reason, raw."""
         principal = require_scope("read")
         pages = self.audience.import_errors(principal.organization_id, request.import_id)
         first = await anext(pages, None)
+        # The rejected rows quote what the file said about people: an export like any other.
+        await self.audit.record("import.errors_exported", f"import:{request.import_id}", context=context)
 
         async def rows():
             if first is not None:
@@ -419,6 +462,8 @@ class AudienceRpcs:
     async def StreamImportErrorRows(self, request, context):
         """The bad rows in pages, with the explanation behind each reason."""
         principal = require_scope("read")
+        await self.audience.get_import(principal.organization_id, request.import_id)
+        await self.audit.record("import.errors_exported", f"import:{request.import_id}", context=context)
         async for page in self.audience.import_errors(principal.organization_id, request.import_id):
             yield lists_pb2.ImportErrorPage(
                 rows=[
@@ -440,6 +485,8 @@ class AudienceRpcs:
         else:
             raise InvalidArgument("give a list_id or a segment_id")
         keys = sorted(d.key for d in (await self.audience.defs(org)).values())
+        target = f"segment:{request.segment_id}" if request.segment_id else f"list:{request.list_id}"
+        await self.audit.record("list.exported", target, {"encoding": encoding}, context=context)
 
         async def rows():
             async for page in self.audience.export_rows(org, request.list_id, segment):
@@ -478,7 +525,9 @@ class AudienceRpcs:
         if not name:
             raise InvalidArgument("the segment name must not be empty")
         tree, _ = await self._check_tree(principal.organization_id, request.conditions_json)
-        return _segment(await self.audience.create_segment(principal.organization_id, name, tree))
+        created = await self.audience.create_segment(principal.organization_id, name, tree)
+        await self.audit.record("segment.created", f"segment:{created['id']}", {"name": name}, context=context)
+        return _segment(created)
 
     async def GetSegment(self, request, context):
         """One segment."""
@@ -500,12 +549,15 @@ class AudienceRpcs:
         principal = require_scope("send")
         name = _one_line(request.segment.name.strip(), "the segment name", 200)
         tree, _ = await self._check_tree(principal.organization_id, request.segment.conditions_json)
-        return _segment(await self.audience.update_segment(principal.organization_id, request.segment_id, name, tree))
+        updated = await self.audience.update_segment(principal.organization_id, request.segment_id, name, tree)
+        await self.audit.record("segment.updated", f"segment:{request.segment_id}", {"name": name}, context=context)
+        return _segment(updated)
 
     async def DeleteSegment(self, request, context):
         """Remove a segment."""
         principal = require_scope("send")
         await self.audience.delete_segment(principal.organization_id, request.segment_id)
+        await self.audit.record("segment.deleted", f"segment:{request.segment_id}", context=context)
         return lists_pb2.DeleteSegmentResponse()
 
     async def PreviewSegment(self, request, context):
@@ -535,8 +587,12 @@ class AudienceRpcs:
                 good.append(validation.check_email(email.strip()))
             except ValueError as exc:
                 errors.append(lists_pb2.RowError(index=index, email=email, message=str(exc)))
-        added = await self.audience.add_suppressions(
-            principal.organization_id, good, reason, _one_line(request.source or "console", "source", 200)
+        source = _one_line(request.source or "console", "source", 200)
+        added = await self.audience.add_suppressions(principal.organization_id, good, reason, source)
+        # How many, never which: the addresses are personal data.
+        detail = {"reason": reason, "source": source, "added": added}
+        await self.audit.record(
+            "suppression.added", f"organization:{principal.organization_id}", detail, context=context
         )
         return lists_pb2.AddSuppressionsResponse(added=added, errors=errors)
 
@@ -560,12 +616,18 @@ class AudienceRpcs:
         if not removed:
             raise NotFound("that address is not on your suppression list")
         log.info("suppression removed", organization_id=principal.organization_id, user_id=principal.user_id)
+        hashed = email_hash(self.internal_key, request.email)
+        await self.audit.record("suppression.removed", f"suppression:{hashed}", context=context)
         return lists_pb2.RemoveSuppressionResponse(removed=removed)
 
     async def ExportSuppressions(self, request, context):
         """The suppression list as CSV."""
         principal = require_scope("read")
         encoding = _encoding(request.encoding)
+        await self.audit.record(
+            "suppression.exported", f"organization:{principal.organization_id}", {"encoding": encoding},
+            context=context,
+        )  # fmt: skip
 
         async def rows():
             after = 0
@@ -649,14 +711,24 @@ class AudienceRpcs:
         address = request.sender_address.strip()
         if address:
             try:
-                address = validation.check_email(address)
+                address = validation.check_sender_address(address)
             except ValueError as exc:
                 raise InvalidArgument.of(exc) from None
+        elif await self.audience.forms(principal.organization_id):
+            raise FailedPrecondition(
+                "the signup forms send their confirmation mail from the sender address: it cannot be empty "
+                "while the organisation has forms"
+            )
+        elif request.confirm_unsubscribe:
+            raise InvalidArgument("the unsubscribe confirmation mail needs a sender address: set one too")
         saved = await self.audience.update_settings(
             principal.organization_id,
             request.confirm_unsubscribe,
             address,
             _one_line(request.sender_name, "sender_name", 200),
+        )
+        await self.audit.record(
+            "lists.settings_changed", f"organization:{principal.organization_id}", dict(saved), context=context
         )
         return lists_pb2.ListsSettings(**saved)
 
@@ -667,6 +739,11 @@ class AudienceRpcs:
         principal = require_scope("send")
         org = principal.organization_id
         await self._own_list(org, request.list_id)
+        if not (await self.audience.settings(org))["sender_address"]:
+            # A form is live once saved: without a From its confirmation mail could never be sent.
+            raise FailedPrecondition(
+                "a signup form needs a sender address for its confirmation mail: set one in the list settings first"
+            )
         defs = await self.audience.defs(org)
         unknown = [k for k in request.field_keys if k not in defs]
         if unknown:
@@ -679,6 +756,8 @@ class AudienceRpcs:
             org, request.list_id, name, list(request.field_keys), request.ask_name, _one_line(redirect, "redirect_url"),
             request.thanks_text[:2000],
         )  # fmt: skip
+        detail = {"list_id": request.list_id, "name": name, "field_keys": list(request.field_keys)}
+        await self.audit.record("form.created", f"form:{created['id']}", detail, context=context)
         return _form(created)
 
     async def ListForms(self, request, context):
@@ -772,6 +851,11 @@ class AudienceRpcs:
         if not await self.audience.signup_allowed(request.source_ip or "unknown", self.signup_rate_per_hour):
             raise ResourceExhausted("too many signups from this address; try again in an hour")
         org = form["organization_id"]
+        settings = await self.audience.settings(org)
+        if not settings["sender_address"]:
+            # A form saved before forms needed a sender: refuse rather than thank for a mail never sent.
+            log.warning("signup refused: no sender address for the confirmation mail", organization_id=org)
+            raise FailedPrecondition("this form cannot take signups at the moment; please try again later")
         try:
             email = validation.check_email(request.email.strip())
             name = validation.check_name(request.name.strip()) if form["ask_name"] else ""
@@ -784,10 +868,6 @@ class AudienceRpcs:
             # Bounced or complained addresses are not taken back through a form.
             raise InvalidArgument("this address cannot be subscribed; contact the sender")
         token = secrets.token_urlsafe(24)
-        subscriber_id = await self.audience.submit_signup(
-            org, form["id"], email, name, attributes, _hash_token(token), request.source_ip[:100], request.user_agent
-        )
-        settings = await self.audience.settings(org)
         link = f"{self.public_url.rstrip('/')}/c/{token}"
         content = events_pb2.MessageContent(
             from_name=settings["sender_name"],
@@ -797,10 +877,22 @@ class AudienceRpcs:
             html_body="<p>以下のリンクから登録を確定してください。<br>Please confirm your subscription:</p>"
             '<p><a href="{{confirm_url}}">{{confirm_url}}</a></p>',
         )
-        await self._send_transactional(
-            org, f"lists.confirm.{form['id']}.{subscriber_id}.{_hash_token(token)[:16]}", email, name, content,
-            "lists.confirm", {"confirm_url": link},
+
+        async def send(subscriber_id: int) -> None:
+            await self._send_transactional(
+                org, f"lists.confirm.{form['id']}.{subscriber_id}.{_hash_token(token)[:16]}", email, name, content,
+                "lists.confirm", {"confirm_url": link},
+            )  # fmt: skip
+
+        limits = ConfirmationLimits(self.clock.now(), self.confirm_window, self.confirm_daily_cap)
+        subscriber_id = await self.audience.submit_signup(
+            org, form["id"], email, name, attributes, _hash_token(token), request.source_ip[:100], request.user_agent,
+            limits, send,
         )  # fmt: skip
+        if subscriber_id is None:
+            # The same answer as a signup that mailed: a stranger learns nothing about the address.
+            log.info("confirmation mail held back by its limits", organization_id=org, form_id=form["id"])
+            return reply
         log.info("signup awaiting confirmation", organization_id=org, form_id=form["id"], subscriber_id=subscriber_id)
         return reply
 
@@ -818,6 +910,7 @@ class AudienceRpcs:
         """Everything held about a subscriber, as JSON."""
         principal = require_scope("admin")
         data = await self.audience.personal_data(principal.organization_id, request.subscriber_id)
+        await self.audit.record("subscriber.data_exported", f"subscriber:{request.subscriber_id}", context=context)
         return lists_pb2.ExportSubscriberDataResponse(
             json=json.dumps(data, ensure_ascii=False, default=_json_default, indent=2)
         )
@@ -825,8 +918,20 @@ class AudienceRpcs:
     async def EraseSubscriber(self, request, context):
         """Delete every trace of a subscriber but a keyed hash on the suppression list."""
         principal: Principal = require_scope("admin")
-        await self.audience.erase(principal.organization_id, request.subscriber_id)
+        hashed = await self.audience.erase(principal.organization_id, request.subscriber_id)
         log.info("subscriber erased", organization_id=principal.organization_id, subscriber_id=request.subscriber_id)
+        await self.audit.record(
+            "subscriber.erased", f"subscriber:{request.subscriber_id}", {"email_hash": hashed}, context=context
+        )
+        if self.erasures is not None:
+            # Committed with the erasure; announced now, or by the background retry if NATS is away.
+            try:
+                await self.erasures.publish_pending()
+            except Exception:
+                log.exception(
+                    "erasure not announced yet; the background retry will", subscriber_id=request.subscriber_id
+                )
+                self.erasures.kick()
         return lists_pb2.EraseSubscriberResponse()
 
 

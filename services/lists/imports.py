@@ -27,7 +27,7 @@ import contextlib
 import functools
 import json
 import multiprocessing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -201,6 +201,8 @@ class ImportRunner:
     """Runs queued import jobs, one at a time per process, each under an advisory lock."""
 
     def __init__(self, pool: AsyncConnectionPool, internal_key: bytes, batch_rows: int = 20000) -> None:
+        # Told of each job that ended (done or failed), after its state is committed: the audit log.
+        self.on_finished: Callable[[int], Awaitable[None]] | None = None
         self._pool = pool
         self._key = internal_key
         self.batch_rows = batch_rows
@@ -258,6 +260,15 @@ class ImportRunner:
                         await conn.commit()
 
     async def _process_locked(self, conn: AsyncConnection, job_id: int) -> bool:
+        ran = await self._run_locked(conn, job_id)
+        if ran and self.on_finished is not None:
+            try:
+                await self.on_finished(job_id)
+            except Exception:
+                log.exception("import end not reported", import_id=job_id)
+        return ran
+
+    async def _run_locked(self, conn: AsyncConnection, job_id: int) -> bool:
         cur = await conn.execute(SELECT_JOB, (job_id,))
         job = await cur.fetchone()
         if job is None or job[3] not in ("queued", "running"):

@@ -7,17 +7,25 @@ import contextlib
 from pathlib import Path
 
 import grpc
-from mailblast.v1 import lists_pb2, lists_pb2_grpc
+from mailblast.v1 import auth_pb2_grpc, lists_pb2, lists_pb2_grpc
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
 from services.common import bus, db
-from services.common.identity import IdentitySigner
+from services.common.audit import AuditTrail
+from services.common.clock import Clock
 from services.common.log import get_logger
-from services.common.rpc import GrpcServer, auth_token_resolver, service_channel, start_grpc_server
+from services.common.rpc import (
+    GrpcServer,
+    ServiceIdentity,
+    auth_token_resolver,
+    service_channel,
+    start_grpc_server,
+)
 from services.lists.audience import AudienceStore
 from services.lists.config import Config
 from services.lists.consumers import BounceConsumer
+from services.lists.erasures import ErasureAnnouncer
 from services.lists.grpc_api import ListsServicer
 from services.lists.imports import ImportRunner
 from services.lists.store import ListsStore
@@ -40,6 +48,7 @@ class Running:
         bounce_consumer: BounceConsumer,
         auth_channel: grpc.aio.Channel | None,
         imports: ImportRunner,
+        erasures: ErasureAnnouncer,
     ) -> None:
         self._server = server
         self._pool = pool
@@ -49,9 +58,12 @@ class Running:
         self._tasks: list[asyncio.Task] = []
         self.bounce_consumer = bounce_consumer
         self.imports = imports
+        self.erasures = erasures
         self.grpc_port = server.port
         # Import jobs always run in the background: queued ones, and those a stopped process left.
         self._tasks.append(asyncio.create_task(imports.run(self._stop), name="lists-imports"))
+        # So do erasures not yet announced (NATS was away when they were committed).
+        self._tasks.append(asyncio.create_task(erasures.run(self._stop), name="lists-erasures"))
 
     def run_in_background(self) -> None:
         """Consume bounce events until stop()."""
@@ -81,8 +93,12 @@ class Running:
         await self._pool.close()
 
 
-async def start(config: Config) -> Running:
-    """Migrate the lists schema, open its pool, bind the bounce consumer and serve gRPC."""
+async def start(config: Config, clock: Clock | None = None) -> Running:
+    """Migrate the lists schema, open its pool, bind the bounce consumer and serve gRPC.
+
+    `clock` is what the double opt-in limits count time in (the current time unless a test moves it).
+    """
+    me = ServiceIdentity(SERVICE_NAME, config.grpc_tls, config.internal_key)
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA)
     nc: NATS | None = None
@@ -92,12 +108,14 @@ async def start(config: Config) -> Running:
         nc, js = await bus.connect(config.nats_url, SERVICE_NAME, config.nats_creds_file)
         consumer = BounceConsumer(js, store, config.hard_bounce_threshold)
         await consumer.start()
-        signer = IdentitySigner(config.internal_key)
         resolve_token = None
+        auth = None
         if config.auth_addr:
-            auth_channel = service_channel(config.auth_addr, signer, SERVICE_NAME)
-            resolve_token = auth_token_resolver(auth_channel, signer, SERVICE_NAME)
+            auth_channel = service_channel(config.auth_addr, "auth", me)
+            resolve_token = auth_token_resolver(auth_channel, me)
+            auth = auth_pb2_grpc.AuthServiceStub(auth_channel)
         imports = ImportRunner(pool, config.internal_key, config.import_batch_rows)
+        erasures = ErasureAnnouncer(pool, js)
         servicer = ListsServicer(
             store,
             AudienceStore(pool, config.internal_key),
@@ -106,13 +124,21 @@ async def start(config: Config) -> Running:
             config.internal_key,
             config.public_url,
             config.signup_rate_per_hour,
+            AuditTrail(auth),
+            erasures,
+            config.confirm_window_seconds,
+            config.confirm_daily_cap,
+            clock,
         )
+        imports.on_finished = servicer.import_finished
 
         def register(server: grpc.aio.Server) -> list[str]:
             lists_pb2_grpc.add_ListsServiceServicer_to_server(servicer, server)
             return [lists_pb2.DESCRIPTOR.services_by_name["ListsService"].full_name]
 
-        server = await start_grpc_server(config.grpc_bind, register, signer, resolve_token=resolve_token)
+        server = await start_grpc_server(
+            config.grpc_bind, register, me, resolve_token=resolve_token, health_bind=config.health_bind
+        )
     except BaseException:
         if auth_channel is not None:
             await auth_channel.close()
@@ -120,7 +146,7 @@ async def start(config: Config) -> Running:
             await nc.close()
         await pool.close()
         raise
-    running = Running(server, pool, nc, consumer, auth_channel, imports)
+    running = Running(server, pool, nc, consumer, auth_channel, imports, erasures)
     if config.consume_in_background:
         running.run_in_background()
     log.info("lists started", grpc_port=server.port, auth=bool(config.auth_addr))

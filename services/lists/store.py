@@ -10,8 +10,8 @@ from enum import StrEnum
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
+from services.common.privacy import email_hash
 from services.lists import bounces
-from services.lists.privacy import email_hash
 from services.lists.validation import ValidSubscriber
 
 # Rows per statement when adding subscribers: one round trip each, parameters well under the limits.

@@ -77,6 +77,17 @@ def check_email(email: str) -> str:
         ) from None
 
 
+def check_sender_address(address: str) -> str:
+    """Return an address a From header can carry (ASCII local part, the domain in IDNA form), or raise saying why."""
+    try:
+        checked = validate_email(address, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise Problem(
+            "%(address)s cannot be the sender address: %(reason)s", address=_describe(address), reason=str(exc)
+        ) from None
+    return checked.ascii_email or checked.normalized
+
+
 def check_name(name: str) -> str:
     """Return a subscriber name that is one line of at most 200 characters."""
     if len(name) > MAX_NAME:

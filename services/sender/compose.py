@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from dataclasses import dataclass
 
 from services.common import verp
@@ -77,11 +74,8 @@ class Composer:
         )
 
     def transactional_message_id(self, organization_id: int, message_key: str) -> str:
-        """A Message-ID stable per message key (signed, so it reveals nothing and cannot be forged)."""
-        mac = hmac.new(self._key, f"transactional:{organization_id}.{message_key}".encode(), hashlib.sha256)
-        # "tx." rather than verp's "mb.": the bounce service must not read it as a campaign recipient.
-        signature = base64.b32encode(mac.digest()[:20]).decode().lower()
-        return f"<tx.{organization_id}.{signature}@{self._message_id_domain}>"
+        """A Message-ID stable per message key, naming the organisation (signed, so it cannot be forged)."""
+        return verp.transactional_message_id(self._key, organization_id, message_key, self._message_id_domain)
 
     def prepare_transactional(
         self,

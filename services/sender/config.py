@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common.config import ConfigError, env_bytes_secret, env_float, env_int, env_str
+from services.common.rpc import TlsFiles
 from services.sender.mime import MessageProblem, check_address
 
 TLS_OPPORTUNISTIC = "opportunistic"
@@ -20,8 +21,12 @@ class Config:
     internal_key: bytes
     return_path_domain: str
     unsubscribe_url: str
+    # Mutual TLS for gRPC: this service's certificate, its key and the CA it trusts (MAILBLAST_TLS_*).
+    grpc_tls: TlsFiles
     message_id_domain: str = ""
     grpc_bind: str = "0.0.0.0:50054"
+    # A plaintext listener answering only grpc.health.v1 (Kubernetes' gRPC probes); empty for none.
+    health_bind: str = ""
     relay_host: str = ""
     relay_port: int = 25
     tls: str = TLS_OPPORTUNISTIC
@@ -89,6 +94,8 @@ class Config:
             unsubscribe_url=env_str("SENDER_UNSUBSCRIBE_URL"),
             message_id_domain=env_str("SENDER_MESSAGE_ID_DOMAIN", ""),
             grpc_bind=env_str("SENDER_GRPC_BIND", "0.0.0.0:50054"),
+            grpc_tls=TlsFiles.from_env(),
+            health_bind=env_str("MAILBLAST_HEALTH_BIND", ""),
             relay_host=env_str("SENDER_RELAY_HOST", ""),
             relay_port=env_int("SENDER_RELAY_PORT", 25),
             tls=env_str("SENDER_TLS", TLS_OPPORTUNISTIC).strip().lower(),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import os
 import socket
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -109,8 +111,12 @@ class SendBatchConsumer(MessageWorkers):
         campaign_states: CampaignStates | None = None,
         suppression: SuppressionCheck | None = None,
         pause_recheck_seconds: float = 30.0,
+        render_pool: Executor | None = None,
     ) -> None:
         self._js = js
+        # Rendering and signing run off the event loop, so a heavy template never stalls the other
+        # consumers (a password reset), the ledger writer or the SMTP sessions; None: the loop's default.
+        self._render_pool = render_pool
         self._campaigns = campaign_states or CampaignStates(None)
         self._suppression = suppression or SuppressionCheck(None)
         self._pause_recheck = pause_recheck_seconds
@@ -224,7 +230,14 @@ class SendBatchConsumer(MessageWorkers):
         sender = Sender(content.from_name, content.from_address, content.reply_to)
         try:
             sender.check()
-            compiled = self._templates.get(campaign_id, content.subject, content.text_body, content.html_body)
+            compiled = await asyncio.get_running_loop().run_in_executor(
+                self._render_pool,
+                self._templates.get,
+                campaign_id,
+                content.subject,
+                content.text_body,
+                content.html_body,
+            )
         except (MessageProblem, TemplateProblem) as exc:
             # The campaign itself cannot be sent: every recipient fails for the same reason, once.
             log.error("batch refused", campaign_id=campaign_id, reason=str(exc))
@@ -259,6 +272,8 @@ class SendBatchConsumer(MessageWorkers):
                         break
                 # Asked before claiming, so a failed look-up leaves no claim behind to lapse.
                 on_list = await self._suppression.suppressed(batch.organization_id, [r.email for r in chunk])
+                # An erasure this sender heard of is final here even when lists cannot be asked.
+                gone = await self._store.erased(batch.organization_id, [r.subscriber_id for r in chunk])
                 claimed = await self._store.claim(
                     batch.organization_id,
                     campaign_id,
@@ -275,8 +290,8 @@ class SendBatchConsumer(MessageWorkers):
                     if key in self._inflight:
                         waits.append(self._inflight[key])
                         continue
-                    if recipient.email in on_list:
-                        reason = on_list[recipient.email]
+                    if recipient.email in on_list or recipient.subscriber_id in gone:
+                        reason = on_list.get(recipient.email, "erased")
                         recorded.append(
                             self._writer.submit(self._outcome(batch, recipient, suppressed(reason), "", states))
                         )
@@ -370,13 +385,17 @@ class SendBatchConsumer(MessageWorkers):
             ) as span:
                 message_id = ""
                 try:
-                    prepared = self._composer.prepare(
-                        ref=ref,
-                        content=compiled,
-                        sender=sender,
-                        email=recipient.email,
-                        name=recipient.name,
-                        attributes_json=recipient.attributes_json,
+                    prepared = await asyncio.get_running_loop().run_in_executor(
+                        self._render_pool,
+                        functools.partial(
+                            self._composer.prepare,
+                            ref=ref,
+                            content=compiled,
+                            sender=sender,
+                            email=recipient.email,
+                            name=recipient.name,
+                            attributes_json=recipient.attributes_json,
+                        ),
                     )
                 except (MessageProblem, TemplateProblem) as exc:
                     result = rejected(str(exc))

@@ -1,15 +1,18 @@
-"""Personal fields: a campaign's subject and bodies compiled once, rendered per recipient in a sandbox."""
+"""Personal fields: a campaign's subject and bodies compiled once, rendered per recipient in a bounded sandbox."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import ChainableUndefined, Template, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import Template, TemplateError
+
+from services.common import templating
+from services.common.templating import BoundedEnvironment, RenderBudget, TemplateLimitExceeded
 
 
 class TemplateProblem(Exception):
@@ -25,27 +28,29 @@ class Rendered:
     html: str
 
 
-def _environment(autoescape: bool) -> SandboxedEnvironment:
-    # ChainableUndefined: a field a subscriber lacks (even {{ company.name }}) renders empty, never raises.
-    return SandboxedEnvironment(
-        autoescape=autoescape, undefined=ChainableUndefined, keep_trailing_newline=True, cache_size=0
-    )
-
-
-_PLAIN = _environment(autoescape=False)
-_HTML = _environment(autoescape=True)
-
-
 class CompiledContent:
-    """A campaign's templates, compiled once: HTML autoescaped, text and subject not."""
+    """A campaign's templates, compiled once (HTML autoescaped, text and subject not) and tried within the limits.
+
+    The trial renders them with the sample fields the campaigns service checked them with when the
+    campaign was saved: a campaign that breaks a limit anyway (saved before the limits existed) fails
+    as a whole, once, instead of every recipient spending the limits first.
+    """
 
     def __init__(self, subject: str, text: str, html: str) -> None:
-        self.subject = self._compile(_PLAIN, subject, "subject")
-        self.text = self._compile(_PLAIN, text, "text body")
-        self.html = self._compile(_HTML, html, "HTML body")
+        self.subject = self._compile(templating.PLAIN, subject, "subject")
+        self.text = self._compile(templating.PLAIN, text, "text body")
+        self.html = self._compile(templating.HTML, html, "HTML body")
+        try:
+            templating.check_within_limits(
+                (part, template)
+                for part, template in (("subject", self.subject), ("text body", self.text), ("HTML body", self.html))
+                if isinstance(template, Template)
+            )
+        except TemplateLimitExceeded as exc:
+            raise TemplateProblem(f"template limit: {exc}") from None
 
     @staticmethod
-    def _compile(env: SandboxedEnvironment, source: str, part: str) -> Template | _Literal | None:
+    def _compile(env: BoundedEnvironment, source: str, part: str) -> Template | _Literal | None:
         if not source:
             return None
         if "{" not in source:
@@ -59,15 +64,26 @@ class CompiledContent:
             raise TemplateProblem(f"template error in the {part}{where}: {exc}") from None
 
     def render(self, fields: dict[str, Any]) -> Rendered:
-        """Fill in one recipient's fields; a template failing at run time raises TemplateProblem."""
+        """Fill in one recipient's fields within one budget; a failure or a limit raises TemplateProblem."""
+        budget = RenderBudget()
         try:
             return Rendered(
-                subject=self.subject.render(fields) if self.subject else "",
-                text=self.text.render(fields) if self.text else "",
-                html=self.html.render(fields) if self.html else "",
+                subject=self._render(self.subject, fields, budget),
+                text=self._render(self.text, fields, budget),
+                html=self._render(self.html, fields, budget),
             )
+        except TemplateLimitExceeded as exc:
+            raise TemplateProblem(f"template limit: {exc}") from None
         except Exception as exc:  # the sandbox raises SecurityError, TypeError, ... from user templates
             raise TemplateProblem(f"template error: {exc}") from None
+
+    @staticmethod
+    def _render(template: Template | _Literal | None, fields: dict[str, Any], budget: RenderBudget) -> str:
+        if template is None:
+            return ""
+        if isinstance(template, _Literal):
+            return template.source
+        return templating.render(template, fields, budget)
 
 
 class _Literal:
@@ -77,9 +93,6 @@ class _Literal:
 
     def __init__(self, source: str) -> None:
         self.source = source
-
-    def render(self, _fields: dict[str, Any]) -> str:
-        return self.source
 
 
 def recipient_fields(email: str, name: str, attributes_json: str) -> dict[str, Any]:
@@ -98,27 +111,33 @@ def recipient_fields(email: str, name: str, attributes_json: str) -> dict[str, A
 
 
 class TemplateCache:
-    """Compiled campaigns by (campaign id, content hash), so a batch compiles nothing already seen."""
+    """Compiled campaigns by (campaign id, content hash), so a batch compiles nothing already seen.
+
+    Safe to use from the render threads: a content compiled twice at once is kept once.
+    """
 
     def __init__(self, size: int = 256) -> None:
         self._size = size
         self._entries: OrderedDict[tuple[int, bytes], CompiledContent | TemplateProblem] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, campaign_id: int, subject: str, text: str, html: str) -> CompiledContent:
         """Return the compiled content, compiling it on first use; raises TemplateProblem."""
         digest = hashlib.blake2b(b"\0".join(part.encode() for part in (subject, text, html)), digest_size=16).digest()
         key = (campaign_id, digest)
-        entry = self._entries.get(key)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
         if entry is None:
             try:
                 entry = CompiledContent(subject, text, html)
             except TemplateProblem as exc:
                 entry = exc
-            self._entries[key] = entry
-            if len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-        else:
-            self._entries.move_to_end(key)
+            with self._lock:
+                entry = self._entries.setdefault(key, entry)
+                if len(self._entries) > self._size:
+                    self._entries.popitem(last=False)
         if isinstance(entry, TemplateProblem):
             raise TemplateProblem(str(entry))
         return entry

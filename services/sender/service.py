@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -11,9 +12,9 @@ from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
 from services.common import bus, db
-from services.common.identity import IdentitySigner
+from services.common.erasure import erasure_consumer
 from services.common.log import get_logger
-from services.common.rpc import GrpcServer, service_channel, start_grpc_server
+from services.common.rpc import GrpcServer, ServiceIdentity, service_channel, start_grpc_server
 from services.sender import grpc_api
 from services.sender.checks import CampaignStates, SuppressionCheck
 from services.sender.compose import Composer
@@ -28,6 +29,14 @@ from services.sender.writer import LedgerWriter
 log = get_logger(__name__)
 
 SQL_DIR = Path(__file__).parent / "sql"
+ERASURES_DURABLE = "sender-erasures"
+
+# Threads that render and sign, per consumer. Rendering is Python under the GIL: more threads add no
+# speed and only compete with the event loop for it. Measured with a campaign needing ~45 ms per render
+# (tests/system/test_render_starvation.py): rendering on the loop stalled it 3.1 s and the password
+# reset went out after the whole campaign; one thread each keeps the worst stall near 0.1-0.3 s on a
+# loaded machine, and the reset leaves while the campaign is still sending.
+RENDER_THREADS = 1
 
 
 def dkim_keys(config: Config) -> list[SigningKey]:
@@ -56,11 +65,14 @@ class Running:
         store: DeliveryStore,
         loop_tasks: list[asyncio.Task[None]],
         stop_event: asyncio.Event,
+        erasures: bus.PullConsumer,
         channels: Sequence[grpc.aio.Channel] = (),
+        render_pools: Sequence[ThreadPoolExecutor] = (),
     ) -> None:
         self.grpc_port = grpc.port
         self.consumer = consumer
         self.transactional = transactional
+        self.erasures = erasures
         self.store = store
         self._pool = pool
         self._nc = nc
@@ -70,12 +82,17 @@ class Running:
         self._loop_tasks = loop_tasks
         self._stop_event = stop_event
         self._channels = channels
+        self._render_pools = render_pools
 
     async def stop(self, grace: float = 20.0) -> None:
         """Stop fetching, let work under way finish (or abandon it for redelivery), close everything."""
         self._stop_event.set()
         await asyncio.gather(*self._loop_tasks, return_exceptions=True)
         await asyncio.gather(self.consumer.stop(grace), self.transactional.stop(grace))
+        await self.erasures.stop()
+        for render_pool in self._render_pools:
+            # Nothing is queued any more; a render under way ends within its time limit.
+            await asyncio.to_thread(render_pool.shutdown)
         await self._writer.stop()
         await self._delivery.close()
         await self._grpc.stop(grace=2.0)
@@ -90,14 +107,14 @@ class Running:
 
 async def start(config: Config, *, consume: bool = True) -> Running:
     """Migrate, connect, start the gRPC server and (unless told not to) the batch and transactional loops."""
+    me = ServiceIdentity("sender", config.grpc_tls, config.internal_key)
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     keys = dkim_keys(config)
     pool = await db.open_pool(config.database_url, SCHEMA, min_size=2, max_size=8)
     nc, js = await bus.connect(config.nats_url, "sender", config.nats_creds_file)
-    store = DeliveryStore(pool)
-    signer = IdentitySigner(config.internal_key)
-    campaigns_channel = service_channel(config.campaigns_addr, signer, "sender") if config.campaigns_addr else None
-    lists_channel = service_channel(config.lists_addr, signer, "sender") if config.lists_addr else None
+    store = DeliveryStore(pool, config.internal_key)
+    campaigns_channel = service_channel(config.campaigns_addr, "campaigns", me) if config.campaigns_addr else None
+    lists_channel = service_channel(config.lists_addr, "lists", me) if config.lists_addr else None
     suppression = SuppressionCheck(lists_channel)
 
     async def report(outcomes: Sequence[Outcome]) -> None:
@@ -121,6 +138,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         signer=DkimSigner(keys),
         system_return_path=config.system_return_path,
     )
+    render_pools = [ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix=f"sender-render-{kind}") for kind in "bt"]
     consumer = SendBatchConsumer(
         js=js,
         store=store,
@@ -137,6 +155,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         campaign_states=CampaignStates(campaigns_channel),
         suppression=suppression,
         pause_recheck_seconds=config.pause_recheck_seconds,
+        render_pool=render_pools[0],
     )
     # Same process, delivery pool, signer and ledger writer; its own durable, so a large campaign
     # never queues a password reset behind its batches.
@@ -152,15 +171,19 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         give_up_seconds=config.give_up_seconds,
         ack_wait_seconds=config.ack_wait_seconds,
         suppression=suppression,
+        render_pool=render_pools[1],
     )
+    erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)
     await consumer.start()
     await transactional.start()
-    grpc = await start_grpc_server(config.grpc_bind, grpc_api.register(store), signer)
+    await erasures.start()
+    grpc = await start_grpc_server(config.grpc_bind, grpc_api.register(store), me, health_bind=config.health_bind)
     stop_event = asyncio.Event()
     loop_tasks = (
         [
             asyncio.create_task(consumer.run(stop_event), name="sender-batches"),
             asyncio.create_task(transactional.run(stop_event), name="sender-transactional"),
+            asyncio.create_task(erasures.run(stop_event), name=ERASURES_DURABLE),
         ]
         if consume
         else []
@@ -184,5 +207,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         store=store,
         loop_tasks=loop_tasks,
         stop_event=stop_event,
+        erasures=erasures,
         channels=[c for c in (campaigns_channel, lists_channel) if c is not None],
+        render_pools=render_pools,
     )

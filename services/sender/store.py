@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from services.common.erasure import Erasure, exclude_writers, hold_off_erasures
+from services.common.privacy import email_hasher
 from services.sender.smtp import SUPPRESSED, DeliveryResult
 
 SCHEMA = "sender"
+SERVICE = "sender"
 
 SQL_STATES = """
 SELECT subscriber_id, status, attempts, email, message_id, smtp_code, smtp_message, enhanced_status, tls, updated_at,
@@ -56,8 +60,8 @@ RETURNING d.subscriber_id
 SQL_RECORD_TRANSACTIONAL = """
 INSERT INTO transactional_deliveries AS d (
     organization_id, message_key, category, email, status, message_id, smtp_code, smtp_message,
-    enhanced_status, tls, attempts, first_attempt_at, updated_at
-) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    enhanced_status, tls, attempts, first_attempt_at, updated_at, email_hash
+) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (organization_id, message_key) DO UPDATE SET
     status = EXCLUDED.status,
     message_id = CASE WHEN EXCLUDED.message_id = '' THEN d.message_id ELSE EXCLUDED.message_id END,
@@ -68,6 +72,42 @@ ON CONFLICT (organization_id, message_key) DO UPDATE SET
     attempts = d.attempts + EXCLUDED.attempts,
     updated_at = EXCLUDED.updated_at
 WHERE d.status = 'deferred'
+"""
+
+SQL_ERASED_SUBSCRIBERS = """
+SELECT e.organization_id, e.subscriber_id, e.email_hash
+FROM erased_subscribers e JOIN unnest(%s::bigint[], %s::bigint[]) AS w(organization_id, subscriber_id)
+  ON e.organization_id = w.organization_id AND e.subscriber_id = w.subscriber_id
+"""
+
+SQL_ERASED_HASHES = """
+SELECT e.organization_id, e.email_hash, max(e.erased_at)
+FROM erased_subscribers e JOIN unnest(%s::bigint[], %s::text[]) AS w(organization_id, email_hash)
+  ON e.organization_id = w.organization_id AND e.email_hash = w.email_hash
+GROUP BY e.organization_id, e.email_hash
+"""
+
+SQL_INSERT_ERASED = """
+INSERT INTO erased_subscribers (organization_id, subscriber_id, email_hash, erased_at) VALUES (%s, %s, %s, %s)
+ON CONFLICT (organization_id, subscriber_id) DO NOTHING
+"""
+
+# The row stays, so a redelivered batch still finds the recipient final; the reply text may quote the address.
+SQL_ERASE_DELIVERIES = """
+UPDATE deliveries SET email = %(hash)s, smtp_message = ''
+WHERE organization_id = %(organization)s AND subscriber_id = %(subscriber)s
+  AND (email <> %(hash)s OR smtp_message <> '')
+"""
+
+SQL_UNHASHED_TRANSACTIONAL = """
+SELECT message_key, email FROM transactional_deliveries WHERE organization_id = %s AND email_hash IS NULL
+"""
+SQL_SET_TRANSACTIONAL_HASH = """
+UPDATE transactional_deliveries SET email_hash = %s WHERE organization_id = %s AND message_key = %s
+"""
+SQL_ERASE_TRANSACTIONAL = """
+UPDATE transactional_deliveries SET email = email_hash, smtp_message = ''
+WHERE organization_id = %(organization)s AND email_hash = %(hash)s AND (email <> email_hash OR smtp_message <> '')
 """
 
 SQL_TRANSACTIONAL_STATE = """
@@ -115,9 +155,11 @@ class Outcome:
     # False for an expiry: it records a decision, not another attempt.
     counts_attempt: bool
     occurred_at: dt.datetime
-    # Set for a transactional message (campaign_id and subscriber_id 0): its idempotency key and kind.
+    # Set for a transactional message (campaign_id and subscriber_id 0): its idempotency key and kind,
+    # and when it was asked for (an erasure after that time covers it).
     message_key: str = ""
     category: str = ""
+    message_created_at: dt.datetime | None = None
 
     @classmethod
     def of(
@@ -172,8 +214,10 @@ class Delivery:
 class DeliveryStore:
     """Reads and writes the ledger through the service's connection pool."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, internal_key: bytes) -> None:
         self._pool = pool
+        # The keyed hash lists sends in erasures, computed for transactional rows (they name no subscriber).
+        self.email_hash = email_hasher(internal_key)
 
     async def states(self, campaign_id: int, subscriber_ids: Iterable[int]) -> dict[int, LedgerState]:
         """The ledger state of the given recipients of a campaign (absent ones have none yet)."""
@@ -185,20 +229,89 @@ class DeliveryStore:
         self, organization_id: int, campaign_id: int, recipients: Sequence[tuple[int, str]], owner: str, lease: float
     ) -> set[int]:
         """Claim (subscriber id, email) pairs for `owner` for `lease` seconds; return the ids now ours."""
-        params = {
-            "campaign": campaign_id,
-            "organization": organization_id,
-            "owner": owner,
-            "lease": lease,
-            "ids": [r[0] for r in recipients],
-            "emails": [r[1] for r in recipients],
-        }
-        async with self._pool.connection() as conn:
+        ids = [r[0] for r in recipients]
+        async with self._pool.connection() as conn, conn.transaction():
+            await hold_off_erasures(conn, SERVICE, [organization_id])
+            erased = await _erased_subscribers(conn, [(organization_id, i) for i in ids])
+            params = {
+                "campaign": campaign_id,
+                "organization": organization_id,
+                "owner": owner,
+                "lease": lease,
+                "ids": ids,
+                "emails": [erased.get((organization_id, i), email) for i, email in recipients],
+            }
             cur = await conn.execute(SQL_CLAIM, params)
             return {row[0] for row in await cur.fetchall()}
 
-    async def record(self, outcomes: Sequence[Outcome]) -> None:
-        """Write a group of outcomes (campaign and transactional) in one transaction."""
+    async def erased(self, organization_id: int, subscriber_ids: Iterable[int]) -> set[int]:
+        """Those of the organisation's subscribers that were erased (they are never offered)."""
+        async with self._pool.connection() as conn:
+            found = await _erased_subscribers(conn, [(organization_id, i) for i in subscriber_ids])
+        return {subscriber_id for _, subscriber_id in found}
+
+    async def erased_since(self, organization_id: int, email: str, asked_at: dt.datetime | None) -> bool:
+        """Whether a subscriber with this address was erased at or after `asked_at` (None: ever)."""
+        hashed = self.email_hash(email)
+        async with self._pool.connection() as conn:
+            found = await _erased_hashes(conn, [(organization_id, hashed)])
+        erased_at = found.get((organization_id, hashed))
+        return erased_at is not None and (asked_at is None or asked_at <= erased_at)
+
+    async def erase(self, erasure: Erasure) -> None:
+        """Keep only the keyed hash of an erased subscriber's address in the ledger (idempotent)."""
+        org, hashed = erasure.organization_id, erasure.email_hash
+        async with self._pool.connection() as conn, conn.transaction():
+            await exclude_writers(conn, SERVICE, org)
+            await conn.execute(SQL_INSERT_ERASED, (org, erasure.subscriber_id, hashed, erasure.erased_at))
+            await conn.execute(
+                SQL_ERASE_DELIVERIES, {"hash": hashed, "organization": org, "subscriber": erasure.subscriber_id}
+            )
+            cur = await conn.execute(SQL_UNHASHED_TRANSACTIONAL, (org,))
+            unhashed = [(self.email_hash(email), org, key) for key, email in await cur.fetchall()]
+            if unhashed:
+                async with conn.cursor() as wcur:
+                    await wcur.executemany(SQL_SET_TRANSACTIONAL_HASH, unhashed)
+            # Every transactional row to the address, whenever sent: an erasure may take a little more, never less.
+            await conn.execute(SQL_ERASE_TRANSACTIONAL, {"organization": org, "hash": hashed})
+
+    async def record(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Write a group of outcomes (campaign and transactional) in one transaction; return them as written.
+
+        An erased subscriber's outcome is written, and returned for the report, with the keyed hash in place
+        of the address and without the server's reply text.
+        """
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await hold_off_erasures(conn, SERVICE, {o.organization_id for o in outcomes})
+            outcomes = await self._without_erased(conn, outcomes)
+            rows, transactional = self._rows(outcomes)
+            if rows:
+                await cur.executemany(SQL_RECORD, rows)
+            if transactional:
+                await cur.executemany(SQL_RECORD_TRANSACTIONAL, transactional)
+        return list(outcomes)
+
+    async def _without_erased(self, conn: AsyncConnection, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        erased = await _erased_subscribers(
+            conn, [(o.organization_id, o.subscriber_id) for o in outcomes if not o.message_key]
+        )
+        hashes = await _erased_hashes(
+            conn, [(o.organization_id, self.email_hash(o.email)) for o in outcomes if o.message_key]
+        )
+        written = []
+        for o in outcomes:
+            if not o.message_key:
+                hashed = erased.get((o.organization_id, o.subscriber_id))
+            else:
+                hashed = self.email_hash(o.email)
+                erased_at = hashes.get((o.organization_id, hashed))
+                # A message asked for after the erasure is to a person who came back: theirs to keep.
+                if erased_at is None or (o.message_created_at is not None and o.message_created_at > erased_at):
+                    hashed = None
+            written.append(replace(o, email=hashed, smtp_message="") if hashed else o)
+        return written
+
+    def _rows(self, outcomes: Sequence[Outcome]) -> tuple[list[tuple], list[tuple]]:
         rows = [
             (
                 o.campaign_id,
@@ -233,15 +346,13 @@ class DeliveryStore:
                 1 if o.counts_attempt else 0,
                 o.occurred_at,
                 o.occurred_at,
+                # An erased row already holds the hash where the address was.
+                self.email_hash(o.email) if "@" in o.email else o.email,
             )
             for o in outcomes
             if o.message_key
         ]
-        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            if rows:
-                await cur.executemany(SQL_RECORD, rows)
-            if transactional:
-                await cur.executemany(SQL_RECORD_TRANSACTIONAL, transactional)
+        return rows, transactional
 
     async def transactional_state(self, organization_id: int, message_key: str) -> LedgerState | None:
         """The ledger state of one transactional message, or None before its first attempt."""
@@ -256,3 +367,19 @@ class DeliveryStore:
             cur = await conn.execute(SQL_GET, (organization_id, campaign_id, subscriber_id))
             row = await cur.fetchone()
         return Delivery(*row) if row else None
+
+
+async def _erased_subscribers(conn: AsyncConnection, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    """The keyed hash of each (organisation, subscriber) that was erased."""
+    if not keys:
+        return {}
+    cur = await conn.execute(SQL_ERASED_SUBSCRIBERS, ([k[0] for k in keys], [k[1] for k in keys]))
+    return {(org, subscriber): hashed for org, subscriber, hashed in await cur.fetchall()}
+
+
+async def _erased_hashes(conn: AsyncConnection, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], dt.datetime]:
+    """When each (organisation, keyed hash) was last erased."""
+    if not keys:
+        return {}
+    cur = await conn.execute(SQL_ERASED_HASHES, ([k[0] for k in keys], [k[1] for k in keys]))
+    return {(org, hashed): erased_at for org, hashed, erased_at in await cur.fetchall()}

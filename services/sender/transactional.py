@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import time
+from concurrent.futures import Executor
 from dataclasses import replace
 
 from mailblast.v1 import events_pb2
@@ -17,7 +19,7 @@ from services.common.log import get_logger
 from services.common.tracing import extract_context
 from services.sender import retry
 from services.sender.checks import SuppressionCheck
-from services.sender.compose import Composer
+from services.sender.compose import Composer, Prepared
 from services.sender.consumers import keep_in_progress
 from services.sender.mime import MessageProblem, Sender
 from services.sender.render import TemplateCache, TemplateProblem
@@ -45,6 +47,9 @@ FETCH = 16
 # Categories delivered even to a suppressed address: account mail must always arrive, and a double
 # opt-in confirmation is how a person who once unsubscribed subscribes again.
 UNSUPPRESSED_PREFIXES = ("auth.", "lists.confirm")
+# Mail about a subscription, which an erasure of its subscriber withdraws; other mail (account notices,
+# test sends) to the same address still goes, its ledger row keeping only the keyed hash.
+SUBSCRIBER_PREFIX = "lists."
 
 
 def checks_suppression(category: str) -> bool:
@@ -69,8 +74,11 @@ class TransactionalConsumer(MessageWorkers):
         give_up_seconds: float,
         ack_wait_seconds: float,
         suppression: SuppressionCheck | None = None,
+        render_pool: Executor | None = None,
     ) -> None:
         self._js = js
+        # Its own threads: a campaign's renders queued in the batch consumer's pool never delay this one's.
+        self._render_pool = render_pool
         self._suppression = suppression or SuppressionCheck(None)
         self._store = store
         self._writer = writer
@@ -186,6 +194,11 @@ class TransactionalConsumer(MessageWorkers):
         return "nak", retry.next_retry_delay(delivery_count, age, self._retry_base, self._retry_max, self._give_up)
 
     async def _suppressed_reason(self, message: events_pb2.TransactionalMessage) -> str | None:
+        if message.category.startswith(SUBSCRIBER_PREFIX) and await self._store.erased_since(
+            message.organization_id, message.to_address, _created_at(message)
+        ):
+            # Asked for before its subscriber was erased (a confirmation whose consent is gone): never sent.
+            return "erased"
         if not checks_suppression(message.category):
             return None
         found = await self._suppression.suppressed(message.organization_id, [message.to_address])
@@ -197,17 +210,8 @@ class TransactionalConsumer(MessageWorkers):
         message_id = ""
         try:
             sender.check()
-            # Keyed by content hash: transactional templates repeat (one per kind of notice).
-            compiled = self._templates.get(0, content.subject, content.text_body, content.html_body)
-            prepared = self._composer.prepare_transactional(
-                organization_id=message.organization_id,
-                message_key=message.message_key,
-                category=message.category,
-                content=compiled,
-                sender=sender,
-                email=message.to_address,
-                name=message.to_name,
-                variables_json=message.variables_json,
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                self._render_pool, functools.partial(self._prepare, message, sender)
             )
         except (MessageProblem, TemplateProblem) as exc:
             log.error("transactional message refused", message_key=message.message_key, reason=str(exc))
@@ -217,12 +221,28 @@ class TransactionalConsumer(MessageWorkers):
             result = await self._delivery.deliver(prepared.envelope_from, message.to_address, prepared.data)
         return _outcome(message, state, result, message_id)
 
+    def _prepare(self, message: events_pb2.TransactionalMessage, sender: Sender) -> Prepared:
+        """Compile (cached), render and sign one message; runs in a render thread."""
+        content = message.content
+        # Keyed by content hash: transactional templates repeat (one per kind of notice).
+        compiled = self._templates.get(0, content.subject, content.text_body, content.html_body)
+        return self._composer.prepare_transactional(
+            organization_id=message.organization_id,
+            message_key=message.message_key,
+            category=message.category,
+            content=compiled,
+            sender=sender,
+            email=message.to_address,
+            name=message.to_name,
+            variables_json=message.variables_json,
+        )
+
 
 def _outcome(
     message: events_pb2.TransactionalMessage, state: LedgerState | None, result: DeliveryResult, message_id: str = ""
 ) -> Outcome:
     """The ledger outcome of one transactional message."""
-    return Outcome.of(
+    outcome = Outcome.of(
         result,
         organization_id=message.organization_id,
         email=message.to_address,
@@ -231,6 +251,11 @@ def _outcome(
         message_key=message.message_key,
         category=message.category,
     )
+    return replace(outcome, message_created_at=_created_at(message))
+
+
+def _created_at(message: events_pb2.TransactionalMessage) -> dt.datetime | None:
+    return message.created_at.ToDatetime(tzinfo=dt.UTC) if message.HasField("created_at") else None
 
 
 def _age_seconds(message: events_pb2.TransactionalMessage) -> float:

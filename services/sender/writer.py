@@ -48,9 +48,9 @@ class LedgerWriter:
                 return
 
     async def _write(self, group: list[tuple[Outcome, asyncio.Future[None]]]) -> None:
-        outcomes = [outcome for outcome, _ in group]
         try:
-            await self._store.record(outcomes)
+            # As written: an erased subscriber's outcome carries the keyed hash, never the address.
+            outcomes = await self._store.record([outcome for outcome, _ in group])
         except Exception as exc:
             log.exception("ledger write failed; the batches concerned will be retried", outcomes=len(group))
             for _, future in group:

@@ -4,83 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pyotp
-import pytest_asyncio
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
-from services.gateway.server import ConsoleServer
-from tests.support.console import OWNER, PASSWORD, Console, start_console
-from tests.support.stack import make_dkim_keys
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-TIMEOUT_MS = 30_000
-
-
-@pytest_asyncio.fixture
-async def make_site(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
-    """Start the services and serve the console over HTTPS on a free port; returns (console, base URL)."""
-    started: list[tuple[Console, ConsoleServer]] = []
-
-    async def make(**auth_overrides) -> tuple[Console, str]:
-        dkim = make_dkim_keys(tmp_path / "dkim")
-        console = await start_console(
-            database_url, nats_server, internal_key, tls_files, dkim, tmp_path / "outbox", **auth_overrides
-        )
-        server = ConsoleServer(console.app, "127.0.0.1", 0, tls_files[0], tls_files[1])
-        server.start()
-        started.append((console, server))
-        return console, f"https://localhost:{server.port}"
-
-    yield make
-    for console, server in started:
-        await asyncio.to_thread(server.stop)
-        await console.stop()
-
-
-@pytest_asyncio.fixture
-async def page(tmp_path: Path) -> AsyncIterator[Page]:
-    """A page of a fresh Chromium with a new, empty profile; the test certificate is accepted."""
-    async with async_playwright() as playwright:
-        context = await playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
-            headless=True,
-            ignore_https_errors=True,
-            locale="en-US",
-        )
-        context.set_default_timeout(TIMEOUT_MS)
-        tab = context.pages[0] if context.pages else await context.new_page()
-        # The console asks before sending; the person at the browser says yes.
-        tab.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
-        try:
-            yield tab
-        finally:
-            await context.close()
-
-
-async def log_in(page: Page, base: str, login: str, password: str) -> None:
-    """Fill and submit the login form."""
-    await page.goto(f"{base}/login")
-    await page.fill("#login", login)
-    await page.fill("#password", password)
-    await page.click("#login-submit")
+from tests.support.browser import log_in
+from tests.support.console import OWNER, PASSWORD
 
 
 async def test_lockout_totp_and_a_campaign_that_arrives_in_the_outbox(make_site, page: Page):
-    # In a real browser: five wrong passwords and then the right one show the lock; the owner turns on
+    # In a real browser that never logged in as bob: five wrong passwords and then the right one show the
+    # lock (the right password from an unknown browser says "locked" like any other); the owner turns on
     # two-step verification and logs in with a code; creates a list, uploads a CSV (progress updated by
     # the console's script), composes and sends a campaign, watches the counters reach 2, and finds both
     # messages in the outbox, signed (DKIM pass) and delivered over TLS.
@@ -99,13 +33,15 @@ async def test_lockout_totp_and_a_campaign_that_arrives_in_the_outbox(make_site,
     await page.goto(f"{base}/account/2fa")
     secret = await page.locator("#totp-secret").inner_text()
     await expect(page.locator(".qr svg")).to_be_visible()
-    await page.fill("#code", pyotp.TOTP(secret).at(time.time() - 30))
+    # Auth takes the previous, current and next step's code, each once. The current step's code confirms;
+    # the next step's logs in: later than the step used, and in the window until two steps have passed.
+    await page.fill("#code", pyotp.TOTP(secret).now())
     await page.click("#totp-confirm")
     await expect(page.locator("#recovery-codes li")).to_have_count(10)
     await page.click("#logout")
     await log_in(page, base, OWNER, PASSWORD)
     await expect(page).to_have_url(f"{base}/login/totp")
-    await page.fill("#code", pyotp.TOTP(secret).now())
+    await page.fill("#code", pyotp.TOTP(secret).at(time.time() + 30))
     await page.click("#totp-submit")
     await expect(page.locator("#current-login")).to_have_text(OWNER)
 
@@ -152,6 +88,33 @@ async def test_lockout_totp_and_a_campaign_that_arrives_in_the_outbox(make_site,
         await expect(row.locator(".tls")).to_contain_text("TLS")
 
 
+async def test_a_browser_that_logged_in_before_gets_in_while_strangers_locked_the_account(
+    make_site, page: Page, stranger: Page
+):
+    # Alice logs in once in her own browser, and out again. A stranger's browser then tries five wrong
+    # passwords for "alice": there even the right one shows the lock; a few more failures for made-up
+    # logins from the same address (both browsers are on 127.0.0.1) throttle that address. Alice's
+    # browser, which kept the console's device cookie, still logs in with her password.
+    _console, base = await make_site(ip_failures_per_minute=8)
+    await log_in(page, base, OWNER, PASSWORD)
+    await expect(page.locator("#current-login")).to_have_text(OWNER)
+    await page.click("#logout")
+    await expect(page).to_have_url(f"{base}/login")
+
+    for _ in range(5):
+        await log_in(stranger, base, OWNER, "wrong-password-1")
+        await expect(stranger.locator("#login-error")).to_contain_text("wrong")
+    await log_in(stranger, base, OWNER, PASSWORD)
+    await expect(stranger.locator("#login-error")).to_contain_text("locked for this browser")
+    for n in range(3):
+        await log_in(stranger, base, f"made-up-{n}", "wrong-password-1")
+    await log_in(stranger, base, OWNER, PASSWORD)
+    await expect(stranger.locator("#login-error")).to_contain_text("Too many failed logins from your address")
+
+    await log_in(page, base, OWNER, PASSWORD)
+    await expect(page.locator("#current-login")).to_have_text(OWNER)
+
+
 async def test_idle_timeout_sends_the_browser_to_the_login_page_with_the_reason(make_site, page: Page):
     # With a 2-second idle timeout, a browser left alone for longer lands on the login page at its next
     # click, told in its language that it was logged out for inactivity.
@@ -163,3 +126,34 @@ async def test_idle_timeout_sends_the_browser_to_the_login_page_with_the_reason(
     await page.goto(f"{base}/lists")
     await expect(page).to_have_url(f"{base}/login?next=/lists")
     await expect(page.locator(".flash")).to_have_text("You were logged out after 2 seconds of inactivity.")
+
+
+async def test_a_field_label_is_text_in_the_segment_builder(make_site, people):
+    # Mallory, an admin, names a custom field with markup that would close the field menu and add a
+    # button posting the builder's form (with its CSRF token) to make her owner. When the owner opens the
+    # segment builder in Chromium, the label reads as text in the menu, no such button or element exists,
+    # and pressing the builder's own buttons leaves Mallory an admin.
+    console, base = await make_site()
+    mallory_id = console.add_user("mallory", "admin")
+    payload = (
+        f'</option></select><button form="segment-builder" formaction="/users/{mallory_id}/role" name="role"'
+        ' value="owner" id="pwn">Preview</button><b id="bold">x</b>'
+    )
+    mallory = await people.open()
+    await log_in(mallory, base, "mallory", PASSWORD)
+    await mallory.goto(f"{base}/fields")
+    await mallory.fill("#field-key", "plan")
+    await mallory.fill("#field-label", payload)
+    await mallory.click("#create-field")
+    await expect(mallory.locator("#fields")).to_contain_text("formaction")
+
+    owner = await people.open()
+    await log_in(owner, base, OWNER, PASSWORD)
+    await owner.goto(f"{base}/segments/new")
+    field_menu = owner.locator("select[name=g0_r0_field]")
+    await expect(field_menu.locator("option[value='custom:plan']")).to_have_text(payload)
+    assert await owner.locator("#pwn, #bold, [formaction]").count() == 0
+    await owner.click("#preview-segment")
+    await expect(owner.locator("#segment-count")).to_be_visible()
+    assert await owner.locator("#pwn, #bold, [formaction]").count() == 0
+    assert console.sql("SELECT role FROM auth.users WHERE id = %s", (mallory_id,)) == [("admin",)]

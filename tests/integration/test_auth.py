@@ -19,14 +19,21 @@ from tests.support.nats import NatsServer
 
 
 def as_service(signer: IdentitySigner, organization_id: int = 0) -> list[tuple[str, str]]:
-    """Metadata of another mailblast service calling (as `make run`'s bootstrap or lists would)."""
-    return [(IDENTITY_HEADER, signer.sign(Principal(organization_id=organization_id, service="test")))]
+    """Metadata of the console calling as itself (the channel presents its certificate)."""
+    return [(IDENTITY_HEADER, signer.sign(Principal(organization_id=organization_id, service="gateway"), "auth"))]
 
 
 def as_admin_of(signer: IdentitySigner, organization_id: int) -> list[tuple[str, str]]:
-    """Metadata of an admin user of an organisation, passed on as a signed identity."""
+    """Metadata of an admin user of an organisation, relayed by the console as a signed identity."""
     principal = Principal(organization_id=organization_id, user_id=0, scopes=("admin",), role="admin")
-    return [(IDENTITY_HEADER, signer.sign(principal))]
+    return [(IDENTITY_HEADER, signer.sign(principal.acting_as("gateway"), "auth"))]
+
+
+def as_user(signer: IdentitySigner, user: auth_pb2.User) -> list[tuple[str, str]]:
+    """Metadata of the console relaying a logged-in user, with the scopes of their role."""
+    scopes = {"viewer": ("read",), "editor": ("read", "send")}.get(user.role, ("read", "send", "admin"))
+    principal = Principal(user.organization_id, user.id, scopes, user.role, service="gateway")
+    return [(IDENTITY_HEADER, signer.sign(principal, "auth"))]
 
 
 def bearer(token: str) -> list[tuple[str, str]]:
@@ -35,8 +42,8 @@ def bearer(token: str) -> list[tuple[str, str]]:
 
 
 @pytest_asyncio.fixture
-async def auth(database_url: str, nats_server: NatsServer, internal_key: bytes):
-    """A started auth service and a stub connected to it."""
+async def auth(database_url: str, nats_server: NatsServer, internal_key: bytes, pki):
+    """A started auth service and a stub connected to it as the console."""
     running = await start(
         Config(
             database_url=database_url,
@@ -44,10 +51,11 @@ async def auth(database_url: str, nats_server: NatsServer, internal_key: bytes):
             nats_url=nats_server.url,
             nats_creds_file=nats_server.creds("auth"),
             totp_keys=(Fernet.generate_key(),),
+            grpc_tls=pki.tls("auth"),
             grpc_bind="127.0.0.1:0",
         )
     )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}")
+    channel = pki.channel(running.grpc_port, "gateway")
     try:
         yield auth_pb2_grpc.AuthServiceStub(channel)
     finally:
@@ -97,6 +105,23 @@ async def test_bootstrap_once_then_refused(auth, signer: IdentitySigner, databas
     ]
 
 
+async def test_bootstrap_refuses_a_weak_owner_password_saying_why(auth, signer: IdentitySigner, database_url: str):
+    # The first owner's console password follows the same rules as every other: one built on the
+    # organisation's name is refused with zxcvbn's reasons, and nothing is created; a strong one works.
+    request = auth_pb2.BootstrapRequest(
+        organization_name="Sakura Trading", admin_login="alice", admin_email="alice@example.org",
+        admin_password="SakuraTrading",
+    )  # fmt: skip
+    with pytest.raises(grpc.aio.AioRpcError) as weak:
+        await auth.Bootstrap(request, metadata=as_service(signer))
+    assert weak.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "too easy to guess" in weak.value.details() and "organisation" in weak.value.details()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM auth.organizations").fetchone()[0] == 0
+    request.admin_password = "quiet-maple-window-53"
+    assert (await auth.Bootstrap(request, metadata=as_service(signer))).user.has_password
+
+
 async def test_authenticate_then_revoke(auth, signer: IdentitySigner):
     # A service turns the bootstrap token into its principal; once the token is revoked the same
     # question is answered UNAUTHENTICATED, as are malformed and unknown tokens. Users may not ask.
@@ -138,8 +163,8 @@ async def test_authenticate_then_revoke(auth, signer: IdentitySigner):
 
 
 async def test_users_and_tokens_are_validated(auth, signer: IdentitySigner):
-    # An admin adds users and issues tokens; bad logins, addresses, roles and scopes are refused naming
-    # the bad value; a viewer's token grants read only and cannot administer.
+    # An admin adds users; a user issues their own tokens; bad logins, addresses, roles and scopes are
+    # refused naming the bad value; a viewer's token grants read only and cannot administer.
     boot = await bootstrap(auth, signer)
     admin = bearer(boot.api_token)
     bob = await auth.CreateUser(
@@ -168,13 +193,13 @@ async def test_users_and_tokens_are_validated(auth, signer: IdentitySigner):
     for scopes, words in [(["read", "delete"], "'delete'"), (["admin"], "'admin'"), ([], "at least one")]:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await auth.CreateApiToken(
-                auth_pb2.CreateApiTokenRequest(user_id=bob.id, name="t", scopes=scopes), metadata=admin
+                auth_pb2.CreateApiTokenRequest(name="t", scopes=scopes), metadata=as_user(signer, bob)
             )
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert words in refused.value.details()
 
     issued = await auth.CreateApiToken(
-        auth_pb2.CreateApiTokenRequest(user_id=bob.id, name="reports", scopes=["read"]), metadata=admin
+        auth_pb2.CreateApiTokenRequest(name="reports", scopes=["read"]), metadata=as_user(signer, bob)
     )
     assert issued.secret.startswith(f"mb_{issued.token.prefix}_")
     principal = await auth.Authenticate(auth_pb2.AuthenticateRequest(token=issued.secret), metadata=as_service(signer))
@@ -192,7 +217,8 @@ async def test_users_and_tokens_are_validated(auth, signer: IdentitySigner):
 
 async def test_other_organisation_sees_nothing(auth, signer: IdentitySigner, database_url: str):
     # An admin of a second organisation can neither list, issue tokens for, nor revoke tokens of the
-    # first organisation: its users and tokens are NOT_FOUND, and the first organisation is untouched.
+    # first organisation: its users and tokens are NOT_FOUND (or, for a token, refused as not its own),
+    # and the first organisation is untouched.
     boot = await bootstrap(auth, signer)
     with psycopg.connect(database_url) as conn:
         other = conn.execute("INSERT INTO auth.organizations (name) VALUES ('Other') RETURNING id").fetchone()[0]
@@ -205,7 +231,7 @@ async def test_other_organisation_sees_nothing(auth, signer: IdentitySigner, dat
         await auth.CreateApiToken(
             auth_pb2.CreateApiTokenRequest(user_id=boot.user.id, name="steal", scopes=["read"]), metadata=intruder
         )
-    assert issue.value.code() == grpc.StatusCode.NOT_FOUND
+    assert issue.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as revoke:
         await auth.RevokeApiToken(auth_pb2.RevokeApiTokenRequest(token_id=first_token.id), metadata=intruder)
     assert revoke.value.code() == grpc.StatusCode.NOT_FOUND

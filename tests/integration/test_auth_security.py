@@ -20,6 +20,8 @@ from services.auth.config import Config
 from services.auth.service import start
 from services.common import bus
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+from tests.support.clock import MovableClock
+from tests.support.mtls import default_pki
 from tests.support.nats import NatsServer
 
 S = auth_pb2
@@ -58,17 +60,20 @@ class Env:
     signer: IdentitySigner
     boot: auth_pb2.BootstrapResponse
     database_url: str
+    clock: MovableClock
+    # auth's gRPC port, for a channel with another certificate than the console's
+    port: int = 0
 
     @property
     def gateway(self) -> list[tuple[str, str]]:
         """Metadata of the console gateway calling as a service."""
-        return [(IDENTITY_HEADER, self.signer.sign(Principal(organization_id=0, service="gateway")))]
+        return [(IDENTITY_HEADER, self.signer.sign(Principal(organization_id=0, service="gateway"), "auth"))]
 
     def as_user(self, organization_id: int, user_id: int, role: str) -> list[tuple[str, str]]:
         """Metadata of the gateway relaying a logged-in user's principal."""
         scopes = {"viewer": ("read",), "editor": ("read", "send")}.get(role, ("read", "send", "admin"))
         principal = Principal(organization_id, user_id, scopes, role, service="gateway")
-        return [(IDENTITY_HEADER, self.signer.sign(principal)), ("x-mailblast-source-ip", "198.51.100.9")]
+        return [(IDENTITY_HEADER, self.signer.sign(principal, "auth")), ("x-mailblast-source-ip", "198.51.100.9")]
 
     @property
     def owner(self) -> list[tuple[str, str]]:
@@ -102,8 +107,8 @@ def config(database_url: str, nats: NatsServer, internal_key: bytes, **overrides
     """Auth settings for a test."""
     keys = (Fernet.generate_key(),)
     base = Config(
-        database_url, internal_key, nats.url, keys, grpc_bind="127.0.0.1:0", console_url="https://console.test",
-        nats_creds_file=nats.creds("auth"),
+        database_url, internal_key, nats.url, keys, default_pki().tls("auth"), grpc_bind="127.0.0.1:0",
+        console_url="https://console.test", nats_creds_file=nats.creds("auth"),
     )  # fmt: skip
     return dataclasses.replace(base, **overrides)
 
@@ -114,21 +119,24 @@ async def make_env(database_url: str, nats_server: NatsServer, internal_key: byt
     started = []
 
     async def make(**overrides) -> Env:
-        running = await start(config(database_url, nats_server, internal_key, **overrides))
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}")
+        clock = MovableClock()
+        running = await start(config(database_url, nats_server, internal_key, **overrides), clock)
+        channel = default_pki().channel(running.grpc_port, "gateway")
         nc = await nats_server.connect()
         sub = await nc.jetstream().pull_subscribe(
             bus.SUBJECT_SEND_TRANSACTIONAL, durable="test-mail", stream=bus.STREAM_SEND
         )
         started.append((running, channel, nc))
         stub = auth_pb2_grpc.AuthServiceStub(channel)
-        boot = await stub.Bootstrap(
-            S.BootstrapRequest(
-                organization_name="Acme", admin_login="alice", admin_email="alice@example.org", admin_password=PASSWORD
-            ),
-            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="test")))],
-        )
-        return Env(stub, Mailbox(sub), signer, boot, database_url)
+        async with default_pki().channel(running.grpc_port, "dev-run") as boot_channel:
+            boot = await auth_pb2_grpc.AuthServiceStub(boot_channel).Bootstrap(
+                S.BootstrapRequest(
+                    organization_name="Acme", admin_login="alice", admin_email="alice@example.org",
+                    admin_password=PASSWORD,
+                ),
+                metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run"), "auth"))],
+            )  # fmt: skip
+        return Env(stub, Mailbox(sub), signer, boot, database_url, clock, running.grpc_port)
 
     yield make
     for running, channel, nc in started:
@@ -146,22 +154,27 @@ async def refused(call, code: grpc.StatusCode) -> str:
 
 
 async def test_lockout_mail_unlock_and_expiry(make_env):
-    # Five wrong passwords in a row lock bob's account: the fifth publishes an "auth.lockout" mail to
-    # him. While locked, the right password gets LOCKED and a wrong one FAILED (nothing revealed to a
-    # guesser). An admin's Unlock lets him in at once; a second lock simply expires after its time.
-    env = await make_env(lockout_seconds=2)
+    # Five wrong passwords in a row lock bob's login for browsers that never logged in to it: the fifth
+    # publishes an "auth.lockout" mail to him saying so. While locked, the right password and a wrong one
+    # get the very same LOCKED answer (the password is not even checked), and each try counts: one made
+    # just before the lock would have ended keeps it. An admin's Unlock lets him in at once; a second
+    # lock simply expires 30 minutes after the last try (the clock is moved, not waited for).
+    env = await make_env()
     bob = await env.add_user("bob", "editor")
-    for _ in range(4):
+    for _ in range(5):
         assert (await env.login("bob", "wrong-password-x")).status == S.LOGIN_STATUS_FAILED
-    assert (await env.login("bob", "wrong-password-x")).status == S.LOGIN_STATUS_FAILED
     notice = await env.mail.next("auth.lockout")
     assert notice.to_address == "bob@example.org" and notice.content.from_address == "no-reply@mailblast.example.com"
     assert json.loads(notice.variables_json)["login"] == "bob"
-    assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_LOCKED
-    wrong = await env.login("bob", "wrong-password-x")
-    assert wrong.status == S.LOGIN_STATUS_FAILED and not wrong.session_token and not wrong.HasField("user")
+    assert "Browsers you have logged in with before can still log in." in notice.content.text_body
+    right, wrong = await env.login("bob", PASSWORD), await env.login("bob", "wrong-password-x")
+    assert right == wrong == S.LoginResponse(status=S.LOGIN_STATUS_LOCKED, idle_timeout_seconds=1800)
     [listed] = [u for u in (await env.stub.ListUsers(S.ListUsersRequest(), metadata=env.owner)).users if u.id == bob.id]
     assert listed.HasField("locked_until")
+    env.clock.advance(1800 - 60)
+    assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_LOCKED
+    env.clock.advance(120)
+    assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_LOCKED
 
     unlocked = await env.stub.Unlock(S.UnlockRequest(user_id=bob.id), metadata=env.owner)
     assert not unlocked.HasField("locked_until")
@@ -171,14 +184,89 @@ async def test_lockout_mail_unlock_and_expiry(make_env):
     for _ in range(5):
         await env.login("bob", "wrong-password-x")
     assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_LOCKED
-    deadline = time.monotonic() + 10
-    while (await env.login("bob", PASSWORD)).status != S.LOGIN_STATUS_OK:
-        assert time.monotonic() < deadline, "the lock did not expire"
-        await asyncio.sleep(0.2)
+    env.clock.advance(1799)
+    assert (await env.login("bob", "wrong-password-x")).status == S.LOGIN_STATUS_LOCKED
+    env.clock.advance(1801)
+    assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_OK
     actions = [
         e.action for e in (await env.stub.ListAuditEvents(S.ListAuditEventsRequest(), metadata=env.owner)).events
     ]
     assert actions.count("login.locked") == 2 and "user.unlocked" in actions
+    reasons = [
+        json.loads(e.detail_json)["reason"]
+        for e in (
+            await env.stub.ListAuditEvents(S.ListAuditEventsRequest(action="login.failed"), metadata=env.owner)
+        ).events
+    ]
+    assert reasons.count("locked") == 6 and reasons.count("wrong_password") == 10
+
+
+async def test_failures_spread_out_do_not_add_up(make_env):
+    # Four wrong passwords, then one more over 30 minutes later: the count started again, so bob is not
+    # locked; four more right after that then lock him.
+    env = await make_env()
+    await env.add_user("bob", "editor")
+    for _ in range(4):
+        await env.login("bob", "wrong-password-x")
+    env.clock.advance(1801)
+    assert (await env.login("bob", "wrong-password-x")).status == S.LOGIN_STATUS_FAILED
+    assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_OK
+    for _ in range(5):
+        assert (await env.login("bob", "wrong-password-x")).status == S.LOGIN_STATUS_FAILED
+    assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_LOCKED
+
+
+async def test_made_up_logins_lock_like_real_ones(make_env):
+    # A guesser cannot tell which logins exist from the lock: five failures of a login nobody has lock it
+    # just like a real one, and the locked answers are identical.
+    env = await make_env()
+    for login in ("alice", "nobody-here"):
+        for _ in range(5):
+            assert (await env.login(login, "wrong-password-x")).status == S.LOGIN_STATUS_FAILED
+    real, made_up = await env.login("alice", PASSWORD), await env.login("nobody-here", PASSWORD)
+    assert real == made_up == S.LoginResponse(status=S.LOGIN_STATUS_LOCKED, idle_timeout_seconds=1800)
+
+
+async def test_a_browser_that_logged_in_before_is_not_locked_out_by_strangers(make_env):
+    # The attack: strangers lock the well-known owner "alice" with five wrong passwords, and twenty
+    # failures for made-up logins from her office's address throttle it. Alice's browsers, which logged
+    # in before and carry auth's device cookie, still get in with the right password, from that same
+    # address, while any browser without one (even with the right password) is locked or throttled. A
+    # cookie for another login, or a forged one, counts as none. A device's own wrong passwords lock
+    # only that device (and throttle no address): her other browser still logs in. Each lock is mailed,
+    # saying which browsers.
+    env = await make_env(ip_failures_per_minute=5)
+    office, elsewhere = "198.51.100.20", "203.0.113.99"
+    laptop = (await env.login("alice", PASSWORD, ip=office)).device_cookie
+    phone = (await env.login("alice", PASSWORD, ip=elsewhere)).device_cookie
+    assert laptop and phone and laptop != phone and "alice" not in laptop
+    await env.add_user("bob", "editor")
+    bobs = (await env.login("bob", PASSWORD)).device_cookie
+
+    for _ in range(5):
+        await env.login("alice", "guess-1234", ip=elsewhere)
+    assert "not logged in to it before" in (await env.mail.next("auth.lockout")).content.text_body
+    for n in range(20):
+        await env.login(f"made-up-{n}", "guess-1234", ip=office)
+    assert (await env.login("alice", PASSWORD, ip=office)).status == S.LOGIN_STATUS_THROTTLED
+    assert (await env.login("alice", PASSWORD, ip="192.0.2.1")).status == S.LOGIN_STATUS_LOCKED
+    for stranger in (bobs, laptop[:-4] + "AAAA", laptop.replace("d1.", "d2.", 1), "nonsense"):
+        got = await env.login("alice", PASSWORD, ip="192.0.2.1", device_cookie=stranger)
+        assert got.status == S.LOGIN_STATUS_LOCKED, stranger
+
+    back = await env.login("alice", PASSWORD, ip=office, device_cookie=laptop)
+    assert back.status == S.LOGIN_STATUS_OK and back.session_token
+    assert back.device_cookie and back.device_cookie != laptop
+    laptop = back.device_cookie
+
+    env.clock.advance(61)
+    for _ in range(5):
+        got = await env.login("alice", "my-own-typo-1", ip=office, device_cookie=laptop)
+        assert got.status == S.LOGIN_STATUS_FAILED
+    assert "Other browsers are not affected." in (await env.mail.next("auth.lockout")).content.text_body
+    assert (await env.login("alice", PASSWORD, ip=office, device_cookie=laptop)).status == S.LOGIN_STATUS_LOCKED
+    assert (await env.login("alice", PASSWORD, ip=office, device_cookie=phone)).status == S.LOGIN_STATUS_OK
+    assert (await env.login("bob", PASSWORD, ip=office)).status == S.LOGIN_STATUS_OK
 
 
 async def test_no_user_enumeration(make_env):
@@ -204,12 +292,16 @@ async def test_no_user_enumeration(make_env):
 
 async def test_ip_throttle(make_env):
     # After AUTH_IP_FAILURES_PER_MINUTE failures from one address, that address gets THROTTLED even with
-    # the right password; another address still logs in.
+    # the right password; another address still logs in; a minute later (the clock moved) so does it.
     env = await make_env(ip_failures_per_minute=3)
     for login in ("x1", "x2", "alice"):
         assert (await env.login(login, "wrong-password-x", ip="192.0.2.66")).status == S.LOGIN_STATUS_FAILED
     assert (await env.login("alice", PASSWORD, ip="192.0.2.66")).status == S.LOGIN_STATUS_THROTTLED
     assert (await env.login("alice", PASSWORD, ip="192.0.2.67")).status == S.LOGIN_STATUS_OK
+    env.clock.advance(30)
+    assert (await env.login("alice", PASSWORD, ip="192.0.2.66")).status == S.LOGIN_STATUS_THROTTLED
+    env.clock.advance(31)
+    assert (await env.login("alice", PASSWORD, ip="192.0.2.66")).status == S.LOGIN_STATUS_OK
 
 
 async def test_idle_and_absolute_timeouts(make_env):
@@ -245,25 +337,41 @@ async def test_idle_and_absolute_timeouts(make_env):
 
 async def test_password_rules_and_change_revokes_other_sessions(make_env):
     # Changing the password needs the current one and follows the rules (8..128 characters, 64 allowed,
-    # not a common breached password, not the login or email); afterwards the user's other sessions are
-    # REVOKED while the one used stays valid, and the old password no longer logs in. Logout revokes.
+    # not the login or email, and hard to guess by zxcvbn's score with the user's login, email, the
+    # organisation "Acme" and the product's name as known words, the refusal saying why); afterwards the
+    # user's other sessions are REVOKED while the one used stays valid, and the old password no longer
+    # logs in. Logout revokes.
     env = await make_env()
     here, there = await env.login("alice", PASSWORD), await env.login("alice", PASSWORD)
     change = S.ChangePasswordRequest(session_token=here.session_token, current_password=PASSWORD)
     for new, words in [
         ("short7!", "shorter than 8"),
         ("x" * 129, "longer than 128"),
-        ("iloveyou", "common"),
+        ("iloveyou", "This is a top-100 common password."),
+        ("password", "This is a top-10 common password."),
         ("Baseball1", "common"),
+        ("aaaaaaaa", 'Repeats like "aaa" are easy to guess.'),
+        ("abcdefgh", 'Sequences like "abc" or "6543" are easy to guess.'),
+        ("mailblast", "It is built on your login, email address or organisation, or on the product's name."),
+        ("AcmeAlice1", "It is built on your login"),
         ("alice@example.org", "login or email"),
     ]:
         change.new_password = new
         assert words in await refused(
             env.stub.ChangePassword(change, metadata=env.gateway), grpc.StatusCode.INVALID_ARGUMENT
         )
+    change.new_password = "aaaaaaaa"
+    assert await refused(env.stub.ChangePassword(change, metadata=env.gateway), grpc.StatusCode.INVALID_ARGUMENT) == (
+        'password is too easy to guess (strength 0 of 4, 3 needed): Repeats like "aaa" are easy to guess. '
+        "Add another word or two. Uncommon words are better. Avoid repeated words and characters."
+    )
     change.current_password, change.new_password = "wrong-current-1", "another-good-pass-1"
     await refused(env.stub.ChangePassword(change, metadata=env.gateway), grpc.StatusCode.PERMISSION_DENIED)
-    long_password = "ぱすわーど" * 12 + "long"
+    long_password = (
+        "しずかなもりのおくでふくろうがないているよるにはつきがでると"
+        + "こどもたちがいうのでまどをあけてそらをみたらほしがみっつならんでいた"
+    )
+    assert len(long_password) == 64
     change.current_password, change.new_password = PASSWORD, long_password
     reply = await env.stub.ChangePassword(change, metadata=env.gateway)
     assert reply.revoked_sessions == 1
@@ -280,6 +388,35 @@ async def test_password_rules_and_change_revokes_other_sessions(make_env):
     assert (await status(here)).status == S.SESSION_STATUS_REVOKED
     stored = env.sql("SELECT password_hash FROM auth.users WHERE login = 'alice'")[0][0]
     assert stored.startswith("$argon2id$")
+
+
+async def test_wrong_passwords_within_a_session_lock_that_session_s_password_checks(make_env):
+    # Someone holding alice's session (not her password) guesses it through "change password": after
+    # five wrong current passwords that session gets FAILED_PRECONDITION even for the right one, so the
+    # answers tell nothing; her other session is not affected, and the lock ends 30 minutes after the
+    # last try (the clock moved). Turning off TOTP checks the password the same way.
+    env = await make_env()
+    stolen, hers = (
+        (await env.login("alice", PASSWORD)).session_token,
+        (await env.login("alice", PASSWORD)).session_token,
+    )
+    change = S.ChangePasswordRequest(
+        session_token=stolen, current_password="guess-0000", new_password="calm-river-81-stone"
+    )
+    for _ in range(5):
+        await refused(env.stub.ChangePassword(change, metadata=env.gateway), grpc.StatusCode.PERMISSION_DENIED)
+    for current in (PASSWORD, "guess-0000"):
+        change.current_password = current
+        assert "too many wrong passwords in this session" in await refused(
+            env.stub.ChangePassword(change, metadata=env.gateway), grpc.StatusCode.FAILED_PRECONDITION
+        )
+    disable = S.DisableTotpRequest(session_token=stolen, password=PASSWORD)
+    await refused(env.stub.DisableTotp(disable, metadata=env.gateway), grpc.StatusCode.FAILED_PRECONDITION)
+    mine = S.ChangePasswordRequest(session_token=hers, current_password="typo-1111", new_password="calm-river-81-stone")
+    await refused(env.stub.ChangePassword(mine, metadata=env.gateway), grpc.StatusCode.PERMISSION_DENIED)
+    env.clock.advance(1801)
+    change.current_password = PASSWORD
+    assert (await env.stub.ChangePassword(change, metadata=env.gateway)).revoked_sessions == 1
 
 
 async def test_reset_link_single_use_and_expiry(make_env):
@@ -428,9 +565,6 @@ async def test_roles_and_organisations_on_every_rpc(make_env):
         ("SetOrganizationSettings", S.SetOrganizationSettingsRequest()),
         ("ListAuditEvents", S.ListAuditEventsRequest()),
         ("ListUsers", S.ListUsersRequest()),
-        ("CreateApiToken", S.CreateApiTokenRequest(user_id=bob.id, name="t", scopes=["read"])),
-        ("ListApiTokens", S.ListApiTokensRequest()),
-        ("RevokeApiToken", S.RevokeApiTokenRequest(token_id=1)),
     ]
     for name, request in admin_calls:
         for who, role in ((bob, "editor"), (vic, "viewer")):
@@ -438,15 +572,11 @@ async def test_roles_and_organisations_on_every_rpc(make_env):
                 getattr(env.stub, name)(request, metadata=env.as_user(org, who.id, role)),
                 grpc.StatusCode.PERMISSION_DENIED,
             )
-        if name in (
-            "Unlock",
-            "RequestPasswordReset",
-            "UpdateUserRole",
-            "DisableUser",
-            "CreateApiToken",
-            "RevokeApiToken",
-        ):
+        if name in ("Unlock", "RequestPasswordReset", "UpdateUserRole", "DisableUser"):
             await refused(getattr(env.stub, name)(request, metadata=intruder), grpc.StatusCode.NOT_FOUND)
+    await refused(
+        env.stub.RevokeApiToken(S.RevokeApiTokenRequest(token_id=1), metadata=intruder), grpc.StatusCode.NOT_FOUND
+    )
     assert list((await env.stub.ListAuditEvents(S.ListAuditEventsRequest(), metadata=intruder)).events) == []
     assert (await env.stub.GetOrganization(S.GetOrganizationRequest(), metadata=intruder)).id == other_org
 
@@ -499,6 +629,152 @@ async def test_roles_and_organisations_on_every_rpc(make_env):
     assert (await env.login("bob", PASSWORD)).status == S.LOGIN_STATUS_FAILED
 
 
+async def test_an_admin_cannot_make_itself_owner(make_env):
+    # The attack: admin ada mints an API token for the owner alice and, calling with it, makes herself
+    # owner. A token is now only ever issued to its creator: ada asking for alice's is refused, so is
+    # asking for more than her role (or than the credentials she calls with) grants, and the token she
+    # may have is hers, so UpdateUserRole(ada, owner) with it is refused. The owner/admin rules stand: an
+    # admin grants no one owner, changes no owner's role, disables no owner, creates no owner; the last
+    # owner cannot be demoted; an owner can hand over ownership.
+    env = await make_env()
+    org, alice = env.boot.organization.id, env.boot.user.id
+    ada = await env.add_user("ada", "admin")
+    eddie = await env.add_user("eddie", "editor")
+    vic = await env.add_user("vic", "viewer")
+    ada_md = env.as_user(org, ada.id, "admin")
+
+    def tokens_of(user_id: int) -> int:
+        return env.sql("SELECT count(*) FROM auth.api_tokens WHERE user_id = %s", (user_id,))[0][0]
+
+    # Not for the owner, and not even the owner's own token mints one for somebody else.
+    owner_token = [("authorization", f"Bearer {env.boot.api_token}")]
+    for metadata, victim in ((ada_md, alice), (owner_token, eddie.id)):
+        steal = S.CreateApiTokenRequest(user_id=victim, name="x", scopes=["read"])
+        assert "only ever issued to its creator" in await refused(
+            env.stub.CreateApiToken(steal, metadata=metadata), grpc.StatusCode.PERMISSION_DENIED
+        )
+    assert tokens_of(alice) == 1 and tokens_of(eddie.id) == 0
+    await refused(
+        env.stub.CreateApiToken(S.CreateApiTokenRequest(name="x", scopes=["owner"]), metadata=ada_md),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    for who, role, scopes in ((eddie, "editor", ["read", "admin"]), (vic, "viewer", ["send"])):
+        assert "more than a user with role" in await refused(
+            env.stub.CreateApiToken(
+                S.CreateApiTokenRequest(name="x", scopes=scopes), metadata=env.as_user(org, who.id, role)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+    mine = await env.stub.CreateApiToken(S.CreateApiTokenRequest(name="ada", scopes=["admin"]), metadata=ada_md)
+    assert mine.token.user_id == ada.id
+    ada_token = [("authorization", f"Bearer {mine.secret}")]
+    await refused(
+        env.stub.UpdateUserRole(S.UpdateUserRoleRequest(user_id=ada.id, role="owner"), metadata=ada_token),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+    reader = await env.stub.CreateApiToken(S.CreateApiTokenRequest(name="r", scopes=["read"]), metadata=ada_md)
+    assert "more than the credentials" in await refused(
+        env.stub.CreateApiToken(
+            S.CreateApiTokenRequest(name="w", scopes=["send"]), metadata=[("authorization", f"Bearer {reader.secret}")]
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+
+    for metadata in (ada_md, ada_token):
+        for request in (
+            S.UpdateUserRoleRequest(user_id=eddie.id, role="owner"),
+            S.UpdateUserRoleRequest(user_id=alice, role="admin"),
+        ):
+            await refused(env.stub.UpdateUserRole(request, metadata=metadata), grpc.StatusCode.PERMISSION_DENIED)
+        await refused(
+            env.stub.DisableUser(S.DisableUserRequest(user_id=alice), metadata=metadata),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+        await refused(
+            env.stub.CreateUser(
+                S.CreateUserRequest(login="o2", email="o2@example.org", role="owner"), metadata=metadata
+            ),
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+    roles = {u.login: u.role for u in (await env.stub.ListUsers(S.ListUsersRequest(), metadata=env.owner)).users}
+    assert roles == {"alice": "owner", "ada": "admin", "eddie": "editor", "vic": "viewer"}
+
+    alice_to_admin = S.UpdateUserRoleRequest(user_id=alice, role="admin")
+    assert "last owner" in await refused(
+        env.stub.UpdateUserRole(alice_to_admin, metadata=env.owner), grpc.StatusCode.FAILED_PRECONDITION
+    )
+    promoted = await env.stub.UpdateUserRole(S.UpdateUserRoleRequest(user_id=ada.id, role="owner"), metadata=env.owner)
+    assert promoted.role == "owner"
+    assert (await env.stub.UpdateUserRole(alice_to_admin, metadata=env.owner)).role == "admin"
+    await refused(
+        env.stub.UpdateUserRole(
+            S.UpdateUserRoleRequest(user_id=ada.id, role="editor"), metadata=env.as_user(org, ada.id, "owner")
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+
+
+async def test_each_user_manages_their_own_tokens_and_an_admin_everyone_s(make_env):
+    # Any role may make tokens for itself, up to its role; a viewer lists and revokes only its own (the
+    # owner's are NOT_FOUND to it), an admin lists and revokes anyone's in the organisation.
+    env = await make_env()
+    org = env.boot.organization.id
+    vic = await env.add_user("vic", "viewer")
+    vic_md = env.as_user(org, vic.id, "viewer")
+    own = await env.stub.CreateApiToken(S.CreateApiTokenRequest(name="cli", scopes=["read"]), metadata=vic_md)
+    assert (own.token.user_id, list(own.token.scopes)) == (vic.id, ["read"])
+    principal = await env.stub.Authenticate(S.AuthenticateRequest(token=own.secret), metadata=env.gateway)
+    assert (principal.user_id, principal.role, list(principal.scopes)) == (vic.id, "viewer", ["read"])
+    listed = (await env.stub.ListApiTokens(S.ListApiTokensRequest(), metadata=vic_md)).tokens
+    assert [t.id for t in listed] == [own.token.id]
+    [boot_token] = [
+        t
+        for t in (await env.stub.ListApiTokens(S.ListApiTokensRequest(), metadata=env.owner)).tokens
+        if t.user_id == env.boot.user.id
+    ]
+    await refused(
+        env.stub.RevokeApiToken(S.RevokeApiTokenRequest(token_id=boot_token.id), metadata=vic_md),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    everyone = (await env.stub.ListApiTokens(S.ListApiTokensRequest(), metadata=env.owner)).tokens
+    assert {t.user_id for t in everyone} == {env.boot.user.id, vic.id}
+    revoked = await env.stub.RevokeApiToken(S.RevokeApiTokenRequest(token_id=own.token.id), metadata=env.owner)
+    assert revoked.HasField("revoked_at")
+    again = await env.stub.CreateApiToken(S.CreateApiTokenRequest(name="cli2", scopes=["read"]), metadata=vic_md)
+    assert (await env.stub.RevokeApiToken(S.RevokeApiTokenRequest(token_id=again.token.id), metadata=vic_md)).HasField(
+        "revoked_at"
+    )
+
+
+async def test_tokens_an_admin_issued_to_someone_else_are_revoked_on_upgrade(
+    make_env, database_url, nats_server, internal_key
+):
+    # Before the fix an admin could issue a token to the owner. The upgrade revokes every token whose
+    # audited creator is not its holder (such a token is how an admin became owner), and leaves the
+    # bootstrap token and tokens people made for themselves alone.
+    env = await make_env()
+    alice = env.boot.user.id
+    ada = await env.add_user("ada", "admin")
+    mine = await env.stub.CreateApiToken(S.CreateApiTokenRequest(name="mine", scopes=["read"]), metadata=env.owner)
+    # What the old CreateApiToken stored when ada issued a token to alice.
+    stolen = env.sql(
+        "INSERT INTO auth.api_tokens (organization_id, user_id, name, scopes, prefix, secret_hash) "
+        "VALUES (%s, %s, 'stolen', '{read,send,admin}', 'abcd1234', 'x') RETURNING id",
+        (env.boot.organization.id, alice),
+    )[0][0]
+    env.sql(
+        "INSERT INTO auth.audit_events (organization_id, user_id, action, target, detail) "
+        "VALUES (%s, %s, 'api_token.created', %s, %s)",
+        (env.boot.organization.id, ada.id, f"api_token:{stolen}", json.dumps({"user_id": alice})),
+    )
+    env.sql("DELETE FROM auth.schema_migrations WHERE version = '0005_revoke_tokens_minted_for_others.sql'")
+    running = await start(config(database_url, nats_server, internal_key))
+    await running.stop()
+    revoked = dict(env.sql("SELECT name, revoked_at IS NOT NULL FROM auth.api_tokens"))
+    assert revoked == {"bootstrap": False, "mine": False, "stolen": True}
+    assert mine.token.name == "mine"
+
+
 async def test_audit_events_recorded_and_paged(make_env):
     # Auth records its own events (logins, failures, user and token changes) with the source address;
     # another service records one for the relayed principal's organisation; an admin lists them newest
@@ -507,25 +783,28 @@ async def test_audit_events_recorded_and_paged(make_env):
     await env.login("alice", "wrong-password-x", ip="192.0.2.1")
     await env.login("alice", PASSWORD, ip="192.0.2.1")
     bob = await env.add_user("bob", "viewer")
-    token = await env.stub.CreateApiToken(
-        S.CreateApiTokenRequest(user_id=bob.id, name="t", scopes=["read"]), metadata=env.owner
-    )
+    token = await env.stub.CreateApiToken(S.CreateApiTokenRequest(name="t", scopes=["read"]), metadata=env.owner)
     await env.stub.RevokeApiToken(S.RevokeApiTokenRequest(token_id=token.token.id), metadata=env.owner)
     campaigns = [
         (
             IDENTITY_HEADER,
-            env.signer.sign(Principal(env.boot.organization.id, env.boot.user.id, ("send",), "owner", "campaigns")),
+            env.signer.sign(
+                Principal(env.boot.organization.id, env.boot.user.id, ("send",), "owner", "campaigns"), "auth"
+            ),
         )
     ]
-    recorded = await env.stub.RecordAuditEvent(
+    campaigns_channel = default_pki().channel(env.port, "campaigns")
+    as_campaigns = auth_pb2_grpc.AuthServiceStub(campaigns_channel)
+    recorded = await as_campaigns.RecordAuditEvent(
         S.RecordAuditEventRequest(action="campaign.sent", target="campaign:7", detail_json='{"recipients": 3}'),
         metadata=campaigns,
     )
     assert recorded.service == "campaigns" and recorded.organization_id == env.boot.organization.id
     await refused(
-        env.stub.RecordAuditEvent(S.RecordAuditEventRequest(action="Bad Action"), metadata=campaigns),
+        as_campaigns.RecordAuditEvent(S.RecordAuditEventRequest(action="Bad Action"), metadata=campaigns),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
+    await campaigns_channel.close()
 
     pages, token_ = [], ""
     while True:
@@ -594,7 +873,7 @@ async def test_totp_secret_is_sealed_at_rest_and_survives_key_rotation(
         env.sql("UPDATE auth.users SET totp_last_step = 0 WHERE login = 'alice'")
         running = await start(config(database_url, nats_server, internal_key, totp_keys=keys))
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+            async with default_pki().channel(running.grpc_port, "gateway") as channel:
                 stub = auth_pb2_grpc.AuthServiceStub(channel)
                 request = S.LoginRequest(login="alice", password=PASSWORD, totp_code=code, source_ip="203.0.113.5")
                 return (await stub.Login(request, metadata=env.gateway)).status

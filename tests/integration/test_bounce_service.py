@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import time
+import tracemalloc
 
 import aiosmtplib
-import grpc
 import nats.errors
 import pytest
 import pytest_asyncio
@@ -19,6 +19,7 @@ from services.bounce.service import start
 from services.common import bus
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.common.verp import RecipientRef, message_id, return_path
+from tests.support.mtls import default_pki
 from tests.support.nats import NatsServer
 
 ORG, CAMPAIGN, SUBSCRIBER = 7, 42, 1007
@@ -67,21 +68,36 @@ async def send_returned_mail(port: int, rcpt: str, message: bytes) -> None:
 
 
 @pytest_asyncio.fixture
-async def service(database_url: str, nats_server: NatsServer, internal_key: bytes):
-    """A running bounce service whose consumer is stepped by the test (run_once)."""
-    config = Config(
-        database_url=database_url,
-        nats_url=nats_server.url,
-        nats_creds_file=nats_server.creds("bounce"),
-        internal_key=internal_key,
-        grpc_bind="127.0.0.1:0",
-        smtp_bind=f"127.0.0.1:{free_port()}",
-    )
-    running = await start(config, run_consumers=False)
+async def make_service(database_url: str, nats_server: NatsServer, internal_key: bytes):
+    """Start bounce services with these settings, consumers stepped by the test (run_once); stopped after it."""
+    started = []
+
+    async def make(**overrides):
+        config = Config(
+            database_url=database_url,
+            nats_url=nats_server.url,
+            nats_creds_file=nats_server.creds("bounce"),
+            internal_key=internal_key,
+            grpc_tls=default_pki().tls("bounce"),
+            grpc_bind="127.0.0.1:0",
+            smtp_bind=f"127.0.0.1:{free_port()}",
+            **overrides,
+        )
+        running = await start(config, run_consumers=False)
+        started.append(running)
+        return running
+
     try:
-        yield running
+        yield make
     finally:
-        await running.stop()
+        for running in started:
+            await running.stop()
+
+
+@pytest_asyncio.fixture
+async def service(make_service):
+    """A running bounce service with the default settings."""
+    return await make_service()
 
 
 @pytest_asyncio.fixture
@@ -112,13 +128,13 @@ async def bounce_events(js, want: int, timeout: float = 10.0) -> list[events_pb2
 
 
 async def list_bounces(grpc_port: int, signer: IdentitySigner, org: int, campaign: int):
-    """Call ListBounces as a reader of `org`."""
-    principal = Principal(organization_id=org, user_id=1, scopes=("read",))
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+    """Call ListBounces as a reader of `org`, relayed by the console."""
+    principal = Principal(organization_id=org, user_id=1, scopes=("read",), service="gateway")
+    async with default_pki().channel(grpc_port, "gateway") as channel:
         stub = bounce_pb2_grpc.BounceServiceStub(channel)
         return await stub.ListBounces(
             bounce_pb2.ListBouncesRequest(campaign_id=campaign),
-            metadata=[(IDENTITY_HEADER, signer.sign(principal))],
+            metadata=[(IDENTITY_HEADER, signer.sign(principal, "bounce"))],
             timeout=10,
         )
 
@@ -267,3 +283,194 @@ async def test_rejected_delivery_becomes_hard_smtp_bounce(service, js):
     assert events[10].kind == events_pb2.BOUNCE_KIND_SOFT
     dead = await js.stream_info(bus.STREAM_DEAD_LETTER)
     assert dead.state.messages == 1
+
+
+# ------------------------------------------------------------------------------- listener limits
+
+
+class RawSmtp:
+    """A client on a plain socket, so a test can stop halfway, trickle, or flood like an abuser."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int, source_ip: str = "127.0.0.1") -> tuple[RawSmtp, bytes]:
+        """Connect from this loopback address; the first line the listener says."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source_ip, 0))
+        client = cls(reader, writer)
+        return client, await client.line()
+
+    async def line(self, timeout: float = 10.0) -> bytes:
+        """The next line the listener says (empty once it has closed the connection)."""
+        return await asyncio.wait_for(self.reader.readline(), timeout)
+
+    async def command(self, text: str) -> bytes:
+        """Send a command; the last line of its reply."""
+        self.writer.write(text.encode() + b"\r\n")
+        await self.writer.drain()
+        while (reply := await self.line())[3:4] == b"-":
+            pass
+        return reply
+
+    async def start_data(self, rcpt: str) -> None:
+        """Say hello and open a DATA phase for one recipient."""
+        assert (await self.command("EHLO mx.example.net")).startswith(b"250")
+        assert (await self.command("MAIL FROM:<>")).startswith(b"250")
+        assert (await self.command(f"RCPT TO:<{rcpt}>")).startswith(b"250")
+        assert (await self.command("DATA")).startswith(b"354")
+
+    def close(self) -> None:
+        """Hang up."""
+        self.writer.close()
+
+
+LINE = b"x" * 998 + b"\r\n"
+CHUNK = LINE * 64
+
+
+def rss_bytes() -> int:
+    """This process's resident memory."""
+    with open("/proc/self/status") as status:
+        kilobytes = next(line for line in status if line.startswith("VmRSS")).split()[1]
+    return int(kilobytes) * 1024
+
+
+async def test_connections_over_the_total_and_per_address_limits_are_told_421_and_closed(make_service):
+    # At most 2 sessions from one address and 4 in all: a third from 127.0.0.1 is told 421 (from your
+    # address) and closed, 127.0.0.2 still gets in, a fifth session from a third address is told 421 (too
+    # many connections). When a session ends its place is free again.
+    service = await make_service(max_connections=4, max_connections_per_ip=2)
+    port = service.smtp_port
+    first, _ = await RawSmtp.connect(port)
+    second, banner = await RawSmtp.connect(port)
+    assert banner.startswith(b"220")
+    third, refusal = await RawSmtp.connect(port)
+    assert refusal == b"421 4.7.0 too many connections from your address, try again later\r\n"
+    assert await third.line() == b""
+    others = [await RawSmtp.connect(port, "127.0.0.2") for _ in range(2)]
+    assert all(banner.startswith(b"220") for _, banner in others)
+    fifth, refusal = await RawSmtp.connect(port, "127.0.0.3")
+    assert refusal == b"421 4.7.0 too many connections, try again later\r\n"
+    assert await fifth.line() == b""
+
+    assert (await first.command("QUIT")).startswith(b"221")
+    deadline = time.monotonic() + 10
+    while True:
+        again, banner = await RawSmtp.connect(port, "127.0.0.3")
+        if banner.startswith(b"220") or time.monotonic() > deadline:
+            break
+        again.close()
+        await asyncio.sleep(0.05)
+    assert banner.startswith(b"220")
+    for client in (first, second, third, fifth, again, *(c for c, _ in others)):
+        client.close()
+
+
+async def test_idle_client_is_told_421_and_disconnected_after_the_idle_timeout(make_service):
+    # With a half-second idle limit, a client that keeps sending NOOP for longer stays connected; one
+    # that then stays silent is told 421 (timeout) and disconnected, not before the limit.
+    service = await make_service(idle_timeout_seconds=0.5)
+    client, _ = await RawSmtp.connect(service.smtp_port)
+    for _ in range(5):
+        await asyncio.sleep(0.2)
+        assert (await client.command("NOOP")).startswith(b"250")
+    silent_since = time.monotonic()
+    assert await client.line() == b"421 4.4.2 timeout, closing connection\r\n"
+    assert await client.line() == b""
+    assert time.monotonic() - silent_since >= 0.5
+    client.close()
+
+
+async def test_data_trickling_past_the_data_time_limit_is_cut_off(make_service, internal_key, signer):
+    # DATA may take one second in all: a client sending a line every tenth of a second (always
+    # within the idle limit) is told 421 and cut off once the second is up; nothing is recorded.
+    service = await make_service(idle_timeout_seconds=5.0, data_timeout_seconds=1.0)
+    client, _ = await RawSmtp.connect(service.smtp_port)
+    await client.start_data(return_path(internal_key, RecipientRef(ORG, CAMPAIGN, SUBSCRIBER), "b.example"))
+    started = time.monotonic()
+
+    async def trickle() -> None:
+        while True:
+            client.writer.write(b"Subject: slow\r\n")
+            await client.writer.drain()
+            await asyncio.sleep(0.1)
+
+    sender = asyncio.create_task(trickle())
+    try:
+        assert await client.line() == b"421 4.4.2 timeout, closing connection\r\n"
+        assert await client.line() == b""
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+    assert 1.0 <= time.monotonic() - started < 10
+    assert not (await list_bounces(service.grpc_port, signer, ORG, CAMPAIGN)).bounces
+    client.close()
+
+
+async def test_oversized_data_is_refused_with_552_at_the_limit_without_holding_it(make_service, internal_key):
+    # The limit is 1 MB; a client pours 40 MB of DATA without stopping. The listener answers 552 as soon
+    # as the limit is passed and closes, long before the 40 MB are sent, and the process's Python memory
+    # grows by about the limit, not by the message.
+    service = await make_service(max_message_bytes=1024 * 1024)
+    client, _ = await RawSmtp.connect(service.smtp_port)
+    await client.start_data(return_path(internal_key, RecipientRef(ORG, CAMPAIGN, SUBSCRIBER), "b.example"))
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        while sent < 40 * 1024 * 1024:
+            client.writer.write(CHUNK)
+            await client.writer.drain()
+            sent += len(CHUNK)
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        pouring = asyncio.create_task(flood())
+        reply = await client.line(timeout=30)
+        sent_before_the_reply = sent
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    pouring.cancel()
+    await asyncio.gather(pouring, return_exceptions=True)
+    assert reply == b"552 5.3.4 message exceeds the size limit of 1048576 bytes\r\n"
+    assert await client.line() == b""
+    assert sent_before_the_reply < 20 * 1024 * 1024, sent_before_the_reply
+    assert peak - before < 8 * 1024 * 1024, peak - before
+    client.close()
+
+
+async def test_memory_is_given_back_after_unfinished_data_sessions_close(make_service, internal_key):
+    # Twenty clients each send 3.5 MB of DATA (under the 4 MB limit) and never finish: the process holds
+    # them while they are open. Once they hang up, its resident memory falls back near where it was
+    # (the buffers are freed, not left to fragment the heap).
+    service = await make_service(max_message_bytes=4 * 1024 * 1024, max_connections=30, max_connections_per_ip=30)
+    rcpt = return_path(internal_key, RecipientRef(ORG, CAMPAIGN, SUBSCRIBER), "b.example")
+    baseline = rss_bytes()
+    clients = []
+    for _ in range(20):
+        client, _ = await RawSmtp.connect(service.smtp_port)
+        await client.start_data(rcpt)
+        for _ in range(3_500_000 // len(CHUNK)):
+            client.writer.write(CHUNK)
+            await client.writer.drain()
+        clients.append(client)
+
+    async def settled(check) -> int:
+        deadline = time.monotonic() + 20
+        while True:
+            rss = rss_bytes()
+            if check(rss) or time.monotonic() > deadline:
+                return rss
+            await asyncio.sleep(0.1)
+
+    held = await settled(lambda rss: rss - baseline > 50 * 1024 * 1024)
+    assert held - baseline > 50 * 1024 * 1024, (held - baseline) // 2**20
+    for client in clients:
+        client.close()
+    after = await settled(lambda rss: rss - baseline < 20 * 1024 * 1024)
+    assert after - baseline < 20 * 1024 * 1024, (
+        f"{(held - baseline) // 2**20} MB held, {(after - baseline) // 2**20} MB kept"
+    )

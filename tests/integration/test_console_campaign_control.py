@@ -25,6 +25,7 @@ from tests.support.console import (
     poll,
     start_console,
 )
+from tests.support.mtls import default_pki
 from tests.support.stack import make_dkim_keys
 
 
@@ -76,11 +77,10 @@ async def _list_with(web: Web, name: str, csv_text: str) -> int:
 
 
 def _stub(console: Console, internal_key: bytes, organization_id: int):
-    """A campaigns stub calling as a user of this organisation with read and send scopes."""
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{console.campaigns.grpc_port}")
-    console.channels.append(channel)
-    principal = Principal(organization_id=organization_id, user_id=1, scopes=("read", "send"), role="editor")
-    metadata = ((IDENTITY_HEADER, IdentitySigner(internal_key).sign(principal)),)
+    """A campaigns stub calling as a user of this organisation with read and send scopes, relayed by the console."""
+    channel = console.channel(console.campaigns.grpc_port, "gateway")
+    principal = Principal(organization_id, user_id=1, scopes=("read", "send"), role="editor", service="gateway")
+    metadata = ((IDENTITY_HEADER, IdentitySigner(internal_key).sign(principal, "campaigns")),)
     return campaigns_pb2_grpc.CampaignsServiceStub(channel), metadata
 
 
@@ -107,6 +107,8 @@ async def test_edit_a_draft_in_console_and_cli_then_send_carries_new_subject(mak
 
     monkeypatch.setenv("MAILBLAST_CAMPAIGNS_ADDR", f"127.0.0.1:{console.campaigns.grpc_port}")
     monkeypatch.setenv("MAILBLAST_LISTS_ADDR", f"127.0.0.1:{console.lists.grpc_port}")
+    for name, value in default_pki().env("cli").items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("MAILBLAST_TOKEN", console.api_token)
     code = await asyncio.to_thread(cli.run, ["campaigns", "update", str(campaign_id), "--subject", "CLI {{ name }}様"])
     capsys.readouterr()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import queue
@@ -28,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cli.nats_credentials import SERVICES
 from dev.embedded import free_port
+from dev.run import GRPC_CLIENTS, GRPC_SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(r"mailblast is ready: (https://\S+)")
@@ -161,8 +163,11 @@ def start_devrun(data_dir: Path) -> Iterator:
             run.process.stdout.close()
 
 
-def _grpc_serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
+def _grpc_serving(address: str, run_info: dict) -> bool:
+    # Over mutual TLS, with the `mailblast` command's certificate that run.json points at.
+    files = {key: Path(path).read_bytes() for key, path in run_info["cli_tls"].items()}
+    credentials = grpc.ssl_channel_credentials(files["ca_file"], files["key_file"], files["cert_file"])
+    with grpc.secure_channel(address, credentials) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -172,7 +177,11 @@ def _check_everything_serves(var: Path, gateway_url: str) -> dict:
     addresses = [run_info["auth"], run_info["lists"], run_info["campaigns"], run_info["bounce"], *run_info["sender"]]
     assert len(run_info["sender"]) == 2
     for address in addresses:
-        assert _grpc_serving(address), address
+        assert _grpc_serving(address, run_info), address
+        # Nothing answers in plaintext: not even the health service.
+        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as plain:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
     assert run_info["gateway"] == gateway_url
     # The console serves HTTPS with the development certificate made on the first run.
     tls = ssl.create_default_context(cafile=str(var / "secrets" / "tls" / "cert.pem"))
@@ -184,11 +193,18 @@ def _check_everything_serves(var: Path, gateway_url: str) -> dict:
 def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, data_dir: Path) -> None:
     # On a machine with no database, broker or relay, dev.run starts embedded PostgreSQL and NATS, an SMTP
     # catcher and every service; all answer healthy, the admin token is printed once and nowhere written.
-    # Ctrl-C stops the whole tree with exit 0. A second run finds the same secrets and the admin.
+    # Logs and caught mail are private (0600 in 0700 folders); the plain-HTTP port redirects to the console's
+    # address. Ctrl-C stops the whole tree with exit 0. A second run finds the same secrets and the admin.
     var = data_dir / "var"
-    first = start_devrun()
+    http_port = free_port()
+    first = start_devrun(GATEWAY_HTTP_BIND=f"127.0.0.1:{http_port}")
     gateway_url = first.wait_ready()
     run_info = _check_everything_serves(var, gateway_url)
+    # The plain-HTTP port redirects to the console's own address, whatever Host the client claims.
+    plain = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+    plain.request("GET", "/lists?page=2", headers={"Host": "evil.example"})
+    assert plain.getresponse().headers["Location"] == f"{gateway_url}lists?page=2"
+    plain.close()
     assert run_info["embedded"] == {"postgres": True, "nats": True, "catcher": True}
     assert run_info["postgres"].startswith("127.0.0.1:")
     assert run_info["nats"].startswith("nats://127.0.0.1:")
@@ -227,12 +243,30 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, d
         assert seed not in output
         for path in [*(var / "logs").iterdir(), var / "run.json"]:
             assert seed.encode() not in path.read_bytes(), path
+    # Logs and caught mail (invitation and reset links) are for the owner of the folder alone.
+    for folder in ("logs", "outbox"):
+        assert (var / folder).stat().st_mode & 0o777 == 0o700, folder
+    logs = sorted((var / "logs").iterdir())
+    assert {p.name for p in logs} >= {"auth.log", "gateway.log", "postgres.log", "nats.log", "sender-1.log"}
+    for path in logs:
+        assert path.stat().st_mode & 0o777 == 0o600, path
     assert (var / "secrets").stat().st_mode & 0o777 == 0o700
     secret_files = [p for p in (var / "secrets").rglob("*") if p.is_file()]
-    # internal key, TOTP keys, two DKIM keys, TLS pair; NATS authority, signing key, server.conf, creds
-    assert len(secret_files) == 6 + 3 + len(SERVICES)
+    # The six secrets; the gRPC CA (certificate and key) with each identity's tls.crt, tls.key, ca.crt;
+    # the NATS authority, signing key and server.conf with one .creds per service.
+    assert len(secret_files) == 6 + 2 + 3 * len(GRPC_SERVICES + GRPC_CLIENTS) + 3 + len(SERVICES)
     for path in secret_files:
         assert path.stat().st_mode & 0o777 == 0o600, path
+    assert run_info["cli_tls"] == {
+        "ca_file": str(var / "secrets" / "grpc" / "cli" / "ca.crt"),
+        "cert_file": str(var / "secrets" / "grpc" / "cli" / "tls.crt"),
+        "key_file": str(var / "secrets" / "grpc" / "cli" / "tls.key"),
+    }
+    private_keys = [p.read_bytes() for p in secret_files if p.suffix == ".key"]
+    for path in [*(var / "logs").iterdir(), var / "run.json"]:
+        content = path.read_bytes()
+        assert not any(key.strip() in content for key in private_keys), path
+    assert not any(key.strip().decode() in output for key in private_keys)
     secrets_before = {p: p.read_bytes() for p in secret_files}
 
     assert first.interrupt() == 0, first.output()
@@ -242,9 +276,14 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, d
     assert [pid for pid in tree if alive(pid)] == []
     assert not (var / "run.json").exists()
 
+    # A log left readable by others (say, by an older version) is made private again on the next run.
+    (var / "logs" / "auth.log").chmod(0o644)
+    (var / "logs").chmod(0o755)
     second = start_devrun()
     gateway_url = second.wait_ready()
     _check_everything_serves(var, gateway_url)
+    assert (var / "logs" / "auth.log").stat().st_mode & 0o777 == 0o600
+    assert (var / "logs").stat().st_mode & 0o777 == 0o700
     output = second.output()
     assert TOKEN_LINE not in output
     assert token not in output and password not in output
@@ -294,12 +333,14 @@ def _check_console_password(var: Path, auth_address: str, password: str) -> None
     from mailblast.v1 import auth_pb2, auth_pb2_grpc
 
     from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+    from services.common.rpc import TlsFiles
 
     signer = IdentitySigner((var / "secrets" / "internal.key").read_bytes().strip())
-    with grpc.insecure_channel(auth_address) as channel:
+    console = TlsFiles.in_directory(var / "secrets" / "grpc" / "gateway")
+    with grpc.secure_channel(auth_address, console.channel_credentials()) as channel:
         reply = auth_pb2_grpc.AuthServiceStub(channel).Login(
             auth_pb2.LoginRequest(login="admin", password=password, source_ip="127.0.0.1"),
-            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="gateway")))],
+            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="gateway"), "auth"))],
             timeout=30,
         )
     assert reply.status == auth_pb2.LOGIN_STATUS_OK

@@ -11,7 +11,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from dev.run import dkim_dns_records, ensure_secrets, read_internal_key, var_dir
+from dev.embedded import open_private_log
+from dev.run import (
+    Supervisor,
+    dkim_dns_records,
+    ensure_grpc_certificates,
+    ensure_secrets,
+    read_internal_key,
+    var_dir,
+)
 from services.auth.sealing import parse_keys
 from services.common.config import env_bytes_secret
 from services.common.identity import IdentitySigner, Principal
@@ -67,8 +75,8 @@ def test_services_read_the_internal_key_file_as_dev_run_signs_with_it(
     monkeypatch.delenv("MAILBLAST_INTERNAL_KEY", raising=False)
     monkeypatch.setenv("MAILBLAST_INTERNAL_KEY_FILE", str(files.internal_key))
     service_side = IdentitySigner(env_bytes_secret("MAILBLAST_INTERNAL_KEY"))
-    assertion = IdentitySigner(read_internal_key(files.internal_key)).sign(Principal(0, service="dev-run"))
-    assert service_side.verify(assertion).service == "dev-run"
+    assertion = IdentitySigner(read_internal_key(files.internal_key)).sign(Principal(0, service="dev-run"), "auth")
+    assert service_side.verify(assertion, "auth").service == "dev-run"
 
 
 def test_printed_dns_records_verify_signatures_made_with_the_keys(tmp_path: Path) -> None:
@@ -100,3 +108,26 @@ def test_data_folder_is_var_in_the_project_unless_moved(monkeypatch: pytest.Monk
     assert var_dir() == Path(__file__).resolve().parents[2] / "var"
     monkeypatch.setenv("MAILBLAST_VAR_DIR", str(tmp_path / "elsewhere"))
     assert var_dir() == tmp_path / "elsewhere"
+
+
+def test_logs_are_private_and_the_console_redirects_to_its_own_address(tmp_path: Path) -> None:
+    # make run's logs are created readable by their owner only, and an older log readable by others is
+    # tightened when opened again; the gateway it plans redirects plain HTTP to the console's address.
+    fresh = tmp_path / "fresh.log"
+    with open_private_log(fresh) as log:
+        log.write(b"one\n")
+    older = tmp_path / "older.log"
+    older.write_bytes(b"before\n")
+    older.chmod(0o644)
+    with open_private_log(older) as log:
+        log.write(b"after\n")
+    assert fresh.stat().st_mode & 0o777 == 0o600 and older.stat().st_mode & 0o777 == 0o600
+    assert older.read_bytes() == b"before\nafter\n"
+
+    files, _ = ensure_secrets(tmp_path / "secrets")
+    supervisor = Supervisor(tmp_path / "var")
+    supervisor.grpc_tls = ensure_grpc_certificates(tmp_path / "secrets" / "grpc")
+    supervisor.plan_services("postgresql://db", "nats://bus", files, {}, "0.0.0.0:8443")
+    gateway = next(svc for svc in supervisor.services if svc.name == "gateway")
+    assert gateway.env["GATEWAY_PUBLIC_URL"] == "https://127.0.0.1:8443"
+    assert gateway.env["AUTH_CONSOLE_URL"] == "https://127.0.0.1:8443"

@@ -223,6 +223,7 @@ async def test_forms_settings_and_snippet_escaped(console):
     editor = await logged_in(console, "eddie")
     admin = await logged_in(console)
     list_id = await create_list(editor, "<b>news</b>")
+    assert (await admin.post("/audience-settings", {"sender_address": "news@example.jp"})).status_code == 302
     created = await editor.post("/forms", {"list_id": str(list_id), "name": "top", "thanks_text": "ありがとう"})
     assert created.status_code == 302
     form_id = int(created.location.rsplit("/", 1)[1])
@@ -231,8 +232,45 @@ async def test_forms_settings_and_snippet_escaped(console):
     snippet = re.search(r'<pre class="snippet" id="form-snippet">(.*?)</pre>', page, re.S).group(1)
     assert "&lt;form" in snippet and "<form" not in snippet and f"/f/{form_id}" in snippet
     assert (await editor.post("/audience-settings", {"confirm_unsubscribe": "1"})).status_code == 403
-    assert (await admin.post("/audience-settings", {"confirm_unsubscribe": "1"})).status_code == 302
+    saved = await admin.post("/audience-settings", {"confirm_unsubscribe": "1", "sender_address": "news@example.jp"})
+    assert saved.status_code == 302
     assert 'id="confirm-unsubscribe" checked' in text(await admin.get("/audience-settings"))
+
+
+async def test_forms_say_they_need_a_sender_address_in_both_languages(console):
+    # With no sender address for list mail, the forms page says a form needs one (in Japanese for a
+    # Japanese browser, with a link for an admin), creating a form is refused with the reason in the
+    # user's language and nothing is made; an admin cannot empty the address once a form exists. A form
+    # left without a sender tells the person signing up that it is closed, never "thank you".
+    console.add_user("eddie", "editor")
+    editor = await logged_in(console, "eddie")
+    admin = await logged_in(console)
+    list_id = await create_list(admin, "News")
+    english = text(await editor.get("/forms"))
+    assert "it needs a sender address" in english and 'id="set-sender"' not in english
+    assert "Ask an administrator" in english
+    japanese = text(await admin.get("/forms", headers={"Accept-Language": "ja"}))
+    assert "差出人アドレスが必要です" in japanese and 'id="set-sender"' in japanese
+    refused = await admin.post("/forms", {"list_id": str(list_id), "name": "top"}, headers={"Accept-Language": "ja"})
+    assert refused.status_code == 302
+    page = text(await admin.get("/forms", headers={"Accept-Language": "ja"}))
+    assert "登録フォームには確認メールの差出人アドレスが必要です" in page
+    assert console.sql("SELECT count(*) FROM lists.signup_forms") == [(0,)]
+
+    assert (await admin.post("/audience-settings", {"sender_address": "news@example.jp"})).status_code == 302
+    assert "it needs a sender address" not in text(await editor.get("/forms"))
+    created = await editor.post("/forms", {"list_id": str(list_id), "name": "top"})
+    assert created.status_code == 302 and "/forms/" in created.location
+    await admin.post("/audience-settings", {"sender_address": ""})
+    assert "it cannot be empty while the organisation has forms" in text(await admin.get("/audience-settings"))
+    assert console.sql("SELECT sender_address FROM lists.organization_settings") == [("news@example.jp",)]
+
+    console.sql("UPDATE lists.organization_settings SET sender_address = ''")
+    form_id = int(created.location.rsplit("/", 1)[1])
+    closed = await console.client().post(f"/f/{form_id}", {"email": "new@example.jp"}, csrf=False, from_page=False)
+    assert closed.status_code == 503 and "cannot take signups" in text(closed)
+    assert "Thank" not in text(closed)
+    assert console.sql("SELECT count(*) FROM lists.subscribers") == [(0,)]
 
 
 async def test_another_organisations_audience_is_404_and_unchanged(console):
@@ -250,6 +288,7 @@ async def test_another_organisations_audience_is_404_and_unchanged(console):
          "name": "all", "action": "save"},
     )  # fmt: skip
     segment_id = int(saved.location.rsplit("/", 1)[1])
+    await admin.post("/audience-settings", {"sender_address": "news@example.jp"})
     form_id = int((await admin.post("/forms", {"list_id": str(list_id), "name": "f"})).location.rsplit("/", 1)[1])
     await admin.post("/suppression", {"emails": "stop@example.jp"})
     other = console.add_organization("Other KK")
@@ -307,7 +346,7 @@ async def test_csrf_required_on_console_posts_but_not_on_the_two_public_ones(con
     assert console.sql("SELECT count(*) FROM lists.suppressions") == [(0,)]
     anonymous = console.client()
     one_click = await anonymous.post(
-        "/u/1.2.3.AAAAAAAAAAAAAAAAAAAAAA", {"List-Unsubscribe": "One-Click"}, csrf=False, headers={"Referer": ""}
+        "/u/1.2.3.AAAAAAAAAAAAAAAAAAAAAA", {"List-Unsubscribe": "One-Click"}, csrf=False, from_page=False
     )
     assert one_click.status_code == 404 and "CSRF" not in text(one_click)
     signup = await anonymous.post("/f/999", {"email": "a@example.jp"}, csrf=False)
@@ -352,3 +391,50 @@ async def test_service_refusals_read_in_the_users_language(console):
         ["2", "項目 'plan': 'gold' は free, pro のいずれでもありません", "taro@example.jp,鈴木 太郎,gold"],
         ["3", "列数が 3 のはずが 2 です", "jiro@example.jp,鈴木 次郎"],
     ]
+
+
+async def test_audience_actions_appear_on_the_audit_page_and_csv_in_japanese(console):
+    # An admin who reads the console in Japanese defines a field, changes the list settings, imports a
+    # file, exports the list and the suppression list, downloads a subscriber's personal data and erases
+    # them: the audit page lists each action under its Japanese label (with its code) and the admin's
+    # login, and the CSV has the same lines with their labels; no line names the erased address.
+    admin = await logged_in(console)
+    await admin.post("/language", {"language": "ja"})
+    await add_plan_field(admin)
+    settings = {"confirm_unsubscribe": "1", "sender_address": "news@example.jp"}
+    assert (await admin.post("/audience-settings", settings)).status_code == 302
+    list_id = await create_list(admin, "all")
+    await import_sjis(admin, list_id, "m,n\nhanako@example.jp,山田 花子\n", {"1": "email", "2": "name"})
+    assert (await admin.get(f"/lists/{list_id}/export.csv")).status_code == 200
+    assert (await admin.get("/suppression.csv")).status_code == 200
+    target = console.sql("SELECT id FROM lists.subscribers WHERE email = 'hanako@example.jp'")[0][0]
+    assert (await admin.get(f"/subscribers/{target}/personal-data.json")).status_code == 200
+    erased = await admin.post(f"/subscribers/{target}/erase", {"confirm_email": "hanako@example.jp"})
+    assert erased.status_code == 302
+    labels = {
+        "field.created": "カスタム項目の作成",
+        "lists.settings_changed": "リスト設定の変更",
+        "import.started": "インポートの開始",
+        "import.finished": "インポートの終了",
+        "list.exported": "読者の書き出し",
+        "suppression.exported": "配信停止リストの書き出し",
+        "subscriber.data_exported": "個人データの書き出し",
+        "subscriber.erased": "読者の完全消去",
+    }
+
+    async def every_action_listed():
+        page = text(await admin.get("/audit"))
+        return page if all(code in page for code in labels) else None
+
+    page = await poll(every_action_listed)
+    for code, label in labels.items():
+        assert f"{label} <code>{code}</code>" in page, code
+    assert f"subscriber:{target}" in page and "hanako@example.jp" not in page and OWNER in page
+    exported = (await admin.get("/audit.csv")).get_data().decode("utf-8-sig")
+    rows = list(csv.DictReader(io.StringIO(exported)))
+    by_action = {row["action"]: row for row in rows}
+    for code, label in labels.items():
+        assert by_action[code]["action_label"] == label
+        assert (by_action[code]["service"], by_action[code]["source_ip"]) == ("lists", "127.0.0.1")
+    assert json.loads(by_action["subscriber.erased"]["detail"])["via"] == "gateway"
+    assert "hanako@example.jp" not in exported

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import email
 import email.policy
 import io
 import re
+import smtplib
 import time
 from pathlib import Path
 
@@ -73,8 +75,7 @@ async def test_login_sets_a_new_hardened_session_and_logout_revokes_it(make_cons
     before = web.cookie("__Host-mailblast-session").value
     response = await web.login()
     assert response.status_code == 302 and response.location == "/campaigns"
-    set_cookie = response.headers["Set-Cookie"]
-    assert set_cookie.startswith("__Host-mailblast-session=")
+    [set_cookie] = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("__Host-mailblast-session=")]
     for flag in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/"):
         assert flag in set_cookie, set_cookie
     assert "Domain=" not in set_cookie
@@ -101,7 +102,7 @@ async def test_every_route_needs_a_session_and_state_changes_need_post(make_cons
     for rule in console.app.url_map.iter_rules():
         if rule.endpoint in PUBLIC_ENDPOINTS:
             continue
-        path = re.sub(r"<(?:int:)?(\w+)>", "1", rule.rule)
+        path = re.sub(r"<(?:\w+:)?(\w+)>", "1", rule.rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             call = web.get if method == "GET" else web.post
             response = await call(path)
@@ -117,20 +118,32 @@ async def test_every_route_needs_a_session_and_state_changes_need_post(make_cons
 
 
 async def test_five_failures_lock_the_account_until_an_admin_unlocks_it(make_console):
-    # Five wrong passwords lock bob: even the right password then gets the lock message (only someone
-    # who knows it learns of the lock), bob is mailed, the audit log has it; the admin unlocks bob on the
-    # users page and bob logs in.
+    # Five wrong passwords from a stranger's browser lock bob for browsers that never logged in as him:
+    # the right password then gets the same lock message as a wrong one, bob is mailed, the audit log
+    # has it. Bob's own browser, which logged in before and keeps the console's device cookie (Secure,
+    # HttpOnly, SameSite=Strict, __Host-, long-lived), still gets in. The admin unlocks bob on the users
+    # page and the stranger's browser logs in too.
     console = await make_console()
     bob = console.add_user("bob", "editor")
+    own = console.client()
+    first = await own.login("bob", PASSWORD)
+    [device] = [c for c in first.headers.getlist("Set-Cookie") if c.startswith("__Host-mailblast-device=")]
+    for flag in ("Secure", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=34560000"):
+        assert flag in device, device
+    assert "Domain=" not in device
+    await own.post("/logout")
+    assert own.cookie("__Host-mailblast-device") is not None
+
     web = console.client()
     for _ in range(5):
         failed = await web.login("bob", "wrong-password-1")
         assert failed.status_code == 401
         assert "The login ID or password is wrong." in text(failed)
-    locked = await web.login("bob", PASSWORD)
-    assert locked.status_code == 401
-    assert "locked" in text(locked)
+    locked, also_locked = await web.login("bob", PASSWORD), await web.login("bob", "wrong-password-1")
+    assert locked.status_code == also_locked.status_code == 401
+    assert "locked for this browser" in text(locked) and "locked for this browser" in text(also_locked)
     await poll(lambda: _mail_to(console, "bob@example.org"))
+    assert (await own.login("bob", PASSWORD)).status_code == 302
 
     admin = await logged_in(console)
     users = text(await admin.get("/users"))
@@ -179,7 +192,7 @@ async def test_no_enumeration_on_login_or_forgotten_password(make_console):
     assert link, body
     path = f"/reset/{link.group(1)}"
     page = await web.get(path)
-    assert page.headers["Referrer-Policy"] == "no-referrer"
+    assert page.headers["Referrer-Policy"] == "strict-origin"
     done = await web.post(path, {"new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD})
     assert done.status_code == 302
     again = await web.post(path, {"new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD})
@@ -223,6 +236,18 @@ async def test_password_change_ends_the_other_sessions(make_console):
         "/account/password", {"current_password": PASSWORD, "new_password": "password", "confirm_password": "password"}
     )
     assert weak.status_code == 400
+    assert "too easy to guess (strength 0 of 4, 3 needed): This is a top-10 common password." in text(weak)
+    await here.post("/language", {"language": "ja"})
+    weak = await here.post(
+        "/account/password", {"current_password": PASSWORD, "new_password": "aaaaaaaa", "confirm_password": "aaaaaaaa"}
+    )
+    assert weak.status_code == 400
+    assert (
+        "パスワードが推測されやすすぎます (強度 0/4、3 以上が必要): 「aaa」のような繰り返しは推測されやすいです。 "
+        "単語をもう 1 つか 2 つ加えてください。あまり使われない単語ほど効果的です。 "
+        "単語や文字の繰り返しは避けてください。"
+    ) in text(weak)
+    await here.post("/language", {"language": "en"})
     done = await here.post(
         "/account/password",
         {"current_password": PASSWORD, "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD},
@@ -295,7 +320,7 @@ async def test_roles_are_enforced_on_routes_not_just_menus(make_console):
     viewer = await logged_in(console, "vic")
     editor = await logged_in(console, "eddie")
     admin = await logged_in(console)
-    admin_pages = ["/users", "/tokens", "/audit", "/audit.csv", "/outbox"]
+    admin_pages = ["/users", "/audit", "/audit.csv", "/outbox"]
     for path in ["/campaigns", "/lists"]:
         assert (await viewer.get(path)).status_code == 200
     assert "/campaigns/new" not in text(await viewer.get("/campaigns"))
@@ -308,7 +333,12 @@ async def test_roles_are_enforced_on_routes_not_just_menus(make_console):
         assert (await editor.get(path)).status_code == 403, path
         assert (await admin.get(path)).status_code == 200, path
     assert (await editor.post("/users", {"login": "zed", "email": "z@example.org", "role": "admin"})).status_code == 403
-    assert (await editor.post("/tokens", {"user_id": "1", "name": "t"})).status_code == 403
+    # The tokens page is everyone's, for their own tokens only: naming alice's user id changes nothing.
+    assert (await viewer.get("/tokens")).status_code == 200
+    assert (await editor.post("/tokens", {"user_id": "1", "name": "t", "scopes": ["read"]})).status_code == 200
+    assert console.sql(
+        "SELECT u.login FROM auth.api_tokens t JOIN auth.users u ON u.id = t.user_id WHERE t.name = 't'"
+    ) == [("eddie",)]
     assert (await editor.get("/campaigns/new")).status_code == 200
     created = await editor.post("/lists", {"name": "Editors' list"})
     assert created.status_code == 302
@@ -477,11 +507,15 @@ async def test_upload_compose_test_send_progress_audit_and_outbox(make_console):
 
 
 async def test_api_tokens_shown_once_listed_with_last_use_and_revoked(make_console):
-    # An admin creates a token with scopes: the secret is on that one page; the list shows its prefix
-    # and "never" used, never the secret; revoking marks it revoked. Token changes are audited.
+    # An admin creates a token for herself with scopes: the page offers no one else to make it for; the
+    # secret is on that one page; the list shows its prefix and "never" used, never the secret; revoking
+    # marks it revoked. Token changes are audited. An editor's page offers only the scopes of an editor
+    # and lists only the editor's own tokens.
     console = await make_console()
     admin = await logged_in(console)
-    created = await admin.post("/tokens", {"user_id": str(console.owner_id), "name": "ci", "scopes": ["read", "send"]})
+    form = text(await admin.get("/tokens"))
+    assert 'name="user_id"' not in form and "A token acts as you (alice)" in form
+    created = await admin.post("/tokens", {"name": "ci", "scopes": ["read", "send"]})
     assert created.status_code == 200
     secret = re.search(r'id="token-secret">([^<]+)<', text(created)).group(1)
     listing = text(await admin.get("/tokens"))
@@ -491,6 +525,14 @@ async def test_api_tokens_shown_once_listed_with_last_use_and_revoked(make_conso
     assert "revoked" in text(await admin.get("/tokens"))
     audit = text(await admin.get("/audit?action=api_token."))
     assert "api_token.created" in audit and "api_token.revoked" in audit
+
+    console.add_user("eddie", "editor")
+    editor = await logged_in(console, "eddie")
+    page = text(await editor.get("/tokens"))
+    assert 'value="send"' in page and 'value="admin"' not in page and "ci" not in page
+    refused = await editor.post("/tokens", {"name": "sneaky", "scopes": ["admin"]})
+    assert refused.status_code == 302
+    assert "more than a user with role &#39;editor&#39; may have" in text(await editor.get("/tokens"))
 
 
 async def test_users_invite_role_change_and_disable(make_console):
@@ -511,6 +553,65 @@ async def test_users_invite_role_change_and_disable(make_console):
     assert (await admin.post(f"/users/{bob}/disable")).status_code == 302
     assert (await bob_web.get("/campaigns")).status_code == 302
     assert (await bob_web.login("bob", PASSWORD)).status_code == 401
+
+
+async def test_the_outbox_shows_each_organisation_only_its_own_mail(make_console):
+    # Two organisations share the development SMTP catcher. Acme's owner invites Nina; the other
+    # organisation's owner, Olga, has a reset link mailed to her. Each owner's outbox lists only their own
+    # organisation's mail, and the other's message, its headers and its HTML are 404 by name, so neither
+    # reads the other's link. Mail sent to the catcher from outside, with a Message-ID made up to name an
+    # organisation, is shown to no one.
+    console = await make_console()
+    other = console.add_organization("Other KK")
+    console.add_user("olga", "owner", organization_id=other)
+    acme = await logged_in(console)
+    olga = await logged_in(console, "olga")
+    await acme.post("/users", {"login": "nina", "email": "nina@example.org", "role": "viewer", "send_invite": "1"})
+    await console.client().post("/forgot", {"login": "olga"})
+    invitation = (await poll(lambda: _mail_to(console, "nina@example.org")))[0]
+    reset = (await poll(lambda: _mail_to(console, "olga@example.org")))[0]
+    forged = (
+        "From: a@example.com\r\nTo: mallory@example.org\r\nSubject: forged\r\n"
+        f"Message-ID: <tx.{console.organization_id}.aaaaaaaaaaaaaaaa.bbbbbbbbbbbbbbbb@mail.example.com>\r\n"
+        "\r\nhello\r\n"
+    )
+    await asyncio.to_thread(_send_to_catcher, console.catcher.port, "mallory@example.org", forged)
+    await console.catcher.wait_for(3)
+
+    acme_outbox = text(await acme.get("/outbox"))
+    olga_outbox = text(await olga.get("/outbox"))
+    assert "nina@example.org" in acme_outbox and "olga@example.org" not in acme_outbox
+    assert "olga@example.org" in olga_outbox and "nina@example.org" not in olga_outbox
+    assert "mallory@example.org" not in acme_outbox and "mallory@example.org" not in olga_outbox
+    [acme_mail] = re.findall(r'href="/outbox/([0-9]+-[0-9]+)"', acme_outbox)
+    [olga_mail] = re.findall(r'href="/outbox/([0-9]+-[0-9]+)"', olga_outbox)
+    assert "/reset/" in text(await acme.get(f"/outbox/{acme_mail}"))
+    assert "/reset/" in text(await olga.get(f"/outbox/{olga_mail}"))
+    for path in (f"/outbox/{olga_mail}", f"/outbox/{olga_mail}/html"):
+        refused = await acme.get(path)
+        assert refused.status_code == 404 and mail_text(reset).split("/reset/")[1][:20] not in text(refused)
+    for path in (f"/outbox/{acme_mail}", f"/outbox/{acme_mail}/html"):
+        refused = await olga.get(path)
+        assert refused.status_code == 404 and mail_text(invitation).split("/reset/")[1][:20] not in text(refused)
+
+
+def _send_to_catcher(port: int, recipient: str, message: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.sendmail("a@example.com", [recipient], message.encode())
+
+
+async def test_an_id_past_int64_in_an_address_is_a_plain_404(make_console):
+    # A logged-in admin typing (or a script sending) a number no int64 id can be gets the ordinary "does
+    # not exist" page, for pages and form posts alike, never a server error; the largest int64 is simply
+    # not found either.
+    console = await make_console()
+    admin = await logged_in(console)
+    for path in ("/lists/99999999999999999999", "/campaigns/9223372036854775808", "/subscribers/1" + "0" * 30):
+        response = await admin.get(path)
+        assert response.status_code == 404 and "does not exist" in text(response), path
+    assert (await admin.get("/lists/9223372036854775807")).status_code == 404
+    refused = await admin.post("/users/99999999999999999999/role", {"role": "viewer"})
+    assert refused.status_code == 404 and "does not exist" in text(refused)
 
 
 async def test_audit_log_filters_pages_and_exports_csv(make_console):

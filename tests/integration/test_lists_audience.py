@@ -19,12 +19,21 @@ from tests.integration.test_lists_import import ADMIN, define_fields
 
 lists_service = base.lists_service
 stub = base.stub
+campaigns_stub = base.campaigns_stub
 js = base.js
 
 
 def as_gateway(signer) -> list:
     """The gateway relaying a public request: a service identity with no organisation."""
-    return [(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="gateway")))]
+    return [(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="gateway"), "lists"))]
+
+
+async def set_sender(stub, signer, address: str = "news@example.jp", organization_id: int = ORG) -> None:
+    """An admin sets the sender of list mail (forms need it for their confirmation mail)."""
+    await stub.UpdateSettings(
+        lists_pb2.ListsSettings(sender_address=address, sender_name="Acme"),
+        metadata=as_user(signer, organization_id, ADMIN),
+    )
 
 
 async def seed(stub, signer) -> tuple[int, int, dict[str, int]]:
@@ -75,7 +84,7 @@ async def preview(stub, signer, tree: dict) -> list[str]:
     return sorted(s.email for s in reply.sample)
 
 
-async def test_segment_conditions_against_known_data(lists_service, stub, signer):
+async def test_segment_conditions_against_known_data(lists_service, stub, campaigns_stub, signer):
     # Condition trees of every kind select exactly the subscribers they describe: text operators on
     # address and name, typed operators on number/date/choice fields, list membership, nested any/all.
     _news, vip, _ = await seed(stub, signer)
@@ -130,7 +139,7 @@ async def test_segment_conditions_against_known_data(lists_service, stub, signer
         lists_pb2.SegmentInput(name="tokyo", conditions_json=json.dumps({"conditions": [nested["conditions"][1]]})),
         metadata=as_user(signer),
     )
-    chunks = await stream_segments(stub, signer, [saved.id])
+    chunks = await stream_segments(campaigns_stub, signer, [saved.id])
     assert [r.email for r in chunks] == ["ichiro@example.com"]
 
 
@@ -201,7 +210,7 @@ async def test_search_and_keyset_paging(lists_service, stub, signer):
     assert [s.email for s in on_vip.subscribers] == ["taro@example.jp"]
 
 
-async def test_suppression_respected_by_stream_recipients(lists_service, stub, signer):
+async def test_suppression_respected_by_stream_recipients(lists_service, stub, campaigns_stub, signer):
     # An address suppressed by hand is never streamed though still active; CheckSuppressed tells the
     # sender so at send time; removing it needs the admin scope and brings it back.
     news, _, _ = await seed(stub, signer)
@@ -209,9 +218,9 @@ async def test_suppression_respected_by_stream_recipients(lists_service, stub, s
         lists_pb2.AddSuppressionsRequest(emails=["Hanako@example.jp", "not-an-address"]), metadata=as_user(signer)
     )
     assert added.added == 1 and [e.index for e in added.errors] == [1]
-    streamed = [r.email for chunk in await stream(stub, as_campaigns(signer), [news]) for r in chunk]
+    streamed = [r.email for chunk in await stream(campaigns_stub, as_campaigns(signer), [news]) for r in chunk]
     assert "hanako@example.jp" not in streamed and len(streamed) == 4
-    checked = await stub.CheckSuppressed(
+    checked = await campaigns_stub.CheckSuppressed(
         lists_pb2.CheckSuppressedRequest(emails=["HANAKO@example.jp", "taro@example.jp"]), metadata=as_campaigns(signer)
     )
     assert [(s.email, s.reason) for s in checked.suppressed] == [("HANAKO@example.jp", "manual")]
@@ -223,11 +232,11 @@ async def test_suppression_respected_by_stream_recipients(lists_service, stub, s
     await stub.RemoveSuppression(
         lists_pb2.RemoveSuppressionRequest(email="hanako@example.jp"), metadata=as_user(signer, scopes=ADMIN)
     )
-    streamed = [r.email for chunk in await stream(stub, as_campaigns(signer), [news]) for r in chunk]
+    streamed = [r.email for chunk in await stream(campaigns_stub, as_campaigns(signer), [news]) for r in chunk]
     assert "hanako@example.jp" in streamed
 
 
-async def test_unsubscribe_by_token(lists_service, stub, signer, internal_key, database_url):
+async def test_unsubscribe_by_token(lists_service, stub, campaigns_stub, signer, internal_key, database_url):
     # The page shows the subscriber's lists; leaving one list keeps the others; a one-click
     # unsubscribe leaves everything, is recorded with its source and suppresses the address before
     # the call returns. A forged token names nobody.
@@ -243,7 +252,7 @@ async def test_unsubscribe_by_token(lists_service, stub, signer, internal_key, d
         lists_pb2.UnsubscribeRequest(token=token, source="one-click"), metadata=as_gateway(signer)
     )
     assert list(gone.left_list_ids) == [news] and gone.status == lists_pb2.SUBSCRIBER_STATUS_UNSUBSCRIBED
-    streamed = [r.email for chunk in await stream(stub, as_campaigns(signer), [news, vip]) for r in chunk]
+    streamed = [r.email for chunk in await stream(campaigns_stub, as_campaigns(signer), [news, vip]) for r in chunk]
     assert "taro@example.jp" not in streamed
     events = await stub.ListSubscriberEvents(
         lists_pb2.ListSubscriberEventsRequest(subscriber_id=ids["taro@example.jp"]), metadata=as_user(signer)
@@ -259,11 +268,12 @@ async def test_unsubscribe_by_token(lists_service, stub, signer, internal_key, d
     assert forged.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_signup_double_opt_in(lists_service, stub, signer, js):
+async def test_signup_double_opt_in(lists_service, stub, campaigns_stub, signer, js):
     # A form signup creates a pending subscriber with a consent record and publishes the confirmation
     # mail on NATS (category lists.confirm, Nats-Msg-Id its message key); the link's token activates
     # the subscriber on the form's list. A filled honeypot is ignored; an IP over its hourly limit is refused.
     news = await new_list(stub, signer)
+    await set_sender(stub, signer)
     form = await stub.CreateForm(
         lists_pb2.FormInput(list_id=news, name="top", ask_name=True, thanks_text="ありがとう"), metadata=as_user(signer)
     )
@@ -281,6 +291,7 @@ async def test_signup_double_opt_in(lists_service, stub, signer, js):
     message = events_pb2.TransactionalMessage()
     message.ParseFromString(msg.data)
     assert (message.category, message.to_address, message.organization_id) == ("lists.confirm", "new@example.jp", ORG)
+    assert (message.content.from_address, message.content.from_name) == ("news@example.jp", "Acme")
     assert msg.headers["Nats-Msg-Id"] == message.message_key
     assert msg.subject == bus.transactional_subject(ORG)  # the subscriber's organisation's subject
     confirm_url = json.loads(message.variables_json)["confirm_url"]
@@ -289,11 +300,11 @@ async def test_signup_double_opt_in(lists_service, stub, signer, js):
         lists_pb2.SearchSubscribersRequest(email_prefix="new@"), metadata=as_user(signer)
     )
     assert found.subscribers[0].status == lists_pb2.SUBSCRIBER_STATUS_PENDING
-    assert await stream(stub, as_campaigns(signer), [news]) == []
+    assert await stream(campaigns_stub, as_campaigns(signer), [news]) == []
 
     confirmed = await stub.ConfirmSignup(lists_pb2.ConfirmSignupRequest(token=token), metadata=as_gateway(signer))
     assert confirmed.list_id == news
-    streamed = [r.email for chunk in await stream(stub, as_campaigns(signer), [news]) for r in chunk]
+    streamed = [r.email for chunk in await stream(campaigns_stub, as_campaigns(signer), [news]) for r in chunk]
     assert streamed == ["new@example.jp"]
     data = await stub.ExportSubscriberData(
         lists_pb2.ExportSubscriberDataRequest(subscriber_id=found.subscribers[0].id),
@@ -317,6 +328,53 @@ async def test_signup_double_opt_in(lists_service, stub, signer, js):
                 metadata=as_gateway(signer),
             )
     assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_form_needs_a_sender_address_before_it_takes_signups(lists_service, stub, signer, js, database_url):
+    # Without a sender address the confirmation mail could never be sent: no form can be made, the
+    # address cannot be emptied while forms exist, the unsubscribe confirmation cannot be turned on
+    # without one, and an address a From header cannot carry is refused. A form left from before (its
+    # sender emptied behind the service's back) refuses signups, storing and mailing nothing, instead
+    # of thanking the person for a mail that never comes.
+    news = await new_list(stub, signer)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.CreateForm(lists_pb2.FormInput(list_id=news, name="top"), metadata=as_user(signer))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "needs a sender address" in refused.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as unsendable:
+        await set_sender(stub, signer, "ニュース@example.jp")
+    assert unsendable.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "cannot be the sender address" in unsendable.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as no_from:
+        await stub.UpdateSettings(
+            lists_pb2.ListsSettings(confirm_unsubscribe=True), metadata=as_user(signer, scopes=ADMIN)
+        )
+    assert no_from.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # An internationalised domain is kept in the IDNA form a From header carries.
+    await set_sender(stub, signer, "news@例え.jp")
+    settings = await stub.GetSettings(lists_pb2.GetSettingsRequest(), metadata=as_user(signer))
+    assert settings.sender_address == "news@xn--r8jz45g.jp"
+    form = await stub.CreateForm(lists_pb2.FormInput(list_id=news, name="top"), metadata=as_user(signer))
+    with pytest.raises(grpc.aio.AioRpcError) as emptied:
+        await set_sender(stub, signer, "")
+    assert emptied.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert (await stub.GetSettings(lists_pb2.GetSettingsRequest(), metadata=as_user(signer))).sender_address
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE lists.organization_settings SET sender_address = ''")
+    sub = await js.pull_subscribe(bus.SUBJECT_SEND_TRANSACTIONAL, durable="test-no-sender", stream=bus.STREAM_SEND)
+    with pytest.raises(grpc.aio.AioRpcError) as closed:
+        await stub.SubmitSignup(
+            lists_pb2.SubmitSignupRequest(form_id=form.id, email="new@example.jp", source_ip="192.0.2.9"),
+            metadata=as_gateway(signer),
+        )
+    assert closed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM lists.subscribers").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM lists.consents").fetchone() == (0,)
+    with pytest.raises(TimeoutError):
+        await sub.fetch(1, timeout=1)
 
 
 async def test_erase_leaves_only_the_hash(lists_service, stub, signer, database_url):
@@ -359,6 +417,7 @@ async def test_other_organisation_gets_not_found(lists_service, stub, signer):
         ),
         metadata=as_user(signer),
     )
+    await set_sender(stub, signer)
     form = await stub.CreateForm(lists_pb2.FormInput(list_id=news, name="f"), metadata=as_user(signer))
     job = await stub.CreateImport(lists_pb2.CreateImportRequest(list_id=news), metadata=as_user(signer))
     fields = await stub.ListFields(lists_pb2.ListFieldsRequest(), metadata=as_user(signer))

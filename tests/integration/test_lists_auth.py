@@ -22,8 +22,9 @@ def bearer(token: str) -> list[tuple[str, str]]:
 
 
 @pytest_asyncio.fixture
-async def stubs(database_url: str, nats_server: NatsServer, internal_key: bytes):
-    """Auth and lists started side by side (one database, their own schemas), and a stub for each."""
+async def stubs(database_url: str, nats_server: NatsServer, internal_key: bytes, pki):
+    """Auth and lists side by side (one database, their own schemas): a stub of each as a user's tool, and
+    auth as `make run`, which bootstraps."""
     auth = await auth_service.start(
         AuthConfig(
             database_url=database_url,
@@ -31,6 +32,7 @@ async def stubs(database_url: str, nats_server: NatsServer, internal_key: bytes)
             nats_url=nats_server.url,
             nats_creds_file=nats_server.creds("auth"),
             totp_keys=(Fernet.generate_key(),),
+            grpc_tls=pki.tls("auth"),
             grpc_bind="127.0.0.1:0",
         )
     )
@@ -40,16 +42,26 @@ async def stubs(database_url: str, nats_server: NatsServer, internal_key: bytes)
             nats_url=nats_server.url,
             nats_creds_file=nats_server.creds("lists"),
             internal_key=internal_key,
+            grpc_tls=pki.tls("lists"),
             grpc_bind="127.0.0.1:0",
             auth_addr=f"127.0.0.1:{auth.grpc_port}",
             consume_in_background=False,
         )
     )
-    auth_channel = grpc.aio.insecure_channel(f"127.0.0.1:{auth.grpc_port}")
-    lists_channel = grpc.aio.insecure_channel(f"127.0.0.1:{lists.grpc_port}")
+    auth_channel = pki.channel(auth.grpc_port, "cli")
+    lists_channel = pki.channel(lists.grpc_port, "cli")
+    boot_channel = pki.channel(auth.grpc_port, "dev-run")
+    console_channel = pki.channel(auth.grpc_port, "gateway")
     try:
-        yield auth_pb2_grpc.AuthServiceStub(auth_channel), lists_pb2_grpc.ListsServiceStub(lists_channel)
+        yield (
+            auth_pb2_grpc.AuthServiceStub(auth_channel),
+            lists_pb2_grpc.ListsServiceStub(lists_channel),
+            auth_pb2_grpc.AuthServiceStub(boot_channel),
+            auth_pb2_grpc.AuthServiceStub(console_channel),
+        )
     finally:
+        await console_channel.close()
+        await boot_channel.close()
         await lists_channel.close()
         await auth_channel.close()
         await lists.stop()
@@ -58,12 +70,13 @@ async def stubs(database_url: str, nats_server: NatsServer, internal_key: bytes)
 
 async def test_user_token_through_auth(stubs, signer: IdentitySigner):
     # The owner's token from bootstrap creates a list, adds subscribers and streams them through lists,
-    # which asks auth who the token is. A viewer's token may read but not write; an unknown or revoked
+    # which asks auth who the token is. A viewer's token may read but not write, a send-only token may
+    # not stream recipients; an unknown or revoked
     # token (revoked before lists ever saw it) is UNAUTHENTICATED.
-    auth, lists = stubs
-    boot = await auth.Bootstrap(
+    auth, lists, as_make_run, as_console = stubs
+    boot = await as_make_run.Bootstrap(
         auth_pb2.BootstrapRequest(organization_name="Acme", admin_login="alice", admin_email="alice@example.org"),
-        metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run")))],
+        metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run"), "auth"))],
     )
     owner = bearer(boot.api_token)
     created = await lists.CreateList(lists_pb2.CreateListRequest(name="news"), metadata=owner)
@@ -84,17 +97,32 @@ async def test_user_token_through_auth(stubs, signer: IdentitySigner):
     viewer = await auth.CreateUser(
         auth_pb2.CreateUserRequest(login="vic", email="vic@example.org", role="viewer"), metadata=owner
     )
-    read_only = await auth.CreateApiToken(
-        auth_pb2.CreateApiTokenRequest(user_id=viewer.id, name="cli", scopes=["read"]), metadata=owner
+    # The viewer makes their own token, logged in to the console (which relays their identity).
+    as_viewer = [
+        (
+            IDENTITY_HEADER,
+            signer.sign(Principal(boot.organization.id, viewer.id, ("read",), "viewer", "gateway"), "auth"),
+        )
+    ]
+    read_only = await as_console.CreateApiToken(
+        auth_pb2.CreateApiTokenRequest(name="cli", scopes=["read"]), metadata=as_viewer
     )
     got = await lists.GetList(lists_pb2.GetListRequest(list_id=created.id), metadata=bearer(read_only.secret))
     assert (got.name, got.subscriber_count, got.active_count) == ("news", 1, 1)
     with pytest.raises(grpc.aio.AioRpcError) as write:
         await lists.CreateList(lists_pb2.CreateListRequest(name="x"), metadata=bearer(read_only.secret))
     assert write.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Streaming recipients needs the read scope from a person (services relay their organisation instead).
+    send_only = await auth.CreateApiToken(
+        auth_pb2.CreateApiTokenRequest(user_id=boot.user.id, name="sender", scopes=["send"]), metadata=owner
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as no_scope:
+        request = lists_pb2.StreamRecipientsRequest(list_ids=[created.id])
+        [c async for c in lists.StreamRecipients(request, metadata=bearer(send_only.secret))]
+    assert no_scope.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
-    doomed = await auth.CreateApiToken(
-        auth_pb2.CreateApiTokenRequest(user_id=viewer.id, name="old", scopes=["read"]), metadata=owner
+    doomed = await as_console.CreateApiToken(
+        auth_pb2.CreateApiTokenRequest(name="old", scopes=["read"]), metadata=as_viewer
     )
     await auth.RevokeApiToken(auth_pb2.RevokeApiTokenRequest(token_id=doomed.token.id), metadata=owner)
     for token, words in [(doomed.secret, "revoked"), (boot.api_token[:-4] + "AAAA", "unknown")]:

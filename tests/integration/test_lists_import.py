@@ -193,7 +193,7 @@ async def test_import_modes_and_duplicates(lists_service, stub, signer, database
 
 
 async def test_resume_after_kill_loses_and_duplicates_nothing(
-    lists_service, stub, signer, database_url, nats_server, internal_key
+    lists_service, stub, signer, database_url, nats_server, internal_key, pki
 ):
     # A 3000-row import committing every 50 rows is killed (its service stopped, the job task cancelled
     # mid-chunk) after some chunks are in; a new service process resumes it from the last committed
@@ -204,12 +204,13 @@ async def test_resume_after_kill_loses_and_duplicates_nothing(
         nats_url=nats_server.url,
         nats_creds_file=nats_server.creds("lists"),
         internal_key=internal_key,
+        grpc_tls=pki.tls("lists"),
         grpc_bind="127.0.0.1:0",
         consume_in_background=False,
         import_batch_rows=50,
     )
     first = await start(config)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{first.grpc_port}")
+    channel = pki.channel(first.grpc_port, "gateway")
     client = lists_pb2_grpc.ListsServiceStub(channel)
     list_id = await new_list(client, signer)
     data = ("email,name\n" + "".join(f"r{i}@example.org,R{i}\n" for i in range(3000))).encode()
@@ -229,7 +230,7 @@ async def test_resume_after_kill_loses_and_duplicates_nothing(
 
     second = await start(config)
     try:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{second.grpc_port}")
+        channel = pki.channel(second.grpc_port, "gateway")
         job = await wait_job(lists_pb2_grpc.ListsServiceStub(channel), signer, job_id)
         await channel.close()
     finally:
@@ -347,7 +348,7 @@ async def test_list_counts_follow_every_change(lists_service, stub, js, signer, 
 
     ids = {s.email: s.id for s in await base.all_subscribers(stub, signer, news)}
     ids.update({s.email: s.id for s in await base.all_subscribers(stub, signer, vip)})
-    gateway = [(IDENTITY_HEADER, signer.sign(Principal(organization_id=ORG, service="gateway")))]
+    gateway = [(IDENTITY_HEADER, signer.sign(Principal(organization_id=ORG, service="gateway"), "lists"))]
     token = unsubscribe_token(internal_key, RecipientRef(ORG, 1, ids["b@example.org"]))
     await stub.Unsubscribe(lists_pb2.UnsubscribeRequest(token=token, list_ids=[vip], source="page"), metadata=gateway)
     await check({news: (5, 5), vip: (1, 1)})

@@ -43,7 +43,7 @@ def dkim_files(tmp_path: Path) -> tuple[str, str]:
 
 
 @pytest.fixture
-def make_config(database_url, nats_server, smtp_sink, tls_files, internal_key, dkim_files):
+def make_config(database_url, nats_server, smtp_sink, tls_files, internal_key, dkim_files, pki):
     """Settings for a sender relaying to the sink over required TLS, signing with both keys."""
 
     def make(**overrides) -> Config:
@@ -55,6 +55,7 @@ def make_config(database_url, nats_server, smtp_sink, tls_files, internal_key, d
             return_path_domain="bounces.example.com",
             message_id_domain=DKIM_DOMAIN,
             unsubscribe_url="https://mail.example.com/u/",
+            grpc_tls=pki.tls("sender"),
             grpc_bind="127.0.0.1:0",
             relay_host="127.0.0.1",
             relay_port=smtp_sink.port,
@@ -193,7 +194,7 @@ async def all_acked(js) -> bool:
     return info.num_pending == 0 and info.num_ack_pending == 0
 
 
-async def test_two_batches_delivered_once_over_tls_personalised_signed(sender, js, smtp_sink, make_config, signer):
+async def test_two_batches_delivered_once_over_tls_personalised_signed(sender, js, smtp_sink, make_config, signer, pki):
     # 200 recipients in two batches each arrive exactly once over TLS, with personal fields filled in
     # (escaped in HTML, not in text), the Japanese subject intact, List-Unsubscribe headers, and both
     # DKIM signatures verifying against the published keys; GetDelivery answers from the ledger.
@@ -242,9 +243,11 @@ async def test_two_batches_delivered_once_over_tls_personalised_signed(sender, j
     rows = await ledger(running, 41)
     assert all(row[0] == "sent" and row[1] == 250 and row[3] is True and row[4] == 1 for row in rows.values())
 
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
+    async with pki.channel(running.grpc_port, "gateway") as channel:
         stub = sender_pb2_grpc.SenderServiceStub(channel)
-        own = [(IDENTITY_HEADER, signer.sign(Principal(organization_id=7, scopes=("read",))))]
+        own = [
+            (IDENTITY_HEADER, signer.sign(Principal(organization_id=7, scopes=("read",), service="gateway"), "sender"))
+        ]
         delivery = await stub.GetDelivery(
             sender_pb2.GetDeliveryRequest(campaign_id=41, subscriber_id=1005), metadata=own
         )
@@ -254,7 +257,9 @@ async def test_two_batches_delivered_once_over_tls_personalised_signed(sender, j
             True,
             250,
         )
-        other = [(IDENTITY_HEADER, signer.sign(Principal(organization_id=8, scopes=("read",))))]
+        other = [
+            (IDENTITY_HEADER, signer.sign(Principal(organization_id=8, scopes=("read",), service="gateway"), "sender"))
+        ]
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GetDelivery(sender_pb2.GetDeliveryRequest(campaign_id=41, subscriber_id=1005), metadata=other)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -365,6 +370,41 @@ async def test_header_injection_and_template_errors_fail_clearly(sender, js, smt
     assert (await ledger(running, 47))[2][0] == "sent"
     await poll(lambda: _async(len(reports) >= 6), what="reports")
     assert {e.campaign_id for e in reports if e.outcome == events_pb2.DELIVERY_OUTCOME_REJECTED} == {45, 46, 47, 48, 49}
+
+
+async def test_over_limit_templates_fail_their_recipients_permanently_and_the_sender_goes_on(
+    sender, js, smtp_sink, reports
+):
+    # A batch whose template breaks a render limit whatever the data (saved before the limits existed,
+    # or published by hand) fails every recipient once, REJECTED with a reason naming the limit, and is
+    # not retried. A template that breaks a limit only with one subscriber's data (a loop as long as
+    # their field says) fails that subscriber alone; the others are delivered. A later ordinary batch
+    # is delivered too: nothing hangs.
+    running = await sender()
+    nested = "{% for i in range(100000) %}{% for j in range(100000) %}.{% endfor %}{% endfor %}"
+    await publish(
+        js, make_batch(60, 1, [(1, "a@example.net", "A", {}), (2, "b@example.net", "B", {})], html=nested), "s60"
+    )
+    await publish(
+        js, make_batch(61, 1, [(1, "c@example.net", "C", {})], text="{% set a = 'x' * 100000000 %}{{ a }}"), "s61"
+    )
+    per_data = "{% for i in range(count) %}{% for j in range(count) %}.{% endfor %}{% endfor %}"
+    people = [(1, "small@example.net", "S", {"count": 3}), (2, "big@example.net", "L", {"count": 1000})]
+    await publish(js, make_batch(62, 1, people, html=per_data), "s62")
+    await publish(js, make_batch(63, 1, [(1, "after@example.net", "D", {})]), "s63")
+    await poll(lambda: all_acked(js), what="all batches settled")
+    assert sorted(m.rcpt_tos[0] for m in smtp_sink.messages) == ["after@example.net", "small@example.net"]
+    loops = "template limit: HTML body: the template runs more than 10000 loop iterations"
+    for campaign, sid, reason in (
+        (60, 1, loops),
+        (60, 2, loops),
+        (61, 1, "template limit: text body: the template builds a value of more than 1000000 characters"),
+        (62, 2, "template limit: the template runs more than 10000 loop iterations"),
+    ):
+        status, code, message = (await ledger(running, campaign))[sid][:3]
+        assert (status, code) == ("rejected", 0) and message.startswith(reason), message
+    assert (await ledger(running, 62))[1][0] == "sent"
+    await poll(lambda: _async(len(reports) >= 6), what="reports")
 
 
 async def test_recipient_always_deferred_expires_after_give_up_age(sender, js, smtp_sink, reports):

@@ -24,12 +24,14 @@ from services.auth import service as auth_service
 from services.auth.config import Config as AuthConfig
 from services.campaigns import service as campaigns_service
 from services.campaigns.config import Config as CampaignsConfig
+from services.common.clock import Clock
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.gateway.app import create_app
 from services.gateway.config import Config as GatewayConfig
 from services.lists import service as lists_service
 from services.lists.config import Config as ListsConfig
 from services.sender import service as sender_service
+from tests.support.mtls import default_pki
 from tests.support.nats import NatsServer
 from tests.support.stack import DkimKeys, sender_config
 
@@ -74,6 +76,12 @@ class Console:
         """Another organisation (Bootstrap makes only the first)."""
         return self.sql("INSERT INTO auth.organizations (name) VALUES (%s) RETURNING id", (name,))[0][0]
 
+    def channel(self, port: int, identity: str = "cli") -> grpc.aio.Channel:
+        """A mutual-TLS channel to one of the services, presenting the certificate of `identity`."""
+        channel = default_pki().channel(port, identity)
+        self.channels.append(channel)
+        return channel
+
     def client(self) -> Web:
         """A new browser-like client of the console (its own cookies)."""
         return Web(self.app.test_client())
@@ -89,38 +97,114 @@ class Console:
         self.catcher.stop()
 
 
+ORIGIN = "https://localhost"
+# Chromium's policy when a page sets none (or only values it does not know).
+DEFAULT_REFERRER_POLICY = "strict-origin-when-cross-origin"
+REFERRER_POLICIES = {
+    "no-referrer",
+    "no-referrer-when-downgrade",
+    "same-origin",
+    "origin",
+    "strict-origin",
+    "origin-when-cross-origin",
+    "strict-origin-when-cross-origin",
+    "unsafe-url",
+}
+
+
+@dataclass(frozen=True)
+class Page:
+    """The document a browser tab shows: its address, the Referrer-Policy it came with, its HTML."""
+
+    url: str
+    referrer_policy: str
+    html: str
+
+
+def referrer_policy(header: str | None) -> str:
+    """The policy a browser applies for a Referrer-Policy header: the last value it knows, else its default."""
+    known = [value.strip().lower() for value in (header or "").split(",") if value.strip().lower() in REFERRER_POLICIES]
+    return known[-1] if known else DEFAULT_REFERRER_POLICY
+
+
+def form_submission_headers(page: Page) -> dict[str, str]:
+    """What Chromium adds when a form on `page` is submitted to the page's own origin (Fetch and Referrer
+    Policy specs): Origin is "null" under no-referrer, Referer follows the page's policy, Sec-Fetch-* say
+    a person navigated within the site."""
+    headers = {
+        "Origin": "null" if page.referrer_policy == "no-referrer" else ORIGIN,
+        "Sec-Fetch-Site": "same-origin",
+        "Sec-Fetch-Mode": "navigate",
+        "Sec-Fetch-Dest": "document",
+        "Sec-Fetch-User": "?1",
+    }
+    if page.referrer_policy in ("origin", "strict-origin"):
+        headers["Referer"] = f"{ORIGIN}/"
+    elif page.referrer_policy != "no-referrer":
+        headers["Referer"] = page.url.split("#", 1)[0]
+    return headers
+
+
 class Web:
-    """A Flask test client over HTTPS, called from a thread: the services run on the test's event loop."""
+    """A Flask test client over HTTPS that sends what Chromium sends; called from a thread, as the services
+    run on the test's event loop. It remembers the page it shows, and posts forms from that page."""
 
     def __init__(self, client: FlaskClient) -> None:
         self.client = client
+        self.page: Page | None = None
+
+    def _shown(self, path: str, response: TestResponse) -> None:
+        # A browser replaces the page with every HTML document it gets; after a redirect it shows the target,
+        # which the next form post opens first (see post). Downloads and JSON leave the page as it is.
+        if 300 <= response.status_code < 400:
+            self.page = None
+        elif response.mimetype == "text/html":
+            html = response.get_data(as_text=True)
+            self.page = Page(ORIGIN + path, referrer_policy(response.headers.get("Referrer-Policy")), html)
 
     async def get(self, path: str, **kwargs: Any) -> TestResponse:
-        """GET over HTTPS."""
+        """GET over HTTPS, as typing the address or following a link: the response becomes the page."""
         # Buffered: a streamed body (the CSV export) is read here, inside the request's context.
         kwargs.setdefault("buffered", True)
-        return await asyncio.to_thread(self.client.get, path, base_url="https://localhost", **kwargs)
+        response = await asyncio.to_thread(self.client.get, path, base_url=ORIGIN, **kwargs)
+        self._shown(path, response)
+        return response
 
-    async def post(self, path: str, data: dict | None = None, csrf: bool = True, **kwargs: Any) -> TestResponse:
-        """POST a form over HTTPS, with this session's CSRF token unless told not to."""
+    async def post(
+        self, path: str, data: dict | None = None, csrf: bool = True, from_page: bool = True, **kwargs: Any
+    ) -> TestResponse:
+        """Submit a form over HTTPS from the page shown (the login page when none is), with the headers
+        Chromium sends from that page and the page's CSRF token unless told not to. With from_page=False it
+        is a POST no page made (a mail provider's robot): no Origin, Referer or Sec-Fetch-* at all."""
         form = dict(data or {})
-        if csrf:
+        headers: dict[str, str] = {}
+        if from_page:
+            if self.page is None:
+                await self.get("/login")
+            assert self.page is not None
+            if csrf and "csrf_token" not in form:
+                found = _CSRF.search(self.page.html)
+                form["csrf_token"] = found.group(1) if found else await self.csrf_token()
+            headers = form_submission_headers(self.page)
+        elif csrf:
             form.setdefault("csrf_token", await self.csrf_token())
-        # Browsers send the page's address as Referer on same-origin posts; Flask-WTF checks it over HTTPS.
-        headers = {"Referer": "https://localhost/", **kwargs.pop("headers", {})}
-        return await asyncio.to_thread(
-            self.client.post, path, data=form, base_url="https://localhost", headers=headers, **kwargs
+        headers.update(kwargs.pop("headers", {}))
+        response = await asyncio.to_thread(
+            self.client.post, path, data=form, base_url=ORIGIN, headers=headers, **kwargs
         )
+        self._shown(path, response)
+        return response
 
     async def csrf_token(self) -> str:
-        """The CSRF token of this session, read from a form as a browser would."""
+        """The CSRF token of this session, read from the login form as a browser would."""
         page = await self.get("/login")
         found = _CSRF.search(page.get_data(as_text=True))
         assert found, page.get_data(as_text=True)
         return found.group(1)
 
     async def login(self, login: str = OWNER, password: str = PASSWORD) -> TestResponse:
-        """Submit the login form."""
+        """Open the login page and submit its form."""
+        await self.get("/login")
         return await self.post("/login", {"login": login, "password": password})
 
     def cookie(self, name: str):
@@ -135,10 +219,17 @@ async def start_console(
     tls_files: tuple[Path, Path],
     dkim: DkimKeys,
     outbox: Path,
+    public_url: str = ORIGIN,
+    clock: Clock | None = None,
     **auth_overrides: Any,
 ) -> Console:
-    """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway."""
+    """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway.
+
+    Mailed links (reset, confirmation, unsubscribe) point at `public_url`, where the console is served.
+    Auth's lockouts and lists' double opt-in limits go by `clock` (tests move it; the system's by default).
+    """
     signer = IdentitySigner(internal_key)
+    pki = default_pki()
     catcher = SmtpCatcher(*tls_files, store_dir=outbox)
     catcher.start()
     auth_config = AuthConfig(
@@ -146,21 +237,25 @@ async def start_console(
         internal_key,
         nats.url,
         (Fernet.generate_key(),),
+        pki.tls("auth"),
         grpc_bind="127.0.0.1:0",
-        console_url="https://localhost",
+        console_url=public_url,
         nats_creds_file=nats.creds("auth"),
     )
-    auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides))
+    auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides), clock)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
         ListsConfig(
             database_url,
             nats.url,
             internal_key,
+            pki.tls("lists"),
             grpc_bind="127.0.0.1:0",
             auth_addr=auth_addr,
+            public_url=f"{public_url}/",
             nats_creds_file=nats.creds("lists"),
-        )
+        ),
+        clock=clock,
     )
     lists_addr = f"127.0.0.1:{lists.grpc_port}"
     campaigns = await campaigns_service.start(
@@ -168,27 +263,31 @@ async def start_console(
             database_url,
             nats.url,
             internal_key,
-            lists_addr=lists_addr,
+            lists_addr,
+            pki.tls("campaigns"),
             auth_addr=auth_addr,
             grpc_bind="127.0.0.1:0",
             nats_creds_file=nats.creds("campaigns"),
         )
     )
     sender = await sender_service.start(
-        sender_config(database_url, nats, internal_key, catcher.port, tls_files[0], dkim)
+        sender_config(
+            database_url, nats, internal_key, catcher.port, tls_files[0], dkim, unsubscribe_url=f"{public_url}/u/"
+        )
     )
-    async with grpc.aio.insecure_channel(auth_addr) as channel:
+    async with pki.channel(auth_addr, "dev-run") as channel:
         boot = await auth_pb2_grpc.AuthServiceStub(channel).Bootstrap(
             auth_pb2.BootstrapRequest(
                 organization_name="Acme", admin_login=OWNER, admin_email="alice@example.org", admin_password=PASSWORD
             ),
-            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="test")))],
+            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run"), "auth"))],
         )
     settings = GatewayConfig(
         auth_addr=auth_addr,
         lists_addr=lists_addr,
         campaigns_addr=f"127.0.0.1:{campaigns.grpc_port}",
         internal_key=internal_key,
+        grpc_tls=pki.tls("gateway"),
         dev_outbox_dir=str(outbox),
         dev_dkim_records={k.decode(): v.decode() for k, v in dkim.records.items()},
     )

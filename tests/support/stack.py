@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from mailblast.v1 import (
     lists_pb2,
     lists_pb2_grpc,
 )
+from nats.js import JetStreamContext
 
 from dev.embedded import free_port
 from services.auth import service as auth_service
@@ -34,7 +37,8 @@ from services.lists import service as lists_service
 from services.lists.config import Config as ListsConfig
 from services.sender import service as sender_service
 from services.sender.config import Config as SenderConfig
-from tests.support.nats import NatsServer
+from tests.support.mtls import default_pki
+from tests.support.nats import ADMIN, NatsServer
 
 DKIM_DOMAIN = "news.example.com"
 RETURN_PATH_DOMAIN = "bounces.example.com"
@@ -88,6 +92,8 @@ class Stack:
     signer: IdentitySigner
     organization_id: int
     sender_config: SenderConfig
+    bounce_config: BounceConfig | None = None
+    nats: NatsServer | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     @property
@@ -95,9 +101,9 @@ class Stack:
         """Call metadata of the bootstrap admin."""
         return [("authorization", f"Bearer {self.token}")]
 
-    def channel(self, port: int) -> grpc.aio.Channel:
-        """A plain client channel to one of the services."""
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    def channel(self, port: int, identity: str = "cli") -> grpc.aio.Channel:
+        """A mutual-TLS channel to one of the services, presenting the certificate of `identity`."""
+        channel = default_pki().channel(port, identity)
         self.channels.append(channel)
         return channel
 
@@ -169,6 +175,21 @@ class Stack:
                 raise TimeoutError(f"campaign {campaign_id} not done within {timeout}s: {campaign.counters}")
             await asyncio.sleep(0.1)
 
+    async def restart_bounce(self) -> None:
+        """Start the bounce service again (after `await stack.bounce.stop()`) with the settings it had."""
+        assert self.bounce_config is not None
+        self.bounce = await bounce_service.start(self.bounce_config)
+
+    @contextlib.asynccontextmanager
+    async def jetstream(self, name: str = ADMIN) -> AsyncIterator[JetStreamContext]:
+        """A NATS connection of the test's own (with the named credential), to publish events or look at consumers."""
+        assert self.nats is not None
+        nc = await self.nats.connect(name)
+        try:
+            yield nc.jetstream()
+        finally:
+            await nc.close()
+
     async def stop(self) -> None:
         """Stop everything, senders first."""
         for channel in self.channels:
@@ -190,6 +211,7 @@ def sender_config(
         internal_key=internal_key,
         return_path_domain=RETURN_PATH_DOMAIN,
         unsubscribe_url="https://mail.example.com/u/",
+        grpc_tls=default_pki().tls("sender"),
         grpc_bind="127.0.0.1:0",
         relay_host="127.0.0.1",
         relay_port=sink_port,
@@ -223,30 +245,31 @@ async def start_stack(
 ) -> Stack:
     """Start every service in this process and bootstrap an organisation with an admin token."""
     signer = IdentitySigner(internal_key)
+    pki = default_pki()
     auth_config = AuthConfig(
-        database_url, internal_key, nats.url, (Fernet.generate_key(),), grpc_bind="127.0.0.1:0",
+        database_url, internal_key, nats.url, (Fernet.generate_key(),), pki.tls("auth"), grpc_bind="127.0.0.1:0",
         nats_creds_file=nats.creds("auth"),
     )  # fmt: skip
     auth = await auth_service.start(auth_config)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
         ListsConfig(
-            database_url, nats.url, internal_key, grpc_bind="127.0.0.1:0", auth_addr=auth_addr,
+            database_url, nats.url, internal_key, pki.tls("lists"), grpc_bind="127.0.0.1:0", auth_addr=auth_addr,
             hard_bounce_threshold=hard_bounce_threshold, nats_creds_file=nats.creds("lists"),
         )
     )  # fmt: skip
     campaigns = await campaigns_service.start(
         CampaignsConfig(
-            database_url, nats.url, internal_key, lists_addr=f"127.0.0.1:{lists.grpc_port}", auth_addr=auth_addr,
-            grpc_bind="127.0.0.1:0", nats_creds_file=nats.creds("campaigns"),
+            database_url, nats.url, internal_key, lists_addr=f"127.0.0.1:{lists.grpc_port}",
+            grpc_tls=pki.tls("campaigns"), auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
+            nats_creds_file=nats.creds("campaigns"),
         )
     )  # fmt: skip
-    bounce = await bounce_service.start(
-        BounceConfig(
-            database_url, nats.url, internal_key, auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
-            smtp_bind=f"127.0.0.1:{free_port()}", nats_creds_file=nats.creds("bounce"),
-        )
+    bounce_config = BounceConfig(
+        database_url, nats.url, internal_key, pki.tls("bounce"), auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
+        smtp_bind=f"127.0.0.1:{free_port()}", nats_creds_file=nats.creds("bounce"),
     )  # fmt: skip
+    bounce = await bounce_service.start(bounce_config)
     # Senders start after lists and campaigns: they ask them about suppression and campaign state.
     overrides = {
         "campaigns_addr": f"127.0.0.1:{campaigns.grpc_port}",
@@ -255,13 +278,15 @@ async def start_stack(
     }
     config = sender_config(database_url, nats, internal_key, sink_port, cert, dkim, **overrides)
     running_senders = [await sender_service.start(config) for _ in range(senders)]
-    async with grpc.aio.insecure_channel(auth_addr) as channel:
+    # Bootstrapped as `make run` does it.
+    async with pki.channel(auth_addr, "dev-run") as channel:
         reply = await auth_pb2_grpc.AuthServiceStub(channel).Bootstrap(
             auth_pb2.BootstrapRequest(
                 organization_name="Test KK", admin_login="admin", admin_email="admin@example.com"
             ),
-            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="test")))],
+            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run"), "auth"))],
         )
     return Stack(
-        auth, lists, campaigns, bounce, running_senders, reply.api_token, signer, reply.organization.id, config
-    )
+        auth, lists, campaigns, bounce, running_senders, reply.api_token, signer, reply.organization.id, config,
+        bounce_config, nats,
+    )  # fmt: skip

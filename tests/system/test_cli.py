@@ -10,6 +10,7 @@ from email import policy
 import pytest
 
 from cli import main as cli
+from tests.support.mtls import default_pki
 
 
 async def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -35,6 +36,8 @@ async def test_readme_walkthrough(stack, smtp_sink, tmp_path, monkeypatch, capsy
     # the messages arrive personalised.
     monkeypatch.setenv("MAILBLAST_LISTS_ADDR", f"127.0.0.1:{stack.lists.grpc_port}")
     monkeypatch.setenv("MAILBLAST_CAMPAIGNS_ADDR", f"127.0.0.1:{stack.campaigns.grpc_port}")
+    for name, value in default_pki().env("cli").items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("MAILBLAST_TOKEN", stack.token)
 
     code, out, _ = await run_cli(capsys, "--json", "lists", "create", "Newsletter")
@@ -80,14 +83,22 @@ async def test_readme_walkthrough(stack, smtp_sink, tmp_path, monkeypatch, capsy
 
 
 async def test_cli_errors_are_clear(stack, tmp_path, monkeypatch, capsys):
-    # Without a token, with a CSV lacking an email column, or for an unknown campaign the command
+    # Without a token or client certificate, with a CSV lacking an email column, or for an unknown campaign the command
     # says what is wrong instead of a traceback.
     monkeypatch.setenv("MAILBLAST_LISTS_ADDR", f"127.0.0.1:{stack.lists.grpc_port}")
     monkeypatch.setenv("MAILBLAST_CAMPAIGNS_ADDR", f"127.0.0.1:{stack.campaigns.grpc_port}")
+    for name, value in default_pki().env("cli").items():
+        monkeypatch.setenv(name, value)
     monkeypatch.delenv("MAILBLAST_TOKEN", raising=False)
     with pytest.raises(cli.CliError, match="no API token"):
         await run_cli(capsys, "lists", "ls")
     monkeypatch.setenv("MAILBLAST_TOKEN", stack.token)
+    # Without its client certificate (no MAILBLAST_TLS_*, no var/run.json) it says which setting is missing.
+    with monkeypatch.context() as bare:
+        bare.delenv("MAILBLAST_TLS_CERT_FILE")
+        bare.setenv("MAILBLAST_RUN_FILE", str(tmp_path / "no-run.json"))
+        with pytest.raises(cli.CliError, match="no client certificate for the services: set MAILBLAST_TLS_CERT_FILE"):
+            await run_cli(capsys, "lists", "ls")
     bad = tmp_path / "bad.csv"
     bad.write_text("code,amount\nA1,100\nB2,200\n")
     with pytest.raises(cli.CliError, match="no list 7 in your organisation"):

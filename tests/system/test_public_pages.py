@@ -184,7 +184,7 @@ async def test_unsubscribe_page_shows_lists_and_leaves_only_the_chosen_one(site,
         raw_request, port, client_tls_context, "GET", f"/u/{token}", None, {"Accept-Language": "ja"}
     )
     assert status == 200 and "sato@example.net" in body and "ニュース" in body and "セール" in body
-    assert "配信停止" in body and headers["referrer-policy"] == "no-referrer"
+    assert "配信停止" in body and headers["referrer-policy"] == "strict-origin"
     assert console.sql("SELECT count(*) FROM lists.list_subscriptions WHERE subscriber_id = %s", (subscriber,)) == [
         (2,)
     ]

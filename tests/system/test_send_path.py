@@ -7,18 +7,18 @@ import email
 import time
 from email import policy
 from email.message import EmailMessage
-from email.utils import make_msgid
 
 import aiosmtplib
 import dkim
 import grpc
 import pytest
-from mailblast.v1 import bounce_pb2, campaigns_pb2, events_pb2, lists_pb2
+from mailblast.v1 import bounce_pb2, campaigns_pb2, campaigns_pb2_grpc, events_pb2, lists_pb2, lists_pb2_grpc
 
 from services.common import bus
 from services.common.identity import IDENTITY_HEADER, Principal
 from services.common.mail import send_transactional
 from services.common.verp import parse_return_path
+from tests.support.smtp import dsn_for
 
 SENT = campaigns_pb2.CAMPAIGN_STATE_SENT
 
@@ -132,28 +132,6 @@ async def test_permanent_refusal_bounces_and_error_stops_after_threshold(stack, 
     assert smtp_sink._offers["gone@example.net"] == 2
 
 
-def dsn_for(original: bytes, rcpt: str, verp: str) -> bytes:
-    """A Postfix-style RFC 3464 report saying `rcpt` does not exist, returning the original's headers."""
-    headers = original.split(b"\r\n\r\n", 1)[0].decode()
-    boundary = "dsn-boundary-1"
-    return (
-        "From: MAILER-DAEMON@mx.example.net\r\n"
-        f"To: {verp}\r\n"
-        "Subject: Undelivered Mail Returned to Sender\r\n"
-        f"Message-ID: {make_msgid(domain='mx.example.net')}\r\n"
-        "MIME-Version: 1.0\r\n"
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"\r\n\r\n'
-        f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
-        f"I'm sorry to have to inform you that your message could not be delivered.\r\n\r\n"
-        f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
-        "Reporting-MTA: dns; mx.example.net\r\n\r\n"
-        f"Final-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
-        f"Diagnostic-Code: smtp; 550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown\r\n\r\n"
-        f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n{headers}\r\n\r\n"
-        f"--{boundary}--\r\n"
-    ).encode()
-
-
 async def test_dsn_is_attributed_to_its_recipient_and_counted(stack, smtp_sink):
     # The receiving server accepted the message but later returned a DSN to the VERP address: the
     # bounce listener attributes it to that campaign and recipient, the campaign counts it bounced.
@@ -216,21 +194,25 @@ async def test_bad_input_is_refused_clearly_and_nothing_is_injected(stack, smtp_
         msg = parse(caught.data)
         assert msg["Bcc"] is None and msg["X-Injected"] is None
 
-    other = [(IDENTITY_HEADER, stack.signer.sign(Principal(organization_id=999, scopes=("read", "send", "admin"))))]
+    # A user of another organisation, as the console relays one.
+    other = Principal(organization_id=999, scopes=("read", "send", "admin"), service="gateway")
+    relayed_campaigns = campaigns_pb2_grpc.CampaignsServiceStub(stack.channel(stack.campaigns.grpc_port, "gateway"))
+    relayed_lists = lists_pb2_grpc.ListsServiceStub(stack.channel(stack.lists.grpc_port, "gateway"))
     for call, request in (
-        (campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign.id)),
-        (campaigns.SendCampaign, campaigns_pb2.SendCampaignRequest(campaign_id=campaign.id)),
-        (campaigns.CancelCampaign, campaigns_pb2.CampaignRequest(campaign_id=campaign.id)),
+        (relayed_campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign.id)),
+        (relayed_campaigns.SendCampaign, campaigns_pb2.SendCampaignRequest(campaign_id=campaign.id)),
+        (relayed_campaigns.CancelCampaign, campaigns_pb2.CampaignRequest(campaign_id=campaign.id)),
         (
-            campaigns.CreateCampaign,
+            relayed_campaigns.CreateCampaign,
             campaigns_pb2.CreateCampaignRequest(
                 name="x", list_ids=[created.id], from_address="a@example.com", subject="s", text_body="t"
             ),
         ),
-        (lists.GetList, lists_pb2.GetListRequest(list_id=created.id)),
+        (relayed_lists.GetList, lists_pb2.GetListRequest(list_id=created.id)),
     ):
+        audience = "lists" if call is relayed_lists.GetList else "campaigns"
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await call(request, metadata=other)
+            await call(request, metadata=[(IDENTITY_HEADER, stack.signer.sign(other, audience))])
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await campaigns.GetCampaign(campaigns_pb2.GetCampaignRequest(campaign_id=987654), metadata=stack.metadata)

@@ -13,6 +13,7 @@ from email import policy
 
 from mailblast.v1 import campaigns_pb2
 
+from tests.support.mtls import default_pki
 from tests.support.stack import start_stack
 
 CONCURRENCY = 16
@@ -39,6 +40,7 @@ def sender_env(config, key_file) -> dict[str, str]:
         SENDER_RETRY_BASE_SECONDS="0.2",
         SENDER_RETRY_MAX_SECONDS="1",
         OTEL_TRACES_EXPORTER="none",
+        **default_pki().env("sender"),
     )
     return env
 

@@ -35,6 +35,7 @@ KEYWORDS = {
         "Unauthenticated",
         "ResourceExhausted",
         "Problem",
+        "TemplateLimitExceeded",
     )
 } | {"of": (2,)}
 _PLACEHOLDER = re.compile(r"%\((\w+)\)[sr]")

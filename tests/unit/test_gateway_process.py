@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.mtls import default_pki
+
 ROOT = Path(__file__).resolve().parents[2]
+PUBLIC_URL = "https://console.example.com"
 
 
 def _start_gateway(tls_dir: Path) -> tuple[subprocess.Popen, dict]:
@@ -24,10 +27,12 @@ def _start_gateway(tls_dir: Path) -> tuple[subprocess.Popen, dict]:
         "GATEWAY_BIND": "127.0.0.1:0",
         "GATEWAY_HTTP_BIND": "127.0.0.1:0",
         "GATEWAY_TLS_DIR": str(tls_dir),
+        "GATEWAY_PUBLIC_URL": PUBLIC_URL,
         "AUTH_ADDR": "127.0.0.1:9",
         "LISTS_ADDR": "127.0.0.1:9",
         "CAMPAIGNS_ADDR": "127.0.0.1:9",
         "MAILBLAST_INTERNAL_KEY": "k" * 32,
+        **default_pki().env("gateway"),
         "PYTHONUNBUFFERED": "1",
     }
     proc = subprocess.Popen(
@@ -51,8 +56,9 @@ def _start_gateway(tls_dir: Path) -> tuple[subprocess.Popen, dict]:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_gateway_serves_https_redirects_http_and_stops_cleanly(sig: signal.Signals, tmp_path: Path) -> None:
     # Without a configured certificate the gateway makes a self-signed one and serves HTTPS with HSTS;
-    # its plain-HTTP port answers every page with a redirect to HTTPS; on SIGTERM (Kubernetes) or SIGINT
-    # (Ctrl-C) it stops by itself with exit code 0.
+    # its plain-HTTP port answers every page with a redirect to its public HTTPS address (GATEWAY_PUBLIC_URL,
+    # whatever Host the client sent); on SIGTERM (Kubernetes) or SIGINT (Ctrl-C) it stops by itself with
+    # exit code 0.
     proc, ready = _start_gateway(tmp_path / "tls")
     try:
         assert ready["url"].startswith("https://127.0.0.1:")
@@ -67,7 +73,12 @@ def test_gateway_serves_https_redirects_http_and_stops_cleanly(sig: signal.Signa
         plain.request("GET", "/login?next=/lists")
         redirect = plain.getresponse()
         assert redirect.status == 308
-        assert redirect.headers["Location"] == f"{ready['url']}login?next=/lists"
+        assert redirect.headers["Location"] == f"{PUBLIC_URL}/login?next=/lists"
+        redirect.read()
+        # The Host header is the client's to write; the Location is the console's own address all the same.
+        plain.request("GET", "/lists", headers={"Host": "evil.example"})
+        forged = plain.getresponse()
+        assert forged.status == 308 and forged.headers["Location"] == f"{PUBLIC_URL}/lists"
         plain.close()
         proc.send_signal(sig)
         assert proc.wait(15) == 0

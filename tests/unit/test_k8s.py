@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,9 @@ KUSTOMIZATIONS = ["deploy/k8s/base", "deploy/k8s/overlays/dev"]
 # The ports DEVELOPERS.md gives each gRPC service by default.
 GRPC_PORTS = {"auth": 50051, "lists": 50052, "campaigns": 50053, "sender": 50054, "bounce": 50055}
 SERVICES = [*GRPC_PORTS, "gateway"]
+# The plaintext listener that serves only grpc.health.v1, for the kubelet's probes (which cannot do TLS).
+HEALTH_PORT = 50050
+GRPC_TLS_DIR = "/var/run/secrets/mailblast/grpc"
 KUBERNETES_VERSION = "1.37.0"
 
 
@@ -101,17 +105,25 @@ def test_deployments_are_locked_down_and_sized(path: str) -> None:
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
 def test_probes_are_native_grpc_for_grpc_services_and_http_for_the_gateway(path: str) -> None:
-    # Kubernetes asks each gRPC service's health service on its default port; the gateway answers /healthz.
+    # Kubernetes asks each gRPC service's health service on the plaintext health-only port (its API port
+    # speaks only mutual TLS, which the kubelet's gRPC probe cannot); the gateway answers /healthz.
+    config = next(iter(objects(path, "ConfigMap").values()))["data"]
+    assert config["MAILBLAST_HEALTH_BIND"] == f"0.0.0.0:{HEALTH_PORT}"
     for name, deployment in objects(path, "Deployment").items():
         main = container(deployment)
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             if name == "gateway":
-                assert main[probe]["httpGet"]["path"] == "/healthz"
-                assert main[probe]["httpGet"]["scheme"] == "HTTPS"  # the console speaks only TLS
+                if probe in main:
+                    assert main[probe]["httpGet"]["path"] == "/healthz"
+                    assert main[probe]["httpGet"]["scheme"] == "HTTPS"  # the console speaks only TLS
             else:
-                assert main[probe]["grpc"] == {"port": GRPC_PORTS[name]}, (name, probe)
+                assert main[probe]["grpc"] == {"port": HEALTH_PORT}, (name, probe)
         if name != "gateway":
             assert {"name": "grpc", "containerPort": GRPC_PORTS[name], "protocol": "TCP"} in main["ports"]
+            assert {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"} in main["ports"]
+            # The Service exposes the TLS port only; the probes reach the pod directly.
+            service_ports = objects(path, "Service")[name]["spec"]["ports"]
+            assert HEALTH_PORT not in {p["port"] for p in service_ports}
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
@@ -188,3 +200,61 @@ def test_each_nats_client_mounts_only_its_own_nats_credential(path: str) -> None
         assert volume["secret"]["items"] == [{"key": f"{name}.creds", "path": creds_file.name}]
         (mount,) = [m for m in container(deployment)["volumeMounts"] if m["name"] == volume["name"]]
         assert (mount["mountPath"], mount["readOnly"]) == (str(creds_file.parent), True)
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_each_pod_mounts_its_own_grpc_certificate(path: str) -> None:
+    # Every pod, the console included, reads MAILBLAST_TLS_* from the ConfigMap and finds there, mounted
+    # read-only, the Secret of its own identity in the shape cert-manager writes (tls.crt, tls.key, ca.crt).
+    config = next(iter(objects(path, "ConfigMap").values()))["data"]
+    assert config["MAILBLAST_TLS_CA_FILE"] == f"{GRPC_TLS_DIR}/ca.crt"
+    assert config["MAILBLAST_TLS_CERT_FILE"] == f"{GRPC_TLS_DIR}/tls.crt"
+    assert config["MAILBLAST_TLS_KEY_FILE"] == f"{GRPC_TLS_DIR}/tls.key"
+    for name, deployment in objects(path, "Deployment").items():
+        mount = next(m for m in container(deployment)["volumeMounts"] if m["mountPath"] == GRPC_TLS_DIR)
+        assert mount["readOnly"] is True
+        volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == f"mailblast-grpc-{name}", name
+
+
+def test_cert_manager_component_issues_the_certificates_the_pods_mount(tmp_path: Path) -> None:
+    # The optional cert-manager component renders with the base, and issues for each pod the Secret it
+    # mounts: one URI SAN naming the identity, the Service name for servers, client auth for everyone,
+    # from one CA issuer. (cert-manager's CRD schemas are not available offline: these are checked here.)
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    base, component = (
+        os.path.relpath(ROOT / "deploy/k8s" / part, overlay) for part in ("base", "components/cert-manager")
+    )
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{base}]\ncomponents: [{component}]\n"
+    )
+    result = subprocess.run(
+        [_kubectl(), "kustomize", str(overlay)],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rendered = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    certificates = {o["spec"]["secretName"]: o["spec"] for o in rendered if o["kind"] == "Certificate"}
+    issuers = {o["metadata"]["name"]: o["spec"] for o in rendered if o["kind"] == "Issuer"}
+    mounted = {
+        v["secret"]["secretName"]: name
+        for o in rendered
+        if o["kind"] == "Deployment"
+        for name in [o["metadata"]["name"]]
+        for v in o["spec"]["template"]["spec"]["volumes"]
+        if v.get("secret", {}).get("secretName", "").startswith("mailblast-grpc-")
+    }
+    assert set(mounted) <= set(certificates)
+    assert certificates["mailblast-grpc-ca"]["isCA"] is True
+    assert issuers["mailblast-grpc"] == {"ca": {"secretName": "mailblast-grpc-ca"}}
+    for secret, name in mounted.items():
+        spec = certificates[secret]
+        assert spec["uris"] == [f"spiffe://mailblast/{name}"]
+        assert spec["issuerRef"] == {"name": "mailblast-grpc", "kind": "Issuer"}
+        assert "client auth" in spec["usages"]
+        if name in GRPC_PORTS:
+            assert name in spec["dnsNames"] and "server auth" in spec["usages"]
+        else:
+            assert "dnsNames" not in spec and "server auth" not in spec["usages"]

@@ -2,9 +2,9 @@
 
 import pytest
 
+from services.common.privacy import email_hash, email_hasher
 from services.lists import csvimport
 from services.lists.fields import FieldDef, coerce
-from services.lists.privacy import email_hash, email_hasher
 
 DEFS = [
     FieldDef(1, "note", "note", "text", ()),

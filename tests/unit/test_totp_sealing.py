@@ -9,6 +9,7 @@ from services.auth import totp
 from services.auth.config import Config
 from services.auth.sealing import SecretBox, parse_keys
 from services.common.config import ConfigError
+from tests.support.mtls import default_pki
 
 
 def test_a_seal_hides_the_secret_opens_to_it_and_refuses_tampering():
@@ -46,6 +47,8 @@ def test_keys_are_parsed_and_a_bad_one_is_named_by_position_never_shown(monkeypa
     monkeypatch.setenv("DATABASE_URL", "postgresql://x")
     monkeypatch.setenv("NATS_URL", "nats://x")
     monkeypatch.setenv("MAILBLAST_INTERNAL_KEY", "k" * 64)
+    for name, value in default_pki().env("auth").items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("AUTH_TOTP_KEYS", f"{a.decode()},not-a-key-secret-value")
     with pytest.raises(ConfigError) as error:
         Config.from_env()

@@ -1,4 +1,4 @@
-"""Keyed hashes of addresses: what the suppression list keeps of an erased subscriber."""
+"""Keyed hashes of addresses: what the suppression list and the erased ledgers keep of an erased subscriber."""
 
 from __future__ import annotations
 
