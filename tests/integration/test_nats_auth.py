@@ -19,6 +19,8 @@ from cli import main as cli
 from cli import nats_credentials
 from services.common import bus, mail
 from services.common.config import ConfigError
+from services.common.erasure import Erasure, erasure_consumer
+from services.common.privacy import email_hash
 from services.sender import service as sender_service
 from tests.support.nats import NatsServer, connect_with
 from tests.support.stack import make_dkim_keys, sender_config
@@ -70,6 +72,20 @@ async def stored(js, stream: str) -> int:
     return (await js.stream_info(stream)).state.messages
 
 
+FORGED_COMPLAINT = events_pb2.BounceEvent(bounce_id="forged", organization_id=1, kind=events_pb2.BOUNCE_KIND_COMPLAINT)
+ERASURE_DURABLES = {"bounce": "bounce-erasures", "campaigns": "campaigns-erasures", "sender": "sender-erasures"}
+
+
+def erased(organization_id: int, subscriber_id: int) -> events_pb2.SubscriberErased:
+    """A SubscriberErased of that subscriber, as lists announces it (a keyed hash, never the address)."""
+    return events_pb2.SubscriberErased(
+        erasure_id=f"erasure-{subscriber_id}",
+        organization_id=organization_id,
+        subscriber_id=subscriber_id,
+        email_hash=email_hash(b"k" * 32, f"subscriber-{subscriber_id}@example.net"),
+    )
+
+
 def transactional(organization_id: int, key: str, to: str = "taro@example.net") -> events_pb2.TransactionalMessage:
     """A password-reset-like message of an organisation."""
     return events_pb2.TransactionalMessage(
@@ -115,7 +131,8 @@ async def test_application_of_one_organisation_publishes_only_its_own_transactio
     nats_server, admin, tmp_path
 ):
     # An application credential of organisation 1 sends its own transactional mail, but NATS refuses it
-    # organisation 2's subject, every event subject and the send-batch subject: nothing it forges is stored.
+    # organisation 2's subject, every event subject (a forged erasure included) and the send-batch
+    # subject: nothing it forges is stored.
     nc, refusals = await application(nats_server, tmp_path, 1)
     try:
         ack = await nc.jetstream().publish(
@@ -128,6 +145,7 @@ async def test_application_of_one_organisation_publishes_only_its_own_transactio
             bus.SUBJECT_BOUNCE_RECORDED: forged,
             bus.SUBJECT_DELIVERY_REPORT: events_pb2.DeliveryReport(),
             bus.SUBJECT_SEND_BATCH: events_pb2.SendBatch(organization_id=1, campaign_id=1),
+            bus.SUBJECT_SUBSCRIBER_ERASED: erased(1, 7),
             f"{bus.SUBJECT_DEAD_LETTER}.{bus.SUBJECT_SEND_BATCH}": forged,
             f"$JS.API.STREAM.DELETE.{bus.STREAM_SEND}": forged,
         }
@@ -138,7 +156,7 @@ async def test_application_of_one_organisation_publishes_only_its_own_transactio
         await nc.close()
     last = await admin.get_last_msg(bus.STREAM_SEND, bus.SUBJECT_SEND_TRANSACTIONAL)
     assert (await stored(admin, bus.STREAM_SEND), last.subject) == (1, bus.transactional_subject(1))
-    for stream in (bus.STREAM_BOUNCE, bus.STREAM_DELIVERY, bus.STREAM_DEAD_LETTER):
+    for stream in (bus.STREAM_BOUNCE, bus.STREAM_DELIVERY, bus.STREAM_PRIVACY, bus.STREAM_DEAD_LETTER):
         assert await stored(admin, stream) == 0, stream
 
 
@@ -190,22 +208,78 @@ async def test_application_subscribes_to_nothing_but_its_own_inbox(nats_server, 
         ("campaigns", f"$JS.API.CONSUMER.MSG.NEXT.{bus.STREAM_SEND}.sender-transactional"),
         ("lists", f"$JS.API.STREAM.UPDATE.{bus.STREAM_BOUNCE}"),
         ("sender", f"$JS.API.STREAM.DELETE.{bus.STREAM_SEND}"),
+        # Only lists announces erasures: a forged one would make every service rewrite a subscriber's rows.
+        ("auth", bus.SUBJECT_SUBSCRIBER_ERASED),
+        ("campaigns", bus.SUBJECT_SUBSCRIBER_ERASED),
+        ("sender", bus.SUBJECT_SUBSCRIBER_ERASED),
+        ("bounce", bus.SUBJECT_SUBSCRIBER_ERASED),
+        ("bounce", f"$JS.API.CONSUMER.MSG.NEXT.{bus.STREAM_PRIVACY}.sender-erasures"),
+        ("campaigns", f"$JS.API.STREAM.UPDATE.{bus.STREAM_PRIVACY}"),
     ],
 )
 async def test_a_service_cannot_publish_a_subject_it_does_not_own(nats_server, admin, service, subject):
     # Each service's credential publishes only the subjects it uses (DEVELOPERS.md's NATS table): lists
-    # cannot forge a BounceEvent, campaigns cannot take the sender's transactional work, no service may
-    # delete a stream, and only a stream's maintainer may change it. What is refused is not stored.
+    # cannot forge a BounceEvent, only lists announces an erasure, campaigns cannot take the sender's
+    # transactional work nor bounce its erasures, no service may delete a stream, and only a stream's
+    # maintainer may change it. What is refused is not stored.
     refusals = Refusals()
     nc = await nats_server.connect(service, error_cb=refusals.record, allow_reconnect=False)
     try:
-        event = events_pb2.BounceEvent(bounce_id="forged", organization_id=1, kind=events_pb2.BOUNCE_KIND_COMPLAINT)
+        event = erased(1, 7) if subject == bus.SUBJECT_SUBSCRIBER_ERASED else FORGED_COMPLAINT
         await nc.publish(subject, event.SerializeToString())
         await refusals.wait_for(f'permissions violation for publish to "{subject}"')
     finally:
         await nc.close()
-    for stream in (bus.STREAM_SEND, bus.STREAM_DELIVERY, bus.STREAM_BOUNCE):
+    for stream in (bus.STREAM_SEND, bus.STREAM_DELIVERY, bus.STREAM_BOUNCE, bus.STREAM_PRIVACY):
         assert await stored(admin, stream) == 0, stream
+
+
+async def test_lists_announces_erasures_and_each_holder_reads_them_with_its_own_credential(nats_server, tmp_path):
+    # Lists publishes an erasure and one it cannot apply; campaigns, the sender and bounce, each with
+    # its own credential and durable, receive the erasure and move the other to the dead letters.
+    # Bounce connects first and creates the erasure stream, which lists (its maintainer) then finds.
+    clients = []
+    try:
+        holders = {}
+        for service, durable in ERASURE_DURABLES.items():
+            nc, js = await bus.connect(nats_server.url, service, nats_server.creds(service))
+            clients.append(nc)
+            holders[service] = (js, durable)
+        nc, lists_js = await bus.connect(nats_server.url, "lists", nats_server.creds("lists"))
+        clients.append(nc)
+        await bus.publish(lists_js, bus.SUBJECT_SUBSCRIBER_ERASED, erased(1, 7), msg_id="erasure-7")
+        # Without its keyed hash: no holder could find the rows an erasure must rewrite.
+        await bus.publish(lists_js, bus.SUBJECT_SUBSCRIBER_ERASED, events_pb2.SubscriberErased(organization_id=1))
+        for service, (js, durable) in holders.items():
+            received: list[Erasure] = []
+
+            async def keep(erasure: Erasure, received=received) -> None:
+                received.append(erasure)
+
+            consumer = erasure_consumer(js, durable, keep)
+            await consumer.start()
+            deadline = time.monotonic() + 10
+            handled = 0
+            while handled < 2:
+                assert time.monotonic() < deadline, (service, handled)
+                handled += await consumer.run_once(timeout=1.0)
+            await consumer.stop()
+            assert [(e.organization_id, e.subscriber_id, e.erasure_id) for e in received] == [(1, 7, "erasure-7")]
+            # Acknowledged (and the bad one terminated) with its own credential: nothing left to redeliver.
+            # The server applies acks after they arrive, so it is asked until a deadline.
+            while True:
+                info = await js.consumer_info(bus.STREAM_PRIVACY, durable)
+                if (info.num_pending, info.num_ack_pending) == (0, 0):
+                    break
+                assert time.monotonic() < deadline, (service, info.num_pending, info.num_ack_pending)
+                await asyncio.sleep(0.05)
+        dead = await nats_server.connect()
+        clients.append(dead)
+        kept = await dead.jetstream().stream_info(bus.STREAM_DEAD_LETTER)
+        assert kept.state.messages == len(ERASURE_DURABLES)
+    finally:
+        for nc in clients:
+            await nc.close()
 
 
 @pytest_asyncio.fixture
