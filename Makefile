@@ -5,15 +5,16 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/mailblast/v1/*.proto)
 GEN_STAMP := gen/.stamp
 
-.PHONY: install proto run test test-fast bench bench-import lint format clean browser run-%
+.PHONY: install proto run test test-fast bench bench-import lint format clean browser lock audit run-%
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the tested versions: every file is checked against its hash in requirements.lock (make lock).
+$(VENV)/.installed: requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "mailblast needs Python 3.11; set PYTHON=python3.11")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --require-hashes --no-deps -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	# generated protobuf code lives in gen/, outside the source tree: put it on the venv's path
 	echo "$(CURDIR)/gen" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mailblast-gen.pth
 	touch $@
@@ -50,6 +51,16 @@ bench: install proto
 
 bench-import: install proto
 	$(PY) -m bench.import_csv
+
+# After changing dependencies in pyproject.toml: pin every package (and its hashes) again.
+lock: install
+	$(PY) -m piptools compile -q --generate-hashes --allow-unsafe --extra test --strip-extras \
+		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+
+# The locked packages against the Python advisory database. It needs the network to reach that database;
+# --strict makes an unreachable database a failure, never a clean report of packages it could not check.
+audit: install
+	$(PY) -m pip_audit --strict --require-hashes --disable-pip --progress-spinner off -r requirements.lock
 
 lint: install
 	$(PY) -m ruff check .
