@@ -160,7 +160,7 @@ def ensure_grpc_certificates(directory: Path) -> dict[str, TlsFiles]:
 
 
 def read_internal_key(path: Path) -> bytes:
-    """The internal key as the services read it (services.common.config.env_bytes_secret)."""
+    """The internal key as the services read it from MAILBLAST_INTERNAL_KEY_FILE (stripped)."""
     return path.read_bytes().strip()
 
 
@@ -394,6 +394,9 @@ class Supervisor:
             "AUTH_ADDR": f"127.0.0.1:{ports['auth']}",
             "LISTS_ADDR": f"127.0.0.1:{ports['lists']}",
             "CAMPAIGNS_ADDR": f"127.0.0.1:{ports['campaigns']}",
+            # The senders ask campaigns about pause/cancel and lists about suppression before delivering.
+            "SENDER_CAMPAIGNS_ADDR": f"127.0.0.1:{ports['campaigns']}",
+            "SENDER_LISTS_ADDR": f"127.0.0.1:{ports['lists']}",
             "AUTH_GRPC_BIND": f"127.0.0.1:{ports['auth']}",
             "LISTS_GRPC_BIND": f"127.0.0.1:{ports['lists']}",
             "CAMPAIGNS_GRPC_BIND": f"127.0.0.1:{ports['campaigns']}",

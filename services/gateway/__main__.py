@@ -7,9 +7,10 @@ import sys
 import threading
 from types import FrameType
 
-from services.common.config import ConfigError
 from services.common.log import configure_logging, get_logger
+from services.common.settings import ConfigError
 from services.gateway.app import create_app
+from services.gateway.certificate import console_certificate
 from services.gateway.config import Config
 from services.gateway.server import ConsoleServer
 
@@ -21,7 +22,7 @@ def main() -> int:
     configure_logging("gateway")
     try:
         config = Config.from_env()
-        cert, key = config.tls_files()
+        cert, key = console_certificate(config)
     except ConfigError as exc:
         log.error("cannot start", error=str(exc))
         return 2

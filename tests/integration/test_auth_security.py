@@ -107,7 +107,8 @@ def config(database_url: str, nats: NatsServer, internal_key: bytes, **overrides
     """Auth settings for a test."""
     keys = (Fernet.generate_key(),)
     base = Config(
-        database_url, internal_key, nats.url, keys, default_pki().tls("auth"), grpc_bind="127.0.0.1:0",
+        database_url=database_url, internal_key=internal_key, nats_url=nats.url, totp_keys=keys,
+        grpc_tls=default_pki().tls("auth"), grpc_bind="127.0.0.1:0",
         console_url="https://console.test", nats_creds_file=nats.creds("auth"),
     )  # fmt: skip
     return dataclasses.replace(base, **overrides)
