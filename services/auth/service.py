@@ -41,7 +41,7 @@ class Running:
         await self._pool.close()
 
 
-async def start(config: Config, clock: Clock | None = None) -> Running:
+async def start(config: Config, *, clock: Clock | None = None) -> Running:
     """Migrate the auth schema, open its pool, connect NATS and serve gRPC; lockouts go by `clock` (the system's)."""
     me = ServiceIdentity("auth", config.grpc_tls, config.internal_key)
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)

@@ -64,7 +64,7 @@ class Running:
         await self._pool.close()
 
 
-async def start(config: Config, run_consumers: bool = True) -> Running:
+async def start(config: Config, *, run_consumers: bool = True) -> Running:
     """Migrate, connect, and start the consumer, the SMTP listener and the gRPC server.
 
     With run_consumers=False the consumer is bound but not looped, for tests that call run_once.

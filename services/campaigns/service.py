@@ -66,7 +66,7 @@ class Running:
         await self.pool.close()
 
 
-async def start(config: Config, run_consumers: bool = True) -> Running:
+async def start(config: Config, *, run_consumers: bool = True) -> Running:
     """Migrate, connect and serve; resume any fan-out a previous process left unfinished."""
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA, max_size=10)

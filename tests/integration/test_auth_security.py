@@ -121,7 +121,7 @@ async def make_env(database_url: str, nats_server: NatsServer, internal_key: byt
 
     async def make(**overrides) -> Env:
         clock = MovableClock()
-        running = await start(config(database_url, nats_server, internal_key, **overrides), clock)
+        running = await start(config(database_url, nats_server, internal_key, **overrides), clock=clock)
         channel = default_pki().channel(running.grpc_port, "gateway")
         nc = await nats_server.connect()
         sub = await nc.jetstream().pull_subscribe(

@@ -242,7 +242,7 @@ async def start_console(
         console_url=public_url,
         nats_creds_file=nats.creds("auth"),
     )
-    auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides), clock)
+    auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides), clock=clock)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
         ListsConfig(
