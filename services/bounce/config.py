@@ -26,7 +26,7 @@ class Config:
     max_message_bytes: int = setting(
         "BOUNCE_MAX_MESSAGE_BYTES",
         10 * 1024 * 1024,
-        "the largest message taken; a bigger DATA is refused with 552 the moment it passes the limit",
+        "the largest message taken (10 MB); a bigger DATA is refused with 552 the moment it passes the limit",
     )
     max_connections: int = setting(
         "BOUNCE_MAX_CONNECTIONS", 100, "SMTP sessions open at once; more are told 421 and closed"

@@ -104,7 +104,11 @@ INTERNAL_KEY = Setting(
     doc="the key that signs the identity services assert to each other (and the console's session cookie)",
     secret=True,
 )
-TLS_CA_FILE = Setting("MAILBLAST_TLS_CA_FILE", doc="mutual TLS between processes: the CA bundle to trust, PEM")
+TLS_CA_FILE = Setting(
+    "MAILBLAST_TLS_CA_FILE",
+    doc="mutual TLS between processes: the CA bundle to trust, PEM (there is no plaintext mode). The `mailblast` "
+    "command, without MAILBLAST_TLS_*, takes the files `make run` recorded in `run.json`",
+)
 TLS_CERT_FILE = Setting(
     "MAILBLAST_TLS_CERT_FILE",
     doc="this process's certificate, PEM; its one URI SAN `spiffe://mailblast/<name>` must name it",
@@ -267,7 +271,9 @@ def markdown_table(owners: Mapping[str, type]) -> str:
         kinds = {(d.doc, d.secret, d.parse) for _, d in users}
         if len(kinds) > 1:
             raise ValueError(f"{env} is declared more than once, differently; declare it once and reuse it")
-    shared = [env for env, users in uses.items() if len({owner for owner, _ in users}) > 1]
+    # Rows of the settings declared here, or used by several programs, come first.
+    common = {value.env for value in globals().values() if isinstance(value, Setting)}
+    shared = [env for env, users in uses.items() if env in common or len({owner for owner, _ in users}) > 1]
     own = [env for env in uses if env not in shared]
     lines = ["| variable | used by | default | what it is |", "| --- | --- | --- | --- |"]
     for env in shared + own:
