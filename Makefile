@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/mailblast/v1/*.proto)
 GEN_STAMP := gen/.stamp
 
-.PHONY: install proto run test test-fast bench bench-import lint format clean browser lock audit run-%
+.PHONY: install proto run test test-fast bench bench-import lint format docs clean browser lock audit run-%
 
 install: $(VENV)/.installed
 
@@ -65,6 +65,10 @@ audit: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# DEVELOPERS.md's settings table, written from the settings' declarations.
+docs: install proto
+	$(PY) -m dev.docs
 
 format: install
 	$(PY) -m ruff format .

@@ -6,10 +6,10 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -17,7 +17,9 @@ from google.protobuf.json_format import MessageToDict
 from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc, lists_pb2, lists_pb2_grpc
 
 from cli import nats_credentials
+from services.common import settings
 from services.common.bus import inbox_prefix, transactional_subject
+from services.common.settings import Setting, setting
 
 IMPORT_CHUNK = 1000
 _FINISHED = {campaigns_pb2.CAMPAIGN_STATE_SENT, campaigns_pb2.CAMPAIGN_STATE_CANCELLED}
@@ -27,8 +29,42 @@ class CliError(Exception):
     """Something the user should fix; printed without a traceback."""
 
 
+# The data folder of `make run`, which the command reads too (run.json, NATS keys).
+VAR_DIR = Setting(
+    "MAILBLAST_VAR_DIR",
+    "",
+    "where `make run` keeps its data (databases, secrets, logs, `run.json`); unset: `var/` in the project (the "
+    "`mailblast` command: `./var`)",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CliSettings:
+    """What the command reads from the environment; var/run.json, written by `make run`, fills in the rest."""
+
+    token: str = setting("MAILBLAST_TOKEN", "", "the API token the command calls with (`--token` overrides it)")
+    lists_addr: str = setting("MAILBLAST_LISTS_ADDR", "", "the lists service; unset: from `run.json`")
+    campaigns_addr: str = setting("MAILBLAST_CAMPAIGNS_ADDR", "", "the campaigns service; unset: from `run.json`")
+    run_file: str = setting(
+        "MAILBLAST_RUN_FILE", "", "the `run.json` of `make run` to read; unset: the one in MAILBLAST_VAR_DIR"
+    )
+    var_dir: str = VAR_DIR.field()
+    # The command's client certificate (identity `cli`); unset: the files var/run.json names.
+    tls_ca_file: str = settings.TLS_CA_FILE.field("")
+    tls_cert_file: str = settings.TLS_CERT_FILE.field("")
+    tls_key_file: str = settings.TLS_KEY_FILE.field("")
+
+
+def _settings() -> CliSettings:
+    return settings.read(CliSettings)
+
+
+def _var_dir() -> Path:
+    return Path(_settings().var_dir or "var")
+
+
 def _run_file() -> Path:
-    return Path(os.environ.get("MAILBLAST_RUN_FILE") or Path(os.environ.get("MAILBLAST_VAR_DIR", "var")) / "run.json")
+    return Path(_settings().run_file or _var_dir() / "run.json")
 
 
 def _run_info() -> dict:
@@ -38,7 +74,7 @@ def _run_info() -> dict:
 
 def _address(service: str) -> str:
     """Where a service listens: MAILBLAST_<SERVICE>_ADDR, else what `make run` wrote to var/run.json."""
-    given = os.environ.get(f"MAILBLAST_{service.upper()}_ADDR")
+    given = getattr(_settings(), f"{service}_addr")
     if given:
         return given
     data = _run_info()
@@ -52,22 +88,20 @@ def _address(service: str) -> str:
     raise CliError(f"don't know where the {service} service is: set MAILBLAST_{service.upper()}_ADDR or run `make run`")
 
 
-_TLS_SETTINGS = {
-    "ca_file": "MAILBLAST_TLS_CA_FILE",
-    "cert_file": "MAILBLAST_TLS_CERT_FILE",
-    "key_file": "MAILBLAST_TLS_KEY_FILE",
-}
-
-
 def _credentials() -> grpc.ChannelCredentials:
     """The command's client certificate (identity `cli`): MAILBLAST_TLS_*, else the files var/run.json names."""
     recorded = _run_info().get("cli_tls") or {}
+    given = _settings()
     paths = {}
-    for key, setting in _TLS_SETTINGS.items():
-        paths[key] = os.environ.get(setting) or recorded.get(key)
+    for key, declaration in (
+        ("ca_file", settings.TLS_CA_FILE),
+        ("cert_file", settings.TLS_CERT_FILE),
+        ("key_file", settings.TLS_KEY_FILE),
+    ):
+        paths[key] = getattr(given, f"tls_{key}") or recorded.get(key)
         if not paths[key]:
             raise CliError(
-                f"no client certificate for the services: set {setting} (or run `make run`, which makes one)"
+                f"no client certificate for the services: set {declaration.env} (or run `make run`, which makes one)"
             )
     try:
         ca, chain, key = (Path(paths[k]).read_bytes() for k in ("ca_file", "cert_file", "key_file"))
@@ -286,7 +320,7 @@ def cmd_watch(client: Client, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
     p = argparse.ArgumentParser(prog="mailblast", description=__doc__)
-    p.add_argument("--token", default=os.environ.get("MAILBLAST_TOKEN", ""), help="API token (or MAILBLAST_TOKEN)")
+    p.add_argument("--token", default=_settings().token, help="API token (or MAILBLAST_TOKEN)")
     p.add_argument("--json", action="store_true", help="print compact JSON")
     sub = p.add_subparsers(dest="area", required=True)
 
@@ -383,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _nats_dir() -> Path:
-    return Path(os.environ.get("MAILBLAST_VAR_DIR", "var")) / "secrets" / "nats"
+    return _var_dir() / "secrets" / "nats"
 
 
 def cmd_nats(args: argparse.Namespace) -> int:

@@ -6,8 +6,8 @@ catcher's messages), logs/ and run.json (addresses and certificate paths for the
 Given DATABASE_URL, NATS_URL or SENDER_RELAY_HOST it uses those instead of starting its own (with a
 given NATS_URL, the services use the NATS_CREDS_FILE of the environment, if any). The embedded NATS
 requires authentication: each service gets its own credential from secrets/nats/.
-GATEWAY_BIND moves the gateway (default 127.0.0.1:8080); MAILBLAST_START_TIMEOUT (seconds, default 120)
-bounds the wait for the services to answer healthy.
+GATEWAY_BIND moves the gateway; MAILBLAST_START_TIMEOUT bounds the wait for the services to answer healthy
+(DEVELOPERS.md lists every setting with its default).
 """
 
 from __future__ import annotations
@@ -40,9 +40,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cli import nats_credentials
+from cli.main import VAR_DIR
 from dev.embedded import EmbeddedServer, free_port, open_private_log, start_nats, start_postgres
 from dev.tls import issue_certificate, make_ca, make_self_signed
+from services.common import settings
 from services.common.rpc import TlsFiles
+from services.common.settings import setting
+from services.gateway.config import Config as GatewayConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DATABASE_NAME = "mailblast"
@@ -51,11 +55,20 @@ DKIM_RSA_SELECTOR = "mb1"
 DKIM_ED25519_SELECTOR = "mb1ed"
 RETURN_PATH_DOMAIN = "bounces.mailblast.example.com"
 ADMIN_LOGIN = "admin"
-# email-validator refuses special-use names such as .localhost; MAILBLAST_ADMIN_EMAIL overrides this.
-ADMIN_EMAIL = os.environ.get("MAILBLAST_ADMIN_EMAIL") or "admin@example.com"
 SENDER_PROCESSES = 2
-START_TIMEOUT = float(os.environ.get("MAILBLAST_START_TIMEOUT", "120"))
 STOP_GRACE = 15.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """The settings of `make run` itself; it hands the services' own settings on as they are."""
+
+    var_dir: str = VAR_DIR.field()
+    start_timeout: float = setting(
+        "MAILBLAST_START_TIMEOUT", 120.0, "seconds `make run` waits for the services to answer healthy"
+    )
+    # email-validator refuses special-use names such as .localhost.
+    admin_email: str = setting("MAILBLAST_ADMIN_EMAIL", "admin@example.com", "the address of the first owner")
 
 
 class Stopped(Exception):
@@ -68,7 +81,7 @@ class StartFailed(Exception):
 
 def var_dir() -> Path:
     """The data folder: MAILBLAST_VAR_DIR, else var/ in the project."""
-    given = os.environ.get("MAILBLAST_VAR_DIR")
+    given = settings.read(RunSettings).var_dir
     return Path(given).resolve() if given else ROOT / "var"
 
 
@@ -160,7 +173,7 @@ def ensure_grpc_certificates(directory: Path) -> dict[str, TlsFiles]:
 
 
 def read_internal_key(path: Path) -> bytes:
-    """The internal key as the services read it (services.common.config.env_bytes_secret)."""
+    """The internal key as the services read it from MAILBLAST_INTERNAL_KEY_FILE (stripped)."""
     return path.read_bytes().strip()
 
 
@@ -291,6 +304,7 @@ class Supervisor:
 
     def __init__(self, var: Path) -> None:
         self.var = var
+        self.settings = settings.read(RunSettings)
         self.logs = var / "logs"
         self.stop_requested = threading.Event()
         self.postgres: EmbeddedServer | None = None
@@ -394,6 +408,9 @@ class Supervisor:
             "AUTH_ADDR": f"127.0.0.1:{ports['auth']}",
             "LISTS_ADDR": f"127.0.0.1:{ports['lists']}",
             "CAMPAIGNS_ADDR": f"127.0.0.1:{ports['campaigns']}",
+            # The senders ask campaigns about pause/cancel and lists about suppression before delivering.
+            "SENDER_CAMPAIGNS_ADDR": f"127.0.0.1:{ports['campaigns']}",
+            "SENDER_LISTS_ADDR": f"127.0.0.1:{ports['lists']}",
             "AUTH_GRPC_BIND": f"127.0.0.1:{ports['auth']}",
             "LISTS_GRPC_BIND": f"127.0.0.1:{ports['lists']}",
             "CAMPAIGNS_GRPC_BIND": f"127.0.0.1:{ports['campaigns']}",
@@ -459,8 +476,8 @@ class Supervisor:
                 return
             if time.monotonic() > deadline:
                 raise StartFailed(
-                    f"{svc.name} was not healthy within {START_TIMEOUT:.0f}s; last lines of {svc.log_path}:\n"
-                    f"{svc.log_tail()}"
+                    f"{svc.name} was not healthy within {self.settings.start_timeout:.0f}s; last lines of "
+                    f"{svc.log_path}:\n{svc.log_tail()}"
                 )
             self._pause(0.2)
 
@@ -492,7 +509,10 @@ class Supervisor:
         me = ServiceIdentity("dev-run", self.grpc_tls["dev-run"], read_internal_key(files.internal_key))
         password = secrets.token_urlsafe(15)
         request = auth_pb2.BootstrapRequest(
-            organization_name="mailblast", admin_login=ADMIN_LOGIN, admin_email=ADMIN_EMAIL, admin_password=password
+            organization_name="mailblast",
+            admin_login=ADMIN_LOGIN,
+            admin_email=self.settings.admin_email,
+            admin_password=password,
         )
         deadline = time.monotonic() + 30
         with grpc.secure_channel(auth_address, me.tls.channel_credentials()) as channel:
@@ -576,11 +596,12 @@ class Supervisor:
         nats_url, nats_embedded = self.start_bus()
         self._check()
         relay = self.start_catcher(files)
-        gateway_bind = os.environ.get("GATEWAY_BIND") or "127.0.0.1:8080"
+        # The gateway's own setting, read as the gateway reads it.
+        gateway_bind = settings.read_setting(dict(settings.declared(GatewayConfig))["bind"], str)
         self.plan_services(database_url, nats_url, files, relay, gateway_bind)
         for svc in self.services:
             svc.start()
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.settings.start_timeout
         for svc in self.services:
             self.wait_healthy(svc, deadline)
         credentials = self.bootstrap(files, self.services[0].address)

@@ -1,14 +1,14 @@
-"""Run the auth service: `python -m services.auth`."""
-
-import asyncio
+"""Run the auth service until SIGTERM or SIGINT: `python -m services.auth`."""
 
 from services.auth.config import Config
 from services.auth.service import start
-from services.common.lifecycle import serve_until_signalled
-from services.common.log import configure_logging
-from services.common.tracing import setup_tracing
+from services.common.lifecycle import run_service
+
+
+def main() -> None:
+    """Read the settings, start the auth service and serve until signalled."""
+    run_service("auth", lambda: start(Config.from_env()))
+
 
 if __name__ == "__main__":
-    configure_logging("auth")
-    setup_tracing("auth")
-    asyncio.run(serve_until_signalled(lambda: start(Config.from_env()), "auth"))
+    main()

@@ -1,13 +1,31 @@
-"""The mails auth sends (lockout, password link), as TransactionalMessages; dynamic values travel as variables."""
+"""The mails auth sends (lockout, password link), as Notices; dynamic values travel as variables.
+
+A Notice becomes a TransactionalMessage for the senders in mailer.py.
+"""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from datetime import datetime
 
-from mailblast.v1 import events_pb2
-
 _FROM_NAME = "mailblast"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One mail to one person: its idempotency key, its texts (Jinja2) and the values they refer to."""
+
+    organization_id: int
+    message_key: str
+    to_address: str
+    to_name: str
+    category: str
+    from_name: str
+    from_address: str
+    subject: str
+    text_body: str
+    html_body: str
+    variables: dict[str, str]
 
 
 # What a lock stops, by the kind of client it holds for (see services/auth/security.py), in both languages.
@@ -41,7 +59,7 @@ def lockout(
     locked_until: datetime,
     mail_from: str,
     clients: str = "unknown",
-) -> events_pb2.TransactionalMessage:
+) -> Notice:
     """Tell a user that logins were locked after repeated failures: for which browsers, and until when."""
     until = locked_until.strftime("%Y-%m-%d %H:%M UTC")
     japanese, english = _LOCKED_CLIENTS[clients]
@@ -74,7 +92,7 @@ def password_link(
     invite: bool,
     mail_from: str,
     self_service: bool = False,
-) -> events_pb2.TransactionalMessage:
+) -> Notice:
     """A single-use link to set a password: an invitation, an admin-requested or a self-service reset."""
     until = expires_at.strftime("%Y-%m-%d %H:%M UTC")
     if invite:
@@ -123,20 +141,20 @@ def _message(
     category: str,
     subject: str,
     text: str,
-    variables: dict,
+    variables: dict[str, str],
     mail_from: str,
-) -> events_pb2.TransactionalMessage:
+) -> Notice:
     html = "<p>" + text.replace("\n\n", "</p><p>").replace("\n", "<br>") + "</p>"
-    message = events_pb2.TransactionalMessage(
+    return Notice(
         organization_id=organization_id,
         message_key=key,
         to_address=to_address,
         to_name=to_name,
-        content=events_pb2.MessageContent(
-            from_name=_FROM_NAME, from_address=mail_from, subject=subject, text_body=text, html_body=html
-        ),
-        variables_json=json.dumps(variables, ensure_ascii=False),
         category=category,
+        from_name=_FROM_NAME,
+        from_address=mail_from,
+        subject=subject,
+        text_body=text,
+        html_body=html,
+        variables=variables,
     )
-    message.created_at.GetCurrentTime()
-    return message

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography.fernet import InvalidToken
-from mailblast.v1 import events_pb2
 
 from services.auth import notices, passwords, tokens, totp
 from services.auth.config import Config
@@ -29,7 +28,8 @@ from services.common.log import get_logger
 
 log = get_logger(__name__)
 
-SendMail = Callable[[events_pb2.TransactionalMessage], Awaitable[None]]
+# Hands a notice to the senders (mailer.py: a TransactionalMessage on JetStream).
+SendMail = Callable[[notices.Notice], Awaitable[None]]
 
 CHALLENGE_SECONDS = 300
 # AUTH_IP_FAILURES_PER_MINUTE counts the failures of this last stretch of time.

@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-from mailblast.v1 import auth_pb2, auth_pb2_grpc, events_pb2
+from mailblast.v1 import auth_pb2, auth_pb2_grpc
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
 from services.auth.authenticate import TokenAuthenticator
 from services.auth.config import Config
 from services.auth.grpc_api import AuthServicer
+from services.auth.mailer import mailer
 from services.auth.security import AccountSecurity
 from services.auth.store import AuthStore
-from services.common import bus, db, mail
+from services.common import bus, db
 from services.common.clock import Clock
 from services.common.log import get_logger
 from services.common.rpc import GrpcServer, ServiceIdentity, start_grpc_server
@@ -41,7 +42,7 @@ class Running:
         await self._pool.close()
 
 
-async def start(config: Config, clock: Clock | None = None) -> Running:
+async def start(config: Config, *, clock: Clock | None = None) -> Running:
     """Migrate the auth schema, open its pool, connect NATS and serve gRPC; lockouts go by `clock` (the system's)."""
     me = ServiceIdentity("auth", config.grpc_tls, config.internal_key)
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
@@ -52,10 +53,7 @@ async def start(config: Config, clock: Clock | None = None) -> Running:
         store = AuthStore(pool)
         authenticator = TokenAuthenticator(store)
 
-        async def send_mail(message: events_pb2.TransactionalMessage) -> None:
-            await mail.send_transactional(js, message)
-
-        security = AccountSecurity(store, config, send_mail, clock)
+        security = AccountSecurity(store, config, mailer(js), clock)
         resealed = await security.reseal_totp_secrets()
         if resealed:
             log.info("totp secrets sealed with the current key", count=resealed)

@@ -1,14 +1,14 @@
-"""Run the bounce service: `python -m services.bounce`."""
-
-import asyncio
+"""Run the bounce service until SIGTERM or SIGINT: `python -m services.bounce`."""
 
 from services.bounce.config import Config
 from services.bounce.service import start
-from services.common.lifecycle import serve_until_signalled
-from services.common.log import configure_logging
-from services.common.tracing import setup_tracing
+from services.common.lifecycle import run_service
+
+
+def main() -> None:
+    """Read the settings, start the bounce service and serve until signalled."""
+    run_service("bounce", lambda: start(Config.from_env()))
+
 
 if __name__ == "__main__":
-    configure_logging("bounce")
-    setup_tracing("bounce")
-    asyncio.run(serve_until_signalled(lambda: start(Config.from_env()), "bounce"))
+    main()

@@ -1,55 +1,48 @@
-"""Settings of the bounce service, all from the environment."""
+"""Settings of the bounce service, each declared once (services.common.settings)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.config import env_bytes_secret, env_float, env_int, env_str
+from services.common import settings
 from services.common.rpc import TlsFiles
+from services.common.settings import setting
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """What the bounce service needs to start."""
 
-    database_url: str
-    nats_url: str
-    internal_key: bytes
-    # Mutual TLS for gRPC: this service's certificate, its key and the CA it trusts (MAILBLAST_TLS_*).
+    database_url: str = settings.DATABASE_URL.field()
+    nats_url: str = settings.NATS_URL.field()
+    nats_creds_file: str = settings.NATS_CREDS_FILE.field()
+    internal_key: bytes = settings.INTERNAL_KEY.field()
     grpc_tls: TlsFiles
-    auth_addr: str = ""
-    grpc_bind: str = "0.0.0.0:50055"
-    # A plaintext listener answering only grpc.health.v1 (Kubernetes' gRPC probes); empty for none.
-    health_bind: str = ""
-    smtp_bind: str = "0.0.0.0:2525"
-    smtp_hostname: str = "bounce.mailblast.example.com"
-    max_message_bytes: int = 10 * 1024 * 1024
-    # Sessions open at once, in all and from one client address; more are told 421 and closed.
-    max_connections: int = 100
-    max_connections_per_ip: int = 10
-    # Time allowed between commands (RFC 5321 4.5.3.2.7: at least five minutes), and for all of DATA.
-    idle_timeout_seconds: float = 300.0
-    data_timeout_seconds: float = 600.0
-    # The .creds file of this process's NATS credential; empty: connect without (a server without auth).
-    nats_creds_file: str = ""
+    auth_addr: str = settings.AUTH_ADDR.field()
+    grpc_bind: str = setting("BOUNCE_GRPC_BIND", "0.0.0.0:50055", "where bounce serves gRPC")
+    health_bind: str = settings.HEALTH_BIND.field()
+    smtp_bind: str = setting("BOUNCE_SMTP_BIND", "0.0.0.0:2525", "where bounce takes returned mail over SMTP")
+    smtp_hostname: str = setting("BOUNCE_SMTP_HOSTNAME", "bounce.mailblast.example.com", "the name bounce greets with")
+    max_message_bytes: int = setting(
+        "BOUNCE_MAX_MESSAGE_BYTES",
+        10 * 1024 * 1024,
+        "the largest message taken (10 MB); a bigger DATA is refused with 552 the moment it passes the limit",
+    )
+    max_connections: int = setting(
+        "BOUNCE_MAX_CONNECTIONS", 100, "SMTP sessions open at once; more are told 421 and closed"
+    )
+    max_connections_per_ip: int = setting(
+        "BOUNCE_MAX_CONNECTIONS_PER_IP", 10, "SMTP sessions open at once from one client address; more get 421"
+    )
+    # RFC 5321 4.5.3.2.7 asks for at least five minutes between commands.
+    idle_timeout_seconds: float = setting(
+        "BOUNCE_IDLE_TIMEOUT_SECONDS", 300.0, "time allowed between commands; then 421 and closed"
+    )
+    data_timeout_seconds: float = setting(
+        "BOUNCE_DATA_TIMEOUT_SECONDS", 600.0, "time allowed for a whole DATA phase; then 421 and closed"
+    )
 
     @classmethod
     def from_env(cls) -> Config:
-        """Read DATABASE_URL, NATS_URL, MAILBLAST_INTERNAL_KEY(_FILE), MAILBLAST_TLS_*, AUTH_ADDR, BOUNCE_*."""
-        return cls(
-            database_url=env_str("DATABASE_URL"),
-            nats_url=env_str("NATS_URL"),
-            internal_key=env_bytes_secret("MAILBLAST_INTERNAL_KEY"),
-            auth_addr=env_str("AUTH_ADDR", ""),
-            grpc_bind=env_str("BOUNCE_GRPC_BIND", "0.0.0.0:50055"),
-            grpc_tls=TlsFiles.from_env(),
-            health_bind=env_str("MAILBLAST_HEALTH_BIND", ""),
-            smtp_bind=env_str("BOUNCE_SMTP_BIND", "0.0.0.0:2525"),
-            smtp_hostname=env_str("BOUNCE_SMTP_HOSTNAME", "bounce.mailblast.example.com"),
-            max_message_bytes=env_int("BOUNCE_MAX_MESSAGE_BYTES", 10 * 1024 * 1024),
-            max_connections=env_int("BOUNCE_MAX_CONNECTIONS", 100),
-            max_connections_per_ip=env_int("BOUNCE_MAX_CONNECTIONS_PER_IP", 10),
-            idle_timeout_seconds=env_float("BOUNCE_IDLE_TIMEOUT_SECONDS", 300.0),
-            data_timeout_seconds=env_float("BOUNCE_DATA_TIMEOUT_SECONDS", 600.0),
-            nats_creds_file=env_str("NATS_CREDS_FILE", ""),
-        )
+        """Read the settings from the environment; a missing or malformed one is named."""
+        return settings.read(cls)

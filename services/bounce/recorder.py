@@ -1,64 +1,41 @@
-"""Recording a bounce: store it once, then publish its BounceEvent (de-duplicated by its id)."""
+"""Recording a bounce: store it once, then announce it (de-duplicated by its id)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from mailblast.v1 import events_pb2
-from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from services.bounce.attribution import attribute, dsn_bounce_id
 from services.bounce.dsn import parse_bounce
 from services.bounce.store import BounceRow, BounceStore
-from services.common import bus
 from services.common.log import get_logger
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("services.bounce")
 
-_KINDS = {
-    "hard": events_pb2.BOUNCE_KIND_HARD,
-    "soft": events_pb2.BOUNCE_KIND_SOFT,
-    "complaint": events_pb2.BOUNCE_KIND_COMPLAINT,
-}
-_SOURCES = {"smtp": events_pb2.BOUNCE_SOURCE_SMTP, "dsn": events_pb2.BOUNCE_SOURCE_DSN}
-
-
-def bounce_event(row: BounceRow) -> events_pb2.BounceEvent:
-    """The BounceEvent announcing a stored bounce."""
-    event = events_pb2.BounceEvent(
-        bounce_id=row.bounce_id,
-        organization_id=row.organization_id,
-        campaign_id=row.campaign_id,
-        subscriber_id=row.subscriber_id,
-        email=row.email,
-        kind=_KINDS[row.kind],
-        source=_SOURCES[row.source],
-        status=row.status,
-        smtp_code=row.smtp_code,
-        diagnostic=row.diagnostic,
-    )
-    event.occurred_at.FromDatetime(row.occurred_at)
-    return event
+# Tells the other services about a stored bounce (events.py: a BounceEvent on JetStream); announcing one
+# twice is harmless, it is de-duplicated by its bounce_id.
+Announce = Callable[[BounceRow], Awaitable[None]]
 
 
 class BounceRecorder:
-    """Stores bounces and publishes them, in that order, so a published bounce is always stored."""
+    """Stores bounces and announces them, in that order, so an announced bounce is always stored."""
 
-    def __init__(self, store: BounceStore, js: JetStreamContext, key: bytes) -> None:
+    def __init__(self, store: BounceStore, announce: Announce, key: bytes) -> None:
         self._store = store
-        self._js = js
+        self._announce = announce
         self._key = key
 
     async def record(self, rows: list[BounceRow]) -> list[BounceRow]:
-        """Commit the bounces, then publish each (Nats-Msg-Id = bounce_id, so a retry publishes once)."""
+        """Commit the bounces, then announce each (by its bounce_id, so a retry announces once)."""
         if not rows:
             return []
         # As stored: an erased subscriber's bounce is announced with the keyed hash, never the address.
         stored = []
         for row in await self._store.record(rows):
-            await bus.publish(self._js, bus.SUBJECT_BOUNCE_RECORDED, bounce_event(row), msg_id=row.bounce_id)
+            await self._announce(row)
             stored.append(row)
         return stored
 

@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.bounce.config import Config
 from services.bounce.consumers import delivery_consumer
+from services.bounce.events import announcer
 from services.bounce.grpc_api import BounceServicer
 from services.bounce.recorder import BounceRecorder
 from services.bounce.smtp import BounceHandler, BoundedSMTP, ConnectionCounter, SessionLimits
@@ -64,7 +65,7 @@ class Running:
         await self._pool.close()
 
 
-async def start(config: Config, run_consumers: bool = True) -> Running:
+async def start(config: Config, *, run_consumers: bool = True) -> Running:
     """Migrate, connect, and start the consumer, the SMTP listener and the gRPC server.
 
     With run_consumers=False the consumer is bound but not looped, for tests that call run_once.
@@ -74,7 +75,7 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
     pool = await db.open_pool(config.database_url, SCHEMA)
     nc, js = await bus.connect(config.nats_url, "bounce", config.nats_creds_file)
     store = BounceStore(pool)
-    recorder = BounceRecorder(store, js, config.internal_key)
+    recorder = BounceRecorder(store, announcer(js), config.internal_key)
 
     consumer = delivery_consumer(js, recorder)
     erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)

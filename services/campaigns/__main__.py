@@ -1,20 +1,13 @@
-"""python -m services.campaigns"""
-
-import asyncio
+"""Run the campaigns service until SIGTERM or SIGINT: `python -m services.campaigns`."""
 
 from services.campaigns.config import Config
 from services.campaigns.service import start
-from services.common.lifecycle import serve_until_signalled
-from services.common.log import configure_logging
-from services.common.tracing import setup_tracing
+from services.common.lifecycle import run_service
 
 
 def main() -> None:
-    """Run the campaigns service until SIGTERM/SIGINT."""
-    configure_logging("campaigns")
-    setup_tracing("campaigns")
-    config = Config.from_env()
-    asyncio.run(serve_until_signalled(lambda: start(config), "campaigns"))
+    """Read the settings, start the campaigns service and serve until signalled."""
+    run_service("campaigns", lambda: start(Config.from_env()))
 
 
 if __name__ == "__main__":

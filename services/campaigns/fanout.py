@@ -1,16 +1,20 @@
-"""Fan-out: stream a campaign's recipients from lists and publish them to the senders in batches."""
+"""Fan-out: take a campaign's recipients from its audience and hand them to the senders in batches.
+
+The fan-out knows neither gRPC nor NATS: `service.py` gives it an Audience (recipients.py: lists'
+StreamRecipients) and a Batches (batches.py: SendBatch on JetStream).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
-from google.protobuf.timestamp_pb2 import Timestamp
-from mailblast.v1 import events_pb2, lists_pb2, lists_pb2_grpc
-from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from services.campaigns.store import CampaignRow, CampaignStore
-from services.common import bus
 from services.common.identity import Principal, reset_principal, set_principal
 from services.common.log import get_logger
 
@@ -23,19 +27,39 @@ def batch_msg_id(campaign_id: int, batch_number: int) -> str:
     return f"send-{campaign_id}-{batch_number}"
 
 
+@dataclass(frozen=True)
+class Recipient:
+    """One subscriber a campaign goes to."""
+
+    subscriber_id: int
+    email: str
+    name: str
+    attributes_json: str
+
+
+class Audience(Protocol):
+    """Where a campaign's recipients come from."""
+
+    def recipients(self, campaign: CampaignRow, chunk_size: int) -> AsyncGenerator[Sequence[Recipient], None]:
+        """The campaign's lists and segments after its last_subscriber_id, in subscriber order, chunk by chunk."""
+        ...
+
+
+class Batches(Protocol):
+    """Where batches of recipients go: the senders."""
+
+    async def publish(self, campaign: CampaignRow, batch_number: int, recipients: Sequence[Recipient]) -> None:
+        """Hand one batch over, once: a batch republished with the same number is dropped as a duplicate."""
+        ...
+
+
 class FanOut:
     """Runs one fan-out task per sending campaign."""
 
-    def __init__(
-        self,
-        store: CampaignStore,
-        js: JetStreamContext,
-        lists: lists_pb2_grpc.ListsServiceStub,
-        batch_size: int,
-    ) -> None:
+    def __init__(self, store: CampaignStore, audience: Audience, batches: Batches, batch_size: int) -> None:
         self._store = store
-        self._js = js
-        self._lists = lists
+        self._audience = audience
+        self._batches = batches
         self._batch_size = batch_size
         self._tasks: dict[int, asyncio.Task] = {}
 
@@ -83,74 +107,38 @@ class FanOut:
             campaign = await self._store.get(organization_id, campaign_id)
             if campaign is None or campaign.state != "sending" or campaign.fanout_complete:
                 return
-            content = events_pb2.MessageContent(
-                from_name=campaign.from_name,
-                from_address=campaign.from_address,
-                reply_to=campaign.reply_to,
-                subject=campaign.subject,
-                html_body=campaign.html_body,
-                text_body=campaign.text_body,
-            )
             batch_number = campaign.published_batches
-            pending: list[events_pb2.BatchRecipient] = []
-            stream = self._lists.StreamRecipients(
-                lists_pb2.StreamRecipientsRequest(
-                    list_ids=campaign.list_ids,
-                    segment_ids=campaign.segment_ids,
-                    chunk_size=self._batch_size,
-                    after_subscriber_id=campaign.last_subscriber_id,
-                ),
-                timeout=3600,
-            )
-            async for chunk in stream:
-                for r in chunk.recipients:
-                    pending.append(
-                        events_pb2.BatchRecipient(
-                            subscriber_id=r.subscriber_id, email=r.email, name=r.name,
-                            attributes_json=r.attributes_json,
-                        )
-                    )  # fmt: skip
-                    if len(pending) >= self._batch_size:
-                        batch_number += 1
-                        if not await self._publish(campaign, content, batch_number, pending):
-                            stream.cancel()
-                            return
-                        pending = []
+            pending: list[Recipient] = []
+            chunks = self._audience.recipients(campaign, self._batch_size)
+            # Closing the chunks stops the stream from the audience when the campaign stops mid-way.
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    for recipient in chunk:
+                        pending.append(recipient)
+                        if len(pending) >= self._batch_size:
+                            batch_number += 1
+                            if not await self._publish(campaign, batch_number, pending):
+                                return
+                            pending = []
             if pending:
                 batch_number += 1
-                if not await self._publish(campaign, content, batch_number, pending):
+                if not await self._publish(campaign, batch_number, pending):
                     return
             await self._store.finish_fanout(campaign_id)
             span.set_attribute("mailblast.batches", batch_number)
             log.info("fan-out complete", campaign_id=campaign_id, batches=batch_number)
 
-    async def _publish(
-        self,
-        campaign: CampaignRow,
-        content: events_pb2.MessageContent,
-        batch_number: int,
-        recipients: list[events_pb2.BatchRecipient],
-    ) -> bool:
+    async def _publish(self, campaign: CampaignRow, batch_number: int, recipients: list[Recipient]) -> bool:
         # A paused or cancelled campaign hands out nothing more.
         current = await self._store.get(campaign.organization_id, campaign.id)
         if current is None or current.state != "sending":
             log.info("fan-out stopped", campaign_id=campaign.id, state=current and current.state)
             return False
-        created = Timestamp()
-        created.GetCurrentTime()
-        batch = events_pb2.SendBatch(
-            organization_id=campaign.organization_id,
-            campaign_id=campaign.id,
-            batch_number=batch_number,
-            content=content,
-            recipients=recipients,
-            created_at=created,
-        )
         with tracer.start_as_current_span(
             "campaign.publish_batch",
             attributes={"mailblast.campaign_id": campaign.id, "mailblast.batch": batch_number,
                         "mailblast.recipients": len(recipients)},
         ):  # fmt: skip
-            await bus.publish(self._js, bus.SUBJECT_SEND_BATCH, batch, msg_id=batch_msg_id(campaign.id, batch_number))
+            await self._batches.publish(campaign, batch_number, recipients)
         await self._store.record_batch(campaign.id, batch_number, recipients[-1].subscriber_id, len(recipients))
         return True

@@ -11,10 +11,12 @@ from mailblast.v1 import auth_pb2_grpc, campaigns_pb2, campaigns_pb2_grpc, event
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
+from services.campaigns.batches import JetStreamBatches
 from services.campaigns.config import Config
 from services.campaigns.consumers import bounce_consumer, delivery_consumer
 from services.campaigns.fanout import FanOut
 from services.campaigns.grpc_api import CampaignsServicer
+from services.campaigns.recipients import ListsAudience
 from services.campaigns.store import CampaignStore
 from services.common import bus, db, mail
 from services.common.erasure import erasure_consumer
@@ -66,7 +68,7 @@ class Running:
         await self.pool.close()
 
 
-async def start(config: Config, run_consumers: bool = True) -> Running:
+async def start(config: Config, *, run_consumers: bool = True) -> Running:
     """Migrate, connect and serve; resume any fan-out a previous process left unfinished."""
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA, max_size=10)
@@ -83,7 +85,7 @@ async def start(config: Config, run_consumers: bool = True) -> Running:
         channels.append(auth_channel)
         resolver = auth_token_resolver(auth_channel, me)
         auth = auth_pb2_grpc.AuthServiceStub(auth_channel)
-    fanout = FanOut(store, js, lists, config.batch_size)
+    fanout = FanOut(store, ListsAudience(lists), JetStreamBatches(js), config.batch_size)
 
     async def send_mail(message: events_pb2.TransactionalMessage) -> None:
         await mail.send_transactional(js, message)

@@ -25,8 +25,8 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
-from services.common.config import ConfigError
 from services.common.log import get_logger
+from services.common.settings import ConfigError
 from services.common.tracing import inject_headers
 
 log = get_logger(__name__)

@@ -20,8 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 
-from services.common import errors
-from services.common.config import ConfigError, env_str
+from services.common import errors, settings
 from services.common.identity import (
     AUTHORIZATION_HEADER,
     CERTIFICATE_IDENTITY_PREFIX,
@@ -33,6 +32,7 @@ from services.common.identity import (
     set_principal,
 )
 from services.common.log import get_logger
+from services.common.settings import ConfigError
 
 log = get_logger(__name__)
 
@@ -61,7 +61,7 @@ ALLOWED_CALLERS: dict[str, frozenset[str]] = {
     "bounce": frozenset({"gateway", "cli"}),
 }
 
-TLS_SETTINGS = ("MAILBLAST_TLS_CA_FILE", "MAILBLAST_TLS_CERT_FILE", "MAILBLAST_TLS_KEY_FILE")
+TLS_SETTINGS = (settings.TLS_CA_FILE.env, settings.TLS_CERT_FILE.env, settings.TLS_KEY_FILE.env)
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,15 @@ class TlsFiles:
     The names are those cert-manager writes into a Secret (ca.crt, tls.crt, tls.key), but any paths do.
     """
 
-    ca_file: str
-    cert_file: str
-    key_file: str
+    # No plaintext fallback: all three are required, and a service without its certificate does not start.
+    ca_file: str = settings.TLS_CA_FILE.field()
+    cert_file: str = settings.TLS_CERT_FILE.field()
+    key_file: str = settings.TLS_KEY_FILE.field()
 
     @classmethod
     def from_env(cls) -> TlsFiles:
         """Read MAILBLAST_TLS_CA_FILE, MAILBLAST_TLS_CERT_FILE and MAILBLAST_TLS_KEY_FILE (all required)."""
-        # No plaintext fallback: a service without its certificate does not start.
-        return cls(*(env_str(name) for name in TLS_SETTINGS))
+        return settings.read(cls)
 
     @classmethod
     def in_directory(cls, directory: Path) -> TlsFiles:

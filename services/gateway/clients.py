@@ -9,7 +9,6 @@ import grpc
 from flask import current_app, g, has_request_context, request
 from mailblast.v1 import auth_pb2_grpc, campaigns_pb2_grpc, lists_pb2_grpc
 
-from services.common.config import ConfigError
 from services.common.errors import explanation_from
 from services.common.identity import Principal, reset_principal, set_principal
 from services.common.rpc import ServiceIdentity, blocking_service_channel
@@ -56,11 +55,6 @@ class Backends:
     """
 
     def __init__(self, config: Config) -> None:
-        if config.grpc_tls is None:
-            raise ConfigError(
-                "the gateway needs its gRPC client certificate: set MAILBLAST_TLS_CA_FILE, "
-                "MAILBLAST_TLS_CERT_FILE and MAILBLAST_TLS_KEY_FILE"
-            )
         self.identity = ServiceIdentity(SERVICE_NAME, config.grpc_tls, config.internal_key)
         self._channels = [
             blocking_service_channel(addr, callee, self.identity)

@@ -1,109 +1,126 @@
-"""Settings of the gateway, all from the environment."""
+"""Settings of the gateway, each declared once (services.common.settings)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from services.common.config import ConfigError, env_bytes_secret, env_str
+from services.common import settings
 from services.common.rpc import TlsFiles
+from services.common.settings import setting
 
 
-def parse_bind(name: str, value: str) -> tuple[str, int]:
-    """Split "host:port" (port 0 for any free one), naming the variable when it is malformed."""
+def split_bind(value: str) -> tuple[str, int]:
+    """Split "host:port" (port 0 for any free one); ValueError when it is not that."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ConfigError(f"environment variable {name}={value!r} is not host:port")
+        raise ValueError("is not host:port")
     return host.strip("[]"), int(port)
 
 
-def parse_public_url(name: str, value: str) -> str:
-    """An https://host[:port][/path] base without query or fragment (no trailing slash), naming the variable."""
+def _bind(value: str) -> str:
+    split_bind(value)
+    return value
+
+
+def _public_url(value: str) -> str:
+    """An https://host[:port][/path] base without query or fragment (no trailing slash)."""
     parts = urlsplit(value)
     try:
         port_ok = parts.port is None or parts.port > 0
     except ValueError:
         port_ok = False
     if not port_ok or parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigError(f"environment variable {name}={value!r} is not an https://host[:port] address")
+        raise ValueError("is not an https://host[:port] address")
     if "@" in parts.netloc:
-        raise ConfigError(f"environment variable {name}={value!r} must not hold a user or password")
+        raise ValueError("must not hold a user or password")
     return value.rstrip("/")
 
 
-@dataclass(frozen=True)
+def _json_object(value: str) -> dict[str, str]:
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ValueError("is not a JSON object")
+    return parsed
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """Where the gateway listens, which services it talks to, and its TLS material."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    # The plain-HTTP listener that only redirects to HTTPS; None for none.
-    http_host: str | None = None
-    http_port: int = 0
-    # The console's address as people reach it (the plain-HTTP listener redirects there); "" for the
-    # HTTPS bind address.
-    public_url: str = ""
-    auth_addr: str = ""
-    lists_addr: str = ""
-    campaigns_addr: str = ""
-    internal_key: bytes = b""
-    # The gateway's client certificate for auth, lists and campaigns (MAILBLAST_TLS_*); required to start.
-    grpc_tls: TlsFiles | None = None
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    # Where a self-signed certificate is made when none is given (development).
-    tls_dir: str = ""
-    dev_outbox_dir: str = ""
-    # DNS TXT records of the development DKIM keys ({"mb1._domainkey.example.com.": "v=DKIM1; ..."}).
-    dev_dkim_records: dict[str, str] = field(default_factory=dict)
+    bind: str = setting("GATEWAY_BIND", "127.0.0.1:8080", "where the console serves HTTPS", parse=_bind)
+    http_bind: str = setting(
+        "GATEWAY_HTTP_BIND",
+        "",
+        "a plain-HTTP listener answering every request with a 308 to HTTPS (and `/healthz`); unset: none",
+        parse=_bind,
+    )
+    public_url: str = setting(
+        "GATEWAY_PUBLIC_URL",
+        "",
+        "the `https://host[:port]` the plain-HTTP listener redirects to, never the request's Host; unset: the "
+        "HTTPS bind address (`localhost` for a wildcard bind). `make run` sets the console's address",
+        parse=_public_url,
+    )
+    auth_addr: str = settings.AUTH_ADDR.field(required=True)
+    lists_addr: str = settings.LISTS_ADDR.field(required=True)
+    campaigns_addr: str = settings.CAMPAIGNS_ADDR.field(required=True)
+    internal_key: bytes = settings.INTERNAL_KEY.field()
+    # The gateway's client certificate for auth, lists and campaigns.
+    grpc_tls: TlsFiles
+    tls_cert_file: str = setting(
+        "GATEWAY_TLS_CERT_FILE",
+        "",
+        "the console's HTTPS certificate, PEM (with GATEWAY_TLS_KEY_FILE); unset: a self-signed pair made once in "
+        "GATEWAY_TLS_DIR. The console is always HTTPS",
+    )
+    tls_key_file: str = setting("GATEWAY_TLS_KEY_FILE", "", "the key of GATEWAY_TLS_CERT_FILE, PEM")
+    tls_dir: str = setting(
+        "GATEWAY_TLS_DIR", "", "where the self-signed pair is made (development); unset: `<tmp>/mailblast-gateway-tls`"
+    )
+    dev_outbox_dir: str = setting(
+        "GATEWAY_DEV_OUTBOX_DIR", "", "the catcher's outbox to show in the console; unset: no outbox page"
+    )
+    dev_dkim_records: Mapping[str, str] = setting(
+        "GATEWAY_DEV_DKIM_RECORDS",
+        {},
+        'the development DKIM TXT records the outbox checks with, JSON (`{"mb1._domainkey.example.com.": '
+        '"v=DKIM1; ..."}`)',
+        parse=_json_object,
+    )
+
+    @property
+    def host(self) -> str:
+        """The HTTPS listener's host."""
+        return split_bind(self.bind)[0]
+
+    @property
+    def port(self) -> int:
+        """The HTTPS listener's port (0: any free one)."""
+        return split_bind(self.bind)[1]
+
+    @property
+    def http_host(self) -> str | None:
+        """The redirecting listener's host; None when there is none."""
+        return split_bind(self.http_bind)[0] if self.http_bind else None
+
+    @property
+    def http_port(self) -> int:
+        """The redirecting listener's port."""
+        return split_bind(self.http_bind)[1] if self.http_bind else 0
 
     @classmethod
     def from_env(cls) -> Config:
-        """Read GATEWAY_*, AUTH_ADDR, LISTS_ADDR, CAMPAIGNS_ADDR, MAILBLAST_INTERNAL_KEY(_FILE) and MAILBLAST_TLS_*."""
-        public_url = env_str("GATEWAY_PUBLIC_URL", "")
-        host, port = parse_bind("GATEWAY_BIND", env_str("GATEWAY_BIND", "127.0.0.1:8080"))
-        http_bind = env_str("GATEWAY_HTTP_BIND", "")
-        http_host, http_port = parse_bind("GATEWAY_HTTP_BIND", http_bind) if http_bind else (None, 0)
-        records_text = env_str("GATEWAY_DEV_DKIM_RECORDS", "")
-        try:
-            records = json.loads(records_text) if records_text else {}
-        except ValueError:
-            raise ConfigError("environment variable GATEWAY_DEV_DKIM_RECORDS is not a JSON object") from None
-        return cls(
-            host=host,
-            port=port,
-            http_host=http_host,
-            http_port=http_port,
-            public_url=parse_public_url("GATEWAY_PUBLIC_URL", public_url) if public_url else "",
-            auth_addr=env_str("AUTH_ADDR"),
-            lists_addr=env_str("LISTS_ADDR"),
-            campaigns_addr=env_str("CAMPAIGNS_ADDR"),
-            internal_key=env_bytes_secret("MAILBLAST_INTERNAL_KEY"),
-            grpc_tls=TlsFiles.from_env(),
-            tls_cert_file=env_str("GATEWAY_TLS_CERT_FILE", ""),
-            tls_key_file=env_str("GATEWAY_TLS_KEY_FILE", ""),
-            tls_dir=env_str("GATEWAY_TLS_DIR", ""),
-            dev_outbox_dir=env_str("GATEWAY_DEV_OUTBOX_DIR", ""),
-            dev_dkim_records=records,
-        )
+        """Read the settings from the environment; a missing or malformed one is named."""
+        return settings.read(cls)
 
     def flask_secret(self) -> bytes:
         """The key Flask signs its session cookie with: derived from the internal key, the same on every replica."""
         return hmac.new(self.internal_key, b"mailblast-gateway-flask-session", hashlib.sha256).digest()
-
-    def tls_files(self) -> tuple[Path, Path]:
-        """The certificate and key to serve: the configured ones, else a self-signed pair made once."""
-        if self.tls_cert_file or self.tls_key_file:
-            if not (self.tls_cert_file and self.tls_key_file):
-                raise ConfigError("set both GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE, or neither")
-            return Path(self.tls_cert_file), Path(self.tls_key_file)
-        import tempfile
-
-        from dev.tls import make_self_signed
-
-        directory = Path(self.tls_dir) if self.tls_dir else Path(tempfile.gettempdir()) / "mailblast-gateway-tls"
-        return make_self_signed(directory, "localhost")

@@ -1,14 +1,14 @@
-"""Run the lists service: `python -m services.lists`."""
+"""Run the lists service until SIGTERM or SIGINT: `python -m services.lists`."""
 
-import asyncio
-
-from services.common.lifecycle import serve_until_signalled
-from services.common.log import configure_logging
-from services.common.tracing import setup_tracing
+from services.common.lifecycle import run_service
 from services.lists.config import Config
 from services.lists.service import start
 
+
+def main() -> None:
+    """Read the settings, start the lists service and serve until signalled."""
+    run_service("lists", lambda: start(Config.from_env()))
+
+
 if __name__ == "__main__":
-    configure_logging("lists")
-    setup_tracing("lists")
-    asyncio.run(serve_until_signalled(lambda: start(Config.from_env()), "lists"))
+    main()

@@ -93,7 +93,7 @@ class Running:
         await self._pool.close()
 
 
-async def start(config: Config, clock: Clock | None = None) -> Running:
+async def start(config: Config, *, clock: Clock | None = None) -> Running:
     """Migrate the lists schema, open its pool, bind the bounce consumer and serve gRPC.
 
     `clock` is what the double opt-in limits count time in (the current time unless a test moves it).

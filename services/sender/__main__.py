@@ -1,13 +1,14 @@
-"""Run the sender: python -m services.sender."""
+"""Run the sender service until SIGTERM or SIGINT: `python -m services.sender`."""
 
-import asyncio
-
-from services.common.lifecycle import serve_until_signalled
-from services.common.log import configure_logging
-from services.common.tracing import setup_tracing
+from services.common.lifecycle import run_service
 from services.sender.config import Config
 from services.sender.service import start
 
-configure_logging("sender")
-setup_tracing("sender")
-asyncio.run(serve_until_signalled(lambda: start(Config.from_env()), "sender"))
+
+def main() -> None:
+    """Read the settings, start the sender service and serve until signalled."""
+    run_service("sender", lambda: start(Config.from_env()))
+
+
+if __name__ == "__main__":
+    main()

@@ -52,7 +52,7 @@ class CampaignStates:
         if self._stub is None:
             if not self._warned:
                 self._warned = True
-                log.warning("no campaigns address (SENDER_CAMPAIGNS_ADDR / CAMPAIGNS_ADDR): pause and cancel unchecked")
+                log.warning("no campaigns address (SENDER_CAMPAIGNS_ADDR): pause and cancel unchecked")
             return GO
         key = (organization_id, campaign_id)
         now = time.monotonic()
@@ -90,7 +90,7 @@ class SuppressionCheck:
         if self._stub is None:
             if not self._warned:
                 self._warned = True
-                log.warning("no lists address (SENDER_LISTS_ADDR / LISTS_ADDR): suppression unchecked at send time")
+                log.warning("no lists address (SENDER_LISTS_ADDR): suppression unchecked at send time")
             return {}
         with acting_for(organization_id):
             reply = await self._stub.CheckSuppressed(

@@ -1,64 +1,98 @@
-"""The sender's settings: SENDER_* plus DATABASE_URL, NATS_URL and the internal key."""
+"""The sender's settings, each declared once (services.common.settings)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.config import ConfigError, env_bytes_secret, env_float, env_int, env_str
+from services.common import settings
 from services.common.rpc import TlsFiles
+from services.common.settings import ConfigError, setting
 from services.sender.mime import MessageProblem, check_address
 
 TLS_OPPORTUNISTIC = "opportunistic"
 TLS_REQUIRED = "required"
 
 
-@dataclass(frozen=True)
+def _lowercase(value: str) -> str:
+    return value.strip().lower()
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """Everything the sender needs; build it with from_env() or directly in tests."""
 
-    database_url: str
-    nats_url: str
-    internal_key: bytes
-    return_path_domain: str
-    unsubscribe_url: str
-    # Mutual TLS for gRPC: this service's certificate, its key and the CA it trusts (MAILBLAST_TLS_*).
+    database_url: str = settings.DATABASE_URL.field()
+    nats_url: str = settings.NATS_URL.field()
+    nats_creds_file: str = settings.NATS_CREDS_FILE.field()
+    internal_key: bytes = settings.INTERNAL_KEY.field()
+    return_path_domain: str = setting(
+        "SENDER_RETURN_PATH_DOMAIN", doc="the VERP bounce domain of the envelope senders, served by bounce"
+    )
+    unsubscribe_url: str = setting(
+        "SENDER_UNSUBSCRIBE_URL", doc="the unsubscribe base, e.g. `https://mail.example.com/u/`"
+    )
     grpc_tls: TlsFiles
-    message_id_domain: str = ""
-    grpc_bind: str = "0.0.0.0:50054"
-    # A plaintext listener answering only grpc.health.v1 (Kubernetes' gRPC probes); empty for none.
-    health_bind: str = ""
-    relay_host: str = ""
-    relay_port: int = 25
-    tls: str = TLS_OPPORTUNISTIC
-    tls_ca_file: str = ""
-    dkim_domain: str = ""
-    dkim_selector: str = ""
-    dkim_key_file: str = ""
-    dkim_ed25519_selector: str = ""
-    dkim_ed25519_key_file: str = ""
-    concurrency: int = 64
-    retry_base_seconds: float = 60.0
-    retry_max_seconds: float = 3600.0
-    give_up_seconds: float = 345600.0
-    # How long a batch taken by a sender that vanished (killed) waits before another sender gets it.
-    ack_wait_seconds: float = 60.0
-    # How long a sender's claim on a recipient lasts: a killed sender's claims lapse after it, and only then
-    # may another sender deliver those recipients (the one possible duplicate: mail in flight at the kill).
-    claim_seconds: float = 300.0
-    # How long one SMTP command may take before the delivery counts as deferred.
-    smtp_timeout_seconds: float = 60.0
-    # The name given in EHLO; empty means the message-id domain.
-    helo_name: str = ""
-    # The envelope sender of transactional mail; empty means bounces@<return-path domain>.
-    system_return_path: str = ""
-    # The campaigns service, asked whether a campaign is paused or cancelled; empty: not asked.
-    campaigns_addr: str = ""
-    # The lists service, asked which addresses are suppressed; empty: not asked.
-    lists_addr: str = ""
-    # How long a batch of a paused campaign waits before the sender looks at the campaign again.
-    pause_recheck_seconds: float = 30.0
-    # The .creds file of this process's NATS credential; empty: connect without (a server without auth).
-    nats_creds_file: str = ""
+    message_id_domain: str = setting(
+        "SENDER_MESSAGE_ID_DOMAIN", "", "the domain of Message-IDs; unset: the return-path domain"
+    )
+    grpc_bind: str = setting("SENDER_GRPC_BIND", "0.0.0.0:50054", "where the sender serves gRPC")
+    health_bind: str = settings.HEALTH_BIND.field()
+    relay_host: str = setting("SENDER_RELAY_HOST", "", "a relay for all mail; unset: deliver to the domain's MX")
+    relay_port: int = setting("SENDER_RELAY_PORT", 25, "the relay's port")
+    tls: str = setting(
+        "SENDER_TLS",
+        TLS_OPPORTUNISTIC,
+        f"`{TLS_OPPORTUNISTIC}` (STARTTLS whenever offered) or `{TLS_REQUIRED}`",
+        parse=_lowercase,
+    )
+    tls_ca_file: str = setting("SENDER_TLS_CA_FILE", "", "the CAs to trust for STARTTLS; unset: the system's")
+    dkim_domain: str = setting("SENDER_DKIM_DOMAIN", "", "the DKIM signing domain (d=); unset: no signature")
+    dkim_selector: str = setting("SENDER_DKIM_SELECTOR", "", "the selector of the RSA key; unset: no RSA signature")
+    dkim_key_file: str = setting("SENDER_DKIM_KEY_FILE", "", "the RSA private key, PEM")
+    dkim_ed25519_selector: str = setting(
+        "SENDER_DKIM_ED25519_SELECTOR", "", "the selector of the Ed25519 key; unset: no Ed25519 signature"
+    )
+    dkim_ed25519_key_file: str = setting("SENDER_DKIM_ED25519_KEY_FILE", "", "the Ed25519 private key, PEM")
+    concurrency: int = setting("SENDER_CONCURRENCY", 64, "deliveries at once per process")
+    retry_base_seconds: float = setting("SENDER_RETRY_BASE_SECONDS", 60.0, "the first retry's delay, doubling after")
+    retry_max_seconds: float = setting("SENDER_RETRY_MAX_SECONDS", 3600.0, "the longest delay between retries")
+    give_up_seconds: float = setting(
+        "SENDER_GIVE_UP_SECONDS", 345600.0, "how long a deferred delivery is retried (4 days) before it fails"
+    )
+    ack_wait_seconds: float = setting(
+        "SENDER_ACK_WAIT_SECONDS", 60.0, "how long a batch held by a vanished sender waits before another takes it"
+    )
+    claim_seconds: float = setting(
+        "SENDER_CLAIM_SECONDS",
+        300.0,
+        "a sender's lease on the recipients it is delivering: a killed sender's lapse after it, and only then may "
+        "another sender deliver them (the one possible duplicate: mail in flight at the kill)",
+    )
+    smtp_timeout_seconds: float = setting(
+        "SENDER_SMTP_TIMEOUT_SECONDS", 60.0, "how long one SMTP command may take before the delivery is deferred"
+    )
+    helo_name: str = setting("SENDER_HELO_NAME", "", "the name given in EHLO; unset: the message-id domain")
+    system_return_path: str = setting(
+        "SENDER_SYSTEM_RETURN_PATH",
+        "",
+        "the envelope sender of transactional mail; unset: `bounces@<return-path domain>`",
+    )
+    campaigns_addr: str = setting(
+        "SENDER_CAMPAIGNS_ADDR",
+        "",
+        "the campaigns service, asked whether a campaign is paused or cancelled; unset: not checked before "
+        "delivering (logged once)",
+    )
+    lists_addr: str = setting(
+        "SENDER_LISTS_ADDR",
+        "",
+        "the lists service, asked which addresses are suppressed; unset: not checked at send time (logged once)",
+    )
+    pause_recheck_seconds: float = setting(
+        "SENDER_PAUSE_RECHECK_SECONDS",
+        30.0,
+        "how long a batch of a paused campaign waits before the sender looks at the campaign again",
+    )
 
     def __post_init__(self) -> None:
         if self.tls not in (TLS_OPPORTUNISTIC, TLS_REQUIRED):
@@ -85,37 +119,5 @@ class Config:
 
     @classmethod
     def from_env(cls) -> Config:
-        """Read the settings from the environment; a missing required one is named."""
-        return cls(
-            database_url=env_str("DATABASE_URL"),
-            nats_url=env_str("NATS_URL"),
-            internal_key=env_bytes_secret("MAILBLAST_INTERNAL_KEY"),
-            return_path_domain=env_str("SENDER_RETURN_PATH_DOMAIN"),
-            unsubscribe_url=env_str("SENDER_UNSUBSCRIBE_URL"),
-            message_id_domain=env_str("SENDER_MESSAGE_ID_DOMAIN", ""),
-            grpc_bind=env_str("SENDER_GRPC_BIND", "0.0.0.0:50054"),
-            grpc_tls=TlsFiles.from_env(),
-            health_bind=env_str("MAILBLAST_HEALTH_BIND", ""),
-            relay_host=env_str("SENDER_RELAY_HOST", ""),
-            relay_port=env_int("SENDER_RELAY_PORT", 25),
-            tls=env_str("SENDER_TLS", TLS_OPPORTUNISTIC).strip().lower(),
-            tls_ca_file=env_str("SENDER_TLS_CA_FILE", ""),
-            dkim_domain=env_str("SENDER_DKIM_DOMAIN", ""),
-            dkim_selector=env_str("SENDER_DKIM_SELECTOR", ""),
-            dkim_key_file=env_str("SENDER_DKIM_KEY_FILE", ""),
-            dkim_ed25519_selector=env_str("SENDER_DKIM_ED25519_SELECTOR", ""),
-            dkim_ed25519_key_file=env_str("SENDER_DKIM_ED25519_KEY_FILE", ""),
-            concurrency=env_int("SENDER_CONCURRENCY", 64),
-            retry_base_seconds=env_float("SENDER_RETRY_BASE_SECONDS", 60.0),
-            retry_max_seconds=env_float("SENDER_RETRY_MAX_SECONDS", 3600.0),
-            give_up_seconds=env_float("SENDER_GIVE_UP_SECONDS", 345600.0),
-            ack_wait_seconds=env_float("SENDER_ACK_WAIT_SECONDS", 60.0),
-            claim_seconds=env_float("SENDER_CLAIM_SECONDS", 300.0),
-            smtp_timeout_seconds=env_float("SENDER_SMTP_TIMEOUT_SECONDS", 60.0),
-            helo_name=env_str("SENDER_HELO_NAME", ""),
-            system_return_path=env_str("SENDER_SYSTEM_RETURN_PATH", ""),
-            campaigns_addr=env_str("SENDER_CAMPAIGNS_ADDR", "") or env_str("CAMPAIGNS_ADDR", ""),
-            lists_addr=env_str("SENDER_LISTS_ADDR", "") or env_str("LISTS_ADDR", ""),
-            pause_recheck_seconds=env_float("SENDER_PAUSE_RECHECK_SECONDS", 30.0),
-            nats_creds_file=env_str("NATS_CREDS_FILE", ""),
-        )
+        """Read the settings from the environment; a missing or malformed one is named."""
+        return settings.read(cls)

@@ -107,7 +107,8 @@ def config(database_url: str, nats: NatsServer, internal_key: bytes, **overrides
     """Auth settings for a test."""
     keys = (Fernet.generate_key(),)
     base = Config(
-        database_url, internal_key, nats.url, keys, default_pki().tls("auth"), grpc_bind="127.0.0.1:0",
+        database_url=database_url, internal_key=internal_key, nats_url=nats.url, totp_keys=keys,
+        grpc_tls=default_pki().tls("auth"), grpc_bind="127.0.0.1:0",
         console_url="https://console.test", nats_creds_file=nats.creds("auth"),
     )  # fmt: skip
     return dataclasses.replace(base, **overrides)
@@ -120,7 +121,7 @@ async def make_env(database_url: str, nats_server: NatsServer, internal_key: byt
 
     async def make(**overrides) -> Env:
         clock = MovableClock()
-        running = await start(config(database_url, nats_server, internal_key, **overrides), clock)
+        running = await start(config(database_url, nats_server, internal_key, **overrides), clock=clock)
         channel = default_pki().channel(running.grpc_port, "gateway")
         nc = await nats_server.connect()
         sub = await nc.jetstream().pull_subscribe(

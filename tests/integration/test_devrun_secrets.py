@@ -21,7 +21,7 @@ from dev.run import (
     var_dir,
 )
 from services.auth.sealing import parse_keys
-from services.common.config import env_bytes_secret
+from services.common import settings
 from services.common.identity import IdentitySigner, Principal
 
 MESSAGE = (
@@ -74,7 +74,7 @@ def test_services_read_the_internal_key_file_as_dev_run_signs_with_it(
     files, _ = ensure_secrets(tmp_path / "secrets")
     monkeypatch.delenv("MAILBLAST_INTERNAL_KEY", raising=False)
     monkeypatch.setenv("MAILBLAST_INTERNAL_KEY_FILE", str(files.internal_key))
-    service_side = IdentitySigner(env_bytes_secret("MAILBLAST_INTERNAL_KEY"))
+    service_side = IdentitySigner(settings.read_setting(settings.INTERNAL_KEY, bytes))
     assertion = IdentitySigner(read_internal_key(files.internal_key)).sign(Principal(0, service="dev-run"), "auth")
     assert service_side.verify(assertion, "auth").service == "dev-run"
 

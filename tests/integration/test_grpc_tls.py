@@ -17,9 +17,9 @@ from mailblast.v1 import auth_pb2, auth_pb2_grpc, lists_pb2, lists_pb2_grpc
 from dev.embedded import free_port
 from services.auth import service as auth_service
 from services.auth.config import Config as AuthConfig
-from services.common.config import ConfigError
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.common.rpc import ALLOWED_CALLERS, ServiceIdentity
+from services.common.settings import ConfigError
 from services.lists import service as lists_service
 from services.lists.config import Config as ListsConfig
 from tests.support.mtls import TestPki
@@ -33,7 +33,8 @@ async def auth(database_url: str, nats_server: NatsServer, internal_key: bytes, 
     """auth with its plaintext health listener, bootstrapped with owner 'alice' (as `make run` does)."""
     health_port = free_port()
     config = AuthConfig(
-        database_url, internal_key, nats_server.url, (Fernet.generate_key(),), pki.tls("auth"),
+        database_url=database_url, internal_key=internal_key, nats_url=nats_server.url,
+        totp_keys=(Fernet.generate_key(),), grpc_tls=pki.tls("auth"),
         grpc_bind="127.0.0.1:0", health_bind=f"127.0.0.1:{health_port}", nats_creds_file=nats_server.creds("auth"),
     )  # fmt: skip
     running = await auth_service.start(config)
@@ -131,10 +132,10 @@ async def test_an_assertion_is_good_only_for_its_audience_and_from_its_certifica
     # from the console but sent with the campaigns certificate is refused by auth.
     lists = await lists_service.start(
         ListsConfig(
-            database_url,
-            nats_server.url,
-            internal_key,
-            pki.tls("lists"),
+            database_url=database_url,
+            nats_url=nats_server.url,
+            internal_key=internal_key,
+            grpc_tls=pki.tls("lists"),
             grpc_bind="127.0.0.1:0",
             nats_creds_file=nats_server.creds("lists"),
         )

@@ -18,9 +18,9 @@ from nats.aio.client import Client
 from cli import main as cli
 from cli import nats_credentials
 from services.common import bus, mail
-from services.common.config import ConfigError
 from services.common.erasure import Erasure, erasure_consumer
 from services.common.privacy import email_hash
+from services.common.settings import ConfigError
 from services.sender import service as sender_service
 from tests.support.nats import NatsServer, connect_with
 from tests.support.stack import make_dkim_keys, sender_config

@@ -233,23 +233,23 @@ async def start_console(
     catcher = SmtpCatcher(*tls_files, store_dir=outbox)
     catcher.start()
     auth_config = AuthConfig(
-        database_url,
-        internal_key,
-        nats.url,
-        (Fernet.generate_key(),),
-        pki.tls("auth"),
+        database_url=database_url,
+        internal_key=internal_key,
+        nats_url=nats.url,
+        totp_keys=(Fernet.generate_key(),),
+        grpc_tls=pki.tls("auth"),
         grpc_bind="127.0.0.1:0",
         console_url=public_url,
         nats_creds_file=nats.creds("auth"),
     )
-    auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides), clock)
+    auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides), clock=clock)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
         ListsConfig(
-            database_url,
-            nats.url,
-            internal_key,
-            pki.tls("lists"),
+            database_url=database_url,
+            nats_url=nats.url,
+            internal_key=internal_key,
+            grpc_tls=pki.tls("lists"),
             grpc_bind="127.0.0.1:0",
             auth_addr=auth_addr,
             public_url=f"{public_url}/",
@@ -260,11 +260,11 @@ async def start_console(
     lists_addr = f"127.0.0.1:{lists.grpc_port}"
     campaigns = await campaigns_service.start(
         CampaignsConfig(
-            database_url,
-            nats.url,
-            internal_key,
-            lists_addr,
-            pki.tls("campaigns"),
+            database_url=database_url,
+            nats_url=nats.url,
+            internal_key=internal_key,
+            lists_addr=lists_addr,
+            grpc_tls=pki.tls("campaigns"),
             auth_addr=auth_addr,
             grpc_bind="127.0.0.1:0",
             nats_creds_file=nats.creds("campaigns"),

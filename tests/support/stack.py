@@ -247,26 +247,29 @@ async def start_stack(
     signer = IdentitySigner(internal_key)
     pki = default_pki()
     auth_config = AuthConfig(
-        database_url, internal_key, nats.url, (Fernet.generate_key(),), pki.tls("auth"), grpc_bind="127.0.0.1:0",
-        nats_creds_file=nats.creds("auth"),
+        database_url=database_url, internal_key=internal_key, nats_url=nats.url, totp_keys=(Fernet.generate_key(),),
+        grpc_tls=pki.tls("auth"), grpc_bind="127.0.0.1:0", nats_creds_file=nats.creds("auth"),
     )  # fmt: skip
     auth = await auth_service.start(auth_config)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists = await lists_service.start(
         ListsConfig(
-            database_url, nats.url, internal_key, pki.tls("lists"), grpc_bind="127.0.0.1:0", auth_addr=auth_addr,
-            hard_bounce_threshold=hard_bounce_threshold, nats_creds_file=nats.creds("lists"),
+            database_url=database_url, nats_url=nats.url, internal_key=internal_key, grpc_tls=pki.tls("lists"),
+            grpc_bind="127.0.0.1:0", auth_addr=auth_addr, hard_bounce_threshold=hard_bounce_threshold,
+            nats_creds_file=nats.creds("lists"),
         )
     )  # fmt: skip
     campaigns = await campaigns_service.start(
         CampaignsConfig(
-            database_url, nats.url, internal_key, lists_addr=f"127.0.0.1:{lists.grpc_port}",
+            database_url=database_url, nats_url=nats.url, internal_key=internal_key,
+            lists_addr=f"127.0.0.1:{lists.grpc_port}",
             grpc_tls=pki.tls("campaigns"), auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
             nats_creds_file=nats.creds("campaigns"),
         )
     )  # fmt: skip
     bounce_config = BounceConfig(
-        database_url, nats.url, internal_key, pki.tls("bounce"), auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
+        database_url=database_url, nats_url=nats.url, internal_key=internal_key, grpc_tls=pki.tls("bounce"),
+        auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
         smtp_bind=f"127.0.0.1:{free_port()}", nats_creds_file=nats.creds("bounce"),
     )  # fmt: skip
     bounce = await bounce_service.start(bounce_config)

@@ -8,7 +8,7 @@ from flask.testing import FlaskClient
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter
 
-from services.common.config import ConfigError
+from services.common.settings import ConfigError
 from services.gateway.app import IdConverter, create_app
 from services.gateway.config import Config
 from services.gateway.security import safe_next

@@ -151,7 +151,8 @@ def test_settings_and_secrets_come_from_config_map_and_secret(path: str) -> None
     assert volume["secret"]["secretName"] == "mailblast-secrets"
     mounted = {f"{mount['mountPath']}/{item['path']}" for item in volume["secret"]["items"]}
     assert {config["SENDER_DKIM_KEY_FILE"], config["SENDER_DKIM_ED25519_KEY_FILE"]} <= mounted
-    for required in ("NATS_URL", "AUTH_ADDR", "LISTS_ADDR", "CAMPAIGNS_ADDR", "SENDER_RETURN_PATH_DOMAIN"):
+    addresses = ("AUTH_ADDR", "LISTS_ADDR", "CAMPAIGNS_ADDR", "SENDER_CAMPAIGNS_ADDR", "SENDER_LISTS_ADDR")
+    for required in ("NATS_URL", *addresses, "SENDER_RETURN_PATH_DOMAIN"):
         assert config[required]
     assert config["GATEWAY_BIND"].startswith("0.0.0.0:"), "a pod must listen beyond its loopback"
 

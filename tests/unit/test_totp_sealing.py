@@ -8,7 +8,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from services.auth import totp
 from services.auth.config import Config
 from services.auth.sealing import SecretBox, parse_keys
-from services.common.config import ConfigError
+from services.common.settings import ConfigError
 from tests.support.mtls import default_pki
 
 
