@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from services.common.config import ConfigError, env_bytes_secret, env_float, env_int, env_str
 from services.common.rpc import TlsFiles
 from services.sender.mime import MessageProblem, check_address
+from services.sender.smtp import nameserver_address
 
 TLS_OPPORTUNISTIC = "opportunistic"
 TLS_REQUIRED = "required"
@@ -29,6 +30,10 @@ class Config:
     health_bind: str = ""
     relay_host: str = ""
     relay_port: int = 25
+    # The nameserver (IP:port) asked for MX records; empty: the system's resolver.
+    dns_resolver: str = ""
+    # The port of the hosts MX records name: 25, other than in tests.
+    mx_port: int = 25
     tls: str = TLS_OPPORTUNISTIC
     tls_ca_file: str = ""
     dkim_domain: str = ""
@@ -63,6 +68,11 @@ class Config:
     def __post_init__(self) -> None:
         if self.tls not in (TLS_OPPORTUNISTIC, TLS_REQUIRED):
             raise ConfigError(f"SENDER_TLS={self.tls!r} must be '{TLS_OPPORTUNISTIC}' or '{TLS_REQUIRED}'")
+        if self.dns_resolver:
+            try:
+                nameserver_address(self.dns_resolver)
+            except ValueError as exc:
+                raise ConfigError(f"SENDER_DNS_RESOLVER: {exc}") from None
         if self.concurrency < 1:
             raise ConfigError(f"SENDER_CONCURRENCY={self.concurrency} must be at least 1")
         if self.system_return_path:
@@ -98,6 +108,8 @@ class Config:
             health_bind=env_str("MAILBLAST_HEALTH_BIND", ""),
             relay_host=env_str("SENDER_RELAY_HOST", ""),
             relay_port=env_int("SENDER_RELAY_PORT", 25),
+            dns_resolver=env_str("SENDER_DNS_RESOLVER", ""),
+            mx_port=env_int("SENDER_MX_PORT", 25),
             tls=env_str("SENDER_TLS", TLS_OPPORTUNISTIC).strip().lower(),
             tls_ca_file=env_str("SENDER_TLS_CA_FILE", ""),
             dkim_domain=env_str("SENDER_DKIM_DOMAIN", ""),

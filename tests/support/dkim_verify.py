@@ -39,6 +39,15 @@ RSA = "rsa-sha256"
 ED25519 = "ed25519-sha256"
 
 
+# What a message signed with both keys gets: a pass from dkimpy and from the independent verifier of each.
+EVERY_VERIFIER = frozenset({("dkimpy", RSA), ("dkimpy", ED25519), ("Mail::DKIM", RSA), ("OpenDKIM", ED25519)})
+
+
+def passing(checks: Sequence[SignatureCheck]) -> set[tuple[str, str]]:
+    """The (verifier, algorithm) pairs of the checks that passed."""
+    return {(check.verifier, check.algorithm) for check in checks if check.passed}
+
+
 @dataclass(frozen=True)
 class SignatureCheck:
     """One verifier's verdict on one DKIM-Signature: passed or not, and the verifier's reason."""
