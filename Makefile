@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/mailblast/v1/*.proto)
 GEN_STAMP := gen/.stamp
 
-.PHONY: install proto run test test-fast bench bench-import lint format docs clean browser lock audit run-%
+.PHONY: install proto run test test-fast bench bench-import lint format docs clean test-deps lock audit run-%
 
 install: $(VENV)/.installed
 
@@ -32,19 +32,22 @@ run: install proto
 run-%: install proto
 	$(PY) -m services.$*
 
-test: install proto browser
+test: install proto test-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# The console's browser tests drive Debian's chromium through Playwright (browser downloads are not
-# possible): as root (CI) install it when missing; otherwise say what to install.
-browser:
-	@# Debian's chromium for the browser tests, and libatomic1 for Playwright's bundled node driver
+# Debian packages the tests use (browser downloads are not possible): as root (CI) install the missing ones;
+# otherwise say what to install. chromium for the console's browser tests through Playwright, libatomic1 for
+# Playwright's bundled node driver; Mail::DKIM (rsa-sha256) and OpenDKIM's library (ed25519-sha256), the
+# independent DKIM verifiers of tests/support/dkim_verify.py.
+test-deps:
 	@missing=""; [ -x /usr/bin/chromium ] || missing="chromium"; \
 	/sbin/ldconfig -p | grep -q 'libatomic.so.1 ' || missing="$$missing libatomic1"; \
+	perl -MMail::DKIM::Verifier -e 1 2>/dev/null || missing="$$missing libmail-dkim-perl"; \
+	/sbin/ldconfig -p | grep -q 'libopendkim.so.11 ' || missing="$$missing libopendkim11"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	else echo "the browser tests need Debian packages: sudo apt-get install -y $$missing" >&2; exit 1; fi
+	else echo "the tests need Debian packages: sudo apt-get install -y $$missing" >&2; exit 1; fi
 
 bench: install proto
 	$(PY) -m bench.send

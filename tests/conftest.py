@@ -1,4 +1,4 @@
-"""Fixtures that start the real servers the tests need: PostgreSQL, NATS with JetStream, SMTP with STARTTLS."""
+"""Fixtures that start the real servers the tests need: PostgreSQL, NATS with JetStream, SMTP with STARTTLS, DNS."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from cli import nats_credentials
 from cli.nats_credentials import Setup
 from dev.embedded import start_nats, start_postgres
 from services.common.identity import IdentitySigner
+from tests.support.dns import DnsServer
 from tests.support.mtls import TestPki, default_pki
 from tests.support.nats import NatsServer
 from tests.support.smtp import SmtpSink, make_self_signed
@@ -87,6 +88,17 @@ async def smtp_sink(tls_files: tuple[Path, Path]):
         yield sink
     finally:
         sink.stop()
+
+
+@pytest.fixture
+def dns_server() -> Iterator[DnsServer]:
+    """An authoritative DNS server on 127.0.0.1 (UDP and TCP, one free port) for the zones the test adds."""
+    server = DnsServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from services.common import settings
 from services.common.rpc import TlsFiles
 from services.common.settings import ConfigError, setting
 from services.sender.mime import MessageProblem, check_address
+from services.sender.smtp import nameserver_address
 
 TLS_OPPORTUNISTIC = "opportunistic"
 TLS_REQUIRED = "required"
@@ -39,6 +40,13 @@ class Config:
     health_bind: str = settings.HEALTH_BIND.field()
     relay_host: str = setting("SENDER_RELAY_HOST", "", "a relay for all mail; unset: deliver to the domain's MX")
     relay_port: int = setting("SENDER_RELAY_PORT", 25, "the relay's port")
+    dns_resolver: str = setting(
+        "SENDER_DNS_RESOLVER",
+        "",
+        "the nameserver asked for MX records (`IP:port`, `[IPv6]:port`, or an IP for port 53); unset: the "
+        "system's resolver. The MX hosts' addresses still come from the system",
+    )
+    mx_port: int = setting("SENDER_MX_PORT", 25, "the port of the hosts MX records name (tests point it at their sink)")
     tls: str = setting(
         "SENDER_TLS",
         TLS_OPPORTUNISTIC,
@@ -97,6 +105,11 @@ class Config:
     def __post_init__(self) -> None:
         if self.tls not in (TLS_OPPORTUNISTIC, TLS_REQUIRED):
             raise ConfigError(f"SENDER_TLS={self.tls!r} must be '{TLS_OPPORTUNISTIC}' or '{TLS_REQUIRED}'")
+        if self.dns_resolver:
+            try:
+                nameserver_address(self.dns_resolver)
+            except ValueError as exc:
+                raise ConfigError(f"SENDER_DNS_RESOLVER: {exc}") from None
         if self.concurrency < 1:
             raise ConfigError(f"SENDER_CONCURRENCY={self.concurrency} must be at least 1")
         if self.system_return_path:

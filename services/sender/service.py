@@ -21,7 +21,7 @@ from services.sender.compose import Composer
 from services.sender.config import TLS_REQUIRED, Config
 from services.sender.consumers import SendBatchConsumer, delivery_report
 from services.sender.dkim import DkimSigner, SigningKey, load_key
-from services.sender.smtp import SmtpDelivery
+from services.sender.smtp import MxResolver, SmtpDelivery
 from services.sender.store import SCHEMA, DeliveryStore, Outcome
 from services.sender.transactional import TransactionalConsumer
 from services.sender.writer import LedgerWriter
@@ -129,6 +129,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         tls_ca_file=config.tls_ca_file,
         timeout=config.smtp_timeout_seconds,
         connections_per_host=config.concurrency if config.relay_host else min(config.concurrency, 8),
+        lookup=MxResolver(port=config.mx_port, nameserver=config.dns_resolver),
     )
     composer = Composer(
         key=config.internal_key,

@@ -23,6 +23,7 @@ from dev.run import (
 from services.auth.sealing import parse_keys
 from services.common import settings
 from services.common.identity import IdentitySigner, Principal
+from tests.support.dkim_verify import ED25519, RSA, passing, verify_everywhere
 
 MESSAGE = (
     b"From: Shop <news@mailblast.example.com>\r\nTo: a@example.com\r\nSubject: hello\r\n"
@@ -79,24 +80,43 @@ def test_services_read_the_internal_key_file_as_dev_run_signs_with_it(
     assert service_side.verify(assertion, "auth").service == "dev-run"
 
 
-def test_printed_dns_records_verify_signatures_made_with_the_keys(tmp_path: Path) -> None:
-    # A receiver looking up the printed TXT records verifies a message signed with the RSA key; the
-    # ed25519 record holds the raw public key of the ed25519 file. Neither record reveals a private key.
+def test_printed_dns_records_verify_signatures_made_with_the_keys(tmp_path: Path, dns_server) -> None:
+    # The printed TXT records, loaded as zone-file lines into a DNS server, let a receiver verify a message
+    # signed with the RSA key (dkimpy and Mail::DKIM) and one signed with the ed25519 key (dkimpy and
+    # OpenDKIM); the ed25519 record holds the raw public key of the ed25519 file. Neither record reveals a
+    # private key.
     files, _ = ensure_secrets(tmp_path / "secrets")
     records = dkim_dns_records(files)
     by_name = {record.split(" ", 1)[0]: record for record in records}
     assert set(by_name) == {"mb1._domainkey.mailblast.example.com.", "mb1ed._domainkey.mailblast.example.com."}
+    dns_server.add_zone("mailblast.example.com")
     for record in records:
         assert all(len(s) <= 255 for s in re.findall(r'"([^"]*)"', record))
         assert "PRIVATE" not in record
+        name, _, strings = record.partition(" IN TXT ")
+        dns_server.add(name, "TXT", strings)
 
-    signature = dkim.sign(MESSAGE, b"mb1", b"mailblast.example.com", files.dkim_rsa.read_bytes())
-    txt = {b"mb1._domainkey.mailblast.example.com.": _txt_value(by_name["mb1._domainkey.mailblast.example.com."])}
-    assert dkim.verify(signature + MESSAGE, dnsfunc=lambda name, timeout=5: txt.get(name))
+    rsa_signed = dkim.sign(MESSAGE, b"mb1", b"mailblast.example.com", files.dkim_rsa.read_bytes()) + MESSAGE
+    private = serialization.load_pem_private_key(files.dkim_ed25519.read_bytes(), password=None)
+    seed = private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    ed_signed = (
+        dkim.sign(
+            MESSAGE,
+            b"mb1ed",
+            b"mailblast.example.com",
+            base64.b64encode(seed),
+            signature_algorithm=b"ed25519-sha256",
+        )
+        + MESSAGE
+    )
+    by_rsa, by_ed = verify_everywhere([rsa_signed, ed_signed], dns_server)
+    assert passing(by_rsa) == {("dkimpy", RSA), ("Mail::DKIM", RSA)}, by_rsa
+    assert passing(by_ed) == {("dkimpy", ED25519), ("OpenDKIM", ED25519)}, by_ed
 
     ed_value = _txt_value(by_name["mb1ed._domainkey.mailblast.example.com."]).decode()
     published = ed_value.split("p=", 1)[1]
-    private = serialization.load_pem_private_key(files.dkim_ed25519.read_bytes(), password=None)
     raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     assert base64.b64decode(published) == raw
     assert "k=ed25519" in ed_value

@@ -37,6 +37,7 @@ from services.lists import service as lists_service
 from services.lists.config import Config as ListsConfig
 from services.sender import service as sender_service
 from services.sender.config import Config as SenderConfig
+from tests.support.dns import DnsServer
 from tests.support.mtls import default_pki
 from tests.support.nats import ADMIN, NatsServer
 
@@ -52,9 +53,11 @@ class DkimKeys:
     ed25519_key: Path
     records: dict[bytes, bytes]
 
-    def dnsfunc(self, name: bytes, timeout: int = 5) -> bytes:
-        """Answer dkimpy's TXT look-up from the published records."""
-        return self.records.get(name, b"")
+    def publish(self, dns_server: DnsServer) -> None:
+        """Publish the TXT records on the test's DNS server, as the domain's owner would."""
+        dns_server.add_zone(DKIM_DOMAIN)
+        for name, value in self.records.items():
+            dns_server.add_txt(name, value)
 
 
 def make_dkim_keys(directory: Path) -> DkimKeys:

@@ -7,7 +7,6 @@ import email
 import email.policy
 import random
 
-import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -20,6 +19,7 @@ from services.sender.mime import MessageProblem, Sender, build_message
 from services.sender.render import TemplateCache, TemplateProblem, recipient_fields
 from services.sender.retry import backoff_seconds, given_up, next_retry_delay
 from services.sender.smtp import DEFERRED, REJECTED, SENT, enhanced_status, outcome_for, reply_result
+from tests.support.dkim_verify import ED25519, EVERY_VERIFIER, RSA, passing, verify_everywhere
 
 KEY = b"k" * 32
 
@@ -123,29 +123,29 @@ def _keys() -> tuple[SigningKey, SigningKey]:
     )
 
 
-def test_dkim_signatures_verify_with_dkimpy():
-    # Signed through OpenSSL, the rsa-sha256 and ed25519-sha256 signatures verify with dkim.verify
-    # against the TXT records served to it; a changed body breaks them.
+def test_dkim_signatures_verify_with_dkimpy_mail_dkim_and_opendkim(dns_server):
+    # Signed through OpenSSL, the rsa-sha256 and ed25519-sha256 signatures verify with dkimpy, and with
+    # Mail::DKIM (rsa-sha256) and OpenDKIM (ed25519-sha256), each taking the keys from the DNS records
+    # published on the loopback server; each key alone signs a message that verifies; a changed body
+    # breaks both signatures everywhere.
     rsa_key, ed_key = _keys()
-    records = {
-        b"rsa1._domainkey.mail.example.com.": dns_record(rsa_key),
-        b"ed1._domainkey.mail.example.com.": dns_record(ed_key),
-    }
-
-    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
-        return records.get(name)
+    dns_server.add_zone("mail.example.com")
+    dns_server.add_txt("rsa1._domainkey.mail.example.com", dns_record(rsa_key))
+    dns_server.add_txt("ed1._domainkey.mail.example.com", dns_record(ed_key))
 
     signed = DkimSigner([rsa_key, ed_key]).sign(_message(text="tab\there  and  spaces   \n\n\n"))
-    checker = dkim.DKIM(signed)
-    assert checker.verify(idx=0, dnsfunc=dnsfunc)
-    assert checker.verify(idx=1, dnsfunc=dnsfunc)
-    assert dkim.verify(DkimSigner([rsa_key]).sign(_message()), dnsfunc=dnsfunc)
-    assert dkim.verify(DkimSigner([ed_key]).sign(_message()), dnsfunc=dnsfunc)
+    rsa_only = DkimSigner([rsa_key]).sign(_message())
+    ed_only = DkimSigner([ed_key]).sign(_message())
+    both, by_rsa, by_ed = verify_everywhere([signed, rsa_only, ed_only], dns_server)
+    assert passing(both) == EVERY_VERIFIER, both
+    assert passing(by_rsa) == {("dkimpy", RSA), ("Mail::DKIM", RSA)}, by_rsa
+    assert passing(by_ed) == {("dkimpy", ED25519), ("OpenDKIM", ED25519)}, by_ed
     h = b"h=from : to : subject : date : message-id : reply-to : mime-version : content-type :"
     assert h in signed.replace(b"\r\n ", b" ")
     tampered = signed.replace(base64.b64encode("こんにちは".encode())[:8], b"AAAAAAAA")
     assert tampered != signed
-    assert not dkim.verify(tampered, dnsfunc=dnsfunc)
+    [checks] = verify_everywhere([tampered], dns_server)
+    assert len(checks) == 4 and passing(checks) == set(), checks
 
 
 def test_dkim_key_files(tmp_path):
