@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from services.common.settings import ConfigError
 
+from services.common.settings import ConfigError
 from services.sender.config import Config
 from services.sender.smtp import DEFERRED, REJECTED, SENT, MxResolver, SmtpDelivery, nameserver_address
 
