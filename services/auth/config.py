@@ -35,6 +35,8 @@ class Config:
     mail_from: str = "no-reply@mailblast.example.com"
     # The .creds file of this process's NATS credential; empty: connect without (a server without auth).
     nats_creds_file: str = ""
+    # How many NATS servers keep a copy of each stream this service creates (3 on a NATS cluster of 3).
+    nats_stream_replicas: int = 1
 
     @classmethod
     def from_env(cls) -> Config:
@@ -61,4 +63,5 @@ class Config:
             console_url=env_str("AUTH_CONSOLE_URL", "http://127.0.0.1:8080").rstrip("/"),
             mail_from=env_str("AUTH_MAIL_FROM", "no-reply@mailblast.example.com"),
             nats_creds_file=env_str("NATS_CREDS_FILE", ""),
+            nats_stream_replicas=env_int("NATS_STREAM_REPLICAS", 1),
         )

@@ -32,6 +32,8 @@ class Config:
     data_timeout_seconds: float = 600.0
     # The .creds file of this process's NATS credential; empty: connect without (a server without auth).
     nats_creds_file: str = ""
+    # How many NATS servers keep a copy of each stream this service creates (3 on a NATS cluster of 3).
+    nats_stream_replicas: int = 1
 
     @classmethod
     def from_env(cls) -> Config:
@@ -52,4 +54,5 @@ class Config:
             idle_timeout_seconds=env_float("BOUNCE_IDLE_TIMEOUT_SECONDS", 300.0),
             data_timeout_seconds=env_float("BOUNCE_DATA_TIMEOUT_SECONDS", 600.0),
             nats_creds_file=env_str("NATS_CREDS_FILE", ""),
+            nats_stream_replicas=env_int("NATS_STREAM_REPLICAS", 1),
         )

@@ -25,6 +25,8 @@ class Config:
     batch_size: int = 500
     # The .creds file of this process's NATS credential; empty: connect without (a server without auth).
     nats_creds_file: str = ""
+    # How many NATS servers keep a copy of each stream this service creates (3 on a NATS cluster of 3).
+    nats_stream_replicas: int = 1
 
     @classmethod
     def from_env(cls) -> Config:
@@ -40,4 +42,5 @@ class Config:
             health_bind=env_str("MAILBLAST_HEALTH_BIND", ""),
             batch_size=env_int("CAMPAIGNS_BATCH_SIZE", 500),
             nats_creds_file=env_str("NATS_CREDS_FILE", ""),
+            nats_stream_replicas=env_int("NATS_STREAM_REPLICAS", 1),
         )

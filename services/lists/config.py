@@ -35,6 +35,8 @@ class Config:
     confirm_daily_cap: int = 3
     # The .creds file of this process's NATS credential; empty: connect without (a server without auth).
     nats_creds_file: str = ""
+    # How many NATS servers keep a copy of each stream this service creates (3 on a NATS cluster of 3).
+    nats_stream_replicas: int = 1
 
     @classmethod
     def from_env(cls) -> Config:
@@ -54,4 +56,5 @@ class Config:
             confirm_window_seconds=env_int("LISTS_CONFIRM_WINDOW_SECONDS", 900),
             confirm_daily_cap=env_int("LISTS_CONFIRM_DAILY_CAP", 3),
             nats_creds_file=env_str("NATS_CREDS_FILE", ""),
+            nats_stream_replicas=env_int("NATS_STREAM_REPLICAS", 1),
         )

@@ -59,6 +59,8 @@ class Config:
     pause_recheck_seconds: float = 30.0
     # The .creds file of this process's NATS credential; empty: connect without (a server without auth).
     nats_creds_file: str = ""
+    # How many NATS servers keep a copy of each stream this service creates (3 on a NATS cluster of 3).
+    nats_stream_replicas: int = 1
 
     def __post_init__(self) -> None:
         if self.tls not in (TLS_OPPORTUNISTIC, TLS_REQUIRED):
@@ -118,4 +120,5 @@ class Config:
             lists_addr=env_str("SENDER_LISTS_ADDR", "") or env_str("LISTS_ADDR", ""),
             pause_recheck_seconds=env_float("SENDER_PAUSE_RECHECK_SECONDS", 30.0),
             nats_creds_file=env_str("NATS_CREDS_FILE", ""),
+            nats_stream_replicas=env_int("NATS_STREAM_REPLICAS", 1),
         )
