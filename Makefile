@@ -4,10 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/mailblast/v1/*.proto)
 GEN_STAMP := gen/.stamp
+K8S_SCHEMAS := deploy/k8s/schemas/node_modules/.package-lock.json
+CHECKOV := .venv-checkov/bin/checkov
 
 .PHONY: install proto run test test-fast bench bench-import lint format clean browser lock audit run-%
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(K8S_SCHEMAS) $(CHECKOV)
 
 # Exactly the tested versions: every file is checked against its hash in requirements.lock (make lock).
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -17,6 +19,19 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	# generated protobuf code lives in gen/, outside the source tree: put it on the venv's path
 	echo "$(CURDIR)/gen" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mailblast-gen.pth
+	touch $@
+
+# The schemas the k8s tests check the custom resources against (KEDA, CloudNativePG, cert-manager): npm
+# packages, exactly as deploy/k8s/schemas/package-lock.json pins them (with their integrity hashes).
+$(K8S_SCHEMAS): deploy/k8s/schemas/package-lock.json
+	@command -v npm >/dev/null || { echo "the k8s tests need Node.js and npm (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+	npm ci --prefix deploy/k8s/schemas --ignore-scripts --no-audit --no-fund --loglevel=error
+
+# checkov (the k8s tests' manifest scanner) pins its dependencies too tightly to share the project's
+# virtualenv: it has its own, installed exactly as deploy/k8s/checkov.lock pins it (with hashes).
+$(CHECKOV): deploy/k8s/checkov.lock
+	test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install -q --require-hashes --no-deps -r deploy/k8s/checkov.lock
 	touch $@
 
 proto: $(GEN_STAMP)
@@ -56,11 +71,14 @@ bench-import: install proto
 lock: install
 	$(PY) -m piptools compile -q --generate-hashes --allow-unsafe --extra test --strip-extras \
 		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+	$(PY) -m piptools compile -q --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links -o deploy/k8s/checkov.lock deploy/k8s/checkov.in
 
 # The locked packages against the Python advisory database. It needs the network to reach that database;
 # --strict makes an unreachable database a failure, never a clean report of packages it could not check.
 audit: install
 	$(PY) -m pip_audit --strict --require-hashes --disable-pip --progress-spinner off -r requirements.lock
+	$(PY) -m pip_audit --strict --require-hashes --disable-pip --progress-spinner off -r deploy/k8s/checkov.lock
 
 lint: install
 	$(PY) -m ruff check .
@@ -71,4 +89,4 @@ format: install
 	$(PY) -m ruff check --fix .
 
 clean:
-	rm -rf gen $(VENV)
+	rm -rf gen $(VENV) .venv-checkov deploy/k8s/schemas/node_modules
