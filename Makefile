@@ -4,10 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/mailblast/v1/*.proto)
 GEN_STAMP := gen/.stamp
+K8S_SCHEMAS := deploy/k8s/schemas/node_modules/.package-lock.json
+CHECKOV := .venv-checkov/bin/checkov
 
-.PHONY: install proto run test test-fast bench bench-import lint format docs clean test-deps lock audit run-%
+.PHONY: install proto run test test-fast bench bench-import lint format docs clean test-deps test-tools lock audit run-%
 
 install: $(VENV)/.installed
+
+# What only the tests use beyond the virtualenv: the k8s schema checker (Node.js) and checkov.
+test-tools: $(K8S_SCHEMAS) $(CHECKOV)
 
 # Exactly the tested versions: every file is checked against its hash in requirements.lock (make lock).
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -17,6 +22,18 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	# generated protobuf code lives in gen/, outside the source tree: put it on the venv's path
 	echo "$(CURDIR)/gen" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mailblast-gen.pth
+	touch $@
+
+# The schemas the k8s tests check the custom resources against (KEDA, CloudNativePG, cert-manager): npm
+# packages, exactly as deploy/k8s/schemas/package-lock.json pins them (with their integrity hashes).
+$(K8S_SCHEMAS): deploy/k8s/schemas/package-lock.json | test-deps
+	npm ci --prefix deploy/k8s/schemas --ignore-scripts --no-audit --no-fund --loglevel=error
+
+# checkov (the k8s tests' manifest scanner) pins its dependencies too tightly to share the project's
+# virtualenv: it has its own, installed exactly as deploy/k8s/checkov.lock pins it (with hashes).
+$(CHECKOV): deploy/k8s/checkov.lock
+	test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install -q --require-hashes --no-deps -r deploy/k8s/checkov.lock
 	touch $@
 
 proto: $(GEN_STAMP)
@@ -32,19 +49,20 @@ run: install proto
 run-%: install proto
 	$(PY) -m services.$*
 
-test: install proto test-deps
+test: install proto test-deps test-tools
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Debian packages the tests use (browser downloads are not possible): as root (CI) install the missing ones;
 # otherwise say what to install. chromium for the console's browser tests through Playwright, libatomic1 for
 # Playwright's bundled node driver; Mail::DKIM (rsa-sha256) and OpenDKIM's library (ed25519-sha256), the
-# independent DKIM verifiers of tests/support/dkim_verify.py.
+# independent DKIM verifiers of tests/support/dkim_verify.py; Node.js and npm for the k8s schema checker.
 test-deps:
 	@missing=""; [ -x /usr/bin/chromium ] || missing="chromium"; \
 	/sbin/ldconfig -p | grep -q 'libatomic.so.1 ' || missing="$$missing libatomic1"; \
 	perl -MMail::DKIM::Verifier -e 1 2>/dev/null || missing="$$missing libmail-dkim-perl"; \
 	/sbin/ldconfig -p | grep -q 'libopendkim.so.11 ' || missing="$$missing libopendkim11"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else echo "the tests need Debian packages: sudo apt-get install -y $$missing" >&2; exit 1; fi
@@ -56,14 +74,17 @@ bench-import: install proto
 	$(PY) -m bench.import_csv
 
 # After changing dependencies in pyproject.toml: pin every package (and its hashes) again.
-lock: install
+lock: install test-tools
 	$(PY) -m piptools compile -q --generate-hashes --allow-unsafe --extra test --strip-extras \
 		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+	$(PY) -m piptools compile -q --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links -o deploy/k8s/checkov.lock deploy/k8s/checkov.in
 
 # The locked packages against the Python advisory database. It needs the network to reach that database;
 # --strict makes an unreachable database a failure, never a clean report of packages it could not check.
-audit: install
+audit: install test-tools
 	$(PY) -m pip_audit --strict --require-hashes --disable-pip --progress-spinner off -r requirements.lock
+	$(PY) -m pip_audit --strict --require-hashes --disable-pip --progress-spinner off -r deploy/k8s/checkov.lock
 
 lint: install
 	$(PY) -m ruff check .
@@ -78,4 +99,4 @@ format: install
 	$(PY) -m ruff check --fix .
 
 clean:
-	rm -rf gen $(VENV)
+	rm -rf gen $(VENV) .venv-checkov deploy/k8s/schemas/node_modules

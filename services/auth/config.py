@@ -23,6 +23,7 @@ class Config:
     # Lockout and password-reset mails go out through the senders over NATS.
     nats_url: str = settings.NATS_URL.field()
     nats_creds_file: str = settings.NATS_CREDS_FILE.field()
+    nats_stream_replicas: int = settings.NATS_STREAM_REPLICAS.field()
     totp_keys: tuple[bytes, ...] = setting(
         "AUTH_TOTP_KEYS",
         doc="Fernet keys (comma-separated; the first seals, the others still open: rotation) for the TOTP secrets "

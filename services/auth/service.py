@@ -49,7 +49,7 @@ async def start(config: Config, *, clock: Clock | None = None) -> Running:
     pool = await db.open_pool(config.database_url, SCHEMA)
     nc: NATS | None = None
     try:
-        nc, js = await bus.connect(config.nats_url, "auth", config.nats_creds_file)
+        nc, js = await bus.connect(config.nats_url, "auth", config.nats_creds_file, config.nats_stream_replicas)
         store = AuthStore(pool)
         authenticator = TokenAuthenticator(store)
 

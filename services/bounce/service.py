@@ -73,7 +73,7 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
     me = rpc.ServiceIdentity("bounce", config.grpc_tls, config.internal_key)
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA)
-    nc, js = await bus.connect(config.nats_url, "bounce", config.nats_creds_file)
+    nc, js = await bus.connect(config.nats_url, "bounce", config.nats_creds_file, config.nats_stream_replicas)
     store = BounceStore(pool)
     recorder = BounceRecorder(store, announcer(js), config.internal_key)
 

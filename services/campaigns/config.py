@@ -16,6 +16,7 @@ class Config:
     database_url: str = settings.DATABASE_URL.field()
     nats_url: str = settings.NATS_URL.field()
     nats_creds_file: str = settings.NATS_CREDS_FILE.field()
+    nats_stream_replicas: int = settings.NATS_STREAM_REPLICAS.field()
     internal_key: bytes = settings.INTERNAL_KEY.field()
     # Recipients come from lists: campaigns cannot send without it.
     lists_addr: str = settings.LISTS_ADDR.field(required=True)

@@ -74,7 +74,7 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
     pool = await db.open_pool(config.database_url, SCHEMA, max_size=10)
     store = CampaignStore(pool)
     me = ServiceIdentity("campaigns", config.grpc_tls, config.internal_key)
-    nc, js = await bus.connect(config.nats_url, "campaigns", config.nats_creds_file)
+    nc, js = await bus.connect(config.nats_url, "campaigns", config.nats_creds_file, config.nats_stream_replicas)
     lists_channel = service_channel(config.lists_addr, "lists", me)
     channels = [lists_channel]
     lists = lists_pb2_grpc.ListsServiceStub(lists_channel)

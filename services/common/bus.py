@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ STREAM_PRIVACY = "MAILBLAST_PRIVACY"
 STREAM_DEAD_LETTER = "MAILBLAST_DEADLETTER"
 
 _DAY = 24 * 3600.0
+# JetStream keeps at most five copies of a stream.
+MAX_STREAM_REPLICAS = 5
 
 # Send work is a work queue: one sender takes each batch. Events are kept for a week so that a
 # service that was down catches up. The duplicate window lets a restarted fan-out republish safely.
@@ -230,12 +233,15 @@ def credential_user_key(path: str) -> str:
 # ------------------------------------------------------------------------------------- connecting
 
 
-async def connect(url: str, name: str, creds_file: str = "") -> tuple[NATS, JetStreamContext]:
+async def connect(url: str, name: str, creds_file: str = "", stream_replicas: int = 1) -> tuple[NATS, JetStreamContext]:
     """Connect to NATS (with the .creds file if given), make sure this service's streams exist.
 
-    A server that refuses the credential at start stops start-up naming NATS_CREDS_FILE; an
-    unreachable one is waited for, and a connection lost later is retried for ever.
+    Streams it creates are kept on `stream_replicas` servers (NATS_STREAM_REPLICAS). A server that
+    refuses the credential at start stops start-up naming NATS_CREDS_FILE; an unreachable one is
+    waited for, and a connection lost later is retried for ever.
     """
+    if not 1 <= stream_replicas <= MAX_STREAM_REPLICAS:
+        raise ConfigError(f"NATS_STREAM_REPLICAS={stream_replicas} must be between 1 and {MAX_STREAM_REPLICAS}")
     options: dict = {}
     if creds_file:
         options = {"user_credentials": creds_file, "inbox_prefix": inbox_prefix(credential_user_key(creds_file))}
@@ -270,16 +276,22 @@ async def connect(url: str, name: str, creds_file: str = "") -> tuple[NATS, JetS
     js = nc.jetstream()
     access = SERVICE_ACCESS.get(name)
     if access is None:
-        await ensure_streams(js)
+        await ensure_streams(js, replicas=stream_replicas)
     else:
-        await ensure_streams(js, access.streams, access.maintains)
+        await ensure_streams(js, access.streams, access.maintains, stream_replicas)
     return nc, js
 
 
 async def ensure_streams(
-    js: JetStreamContext, names: tuple[str, ...] | None = None, maintains: tuple[str, ...] | None = None
+    js: JetStreamContext,
+    names: tuple[str, ...] | None = None,
+    maintains: tuple[str, ...] | None = None,
+    replicas: int = 1,
 ) -> None:
-    """Create the named streams (all by default) that are missing; update those this service maintains."""
+    """Create the named streams (all by default) that are missing; update those this service maintains.
+
+    A created stream gets `replicas` copies; an updated one keeps the replicas it has.
+    """
     for config in STREAMS:
         if names is not None and config.name not in names:
             continue
@@ -287,12 +299,12 @@ async def ensure_streams(
             info = await js.stream_info(config.name)
             if set(config.subjects or []) - set(info.config.subjects or []):
                 if maintains is None or config.name in maintains:
-                    await js.update_stream(config)
+                    await js.update_stream(dataclasses.replace(config, num_replicas=info.config.num_replicas))
                 else:
                     log.warning("stream lacks subjects of this release; its maintainer adds them", stream=config.name)
         except NotFoundError:
             try:
-                await js.add_stream(config)
+                await js.add_stream(dataclasses.replace(config, num_replicas=replicas))
             except nats.js.errors.BadRequestError:
                 # Another service created it between our look and our add.
                 await js.stream_info(config.name)

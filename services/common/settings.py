@@ -99,6 +99,12 @@ NATS_CREDS_FILE = Setting(
     "server without authentication; a warning is logged). A server that refuses the connection stops start-up "
     "naming this setting. `make run` and the k8s manifests give each service its own (see NATS below)",
 )
+NATS_STREAM_REPLICAS = Setting(
+    "NATS_STREAM_REPLICAS",
+    1,
+    "how many NATS servers keep a copy of each stream this service creates (1 to 5; 3 on a NATS cluster of "
+    "3). A stream that exists keeps its count",
+)
 INTERNAL_KEY = Setting(
     "MAILBLAST_INTERNAL_KEY",
     doc="the key that signs the identity services assert to each other (and the console's session cookie)",

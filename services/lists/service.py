@@ -105,7 +105,7 @@ async def start(config: Config, *, clock: Clock | None = None) -> Running:
     auth_channel: grpc.aio.Channel | None = None
     try:
         store = ListsStore(pool, config.internal_key)
-        nc, js = await bus.connect(config.nats_url, SERVICE_NAME, config.nats_creds_file)
+        nc, js = await bus.connect(config.nats_url, SERVICE_NAME, config.nats_creds_file, config.nats_stream_replicas)
         consumer = BounceConsumer(js, store, config.hard_bounce_threshold)
         await consumer.start()
         resolve_token = None

@@ -25,6 +25,7 @@ class Config:
     database_url: str = settings.DATABASE_URL.field()
     nats_url: str = settings.NATS_URL.field()
     nats_creds_file: str = settings.NATS_CREDS_FILE.field()
+    nats_stream_replicas: int = settings.NATS_STREAM_REPLICAS.field()
     internal_key: bytes = settings.INTERNAL_KEY.field()
     return_path_domain: str = setting(
         "SENDER_RETURN_PATH_DOMAIN", doc="the VERP bounce domain of the envelope senders, served by bounce"

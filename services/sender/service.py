@@ -111,7 +111,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     keys = dkim_keys(config)
     pool = await db.open_pool(config.database_url, SCHEMA, min_size=2, max_size=8)
-    nc, js = await bus.connect(config.nats_url, "sender", config.nats_creds_file)
+    nc, js = await bus.connect(config.nats_url, "sender", config.nats_creds_file, config.nats_stream_replicas)
     store = DeliveryStore(pool, config.internal_key)
     campaigns_channel = service_channel(config.campaigns_addr, "campaigns", me) if config.campaigns_addr else None
     lists_channel = service_channel(config.lists_addr, "lists", me) if config.lists_addr else None

@@ -98,6 +98,10 @@ class Stack:
     bounce_config: BounceConfig | None = None
     nats: NatsServer | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    # Replicas beyond the first of campaigns and bounce (start_stack(campaigns=2, bounces=2)), as Kubernetes runs them.
+    more_campaigns: list[campaigns_service.Running] = field(default_factory=list)
+    more_bounces: list[bounce_service.Running] = field(default_factory=list)
+    campaigns_config: CampaignsConfig | None = None
 
     @property
     def metadata(self) -> list[tuple[str, str]]:
@@ -146,9 +150,11 @@ class Stack:
             assert not reply.errors, reply.errors
         return created.id
 
-    async def send_campaign(self, list_ids: list[int], **content) -> campaigns_pb2.Campaign:
-        """Create and send a campaign; returns it as SendCampaign answered."""
-        stub = self.campaigns_stub
+    async def send_campaign(
+        self, list_ids: list[int], via: campaigns_service.Running | None = None, **content
+    ) -> campaigns_pb2.Campaign:
+        """Create and send a campaign (through the replica `via`, by default the first); returns it as sent."""
+        stub = campaigns_pb2_grpc.CampaignsServiceStub(self.channel(via.grpc_port)) if via else self.campaigns_stub
         request = campaigns_pb2.CreateCampaignRequest(
             name=content.pop("name", "test campaign"),
             list_ids=list_ids,
@@ -183,6 +189,15 @@ class Stack:
         assert self.bounce_config is not None
         self.bounce = await bounce_service.start(self.bounce_config)
 
+    async def restart_campaigns(self) -> None:
+        """Stop every campaigns replica, then start as many again at once on their ports (both pods evicted)."""
+        assert self.campaigns_config is not None
+        replicas = [self.campaigns, *self.more_campaigns]
+        for running in replicas:
+            await running.stop()
+        configs = [dataclasses.replace(self.campaigns_config, grpc_bind=f"127.0.0.1:{r.grpc_port}") for r in replicas]
+        self.campaigns, *self.more_campaigns = await asyncio.gather(*map(campaigns_service.start, configs))
+
     @contextlib.asynccontextmanager
     async def jetstream(self, name: str = ADMIN) -> AsyncIterator[JetStreamContext]:
         """A NATS connection of the test's own (with the named credential), to publish events or look at consumers."""
@@ -199,7 +214,7 @@ class Stack:
             await channel.close()
         for sender in self.senders:
             await sender.stop(grace=5.0)
-        for running in (self.campaigns, self.bounce, self.lists, self.auth):
+        for running in (*self.more_campaigns, *self.more_bounces, self.campaigns, self.bounce, self.lists, self.auth):
             await running.stop()
 
 
@@ -245,8 +260,14 @@ async def start_stack(
     senders: int = 1,
     hard_bounce_threshold: int = 3,
     sender_overrides: dict | None = None,
+    campaigns: int = 1,
+    bounces: int = 1,
+    campaigns_overrides: dict | None = None,
 ) -> Stack:
-    """Start every service in this process and bootstrap an organisation with an admin token."""
+    """Start every service in this process and bootstrap an organisation with an admin token.
+
+    campaigns, bounces: how many replicas of those services run side by side (each bounce its own SMTP port).
+    """
     signer = IdentitySigner(internal_key)
     pki = default_pki()
     auth_config = AuthConfig(
@@ -262,23 +283,26 @@ async def start_stack(
             nats_creds_file=nats.creds("lists"),
         )
     )  # fmt: skip
-    campaigns = await campaigns_service.start(
-        CampaignsConfig(
-            database_url=database_url, nats_url=nats.url, internal_key=internal_key,
-            lists_addr=f"127.0.0.1:{lists.grpc_port}",
-            grpc_tls=pki.tls("campaigns"), auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
-            nats_creds_file=nats.creds("campaigns"),
-        )
+    campaigns_config = CampaignsConfig(
+        database_url=database_url, nats_url=nats.url, internal_key=internal_key,
+        lists_addr=f"127.0.0.1:{lists.grpc_port}", grpc_tls=pki.tls("campaigns"), auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
+        nats_creds_file=nats.creds("campaigns"),
     )  # fmt: skip
+    campaigns_config = dataclasses.replace(campaigns_config, **(campaigns_overrides or {}))
+    campaigns_running = [await campaigns_service.start(campaigns_config) for _ in range(campaigns)]
     bounce_config = BounceConfig(
         database_url=database_url, nats_url=nats.url, internal_key=internal_key, grpc_tls=pki.tls("bounce"),
         auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
         smtp_bind=f"127.0.0.1:{free_port()}", nats_creds_file=nats.creds("bounce"),
     )  # fmt: skip
     bounce = await bounce_service.start(bounce_config)
+    more_bounces = [
+        await bounce_service.start(dataclasses.replace(bounce_config, smtp_bind=f"127.0.0.1:{free_port()}"))
+        for _ in range(bounces - 1)
+    ]
     # Senders start after lists and campaigns: they ask them about suppression and campaign state.
     overrides = {
-        "campaigns_addr": f"127.0.0.1:{campaigns.grpc_port}",
+        "campaigns_addr": f"127.0.0.1:{campaigns_running[0].grpc_port}",
         "lists_addr": f"127.0.0.1:{lists.grpc_port}",
         **(sender_overrides or {}),
     }
@@ -293,6 +317,7 @@ async def start_stack(
             metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run"), "auth"))],
         )
     return Stack(
-        auth, lists, campaigns, bounce, running_senders, reply.api_token, signer, reply.organization.id, config,
-        bounce_config, nats,
+        auth, lists, campaigns_running[0], bounce, running_senders, reply.api_token, signer, reply.organization.id,
+        config, bounce_config, nats, more_campaigns=campaigns_running[1:], more_bounces=more_bounces,
+        campaigns_config=campaigns_config,
     )  # fmt: skip
