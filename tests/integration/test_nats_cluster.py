@@ -14,11 +14,11 @@ import nats.errors
 import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
-from services.common.config import ConfigError
 
 from cli.nats_credentials import Setup
 from dev.embedded import EmbeddedServer, free_port, nats_server_binary, open_private_log, wait_for_port
 from services.common import bus
+from services.common.settings import ConfigError
 from tests.support.nats import NatsServer
 
 COMPONENT = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "components" / "nats"

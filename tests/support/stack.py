@@ -285,7 +285,8 @@ async def start_stack(
     )  # fmt: skip
     campaigns_config = CampaignsConfig(
         database_url=database_url, nats_url=nats.url, internal_key=internal_key,
-        lists_addr=f"127.0.0.1:{lists.grpc_port}", grpc_tls=pki.tls("campaigns"), auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
+        lists_addr=f"127.0.0.1:{lists.grpc_port}", grpc_tls=pki.tls("campaigns"), auth_addr=auth_addr,
+        grpc_bind="127.0.0.1:0",
         nats_creds_file=nats.creds("campaigns"),
     )  # fmt: skip
     campaigns_config = dataclasses.replace(campaigns_config, **(campaigns_overrides or {}))
