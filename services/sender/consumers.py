@@ -10,20 +10,19 @@ import socket
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from mailblast.v1 import events_pb2
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from services.common import bus
 from services.common.log import get_logger
-from services.common.tracing import extract_context
+from services.common.runner import Ack, Decision, Delivery, Nak, Runner, Term
 from services.common.verp import RecipientRef
 from services.sender import retry
-from services.sender.checks import CANCELLED, GO, PAUSED, CampaignStates, SuppressionCheck
+from services.sender.checks import GO, PAUSED, CampaignStates, SuppressionCheck
 from services.sender.compose import Composer
 from services.sender.mime import MessageProblem, Sender
 from services.sender.render import CompiledContent, TemplateCache, TemplateProblem
@@ -37,7 +36,6 @@ from services.sender.smtp import (
     suppressed,
 )
 from services.sender.store import DeliveryStore, LedgerState, Outcome
-from services.sender.workers import MessageWorkers
 from services.sender.writer import LedgerWriter
 
 log = get_logger(__name__)
@@ -82,16 +80,11 @@ def delivery_report(outcomes: Sequence[Outcome]) -> events_pb2.DeliveryReport:
     return report
 
 
-@dataclass(frozen=True)
-class _Decision:
-    action: str  # "ack", "nak" or "term"
-    delay: float = 0.0
-    # Set when the campaign's state stopped the batch: "paused" or "cancelled".
-    halted: str = ""
-
-
-class SendBatchConsumer(MessageWorkers):
+class SendBatchConsumer(Runner[events_pb2.SendBatch]):
     """Takes SendBatch messages off the shared durable consumer and works on several at once."""
+
+    payload_type = events_pb2.SendBatch
+    span_name = "send batch"
 
     def __init__(
         self,
@@ -113,14 +106,22 @@ class SendBatchConsumer(MessageWorkers):
         pause_recheck_seconds: float = 30.0,
         render_pool: Executor | None = None,
     ) -> None:
-        self._js = js
+        super().__init__(
+            js,
+            stream=bus.STREAM_SEND,
+            durable=DURABLE,
+            subject=bus.SUBJECT_SEND_BATCH,
+            slots=batches_in_flight,
+            fetch=1,
+            ack_wait=ack_wait_seconds,
+            retry_delay=retry_base_seconds,
+        )
         # Rendering and signing run off the event loop, so a heavy template never stalls the other
         # consumers (a password reset), the ledger writer or the SMTP sessions; None: the loop's default.
         self._render_pool = render_pool
         self._campaigns = campaign_states or CampaignStates(None)
         self._suppression = suppression or SuppressionCheck(None)
         self._pause_recheck = pause_recheck_seconds
-        self._ack_wait = ack_wait_seconds
         self._claim_seconds = claim_seconds
         # Claims are taken a delivery window ahead, so a kill leaves at most that many in doubt.
         self._claim_chunk = concurrency
@@ -134,74 +135,32 @@ class SendBatchConsumer(MessageWorkers):
         self._retry_max = retry_max_seconds
         self._give_up = give_up_seconds
         self._delivery_slots = asyncio.Semaphore(concurrency)
-        self._deliveries: set[asyncio.Task[None]] = set()
         # Recipients being delivered by this process: a second copy of a batch waits for their outcome.
         self._inflight: dict[tuple[int, int], asyncio.Future[Outcome]] = {}
-        super().__init__(
-            {
-                "js": js,
-                "stream": bus.STREAM_SEND,
-                "durable": DURABLE,
-                "subject": bus.SUBJECT_SEND_BATCH,
-                "batch": 1,
-                "ack_wait": ack_wait_seconds,
-            },
-            self._process,
-            batches_in_flight,
-            "batch",
-        )
 
-    async def stop(self, grace: float) -> None:
-        """Stop taking batches; give those under way `grace` seconds, then abandon them for redelivery."""
-        await super().stop(grace, also_cancel=list(self._deliveries))
-
-    async def _process(self, msg: Msg) -> None:
-        try:
-            batch = bus.decode(msg, events_pb2.SendBatch)
-        except bus.DecodeError as exc:
-            await bus.dead_letter(self._js, msg, f"not a SendBatch: {exc}")
-            return
-        attributes = {
-            "messaging.system": "nats",
-            "messaging.destination.name": msg.subject,
+    def describe(self, batch: events_pb2.SendBatch, delivery: Delivery) -> dict:
+        """The batch's campaign, number and size."""
+        return {
             "mailblast.organization_id": batch.organization_id,
             "mailblast.campaign_id": batch.campaign_id,
             "mailblast.batch_number": batch.batch_number,
             "mailblast.recipients": len(batch.recipients),
         }
-        with tracer.start_as_current_span(
-            "send batch", context=extract_context(msg.headers), kind=trace.SpanKind.CONSUMER, attributes=attributes
-        ) as span:
-            keeper = asyncio.create_task(keep_in_progress(msg, self._ack_wait))
-            try:
-                decision = await self._send(batch, msg.metadata.num_delivered or 1)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("batch failed; it will be retried", campaign_id=batch.campaign_id)
-                span.record_exception(exc)
-                decision = _Decision("nak", self._retry_base)
-            finally:
-                keeper.cancel()
-            span.set_attribute("mailblast.decision", decision.action)
-            if decision.halted:
-                span.set_attribute("mailblast.halted", decision.halted)
-            if decision.action == "ack":
-                await msg.ack()
-            elif decision.action == "term":
-                await msg.term()
-            else:
-                await msg.nak(delay=decision.delay)
 
-    def _halt(self, batch: events_pb2.SendBatch, verdict: str) -> _Decision:
+    async def dispose(self, batch: events_pb2.SendBatch, delivery: Delivery) -> Decision:
+        """Deliver the batch's recipients not yet final; ack, retry the deferred later, or drop."""
+        return await self._send(batch, delivery.count)
+
+    def _halt(self, batch: events_pb2.SendBatch, verdict: str) -> Decision:
         """A paused campaign's batch comes back later, untouched; a cancelled one's is dropped."""
         log.info("batch halted by the campaign's state", campaign_id=batch.campaign_id, state=verdict)
+        trace.get_current_span().set_attribute("mailblast.halted", verdict)
         if verdict == PAUSED:
             # A plain redelivery, not a retry: nothing is recorded, so no recipient spends an attempt.
-            return _Decision("nak", self._pause_recheck, halted=PAUSED)
-        return _Decision("ack", halted=CANCELLED)
+            return Nak(self._pause_recheck)
+        return Ack()
 
-    async def _send(self, batch: events_pb2.SendBatch, delivery_count: int) -> _Decision:
+    async def _send(self, batch: events_pb2.SendBatch, delivery_count: int) -> Decision:
         campaign_id = batch.campaign_id
         verdict = await self._campaigns.verdict(batch.organization_id, campaign_id)
         if verdict != GO:
@@ -225,7 +184,7 @@ class SendBatchConsumer(MessageWorkers):
             # them again (the ledger keeps final rows as they are; the consumers take repeats in stride).
             await asyncio.gather(*(self._writer.submit(o) for o in settled))
         if not todo:
-            return _Decision("ack")
+            return Ack()
         content = batch.content
         sender = Sender(content.from_name, content.from_address, content.reply_to)
         try:
@@ -244,7 +203,7 @@ class SendBatchConsumer(MessageWorkers):
             result = rejected(str(exc))
             futures = [self._writer.submit(self._outcome(batch, r, result, "", states)) for r in todo]
             await asyncio.gather(*futures)
-            return _Decision("term")
+            return Term("the campaign cannot be sent: " + str(exc))
 
         waits: list[asyncio.Future[Outcome]] = []
         recorded: list[asyncio.Future[None]] = []
@@ -257,6 +216,7 @@ class SendBatchConsumer(MessageWorkers):
             else:
                 mine.append(recipient)
         busy = 0
+        started: list[asyncio.Task[None]] = []
         # A claim names this very pass over the batch: a second copy of the batch in this same process
         # (redelivered while this one still works) must not take over recipients this one has not reached.
         owner = f"{self._owner}:{uuid.uuid4().hex[:8]}"
@@ -300,16 +260,24 @@ class SendBatchConsumer(MessageWorkers):
                     future: asyncio.Future[Outcome] = loop.create_future()
                     self._inflight[key] = future
                     waits.append(future)
-                    task = asyncio.create_task(
-                        self._deliver_one(batch, recipient, compiled, sender, states, key, future)
+                    started.append(
+                        asyncio.create_task(self._deliver_one(batch, recipient, compiled, sender, states, key, future))
                     )
-                    self._deliveries.add(task)
-                    task.add_done_callback(self._deliveries.discard)
+        except asyncio.CancelledError:
+            # Abandoned (the sender stops): a message cut off mid-SMTP may or may not have arrived.
+            for task in started:
+                task.cancel()
+            raise
         except Exception:
             # Deliveries already started finish and record their outcomes before the batch is retried.
             await asyncio.gather(*waits, *recorded, return_exceptions=True)
             raise
-        outcomes = await asyncio.gather(*waits)
+        try:
+            outcomes = await asyncio.gather(*waits)
+        except asyncio.CancelledError:
+            for task in started:
+                task.cancel()
+            raise
         await asyncio.gather(*recorded)
         if recorded:
             log.info("suppressed recipients not sent", campaign_id=campaign_id, count=len(recorded))
@@ -321,7 +289,7 @@ class SendBatchConsumer(MessageWorkers):
 
         still_deferred = [o for o in outcomes if o.status == DEFERRED]
         if not still_deferred:
-            return _Decision("nak", self._retry_base) if busy else _Decision("ack")
+            return Nak(self._retry_base) if busy else Ack()
         # The give-up clock and the backoff follow the recipients' own attempts, not the batch's age or
         # NATS's delivery count: time spent paused, or waiting behind other batches, costs no retries.
         now = dt.datetime.now(dt.UTC)
@@ -338,9 +306,9 @@ class SendBatchConsumer(MessageWorkers):
             ]
             await asyncio.gather(*expiries)
             log.info("deferred recipients expired", campaign_id=campaign_id, count=len(expiries))
-            return _Decision("nak", self._retry_base) if busy else _Decision("ack")
+            return Nak(self._retry_base) if busy else Ack()
         delay = retry.next_retry_delay(attempts, age, self._retry_base, self._retry_max, self._give_up)
-        return _Decision("nak", delay)
+        return Nak(delay)
 
     def _outcome(
         self,
@@ -440,15 +408,3 @@ def _settled_outcome(batch: events_pb2.SendBatch, subscriber_id: int, state: Led
         counts_attempt=False,
         occurred_at=state.updated_at or dt.datetime.now(dt.UTC),
     )
-
-
-async def keep_in_progress(msg: Msg, ack_wait: float) -> None:
-    """Tell JetStream the batch is still being worked on, so ack_wait does not expire mid-batch."""
-    try:
-        while True:
-            await asyncio.sleep(ack_wait / 3)
-            await msg.in_progress()
-    except asyncio.CancelledError:
-        return
-    except Exception:
-        log.warning("could not extend a batch's ack deadline")

@@ -10,17 +10,15 @@ from concurrent.futures import Executor
 from dataclasses import replace
 
 from mailblast.v1 import events_pb2
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from services.common import bus
 from services.common.log import get_logger
-from services.common.tracing import extract_context
+from services.common.runner import Ack, DeadLetter, Decision, Delivery, Nak, Runner, Term
 from services.sender import retry
 from services.sender.checks import SuppressionCheck
 from services.sender.compose import Composer, Prepared
-from services.sender.consumers import keep_in_progress
 from services.sender.mime import MessageProblem, Sender
 from services.sender.render import TemplateCache, TemplateProblem
 from services.sender.smtp import (
@@ -35,7 +33,6 @@ from services.sender.smtp import (
     suppressed,
 )
 from services.sender.store import DeliveryStore, LedgerState, Outcome
-from services.sender.workers import MessageWorkers
 from services.sender.writer import LedgerWriter
 
 log = get_logger(__name__)
@@ -57,8 +54,11 @@ def checks_suppression(category: str) -> bool:
     return not category.startswith(UNSUPPRESSED_PREFIXES)
 
 
-class TransactionalConsumer(MessageWorkers):
+class TransactionalConsumer(Runner[events_pb2.TransactionalMessage]):
     """Takes TransactionalMessage off its durable consumer; shares delivery, signing and ledger writer."""
+
+    payload_type = events_pb2.TransactionalMessage
+    span_name = "send transactional"
 
     def __init__(
         self,
@@ -76,7 +76,16 @@ class TransactionalConsumer(MessageWorkers):
         suppression: SuppressionCheck | None = None,
         render_pool: Executor | None = None,
     ) -> None:
-        self._js = js
+        super().__init__(
+            js,
+            stream=bus.STREAM_SEND,
+            durable=DURABLE,
+            subject=bus.SUBJECT_SEND_TRANSACTIONAL,
+            slots=concurrency,
+            fetch=FETCH,
+            ack_wait=ack_wait_seconds,
+            retry_delay=retry_base_seconds,
+        )
         # Its own threads: a campaign's renders queued in the batch consumer's pool never delay this one's.
         self._render_pool = render_pool
         self._suppression = suppression or SuppressionCheck(None)
@@ -88,84 +97,39 @@ class TransactionalConsumer(MessageWorkers):
         self._retry_base = retry_base_seconds
         self._retry_max = retry_max_seconds
         self._give_up = give_up_seconds
-        self._ack_wait = ack_wait_seconds
         # Keys being delivered by this process: a second copy arriving meanwhile leaves it to the first.
         self._inflight: set[tuple[int, str]] = set()
-        super().__init__(
-            {
-                "js": js,
-                "stream": bus.STREAM_SEND,
-                "durable": DURABLE,
-                "subject": bus.SUBJECT_SEND_TRANSACTIONAL,
-                "batch": FETCH,
-                "ack_wait": ack_wait_seconds,
-            },
-            self._process,
-            concurrency,
-            "transactional message",
-        )
 
-    async def _process(self, msg: Msg) -> None:
-        try:
-            message = bus.decode(msg, events_pb2.TransactionalMessage)
-        except bus.DecodeError as exc:
-            await bus.dead_letter(self._js, msg, f"not a TransactionalMessage: {exc}")
-            return
-        if not message.message_key or message.organization_id <= 0:
-            await bus.dead_letter(self._js, msg, "TransactionalMessage without message_key or organization_id")
-            return
-        if bus.subject_organization(msg.subject) != message.organization_id:
-            # NATS lets a credential publish only its own organisation's subject; a payload naming
-            # another organisation is an attempt to send as that one, and is never delivered.
-            await bus.dead_letter(
-                self._js,
-                msg,
-                f"TransactionalMessage of organisation {message.organization_id} published to {msg.subject}: "
-                "the organisation must match the subject's",
-            )
-            return
-        attributes = {
-            "messaging.system": "nats",
-            "messaging.destination.name": msg.subject,
+    def describe(self, message: events_pb2.TransactionalMessage, delivery: Delivery) -> dict:
+        """The message's organisation, key and category."""
+        return {
             "mailblast.organization_id": message.organization_id,
             "mailblast.message_key": message.message_key,
             "mailblast.category": message.category,
         }
-        with tracer.start_as_current_span(
-            "send transactional",
-            context=extract_context(msg.headers),
-            kind=trace.SpanKind.CONSUMER,
-            attributes=attributes,
-        ) as span:
-            keeper = asyncio.create_task(keep_in_progress(msg, self._ack_wait))
-            try:
-                action, delay = await self._send(message, msg.metadata.num_delivered or 1, span)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("transactional message failed; it will be retried", message_key=message.message_key)
-                span.record_exception(exc)
-                action, delay = "nak", self._retry_base
-            finally:
-                keeper.cancel()
-            span.set_attribute("mailblast.decision", action)
-            if action == "ack":
-                await msg.ack()
-            elif action == "term":
-                await msg.term()
-            else:
-                await msg.nak(delay=delay)
 
-    async def _send(
-        self, message: events_pb2.TransactionalMessage, delivery_count: int, span: trace.Span
-    ) -> tuple[str, float]:
+    async def dispose(self, message: events_pb2.TransactionalMessage, delivery: Delivery) -> Decision:
+        """Deliver the message once per key; a message that names no key or another organisation is kept aside."""
+        if not message.message_key or message.organization_id <= 0:
+            return DeadLetter("TransactionalMessage without message_key or organization_id")
+        if bus.subject_organization(delivery.subject) != message.organization_id:
+            # NATS lets a credential publish only its own organisation's subject; a payload naming
+            # another organisation is an attempt to send as that one, and is never delivered.
+            return DeadLetter(
+                f"TransactionalMessage of organisation {message.organization_id} published to {delivery.subject}: "
+                "the organisation must match the subject's"
+            )
+        return await self._send(message, delivery.count)
+
+    async def _send(self, message: events_pb2.TransactionalMessage, delivery_count: int) -> Decision:
+        span = trace.get_current_span()
         key = (message.organization_id, message.message_key)
         if key in self._inflight:
             # Another copy (re-published under another id) is being delivered here: it settles the key.
-            return "ack", 0.0
+            return Ack()
         state = await self._store.transactional_state(*key)
         if state is not None and state.status in FINAL_STATUSES:
-            return "ack", 0.0
+            return Ack()
         self._inflight.add(key)
         try:
             reason = await self._suppressed_reason(message)
@@ -173,7 +137,7 @@ class TransactionalConsumer(MessageWorkers):
                 span.set_attribute("mailblast.outcome", SUPPRESSED)
                 await self._writer.submit(_outcome(message, state, suppressed(reason)))
                 log.info("transactional message to a suppressed address not sent", message_key=message.message_key)
-                return "ack", 0.0
+                return Ack()
             outcome = await self._deliver(message, state)
             span.set_attribute("smtp.reply_code", outcome.smtp_code)
             span.set_attribute("smtp.tls", outcome.tls)
@@ -182,16 +146,16 @@ class TransactionalConsumer(MessageWorkers):
         finally:
             self._inflight.discard(key)
         if outcome.status == SENT:
-            return "ack", 0.0
+            return Ack()
         if outcome.status == REJECTED:
-            return "term", 0.0
+            return Term("refused for good: " + outcome.smtp_message)
         age = _age_seconds(message)
         if retry.given_up(age, self._give_up):
             now = dt.datetime.now(dt.UTC)
             await self._writer.submit(replace(outcome, status=EXPIRED, counts_attempt=False, occurred_at=now))
             log.info("transactional message expired", message_key=message.message_key)
-            return "ack", 0.0
-        return "nak", retry.next_retry_delay(delivery_count, age, self._retry_base, self._retry_max, self._give_up)
+            return Ack()
+        return Nak(retry.next_retry_delay(delivery_count, age, self._retry_base, self._retry_max, self._give_up))
 
     async def _suppressed_reason(self, message: events_pb2.TransactionalMessage) -> str | None:
         if message.category.startswith(SUBSCRIBER_PREFIX) and await self._store.erased_since(
