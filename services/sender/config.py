@@ -51,10 +51,6 @@ class Config:
     helo_name: str = ""
     # The envelope sender of transactional mail; empty means bounces@<return-path domain>.
     system_return_path: str = ""
-    # The campaigns service, asked whether a campaign is paused or cancelled; empty: not asked.
-    campaigns_addr: str = ""
-    # The lists service, asked which addresses are suppressed; empty: not asked.
-    lists_addr: str = ""
     # How long a batch of a paused campaign waits before the sender looks at the campaign again.
     pause_recheck_seconds: float = 30.0
     # The .creds file of this process's NATS credential; empty: connect without (a server without auth).
@@ -114,8 +110,6 @@ class Config:
             smtp_timeout_seconds=env_float("SENDER_SMTP_TIMEOUT_SECONDS", 60.0),
             helo_name=env_str("SENDER_HELO_NAME", ""),
             system_return_path=env_str("SENDER_SYSTEM_RETURN_PATH", ""),
-            campaigns_addr=env_str("SENDER_CAMPAIGNS_ADDR", "") or env_str("CAMPAIGNS_ADDR", ""),
-            lists_addr=env_str("SENDER_LISTS_ADDR", "") or env_str("LISTS_ADDR", ""),
             pause_recheck_seconds=env_float("SENDER_PAUSE_RECHECK_SECONDS", 30.0),
             nats_creds_file=env_str("NATS_CREDS_FILE", ""),
         )

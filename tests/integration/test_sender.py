@@ -252,7 +252,7 @@ async def test_two_batches_delivered_once_over_tls_personalised_signed(sender, j
             sender_pb2.GetDeliveryRequest(campaign_id=41, subscriber_id=1005), metadata=own
         )
         assert (delivery.status, delivery.email, delivery.tls, delivery.smtp_code) == (
-            "sent",
+            sender_pb2.DELIVERY_STATUS_SENT,
             "user5@example.net",
             True,
             250,

@@ -270,13 +270,8 @@ async def start_stack(
         smtp_bind=f"127.0.0.1:{free_port()}", nats_creds_file=nats.creds("bounce"),
     )  # fmt: skip
     bounce = await bounce_service.start(bounce_config)
-    # Senders start after lists and campaigns: they ask them about suppression and campaign state.
-    overrides = {
-        "campaigns_addr": f"127.0.0.1:{campaigns.grpc_port}",
-        "lists_addr": f"127.0.0.1:{lists.grpc_port}",
-        **(sender_overrides or {}),
-    }
-    config = sender_config(database_url, nats, internal_key, sink_port, cert, dkim, **overrides)
+    # The senders ask no other service: campaign states and suppressions reach them over NATS.
+    config = sender_config(database_url, nats, internal_key, sink_port, cert, dkim, **(sender_overrides or {}))
     running_senders = [await sender_service.start(config) for _ in range(senders)]
     # Bootstrapped as `make run` does it.
     async with pki.channel(auth_addr, "dev-run") as channel:
