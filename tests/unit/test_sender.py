@@ -16,10 +16,10 @@ from dkim.canonicalization import Relaxed
 from services.common import verp
 from services.sender.compose import Composer
 from services.sender.dkim import DkimSigner, SigningKey, dns_record, load_key, relaxed_body
+from services.sender.ledger import DeliveryStatus, enhanced_status, reply_result, status_for
 from services.sender.mime import MessageProblem, Sender, build_message
 from services.sender.render import TemplateCache, TemplateProblem, recipient_fields
 from services.sender.retry import backoff_seconds, given_up, next_retry_delay
-from services.sender.ledger import DeliveryStatus, enhanced_status, reply_result, status_for
 
 KEY = b"k" * 32
 
