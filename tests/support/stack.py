@@ -94,6 +94,7 @@ class Stack:
     sender_config: SenderConfig
     bounce_config: BounceConfig | None = None
     nats: NatsServer | None = None
+    lists_config: ListsConfig | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     @property
@@ -175,6 +176,12 @@ class Stack:
                 raise TimeoutError(f"campaign {campaign_id} not done within {timeout}s: {campaign.counters}")
             await asyncio.sleep(0.1)
 
+    async def restart_lists(self) -> None:
+        """Start the lists service again (after `await stack.lists.stop()`) on the port and settings it had."""
+        assert self.lists_config is not None
+        port = self.lists.grpc_port
+        self.lists = await lists_service.start(dataclasses.replace(self.lists_config, grpc_bind=f"127.0.0.1:{port}"))
+
     async def restart_bounce(self) -> None:
         """Start the bounce service again (after `await stack.bounce.stop()`) with the settings it had."""
         assert self.bounce_config is not None
@@ -252,12 +259,11 @@ async def start_stack(
     )  # fmt: skip
     auth = await auth_service.start(auth_config)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
-    lists = await lists_service.start(
-        ListsConfig(
-            database_url, nats.url, internal_key, pki.tls("lists"), grpc_bind="127.0.0.1:0", auth_addr=auth_addr,
-            hard_bounce_threshold=hard_bounce_threshold, nats_creds_file=nats.creds("lists"),
-        )
+    lists_config = ListsConfig(
+        database_url, nats.url, internal_key, pki.tls("lists"), grpc_bind="127.0.0.1:0", auth_addr=auth_addr,
+        hard_bounce_threshold=hard_bounce_threshold, nats_creds_file=nats.creds("lists"),
     )  # fmt: skip
+    lists = await lists_service.start(lists_config)
     campaigns = await campaigns_service.start(
         CampaignsConfig(
             database_url, nats.url, internal_key, lists_addr=f"127.0.0.1:{lists.grpc_port}",
@@ -283,5 +289,5 @@ async def start_stack(
         )
     return Stack(
         auth, lists, campaigns, bounce, running_senders, reply.api_token, signer, reply.organization.id, config,
-        bounce_config, nats,
+        bounce_config, nats, lists_config=lists_config,
     )  # fmt: skip
