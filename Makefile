@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(wildcard proto/mailblast/v1/*.proto)
 GEN_STAMP := gen/.stamp
 
-.PHONY: install proto run test test-fast bench bench-import lint format clean browser run-%
+.PHONY: install proto run test test-fast bench bench-import bench-copies lint format clean browser run-%
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,9 @@ bench: install proto
 
 bench-import: install proto
 	$(PY) -m bench.import_csv
+
+bench-copies: install proto
+	$(PY) -m bench.sender_copies $(ARGS)
 
 lint: install
 	$(PY) -m ruff check .

@@ -61,10 +61,11 @@ WITH wanted AS (
     SELECT state FROM campaign_states_copy WHERE organization_id = %(organization)s AND campaign_id = %(campaign)s
 ), claimed AS (
     INSERT INTO deliveries AS d (campaign_id, subscriber_id, organization_id, email, status, claim_owner, claim_expires)
-    SELECT %(campaign)s, w.subscriber_id, %(organization)s, coalesce(e.email_hash, w.email), 'claimed', %(owner)s,
-           now() + make_interval(secs => %(lease)s)
+    SELECT %(campaign)s, w.subscriber_id, %(organization)s,
+           coalesce((SELECT e.email_hash FROM erased_subscribers e
+                     WHERE e.organization_id = %(organization)s AND e.subscriber_id = w.subscriber_id), w.email),
+           'claimed', %(owner)s, now() + make_interval(secs => %(lease)s)
     FROM wanted w
-    LEFT JOIN erased_subscribers e ON e.organization_id = %(organization)s AND e.subscriber_id = w.subscriber_id
     WHERE NOT EXISTS (SELECT 1 FROM gate WHERE state IN ('paused', 'cancelled'))
     ON CONFLICT (campaign_id, subscriber_id) DO UPDATE SET
         claim_owner = EXCLUDED.claim_owner,
@@ -73,12 +74,16 @@ WITH wanted AS (
       AND (d.claim_expires IS NULL OR d.claim_expires < now() OR d.claim_owner = EXCLUDED.claim_owner)
     RETURNING d.subscriber_id
 )
-SELECT c.subscriber_id, CASE WHEN e.subscriber_id IS NOT NULL THEN 'erased' ELSE s.reason END, NULL
-FROM claimed c
-JOIN wanted w ON w.subscriber_id = c.subscriber_id
-LEFT JOIN erased_subscribers e ON e.organization_id = %(organization)s AND e.subscriber_id = c.subscriber_id
-LEFT JOIN suppressions_copy s
-  ON s.organization_id = %(organization)s AND s.email_hash = w.email_hash AND s.reason IS NOT NULL
+-- Index look-ups per recipient (correlated), never a scan of the copies: they hold every suppression.
+SELECT c.subscriber_id,
+       CASE WHEN EXISTS (SELECT 1 FROM erased_subscribers e
+                         WHERE e.organization_id = %(organization)s AND e.subscriber_id = c.subscriber_id)
+            THEN 'erased'
+            ELSE (SELECT s.reason FROM suppressions_copy s
+                  WHERE s.organization_id = %(organization)s AND s.email_hash = w.email_hash)
+       END,
+       NULL
+FROM claimed c JOIN wanted w ON w.subscriber_id = c.subscriber_id
 UNION ALL
 SELECT NULL, NULL, state FROM gate
 """
