@@ -102,23 +102,18 @@ def delivery(row: Delivery) -> sender_pb2.Delivery:
     )
 
 
-def _changed_at(timestamp: Timestamp, present: bool) -> dt.datetime | None:
-    return timestamp.ToDatetime(tzinfo=dt.UTC) if present else None
+def _changed_at(event: events_pb2.CampaignStateChanged | events_pb2.SuppressionChanged) -> dt.datetime | None:
+    return event.changed_at.ToDatetime(tzinfo=dt.UTC) if event.HasField("changed_at") else None
 
 
 def campaign_state_change(event: events_pb2.CampaignStateChanged) -> CampaignStateChange:
     """A campaign state change as the copy keeps it: the state by the name campaigns stores it under."""
     state = campaigns_pb2.CampaignState.Name(event.state).removeprefix("CAMPAIGN_STATE_").lower()
-    return CampaignStateChange(
-        event.organization_id, event.campaign_id, state, event.version,
-        _changed_at(event.changed_at, event.HasField("changed_at")),
-    )  # fmt: skip
+    return CampaignStateChange(event.organization_id, event.campaign_id, state, event.version, _changed_at(event))
 
 
 def suppression_change(event: events_pb2.SuppressionChanged) -> SuppressionChange:
     """A suppression change as the copy keeps it: the reason by its name in lists, None once lifted."""
     reason = events_pb2.SuppressionReason.Name(event.reason).removeprefix("SUPPRESSION_REASON_").lower()
-    return SuppressionChange(
-        event.organization_id, event.email_hash, reason if event.suppressed else None, event.version,
-        _changed_at(event.changed_at, event.HasField("changed_at")),
-    )  # fmt: skip
+    reason_or_none = reason if event.suppressed else None
+    return SuppressionChange(event.organization_id, event.email_hash, reason_or_none, event.version, _changed_at(event))
