@@ -7,7 +7,7 @@ GEN_STAMP := gen/.stamp
 K8S_SCHEMAS := deploy/k8s/schemas/node_modules/.package-lock.json
 CHECKOV := .venv-checkov/bin/checkov
 
-.PHONY: install proto run test test-fast bench bench-import lint format docs clean test-deps test-tools lock audit run-%
+.PHONY: install proto run test test-fast bench bench-import bench-copies lint format docs clean test-deps test-tools lock audit run-%
 
 install: $(VENV)/.installed
 
@@ -72,6 +72,9 @@ bench: install proto
 
 bench-import: install proto
 	$(PY) -m bench.import_csv
+
+bench-copies: install proto
+	$(PY) -m bench.sender_copies $(ARGS)
 
 # After changing dependencies in pyproject.toml: pin every package (and its hashes) again.
 lock: install test-tools

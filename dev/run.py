@@ -409,8 +409,6 @@ class Supervisor:
             "LISTS_ADDR": f"127.0.0.1:{ports['lists']}",
             "CAMPAIGNS_ADDR": f"127.0.0.1:{ports['campaigns']}",
             # The senders ask campaigns about pause/cancel and lists about suppression before delivering.
-            "SENDER_CAMPAIGNS_ADDR": f"127.0.0.1:{ports['campaigns']}",
-            "SENDER_LISTS_ADDR": f"127.0.0.1:{ports['lists']}",
             "AUTH_GRPC_BIND": f"127.0.0.1:{ports['auth']}",
             "LISTS_GRPC_BIND": f"127.0.0.1:{ports['lists']}",
             "CAMPAIGNS_GRPC_BIND": f"127.0.0.1:{ports['campaigns']}",

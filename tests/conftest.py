@@ -12,6 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 import pytest_asyncio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from cli import nats_credentials
 from cli.nats_credentials import Setup
@@ -117,3 +121,16 @@ def internal_key() -> bytes:
 def signer(internal_key: bytes) -> IdentitySigner:
     """A signer for service identities."""
     return IdentitySigner(internal_key)
+
+
+_EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture(scope="session")
+def span_exporter() -> InMemorySpanExporter:
+    """Every span finished in this process, kept in memory (the tracer provider can be set only once)."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        trace.set_tracer_provider(provider)
+    return _EXPORTER

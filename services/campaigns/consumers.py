@@ -59,7 +59,8 @@ def delivery_consumer(js: JetStreamContext, store: CampaignStore) -> bus.PullCon
 
 
 def bounce_consumer(js: JetStreamContext, store: CampaignStore) -> bus.PullConsumer:
-    """Counts recipients whose mail came back after it was accepted (DSNs)."""
+    """Counts recipients whose mail came back after it was accepted (DSNs); the senders' own refusals, which
+    bounce also announces for lists' error-stop, are counted once, from the delivery reports."""
 
     async def handle(msgs: list[Msg]) -> None:
         outcomes: list[RecipientOutcome] = []
@@ -73,6 +74,9 @@ def bounce_consumer(js: JetStreamContext, store: CampaignStore) -> bus.PullConsu
                 continue
             good.append(msg)
             if event.kind == events_pb2.BOUNCE_KIND_COMPLAINT or not event.campaign_id:
+                continue
+            if event.source == events_pb2.BOUNCE_SOURCE_SMTP:
+                # The sender's own refusal (a 5xx, an expiry): counted from its DeliveryReport already.
                 continue
             bounce_ids.append(event.bounce_id)
             outcomes.append(

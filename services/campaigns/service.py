@@ -11,6 +11,7 @@ from mailblast.v1 import auth_pb2_grpc, campaigns_pb2, campaigns_pb2_grpc, event
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
+from services.campaigns.announcements import campaign_state_relay
 from services.campaigns.batches import JetStreamBatches
 from services.campaigns.config import Config
 from services.campaigns.consumers import bounce_consumer, delivery_consumer
@@ -20,6 +21,7 @@ from services.campaigns.recipients import ListsAudience
 from services.campaigns.store import CampaignStore
 from services.common import bus, db, mail
 from services.common.erasure import erasure_consumer
+from services.common.outbox import OutboxRelay
 from services.common.rpc import (
     GrpcServer,
     ServiceIdentity,
@@ -45,6 +47,7 @@ class Running:
     delivery_consumer: bus.PullConsumer
     bounce_consumer: bus.PullConsumer
     erasure_consumer: bus.PullConsumer
+    states: OutboxRelay
     channels: list[grpc.aio.Channel]
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -103,9 +106,12 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
     await deliveries.start()
     await bounces.start()
     await erasures.start()
-    running = Running(grpc_server, pool, nc, fanout, store, deliveries, bounces, erasures, channels)
+    states = campaign_state_relay(pool, js)
+    running = Running(grpc_server, pool, nc, fanout, store, deliveries, bounces, erasures, states, channels)
+    # Every state change goes to the senders' copies (they never ask campaigns), consumers stepped or not.
+    running._tasks = [asyncio.create_task(states.run(running._stop), name="campaigns-states")]
     if run_consumers:
-        running._tasks = [
+        running._tasks += [
             asyncio.create_task(deliveries.run(running._stop), name="campaigns-delivery"),
             asyncio.create_task(bounces.run(running._stop), name="campaigns-bounces"),
             asyncio.create_task(erasures.run(running._stop), name=ERASURES_DURABLE),

@@ -42,12 +42,20 @@ SUBJECT_DELIVERY_REPORT = "mailblast.delivery.report"
 SUBJECT_BOUNCE_RECORDED = "mailblast.bounce.recorded"
 SUBJECT_SUBSCRIBER_ERASED = "mailblast.privacy.erased"
 SUBJECT_DEAD_LETTER = "mailblast.deadletter"
+# mailblast.campaign.state.<organisation>.<campaign> and mailblast.suppression.changed.<organisation>.<keyed
+# hash>: one subject per campaign and per address, so the stream can keep the last change of each.
+_CAMPAIGN_STATE = "mailblast.campaign.state"
+SUBJECT_CAMPAIGN_STATE = f"{_CAMPAIGN_STATE}.*.*"
+_SUPPRESSION_CHANGED = "mailblast.suppression.changed"
+SUBJECT_SUPPRESSION_CHANGED = f"{_SUPPRESSION_CHANGED}.*.*"
 
 STREAM_SEND = "MAILBLAST_SEND"
 STREAM_DELIVERY = "MAILBLAST_DELIVERY"
 STREAM_BOUNCE = "MAILBLAST_BOUNCE"
 STREAM_PRIVACY = "MAILBLAST_PRIVACY"
 STREAM_DEAD_LETTER = "MAILBLAST_DEADLETTER"
+STREAM_CAMPAIGN_STATE = "MAILBLAST_CAMPAIGN_STATE"
+STREAM_SUPPRESSION = "MAILBLAST_SUPPRESSION"
 
 _DAY = 24 * 3600.0
 # JetStream keeps at most five copies of a stream.
@@ -90,6 +98,25 @@ STREAMS: tuple[StreamConfig, ...] = (
         max_age=365 * _DAY,
         duplicate_window=24 * 3600.0,
     ),
+    # The current state of every campaign and of every suppression list, kept for good: the last change of
+    # each subject stays (max_msgs_per_subject=1), so a sender that starts with nothing replays it all,
+    # and the streams grow with campaigns and addresses, not with changes.
+    StreamConfig(
+        name=STREAM_CAMPAIGN_STATE,
+        subjects=[SUBJECT_CAMPAIGN_STATE],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=1,
+        duplicate_window=3600.0,
+    ),
+    StreamConfig(
+        name=STREAM_SUPPRESSION,
+        subjects=[SUBJECT_SUPPRESSION_CHANGED],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=1,
+        duplicate_window=3600.0,
+    ),
     StreamConfig(
         name=STREAM_DEAD_LETTER,
         subjects=[f"{SUBJECT_DEAD_LETTER}.>"],
@@ -105,6 +132,16 @@ def transactional_subject(organization_id: int) -> str:
     if organization_id <= 0:
         raise ValueError(f"a transactional message needs an organisation, not {organization_id}")
     return f"{_TRANSACTIONAL}.{organization_id}"
+
+
+def campaign_state_subject(organization_id: int, campaign_id: int) -> str:
+    """The subject a campaign's CampaignStateChanged is published to."""
+    return f"{_CAMPAIGN_STATE}.{organization_id}.{campaign_id}"
+
+
+def suppression_subject(organization_id: int, email_hash: str) -> str:
+    """The subject an address's SuppressionChanged is published to (by its keyed hash)."""
+    return f"{_SUPPRESSION_CHANGED}.{organization_id}.{email_hash}"
 
 
 def subject_organization(subject: str) -> int | None:
@@ -171,20 +208,21 @@ def _stream_of(subject: str) -> str:
 SERVICE_ACCESS: dict[str, Access] = {
     "auth": Access(publishes=(SUBJECT_SEND_TRANSACTIONAL,)),
     # Each stream has one maintainer: the sender the work queue it drains and the reports it writes,
-    # bounce its events, lists the erasures it announces. The dead-letter stream's one subject
-    # (mailblast.deadletter.>) never changes.
+    # bounce its events, lists the erasures and suppressions it announces, campaigns its states. The
+    # dead-letter stream's one subject (mailblast.deadletter.>) never changes.
     "lists": Access(
-        publishes=(SUBJECT_SEND_TRANSACTIONAL, SUBJECT_SUBSCRIBER_ERASED),
+        publishes=(SUBJECT_SEND_TRANSACTIONAL, SUBJECT_SUBSCRIBER_ERASED, SUBJECT_SUPPRESSION_CHANGED),
         consumes=(Consumer(STREAM_BOUNCE, "lists-bounces", SUBJECT_BOUNCE_RECORDED),),
-        maintains=(STREAM_PRIVACY,),
+        maintains=(STREAM_PRIVACY, STREAM_SUPPRESSION),
     ),
     "campaigns": Access(
-        publishes=(SUBJECT_SEND_BATCH, SUBJECT_SEND_TRANSACTIONAL),
+        publishes=(SUBJECT_SEND_BATCH, SUBJECT_SEND_TRANSACTIONAL, SUBJECT_CAMPAIGN_STATE),
         consumes=(
             Consumer(STREAM_DELIVERY, "campaigns-delivery", SUBJECT_DELIVERY_REPORT),
             Consumer(STREAM_BOUNCE, "campaigns-bounces", SUBJECT_BOUNCE_RECORDED),
             Consumer(STREAM_PRIVACY, "campaigns-erasures", SUBJECT_SUBSCRIBER_ERASED),
         ),
+        maintains=(STREAM_CAMPAIGN_STATE,),
     ),
     "sender": Access(
         publishes=(SUBJECT_DELIVERY_REPORT,),
@@ -192,6 +230,8 @@ SERVICE_ACCESS: dict[str, Access] = {
             Consumer(STREAM_SEND, "sender-batches", SUBJECT_SEND_BATCH),
             Consumer(STREAM_SEND, "sender-transactional", SUBJECT_SEND_TRANSACTIONAL),
             Consumer(STREAM_PRIVACY, "sender-erasures", SUBJECT_SUBSCRIBER_ERASED),
+            Consumer(STREAM_CAMPAIGN_STATE, "sender-campaign-states", SUBJECT_CAMPAIGN_STATE),
+            Consumer(STREAM_SUPPRESSION, "sender-suppressions", SUBJECT_SUPPRESSION_CHANGED),
         ),
         maintains=(STREAM_SEND, STREAM_DELIVERY),
     ),

@@ -50,13 +50,14 @@ _MAX_MESSAGE = 64 * 1024 * 1024
 # gateway, the console: auth, lists, campaigns. cli, the `mailblast` command and other tools with a
 # user's API token: lists, campaigns, and auth (which answers tokens itself, so that tokens can be
 # managed with a token). dev-run, `make run`: auth, to bootstrap the first organisation (Kubernetes
-# issues no such certificate). The services: tokens (auth), recipients (lists), pause and suppression
-# checks at send time (campaigns, lists). sender's and bounce's read-only APIs have no caller among
-# the services yet; they are open to the console and the command, as their protos intend.
+# issues no such certificate). The services: tokens (auth), recipients (lists). The sender calls no
+# service: campaign states and suppressions reach its copies over NATS. sender's and bounce's read-only
+# APIs have no caller among the services yet; they are open to the console and the command, as their
+# protos intend.
 ALLOWED_CALLERS: dict[str, frozenset[str]] = {
     "auth": frozenset({"gateway", "lists", "campaigns", "bounce", "cli", "dev-run"}),
-    "lists": frozenset({"gateway", "campaigns", "sender", "cli"}),
-    "campaigns": frozenset({"gateway", "sender", "cli"}),
+    "lists": frozenset({"gateway", "campaigns", "cli"}),
+    "campaigns": frozenset({"gateway", "cli"}),
     "sender": frozenset({"gateway", "cli"}),
     "bounce": frozenset({"gateway", "cli"}),
 }

@@ -15,6 +15,7 @@ from services.common import bus, db
 from services.common.audit import AuditTrail
 from services.common.clock import Clock
 from services.common.log import get_logger
+from services.common.outbox import OutboxRelay
 from services.common.rpc import (
     GrpcServer,
     ServiceIdentity,
@@ -22,6 +23,7 @@ from services.common.rpc import (
     service_channel,
     start_grpc_server,
 )
+from services.lists.announcements import suppression_relay
 from services.lists.audience import AudienceStore
 from services.lists.config import Config
 from services.lists.consumers import BounceConsumer
@@ -49,6 +51,7 @@ class Running:
         auth_channel: grpc.aio.Channel | None,
         imports: ImportRunner,
         erasures: ErasureAnnouncer,
+        suppressions: OutboxRelay,
     ) -> None:
         self._server = server
         self._pool = pool
@@ -64,6 +67,9 @@ class Running:
         self._tasks.append(asyncio.create_task(imports.run(self._stop), name="lists-imports"))
         # So do erasures not yet announced (NATS was away when they were committed).
         self._tasks.append(asyncio.create_task(erasures.run(self._stop), name="lists-erasures"))
+        # And every suppression list change, for the senders' copies (they never ask lists).
+        self.suppressions = suppressions
+        self._tasks.append(asyncio.create_task(suppressions.run(self._stop), name="lists-suppressions"))
 
     def run_in_background(self) -> None:
         """Consume bounce events until stop()."""
@@ -146,7 +152,7 @@ async def start(config: Config, *, clock: Clock | None = None) -> Running:
             await nc.close()
         await pool.close()
         raise
-    running = Running(server, pool, nc, consumer, auth_channel, imports, erasures)
+    running = Running(server, pool, nc, consumer, auth_channel, imports, erasures, suppression_relay(pool, js))
     if config.consume_in_background:
         running.run_in_background()
     log.info("lists started", grpc_port=server.port, auth=bool(config.auth_addr))

@@ -86,17 +86,6 @@ class Config:
         "",
         "the envelope sender of transactional mail; unset: `bounces@<return-path domain>`",
     )
-    campaigns_addr: str = setting(
-        "SENDER_CAMPAIGNS_ADDR",
-        "",
-        "the campaigns service, asked whether a campaign is paused or cancelled; unset: not checked before "
-        "delivering (logged once)",
-    )
-    lists_addr: str = setting(
-        "SENDER_LISTS_ADDR",
-        "",
-        "the lists service, asked which addresses are suppressed; unset: not checked at send time (logged once)",
-    )
     pause_recheck_seconds: float = setting(
         "SENDER_PAUSE_RECHECK_SECONDS",
         30.0,

@@ -1,454 +1,174 @@
-"""The sender-batches consumer: each SendBatch is delivered, committed, then ack / nak(delay) / term."""
+"""The sender's JetStream runners: send work in (batches, transactional mail), copies kept current.
+
+Each decodes, converts to the domain (convert.py) and hands over: the send decisions live in
+sending.py, transactional.py and decisions.py; the copies in store_copies.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
-import functools
-import os
-import socket
-import uuid
-from collections.abc import Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from mailblast.v1 import events_pb2
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from opentelemetry import trace
 
 from services.common import bus
-from services.common.log import get_logger
-from services.common.tracing import extract_context
-from services.common.verp import RecipientRef
-from services.sender import retry
-from services.sender.checks import CANCELLED, GO, PAUSED, CampaignStates, SuppressionCheck
-from services.sender.compose import Composer
-from services.sender.mime import MessageProblem, Sender
-from services.sender.render import CompiledContent, TemplateCache, TemplateProblem
-from services.sender.smtp import (
-    DEFERRED,
-    EXPIRED,
-    FINAL_STATUSES,
-    DeliveryResult,
-    SmtpDelivery,
-    rejected,
-    suppressed,
-)
-from services.sender.store import DeliveryStore, LedgerState, Outcome
-from services.sender.workers import MessageWorkers
-from services.sender.writer import LedgerWriter
-
-log = get_logger(__name__)
-tracer = trace.get_tracer("services.sender")
+from services.common.runner import Ack, DeadLetter, Decision, Delivery, GroupCommit, Runner
+from services.sender import convert
+from services.sender.sending import BatchSending
+from services.sender.store_copies import CopyStore
+from services.sender.transactional import TransactionalSending
 
 DURABLE = "sender-batches"
-ACK_WAIT_SECONDS = 60.0
+TRANSACTIONAL_DURABLE = "sender-transactional"
+CAMPAIGN_STATES_DURABLE = "sender-campaign-states"
+SUPPRESSIONS_DURABLE = "sender-suppressions"
+# Transactional messages fetched at once; each is worked on in its own slot.
+TRANSACTIONAL_FETCH = 16
+# Copy changes worked on at once: they are written in groups, so a replay of a whole suppression
+# list (a new installation, the first start after an upgrade) goes hundreds per transaction.
+COPY_SLOTS = 500
+# The keyed hash of services/common/privacy.py: HMAC-SHA256, hex.
+_HASH_LENGTH = 64
 
-_OUTCOMES = {
-    "sent": events_pb2.DELIVERY_OUTCOME_SENT,
-    "deferred": events_pb2.DELIVERY_OUTCOME_DEFERRED,
-    "rejected": events_pb2.DELIVERY_OUTCOME_REJECTED,
-    "expired": events_pb2.DELIVERY_OUTCOME_EXPIRED,
-    "suppressed": events_pb2.DELIVERY_OUTCOME_SUPPRESSED,
-}
-
-
-def delivery_report(outcomes: Sequence[Outcome]) -> events_pb2.DeliveryReport:
-    """The NATS report of a committed group of outcomes."""
-    report = events_pb2.DeliveryReport()
-    for o in outcomes:
-        occurred = Timestamp()
-        occurred.FromDatetime(o.occurred_at)
-        report.events.append(
-            events_pb2.DeliveryEvent(
-                organization_id=o.organization_id,
-                campaign_id=o.campaign_id,
-                subscriber_id=o.subscriber_id,
-                email=o.email,
-                outcome=_OUTCOMES[o.status],
-                smtp_code=o.smtp_code,
-                smtp_message=o.smtp_message,
-                enhanced_status=o.enhanced_status,
-                tls=o.tls,
-                message_id=o.message_id,
-                attempt=o.attempt,
-                occurred_at=occurred,
-                message_key=o.message_key,
-                category=o.category,
-            )
-        )
-    return report
+P = TypeVar("P", events_pb2.CampaignStateChanged, events_pb2.SuppressionChanged)
+Write = Callable[[Sequence[Any]], Awaitable[Sequence[None]]]
 
 
-@dataclass(frozen=True)
-class _Decision:
-    action: str  # "ack", "nak" or "term"
-    delay: float = 0.0
-    # Set when the campaign's state stopped the batch: "paused" or "cancelled".
-    halted: str = ""
+class BatchConsumer(Runner[events_pb2.SendBatch]):
+    """sender-batches: each SendBatch delivered by BatchSending; a few batches at once per process."""
 
-
-class SendBatchConsumer(MessageWorkers):
-    """Takes SendBatch messages off the shared durable consumer and works on several at once."""
+    payload_type = events_pb2.SendBatch
+    span_name = "send batch"
 
     def __init__(
         self,
-        *,
         js: JetStreamContext,
-        store: DeliveryStore,
-        writer: LedgerWriter,
-        composer: Composer,
-        delivery: SmtpDelivery,
-        concurrency: int,
+        sending: BatchSending,
+        *,
         batches_in_flight: int,
-        retry_base_seconds: float,
-        retry_max_seconds: float,
-        give_up_seconds: float,
-        ack_wait_seconds: float = ACK_WAIT_SECONDS,
-        claim_seconds: float = 300.0,
-        campaign_states: CampaignStates | None = None,
-        suppression: SuppressionCheck | None = None,
-        pause_recheck_seconds: float = 30.0,
-        render_pool: Executor | None = None,
+        ack_wait: float,
+        retry_delay: float,
     ) -> None:
-        self._js = js
-        # Rendering and signing run off the event loop, so a heavy template never stalls the other
-        # consumers (a password reset), the ledger writer or the SMTP sessions; None: the loop's default.
-        self._render_pool = render_pool
-        self._campaigns = campaign_states or CampaignStates(None)
-        self._suppression = suppression or SuppressionCheck(None)
-        self._pause_recheck = pause_recheck_seconds
-        self._ack_wait = ack_wait_seconds
-        self._claim_seconds = claim_seconds
-        # Claims are taken a delivery window ahead, so a kill leaves at most that many in doubt.
-        self._claim_chunk = concurrency
-        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._store = store
-        self._writer = writer
-        self._composer = composer
-        self._delivery = delivery
-        self._templates = TemplateCache()
-        self._retry_base = retry_base_seconds
-        self._retry_max = retry_max_seconds
-        self._give_up = give_up_seconds
-        self._delivery_slots = asyncio.Semaphore(concurrency)
-        self._deliveries: set[asyncio.Task[None]] = set()
-        # Recipients being delivered by this process: a second copy of a batch waits for their outcome.
-        self._inflight: dict[tuple[int, int], asyncio.Future[Outcome]] = {}
         super().__init__(
-            {
-                "js": js,
-                "stream": bus.STREAM_SEND,
-                "durable": DURABLE,
-                "subject": bus.SUBJECT_SEND_BATCH,
-                "batch": 1,
-                "ack_wait": ack_wait_seconds,
-            },
-            self._process,
-            batches_in_flight,
-            "batch",
-        )
+            js, stream=bus.STREAM_SEND, durable=DURABLE, subject=bus.SUBJECT_SEND_BATCH, slots=batches_in_flight,
+            fetch=1, ack_wait=ack_wait, retry_delay=retry_delay,
+        )  # fmt: skip
+        self._sending = sending
 
-    async def stop(self, grace: float) -> None:
-        """Stop taking batches; give those under way `grace` seconds, then abandon them for redelivery."""
-        await super().stop(grace, also_cancel=list(self._deliveries))
-
-    async def _process(self, msg: Msg) -> None:
-        try:
-            batch = bus.decode(msg, events_pb2.SendBatch)
-        except bus.DecodeError as exc:
-            await bus.dead_letter(self._js, msg, f"not a SendBatch: {exc}")
-            return
-        attributes = {
-            "messaging.system": "nats",
-            "messaging.destination.name": msg.subject,
+    def describe(self, batch: events_pb2.SendBatch, delivery: Delivery) -> dict[str, Any]:
+        """The batch's campaign, number and size."""
+        return {
             "mailblast.organization_id": batch.organization_id,
             "mailblast.campaign_id": batch.campaign_id,
             "mailblast.batch_number": batch.batch_number,
             "mailblast.recipients": len(batch.recipients),
         }
-        with tracer.start_as_current_span(
-            "send batch", context=extract_context(msg.headers), kind=trace.SpanKind.CONSUMER, attributes=attributes
-        ) as span:
-            keeper = asyncio.create_task(keep_in_progress(msg, self._ack_wait))
-            try:
-                decision = await self._send(batch, msg.metadata.num_delivered or 1)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("batch failed; it will be retried", campaign_id=batch.campaign_id)
-                span.record_exception(exc)
-                decision = _Decision("nak", self._retry_base)
-            finally:
-                keeper.cancel()
-            span.set_attribute("mailblast.decision", decision.action)
-            if decision.halted:
-                span.set_attribute("mailblast.halted", decision.halted)
-            if decision.action == "ack":
-                await msg.ack()
-            elif decision.action == "term":
-                await msg.term()
-            else:
-                await msg.nak(delay=decision.delay)
 
-    def _halt(self, batch: events_pb2.SendBatch, verdict: str) -> _Decision:
-        """A paused campaign's batch comes back later, untouched; a cancelled one's is dropped."""
-        log.info("batch halted by the campaign's state", campaign_id=batch.campaign_id, state=verdict)
-        if verdict == PAUSED:
-            # A plain redelivery, not a retry: nothing is recorded, so no recipient spends an attempt.
-            return _Decision("nak", self._pause_recheck, halted=PAUSED)
-        return _Decision("ack", halted=CANCELLED)
+    async def dispose(self, batch: events_pb2.SendBatch, delivery: Delivery) -> Decision:
+        """Deliver the batch's recipients not yet final; ack, retry the deferred later, or drop."""
+        return await self._sending.send(convert.batch(batch), delivery.count)
 
-    async def _send(self, batch: events_pb2.SendBatch, delivery_count: int) -> _Decision:
-        campaign_id = batch.campaign_id
-        verdict = await self._campaigns.verdict(batch.organization_id, campaign_id)
-        if verdict != GO:
-            return self._halt(batch, verdict)
-        states = await self._store.states(campaign_id, {r.subscriber_id for r in batch.recipients})
-        todo = []
-        settled = []
-        seen: set[int] = set()
-        for recipient in batch.recipients:
-            state = states.get(recipient.subscriber_id)
-            if recipient.subscriber_id in seen:
-                continue
-            seen.add(recipient.subscriber_id)
-            if state is not None and state.status in FINAL_STATUSES:
-                if delivery_count > 1:
-                    settled.append(_settled_outcome(batch, recipient.subscriber_id, state))
-                continue
-            todo.append(recipient)
-        if settled:
-            # A sender killed between its ledger commit and the report left these unreported: report
-            # them again (the ledger keeps final rows as they are; the consumers take repeats in stride).
-            await asyncio.gather(*(self._writer.submit(o) for o in settled))
-        if not todo:
-            return _Decision("ack")
-        content = batch.content
-        sender = Sender(content.from_name, content.from_address, content.reply_to)
-        try:
-            sender.check()
-            compiled = await asyncio.get_running_loop().run_in_executor(
-                self._render_pool,
-                self._templates.get,
-                campaign_id,
-                content.subject,
-                content.text_body,
-                content.html_body,
+
+class TransactionalConsumer(Runner[events_pb2.TransactionalMessage]):
+    """sender-transactional: each TransactionalMessage delivered once per key by TransactionalSending."""
+
+    payload_type = events_pb2.TransactionalMessage
+    span_name = "send transactional"
+
+    def __init__(
+        self, js: JetStreamContext, sending: TransactionalSending, *, slots: int, ack_wait: float, retry_delay: float
+    ) -> None:
+        super().__init__(
+            js, stream=bus.STREAM_SEND, durable=TRANSACTIONAL_DURABLE, subject=bus.SUBJECT_SEND_TRANSACTIONAL,
+            slots=slots, fetch=TRANSACTIONAL_FETCH, ack_wait=ack_wait, retry_delay=retry_delay,
+        )  # fmt: skip
+        self._sending = sending
+
+    def describe(self, message: events_pb2.TransactionalMessage, delivery: Delivery) -> dict[str, Any]:
+        """The message's organisation, key and category."""
+        return {
+            "mailblast.organization_id": message.organization_id,
+            "mailblast.message_key": message.message_key,
+            "mailblast.category": message.category,
+        }
+
+    async def dispose(self, message: events_pb2.TransactionalMessage, delivery: Delivery) -> Decision:
+        """Deliver the message once per key; one that names no key or another organisation is kept aside."""
+        if not message.message_key or message.organization_id <= 0:
+            return DeadLetter("TransactionalMessage without message_key or organization_id")
+        if bus.subject_organization(delivery.subject) != message.organization_id:
+            # NATS lets a credential publish only its own organisation's subject; a payload naming
+            # another organisation is an attempt to send as that one, and is never delivered.
+            return DeadLetter(
+                f"TransactionalMessage of organisation {message.organization_id} published to {delivery.subject}: "
+                "the organisation must match the subject's"
             )
-        except (MessageProblem, TemplateProblem) as exc:
-            # The campaign itself cannot be sent: every recipient fails for the same reason, once.
-            log.error("batch refused", campaign_id=campaign_id, reason=str(exc))
-            result = rejected(str(exc))
-            futures = [self._writer.submit(self._outcome(batch, r, result, "", states)) for r in todo]
-            await asyncio.gather(*futures)
-            return _Decision("term")
+        return await self._sending.send(convert.transactional(message), delivery.count)
 
-        waits: list[asyncio.Future[Outcome]] = []
-        recorded: list[asyncio.Future[None]] = []
-        loop = asyncio.get_running_loop()
-        mine: list[events_pb2.BatchRecipient] = []
-        for recipient in todo:
-            shared = self._inflight.get((campaign_id, recipient.subscriber_id))
-            if shared is not None:
-                waits.append(shared)
-            else:
-                mine.append(recipient)
-        busy = 0
-        # A claim names this very pass over the batch: a second copy of the batch in this same process
-        # (redelivered while this one still works) must not take over recipients this one has not reached.
-        owner = f"{self._owner}:{uuid.uuid4().hex[:8]}"
-        halted = ""
-        try:
-            for start in range(0, len(mine), self._claim_chunk):
-                chunk = mine[start : start + self._claim_chunk]
-                if start:
-                    # A long batch looks at the campaign again before each chunk (the answer is cached briefly).
-                    verdict = await self._campaigns.verdict(batch.organization_id, campaign_id)
-                    if verdict != GO:
-                        halted = verdict
-                        break
-                # Asked before claiming, so a failed look-up leaves no claim behind to lapse.
-                on_list = await self._suppression.suppressed(batch.organization_id, [r.email for r in chunk])
-                # An erasure this sender heard of is final here even when lists cannot be asked.
-                gone = await self._store.erased(batch.organization_id, [r.subscriber_id for r in chunk])
-                claimed = await self._store.claim(
-                    batch.organization_id,
-                    campaign_id,
-                    [(r.subscriber_id, r.email) for r in chunk],
-                    owner,
-                    self._claim_seconds,
-                )
-                for recipient in chunk:
-                    key = (campaign_id, recipient.subscriber_id)
-                    if recipient.subscriber_id not in claimed:
-                        # Another sender is delivering it (or it became final meanwhile): look again later.
-                        busy += 1
-                        continue
-                    if key in self._inflight:
-                        waits.append(self._inflight[key])
-                        continue
-                    if recipient.email in on_list or recipient.subscriber_id in gone:
-                        reason = on_list.get(recipient.email, "erased")
-                        recorded.append(
-                            self._writer.submit(self._outcome(batch, recipient, suppressed(reason), "", states))
-                        )
-                        continue
-                    await self._delivery_slots.acquire()
-                    future: asyncio.Future[Outcome] = loop.create_future()
-                    self._inflight[key] = future
-                    waits.append(future)
-                    task = asyncio.create_task(
-                        self._deliver_one(batch, recipient, compiled, sender, states, key, future)
-                    )
-                    self._deliveries.add(task)
-                    task.add_done_callback(self._deliveries.discard)
-        except Exception:
-            # Deliveries already started finish and record their outcomes before the batch is retried.
-            await asyncio.gather(*waits, *recorded, return_exceptions=True)
-            raise
-        outcomes = await asyncio.gather(*waits)
-        await asyncio.gather(*recorded)
-        if recorded:
-            log.info("suppressed recipients not sent", campaign_id=campaign_id, count=len(recorded))
-        if halted:
-            # Whatever was under way has finished; the rest waits for a resume or is dropped.
-            return self._halt(batch, halted)
-        if busy:
-            log.info("recipients claimed by another sender; batch returns later", campaign_id=campaign_id, busy=busy)
 
-        still_deferred = [o for o in outcomes if o.status == DEFERRED]
-        if not still_deferred:
-            return _Decision("nak", self._retry_base) if busy else _Decision("ack")
-        # The give-up clock and the backoff follow the recipients' own attempts, not the batch's age or
-        # NATS's delivery count: time spent paused, or waiting behind other batches, costs no retries.
-        now = dt.datetime.now(dt.UTC)
-        firsts = [
-            (states[o.subscriber_id].first_attempt_at if o.subscriber_id in states else None) or now
-            for o in still_deferred
-        ]
-        age = max((now - min(firsts)).total_seconds(), 0.0)
-        attempts = max(o.attempt for o in still_deferred)
-        if retry.given_up(age, self._give_up):
-            expiries = [
-                self._writer.submit(replace(o, status=EXPIRED, counts_attempt=False, occurred_at=now))
-                for o in still_deferred
-            ]
-            await asyncio.gather(*expiries)
-            log.info("deferred recipients expired", campaign_id=campaign_id, count=len(expiries))
-            return _Decision("nak", self._retry_base) if busy else _Decision("ack")
-        delay = retry.next_retry_delay(attempts, age, self._retry_base, self._retry_max, self._give_up)
-        return _Decision("nak", delay)
+class _Copier(Runner[P]):
+    """A runner that writes what it is given in groups, through `writer`."""
 
-    def _outcome(
-        self,
-        batch: events_pb2.SendBatch,
-        recipient: events_pb2.BatchRecipient,
-        result: DeliveryResult,
-        message_id: str,
-        states: dict[int, LedgerState],
-    ) -> Outcome:
-        return Outcome.of(
-            result,
-            organization_id=batch.organization_id,
-            campaign_id=batch.campaign_id,
-            subscriber_id=recipient.subscriber_id,
-            email=recipient.email,
-            message_id=message_id,
-            previous=states.get(recipient.subscriber_id),
+    def __init__(self, js: JetStreamContext, stream: str, durable: str, subject: str, write: Write) -> None:
+        super().__init__(js, stream=stream, durable=durable, subject=subject, slots=COPY_SLOTS)
+        self.writer: GroupCommit = GroupCommit(write)
+
+    async def start(self) -> None:
+        """Start the group writer, then bind to the durable."""
+        self.writer.start(self.durable)
+        await super().start()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking changes, then write what is pending."""
+        await super().stop(grace)
+        await self.writer.stop()
+
+
+class CampaignStateCopier(_Copier[events_pb2.CampaignStateChanged]):
+    """sender-campaign-states: keeps campaign_states_copy current; one durable for all sender processes."""
+
+    payload_type = events_pb2.CampaignStateChanged
+    span_name = "copy campaign state"
+
+    def __init__(self, js: JetStreamContext, copies: CopyStore) -> None:
+        super().__init__(
+            js, bus.STREAM_CAMPAIGN_STATE, CAMPAIGN_STATES_DURABLE, bus.SUBJECT_CAMPAIGN_STATE,
+            copies.apply_campaign_states,
+        )  # fmt: skip
+
+    def describe(self, event: events_pb2.CampaignStateChanged, delivery: Delivery) -> dict[str, Any]:
+        """The campaign and its version."""
+        return {"mailblast.campaign_id": event.campaign_id, "mailblast.version": event.version}
+
+    async def dispose(self, event: events_pb2.CampaignStateChanged, delivery: Delivery) -> Decision:
+        """Apply the change unless the copy holds a newer one."""
+        if event.organization_id <= 0 or event.campaign_id <= 0 or event.version <= 0:
+            return DeadLetter("CampaignStateChanged lacks an organisation, a campaign or a version")
+        await self.writer.submit(convert.campaign_state_change(event))
+        return Ack()
+
+
+class SuppressionCopier(_Copier[events_pb2.SuppressionChanged]):
+    """sender-suppressions: keeps suppressions_copy current; one durable for all sender processes."""
+
+    payload_type = events_pb2.SuppressionChanged
+    span_name = "copy suppression"
+
+    def __init__(self, js: JetStreamContext, copies: CopyStore) -> None:
+        super().__init__(
+            js, bus.STREAM_SUPPRESSION, SUPPRESSIONS_DURABLE, bus.SUBJECT_SUPPRESSION_CHANGED, copies.apply_suppressions
         )
 
-    async def _deliver_one(
-        self,
-        batch: events_pb2.SendBatch,
-        recipient: events_pb2.BatchRecipient,
-        compiled: CompiledContent,
-        sender: Sender,
-        states: dict[int, LedgerState],
-        key: tuple[int, int],
-        future: asyncio.Future[Outcome],
-    ) -> None:
-        released = False
-        try:
-            ref = RecipientRef(batch.organization_id, batch.campaign_id, recipient.subscriber_id)
-            with tracer.start_as_current_span(
-                "deliver",
-                kind=trace.SpanKind.CLIENT,
-                attributes={
-                    "messaging.system": "nats",
-                    "mailblast.organization_id": batch.organization_id,
-                    "mailblast.campaign_id": batch.campaign_id,
-                    "mailblast.subscriber_id": recipient.subscriber_id,
-                },
-            ) as span:
-                message_id = ""
-                try:
-                    prepared = await asyncio.get_running_loop().run_in_executor(
-                        self._render_pool,
-                        functools.partial(
-                            self._composer.prepare,
-                            ref=ref,
-                            content=compiled,
-                            sender=sender,
-                            email=recipient.email,
-                            name=recipient.name,
-                            attributes_json=recipient.attributes_json,
-                        ),
-                    )
-                except (MessageProblem, TemplateProblem) as exc:
-                    result = rejected(str(exc))
-                else:
-                    message_id = prepared.message_id
-                    result = await self._delivery.deliver(prepared.envelope_from, recipient.email, prepared.data)
-                span.set_attribute("smtp.reply_code", result.code)
-                span.set_attribute("smtp.tls", result.tls)
-                span.set_attribute("mailblast.outcome", result.outcome)
-                if result.enhanced_status:
-                    span.set_attribute("smtp.enhanced_status", result.enhanced_status)
-            self._delivery_slots.release()
-            released = True
-            outcome = self._outcome(batch, recipient, result, message_id, states)
-            await self._writer.submit(outcome)
-            future.set_result(outcome)
-        except BaseException as exc:
-            if not future.done():
-                future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("delivery cancelled"))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-        finally:
-            if not released:
-                self._delivery_slots.release()
-            self._inflight.pop(key, None)
+    def describe(self, event: events_pb2.SuppressionChanged, delivery: Delivery) -> dict[str, Any]:
+        """The organisation and the change's version (never the address, nor its hash)."""
+        return {"mailblast.organization_id": event.organization_id, "mailblast.version": event.version}
 
-
-def _settled_outcome(batch: events_pb2.SendBatch, subscriber_id: int, state: LedgerState) -> Outcome:
-    """The outcome a final ledger row records, to be reported again."""
-    return Outcome(
-        organization_id=batch.organization_id,
-        campaign_id=batch.campaign_id,
-        subscriber_id=subscriber_id,
-        email=state.email,
-        status=state.status,
-        message_id=state.message_id,
-        smtp_code=state.smtp_code,
-        smtp_message=state.smtp_message,
-        enhanced_status=state.enhanced_status,
-        tls=state.tls,
-        attempt=state.attempts,
-        counts_attempt=False,
-        occurred_at=state.updated_at or dt.datetime.now(dt.UTC),
-    )
-
-
-async def keep_in_progress(msg: Msg, ack_wait: float) -> None:
-    """Tell JetStream the batch is still being worked on, so ack_wait does not expire mid-batch."""
-    try:
-        while True:
-            await asyncio.sleep(ack_wait / 3)
-            await msg.in_progress()
-    except asyncio.CancelledError:
-        return
-    except Exception:
-        log.warning("could not extend a batch's ack deadline")
+    async def dispose(self, event: events_pb2.SuppressionChanged, delivery: Delivery) -> Decision:
+        """Apply the change unless the copy holds a newer one."""
+        if event.organization_id <= 0 or len(event.email_hash) != _HASH_LENGTH or event.version <= 0:
+            return DeadLetter("SuppressionChanged lacks an organisation, a keyed hash or a version")
+        if event.suppressed and event.reason == events_pb2.SUPPRESSION_REASON_UNSPECIFIED:
+            return DeadLetter("SuppressionChanged puts an address on the list without a reason")
+        await self.writer.submit(convert.suppression_change(event))
+        return Ack()

@@ -9,6 +9,7 @@ from mailblast.v1 import sender_pb2, sender_pb2_grpc
 
 from services.common.errors import NotFound
 from services.common.identity import require_scope
+from services.sender import convert
 from services.sender.store import DeliveryStore
 
 
@@ -30,17 +31,7 @@ class SenderServicer(sender_pb2_grpc.SenderServiceServicer):
                 subscriber=request.subscriber_id,
                 campaign=request.campaign_id,
             )
-        return sender_pb2.Delivery(
-            campaign_id=row.campaign_id,
-            subscriber_id=row.subscriber_id,
-            email=row.email,
-            status=row.status,
-            message_id=row.message_id,
-            smtp_code=row.smtp_code,
-            smtp_message=row.smtp_message,
-            tls=row.tls,
-            attempts=row.attempts,
-        )
+        return convert.delivery(row)
 
 
 def register(store: DeliveryStore) -> Callable[[grpc.aio.Server], list[str]]:

@@ -7,23 +7,35 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
 from services.common import bus, db
+from services.common.clock import Clock
 from services.common.erasure import erasure_consumer
 from services.common.log import get_logger
-from services.common.rpc import GrpcServer, ServiceIdentity, service_channel, start_grpc_server
-from services.sender import grpc_api
-from services.sender.checks import CampaignStates, SuppressionCheck
+from services.common.rpc import GrpcServer, ServiceIdentity, start_grpc_server
+from services.sender import convert, grpc_api
 from services.sender.compose import Composer
 from services.sender.config import TLS_REQUIRED, Config
-from services.sender.consumers import SendBatchConsumer, delivery_report
+from services.sender.consumers import (
+    CAMPAIGN_STATES_DURABLE,
+    DURABLE,
+    SUPPRESSIONS_DURABLE,
+    TRANSACTIONAL_DURABLE,
+    BatchConsumer,
+    CampaignStateCopier,
+    SuppressionCopier,
+    TransactionalConsumer,
+)
+from services.sender.decisions import RetryPolicy
 from services.sender.dkim import DkimSigner, SigningKey, load_key
+from services.sender.ledger import Outcome
+from services.sender.sending import BatchSending
 from services.sender.smtp import MxResolver, SmtpDelivery
-from services.sender.store import SCHEMA, DeliveryStore, Outcome
-from services.sender.transactional import TransactionalConsumer
+from services.sender.store import SCHEMA, DeliveryStore
+from services.sender.store_copies import CopyStore
+from services.sender.transactional import TransactionalSending
 from services.sender.writer import LedgerWriter
 
 log = get_logger(__name__)
@@ -50,7 +62,7 @@ def dkim_keys(config: Config) -> list[SigningKey]:
 
 
 class Running:
-    """A started sender: `grpc_port`, the `consumer` and `transactional` consumers, and `stop()`."""
+    """A started sender: `grpc_port`, its runners (`consumer`, `transactional`, the copiers) and `stop()`."""
 
     def __init__(
         self,
@@ -58,22 +70,27 @@ class Running:
         pool: AsyncConnectionPool,
         nc: NATS,
         grpc: GrpcServer,
-        consumer: SendBatchConsumer,
+        consumer: BatchConsumer,
         transactional: TransactionalConsumer,
+        campaign_states: CampaignStateCopier,
+        suppressions: SuppressionCopier,
+        erasures: bus.PullConsumer,
         writer: LedgerWriter,
         delivery: SmtpDelivery,
         store: DeliveryStore,
+        copies: CopyStore,
         loop_tasks: list[asyncio.Task[None]],
         stop_event: asyncio.Event,
-        erasures: bus.PullConsumer,
-        channels: Sequence[grpc.aio.Channel] = (),
         render_pools: Sequence[ThreadPoolExecutor] = (),
     ) -> None:
         self.grpc_port = grpc.port
         self.consumer = consumer
         self.transactional = transactional
+        self.campaign_states = campaign_states
+        self.suppressions = suppressions
         self.erasures = erasures
         self.store = store
+        self.copies = copies
         self._pool = pool
         self._nc = nc
         self._grpc = grpc
@@ -81,7 +98,6 @@ class Running:
         self._delivery = delivery
         self._loop_tasks = loop_tasks
         self._stop_event = stop_event
-        self._channels = channels
         self._render_pools = render_pools
 
     async def stop(self, grace: float = 20.0) -> None:
@@ -89,6 +105,7 @@ class Running:
         self._stop_event.set()
         await asyncio.gather(*self._loop_tasks, return_exceptions=True)
         await asyncio.gather(self.consumer.stop(grace), self.transactional.stop(grace))
+        await asyncio.gather(self.campaign_states.stop(grace), self.suppressions.stop(grace))
         await self.erasures.stop()
         for render_pool in self._render_pools:
             # Nothing is queued any more; a render under way ends within its time limit.
@@ -96,8 +113,6 @@ class Running:
         await self._writer.stop()
         await self._delivery.close()
         await self._grpc.stop(grace=2.0)
-        for channel in self._channels:
-            await channel.close()
         try:
             await self._nc.drain()
         except Exception:
@@ -105,20 +120,22 @@ class Running:
         await self._pool.close()
 
 
-async def start(config: Config, *, consume: bool = True) -> Running:
-    """Migrate, connect, start the gRPC server and (unless told not to) the batch and transactional loops."""
+async def start(config: Config, *, consume: bool = True, clock: Clock | None = None) -> Running:
+    """Migrate, connect, start the gRPC server and (unless told not to) the runners' loops.
+
+    Nothing here, nor on the send path, waits on another service: campaign states and suppressions come
+    from NATS into the sender's own copies (store_copies.py).
+    """
     me = ServiceIdentity("sender", config.grpc_tls, config.internal_key)
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     keys = dkim_keys(config)
     pool = await db.open_pool(config.database_url, SCHEMA, min_size=2, max_size=8)
     nc, js = await bus.connect(config.nats_url, "sender", config.nats_creds_file, config.nats_stream_replicas)
     store = DeliveryStore(pool, config.internal_key)
-    campaigns_channel = service_channel(config.campaigns_addr, "campaigns", me) if config.campaigns_addr else None
-    lists_channel = service_channel(config.lists_addr, "lists", me) if config.lists_addr else None
-    suppression = SuppressionCheck(lists_channel)
+    copies = CopyStore(pool, config.internal_key)
 
     async def report(outcomes: Sequence[Outcome]) -> None:
-        await bus.publish(js, bus.SUBJECT_DELIVERY_REPORT, delivery_report(outcomes))
+        await bus.publish(js, bus.SUBJECT_DELIVERY_REPORT, convert.delivery_report(outcomes))
 
     writer = LedgerWriter(store, report)
     writer.start()
@@ -139,55 +156,41 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         signer=DkimSigner(keys),
         system_return_path=config.system_return_path,
     )
-    render_pools = [ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix=f"sender-render-{kind}") for kind in "bt"]
-    consumer = SendBatchConsumer(
-        js=js,
-        store=store,
-        writer=writer,
-        composer=composer,
-        delivery=delivery,
-        concurrency=config.concurrency,
-        batches_in_flight=config.batches_in_flight,
-        retry_base_seconds=config.retry_base_seconds,
-        retry_max_seconds=config.retry_max_seconds,
-        give_up_seconds=config.give_up_seconds,
-        ack_wait_seconds=config.ack_wait_seconds,
-        claim_seconds=config.claim_seconds,
-        campaign_states=CampaignStates(campaigns_channel),
-        suppression=suppression,
-        pause_recheck_seconds=config.pause_recheck_seconds,
-        render_pool=render_pools[0],
+    policy = RetryPolicy(
+        config.retry_base_seconds, config.retry_max_seconds, config.give_up_seconds, config.pause_recheck_seconds
     )
+    render_pools = [ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix=f"sender-render-{kind}") for kind in "bt"]
+    batches = BatchSending(
+        ledger=store, recorder=writer, gate=copies, transport=delivery, composer=composer, policy=policy,
+        concurrency=config.concurrency, claim_seconds=config.claim_seconds, clock=clock, render_pool=render_pools[0],
+    )  # fmt: skip
     # Same process, delivery pool, signer and ledger writer; its own durable, so a large campaign
     # never queues a password reset behind its batches.
+    messages = TransactionalSending(
+        ledger=store, recorder=writer, suppressions=copies, transport=delivery, composer=composer, policy=policy,
+        clock=clock, render_pool=render_pools[1],
+    )  # fmt: skip
+    consumer = BatchConsumer(
+        js, batches, batches_in_flight=config.batches_in_flight, ack_wait=config.ack_wait_seconds,
+        retry_delay=config.retry_base_seconds,
+    )  # fmt: skip
     transactional = TransactionalConsumer(
-        js=js,
-        store=store,
-        writer=writer,
-        composer=composer,
-        delivery=delivery,
-        concurrency=max(4, config.concurrency // 4),
-        retry_base_seconds=config.retry_base_seconds,
-        retry_max_seconds=config.retry_max_seconds,
-        give_up_seconds=config.give_up_seconds,
-        ack_wait_seconds=config.ack_wait_seconds,
-        suppression=suppression,
-        render_pool=render_pools[1],
-    )
+        js, messages, slots=max(4, config.concurrency // 4), ack_wait=config.ack_wait_seconds,
+        retry_delay=config.retry_base_seconds,
+    )  # fmt: skip
+    campaign_states = CampaignStateCopier(js, copies)
+    suppressions = SuppressionCopier(js, copies)
     erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)
-    await consumer.start()
-    await transactional.start()
-    await erasures.start()
+    for runner in (consumer, transactional, campaign_states, suppressions, erasures):
+        await runner.start()
     grpc = await start_grpc_server(config.grpc_bind, grpc_api.register(store), me, health_bind=config.health_bind)
     stop_event = asyncio.Event()
+    loops = {
+        DURABLE: consumer, TRANSACTIONAL_DURABLE: transactional, CAMPAIGN_STATES_DURABLE: campaign_states,
+        SUPPRESSIONS_DURABLE: suppressions, ERASURES_DURABLE: erasures,
+    }  # fmt: skip
     loop_tasks = (
-        [
-            asyncio.create_task(consumer.run(stop_event), name="sender-batches"),
-            asyncio.create_task(transactional.run(stop_event), name="sender-transactional"),
-            asyncio.create_task(erasures.run(stop_event), name=ERASURES_DURABLE),
-        ]
-        if consume
-        else []
+        [asyncio.create_task(runner.run(stop_event), name=name) for name, runner in loops.items()] if consume else []
     )
     log.info(
         "sender started",
@@ -198,17 +201,7 @@ async def start(config: Config, *, consume: bool = True) -> Running:
         concurrency=config.concurrency,
     )
     return Running(
-        pool=pool,
-        nc=nc,
-        grpc=grpc,
-        consumer=consumer,
-        transactional=transactional,
-        writer=writer,
-        delivery=delivery,
-        store=store,
-        loop_tasks=loop_tasks,
-        stop_event=stop_event,
-        erasures=erasures,
-        channels=[c for c in (campaigns_channel, lists_channel) if c is not None],
-        render_pools=render_pools,
-    )
+        pool=pool, nc=nc, grpc=grpc, consumer=consumer, transactional=transactional, campaign_states=campaign_states,
+        suppressions=suppressions, erasures=erasures, writer=writer, delivery=delivery, store=store, copies=copies,
+        loop_tasks=loop_tasks, stop_event=stop_event, render_pools=render_pools,
+    )  # fmt: skip

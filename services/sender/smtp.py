@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import ssl
 import time
 from collections import deque
@@ -18,70 +17,14 @@ import dns.resolver
 from aiosmtplib.protocol import normalize_message_line_endings
 
 from services.common.log import get_logger
+from services.sender.ledger import DeliveryResult, deferred, rejected, reply_result
 
 log = get_logger(__name__)
-
-SENT = "sent"
-DEFERRED = "deferred"
-REJECTED = "rejected"
-EXPIRED = "expired"
-# Never offered: the address was suppressed when the sender came to it.
-SUPPRESSED = "suppressed"
-FINAL_STATUSES = frozenset((SENT, REJECTED, EXPIRED, SUPPRESSED))
-
-_ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
 
 # A connection open for longer than this without use may have been dropped by the server.
 _IDLE_SECONDS = 30.0
 # Open a fresh connection after this many messages, so one session never lives for ever.
 _MESSAGES_PER_CONNECTION = 1000
-
-
-@dataclass(frozen=True)
-class DeliveryResult:
-    """What happened to one message: outcome (sent, deferred, rejected), the reply, and TLS."""
-
-    outcome: str
-    code: int
-    message: str
-    enhanced_status: str = ""
-    tls: bool = False
-
-
-def outcome_for(code: int) -> str:
-    """2xx is sent, 5xx rejected, anything else (4xx, no reply) deferred for a retry."""
-    if 200 <= code < 300:
-        return SENT
-    if 500 <= code < 600:
-        return REJECTED
-    return DEFERRED
-
-
-def enhanced_status(message: str) -> str:
-    """The RFC 3463 status (e.g. '5.1.1') leading a reply text, or ''."""
-    match = _ENHANCED.match(message or "")
-    return match.group(1) if match else ""
-
-
-def reply_result(code: int, message: str, tls: bool) -> DeliveryResult:
-    """The result of an SMTP reply."""
-    text = (message or "").strip()
-    return DeliveryResult(outcome_for(code), code, text[:1000], enhanced_status(text), tls)
-
-
-def deferred(reason: str, tls: bool = False) -> DeliveryResult:
-    """A temporary failure without an SMTP reply (connection, timeout, DNS)."""
-    return DeliveryResult(DEFERRED, 0, reason[:1000], "", tls)
-
-
-def suppressed(reason: str) -> DeliveryResult:
-    """A message withheld because its address is on the suppression list (never offered to a server)."""
-    return DeliveryResult(SUPPRESSED, 0, f"suppressed: {reason}")
-
-
-def rejected(reason: str) -> DeliveryResult:
-    """A permanent failure found before any SMTP conversation (bad address, unsafe header, template)."""
-    return DeliveryResult(REJECTED, 0, reason[:1000], "", False)
 
 
 class _TemporaryDns(Exception):

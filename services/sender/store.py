@@ -1,9 +1,13 @@
-"""The delivery ledger (schema sender): the last outcome of each campaign recipient and transactional message."""
+"""The delivery ledger (schema sender): the last outcome of each campaign recipient and transactional message.
+
+DeliveryStore is the send path's Ledger (collaborators.py); its claim also reads the copies of
+store_copies.py, in the same statement.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from psycopg import AsyncConnection
@@ -11,7 +15,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.common.erasure import Erasure, exclude_writers, hold_off_erasures
 from services.common.privacy import email_hasher
-from services.sender.smtp import SUPPRESSED, DeliveryResult
+from services.sender.collaborators import Claim
+from services.sender.decisions import verdict_of
+from services.sender.ledger import DeliveryStatus, LedgerState, Outcome
 
 SCHEMA = "sender"
 SERVICE = "sender"
@@ -43,18 +49,43 @@ WHERE d.status IN ('deferred', 'claimed')
 """
 
 # Claim recipients for one sender until the lease ends: new ones, deferred ones, and claims that lapsed
-# or are already ours. Returns the subscriber ids claimed; the others are final or another sender's.
+# or are already ours; nothing while the campaign's copied state is paused or cancelled. An erased
+# subscriber's row gets the keyed hash for the address. Returns one row per recipient claimed, with the
+# reason it is withheld (erased, or its suppression in the copy) or NULL, and a row with NULL subscriber
+# carrying the campaign's copied state when there is one: the whole send decision in one round trip.
 SQL_CLAIM = """
-INSERT INTO deliveries AS d (campaign_id, subscriber_id, organization_id, email, status, claim_owner, claim_expires)
-SELECT %(campaign)s, c.subscriber_id, %(organization)s, c.email, 'claimed', %(owner)s,
-       now() + make_interval(secs => %(lease)s)
-FROM unnest(%(ids)s::bigint[], %(emails)s::text[]) AS c(subscriber_id, email)
-ON CONFLICT (campaign_id, subscriber_id) DO UPDATE SET
-    claim_owner = EXCLUDED.claim_owner,
-    claim_expires = EXCLUDED.claim_expires
-WHERE d.status IN ('deferred', 'claimed')
-  AND (d.claim_expires IS NULL OR d.claim_expires < now() OR d.claim_owner = EXCLUDED.claim_owner)
-RETURNING d.subscriber_id
+WITH wanted AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(emails)s::text[], %(hashes)s::text[])
+        AS w(subscriber_id, email, email_hash)
+), gate AS (
+    SELECT state FROM campaign_states_copy WHERE organization_id = %(organization)s AND campaign_id = %(campaign)s
+), claimed AS (
+    INSERT INTO deliveries AS d (campaign_id, subscriber_id, organization_id, email, status, claim_owner, claim_expires)
+    SELECT %(campaign)s, w.subscriber_id, %(organization)s,
+           coalesce((SELECT e.email_hash FROM erased_subscribers e
+                     WHERE e.organization_id = %(organization)s AND e.subscriber_id = w.subscriber_id), w.email),
+           'claimed', %(owner)s, now() + make_interval(secs => %(lease)s)
+    FROM wanted w
+    WHERE NOT EXISTS (SELECT 1 FROM gate WHERE state IN ('paused', 'cancelled'))
+    ON CONFLICT (campaign_id, subscriber_id) DO UPDATE SET
+        claim_owner = EXCLUDED.claim_owner,
+        claim_expires = EXCLUDED.claim_expires
+    WHERE d.status IN ('deferred', 'claimed')
+      AND (d.claim_expires IS NULL OR d.claim_expires < now() OR d.claim_owner = EXCLUDED.claim_owner)
+    RETURNING d.subscriber_id
+)
+-- Index look-ups per recipient (correlated), never a scan of the copies: they hold every suppression.
+SELECT c.subscriber_id,
+       CASE WHEN EXISTS (SELECT 1 FROM erased_subscribers e
+                         WHERE e.organization_id = %(organization)s AND e.subscriber_id = c.subscriber_id)
+            THEN 'erased'
+            ELSE (SELECT s.reason FROM suppressions_copy s
+                  WHERE s.organization_id = %(organization)s AND s.email_hash = w.email_hash)
+       END,
+       NULL
+FROM claimed c JOIN wanted w ON w.subscriber_id = c.subscriber_id
+UNION ALL
+SELECT NULL, NULL, state FROM gate
 """
 
 SQL_RECORD_TRANSACTIONAL = """
@@ -121,94 +152,21 @@ FROM deliveries WHERE organization_id = %s AND campaign_id = %s AND subscriber_i
 
 
 @dataclass(frozen=True)
-class LedgerState:
-    """A recipient's status so far, how many attempts it has had, and the last outcome's details."""
-
-    status: str
-    attempts: int
-    email: str = ""
-    message_id: str = ""
-    smtp_code: int = 0
-    smtp_message: str = ""
-    enhanced_status: str = ""
-    tls: bool = False
-    updated_at: dt.datetime | None = None
-    first_attempt_at: dt.datetime | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One delivery outcome to write to the ledger and report on NATS."""
-
-    organization_id: int
-    campaign_id: int
-    subscriber_id: int
-    email: str
-    status: str
-    message_id: str
-    smtp_code: int
-    smtp_message: str
-    enhanced_status: str
-    tls: bool
-    # Which attempt this was (1 for the first); an expiry repeats the last attempt's number.
-    attempt: int
-    # False for an expiry: it records a decision, not another attempt.
-    counts_attempt: bool
-    occurred_at: dt.datetime
-    # Set for a transactional message (campaign_id and subscriber_id 0): its idempotency key and kind,
-    # and when it was asked for (an erasure after that time covers it).
-    message_key: str = ""
-    category: str = ""
-    message_created_at: dt.datetime | None = None
-
-    @classmethod
-    def of(
-        cls,
-        result: DeliveryResult,
-        *,
-        organization_id: int,
-        email: str,
-        previous: LedgerState | None,
-        message_id: str = "",
-        campaign_id: int = 0,
-        subscriber_id: int = 0,
-        message_key: str = "",
-        category: str = "",
-    ) -> Outcome:
-        """The outcome of an attempt (or, for a withheld message, of a decision that is no attempt)."""
-        counts = result.outcome != SUPPRESSED
-        return cls(
-            organization_id=organization_id,
-            campaign_id=campaign_id,
-            subscriber_id=subscriber_id,
-            email=email,
-            status=result.outcome,
-            message_id=message_id,
-            smtp_code=result.code,
-            smtp_message=result.message,
-            enhanced_status=result.enhanced_status,
-            tls=result.tls,
-            attempt=(previous.attempts if previous else 0) + (1 if counts else 0),
-            counts_attempt=counts,
-            occurred_at=dt.datetime.now(dt.UTC),
-            message_key=message_key,
-            category=category,
-        )
-
-
-@dataclass(frozen=True)
 class Delivery:
     """A ledger row as GetDelivery returns it."""
 
     campaign_id: int
     subscriber_id: int
     email: str
-    status: str
+    status: DeliveryStatus
     message_id: str
     smtp_code: int
     smtp_message: str
     tls: bool
     attempts: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", DeliveryStatus(self.status))
 
 
 class DeliveryStore:
@@ -219,36 +177,35 @@ class DeliveryStore:
         # The keyed hash lists sends in erasures, computed for transactional rows (they name no subscriber).
         self.email_hash = email_hasher(internal_key)
 
-    async def states(self, campaign_id: int, subscriber_ids: Iterable[int]) -> dict[int, LedgerState]:
+    async def states(self, campaign_id: int, subscriber_ids: Sequence[int]) -> dict[int, LedgerState]:
         """The ledger state of the given recipients of a campaign (absent ones have none yet)."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(SQL_STATES, (campaign_id, list(subscriber_ids)))
-            return {row[0]: LedgerState(*row[1:]) for row in await cur.fetchall()}
+            return {row[0]: LedgerState(DeliveryStatus(row[1]), *row[2:]) for row in await cur.fetchall()}
 
     async def claim(
         self, organization_id: int, campaign_id: int, recipients: Sequence[tuple[int, str]], owner: str, lease: float
-    ) -> set[int]:
-        """Claim (subscriber id, email) pairs for `owner` for `lease` seconds; return the ids now ours."""
-        ids = [r[0] for r in recipients]
+    ) -> Claim:
+        """Claim (subscriber id, email) pairs for `owner` for `lease` seconds, unless the campaign is halted;
+        say which of them are withheld (erased, suppressed) and what the campaign's state is."""
+        params = {
+            "campaign": campaign_id,
+            "organization": organization_id,
+            "owner": owner,
+            "lease": lease,
+            "ids": [r[0] for r in recipients],
+            "emails": [r[1] for r in recipients],
+            "hashes": [self.email_hash(r[1]) for r in recipients],
+        }
         async with self._pool.connection() as conn, conn.transaction():
+            # Before reading which subscribers are erased: an erasure waits for this claim, or ends first.
             await hold_off_erasures(conn, SERVICE, [organization_id])
-            erased = await _erased_subscribers(conn, [(organization_id, i) for i in ids])
-            params = {
-                "campaign": campaign_id,
-                "organization": organization_id,
-                "owner": owner,
-                "lease": lease,
-                "ids": ids,
-                "emails": [erased.get((organization_id, i), email) for i, email in recipients],
-            }
             cur = await conn.execute(SQL_CLAIM, params)
-            return {row[0] for row in await cur.fetchall()}
-
-    async def erased(self, organization_id: int, subscriber_ids: Iterable[int]) -> set[int]:
-        """Those of the organisation's subscribers that were erased (they are never offered)."""
-        async with self._pool.connection() as conn:
-            found = await _erased_subscribers(conn, [(organization_id, i) for i in subscriber_ids])
-        return {subscriber_id for _, subscriber_id in found}
+            rows = await cur.fetchall()
+        state = next((row[2] for row in rows if row[0] is None), None)
+        claimed = frozenset(row[0] for row in rows if row[0] is not None)
+        withheld = {row[0]: row[1] for row in rows if row[0] is not None and row[1] is not None}
+        return Claim(claimed, withheld, verdict_of(state))
 
     async def erased_since(self, organization_id: int, email: str, asked_at: dt.datetime | None) -> bool:
         """Whether a subscriber with this address was erased at or after `asked_at` (None: ever)."""
@@ -359,7 +316,7 @@ class DeliveryStore:
         async with self._pool.connection() as conn:
             cur = await conn.execute(SQL_TRANSACTIONAL_STATE, (organization_id, message_key))
             row = await cur.fetchone()
-        return LedgerState(row[0], row[1]) if row else None
+        return LedgerState(DeliveryStatus(row[0]), row[1]) if row else None
 
     async def get(self, organization_id: int, campaign_id: int, subscriber_id: int) -> Delivery | None:
         """One recipient's ledger row, only within the organisation."""

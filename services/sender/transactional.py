@@ -1,227 +1,136 @@
-"""The sender-transactional consumer: one message per key, delivered once, then ack / nak(delay) / term."""
+"""Delivering one transactional message (a password reset, an opt-in confirmation): once per key.
+
+Like sending.py for batches: the decisions are pure functions (decisions.py), the collaborators the
+narrow interfaces of collaborators.py, the message plain values (convert.py makes them).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import functools
-import time
 from concurrent.futures import Executor
-from dataclasses import replace
+from dataclasses import dataclass
 
-from mailblast.v1 import events_pb2
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from opentelemetry import trace
 
-from services.common import bus
+from services.common.clock import Clock, SystemClock
+from services.common.decision import Ack, Decision
 from services.common.log import get_logger
-from services.common.tracing import extract_context
-from services.sender import retry
-from services.sender.checks import SuppressionCheck
+from services.sender import decisions
+from services.sender.collaborators import Ledger, Recorder, SuppressionList, Transport
 from services.sender.compose import Composer, Prepared
-from services.sender.consumers import keep_in_progress
-from services.sender.mime import MessageProblem, Sender
+from services.sender.decisions import RetryPolicy
+from services.sender.ledger import DeliveryResult, LedgerState, Outcome, rejected, suppressed
+from services.sender.mime import MessageProblem
 from services.sender.render import TemplateCache, TemplateProblem
-from services.sender.smtp import (
-    EXPIRED,
-    FINAL_STATUSES,
-    REJECTED,
-    SENT,
-    SUPPRESSED,
-    DeliveryResult,
-    SmtpDelivery,
-    rejected,
-    suppressed,
-)
-from services.sender.store import DeliveryStore, LedgerState, Outcome
-from services.sender.workers import MessageWorkers
-from services.sender.writer import LedgerWriter
+from services.sender.sending import Content
 
 log = get_logger(__name__)
-tracer = trace.get_tracer("services.sender")
-
-DURABLE = "sender-transactional"
-# Messages fetched at once; each is worked on by its own task.
-FETCH = 16
-# Categories delivered even to a suppressed address: account mail must always arrive, and a double
-# opt-in confirmation is how a person who once unsubscribed subscribes again.
-UNSUPPRESSED_PREFIXES = ("auth.", "lists.confirm")
-# Mail about a subscription, which an erasure of its subscriber withdraws; other mail (account notices,
-# test sends) to the same address still goes, its ledger row keeping only the keyed hash.
-SUBSCRIBER_PREFIX = "lists."
 
 
-def checks_suppression(category: str) -> bool:
-    """Whether a transactional message of this category is withheld from suppressed addresses."""
-    return not category.startswith(UNSUPPRESSED_PREFIXES)
+@dataclass(frozen=True)
+class Message:
+    """One transactional message to one address, identified by its organisation and key."""
+
+    organization_id: int
+    message_key: str
+    to_address: str
+    to_name: str
+    content: Content
+    variables_json: str
+    category: str
+    # When it was asked for; None when the publisher did not say.
+    created_at: dt.datetime | None = None
 
 
-class TransactionalConsumer(MessageWorkers):
-    """Takes TransactionalMessage off its durable consumer; shares delivery, signing and ledger writer."""
+class TransactionalSending:
+    """Delivers transactional messages; shares the transport, the composer and the recorder with batches."""
 
     def __init__(
         self,
         *,
-        js: JetStreamContext,
-        store: DeliveryStore,
-        writer: LedgerWriter,
+        ledger: Ledger,
+        recorder: Recorder,
+        suppressions: SuppressionList,
+        transport: Transport,
         composer: Composer,
-        delivery: SmtpDelivery,
-        concurrency: int,
-        retry_base_seconds: float,
-        retry_max_seconds: float,
-        give_up_seconds: float,
-        ack_wait_seconds: float,
-        suppression: SuppressionCheck | None = None,
+        policy: RetryPolicy,
+        clock: Clock | None = None,
         render_pool: Executor | None = None,
     ) -> None:
-        self._js = js
-        # Its own threads: a campaign's renders queued in the batch consumer's pool never delay this one's.
-        self._render_pool = render_pool
-        self._suppression = suppression or SuppressionCheck(None)
-        self._store = store
-        self._writer = writer
+        self._ledger = ledger
+        self._recorder = recorder
+        self._suppressions = suppressions
+        self._transport = transport
         self._composer = composer
-        self._delivery = delivery
+        self._policy = policy
+        self._clock = clock or SystemClock()
+        # Its own threads: a campaign's renders queued in the batch pool never delay this one's.
+        self._render_pool = render_pool
         self._templates = TemplateCache()
-        self._retry_base = retry_base_seconds
-        self._retry_max = retry_max_seconds
-        self._give_up = give_up_seconds
-        self._ack_wait = ack_wait_seconds
         # Keys being delivered by this process: a second copy arriving meanwhile leaves it to the first.
         self._inflight: set[tuple[int, str]] = set()
-        super().__init__(
-            {
-                "js": js,
-                "stream": bus.STREAM_SEND,
-                "durable": DURABLE,
-                "subject": bus.SUBJECT_SEND_TRANSACTIONAL,
-                "batch": FETCH,
-                "ack_wait": ack_wait_seconds,
-            },
-            self._process,
-            concurrency,
-            "transactional message",
-        )
 
-    async def _process(self, msg: Msg) -> None:
-        try:
-            message = bus.decode(msg, events_pb2.TransactionalMessage)
-        except bus.DecodeError as exc:
-            await bus.dead_letter(self._js, msg, f"not a TransactionalMessage: {exc}")
-            return
-        if not message.message_key or message.organization_id <= 0:
-            await bus.dead_letter(self._js, msg, "TransactionalMessage without message_key or organization_id")
-            return
-        if bus.subject_organization(msg.subject) != message.organization_id:
-            # NATS lets a credential publish only its own organisation's subject; a payload naming
-            # another organisation is an attempt to send as that one, and is never delivered.
-            await bus.dead_letter(
-                self._js,
-                msg,
-                f"TransactionalMessage of organisation {message.organization_id} published to {msg.subject}: "
-                "the organisation must match the subject's",
-            )
-            return
-        attributes = {
-            "messaging.system": "nats",
-            "messaging.destination.name": msg.subject,
-            "mailblast.organization_id": message.organization_id,
-            "mailblast.message_key": message.message_key,
-            "mailblast.category": message.category,
-        }
-        with tracer.start_as_current_span(
-            "send transactional",
-            context=extract_context(msg.headers),
-            kind=trace.SpanKind.CONSUMER,
-            attributes=attributes,
-        ) as span:
-            keeper = asyncio.create_task(keep_in_progress(msg, self._ack_wait))
-            try:
-                action, delay = await self._send(message, msg.metadata.num_delivered or 1, span)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("transactional message failed; it will be retried", message_key=message.message_key)
-                span.record_exception(exc)
-                action, delay = "nak", self._retry_base
-            finally:
-                keeper.cancel()
-            span.set_attribute("mailblast.decision", action)
-            if action == "ack":
-                await msg.ack()
-            elif action == "term":
-                await msg.term()
-            else:
-                await msg.nak(delay=delay)
-
-    async def _send(
-        self, message: events_pb2.TransactionalMessage, delivery_count: int, span: trace.Span
-    ) -> tuple[str, float]:
+    async def send(self, message: Message, delivery_count: int) -> Decision:
+        """Deliver the message unless it is done or withheld; ack, retry later, expire or drop."""
+        span = trace.get_current_span()
         key = (message.organization_id, message.message_key)
         if key in self._inflight:
             # Another copy (re-published under another id) is being delivered here: it settles the key.
-            return "ack", 0.0
-        state = await self._store.transactional_state(*key)
-        if state is not None and state.status in FINAL_STATUSES:
-            return "ack", 0.0
+            return Ack()
+        state = await self._ledger.transactional_state(*key)
+        if state is not None and state.status.final:
+            return Ack()
         self._inflight.add(key)
         try:
-            reason = await self._suppressed_reason(message)
+            reason = await self._withheld_reason(message)
             if reason is not None:
-                span.set_attribute("mailblast.outcome", SUPPRESSED)
-                await self._writer.submit(_outcome(message, state, suppressed(reason)))
+                span.set_attribute("mailblast.outcome", "suppressed")
+                await self._recorder.submit(self._outcome(message, state, suppressed(reason)))
                 log.info("transactional message to a suppressed address not sent", message_key=message.message_key)
-                return "ack", 0.0
+                return Ack()
             outcome = await self._deliver(message, state)
             span.set_attribute("smtp.reply_code", outcome.smtp_code)
             span.set_attribute("smtp.tls", outcome.tls)
-            span.set_attribute("mailblast.outcome", outcome.status)
-            await self._writer.submit(outcome)
+            span.set_attribute("mailblast.outcome", str(outcome.status))
+            await self._recorder.submit(outcome)
         finally:
             self._inflight.discard(key)
-        if outcome.status == SENT:
-            return "ack", 0.0
-        if outcome.status == REJECTED:
-            return "term", 0.0
-        age = _age_seconds(message)
-        if retry.given_up(age, self._give_up):
-            now = dt.datetime.now(dt.UTC)
-            await self._writer.submit(replace(outcome, status=EXPIRED, counts_attempt=False, occurred_at=now))
+        now = self._clock.now()
+        age = max(0.0, (now - message.created_at).total_seconds()) if message.created_at else 0.0
+        settlement = decisions.settle_transactional(outcome, age, delivery_count, now, self._policy)
+        for expired in settlement.expiries:
+            await self._recorder.submit(expired)
             log.info("transactional message expired", message_key=message.message_key)
-            return "ack", 0.0
-        return "nak", retry.next_retry_delay(delivery_count, age, self._retry_base, self._retry_max, self._give_up)
+        return settlement.decision
 
-    async def _suppressed_reason(self, message: events_pb2.TransactionalMessage) -> str | None:
-        if message.category.startswith(SUBSCRIBER_PREFIX) and await self._store.erased_since(
-            message.organization_id, message.to_address, _created_at(message)
-        ):
-            # Asked for before its subscriber was erased (a confirmation whose consent is gone): never sent.
-            return "erased"
-        if not checks_suppression(message.category):
-            return None
-        found = await self._suppression.suppressed(message.organization_id, [message.to_address])
-        return found.get(message.to_address)
+    async def _withheld_reason(self, message: Message) -> str | None:
+        erased = decisions.withdrawn_by_erasure(message.category) and await self._ledger.erased_since(
+            message.organization_id, message.to_address, message.created_at
+        )
+        found = None
+        if not erased and decisions.checks_suppression(message.category):
+            listed = await self._suppressions.suppressed(message.organization_id, [message.to_address])
+            found = listed.get(message.to_address)
+        return decisions.withheld_reason(message.category, erased, found)
 
-    async def _deliver(self, message: events_pb2.TransactionalMessage, state: LedgerState | None) -> Outcome:
-        content = message.content
-        sender = Sender(content.from_name, content.from_address, content.reply_to)
+    async def _deliver(self, message: Message, state: LedgerState | None) -> Outcome:
         message_id = ""
         try:
-            sender.check()
+            message.content.sender.check()
             prepared = await asyncio.get_running_loop().run_in_executor(
-                self._render_pool, functools.partial(self._prepare, message, sender)
+                self._render_pool, functools.partial(self._prepare, message)
             )
         except (MessageProblem, TemplateProblem) as exc:
             log.error("transactional message refused", message_key=message.message_key, reason=str(exc))
             result = rejected(str(exc))
         else:
             message_id = prepared.message_id
-            result = await self._delivery.deliver(prepared.envelope_from, message.to_address, prepared.data)
-        return _outcome(message, state, result, message_id)
+            result = await self._transport.deliver(prepared.envelope_from, message.to_address, prepared.data)
+        return self._outcome(message, state, result, message_id)
 
-    def _prepare(self, message: events_pb2.TransactionalMessage, sender: Sender) -> Prepared:
+    def _prepare(self, message: Message) -> Prepared:
         """Compile (cached), render and sign one message; runs in a render thread."""
         content = message.content
         # Keyed by content hash: transactional templates repeat (one per kind of notice).
@@ -231,35 +140,24 @@ class TransactionalConsumer(MessageWorkers):
             message_key=message.message_key,
             category=message.category,
             content=compiled,
-            sender=sender,
+            sender=content.sender,
             email=message.to_address,
             name=message.to_name,
             variables_json=message.variables_json,
         )
 
-
-def _outcome(
-    message: events_pb2.TransactionalMessage, state: LedgerState | None, result: DeliveryResult, message_id: str = ""
-) -> Outcome:
-    """The ledger outcome of one transactional message."""
-    outcome = Outcome.of(
-        result,
-        organization_id=message.organization_id,
-        email=message.to_address,
-        previous=state,
-        message_id=message_id,
-        message_key=message.message_key,
-        category=message.category,
-    )
-    return replace(outcome, message_created_at=_created_at(message))
-
-
-def _created_at(message: events_pb2.TransactionalMessage) -> dt.datetime | None:
-    return message.created_at.ToDatetime(tzinfo=dt.UTC) if message.HasField("created_at") else None
-
-
-def _age_seconds(message: events_pb2.TransactionalMessage) -> float:
-    if not message.HasField("created_at"):
-        return 0.0
-    created = message.created_at.seconds + message.created_at.nanos / 1e9
-    return max(0.0, time.time() - created)
+    def _outcome(
+        self, message: Message, state: LedgerState | None, result: DeliveryResult, message_id: str = ""
+    ) -> Outcome:
+        """The ledger outcome of one transactional message."""
+        return Outcome.of(
+            result,
+            organization_id=message.organization_id,
+            email=message.to_address,
+            previous=state,
+            occurred_at=self._clock.now(),
+            message_id=message_id,
+            message_key=message.message_key,
+            category=message.category,
+            message_created_at=message.created_at,
+        )

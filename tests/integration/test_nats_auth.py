@@ -12,7 +12,7 @@ import nats
 import nats.errors
 import pytest
 import pytest_asyncio
-from mailblast.v1 import events_pb2
+from mailblast.v1 import campaigns_pb2, events_pb2
 from nats.aio.client import Client
 
 from cli import main as cli
@@ -22,6 +22,7 @@ from services.common.erasure import Erasure, erasure_consumer
 from services.common.privacy import email_hash
 from services.common.settings import ConfigError
 from services.sender import service as sender_service
+from services.sender.consumers import CampaignStateCopier, SuppressionCopier
 from tests.support.nats import NatsServer, connect_with
 from tests.support.stack import make_dkim_keys, sender_config
 
@@ -70,6 +71,23 @@ async def admin(nats_server: NatsServer):
 async def stored(js, stream: str) -> int:
     """How many messages a stream holds."""
     return (await js.stream_info(stream)).state.messages
+
+
+HASH = "a" * 64
+# The streams the senders keep their copies of.
+COPIED = (bus.STREAM_SUPPRESSION, bus.STREAM_CAMPAIGN_STATE)
+
+
+def lifted(organization_id: int) -> events_pb2.SuppressionChanged:
+    """A change taking the address of HASH off an organisation's suppression list."""
+    return events_pb2.SuppressionChanged(organization_id=organization_id, email_hash=HASH, version=1)
+
+
+def resumed(organization_id: int, campaign_id: int) -> events_pb2.CampaignStateChanged:
+    """A change saying a campaign is sending (again)."""
+    return events_pb2.CampaignStateChanged(
+        organization_id=organization_id, campaign_id=campaign_id, state=campaigns_pb2.CAMPAIGN_STATE_SENDING, version=1
+    )
 
 
 FORGED_COMPLAINT = events_pb2.BounceEvent(bounce_id="forged", organization_id=1, kind=events_pb2.BOUNCE_KIND_COMPLAINT)
@@ -146,6 +164,9 @@ async def test_application_of_one_organisation_publishes_only_its_own_transactio
             bus.SUBJECT_DELIVERY_REPORT: events_pb2.DeliveryReport(),
             bus.SUBJECT_SEND_BATCH: events_pb2.SendBatch(organization_id=1, campaign_id=1),
             bus.SUBJECT_SUBSCRIBER_ERASED: erased(1, 7),
+            # A forged suppression change could let mail reach an address that unsubscribed, or stop mail.
+            bus.suppression_subject(1, HASH): lifted(1),
+            bus.campaign_state_subject(1, 5): resumed(1, 5),
             f"{bus.SUBJECT_DEAD_LETTER}.{bus.SUBJECT_SEND_BATCH}": forged,
             f"$JS.API.STREAM.DELETE.{bus.STREAM_SEND}": forged,
         }
@@ -156,7 +177,7 @@ async def test_application_of_one_organisation_publishes_only_its_own_transactio
         await nc.close()
     last = await admin.get_last_msg(bus.STREAM_SEND, bus.SUBJECT_SEND_TRANSACTIONAL)
     assert (await stored(admin, bus.STREAM_SEND), last.subject) == (1, bus.transactional_subject(1))
-    for stream in (bus.STREAM_BOUNCE, bus.STREAM_DELIVERY, bus.STREAM_PRIVACY, bus.STREAM_DEAD_LETTER):
+    for stream in (bus.STREAM_BOUNCE, bus.STREAM_DELIVERY, bus.STREAM_PRIVACY, bus.STREAM_DEAD_LETTER, *COPIED):
         assert await stored(admin, stream) == 0, stream
 
 
@@ -215,6 +236,20 @@ async def test_application_subscribes_to_nothing_but_its_own_inbox(nats_server, 
         ("bounce", bus.SUBJECT_SUBSCRIBER_ERASED),
         ("bounce", f"$JS.API.CONSUMER.MSG.NEXT.{bus.STREAM_PRIVACY}.sender-erasures"),
         ("campaigns", f"$JS.API.STREAM.UPDATE.{bus.STREAM_PRIVACY}"),
+        # Only lists announces suppressions and only campaigns campaign states: the senders act on them.
+        ("sender", bus.suppression_subject(1, HASH)),
+        ("campaigns", bus.suppression_subject(1, HASH)),
+        ("bounce", bus.suppression_subject(1, HASH)),
+        ("auth", bus.suppression_subject(1, HASH)),
+        ("lists", bus.campaign_state_subject(1, 5)),
+        ("sender", bus.campaign_state_subject(1, 5)),
+        ("bounce", bus.campaign_state_subject(1, 5)),
+        ("campaigns", f"$JS.API.CONSUMER.MSG.NEXT.{bus.STREAM_SUPPRESSION}.sender-suppressions"),
+        ("lists", f"$JS.API.CONSUMER.MSG.NEXT.{bus.STREAM_CAMPAIGN_STATE}.sender-campaign-states"),
+        ("lists", f"$JS.API.STREAM.UPDATE.{bus.STREAM_CAMPAIGN_STATE}"),
+        ("campaigns", f"$JS.API.STREAM.UPDATE.{bus.STREAM_SUPPRESSION}"),
+        ("sender", f"$JS.API.STREAM.PURGE.{bus.STREAM_SUPPRESSION}"),
+        ("lists", f"$JS.API.STREAM.PURGE.{bus.STREAM_SUPPRESSION}"),
     ],
 )
 async def test_a_service_cannot_publish_a_subject_it_does_not_own(nats_server, admin, service, subject):
@@ -226,11 +261,12 @@ async def test_a_service_cannot_publish_a_subject_it_does_not_own(nats_server, a
     nc = await nats_server.connect(service, error_cb=refusals.record, allow_reconnect=False)
     try:
         event = erased(1, 7) if subject == bus.SUBJECT_SUBSCRIBER_ERASED else FORGED_COMPLAINT
+        event = lifted(1) if subject.startswith("mailblast.suppression.") else event
         await nc.publish(subject, event.SerializeToString())
         await refusals.wait_for(f'permissions violation for publish to "{subject}"')
     finally:
         await nc.close()
-    for stream in (bus.STREAM_SEND, bus.STREAM_DELIVERY, bus.STREAM_BOUNCE, bus.STREAM_PRIVACY):
+    for stream in (bus.STREAM_SEND, bus.STREAM_DELIVERY, bus.STREAM_BOUNCE, bus.STREAM_PRIVACY, *COPIED):
         assert await stored(admin, stream) == 0, stream
 
 
@@ -277,6 +313,78 @@ async def test_lists_announces_erasures_and_each_holder_reads_them_with_its_own_
         clients.append(dead)
         kept = await dead.jetstream().stream_info(bus.STREAM_DEAD_LETTER)
         assert kept.state.messages == len(ERASURE_DURABLES)
+    finally:
+        for nc in clients:
+            await nc.close()
+
+
+class Kept:
+    """A change store that keeps what the copier hands it (the sender's real one is a table)."""
+
+    def __init__(self) -> None:
+        self.suppressions: list = []
+        self.states: list = []
+
+    async def apply_suppressions(self, changes):
+        """Keep the suppression changes."""
+        self.suppressions.extend(changes)
+        return [None] * len(changes)
+
+    async def apply_campaign_states(self, changes):
+        """Keep the campaign state changes."""
+        self.states.extend(changes)
+        return [None] * len(changes)
+
+
+async def test_lists_and_campaigns_announce_and_the_sender_copies_with_its_own_credential(nats_server):
+    # Lists announces a suppression and campaigns a campaign's state, each with its own credential (and
+    # one change each that names nothing); the sender reads both with its own credential and durables,
+    # copying the good ones and moving the bad ones to the dead letters. The sender connects first and
+    # creates the streams, which lists and campaigns (their maintainers) then find.
+    clients = []
+    try:
+        nc, sender_js = await bus.connect(nats_server.url, "sender", nats_server.creds("sender"))
+        clients.append(nc)
+        # The streams keep one change per subject: the bad ones go to subjects of their own.
+        for service, good, bad in (
+            (
+                "lists",
+                (bus.suppression_subject(1, HASH), lifted(1)),
+                (bus.suppression_subject(1, "b" * 64), events_pb2.SuppressionChanged(organization_id=1)),
+            ),
+            (
+                "campaigns",
+                (bus.campaign_state_subject(1, 5), resumed(1, 5)),
+                (bus.campaign_state_subject(1, 6), events_pb2.CampaignStateChanged()),
+            ),
+        ):
+            nc, js = await bus.connect(nats_server.url, service, nats_server.creds(service))
+            clients.append(nc)
+            for subject, event in (bad, good):
+                await bus.publish(js, subject, event)
+        kept = Kept()
+        for copier, stream in (
+            (SuppressionCopier(sender_js, kept), bus.STREAM_SUPPRESSION),
+            (CampaignStateCopier(sender_js, kept), bus.STREAM_CAMPAIGN_STATE),
+        ):
+            await copier.start()
+            deadline = time.monotonic() + 10
+            handled = 0
+            while handled < 2:
+                assert time.monotonic() < deadline, (copier.durable, handled)
+                handled += await copier.run_once(timeout=1.0)
+            await copier.stop()
+            while True:
+                info = await sender_js.consumer_info(stream, copier.durable)
+                if (info.num_pending, info.num_ack_pending) == (0, 0):
+                    break
+                assert time.monotonic() < deadline, (copier.durable, info.num_pending, info.num_ack_pending)
+                await asyncio.sleep(0.05)
+        assert [(c.organization_id, c.email_hash, c.reason) for c in kept.suppressions] == [(1, HASH, None)]
+        assert [(c.campaign_id, c.state) for c in kept.states] == [(5, "sending")]
+        admin = await nats_server.connect()
+        clients.append(admin)
+        assert (await admin.jetstream().stream_info(bus.STREAM_DEAD_LETTER)).state.messages == 2
     finally:
         for nc in clients:
             await nc.close()

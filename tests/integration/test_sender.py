@@ -14,11 +14,12 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from mailblast.v1 import events_pb2, sender_pb2, sender_pb2_grpc
+from mailblast.v1 import campaigns_pb2, events_pb2, sender_pb2, sender_pb2_grpc
 
 from services.common import bus, verp
 from services.common.identity import IDENTITY_HEADER, Principal
 from services.common.mail import send_transactional
+from services.common.privacy import email_hash
 from services.sender.config import Config
 from services.sender.dkim import dns_record, load_key
 from services.sender.service import Running, start
@@ -260,7 +261,7 @@ async def test_two_batches_delivered_once_over_tls_personalised_signed(
             sender_pb2.GetDeliveryRequest(campaign_id=41, subscriber_id=1005), metadata=own
         )
         assert (delivery.status, delivery.email, delivery.tls, delivery.smtp_code) == (
-            "sent",
+            sender_pb2.DELIVERY_STATUS_SENT,
             "user5@example.net",
             True,
             250,
@@ -624,3 +625,112 @@ async def test_undecodable_transactional_payload_goes_to_dead_letters(sender, js
     assert dead.data == b"\xff\xff not protobuf"
     assert "TransactionalMessage" in dead.headers["Mailblast-Dead-Reason"]
     await poll(lambda: transactional_acked(js, 1), what="payload terminated")
+
+
+async def copier_settled(js, durable: str, delivered: int) -> bool:
+    """True when a copy's durable has taken at least `delivered` changes and settled them all."""
+    info = await js.consumer_info(durable_stream(durable), durable)
+    return info.delivered.stream_seq >= delivered and info.num_pending == 0 and info.num_ack_pending == 0
+
+
+def durable_stream(durable: str) -> str:
+    """The stream a copy's durable reads."""
+    return bus.STREAM_SUPPRESSION if durable == "sender-suppressions" else bus.STREAM_CAMPAIGN_STATE
+
+
+async def announce_suppression(js, internal_key: bytes, address: str, version: int, reason=None) -> None:
+    """Publish a SuppressionChanged as lists does (reason None: taken off the list)."""
+    hashed = email_hash(internal_key, address)
+    event = events_pb2.SuppressionChanged(
+        organization_id=7, email_hash=hashed, suppressed=reason is not None, reason=reason or 0, version=version
+    )
+    await bus.publish(js, bus.suppression_subject(7, hashed), event)
+
+
+async def announce_state(js, campaign_id: int, state, version: int) -> None:
+    """Publish a CampaignStateChanged as campaigns does."""
+    event = events_pb2.CampaignStateChanged(organization_id=7, campaign_id=campaign_id, state=state, version=version)
+    await bus.publish(js, bus.campaign_state_subject(7, campaign_id), event)
+
+
+async def test_a_suppression_lists_announces_withholds_the_address_until_it_is_lifted(
+    sender, js, smtp_sink, internal_key, reports
+):
+    # Lists announces that an address unsubscribed: the sender's copy takes it, and a batch then
+    # withholds that recipient (suppressed, reported so, never offered) while the others go out; nobody
+    # was asked. Lists then lifts it, and an older change arriving after the lift changes nothing: a test
+    # send to the address is delivered.
+    running = await sender()
+    await announce_suppression(js, internal_key, "Gone@example.net", 5, events_pb2.SUPPRESSION_REASON_UNSUBSCRIBED)
+    await poll(lambda: copier_settled(js, "sender-suppressions", 1), what="suppression copied")
+    await publish(js, make_batch(70, 1, [(1, "gone@example.net", "G", {}), (2, "kept@example.net", "K", {})]), "s70")
+    await poll(lambda: all_acked(js), what="batch acked")
+    rows = await ledger(running, 70)
+    assert (rows[1][0], rows[1][2], rows[2][0]) == ("suppressed", "suppressed: unsubscribed", "sent")
+    assert [m.rcpt_tos for m in smtp_sink.messages] == [["kept@example.net"]]
+    await poll(lambda: _async(len(reports) >= 2), what="reports")
+    assert {e.subscriber_id: e.outcome for e in reports} == {
+        1: events_pb2.DELIVERY_OUTCOME_SUPPRESSED,
+        2: events_pb2.DELIVERY_OUTCOME_SENT,
+    }
+    await announce_suppression(js, internal_key, "gone@example.net", 6)
+    await announce_suppression(js, internal_key, "gone@example.net", 4, events_pb2.SUPPRESSION_REASON_MANUAL)
+    await poll(lambda: copier_settled(js, "sender-suppressions", 3), what="changes copied")
+    await send_transactional(
+        js, make_transactional("campaigns.test.70", to_address="gone@example.net", category="campaigns.test")
+    )
+    await poll(lambda: transactional_acked(js, 1), what="test send settled")
+    assert [m.rcpt_tos for m in smtp_sink.messages][-1] == ["gone@example.net"]
+
+
+async def test_a_campaign_paused_in_the_copy_holds_its_batch_until_resumed_and_cancelled_drops_it(
+    sender, js, smtp_sink, span_exporter
+):
+    # Campaigns announces campaign 71 paused and 72 cancelled. A batch of 71 is looked at and held back
+    # without a message going out; once 71 is announced sending again, its batch is delivered. The batch
+    # of 72 is dropped unsent. The sender asked campaigns nothing.
+    span_exporter.clear()
+    await sender(pause_recheck_seconds=0.3)
+    await announce_state(js, 71, campaigns_pb2.CAMPAIGN_STATE_PAUSED, 3)
+    await announce_state(js, 72, campaigns_pb2.CAMPAIGN_STATE_CANCELLED, 4)
+    await poll(lambda: copier_settled(js, "sender-campaign-states", 2), what="states copied")
+    await publish(js, make_batch(71, 1, [(1, "held@example.net", "H", {})]), "s71")
+    await publish(js, make_batch(72, 1, [(1, "dropped@example.net", "D", {})]), "s72")
+
+    def halted(campaign_id: int, state: str) -> int:
+        return sum(
+            1
+            for s in span_exporter.get_finished_spans()
+            if s.name == "send batch"
+            and s.attributes.get("mailblast.campaign_id") == campaign_id
+            and s.attributes.get("mailblast.halted") == state
+        )
+
+    await poll(lambda: _async(halted(71, "paused") >= 2 and halted(72, "cancelled") == 1), what="batches halted")
+    assert smtp_sink.messages == []
+    await announce_state(js, 71, campaigns_pb2.CAMPAIGN_STATE_SENDING, 5)
+    [caught] = await smtp_sink.wait_for(1, timeout=30)
+    assert caught.rcpt_tos == ["held@example.net"]
+    await poll(lambda: all_acked(js), what="batches settled")
+    assert len(smtp_sink.messages) == 1
+
+
+async def test_copy_changes_that_name_nothing_go_to_dead_letters(sender, js):
+    # A suppression change without a keyed hash, or a state change without a version, cannot be applied:
+    # each is kept on the dead-letter stream with the reason, and the copy goes on.
+    await sender()
+    await bus.publish(
+        js, bus.suppression_subject(7, "x"), events_pb2.SuppressionChanged(organization_id=7, email_hash="x", version=1)
+    )
+    await bus.publish(
+        js, bus.campaign_state_subject(7, 9), events_pb2.CampaignStateChanged(organization_id=7, campaign_id=9)
+    )
+    sub = await js.pull_subscribe(f"{bus.SUBJECT_DEAD_LETTER}.>", stream=bus.STREAM_DEAD_LETTER)
+    dead = []
+    while len(dead) < 2:
+        dead += await sub.fetch(2 - len(dead), timeout=20)
+    reasons = sorted(m.headers["Mailblast-Dead-Reason"] for m in dead)
+    assert reasons == [
+        "CampaignStateChanged lacks an organisation, a campaign or a version",
+        "SuppressionChanged lacks an organisation, a keyed hash or a version",
+    ]

@@ -97,6 +97,7 @@ class Stack:
     sender_config: SenderConfig
     bounce_config: BounceConfig | None = None
     nats: NatsServer | None = None
+    lists_config: ListsConfig | None = None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     # Replicas beyond the first of campaigns and bounce (start_stack(campaigns=2, bounces=2)), as Kubernetes runs them.
     more_campaigns: list[campaigns_service.Running] = field(default_factory=list)
@@ -183,6 +184,12 @@ class Stack:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"campaign {campaign_id} not done within {timeout}s: {campaign.counters}")
             await asyncio.sleep(0.1)
+
+    async def restart_lists(self) -> None:
+        """Start the lists service again (after `await stack.lists.stop()`) on the port and settings it had."""
+        assert self.lists_config is not None
+        port = self.lists.grpc_port
+        self.lists = await lists_service.start(dataclasses.replace(self.lists_config, grpc_bind=f"127.0.0.1:{port}"))
 
     async def restart_bounce(self) -> None:
         """Start the bounce service again (after `await stack.bounce.stop()`) with the settings it had."""
@@ -276,13 +283,12 @@ async def start_stack(
     )  # fmt: skip
     auth = await auth_service.start(auth_config)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
-    lists = await lists_service.start(
-        ListsConfig(
-            database_url=database_url, nats_url=nats.url, internal_key=internal_key, grpc_tls=pki.tls("lists"),
-            grpc_bind="127.0.0.1:0", auth_addr=auth_addr, hard_bounce_threshold=hard_bounce_threshold,
-            nats_creds_file=nats.creds("lists"),
-        )
+    lists_config = ListsConfig(
+        database_url=database_url, nats_url=nats.url, internal_key=internal_key, grpc_tls=pki.tls("lists"),
+        grpc_bind="127.0.0.1:0", auth_addr=auth_addr, hard_bounce_threshold=hard_bounce_threshold,
+        nats_creds_file=nats.creds("lists"),
     )  # fmt: skip
+    lists = await lists_service.start(lists_config)
     campaigns_config = CampaignsConfig(
         database_url=database_url, nats_url=nats.url, internal_key=internal_key,
         lists_addr=f"127.0.0.1:{lists.grpc_port}", grpc_tls=pki.tls("campaigns"), auth_addr=auth_addr,
@@ -301,13 +307,8 @@ async def start_stack(
         await bounce_service.start(dataclasses.replace(bounce_config, smtp_bind=f"127.0.0.1:{free_port()}"))
         for _ in range(bounces - 1)
     ]
-    # Senders start after lists and campaigns: they ask them about suppression and campaign state.
-    overrides = {
-        "campaigns_addr": f"127.0.0.1:{campaigns_running[0].grpc_port}",
-        "lists_addr": f"127.0.0.1:{lists.grpc_port}",
-        **(sender_overrides or {}),
-    }
-    config = sender_config(database_url, nats, internal_key, sink_port, cert, dkim, **overrides)
+    # The senders ask no other service: campaign states and suppressions reach them over NATS.
+    config = sender_config(database_url, nats, internal_key, sink_port, cert, dkim, **(sender_overrides or {}))
     running_senders = [await sender_service.start(config) for _ in range(senders)]
     # Bootstrapped as `make run` does it.
     async with pki.channel(auth_addr, "dev-run") as channel:
@@ -320,5 +321,5 @@ async def start_stack(
     return Stack(
         auth, lists, campaigns_running[0], bounce, running_senders, reply.api_token, signer, reply.organization.id,
         config, bounce_config, nats, more_campaigns=campaigns_running[1:], more_bounces=more_bounces,
-        campaigns_config=campaigns_config,
+        campaigns_config=campaigns_config, lists_config=lists_config,
     )  # fmt: skip

@@ -4,24 +4,8 @@ from __future__ import annotations
 
 import pytest
 import pytest_asyncio
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.support.stack import DkimKeys, make_dkim_keys, start_stack
-
-_EXPORTER = InMemorySpanExporter()
-
-
-@pytest.fixture(scope="session")
-def span_exporter() -> InMemorySpanExporter:
-    """Every span finished in this process, kept in memory (the tracer provider can be set only once)."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-        trace.set_tracer_provider(provider)
-    return _EXPORTER
 
 
 @pytest.fixture(scope="session")

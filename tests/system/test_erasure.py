@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 
 import aiosmtplib
 import psycopg
@@ -14,9 +15,8 @@ from psycopg import sql
 
 from services.common import bus
 from services.common.privacy import email_hash
-from services.sender.smtp import DeliveryResult
-from services.sender.store import Outcome
-from services.sender.transactional import DURABLE as SENDER_TRANSACTIONAL
+from services.sender.consumers import TRANSACTIONAL_DURABLE as SENDER_TRANSACTIONAL
+from services.sender.ledger import DeliveryResult, DeliveryStatus, Outcome
 from tests.support.smtp import dsn_for
 
 SENT = campaigns_pb2.CAMPAIGN_STATE_SENT
@@ -204,14 +204,14 @@ async def test_a_service_down_during_the_erasure_erases_when_back_and_late_mail_
 
     sender = stack.senders[0]
     late = Outcome.of(
-        DeliveryResult("sent", 250, f"250 2.0.0 <{TARGET}> accepted"),
+        DeliveryResult(DeliveryStatus.SENT, 250, f"250 2.0.0 <{TARGET}> accepted"),
         organization_id=stack.organization_id, email=TARGET, previous=None, campaign_id=campaign.id + 1000,
-        subscriber_id=target,
+        subscriber_id=target, occurred_at=datetime.now(UTC),
     )  # fmt: skip
     [written] = await sender.store.record([late])
     assert (written.email, written.smtp_message) == (hashed, "")
     claimed = await sender.store.claim(stack.organization_id, campaign.id + 2000, [(target, TARGET)], "test", 60)
-    assert claimed == {target}
+    assert (claimed.claimed, claimed.withheld) == ({target}, {target: "erased"})
     assert await traces(database_url, TARGET) == []
     assert await counters(stack, campaign.id) == first.counters
 

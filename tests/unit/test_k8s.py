@@ -280,7 +280,7 @@ def test_settings_come_from_the_config_map_and_keys_are_files(path: str) -> None
     sender = _secret_files(objects(path, "Deployment")["sender"])
     assert sender[config["SENDER_DKIM_KEY_FILE"]] == ("mailblast-secrets", "dkim-rsa.pem")
     assert sender[config["SENDER_DKIM_ED25519_KEY_FILE"]] == ("mailblast-secrets", "dkim-ed25519.pem")
-    addresses = ("AUTH_ADDR", "LISTS_ADDR", "CAMPAIGNS_ADDR", "SENDER_CAMPAIGNS_ADDR", "SENDER_LISTS_ADDR")
+    addresses = ("AUTH_ADDR", "LISTS_ADDR", "CAMPAIGNS_ADDR")
     for required in ("NATS_URL", *addresses, "SENDER_RETURN_PATH_DOMAIN"):
         assert config[required]
     # Links in mail point at the console's public address, the Ingress host.

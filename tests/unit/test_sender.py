@@ -15,10 +15,10 @@ from dkim.canonicalization import Relaxed
 from services.common import verp
 from services.sender.compose import Composer
 from services.sender.dkim import DkimSigner, SigningKey, dns_record, load_key, relaxed_body
+from services.sender.ledger import DeliveryStatus, enhanced_status, reply_result, status_for
 from services.sender.mime import MessageProblem, Sender, build_message
 from services.sender.render import TemplateCache, TemplateProblem, recipient_fields
 from services.sender.retry import backoff_seconds, given_up, next_retry_delay
-from services.sender.smtp import DEFERRED, REJECTED, SENT, enhanced_status, outcome_for, reply_result
 from tests.support.dkim_verify import ED25519, EVERY_VERIFIER, RSA, passing, verify_everywhere
 
 KEY = b"k" * 32
@@ -205,11 +205,14 @@ def test_composer_names_the_recipient_everywhere():
 
 def test_outcomes_and_enhanced_status():
     # 2xx is sent, 4xx deferred, 5xx rejected; the RFC 3463 status is read from the reply.
-    assert [outcome_for(c) for c in (250, 421, 450, 550, 554)] == [SENT, DEFERRED, DEFERRED, REJECTED, REJECTED]
+    assert [status_for(c) for c in (250, 421, 450, 550, 554)] == [
+        DeliveryStatus.SENT, DeliveryStatus.DEFERRED, DeliveryStatus.DEFERRED, DeliveryStatus.REJECTED,
+        DeliveryStatus.REJECTED,
+    ]  # fmt: skip
     assert enhanced_status("5.1.1 <x@y>: no such user") == "5.1.1"
     assert enhanced_status("no such user") == ""
     result = reply_result(452, "4.2.2 mailbox full", tls=True)
-    assert (result.outcome, result.enhanced_status, result.tls) == (DEFERRED, "4.2.2", True)
+    assert (result.status, result.enhanced_status, result.tls) == (DeliveryStatus.DEFERRED, "4.2.2", True)
 
 
 def test_backoff_doubles_to_the_cap_and_stops_at_give_up():
@@ -248,7 +251,7 @@ def test_data_payload_matches_aiosmtplib():
 
 def test_transactional_categories_withheld_from_suppressed_addresses():
     # Account mail and double opt-in confirmations reach even a suppressed address; other kinds do not.
-    from services.sender.transactional import checks_suppression
+    from services.sender.decisions import checks_suppression
 
     assert not checks_suppression("auth.password_reset")
     assert not checks_suppression("auth.lockout")
@@ -265,16 +268,15 @@ def test_suppressed_outcome_is_reported_and_bounce_ignores_it():
     from mailblast.v1 import events_pb2
 
     from services.bounce.consumers import bounces_of
-    from services.sender.consumers import delivery_report
-    from services.sender.smtp import FINAL_STATUSES, SUPPRESSED
-    from services.sender.store import Outcome
+    from services.sender.convert import delivery_report
+    from services.sender.ledger import DeliveryStatus, Outcome
 
     outcome = Outcome(
-        organization_id=1, campaign_id=2, subscriber_id=3, email="x@example.net", status=SUPPRESSED,
+        organization_id=1, campaign_id=2, subscriber_id=3, email="x@example.net", status=DeliveryStatus.SUPPRESSED,
         message_id="", smtp_code=0, smtp_message="suppressed: manual", enhanced_status="", tls=False,
         attempt=0, counts_attempt=False, occurred_at=dt.datetime.now(dt.UTC),
     )  # fmt: skip
     report = delivery_report([outcome])
     assert report.events[0].outcome == events_pb2.DELIVERY_OUTCOME_SUPPRESSED
-    assert SUPPRESSED in FINAL_STATUSES
+    assert DeliveryStatus.SUPPRESSED.final
     assert bounces_of(report) == []
