@@ -6,7 +6,10 @@ import pytest
 
 from services.common.settings import ConfigError
 from services.sender.config import Config
-from services.sender.smtp import DEFERRED, REJECTED, SENT, MxResolver, SmtpDelivery, nameserver_address
+from services.sender.ledger import DeliveryStatus
+from services.sender.smtp import MxResolver, SmtpDelivery, nameserver_address
+
+SENT, DEFERRED, REJECTED = DeliveryStatus.SENT, DeliveryStatus.DEFERRED, DeliveryStatus.REJECTED
 
 MESSAGE = b"From: news@shop.example.com\r\nTo: taro@example.net\r\nSubject: hi\r\n\r\nHello\r\n"
 
@@ -37,7 +40,7 @@ async def test_mail_goes_to_the_host_the_mx_record_names(zone, smtp_sink, tls_fi
     # With no relay, a message for taro@example.net is offered to the MX host that the configured
     # nameserver names, over TLS, and accepted there.
     result = await _deliver(zone, smtp_sink, tls_files, "taro@example.net")
-    assert (result.outcome, result.code, result.tls) == (SENT, 250, True)
+    assert (result.status, result.code, result.tls) == (SENT, 250, True)
     [caught] = await smtp_sink.wait_for(1, timeout=10)
     assert caught.rcpt_tos == ["taro@example.net"] and caught.tls
     assert ("example.net.", "MX") in {(q.name, q.rtype) for q in zone.queries}
@@ -80,7 +83,7 @@ async def test_what_the_dns_says_decides_rejection_or_retry(zone, smtp_sink, tls
     # nameserver (SERVFAIL) defers the message for a retry. Nothing reaches any SMTP server.
     setup(zone)
     result = await _deliver(zone, smtp_sink, tls_files, f"someone@{domain}")
-    assert result.outcome == outcome
+    assert result.status == outcome
     assert reason in result.message
     assert smtp_sink.messages == []
 

@@ -22,8 +22,8 @@ from services.common.mail import send_transactional
 from services.common.privacy import email_hash
 from services.sender.config import Config
 from services.sender.dkim import dns_record, load_key
+from services.sender.ledger import DeliveryStatus
 from services.sender.service import Running, start
-from services.sender.smtp import REJECTED
 from tests.support.dkim_verify import EVERY_VERIFIER, passing, verify_everywhere
 
 DKIM_DOMAIN = "mail.example.com"
@@ -289,7 +289,7 @@ async def test_without_a_relay_mail_goes_to_the_mx_the_dns_names(sender, js, smt
     await publish(js, make_batch(43, 1, [*people, nomail]), "send-43-1")
     messages = await smtp_sink.wait_for(3, timeout=30)
     await poll(lambda: _count(running, 43, "sent", 3), what="3 sent in the ledger")
-    await poll(lambda: _count(running, 43, REJECTED, 1), what="the null-MX recipient rejected")
+    await poll(lambda: _count(running, 43, DeliveryStatus.REJECTED, 1), what="the null-MX recipient rejected")
 
     assert sorted(m.rcpt_tos[0] for m in messages) == [p[1] for p in people]
     assert all(m.tls for m in messages)
