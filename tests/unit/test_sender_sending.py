@@ -316,9 +316,11 @@ def transactional_sending(ledger: MemoryLedger, transport: RecordingTransport) -
     )  # fmt: skip
 
 
-def message(key: str, category: str, to: str = "taro@example.net", created_at: dt.datetime | None = None) -> Message:
-    """A transactional message of organisation 1."""
-    return Message(1, key, to, "Taro", CONTENT, "{}", category, created_at)
+def message(
+    key: str, category: str, to: str = "taro@example.net", created_at: dt.datetime | None = None, platform: bool = True
+) -> Message:
+    """A transactional message of organisation 1 (the platform's own unless told)."""
+    return Message(1, key, to, "Taro", CONTENT, "{}", category, created_at, platform=platform)
 
 
 async def test_a_transactional_message_is_delivered_once_per_key():
@@ -341,6 +343,9 @@ async def test_suppression_withholds_transactional_mail_except_account_mail_and_
     sending = transactional_sending(ledger, transport)
     for key, category in (("r", "auth.password_reset"), ("c", "lists.confirm"), ("t", "campaigns.test")):
         assert await sending.send(message(key, category), 1) == Ack()
+    # An application's message is checked whatever category it names.
+    for key, category in (("ar", "auth.password_reset"), ("ac", "lists.confirm")):
+        assert await sending.send(message(key, category, platform=False), 1) == Ack()
     asked = clock.now()
     ledger.erased_addresses["hanako@example.net"] = asked + dt.timedelta(seconds=1)
     assert await sending.send(message("c2", "lists.confirm", "hanako@example.net", asked), 1) == Ack()
@@ -348,7 +353,7 @@ async def test_suppression_withholds_transactional_mail_except_account_mail_and_
     statuses = {key: row.status for (_, key), row in ledger.transactional.items()}
     assert statuses == {
         "r": DeliveryStatus.SENT, "c": DeliveryStatus.SENT, "t": DeliveryStatus.SUPPRESSED,
-        "c2": DeliveryStatus.SUPPRESSED,
+        "c2": DeliveryStatus.SUPPRESSED, "ar": DeliveryStatus.SUPPRESSED, "ac": DeliveryStatus.SUPPRESSED,
     }  # fmt: skip
     assert ledger.transactional[(1, "c2")].smtp_message == "suppressed: erased"
 
