@@ -55,8 +55,11 @@ async def migrate(url: str, schema: str, sql_dir: Path) -> list[str]:
 
 async def open_pool(url: str, schema: str, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
     """Open a connection pool whose connections see only the service's schema by default."""
+    # Each connection is checked as it is handed out (one empty round trip): after PostgreSQL restarts, the
+    # pool replaces its dead connections instead of failing one piece of work per connection.
     pool = AsyncConnectionPool(
-        _with_search_path(url, schema), min_size=min_size, max_size=max_size, open=False, timeout=30
-    )
+        _with_search_path(url, schema), min_size=min_size, max_size=max_size, open=False, timeout=30,
+        check=AsyncConnectionPool.check_connection,
+    )  # fmt: skip
     await pool.open(wait=True, timeout=30)
     return pool

@@ -43,6 +43,7 @@ class MemoryLedger:
         self.erased: set[int] = set()
         self.erased_addresses: dict[str, dt.datetime] = {}
         self.claims: list[list[int]] = []
+        self.renewals: list[tuple[int, str]] = []
         self.recorded: list[Outcome] = []
 
     async def verdict(self, organization_id: int, campaign_id: int) -> Verdict:
@@ -56,6 +57,11 @@ class MemoryLedger:
     async def states(self, campaign_id: int, subscriber_ids: Sequence[int]) -> dict[int, LedgerState]:
         """The rows of those recipients."""
         return {i: self.rows[(campaign_id, i)] for i in subscriber_ids if (campaign_id, i) in self.rows}
+
+    async def renew(self, campaign_id: int, owner: str, lease: float) -> int:
+        """Record a renewal of an owner's claims."""
+        self.renewals.append((campaign_id, owner))
+        return sum(1 for (c, _), o in self.owners.items() if c == campaign_id and o == owner)
 
     async def claim(self, organization_id, campaign_id, recipients, owner, lease) -> Claim:
         """Claim what is new, deferred or ours, unless the campaign is halted; name the withheld."""
@@ -188,6 +194,38 @@ async def test_a_batch_is_delivered_once_per_recipient_personalised_and_acked():
     assert subjects["p2@example.net"] == "P2様へ"
     assert ledger.statuses(2) == {1: DeliveryStatus.SENT, 2: DeliveryStatus.SENT, 3: DeliveryStatus.SENT}
     assert all(row.attempts == 1 for row in ledger.rows.values())
+
+
+async def test_a_sender_renews_its_claims_while_a_slow_server_holds_its_deliveries():
+    # A mail server that takes longer than the lease: the sender renews its pass's claims every third of
+    # the lease while the delivery is under way (so the lease can be short and a killed sender's recipients
+    # lapse soon), and stops renewing once the batch is done.
+    ledger, transport = MemoryLedger(MovableClock()), RecordingTransport()
+    transport.gate = asyncio.Event()
+    sending = BatchSending(
+        ledger=ledger, recorder=ledger, gate=ledger, transport=transport, composer=composer(), policy=POLICY,
+        concurrency=8, clock=ledger.clock, claim_seconds=0.03,
+    )  # fmt: skip
+    renewed_twice = asyncio.Event()
+    record = ledger.renew
+
+    async def renew(campaign_id: int, owner: str, lease: float) -> int:
+        held = await record(campaign_id, owner, lease)
+        if len(ledger.renewals) >= 2:
+            renewed_twice.set()
+        return held
+
+    ledger.renew = renew
+    task = asyncio.create_task(sending.send(batch(1, 2), 1))
+    await transport.offered_at_least(2)
+    await asyncio.wait_for(renewed_twice.wait(), 10)
+    [owner] = {o for _, o in ledger.renewals}
+    assert ledger.renewals[0] == (2, owner) and set(ledger.owners.values()) == {owner}
+    transport.gate.set()
+    assert await task == Ack()
+    done = len(ledger.renewals)
+    await asyncio.sleep(0.05)
+    assert len(ledger.renewals) == done
 
 
 async def test_a_paused_campaign_is_looked_at_again_later_without_a_claim_or_an_offer():
