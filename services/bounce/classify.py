@@ -284,7 +284,7 @@ def reason_of(status: str = "", diagnostic: str = "", smtp_code: int = 0, comman
         return "delivered"
     name = STATUS_REASONS.get(status, "")
     command = command or find_command(raw)
-    if not command and name in _RETRY and matches("userunknown", text):
+    if not command and name in ("", "userunknown", "hostunknown") and matches("userunknown", text):
         # Servers say a mailbox does not exist in answer to RCPT; with no transcript (nor a status that
         # names a filter) to say otherwise, that is the step, for every rule below alike. Sisimai's MTA
         # modules read their notices the same way.

@@ -40,11 +40,20 @@ def test_classifier_follows_rfc3463_and_the_mtas_words():
     assert classify("5.7.1", "554 rejected: listed at zen.spamhaus.org").kind == "soft"
 
 
-def test_delayed_dsn_is_not_a_bounce():
-    # A DSN that only says "delayed" reports no failure: nothing to attribute or record.
+def test_delayed_dsn_is_a_soft_bounce_and_deliverable_is_not_one():
+    # A DSN that only says "delayed" is a soft event (the MTA still retries): counted, never suppressed,
+    # even when the server's words would be a hard reason. "deliverable" (an address test, 2.1.5) is
+    # no failure at all.
     report = parse_bounce(_dsn("delayed", "4.4.7", "421 try again later"))
-    assert report.kind == DELIVERED_DSN
-    assert attribute(KEY, [return_path(KEY, REF, "b.example.com")], report) == []
+    assert report.kind == BOUNCE
+    assert [(r.email, r.kind, r.reason) for r in report.recipients] == [("who@example.org", "soft", "expired")]
+    (item,) = attribute(KEY, [return_path(KEY, REF, "b.example.com")], report)
+    assert item.ref == REF and item.result.kind == "soft"
+    unknown = parse_bounce(_dsn("delayed", "4.1.1", "450 4.1.1 mailbox unknown"))
+    assert [r.kind for r in unknown.recipients] == ["soft"]
+    tested = parse_bounce(_dsn("deliverable", "2.1.5", "250 2.1.5 ok"))
+    assert tested.kind == DELIVERED_DSN
+    assert attribute(KEY, [return_path(KEY, REF, "b.example.com")], tested) == []
 
 
 def test_attribution_by_verp_then_by_message_id():
