@@ -118,3 +118,23 @@ def test_unreadable_input_is_a_report_with_its_problem_never_an_exception():
     )
     assert [(r.email, r.kind, r.reason) for r in broken.recipients] == [("lost@example.org", "hard", "userunknown")]
     assert any("without its boundary" in p for p in broken.problems)
+
+
+def test_cli_prints_one_json_line_per_file(capsys, tmp_path):
+    # `mailblast bounce parse` needs no service: one JSON line per file, in order, with the fields the
+    # issue names; a file that cannot be read gets a line saying so and a non-zero exit.
+    from cli.main import run
+
+    files = [DATA / "eml" / "sisimai" / "lhost-exim-05.eml", DATA / "eml" / "sisimai" / "arf-02.eml"]
+    missing = tmp_path / "gone.eml"
+    assert run(["bounce", "parse", *map(str, files), str(missing)]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    labels = _labels()
+    assert [line["file"] for line in lines] == [*map(str, files), str(missing)]
+    for line, path in zip(lines, files, strict=False):
+        row = labels[f"eml/sisimai/{path.name}"]
+        assert (line["kind"], line["is_bounce"]) == (row["kind"], row["is_bounce"])
+        assert [r["recipient"] for r in line["records"]] == row["recipients"]
+        assert set(line["records"][0]) == {"recipient", "reason", "hard", "status", "replycode"}
+        assert line["records"][0]["reason"] == row["records"][0]["reason"]
+    assert "cannot read the file" in lines[2]["error"]
