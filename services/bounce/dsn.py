@@ -394,13 +394,16 @@ def _is_auto_reply(msg: Message) -> bool:
 
 def _feedback_recipients(parts: _Parts, msg: Message) -> list[RecipientResult]:
     fields: dict[str, str] = {}
+    recipients: list[str] = []
     for report in parts.feedback:
         for name, value in _fields(report.replace("\r\n", "\n")):
             fields.setdefault(name, value)
-    recipients = [_address_of(v) for k, v in fields.items() if k in ("original-rcpt-to", "removal-recipient")]
+            # RFC 5965 3.2: Original-Rcpt-To may occur once per recipient of the reported message.
+            if name in ("original-rcpt-to", "removal-recipient"):
+                recipients.append(_address_of(value))
     if not any(recipients):
         for h in parts.original_headers:
-            recipients.extend(a.lower() for _, a in getaddresses([str(v) for v in h.get_all("To", [])]))
+            recipients.extend(_addresses_in(h.get_all("To", [])))
     diagnostic = fields.get("feedback-type", "abuse")
     return [
         RecipientResult(email=r, kind=COMPLAINT, reason="feedback", diagnostic=diagnostic)

@@ -172,3 +172,26 @@ def test_plain_text_notice_from_post_master_names_the_recipient():
     report = parse_bounce(raw)
     assert report.kind == BOUNCE
     assert [(r.email, r.kind) for r in report.recipients] == [("gone.user@example.org", "hard")]
+
+
+def test_arf_report_keeps_every_original_rcpt_to():
+    # RFC 5965 allows one Original-Rcpt-To per recipient of the reported message: each is a complaint,
+    # and an original addressed to "undisclosed-recipients:;" gives no made-up address.
+    arf = (
+        b"From: fbl@isp.example\r\nSubject: Abuse report\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=feedback-report; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nA complaint.\r\n"
+        b"--b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\n"
+        b"Original-Rcpt-To: <one@example.org>\r\nOriginal-Rcpt-To: <two@example.org>\r\n\r\n"
+        b"--b\r\nContent-Type: text/rfc822-headers\r\n\r\nTo: undisclosed-recipients:;\r\n\r\n--b--\r\n"
+    )
+    report = parse_bounce(arf)
+    assert report.kind == FEEDBACK_REPORT
+    assert [(r.email, r.kind) for r in report.recipients] == [
+        ("one@example.org", "complaint"),
+        ("two@example.org", "complaint"),
+    ]
+    alone = parse_bounce(
+        arf.replace(b"Original-Rcpt-To: <one@example.org>\r\nOriginal-Rcpt-To: <two@example.org>\r\n", b"")
+    )
+    assert alone.recipients == ()
