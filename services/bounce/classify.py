@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from services.bounce.phrases import ALIGNED, NOT_REJECTED, OURS, PHRASES
+from services.bounce.providers import provider_reason
 
 HARD = "hard"
 SOFT = "soft"
@@ -275,8 +276,10 @@ def _fallback(f: _Facts, action: str, x_unix: bool) -> str:
     return ""
 
 
-def reason_of(status: str = "", diagnostic: str = "", smtp_code: int = 0, command: str = "", action: str = "") -> str:
-    """The Sisimai reason for one failed recipient (see the module docstring)."""
+def reason_of(
+    status: str = "", diagnostic: str = "", smtp_code: int = 0, command: str = "", action: str = "", provider: str = ""
+) -> str:
+    """The Sisimai reason for one failed recipient (see the module docstring); `provider` as providers.py names it."""
     raw = diagnostic or ""
     text = " ".join(raw.lower().split())
     status = prefer_status(status, raw)
@@ -290,6 +293,10 @@ def reason_of(status: str = "", diagnostic: str = "", smtp_code: int = 0, comman
         # modules read their notices the same way.
         command = "RCPT"
     facts = _Facts(status, name, text, smtp_code or find_reply_code(raw), command)
+    # A provider's own codes and texts say more than the generic rules (Sisimai asks them first).
+    found = provider_reason(provider, status, facts.code, raw, command)
+    if found:
+        return found
     # "X-Unix; ..." (or X-Postfix) is a local program's exit, not a server's reply.
     x_unix = bool(re.match(r"(?i)\s*x-(?:unix|postfix)\s*;", raw)) or "x-unix; " in text
     if not x_unix:
@@ -314,10 +321,10 @@ def is_hard(reason: str, status: str = "", smtp_code: int = 0, text: str = "") -
 
 
 def classify(
-    status: str = "", diagnostic: str = "", smtp_code: int = 0, command: str = "", action: str = ""
+    status: str = "", diagnostic: str = "", smtp_code: int = 0, command: str = "", action: str = "", provider: str = ""
 ) -> Verdict:
     """Classify one failed recipient from its enhanced status, the server's words, reply code and command."""
-    reason = reason_of(status, diagnostic, smtp_code, command, action)
+    reason = reason_of(status, diagnostic, smtp_code, command, action, provider)
     status = prefer_status(status, diagnostic)
     return Verdict(HARD if is_hard(reason, status, smtp_code, diagnostic) else SOFT, reason)
 

@@ -23,6 +23,7 @@ from services.bounce.classify import (
     find_reply_code,
     find_status,
 )
+from services.bounce.providers import provider_of
 
 BOUNCE = "bounce"
 FEEDBACK_REPORT = "feedback-report"
@@ -209,7 +210,7 @@ def _message_ids(headers: list[Message], msg: Message) -> tuple[str, ...]:
     return tuple(ids)
 
 
-def _dsn_recipients(blocks_text: str, notice: str) -> list[RecipientResult]:
+def _dsn_recipients(blocks_text: str, notice: str, hosts: tuple[str, ...] = ()) -> list[RecipientResult]:
     blocks = [b for b in re.split(r"\n[ \t]*\n", blocks_text.replace("\r\n", "\n")) if b.strip()]
     per_message: dict[str, str] = {}
     results: list[RecipientResult] = []
@@ -235,7 +236,8 @@ def _dsn_recipients(blocks_text: str, notice: str) -> list[RecipientResult]:
         pending.append((recipient, status, action, diagnostic, remote))
     others = tuple(p[0] for p in pending)
     for recipient, status, action, diagnostic, remote in pending:
-        results.append(_result(recipient, status, action, diagnostic, remote, _notice_about(notice, recipient, others)))
+        about = _notice_about(notice, recipient, others)
+        results.append(_result(recipient, status, action, diagnostic, remote, about, hosts))
     return results
 
 
@@ -262,18 +264,34 @@ def _notice_about(notice: str, recipient: str, others: tuple[str, ...] = ()) -> 
     return notice[start:end]
 
 
-def _result(recipient: str, status: str, action: str, diagnostic: str, remote: str, context: str) -> RecipientResult:
+# A host name followed by its address, as MTAs name the server that answered: "mx.example.net[192.0.2.1]".
+_HOST_WITH_ADDRESS = re.compile(
+    r"([a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+)\.?\s*[\[(](?:\d{1,3}\.){3}\d{1,3}[\])]",
+    re.IGNORECASE,
+)
+
+
+def _hosts_named(text: str) -> tuple[str, ...]:
+    """The server host names a notice or diagnostic mentions with their addresses."""
+    return tuple(m.group(1).lower() for m in _HOST_WITH_ADDRESS.finditer(text or ""))
+
+
+def _result(
+    recipient: str, status: str, action: str, diagnostic: str, remote: str, context: str, hosts: tuple[str, ...] = ()
+) -> RecipientResult:
     code = find_reply_code(diagnostic)
     text = diagnostic if diagnostic.strip() else context
     # The command the server was answering: the diagnostic's transcript first, else the notice's.
     command = find_command(diagnostic) or find_command(context)
-    verdict = classify(status, text, code, command, action)
+    domain = recipient.rpartition("@")[2]
+    provider = provider_of((remote, *_hosts_named(text), *_hosts_named(context), *hosts), domain)
+    verdict = classify(status, text, code, command, action, provider)
     if action == "delayed":
         # Still being retried by the reporting MTA: whatever the reason, the address is not gone yet.
         verdict = Verdict(SOFT, verdict.reason)
     # A vague or missing diagnostic: let the notice's words about this recipient sharpen the verdict.
     if verdict.reason in _VAGUE_REASONS and context and context != text:
-        sharper = classify(status, f"{text}\n{context}", code, command, action)
+        sharper = classify(status, f"{text}\n{context}", code, command, action, provider)
         if sharper.reason not in ("undefined", "onhold"):
             verdict = sharper if action != "delayed" else Verdict(SOFT, sharper.reason)
     return RecipientResult(
@@ -493,6 +511,15 @@ _DSN_IN_TEXT = re.compile(
 )
 
 
+def _first_hop(msg: Message) -> tuple[str, ...]:
+    """The hosts of the returned message's oldest Received header: where the notice was written."""
+    received = msg.get_all("Received", [])
+    if not received:
+        return ()
+    oldest = " ".join(str(received[-1]).split())
+    return tuple(h.lower() for h in re.findall(r"\b(?:from|by)\s+([a-z0-9.-]+\.[a-z]{2,})", oldest, re.IGNORECASE))
+
+
 def _delivery_status_in_text(texts: list[str]) -> str:
     """The per-recipient DSN fields found in text parts, from the first such field on, or ''."""
     for text in texts:
@@ -528,6 +555,7 @@ def _parse(raw: bytes | str | Message) -> BounceReport:
         "original_message_ids": _message_ids(parts.original_headers, msg),
         "problems": tuple(parts.problems),
     }
+    first_hop = _first_hop(msg)
     if not parts.delivery_status:
         embedded = _delivery_status_in_text(parts.texts)
         if embedded:
@@ -545,7 +573,7 @@ def _parse(raw: bytes | str | Message) -> BounceReport:
         return BounceReport(FEEDBACK_REPORT, tuple(unsubscribe), **base)
     notice = _notice_text(parts)
     if parts.delivery_status:
-        results = _dsn_recipients("\n\n".join(parts.delivery_status), notice)
+        results = _dsn_recipients("\n\n".join(parts.delivery_status), notice, first_hop)
         failed = [r for r in results if r.action not in _NOT_FAILED_ACTIONS]
         if results and not failed:
             return BounceReport(DELIVERED_DSN, tuple(results), **base)
@@ -574,7 +602,7 @@ def _parse(raw: bytes | str | Message) -> BounceReport:
     # A notice about one recipient speaks of it throughout, also in lines before its address.
     others = tuple(addresses)
     about = {addr: notice if len(addresses) == 1 else _notice_about(notice, addr, others) for addr in addresses}
-    results = [_result(addr, find_status(about[addr]), "failed", "", "", about[addr]) for addr in addresses]
+    results = [_result(addr, find_status(about[addr]), "failed", "", "", about[addr], first_hop) for addr in addresses]
     if _is_google_groups_refusal(msg, notice):
         # Google Groups' notice lists four causes, all of them about the sender's right to post.
         results = [replace(r, reason="rejected", kind=SOFT) for r in results]
