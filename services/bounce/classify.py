@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from services.bounce.phrases import ALIGNED, NOT_REJECTED, OURS, PHRASES
+from services.bounce.phrases import ALIGNED, NOT_REJECTED, OURS, OURS_ALIGNED, PHRASES
 from services.bounce.providers import provider_reason
 
 HARD = "hard"
@@ -143,6 +143,7 @@ def matches(reason: str, text: str) -> bool:
         any(p in text for p in PHRASES.get(reason, ()))
         or any(p in text for p in OURS.get(reason, ()))
         or any(_aligned(text, fragments) for fragments in ALIGNED.get(reason, ()))
+        or any(_aligned(text, fragments) for fragments in OURS_ALIGNED.get(reason, ()))
     )
 
 

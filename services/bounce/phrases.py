@@ -765,6 +765,26 @@ NOT_REJECTED: tuple[str, ...] = ("5.1.0 address rejected", "recipient address re
 
 # Not Sisimai's: what we have seen servers write, kept apart so that the port above stays as it is.
 OURS: dict[str, tuple[str, ...]] = {
-    # Microsoft's 5.1.10 for a recipient that is not there.
-    "userunknown": ("recipientnotfound", "recipient not found by smtp address lookup"),
+    "userunknown": (
+        # Microsoft's 5.1.10 for a recipient that is not there.
+        "recipientnotfound",
+        "recipient not found by smtp address lookup",
+        # Directory-based gateways (phquery and the like).
+        "does not have a final email delivery point",
+        "does not have a final delivery point",
+        # German servers.
+        "existiert nicht",
+        "unbekannter empfänger",
+        "unbekannter benutzer",
+    ),
+}
+# Not Sisimai's either: fragments in this order, for servers that answer in French or Spanish.
+OURS_ALIGNED: dict[str, tuple[tuple[str, ...], ...]] = {
+    "userunknown": (
+        ("adresse", "n'existe pas"),
+        ("destinataire", "n'existe pas"),
+        ("utilisateur", "n'existe pas"),
+        ("usuario", "no existe"),
+        ("destinatario", "no existe"),
+    ),
 }
