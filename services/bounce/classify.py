@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from services.bounce.phrases import ALIGNED, NOT_REJECTED, OURS, OURS_ALIGNED, PHRASES
+from services.bounce.phrases import ALIGNED, NOT_REJECTED, NOTICES, OURS, OURS_ALIGNED, PHRASES
 from services.bounce.providers import provider_reason
 
 HARD = "hard"
@@ -119,7 +119,16 @@ _COMMAND = re.compile(
     re.IGNORECASE,
 )
 _COMMAND_NAMES = {"mail from": "MAIL", "rcpt to": "RCPT", "end of data": "DATA"}
-_COMMAND_ORDER = ("HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA")
+_COMMAND_ORDER = ("CONN", "HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA")
+# qmail's remote notices name the step in words (qmail-remote.c).
+_QMAIL_STEPS = (
+    (" but greeting failed.", "CONN"),
+    (" but my name was rejected.", "EHLO"),
+    (" but sender was rejected.", "MAIL"),
+    (" does not like recipient.", "RCPT"),
+    (" failed on data command", "DATA"),
+    (" failed after i sent the message", "DATA"),
+)
 
 
 def _aligned(text: str, fragments: tuple[str, ...]) -> bool:
@@ -176,7 +185,11 @@ def find_command(text: str) -> str:
     Upper-case command words, or the phrases MTAs write ("in reply to RCPT TO command", "after end of
     data", ">>> DATA"); the furthest command in the session wins, since a later one was reached.
     """
+    lowered = (text or "").lower()
     best = ""
+    for words, step in _QMAIL_STEPS:
+        if words in lowered and (not best or _COMMAND_ORDER.index(step) > _COMMAND_ORDER.index(best)):
+            best = step
     for match in _COMMAND.finditer(text or ""):
         if match.group(1):
             if match.group(1) != match.group(1).upper():
@@ -198,10 +211,13 @@ class _Facts:
     text: str  # the server's words, lower-cased, white space squeezed
     code: int
     command: str
+    preset: str = ""  # the reason an MTA's notice wording already gave (Sisimai's MTA modules)
 
 
 def _claims(reason: str, f: _Facts) -> bool:
     """Sisimai's `true()` of one reason: do the status, command and words, taken together, point to it."""
+    if f.preset == reason:
+        return True
     if reason in ("mailboxfull", "exceedlimit", "authfailure", "requireptr", "toomanyconn", "blocked"):
         if reason in ("mailboxfull", "exceedlimit") and not f.status:
             return False
@@ -251,8 +267,22 @@ def _claims(reason: str, f: _Facts) -> bool:
     return matches(reason, f.text)  # hasmoved, notcompliantrfc, badreputation
 
 
+def notice_reason(text: str) -> str:
+    """The reason an MTA's own notice wording gives (phrases.NOTICES), or ''."""
+    text = " ".join((text or "").lower().split())
+    for reason, fragments in NOTICES.items():
+        if any(fragment in text for fragment in fragments):
+            return reason
+    return ""
+
+
 def _fallback(f: _Facts, action: str, x_unix: bool) -> str:
     """Sisimai's anotherone(): the words alone, then the status class, the Action and the command."""
+    if f.preset:
+        return f.preset
+    if f.command in ("CONN", "HELO", "EHLO"):
+        # Refused before any envelope was given: the client itself was not wanted (Sisimai's MTA modules).
+        return "blocked"
     reason = f.name
     if reason and reason not in _RETRY and not x_unix:
         return reason
@@ -293,13 +323,17 @@ def reason_of(
         # names a filter) to say otherwise, that is the step, for every rule below alike. Sisimai's MTA
         # modules read their notices the same way.
         command = "RCPT"
-    facts = _Facts(status, name, text, smtp_code or find_reply_code(raw), command)
+    # A refusal of the greeting or of HELO is about the client, whatever the notice says next.
+    preset = "" if command in ("CONN", "HELO", "EHLO") else notice_reason(text)
+    if preset and preset not in _RETRY:
+        return preset
+    facts = _Facts(status, name, text, smtp_code or find_reply_code(raw), command, preset)
     # A provider's own codes and texts say more than the generic rules (Sisimai asks them first).
     found = provider_reason(provider, status, facts.code, raw, command)
     if found:
         return found
-    # "X-Unix; ..." (or X-Postfix) is a local program's exit, not a server's reply.
-    x_unix = bool(re.match(r"(?i)\s*x-(?:unix|postfix)\s*;", raw)) or "x-unix; " in text
+    # "X-Unix; ..." is a local program's exit, not a server's reply.
+    x_unix = bool(re.match(r"(?i)\s*x-unix\s*;", raw)) or "x-unix; " in text
     if not x_unix:
         for reason in _FIRST_PASS:
             if _claims(reason, facts):

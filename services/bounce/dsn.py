@@ -227,7 +227,7 @@ def _dsn_recipients(blocks_text: str, notice: str, hosts: tuple[str, ...] = ()) 
         if not recipient and values.get("original-recipient"):
             recipient = _address_of(values["original-recipient"])
         diagnostic = _strip_type(values.get("diagnostic-code", ""))
-        if re.match(r"(?i)\s*x-(?:unix|postfix)\s*;", values.get("diagnostic-code", "")):
+        if re.match(r"(?i)\s*x-unix\s*;", values.get("diagnostic-code", "")):
             # A local program's exit status, not a server's reply: the type is what says so.
             diagnostic = values["diagnostic-code"].strip()
         status = find_status(values.get("status", ""))
