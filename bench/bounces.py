@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,10 @@ class Score:
     hard_by_source: dict[str, Rate] = field(default_factory=dict)
     by_reason: dict[str, Rate] = field(default_factory=dict)
     confusion: Counter = field(default_factory=Counter)
+    # Labelled hard where we name a reason Sisimai counts as soft: the two definitions disagree there.
+    definition_conflicts: Counter = field(default_factory=Counter)
+    cpu_seconds: float = 0.0
+    messages: int = 0
     misses: list[str] = field(default_factory=list)
 
 
@@ -73,7 +78,11 @@ def score(corpus: Path) -> Score:
     result = Score()
     for row in labelled(corpus):
         name = row["file"]
-        report = parse_bounce((corpus / name).read_bytes())
+        raw = (corpus / name).read_bytes()
+        started = time.process_time()
+        report = parse_bounce(raw)
+        result.cpu_seconds += time.process_time() - started
+        result.messages += 1
         if row.get("kind"):
             result.kind.add(report.kind == row["kind"])
             if report.kind != row["kind"]:
@@ -92,6 +101,8 @@ def score(corpus: Path) -> Score:
                 agreed = (got.kind == "hard") == record["hard"]
                 result.hard.add(agreed)
                 result.hard_by_source.setdefault(_source(name), Rate()).add(agreed)
+                if not agreed and record["hard"] and not record.get("reason"):
+                    result.definition_conflicts[got.reason] += 1
                 if not agreed:
                     labelled_kind = "hard" if record["hard"] else "soft"
                     result.misses.append(
@@ -123,8 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"hard/soft agreement     {s.hard}")
     for source, rate in sorted(s.hard_by_source.items()):
         print(f"  {source:<21} {rate}")
+    if s.definition_conflicts:
+        conflicts = sum(s.definition_conflicts.values())
+        detail = ", ".join(f"{reason} {n}" for reason, n in s.definition_conflicts.most_common())
+        agreed = Rate(s.hard.ok, s.hard.total - conflicts)
+        print(f"  labelled hard without a reason, a soft reason by Sisimai's definition: {conflicts} ({detail})")
+        print(f"  hard/soft without those {agreed}")
     print(f"exact reason agreement  {s.reason}")
     print(f"kind agreement          {s.kind}")
+    print(f"parse_bounce CPU        {1000 * s.cpu_seconds / max(s.messages, 1):.2f} ms per message ({s.messages})")
     print("per reason (Sisimai's labels):")
     for reason, rate in sorted(s.by_reason.items(), key=lambda kv: (kv[1].ratio, kv[0])):
         print(f"  {reason:<21} {rate}")
