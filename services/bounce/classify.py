@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from services.bounce.phrases import ALIGNED, NOT_REJECTED, NOTICES, OURS, OURS_ALIGNED, PHRASES
+from services.bounce.phrases import ALIGNED, NOT_REJECTED, NOTICE_PATTERNS, NOTICES, OURS, OURS_ALIGNED, PHRASES
 from services.bounce.providers import provider_reason
 
 HARD = "hard"
@@ -273,7 +273,30 @@ def notice_reason(text: str) -> str:
     for reason, fragments in NOTICES.items():
         if any(fragment in text for fragment in fragments):
             return reason
+    for reason, pattern in _NOTICE_PATTERNS.items():
+        if pattern.search(text):
+            return reason
     return ""
+
+
+_NOTICE_PATTERNS = {reason: re.compile(pattern) for reason, pattern in NOTICE_PATTERNS.items()}
+
+
+def squeeze_reply(text: str) -> str:
+    """A multi-line SMTP reply as one sentence: the "550-5.7.1 " that starts each line taken out.
+
+    Servers repeat the code on every line of a long reply ("550-5.7.1 Messages with multiple 550-5.7.1
+    addresses in From: header..."), which splits the very words the rules look for (as Sisimai does).
+    """
+    code = find_reply_code(text)
+    if not code or f"{code}-" not in text:
+        return text
+    status = find_status(text)
+    for separator in ("-", " "):
+        if status:
+            text = text.replace(f"{code}{separator}{status} ", "").replace(f"{code}{separator}{status}", "")
+        text = text.replace(f"{code}{separator}", "")
+    return f"{code} {status} {text}".replace("  ", " ") if status else f"{code} {text}"
 
 
 def _fallback(f: _Facts, action: str, x_unix: bool) -> str:
@@ -311,7 +334,7 @@ def reason_of(
     status: str = "", diagnostic: str = "", smtp_code: int = 0, command: str = "", action: str = "", provider: str = ""
 ) -> str:
     """The Sisimai reason for one failed recipient (see the module docstring); `provider` as providers.py names it."""
-    raw = diagnostic or ""
+    raw = squeeze_reply(diagnostic or "")
     text = " ".join(raw.lower().split())
     status = prefer_status(status, raw)
     if status.startswith("2."):

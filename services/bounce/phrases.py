@@ -793,9 +793,17 @@ OURS_ALIGNED: dict[str, tuple[tuple[str, ...], ...]] = {
 # from the notice before the generic rules, as Sisimai's MTA modules set it. Fragments so general that
 # they only mean something inside one MTA's notice ("Unable to", " - spam") are left out.
 NOTICES: dict[str, tuple[str, ...]] = {
-    "contenterror": (" - bad header:", 'too many "received" headers', "this domain's dns violates rfc 1035."),
+    "rejected": ("you are not a member of this mailing list", "not member article from "),
+    "contenterror": (
+        " - bad header:",
+        'too many "received" headers',
+        "this domain's dns violates rfc 1035.",
+        "(00050311)",
+        "(000502cc)",
+    ),
     "exceedlimit": (" - message size exceeds recipient", "the message exeeded the maximum size the user accepts"),
     "expired": (
+        "your message was not delivered within ",
         "could not deliver for the last ",
         "dns error: could not contact dns servers",
         "delivery to the following recipient has been delayed",
@@ -803,8 +811,13 @@ NOTICES: dict[str, tuple[str, ...]] = {
         "retry timeout exceeded",
         "envelope expired",
     ),
-    "filtered": ("mail delivery failed... user unknown", "cannot route mail to user"),
+    "filtered": (
+        "mail delivery failed... user unknown",
+        "cannot route mail to user",
+        "(000c0595)",
+    ),
     "hostunknown": (
+        "illegal host/domain name found",
         "host or domain name not found",
         "no such domain.",
         "dns lookup failure: host ",
@@ -820,6 +833,8 @@ NOTICES: dict[str, tuple[str, ...]] = {
         "sorry, i couldn't find any host ",
     ),
     "mailboxfull": (
+        "the user(s) account is temporarily over quota",
+        "user mailbox exceeds allowed size",
         "the number of messages in recipient's mailbox exceeded the local limit.",
         "mailbox is full",
         "error: quota exceed",
@@ -828,6 +843,7 @@ NOTICES: dict[str, tuple[str, ...]] = {
     ),
     "mesgtoobig": ("message size exceeds fixed maximum message size:",),
     "networkerror": (
+        "(00120270)",
         "dns lookup failed.",
         " had no relevant answers.",
         " responded with code nxdomain",
@@ -854,8 +870,17 @@ NOTICES: dict[str, tuple[str, ...]] = {
         "no mx found for destination",
         "sorry, i couldn't find a mail exchanger or ip address",
     ),
-    "securityerror": ("please turn on smtp authentication in your mail client", "could not retrieve credentials"),
-    "suspend": ("mailaddress is administratively disabled", "mailaddress is administrativley disabled"),
+    "securityerror": (
+        "please turn on smtp authentication in your mail client",
+        "could not retrieve credentials",
+        "(000b0981)",
+    ),
+    "suspend": (
+        "mailaddress is administratively disabled",
+        "mailaddress is administrativley disabled",
+        "the user(s) account is disabled.",
+        "the user(s) account is temporarily limited.",
+    ),
     "syntaxerror": (
         "angle-brackets nested too deep",
         'expected word or "<"',
@@ -863,6 +888,8 @@ NOTICES: dict[str, tuple[str, ...]] = {
         "malformed address:",
     ),
     "systemerror": (
+        "(00010256)",
+        "(000d06b5)",
         " - temporary mta failure on relaying",
         " - rejected by next-hop mta on relaying",
         " - unable to relay message back to mta",
@@ -886,6 +913,10 @@ NOTICES: dict[str, tuple[str, ...]] = {
     ),
     "systemfull": ("requested action not taken: mailbox unavailable (not enough free space)",),
     "userunknown": (
+        "invalid final delivery userid",
+        "no valid recipients for this mm",
+        "550 - requested action not taken: no such user here",
+        "(000c05a6)",
         "not listed in domino directory",
         "not listed in public name & address book",
         "no se encuentra en el directorio de domino",
@@ -896,5 +927,10 @@ NOTICES: dict[str, tuple[str, ...]] = {
         "no mailbox here by that name",
         "does not like recipient.",
     ),
-    "virusdetected": (" - infected",),
+    "virusdetected": (
+        " - infected",
+        "requested action not taken: virus detected",
+    ),
 }
+# MTA notice wordings with a number in them (IMail: "Delivery failed 20 attempts").
+NOTICE_PATTERNS: dict[str, str] = {"expired": r"delivery failed \d+ attempts"}
