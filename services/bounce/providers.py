@@ -712,6 +712,19 @@ NTTDOCOMO_WORDS: dict[str, tuple[str, ...]] = {
     "syntaxerror": ("503 bad sequence of commands", "504 command parameter not implemented"),
 }
 
+# Exchange Online's own enhanced codes (Microsoft's list of NDR codes, as Sisimai's Office365 module has
+# it); only those that mean one thing there, not the generic 5.7.1 or 4.4.7.
+MICROSOFT_STATUS: tuple[tuple[str, str], ...] = (
+    (r"4\.4\.312", "networkerror"), (r"4\.4\.316", "expired"), (r"4\.7\.[56]\d\d", "blocked"),
+    (r"4\.7\.8[5-9]\d", "blocked"), (r"5\.0\.350", "contenterror"), (r"5\.4\.312", "networkerror"),
+    (r"5\.4\.316", "expired"), (r"5\.6\.11", "contenterror"), (r"5\.7\.1[23]", "rejected"),
+    (r"5\.7\.124", "rejected"), (r"5\.7\.13[3-6]", "rejected"), (r"5\.7\.50[1-3]", "spamdetected"),
+    (r"5\.7\.50[45]", "filtered"), (r"5\.7\.50[67]", "blocked"), (r"5\.7\.508", "toomanyconn"),
+    (r"5\.7\.509", "authfailure"), (r"5\.7\.510", "notaccept"), (r"5\.7\.511", "rejected"),
+    (r"5\.7\.512", "policyviolation"), (r"5\.7\.57", "securityerror"), (r"5\.7\.60[6-9]", "blocked"),
+    (r"5\.7\.6[1-4]\d", "blocked"), (r"5\.7\.7[0-4]\d", "toomanyconn"),
+)  # fmt: skip
+
 _FRANCEPTT_CODE = re.compile(r"\b(LPN|LPNAAA|OFR|OUK)(_[0-9]{3}|[0-9]{3}[-_][0-9]{3})\b", re.IGNORECASE)
 _STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 
@@ -767,7 +780,9 @@ def provider_reason(provider: str, status: str, reply_code: int, diagnostic: str
     if provider == "google":
         return _google(status, reply_code, text)
     if provider == "microsoft":
-        return _microsoft(status, text)
+        return _microsoft(status, text) or next(
+            (reason for pattern, reason in MICROSOFT_STATUS if re.fullmatch(pattern, status)), ""
+        )
     if provider == "mimecast":
         for reason, entries in MIMECAST_WORDS.items():
             if any(reply_code == code and fragment in text for code, fragment in entries):
