@@ -271,6 +271,33 @@ _HOST_WITH_ADDRESS = re.compile(
 )
 
 
+_TRANSCRIPT_REPLY = re.compile(r"^[ \t]*<<<[ \t]?(.*)$", re.MULTILINE)
+
+
+def _whole_reply(diagnostic: str, context: str) -> str:
+    """The server's whole multi-line reply when the transcript has more of it than the DSN field.
+
+    Sendmail cuts Diagnostic-Code at the first line of a multi-line reply ("550-5.7.1 ..."); its
+    transcript ("<<< 550-5.7.1 ...", "<<< 550 5.7.1 ...") keeps every line.
+    """
+    head = " ".join(diagnostic.split())
+    if not head or not re.match(r"[245]\d\d-", head):
+        return diagnostic
+    lines = [" ".join(m.group(1).split()) for m in _TRANSCRIPT_REPLY.finditer(context or "")]
+    for at, line in enumerate(lines):
+        if line and (line.startswith(head) or head.startswith(line)):
+            reply = [line]
+            for more in lines[at + 1 :]:
+                if more[:3] != line[:3]:
+                    break
+                reply.append(more)
+                if more[3:4] == " ":
+                    break
+            joined = " ".join(reply)
+            return joined if len(joined) > len(head) else diagnostic
+    return diagnostic
+
+
 def _hosts_named(text: str) -> tuple[str, ...]:
     """The server host names a notice or diagnostic mentions with their addresses."""
     return tuple(m.group(1).lower() for m in _HOST_WITH_ADDRESS.finditer(text or ""))
@@ -279,6 +306,7 @@ def _hosts_named(text: str) -> tuple[str, ...]:
 def _result(
     recipient: str, status: str, action: str, diagnostic: str, remote: str, context: str, hosts: tuple[str, ...] = ()
 ) -> RecipientResult:
+    diagnostic = _whole_reply(diagnostic, context)
     code = find_reply_code(diagnostic)
     text = diagnostic if diagnostic.strip() else context
     # The command the server was answering: the diagnostic's transcript first, else the notice's.
@@ -423,10 +451,10 @@ def _feedback_recipients(parts: _Parts, msg: Message) -> list[RecipientResult]:
         for h in parts.original_headers:
             recipients.extend(_addresses_in(h.get_all("To", [])))
     diagnostic = fields.get("feedback-type", "abuse")
+    # No address at all ("To: <Undisclosed Recipients>"): still a complaint about the VERP address it came to.
     return [
         RecipientResult(email=r, kind=COMPLAINT, reason="feedback", diagnostic=diagnostic)
-        for r in dict.fromkeys(recipients)
-        if r
+        for r in (dict.fromkeys(r for r in recipients if r) or [""])
     ]
 
 
@@ -561,10 +589,15 @@ def _parse(raw: bytes | str | Message) -> BounceReport:
         if embedded:
             parts.delivery_status.append(embedded)
     report_type = (msg.get_param("report-type") or "") if msg.get_content_type() == "multipart/report" else ""
-    if parts.feedback or str(report_type).lower() == "feedback-report":
-        return BounceReport(FEEDBACK_REPORT, tuple(_feedback_recipients(parts, msg)), **base)
-    if _COMPLAINT_SUBJECT.match(str(msg.get("Subject", ""))) and parts.original_headers:
-        return BounceReport(FEEDBACK_REPORT, tuple(_feedback_recipients(parts, msg)), **base)
+    if (
+        parts.feedback
+        or str(report_type).lower() == "feedback-report"
+        or (_COMPLAINT_SUBJECT.match(str(msg.get("Subject", ""))) and parts.original_headers)
+    ):
+        complaints = tuple(_feedback_recipients(parts, msg))
+        if not any(c.email for c in complaints):
+            base["problems"] = (*base["problems"], "no complained-about address in the report or the reported headers")
+        return BounceReport(FEEDBACK_REPORT, complaints, **base)
     ses = _ses_notification(_json_documents(parts.texts))
     if ses is not None:
         return BounceReport(ses[0], tuple(ses[1]), **base)

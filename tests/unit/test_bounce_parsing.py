@@ -194,4 +194,6 @@ def test_arf_report_keeps_every_original_rcpt_to():
     alone = parse_bounce(
         arf.replace(b"Original-Rcpt-To: <one@example.org>\r\nOriginal-Rcpt-To: <two@example.org>\r\n", b"")
     )
-    assert alone.recipients == ()
+    # Still a complaint (for the VERP address it came to), without an address, and the report says so.
+    assert [(r.email, r.kind) for r in alone.recipients] == [("", "complaint")]
+    assert alone.problems == ("no complained-about address in the report or the reported headers",)
