@@ -505,6 +505,24 @@ def _ses_notification(docs: list[dict]) -> tuple[str, list[RecipientResult]] | N
                     result = replace(result, kind="soft")
                 results.append(result)
             return BOUNCE, results
+        if kind == "delivery" and isinstance(doc.get("delivery"), dict):
+            delivery = doc["delivery"]
+            response = str(delivery.get("smtpResponse", ""))
+            delivered = [_address_of(str(r)) for r in delivery.get("recipients") or []]
+            return DELIVERED_DSN, [
+                RecipientResult(
+                    email=e,
+                    kind=SOFT,
+                    reason="delivered",
+                    status=find_status(response),
+                    action="delivered",
+                    diagnostic=response[:1000],
+                    smtp_code=find_reply_code(response),
+                    remote_mta=str(delivery.get("reportingMTA", "")),
+                )
+                for e in dict.fromkeys(delivered)
+                if e
+            ]
         if kind == "complaint" and isinstance(doc.get("complaint"), dict):
             complaint = doc["complaint"]
             feedback = str(complaint.get("complaintFeedbackType") or "abuse")

@@ -140,6 +140,15 @@ def test_ses_json_notifications_are_bounces_and_complaints():
     assert [(r.email, r.kind, r.reason) for r in report.recipients] == [
         ("annoyed@example.org", "complaint", "feedback")
     ]
+    # A delivery notification is no failure: a delivered-dsn, attributed to nobody.
+    delivery = (
+        '{"notificationType":"Delivery","delivery":{"recipients":["fine@example.org"],'
+        '"smtpResponse":"250 2.6.0 Message received","reportingMTA":"a1.smtp-out.amazonses.com"}}'
+    )
+    report = parse_bounce(f"From: x@sns.amazonaws.com\nSubject: AWS Notification\n\n{delivery}\n")
+    assert report.kind == DELIVERED_DSN
+    assert [(r.email, r.reason, r.status) for r in report.recipients] == [("fine@example.org", "delivered", "2.6.0")]
+    assert attribute(KEY, [return_path(KEY, REF, "b.example.com")], report) == []
 
 
 def test_complaints_without_an_arf_part_and_mailto_unsubscribes_are_feedback():
