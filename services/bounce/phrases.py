@@ -803,6 +803,7 @@ NOTICES: dict[str, tuple[str, ...]] = {
     ),
     "exceedlimit": (" - message size exceeds recipient", "the message exeeded the maximum size the user accepts"),
     "expired": (
+        "message will be retried for ",
         "your message was not delivered within ",
         "could not deliver for the last ",
         "dns error: could not contact dns servers",
@@ -913,6 +914,7 @@ NOTICES: dict[str, tuple[str, ...]] = {
     ),
     "systemfull": ("requested action not taken: mailbox unavailable (not enough free space)",),
     "userunknown": (
+        "please check if address is correct.",
         "invalid final delivery userid",
         "no valid recipients for this mm",
         "550 - requested action not taken: no such user here",
