@@ -130,6 +130,15 @@ def _decoded_text(part: Message) -> str:
         return payload.decode("utf-8", errors="replace")
 
 
+def _unquoted(text: str) -> str:
+    """A notice forwarded as a quotation ("> " before most lines) as the notice itself."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    filled = [line for line in lines if line.strip()]
+    if len(filled) < 4 or sum(line.lstrip().startswith(">") for line in filled) * 2 < len(filled):
+        return text
+    return "\n".join(re.sub(r"^[ \t]*> ?", "", line) for line in lines)
+
+
 def _strip_html(text: str) -> str:
     text = re.sub(r"(?is)<(script|style).*?</\1>", " ", text)
     text = re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>", "\n", text)
@@ -195,7 +204,7 @@ def _collect(msg: Message, parts: _Parts) -> None:
         )
         parts.texts.append(_decoded_text(msg))
     elif ctype == "text/plain" or (ctype.startswith("text/") and ctype != "text/html"):
-        parts.texts.append(_decoded_text(msg))
+        parts.texts.append(_unquoted(_decoded_text(msg)))
     elif ctype == "text/html":
         parts.texts.append(_strip_html(_decoded_text(msg)))
 
