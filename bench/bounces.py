@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -118,11 +119,62 @@ def score(corpus: Path) -> Score:
     return result
 
 
+# One expectation of p5-sisimai's test suite: 'NN' => [['status', 'replycode', 'reason', hard], ...].
+_SUITE_ENTRY = re.compile(r"'(\d+)'\s*=>\s*\[(.*?)\],\s*\n(?=\s*'\d+'|\s*\};)", re.S)
+_SUITE_RECORD = re.compile(r"\[\s*'([^']*)',\s*'([^']*)',\s*'([^']*)',\s*(\d)")
+
+
+def score_sisimai_suite(root: Path, skip: set[str]) -> Score:
+    """Compare with p5-sisimai's own expectations (t/*.t) for its set-of-emails/maildir/bsd messages.
+
+    The suite names no recipient, so its records are compared in order with ours. Messages whose
+    names are in `skip` (those of the labelled corpus) are left out, so the figures are out of sample.
+    """
+    result = Score()
+    mails = root / "set-of-emails" / "maildir" / "bsd"
+    for test in sorted((root / "t").glob("*.t")):
+        source = test.read_text(encoding="utf-8", errors="replace")
+        engine = re.search(r"my \$enginename = '([^']+)'", source)
+        if not engine or "isexpected" not in source:
+            continue
+        prefix = "rhost-" if "-rhost-" in test.name else "lhost-" if "-lhost-" in test.name else ""
+        for entry in _SUITE_ENTRY.finditer(source[source.index("isexpected") :]):
+            path = mails / f"{prefix}{engine.group(1).lower()}-{int(entry.group(1)):02d}.eml"
+            if not path.exists() or path.name in skip:
+                continue
+            raw = path.read_bytes()
+            started = time.process_time()
+            mine = parse_bounce(raw).recipients
+            result.cpu_seconds += time.process_time() - started
+            result.messages += 1
+            for at, (_status, _reply, reason, hard) in enumerate(_SUITE_RECORD.findall(entry.group(2))):
+                got = mine[at] if at < len(mine) else None
+                result.found.add(got is not None)
+                if got is None:
+                    result.misses.append(f"{path.name}: record {at + 1} not found")
+                    continue
+                if reason not in ("feedback", "vacation", "delivered"):
+                    result.hard.add((got.kind == "hard") == (hard == "1"))
+                result.reason.add(got.reason == reason)
+                result.by_reason.setdefault(reason, Rate()).add(got.reason == reason)
+                if got.reason != reason:
+                    result.confusion[(reason, got.reason)] += 1
+                    result.misses.append(f"{path.name}: record {at + 1} reason {got.reason}, expected {reason}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the agreement rates of the corpus given (or the shared one) and the misses."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", nargs="?", type=Path, help="folder with labels.jsonl (default: shared corpus)")
     parser.add_argument("--misses", action="store_true", help="list every disagreement")
+    parser.add_argument(
+        "--sisimai-suite",
+        type=Path,
+        metavar="P5_SISIMAI",
+        help="also compare with p5-sisimai's test expectations (a checkout of sisimai/p5-sisimai), "
+        "leaving out the messages of the corpus",
+    )
     args = parser.parse_args(argv)
     corpus = args.corpus or next((c for c in DEFAULT_CORPORA if (c / "labels.jsonl").exists()), None)
     if corpus is None or not (corpus / "labels.jsonl").exists():
@@ -153,6 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.misses:
         print("misses:")
         print("\n".join(f"  {m}" for m in s.misses))
+    if args.sisimai_suite:
+        skip = {Path(row.get("upstream_path", row["file"])).name for row in labelled(corpus)}
+        out = score_sisimai_suite(args.sisimai_suite, skip)
+        print(f"p5-sisimai's own expectations, {out.messages} messages not in the corpus:")
+        print(f"  records found         {out.found}")
+        print(f"  hard/soft agreement   {out.hard}")
+        print(f"  exact reason          {out.reason}")
+        if args.misses:
+            print("\n".join(f"  {m}" for m in out.misses))
     return 0
 
 
