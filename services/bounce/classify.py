@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 from services.bounce.phrases import ALIGNED, NOT_REJECTED, NOTICE_PATTERNS, NOTICES, OURS, OURS_ALIGNED, PHRASES
-from services.bounce.providers import provider_reason
+from services.bounce.providers import provider_in_reply, provider_reason
 
 HARD = "hard"
 SOFT = "soft"
@@ -351,8 +351,9 @@ def reason_of(
     if preset and preset not in _RETRY:
         return preset
     facts = _Facts(status, name, text, smtp_code or find_reply_code(raw), command, preset)
-    # A provider's own codes and texts say more than the generic rules (Sisimai asks them first).
-    found = provider_reason(provider, status, facts.code, raw, command)
+    # A provider's own codes and texts say more than the generic rules (Sisimai asks them first); the
+    # sender's own SMTP replies come without a host name, but the reply may show whose it is.
+    found = provider_reason(provider or provider_in_reply(raw), status, facts.code, raw, command)
     if found:
         return found
     # "X-Unix; ..." is a local program's exit, not a server's reply.

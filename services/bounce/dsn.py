@@ -23,7 +23,7 @@ from services.bounce.classify import (
     find_reply_code,
     find_status,
 )
-from services.bounce.providers import provider_of
+from services.bounce.providers import hosts_named, provider_of
 
 BOUNCE = "bounce"
 FEEDBACK_REPORT = "feedback-report"
@@ -273,13 +273,6 @@ def _notice_about(notice: str, recipient: str, others: tuple[str, ...] = ()) -> 
     return notice[start:end]
 
 
-# A host name followed by its address, as MTAs name the server that answered: "mx.example.net[192.0.2.1]".
-_HOST_WITH_ADDRESS = re.compile(
-    r"([a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+)\.?\s*[\[(](?:\d{1,3}\.){3}\d{1,3}[\])]",
-    re.IGNORECASE,
-)
-
-
 _TRANSCRIPT_REPLY = re.compile(r"^[ \t]*<<<[ \t]?(.*)$", re.MULTILINE)
 
 
@@ -307,11 +300,6 @@ def _whole_reply(diagnostic: str, context: str) -> str:
     return diagnostic
 
 
-def _hosts_named(text: str) -> tuple[str, ...]:
-    """The server host names a notice or diagnostic mentions with their addresses."""
-    return tuple(m.group(1).lower() for m in _HOST_WITH_ADDRESS.finditer(text or ""))
-
-
 def _result(
     recipient: str, status: str, action: str, diagnostic: str, remote: str, context: str, hosts: tuple[str, ...] = ()
 ) -> RecipientResult:
@@ -321,7 +309,7 @@ def _result(
     # The command the server was answering: the diagnostic's transcript first, else the notice's.
     command = find_command(diagnostic) or find_command(context)
     domain = recipient.rpartition("@")[2]
-    provider = provider_of((remote, *_hosts_named(text), *_hosts_named(context), *hosts), domain)
+    provider = provider_of((remote, *hosts_named(text), *hosts_named(context), *hosts), domain)
     verdict = classify(status, text, code, command, action, provider)
     if action == "delayed":
         # Still being retried by the reporting MTA: whatever the reason, the address is not gone yet.

@@ -729,6 +729,18 @@ _FRANCEPTT_CODE = re.compile(r"\b(LPN|LPNAAA|OFR|OUK)(_[0-9]{3}|[0-9]{3}[-_][0-9
 _STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 
 
+# A host name followed by its address, as MTAs name the server that answered: "mx.example.net[192.0.2.1]".
+_HOST_WITH_ADDRESS = re.compile(
+    r"([a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+)\.?\s*[\[(](?:\d{1,3}\.){3}\d{1,3}[\])]",
+    re.IGNORECASE,
+)
+
+
+def hosts_named(text: str) -> tuple[str, ...]:
+    """The server host names a notice or diagnostic mentions with their addresses."""
+    return tuple(m.group(1).lower() for m in _HOST_WITH_ADDRESS.finditer(text or ""))
+
+
 def provider_of(hosts: tuple[str, ...], domain: str) -> str:
     """The provider whose servers one of the hosts is, or whose name the recipient's domain is part of."""
     hosts = tuple(h.lower().strip("[]().") for h in hosts if h)
@@ -739,6 +751,17 @@ def provider_of(hosts: tuple[str, ...], domain: str) -> str:
         if domain and any(domain in suffix for suffix in suffixes):
             return provider
     return ""
+
+
+def provider_in_reply(reply: str) -> str:
+    """The provider a reply alone shows: a host it names, or Google's " gsmtp" signature."""
+    if re.search(r"\sgsmtp\b", reply or ""):
+        return "google"
+    # Exchange Online ends its replies with the answering server in brackets: "[BN3P...prod.outlook.com ...]".
+    bracketed = tuple(
+        h.lower() for h in re.findall(r"\[([a-z0-9-]+(?:\.[a-z0-9-]+)+)[\] ]", reply or "", re.IGNORECASE)
+    )
+    return provider_of((*hosts_named(reply), *bracketed), "")
 
 
 def _words(table: dict[str, tuple], text: str) -> str:

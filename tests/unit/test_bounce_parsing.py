@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from services.bounce.attribution import attribute, dsn_bounce_id, smtp_bounce_id
-from services.bounce.classify import HARD_REASONS, classify, find_command
+from services.bounce.classify import HARD_REASONS, Verdict, classify, find_command
 from services.bounce.dsn import BOUNCE, DELIVERED_DSN, FEEDBACK_REPORT, parse_bounce
 from services.bounce.smtp import has_bare_line_ending
 from services.common.verp import RecipientRef, message_id, return_path
@@ -206,3 +206,29 @@ def test_arf_report_keeps_every_original_rcpt_to():
     # Still a complaint (for the VERP address it came to), without an address, and the report says so.
     assert [(r.email, r.kind) for r in alone.recipients] == [("", "complaint")]
     assert alone.problems == ("no complained-about address in the report or the reported headers",)
+
+
+def test_the_senders_own_replies_use_the_providers_rules():
+    # An SMTP reply the sender got carries no host name, but Google signs its replies " - gsmtp" and
+    # Exchange Online names its server in brackets: their own rules then decide, as for returned mail.
+    google = (
+        "421-4.7.0 [192.0.2.1 15] Our system has detected an unusual rate of unsolicited mail originating "
+        "from your IP address. To protect our users from spam, mail sent from your IP address has been "
+        "temporarily rate limited. - gsmtp"
+    )
+    assert classify("4.7.0", google, 421).reason == "blocked"
+    multiple_from = (
+        "550-5.7.1 [192.0.2.1 13] Messages with multiple addresses in From: header are not accepted. - gsmtp"
+    )
+    assert classify("5.7.1", multiple_from, 550).reason == "notcompliantrfc"
+    outlook = (
+        "550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP. "
+        "[BN3NAM04FT004.eop-NAM04.prod.protection.outlook.com 2024-01-01T00:00:00.000Z]"
+    )
+    # Microsoft's table reads 5.7.708 "traffic not accepted from this IP" as speeding; without knowing
+    # whose reply it is, a 5.7.x refusal is only a securityerror.
+    assert classify("5.7.708", outlook, 550).reason == "speeding"
+    assert classify("5.7.708", outlook.split(" [")[0], 550).reason == "securityerror"
+    assert classify(
+        "5.1.1", "550-5.1.1 The email account that you tried to reach does not exist. - gsmtp", 550
+    ) == Verdict("hard", "userunknown")
