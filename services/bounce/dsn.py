@@ -62,6 +62,8 @@ class BounceReport:
     date: str = ""
     # Message-IDs of the returned original (its Message-ID, In-Reply-To, References), for attribution.
     original_message_ids: tuple[str, ...] = field(default_factory=tuple)
+    # The To addresses of the returned original: our copy went to exactly one of our subscribers.
+    original_recipients: tuple[str, ...] = ()
     # What was wrong with the message as MIME or as a DSN, and how it was read anyway (for the record).
     problems: tuple[str, ...] = ()
 
@@ -596,6 +598,9 @@ def _parse(raw: bytes | str | Message) -> BounceReport:
         "message_id": str(msg.get("Message-ID", "") or "").strip(),
         "date": str(msg.get("Date", "") or "").strip(),
         "original_message_ids": _message_ids(parts.original_headers, msg),
+        "original_recipients": tuple(
+            dict.fromkeys(a for h in parts.original_headers for a in _addresses_in(h.get_all("To", [])))
+        ),
         "problems": tuple(parts.problems),
     }
     first_hop = _first_hop(msg)

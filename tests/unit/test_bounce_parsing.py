@@ -232,3 +232,28 @@ def test_the_senders_own_replies_use_the_providers_rules():
     assert classify(
         "5.1.1", "550-5.1.1 The email account that you tried to reach does not exist. - gsmtp", 550
     ) == Verdict("hard", "userunknown")
+
+
+def test_attribution_takes_the_recipient_our_copy_was_addressed_to():
+    # A DSN listing several failed recipients (an alias that expanded, a relay that batched) for one
+    # VERP address: the subscriber's result is the one whose address the returned original's To names.
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n"
+        b"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n"
+        b"Final-Recipient: rfc822; other@example.org\r\nAction: failed\r\nStatus: 5.2.2\r\n\r\n"
+        b"Final-Recipient: rfc822; who@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        b"--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        b"Message-ID: <x@example.com>\r\nTo: Who <who@example.org>\r\n\r\n"
+        b"--b--\r\n"
+    )
+    report = parse_bounce(raw)
+    assert [r.email for r in report.recipients] == ["other@example.org", "who@example.org"]
+    (item,) = attribute(KEY, [return_path(KEY, REF, "b.example.com")], report)
+    assert (item.ref, item.result.email, item.result.kind, item.result.reason) == (
+        REF,
+        "who@example.org",
+        "hard",
+        "userunknown",
+    )
