@@ -420,7 +420,7 @@ def _looks_like_bounce(msg: Message, notice: str) -> bool:
     subject = str(msg.get("Subject", ""))
     if _BOUNCE_SENDER.search(sender) or _BOUNCE_SUBJECT.search(subject):
         return True
-    if msg.get("Return-Path", "").strip() in ("<>", ""):
+    if str(msg.get("Return-Path", "")).strip() in ("<>", ""):
         return bool(re.search(r"deliver|undeliver|permanent|failed|rejected", notice, re.IGNORECASE))
     return False
 

@@ -108,9 +108,15 @@ def test_dsn_without_its_mime_boundary_is_read_and_the_damage_recorded():
 
 
 def test_unreadable_input_is_a_report_with_its_problem_never_an_exception():
-    # Whatever arrives, parse_bounce returns; what it could not read is named in the report.
+    # Whatever arrives, parse_bounce returns; what it could not read is named in the report. A header
+    # with raw 8-bit bytes (which Python's parser hands over as a Header object) is read like any other.
     report = parse_bounce(b"\xff\xfe\x00garbage without headers\r\n\r\n--")
     assert report.kind == "not-bounce"
+    eight_bit = parse_bounce(
+        b"Return-Path: <\xe3\x81\x82@example.jp>\r\nFrom: someone@example.jp\r\nSubject: hello\r\n\r\n"
+        b"Just a letter.\r\n"
+    )
+    assert (eight_bit.kind, eight_bit.problems) == ("not-bounce", ())
     broken = parse_bounce(
         b"From: MAILER-DAEMON@mx.example\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\n"
         b'Content-Type: multipart/report; report-type=delivery-status; boundary="gone"\r\n\r\n'
