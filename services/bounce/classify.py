@@ -157,10 +157,12 @@ def matches(reason: str, text: str) -> bool:
 
 
 def find_status(text: str) -> str:
-    """The first RFC 3463 enhanced status code in a text (e.g. '5.1.1'), preferring a specific one to X.0.0."""
+    """The first RFC 3463 enhanced status code in a text (e.g. '5.1.1'): a failure's before a success's
+    (a transcript quotes the 250s that went before), a specific one before X.0.0."""
     found = [".".join(m.groups()) for m in _STATUS.finditer(text or "")]
-    specific = [s for s in found if not s.endswith(".0.0") and s != "4.4.7"]
-    return (specific or found or [""])[0]
+    failures = [s for s in found if s[0] in "45"]
+    specific = [s for s in failures if not s.endswith(".0.0") and s != "4.4.7"]
+    return (specific or failures or found or [""])[0]
 
 
 def prefer_status(reported: str, diagnostic: str) -> str:
@@ -174,9 +176,9 @@ def prefer_status(reported: str, diagnostic: str) -> str:
 
 
 def find_reply_code(text: str) -> int:
-    """The first SMTP reply code (2xx, 4xx, 5xx) in a text, or 0."""
-    match = _REPLY_CODE.search(text or "")
-    return int(match.group(1)) if match else 0
+    """The first SMTP reply code in a text, a refusal's (4xx, 5xx) before a success's (2xx), or 0."""
+    codes = [int(m.group(1)) for m in _REPLY_CODE.finditer(text or "")]
+    return next((c for c in codes if c >= 400), codes[0] if codes else 0)
 
 
 def find_command(text: str) -> str:
