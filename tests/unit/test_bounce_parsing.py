@@ -257,3 +257,22 @@ def test_attribution_takes_the_recipient_our_copy_was_addressed_to():
         "hard",
         "userunknown",
     )
+
+
+def test_a_transcripts_successes_do_not_hide_the_refusal():
+    # A notice quoting the whole session: the 220 greeting and 250 2.1.0 come before the refusal, whose
+    # code and status are the ones that count.
+    notice = (
+        b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail Returned to Sender\r\n\r\n"
+        b"<gone@example.org>: transcript of session follows.\r\n Out: 220 mx.example.org ESMTP\r\n"
+        b" In:  MAIL FROM:<a@example.com>\r\n Out: 250 2.1.0 Ok\r\n In:  RCPT TO:<gone@example.org>\r\n"
+        b" Out: 550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown\r\n"
+    )
+    (result,) = parse_bounce(notice).recipients
+    assert (result.email, result.status, result.smtp_code, result.reason, result.kind) == (
+        "gone@example.org",
+        "5.1.1",
+        550,
+        "userunknown",
+        "hard",
+    )
