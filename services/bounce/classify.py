@@ -166,11 +166,33 @@ def find_status(text: str) -> str:
 
 
 def prefer_status(reported: str, diagnostic: str) -> str:
-    """The DSN's Status, unless it is vague (X.0.0 or missing) and the server's reply names a sharper one."""
+    """The DSN's Status or the one in the server's reply, whichever says more (Sisimai's prefer()).
+
+    The reply's own code wins when the Status is vague (X.0.0, X.0.Y), when it is the ambiguous 4.4.7
+    or a 5.3.Z system error, or when the class disagrees with the reply code's.
+    """
     quoted = find_status(diagnostic)
-    if not reported:
+    if len(reported) < 5:
         return quoted
-    if reported.endswith(".0.0") and quoted and quoted[0] == reported[0] and not quoted.endswith(".0.0"):
+    if len(quoted) < 5 or reported == quoted:
+        return reported
+    reply = find_reply_code(diagnostic)
+    if reply and reported[0] != quoted[0]:
+        if str(reply)[0] == reported[0]:
+            return reported
+        if str(reply)[0] == quoted[0]:
+            return quoted
+    if ".0.0" in reported:
+        return reported if ".0.0" in quoted else quoted
+    if ".0" in reported and ".0" not in quoted:
+        return quoted
+    if ".0.0" in quoted:
+        return reported
+    if reported == "4.4.7" or reported.startswith("5.3."):
+        return quoted
+    if reported == "5.1.1":
+        return reported if ".0" in quoted else quoted
+    if reported == "5.1.3" and quoted.startswith("5.7."):
         return quoted
     return reported
 

@@ -22,6 +22,7 @@ from services.bounce.classify import (
     find_command,
     find_reply_code,
     find_status,
+    prefer_status,
 )
 from services.bounce.providers import hosts_named, provider_of
 
@@ -325,7 +326,7 @@ def _result(
         email=recipient,
         kind=verdict.kind,
         reason=verdict.reason,
-        status=status or find_status(text),
+        status=prefer_status(status, text),
         action=action,
         diagnostic=" ".join(diagnostic.split())[:1000],
         smtp_code=code or find_reply_code(text),
