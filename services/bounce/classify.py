@@ -101,13 +101,6 @@ _SECOND_PASS = (
     "policyviolation", "norelaying", "systemerror", "networkerror", "suspend", "contenterror", "systemfull",
     "notaccept", "expired", "securityerror", "mailererror",
 )  # fmt: skip
-# For words with no status or command to go by: every reason's words, in Sisimai's match() order.
-_WORDS_ONLY = (
-    "mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "userunknown", "filtered", "rejected",
-    "hostunknown", "spamdetected", "speeding", "toomanyconn", "blocked", "authfailure", "securityerror",
-    "systemerror", "networkerror", "expired", "contenterror", "hasmoved", "systemfull", "notaccept",
-    "mailererror", "norelaying",
-)  # fmt: skip
 # Commands before the message body: a refusal there cannot be about the content.
 _BEFORE_DATA = frozenset({"CONN", "EHLO", "HELO", "MAIL", "RCPT"})
 # A 5.1.1 is also put on relaying, blocking, full and moved mailboxes: those words win over it.
@@ -410,18 +403,3 @@ def classify(
     reason = reason_of(status, diagnostic, smtp_code, command, action, provider)
     status = prefer_status(status, diagnostic)
     return Verdict(HARD if is_hard(reason, status, smtp_code, diagnostic) else SOFT, reason)
-
-
-def reason_from_text(text: str) -> str:
-    """The reason the MTA's words alone give, or '' when they name none we know (Sisimai's match())."""
-    for reason in _WORDS_ONLY:
-        if matches(reason, text):
-            return reason
-    return ""
-
-
-def is_permanent(status: str, smtp_code: int = 0) -> bool:
-    """True for an RFC 3463 permanent failure (5.x.x) or a 5xx reply."""
-    if status:
-        return status.startswith("5")
-    return 500 <= smtp_code < 600

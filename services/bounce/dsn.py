@@ -675,8 +675,3 @@ def _is_google_groups_refusal(msg: Message, notice: str) -> bool:
     if "mailer-daemon@googlemail.com" not in sender or not msg.get("X-Google-Smtp-Source"):
         return False
     return msg.get("X-Failed-Recipients") is not None and len(re.findall(r"(?m)^ ?\* ?", notice)) == 4
-
-
-def looks_failed(verdict: Verdict) -> bool:
-    """True for a verdict that is a bounce or complaint."""
-    return verdict.kind in ("hard", "soft", COMPLAINT)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.bounces import score
+from services.bounce.classify import HARD_REASONS, REASONS
 from services.bounce.dsn import parse_bounce
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bounces"
@@ -144,3 +145,13 @@ def test_cli_prints_one_json_line_per_file(capsys, tmp_path):
         assert set(line["records"][0]) == {"recipient", "reason", "hard", "status", "replycode"}
         assert line["records"][0]["reason"] == row["records"][0]["reason"]
     assert "cannot read the file" in lines[2]["error"]
+
+
+def test_every_reason_given_is_one_of_sisimais():
+    # Whatever the message, the reason is one of Sisimai's names (as the lists service shows them),
+    # and only Sisimai's four "address is gone" reasons are ever hard.
+    for path in sorted((DATA / "eml").rglob("*.eml")):
+        for result in parse_bounce(path.read_bytes()).recipients:
+            assert result.reason in REASONS | {"delivered"}, (path.name, result.reason)
+            if result.kind == "hard":
+                assert result.reason in HARD_REASONS, (path.name, result.reason)
