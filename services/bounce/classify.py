@@ -1,9 +1,11 @@
 """Why a message bounced and whether to stop mailing the address, decided the way Sisimai decides it.
 
-A port of Sisimai's reason rules (p5-sisimai v5.1.0p3, Sisimai::Reason and its classes, BSD-2-Clause):
-the RFC 3463 status code names a reason (`STATUS_REASONS`); a first pass lets each reason claim the
-recipient from that name, the SMTP command the server was answering and the server's words
-(`phrases.py`); a second pass reads the words alone; then the status class, the Action and the command.
+A port of Sisimai's reason rules (p5-sisimai v5.1.0p3, BSD-2-Clause), asked in Sisimai's order: the
+wording of an MTA's own notice (`phrases.NOTICES`, Sisimai::Lhost::*); the provider's own codes and
+texts (`providers.py`, Sisimai::Rhost::*); then Sisimai::Reason: the RFC 3463 status code names a
+reason (`STATUS_REASONS`), a first pass lets each reason claim the recipient from that name, the SMTP
+command the server was answering and the server's words (`phrases.PHRASES`), a second pass reads the
+words alone, and last come the status class, the Action and the command.
 Only four reasons are hard, because only they say the address itself is gone: userunknown,
 hostunknown, hasmoved and notaccept (the last only when permanent). Everything else (full mailbox,
 blocking, spam and content filters, policy, timeouts, suspended accounts, rejected senders) is soft:
