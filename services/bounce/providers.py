@@ -748,7 +748,9 @@ def provider_of(hosts: tuple[str, ...], domain: str) -> str:
     for provider, suffixes in PROVIDER_HOSTS.items():
         if any(suffix in host for host in hosts for suffix in suffixes):
             return provider
-        if domain and any(domain in suffix for suffix in suffixes):
+        # The recipient's domain is the provider's own (Sisimai takes any part of a name: "e.com" would
+        # be Apple's ".me.com"; only whole labels count here).
+        if domain and any(suffix.lstrip(".") == domain or suffix.endswith("." + domain) for suffix in suffixes):
             return provider
     return ""
 

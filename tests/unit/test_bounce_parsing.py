@@ -7,6 +7,7 @@ import json
 from services.bounce.attribution import attribute, dsn_bounce_id, smtp_bounce_id
 from services.bounce.classify import HARD_REASONS, Verdict, classify, find_command
 from services.bounce.dsn import BOUNCE, DELIVERED_DSN, FEEDBACK_REPORT, parse_bounce
+from services.bounce.providers import provider_of
 from services.bounce.smtp import has_bare_line_ending
 from services.common.verp import RecipientRef, message_id, return_path
 
@@ -276,3 +277,13 @@ def test_a_transcripts_successes_do_not_hide_the_refusal():
         "userunknown",
         "hard",
     )
+
+
+def test_providers_are_recognised_by_whole_host_and_domain_labels():
+    # The refusing host or the recipient's domain names the provider; a domain that merely ends like
+    # one of its host names ("e.com" and Apple's "me.com") does not.
+    assert provider_of(("mx3.mail.icloud.com",), "") == "apple"
+    assert provider_of((), "laposte.net") == "franceptt"
+    assert provider_of(("aspmx.l.google.com",), "example.org") == "google"
+    assert provider_of((), "e.com") == ""
+    assert provider_of(("mx.example.net",), "example.net") == ""
