@@ -1,7 +1,7 @@
 """What mail servers say for each bounce reason: the message fragments of Sisimai's reason rules.
 
 Ported from Sisimai (p5-sisimai v5.1.0p3, lib/Sisimai/Reason/*.pm, BSD-2-Clause, (c) azumakuniyuki;
-the licence is in tests/data/bounces/LICENSES/p5-sisimai.LICENSE). Matched against the lower-cased
+the licence is in services/bounce/SISIMAI-LICENSE). Matched against the lower-cased
 diagnostic: a reason's PHRASES match when one fragment occurs in it, its ALIGNED when all of one tuple's
 fragments occur in that order. The fragments are data (what servers write), kept as Sisimai has them so
 that our reasons mean what Sisimai's mean.

@@ -1,7 +1,7 @@
 """Reasons that certain mailbox providers' own reply texts and codes give, as Sisimai reads them.
 
 Ported from Sisimai's remote-host rules (p5-sisimai v5.1.0p3, lib/Sisimai/Rhost/*.pm, BSD-2-Clause,
-(c) azumakuniyuki; licence in tests/data/bounces/LICENSES/p5-sisimai.LICENSE). A provider is recognised
+(c) azumakuniyuki; licence in services/bounce/SISIMAI-LICENSE). A provider is recognised
 by the host that refused the message (Remote-MTA, the host named in the notice, or the bounce's first
 Received header) or by the recipient's domain; its rules are asked before the generic ones, and a rule
 that does not decide leaves the generic rules to it.
