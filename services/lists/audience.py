@@ -543,8 +543,9 @@ class AudienceStore:
             cur = conn.cursor(row_factory=class_row(SuppressionRow))
             await cur.execute(
                 "SELECT id, email, reason, source, created_at FROM suppressions WHERE organization_id = %s AND id > %s"
-                " AND (%s = '%%' OR email LIKE %s) AND (%s = '' OR reason = %s) ORDER BY id LIMIT %s",
-                (org, after, pattern, pattern, reason, reason, limit),
+                " AND (%s = '' OR email LIKE %s) AND (%s = '' OR reason = %s) ORDER BY id LIMIT %s",
+                # No filter is every entry, erased ones (no address, only the hash) too.
+                (org, after, contains, pattern, reason, reason, limit),
             )
             return await cur.fetchall()
 

@@ -865,8 +865,10 @@ class AudienceRpcs:
             raise InvalidArgument.of(exc) from None
         hit = (await self.audience.check_suppressed(org, [email])).get(email_hash(self.internal_key, email))
         if hit and hit[0] not in ("unsubscribed", "erased"):
-            # Bounced or complained addresses are not taken back through a form.
-            raise InvalidArgument("this address cannot be subscribed; contact the sender")
+            # Bounced or complained addresses are not taken back through a form, and a stranger must not
+            # learn that an address is suppressed: the same thanks as any signup, and no mail.
+            log.info("signup of a suppressed address; no mail", organization_id=org, form_id=form["id"])
+            return reply
         token = secrets.token_urlsafe(24)
         link = f"{self.public_url.rstrip('/')}/c/{token}"
         content = events_pb2.MessageContent(

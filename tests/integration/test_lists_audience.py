@@ -408,6 +408,77 @@ async def test_erase_leaves_only_the_hash(lists_service, stub, signer, database_
     assert (job.rows_added, job.rows_failed) == (0, 1)
 
 
+async def test_listing_the_suppression_list_without_a_filter_returns_every_entry(lists_service, stub, signer):
+    # Regression: with no address part and no reason given, ListSuppressions (and the CSV export) list
+    # every entry, the erased subscriber's too (it has no address, only the keyed hash); a filter still
+    # narrows the list.
+    _, _, ids = await seed(stub, signer)
+    await stub.AddSuppressions(
+        lists_pb2.AddSuppressionsRequest(emails=["stop@example.jp", "quit@example.jp"]), metadata=as_user(signer)
+    )
+    await stub.EraseSubscriber(
+        lists_pb2.EraseSubscriberRequest(subscriber_id=ids["jiro@example.com"]), metadata=as_user(signer, scopes=ADMIN)
+    )
+    listed = await stub.ListSuppressions(lists_pb2.ListSuppressionsRequest(), metadata=as_user(signer))
+    assert [(s.email, s.reason) for s in listed.suppressions] == [
+        ("stop@example.jp", "manual"),
+        ("quit@example.jp", "manual"),
+        ("", "erased"),
+    ]
+    by_part = await stub.ListSuppressions(
+        lists_pb2.ListSuppressionsRequest(email_contains="QUIT"), metadata=as_user(signer)
+    )
+    assert [s.email for s in by_part.suppressions] == ["quit@example.jp"]
+    by_reason = await stub.ListSuppressions(
+        lists_pb2.ListSuppressionsRequest(reason="erased"), metadata=as_user(signer)
+    )
+    assert [s.reason for s in by_reason.suppressions] == ["erased"]
+    exported = b"".join(
+        [c.data async for c in stub.ExportSuppressions(lists_pb2.ExportSuppressionsRequest(), metadata=as_user(signer))]
+    ).decode("utf-8-sig")
+    assert exported.splitlines()[1:] == [
+        line
+        for line in exported.splitlines()[1:]
+        if line.split(",")[0] in ("stop@example.jp", "quit@example.jp", "(erased)")
+    ]
+    assert len(exported.splitlines()) == 4
+
+
+async def test_signup_of_a_suppressed_address_answers_like_any_other_and_mails_nothing(lists_service, stub, signer, js):
+    # Regression: a public signup for an address on the suppression list (here suppressed by hand) gets
+    # exactly the answer any signup gets, so a stranger cannot probe the list, and no confirmation mail
+    # goes out and no subscriber is made; a signup of a fresh address right after it is mailed as usual.
+    news = await new_list(stub, signer)
+    await set_sender(stub, signer)
+    form = await stub.CreateForm(
+        lists_pb2.FormInput(list_id=news, name="top", thanks_text="ありがとう"), metadata=as_user(signer)
+    )
+    await stub.AddSuppressions(lists_pb2.AddSuppressionsRequest(emails=["gone@example.jp"]), metadata=as_user(signer))
+    sub = await js.pull_subscribe(bus.SUBJECT_SEND_TRANSACTIONAL, durable="test-suppressed", stream=bus.STREAM_SEND)
+    suppressed = await stub.SubmitSignup(
+        lists_pb2.SubmitSignupRequest(form_id=form.id, email="gone@example.jp", source_ip="192.0.2.8"),
+        metadata=as_gateway(signer),
+    )
+    fresh = await stub.SubmitSignup(
+        lists_pb2.SubmitSignupRequest(form_id=form.id, email="fresh@example.jp", source_ip="192.0.2.8"),
+        metadata=as_gateway(signer),
+    )
+    assert suppressed == fresh
+    assert suppressed.accepted and suppressed.thanks_text == "ありがとう"
+    # The stream keeps the order of publishing: the first mail is the fresh address's, and none follows.
+    [msg] = await sub.fetch(1, timeout=10)
+    await msg.ack_sync()
+    message = events_pb2.TransactionalMessage()
+    message.ParseFromString(msg.data)
+    assert message.to_address == "fresh@example.jp"
+    info = await js.consumer_info(bus.STREAM_SEND, "test-suppressed")
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    found = await stub.SearchSubscribers(
+        lists_pb2.SearchSubscribersRequest(email_prefix="gone"), metadata=as_user(signer)
+    )
+    assert list(found.subscribers) == []
+
+
 async def test_other_organisation_gets_not_found(lists_service, stub, signer):
     # Every new RPC that names an object refuses another organisation's id as NOT_FOUND.
     news, _, ids = await seed(stub, signer)
