@@ -24,33 +24,41 @@ from flask import (
     url_for,
 )
 from flask_babel import gettext as _
-from mailblast.v1 import lists_pb2
+from mailblast.v1 import (
+    lists_fields_pb2,
+    lists_imports_pb2,
+    lists_pb2,
+    lists_privacy_pb2,
+    lists_segments_pb2,
+    lists_signup_pb2,
+    lists_suppression_pb2,
+)
 
 from services.common.spreadsheet import formula_safe_row
-from services.gateway.clients import BackendError, backends, call, stream
+from services.gateway.clients import SUBSCRIBER_STATUSES, BackendError, backends, call, stream
 from services.gateway.explanations import explain_json
-from services.gateway.mail import STATUS_NAMES, UPLOAD_CHUNK
+from services.gateway.mail import UPLOAD_CHUNK
 from services.gateway.security import requires
 
 bp = Blueprint("audience", __name__)
 
 _FORM_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
 FIELD_TYPES = {
-    "text": lists_pb2.FIELD_TYPE_TEXT,
-    "number": lists_pb2.FIELD_TYPE_NUMBER,
-    "date": lists_pb2.FIELD_TYPE_DATE,
-    "choice": lists_pb2.FIELD_TYPE_CHOICE,
+    "text": lists_fields_pb2.FIELD_TYPE_TEXT,
+    "number": lists_fields_pb2.FIELD_TYPE_NUMBER,
+    "date": lists_fields_pb2.FIELD_TYPE_DATE,
+    "choice": lists_fields_pb2.FIELD_TYPE_CHOICE,
 }
 FIELD_TYPE_NAMES = {v: k for k, v in FIELD_TYPES.items()}
 IMPORT_MODES = {
-    "add_and_update": lists_pb2.IMPORT_MODE_ADD_AND_UPDATE,
-    "add_only": lists_pb2.IMPORT_MODE_ADD_ONLY,
-    "update_only": lists_pb2.IMPORT_MODE_UPDATE_ONLY,
+    "add_and_update": lists_imports_pb2.IMPORT_MODE_ADD_AND_UPDATE,
+    "add_only": lists_imports_pb2.IMPORT_MODE_ADD_ONLY,
+    "update_only": lists_imports_pb2.IMPORT_MODE_UPDATE_ONLY,
 }
 # What the encoding menu offers, and what lists calls them ("" lets lists detect it).
 IMPORT_ENCODINGS = {"auto": "", "utf-8": "utf-8", "shift_jis": "cp932"}
 EXPORT_ENCODINGS = ("utf-8", "shift_jis")
-STATUS_VALUES = {v: k for k, v in STATUS_NAMES.items()}
+STATUS_VALUES = {v: k for k, v in SUBSCRIBER_STATUSES.items()}
 EMAIL_HEADERS = {"email", "e-mail", "mail", "メールアドレス", "メール", "アドレス"}
 NAME_HEADERS = {"name", "名前", "氏名", "お名前"}
 _LOOKS_LIKE_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -63,8 +71,8 @@ def _refused(exc: BackendError) -> None:
     flash(_("Refused: %(reason)s", reason=exc.message), "error")
 
 
-def _fields() -> list[lists_pb2.CustomField]:
-    return list(call(backends().lists.ListFields, lists_pb2.ListFieldsRequest()).fields)
+def _fields() -> list[lists_fields_pb2.CustomField]:
+    return list(call(backends().lists_fields.ListFields, lists_fields_pb2.ListFieldsRequest()).fields)
 
 
 def _opened(method: Callable, message: Any) -> Iterator:
@@ -106,8 +114,8 @@ def create_field() -> Response:
     options = [o.strip() for o in request.form.get("options", "").splitlines() if o.strip()]
     try:
         call(
-            backends().lists.CreateField,
-            lists_pb2.CreateFieldRequest(
+            backends().lists_fields.CreateField,
+            lists_fields_pb2.CreateFieldRequest(
                 key=request.form.get("key", "").strip(),
                 label=request.form.get("label", "").strip(),
                 type=FIELD_TYPES.get(request.form.get("type", ""), 0),
@@ -125,7 +133,7 @@ def create_field() -> Response:
 @requires("admin")
 def delete_field(field_id: int) -> Response:
     """Remove a field definition."""
-    call(backends().lists.DeleteField, lists_pb2.DeleteFieldRequest(field_id=field_id))
+    call(backends().lists_fields.DeleteField, lists_fields_pb2.DeleteFieldRequest(field_id=field_id))
     flash(_("The field was deleted."), "info")
     return redirect(url_for("audience.fields"))
 
@@ -158,7 +166,7 @@ def detect_columns(sample: bytes, encoding: str) -> tuple[list[str], list[str], 
     return first, second, chosen
 
 
-def guess_target(header: str, sample: str, fields: list[lists_pb2.CustomField]) -> str:
+def guess_target(header: str, sample: str, fields: list[lists_fields_pb2.CustomField]) -> str:
     """The mapping a column most likely wants: email, name, a field key, or "" (skip)."""
     low = header.strip().lower()
     if low in EMAIL_HEADERS or _LOOKS_LIKE_EMAIL.match(header.strip()) or _LOOKS_LIKE_EMAIL.match(sample.strip()):
@@ -176,7 +184,7 @@ def guess_target(header: str, sample: str, fields: list[lists_pb2.CustomField]) 
 def import_form(list_id: int) -> str:
     """Upload a CSV with an encoding override and a mode; the columns are mapped on the next page."""
     found = call(backends().lists.GetList, lists_pb2.GetListRequest(list_id=list_id))
-    jobs = call(backends().lists.ListImports, lists_pb2.ListImportsRequest()).imports
+    jobs = call(backends().lists_imports.ListImports, lists_imports_pb2.ListImportsRequest()).imports
     recent = [j for j in jobs if j.list_id == list_id]
     return render_template("import_form.html", mailing_list=found, imports=recent[:20])
 
@@ -198,11 +206,11 @@ def import_upload(list_id: int) -> Response | tuple[str, int] | str:
     # Columns are mapped by number, so lists must know whether the first row is a header: it is unless it
     # holds an address.
     header = 2 if any(_LOOKS_LIKE_EMAIL.match(cell.strip()) for cell in first) else 1
-    lists_stub = backends().lists
+    lists_stub = backends().lists_imports
     try:
         job = call(
             lists_stub.CreateImport,
-            lists_pb2.CreateImportRequest(
+            lists_imports_pb2.CreateImportRequest(
                 list_id=list_id, mode=mode, encoding=encoding, header=header, total_bytes=len(data),
                 file_name=(file.filename or "upload.csv")[:300],
             ),
@@ -210,7 +218,7 @@ def import_upload(list_id: int) -> Response | tuple[str, int] | str:
         for offset in range(0, len(data), UPLOAD_CHUNK):
             call(
                 lists_stub.UploadImportChunk,
-                lists_pb2.UploadImportChunkRequest(
+                lists_imports_pb2.UploadImportChunkRequest(
                     import_id=job.id, offset=offset, data=data[offset : offset + UPLOAD_CHUNK]
                 ),
             )
@@ -234,7 +242,7 @@ def import_upload(list_id: int) -> Response | tuple[str, int] | str:
 @requires("send")
 def import_start(list_id: int, import_id: int) -> Response:
     """Start the uploaded job with the chosen mapping (column number to email, name, a field, or skip)."""
-    job = call(backends().lists.GetImport, lists_pb2.GetImportRequest(import_id=import_id))
+    job = call(backends().lists_imports.GetImport, lists_imports_pb2.GetImportRequest(import_id=import_id))
     if job.list_id != list_id:
         abort(404)
     mapping = {}
@@ -243,8 +251,8 @@ def import_start(list_id: int, import_id: int) -> Response:
             mapping[key[7:]] = target
     try:
         call(
-            backends().lists.StartImport,
-            lists_pb2.StartImportRequest(import_id=import_id, mapping=mapping, set_mapping=True),
+            backends().lists_imports.StartImport,
+            lists_imports_pb2.StartImportRequest(import_id=import_id, mapping=mapping, set_mapping=True),
         )
     except BackendError as exc:
         _refused(exc)
@@ -253,7 +261,7 @@ def import_start(list_id: int, import_id: int) -> Response:
 
 
 def _own_import(list_id: int, import_id: int) -> None:
-    job = call(backends().lists.GetImport, lists_pb2.GetImportRequest(import_id=import_id))
+    job = call(backends().lists_imports.GetImport, lists_imports_pb2.GetImportRequest(import_id=import_id))
     if job.list_id != list_id:
         abort(404)
 
@@ -264,7 +272,7 @@ def import_resume(list_id: int, import_id: int) -> Response:
     """Continue a failed job from its last committed chunk."""
     _own_import(list_id, import_id)
     try:
-        call(backends().lists.ResumeImport, lists_pb2.GetImportRequest(import_id=import_id))
+        call(backends().lists_imports.ResumeImport, lists_imports_pb2.GetImportRequest(import_id=import_id))
     except BackendError as exc:
         _refused(exc)
     return redirect(url_for("mail.import_detail", list_id=list_id, import_id=import_id))
@@ -276,7 +284,7 @@ def import_rollback(list_id: int, import_id: int) -> Response:
     """Undo what a job did."""
     _own_import(list_id, import_id)
     try:
-        call(backends().lists.RollbackImport, lists_pb2.GetImportRequest(import_id=import_id))
+        call(backends().lists_imports.RollbackImport, lists_imports_pb2.GetImportRequest(import_id=import_id))
     except BackendError as exc:
         _refused(exc)
     else:
@@ -289,7 +297,9 @@ def import_rollback(list_id: int, import_id: int) -> Response:
 def import_errors(list_id: int, import_id: int) -> Response:
     """The bad rows (row number, reason, raw line) as CSV."""
     _own_import(list_id, import_id)
-    pages = _opened(backends().lists.StreamImportErrorRows, lists_pb2.GetImportRequest(import_id=import_id))
+    pages = _opened(
+        backends().lists_imports.StreamImportErrorRows, lists_imports_pb2.GetImportRequest(import_id=import_id)
+    )
 
     def body() -> Iterator[bytes]:
         buf = io.StringIO()
@@ -329,7 +339,7 @@ def export_list(list_id: int) -> Response:
     """A list's subscribers as CSV in UTF-8 (with a BOM for Excel) or Shift_JIS, streamed."""
     encoding = _export_encoding()
     return _download(
-        backends().lists.ExportSubscribers, lists_pb2.ExportSubscribersRequest(list_id=list_id, encoding=encoding),
+        backends().lists_imports.ExportSubscribers, lists_imports_pb2.ExportSubscribersRequest(list_id=list_id, encoding=encoding),
         f"list-{list_id}.csv", _csv_type(encoding),
     )  # fmt: skip
 
@@ -340,8 +350,8 @@ def export_segment(segment_id: int) -> Response:
     """A segment's subscribers as CSV, streamed."""
     encoding = _export_encoding()
     return _download(
-        backends().lists.ExportSubscribers,
-        lists_pb2.ExportSubscribersRequest(segment_id=segment_id, encoding=encoding),
+        backends().lists_imports.ExportSubscribers,
+        lists_imports_pb2.ExportSubscribersRequest(segment_id=segment_id, encoding=encoding),
         f"segment-{segment_id}.csv", _csv_type(encoding),
     )  # fmt: skip
 
@@ -375,7 +385,7 @@ def subscribers() -> str:
     filters = {k: v for k, v in args.items() if k != "page"}
     next_url = url_for("audience.subscribers", **filters, page=found.next_page_token) if found.next_page_token else ""
     return render_template(
-        "subscribers.html", found=found, lists=available, fields=_fields(), statuses=STATUS_NAMES, filters=filters,
+        "subscribers.html", found=found, lists=available, fields=_fields(), statuses=SUBSCRIBER_STATUSES, filters=filters,
         next_url=next_url,
     )  # fmt: skip
 
@@ -398,7 +408,7 @@ def subscriber_detail(subscriber_id: int) -> str:
     ).events
     return render_template(
         "subscriber.html", subscriber=subscriber, events=events, fields=_fields(), attributes=_attributes(subscriber),
-        statuses=STATUS_NAMES,
+        statuses=SUBSCRIBER_STATUSES,
     )  # fmt: skip
 
 
@@ -440,7 +450,8 @@ def update_subscriber(subscriber_id: int) -> Response:
 def subscriber_data(subscriber_id: int) -> Response:
     """Everything held about the subscriber, as a JSON download (a personal data request)."""
     data = call(
-        backends().lists.ExportSubscriberData, lists_pb2.ExportSubscriberDataRequest(subscriber_id=subscriber_id)
+        backends().lists_privacy.ExportSubscriberData,
+        lists_privacy_pb2.ExportSubscriberDataRequest(subscriber_id=subscriber_id),
     )
     response = Response(data.json, mimetype="application/json")
     response.headers["Content-Disposition"] = f'attachment; filename="subscriber-{subscriber_id}.json"'
@@ -455,7 +466,9 @@ def erase_subscriber(subscriber_id: int) -> Response:
     if request.form.get("confirm_email", "").strip().lower() != subscriber.email.lower():
         flash(_("Type the subscriber's address to confirm the erasure."), "error")
         return redirect(url_for("audience.subscriber_detail", subscriber_id=subscriber_id))
-    call(backends().lists.EraseSubscriber, lists_pb2.EraseSubscriberRequest(subscriber_id=subscriber_id))
+    call(
+        backends().lists_privacy.EraseSubscriber, lists_privacy_pb2.EraseSubscriberRequest(subscriber_id=subscriber_id)
+    )
     flash(_("The subscriber was erased."), "info")
     return redirect(url_for("audience.subscribers"))
 
@@ -479,7 +492,7 @@ MAX_GROUPS = 10
 MAX_ROWS = 20
 
 
-def _kind(field: str, defined: dict[str, lists_pb2.CustomField]) -> str:
+def _kind(field: str, defined: dict[str, lists_fields_pb2.CustomField]) -> str:
     if field.startswith("custom:"):
         found = defined.get(field[7:])
         return FIELD_TYPE_NAMES.get(found.type, "text") if found else "text"
@@ -519,7 +532,7 @@ def _value(row: dict[str, str], kind: str) -> Any:
     return text
 
 
-def builder_tree(state: dict[str, Any], defined: dict[str, lists_pb2.CustomField]) -> dict[str, Any]:
+def builder_tree(state: dict[str, Any], defined: dict[str, lists_fields_pb2.CustomField]) -> dict[str, Any]:
     """The condition tree lists compiles (to parameterised SQL) from the builder's rows and groups."""
     groups = []
     for group in state["groups"]:
@@ -579,7 +592,7 @@ def _builder_page(
 @requires("read")
 def segments() -> str:
     """The organisation's segments."""
-    found = call(backends().lists.ListSegments, lists_pb2.ListSegmentsRequest()).segments
+    found = call(backends().lists_segments.ListSegments, lists_segments_pb2.ListSegmentsRequest()).segments
     return render_template("segments.html", segments=found)
 
 
@@ -594,9 +607,10 @@ def new_segment() -> tuple[str, int]:
 @requires("read")
 def segment_detail(segment_id: int) -> tuple[str, int]:
     """A saved segment in the builder, with its count and sample."""
-    segment = call(backends().lists.GetSegment, lists_pb2.GetSegmentRequest(segment_id=segment_id))
+    segment = call(backends().lists_segments.GetSegment, lists_segments_pb2.GetSegmentRequest(segment_id=segment_id))
     preview = call(
-        backends().lists.PreviewSegment, lists_pb2.PreviewSegmentRequest(segment_id=segment_id, sample_size=20)
+        backends().lists_segments.PreviewSegment,
+        lists_segments_pb2.PreviewSegmentRequest(segment_id=segment_id, sample_size=20),
     )
     return _builder_page(builder_state(json.loads(segment.conditions_json)), segment.name, segment_id, preview)
 
@@ -632,19 +646,19 @@ def build_segment() -> Any:
     conditions_json = json.dumps(tree, ensure_ascii=False)
     try:
         if action == "save":
-            segment_input = lists_pb2.SegmentInput(name=name, conditions_json=conditions_json)
+            segment_input = lists_segments_pb2.SegmentInput(name=name, conditions_json=conditions_json)
             if segment_id:
                 saved = call(
-                    backends().lists.UpdateSegment,
-                    lists_pb2.UpdateSegmentRequest(segment_id=segment_id, segment=segment_input),
+                    backends().lists_segments.UpdateSegment,
+                    lists_segments_pb2.UpdateSegmentRequest(segment_id=segment_id, segment=segment_input),
                 )
             else:
-                saved = call(backends().lists.CreateSegment, segment_input)
+                saved = call(backends().lists_segments.CreateSegment, segment_input)
             flash(_("The segment was saved."), "info")
             return redirect(url_for("audience.segment_detail", segment_id=saved.id))
         preview = call(
-            backends().lists.PreviewSegment,
-            lists_pb2.PreviewSegmentRequest(conditions_json=conditions_json, sample_size=20),
+            backends().lists_segments.PreviewSegment,
+            lists_segments_pb2.PreviewSegmentRequest(conditions_json=conditions_json, sample_size=20),
         )
     except BackendError as exc:
         if exc.code not in (*_FORM_ERRORS, grpc.StatusCode.NOT_FOUND):
@@ -657,7 +671,7 @@ def build_segment() -> Any:
 @requires("send")
 def delete_segment(segment_id: int) -> Response:
     """Remove a segment."""
-    call(backends().lists.DeleteSegment, lists_pb2.GetSegmentRequest(segment_id=segment_id))
+    call(backends().lists_segments.DeleteSegment, lists_segments_pb2.GetSegmentRequest(segment_id=segment_id))
     flash(_("The segment was deleted."), "info")
     return redirect(url_for("audience.segments"))
 
@@ -672,8 +686,8 @@ def suppression() -> str:
     args = request.args
     try:
         found = call(
-            backends().lists.ListSuppressions,
-            lists_pb2.ListSuppressionsRequest(
+            backends().lists_suppression.ListSuppressions,
+            lists_suppression_pb2.ListSuppressionsRequest(
                 email_contains=args.get("q", "").strip(), reason=args.get("reason", ""), page_size=100,
                 page_token=args.get("page", ""),
             ),
@@ -697,8 +711,8 @@ def add_suppression() -> Response:
         return redirect(url_for("audience.suppression"))
     try:
         reply = call(
-            backends().lists.AddSuppressions,
-            lists_pb2.AddSuppressionsRequest(emails=emails[:10000], reason="manual", source="console"),
+            backends().lists_suppression.AddSuppressions,
+            lists_suppression_pb2.AddSuppressionsRequest(emails=emails[:10000], reason="manual", source="console"),
         )
     except BackendError as exc:
         _refused(exc)
@@ -715,7 +729,9 @@ def remove_suppression() -> Response:
     """Take an address off the suppression list (admins only: it lets mail reach the address again)."""
     try:
         email = request.form.get("email", "").strip()
-        call(backends().lists.RemoveSuppression, lists_pb2.RemoveSuppressionRequest(email=email))
+        call(
+            backends().lists_suppression.RemoveSuppression, lists_suppression_pb2.RemoveSuppressionRequest(email=email)
+        )
     except BackendError as exc:
         if exc.code != grpc.StatusCode.NOT_FOUND:
             raise
@@ -731,7 +747,7 @@ def export_suppression() -> Response:
     """The suppression list as CSV, streamed."""
     encoding = _export_encoding()
     return _download(
-        backends().lists.ExportSuppressions, lists_pb2.ExportSuppressionsRequest(encoding=encoding),
+        backends().lists_suppression.ExportSuppressions, lists_suppression_pb2.ExportSuppressionsRequest(encoding=encoding),
         "suppression.csv", _csv_type(encoding),
     )  # fmt: skip
 
@@ -743,9 +759,9 @@ def export_suppression() -> Response:
 @requires("read")
 def forms() -> str:
     """The signup forms, and the form to make one."""
-    found = call(backends().lists.ListForms, lists_pb2.ListFormsRequest()).forms
+    found = call(backends().lists_signup.ListForms, lists_signup_pb2.ListFormsRequest()).forms
     available = call(backends().lists.ListLists, lists_pb2.ListListsRequest()).lists
-    sender = call(backends().lists.GetSettings, lists_pb2.GetSettingsRequest()).sender_address
+    sender = call(backends().lists_signup.GetSettings, lists_signup_pb2.GetSettingsRequest()).sender_address
     return render_template("forms.html", forms=found, lists=available, fields=_fields(), has_sender=bool(sender))
 
 
@@ -755,8 +771,8 @@ def create_form() -> Response:
     """Save a signup form for a list with chosen fields and a thanks text."""
     try:
         created = call(
-            backends().lists.CreateForm,
-            lists_pb2.FormInput(
+            backends().lists_signup.CreateForm,
+            lists_signup_pb2.FormInput(
                 list_id=request.form.get("list_id", 0, type=int) or 0,
                 name=request.form.get("name", "").strip(),
                 field_keys=request.form.getlist("field_keys"),
@@ -777,8 +793,10 @@ def create_form() -> Response:
 @requires("read")
 def form_detail(form_id: int) -> str:
     """A form's hosted page address and its embeddable snippet (shown as text, never as markup)."""
-    snippet = call(backends().lists.GetFormSnippet, lists_pb2.GetFormSnippetRequest(form_id=form_id))
-    found = [f for f in call(backends().lists.ListForms, lists_pb2.ListFormsRequest()).forms if f.id == form_id]
+    snippet = call(backends().lists_signup.GetFormSnippet, lists_signup_pb2.GetFormSnippetRequest(form_id=form_id))
+    found = [
+        f for f in call(backends().lists_signup.ListForms, lists_signup_pb2.ListFormsRequest()).forms if f.id == form_id
+    ]
     if not found:
         abort(404)
     hosted = url_for("public.signup_page", form_id=form_id, _external=True, _scheme="https")
@@ -792,7 +810,7 @@ def form_detail(form_id: int) -> str:
 @requires("admin")
 def settings() -> str:
     """The organisation's lists settings: unsubscribe confirmation mail and the sender of list mail."""
-    current = call(backends().lists.GetSettings, lists_pb2.GetSettingsRequest())
+    current = call(backends().lists_signup.GetSettings, lists_signup_pb2.GetSettingsRequest())
     return render_template("audience_settings.html", settings=current)
 
 
@@ -802,8 +820,8 @@ def save_settings() -> Response:
     """Save the lists settings."""
     try:
         call(
-            backends().lists.UpdateSettings,
-            lists_pb2.ListsSettings(
+            backends().lists_signup.UpdateSettings,
+            lists_signup_pb2.ListsSettings(
                 confirm_unsubscribe=request.form.get("confirm_unsubscribe") == "1",
                 sender_address=request.form.get("sender_address", "").strip(),
                 sender_name=request.form.get("sender_name", "").strip(),

@@ -135,15 +135,39 @@ def sniff(lines: Sequence[str], requested_delimiter: str, header: int) -> tuple[
         return delimiter, True
 
 
+def guess_targets(header: Sequence[str] | None, first_row: Sequence[str], defs: Mapping[str, FieldDef]) -> list[str]:
+    """What each column maps to without a mapping: by header (email/メールアドレス, name/名前, field keys or
+    labels), else the first column whose value looks like an address is the email."""
+    width = len(header) if header is not None else len(first_row)
+    targets = [""] * width
+    names = [h.strip() for h in header] if header is not None else [""] * width
+    by_label = {d.label.strip().lower(): d.key for d in defs.values()}
+    for index, name in enumerate(names):
+        low = name.lower()
+        if low in EMAIL_HEADERS:
+            targets[index] = "email"
+        elif low in NAME_HEADERS:
+            targets[index] = "name"
+        elif name in defs:
+            targets[index] = name
+        elif low in by_label:
+            targets[index] = by_label[low]
+    if "email" not in targets:
+        for index, cell in enumerate(first_row[:width]):
+            if looks_like_email(cell):
+                targets[index] = "email"
+                break
+    return targets
+
+
 def resolve_columns(
     header: Sequence[str] | None, first_row: Sequence[str], requested: Mapping[str, str], defs: Mapping[str, FieldDef]
 ) -> list[str]:
     """Target of each column: "email", "name", a custom field key, or "" (skipped)."""
     width = len(header) if header is not None else len(first_row)
-    targets = [""] * width
     names = [h.strip() for h in header] if header is not None else [""] * width
-    by_label = {d.label.strip().lower(): d.key for d in defs.values()}
     if requested:
+        targets = [""] * width
         for column, target in requested.items():
             if column.isdigit() and 1 <= int(column) <= width:
                 index = int(column) - 1
@@ -155,24 +179,58 @@ def resolve_columns(
                 raise ValueError(f"mapping target {target!r} is not email, name or one of your custom fields")
             targets[index] = target
     else:
-        for index, name in enumerate(names):
-            low = name.lower()
-            if low in EMAIL_HEADERS:
-                targets[index] = "email"
-            elif low in NAME_HEADERS:
-                targets[index] = "name"
-            elif name in defs:
-                targets[index] = name
-            elif low in by_label:
-                targets[index] = by_label[low]
-        if "email" not in targets:
-            for index, cell in enumerate(first_row[:width]):
-                if looks_like_email(cell):
-                    targets[index] = "email"
-                    break
+        targets = guess_targets(header, first_row, defs)
     if targets.count("email") != 1:
         raise ValueError("exactly one column must be the email address; give a mapping such as {'1': 'email'}")
     return targets
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a file as a preview shows it."""
+
+    number: int
+    header: str
+    sample: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a file is read: its codec, delimiter, whether its first row is a header, and its first rows."""
+
+    codec: str
+    delimiter: str
+    has_header: bool
+    header: list[str] | None
+    first_row: list[str]
+
+
+def read_layout(
+    sample: bytes, complete: bool, requested_encoding: str, requested_delimiter: str, header: int
+) -> Layout:
+    """Decide how to read a file from its first bytes, `complete` when they are the whole file (what a job
+    fixes on its first run, and what a preview shows)."""
+    codec = choose_encoding(sample, requested_encoding)
+    records, _ = split_records(sample, final=complete)
+    lines = [r.decode(codec, "replace") for r, _ in records[:50] if r.strip()]
+    if not lines:
+        raise ValueError("the file holds no rows")
+    delimiter, has_header = sniff(lines, requested_delimiter, header)
+    rows = list(csv.reader(lines[:2], delimiter=delimiter))
+    head = rows[0] if has_header else None
+    first = rows[1] if has_header and len(rows) > 1 else rows[0]
+    return Layout(codec, delimiter, has_header, head, first)
+
+
+def preview_columns(layout: Layout, defs: Mapping[str, FieldDef]) -> list[Column]:
+    """Each column with its header, its first value and the target it maps to without a mapping."""
+    targets = guess_targets(layout.header, layout.first_row, defs)
+    headers = layout.header or [""] * len(targets)
+    return [
+        Column(i + 1, headers[i], layout.first_row[i] if i < len(layout.first_row) else "", target)
+        for i, target in enumerate(targets)
+    ]
 
 
 @dataclass
