@@ -129,6 +129,9 @@ def sniff(lines: Sequence[str], requested_delimiter: str, header: int) -> tuple[
         return delimiter, False
     if first and any(h.strip().lower() in EMAIL_HEADERS for h in first):
         return delimiter, True
+    # A first row without an address above one with an address names the columns, whatever they are called.
+    if len(rows) > 1 and any(looks_like_email(c) for c in rows[1]):
+        return delimiter, True
     try:
         return delimiter, csv.Sniffer().has_header("\n".join(lines[:50]))
     except csv.Error:
@@ -190,8 +193,8 @@ class Column:
     """One column of a file as a preview shows it."""
 
     number: int
-    header: str
-    sample: str
+    first: str
+    second: str
     target: str
 
 
@@ -202,8 +205,12 @@ class Layout:
     codec: str
     delimiter: str
     has_header: bool
+    # The header row, or None.
     header: list[str] | None
+    # The first row of data.
     first_row: list[str]
+    # The file's first two rows as they are, header or not.
+    rows: list[list[str]]
 
 
 def read_layout(
@@ -220,15 +227,16 @@ def read_layout(
     rows = list(csv.reader(lines[:2], delimiter=delimiter))
     head = rows[0] if has_header else None
     first = rows[1] if has_header and len(rows) > 1 else rows[0]
-    return Layout(codec, delimiter, has_header, head, first)
+    return Layout(codec, delimiter, has_header, head, first, rows)
 
 
 def preview_columns(layout: Layout, defs: Mapping[str, FieldDef]) -> list[Column]:
-    """Each column with its header, its first value and the target it maps to without a mapping."""
+    """Each column with its cells in the first two rows and the target it maps to without a mapping."""
     targets = guess_targets(layout.header, layout.first_row, defs)
-    headers = layout.header or [""] * len(targets)
+    first = layout.rows[0] if layout.rows else []
+    second = layout.rows[1] if len(layout.rows) > 1 else []
     return [
-        Column(i + 1, headers[i], layout.first_row[i] if i < len(layout.first_row) else "", target)
+        Column(i + 1, first[i] if i < len(first) else "", second[i] if i < len(second) else "", target)
         for i, target in enumerate(targets)
     ]
 

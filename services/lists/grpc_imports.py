@@ -124,7 +124,7 @@ class ImportsServicer(lists_imports_pb2_grpc.ListsImportsServiceServicer):
             delimiter=layout.delimiter,
             has_header=layout.has_header,
             columns=[
-                lists_imports_pb2.ImportColumn(number=c.number, header=c.header, sample=c.sample, target=c.target)
+                lists_imports_pb2.ImportColumn(number=c.number, first=c.first, second=c.second, target=c.target)
                 for c in columns
             ],
         )

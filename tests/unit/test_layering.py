@@ -27,6 +27,7 @@ ADAPTERS = {
     "lists/convert.py": "the one place lists' statuses and kinds meet protobuf (StrEnums <-> enum numbers)",
     "sender/convert.py": "the one place the sender's domain meets protobuf (events in, reports and RPCs out)",
     "sender/writer.py": "ledger outcomes committed in groups, then reported on JetStream (collaborators.Recorder)",
+    "gateway/audience.py": "what the audience blueprints share: refusals as flashes, streamed RPC downloads, fields",
     "gateway/app.py": "the Flask app, mapping the services' gRPC status codes to HTTP",
     "gateway/clients.py": "the gateway's gRPC channels and calls",
     "gateway/security.py": "the console's logins: Flask-Login's user is auth's GetSession answer",
