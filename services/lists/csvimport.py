@@ -4,6 +4,9 @@ Records are split on the raw bytes (a newline outside double quotes ends one) be
 one undecodable row is reported alone and the byte offset after every record is known, which is
 what a resumed import starts from. This works for UTF-8 and Shift_JIS/CP932 alike: neither uses
 the bytes of '"' or newline inside a multi-byte character.
+
+Longer than 400 lines: it is the whole reading of a file (encoding, records, layout, columns, rows) as
+pure functions, each used by the next, which the runner and the preview share.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ subscriber.
 Rollback (see `rollback`) deletes the subscribers the job created (those still marked with its id),
 takes the job's list subscriptions away, and restores the name and custom fields the job overwrote to
 their values before the job; status changes since (unsubscribes, bounces) are kept.
+
+Longer than 400 lines because the runner is one piece of bookkeeping (streams, ordered commits, resume
+offsets) that reads wrong split apart; what the RPCs do to jobs is store_imports.py's.
 """
 
 from __future__ import annotations

@@ -20,6 +20,13 @@ IMPORT_COLUMNS = """
 id, list_id, mode, state, encoding, delimiter, has_header, mapping, total_bytes, uploaded_bytes, bytes_done,
 rows_done, rows_added, rows_updated, rows_skipped, rows_failed, error, file_name, created_at, finished_at
 """
+INSERT_JOB = f"""
+INSERT INTO import_jobs (organization_id, list_id, mode, requested_encoding, requested_delimiter, header,
+                         requested_mapping, total_bytes, file_name)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {IMPORT_COLUMNS}
+"""
+SELECT_JOB = f"SELECT {IMPORT_COLUMNS} FROM import_jobs WHERE organization_id = %s AND id = %s"
+SELECT_RECENT = f"SELECT {IMPORT_COLUMNS} FROM import_jobs WHERE organization_id = %s ORDER BY id DESC LIMIT 100"
 EXPORT_PAGE = 2000
 # The subscribers an import created, with what refers to them (found once, deleted in one statement).
 ROLLBACK_CREATED = """
@@ -42,6 +49,56 @@ SELECT state, requested_encoding, requested_delimiter, header, uploaded_bytes FR
 WHERE organization_id = %s AND id = %s
 """
 SET_HEADER = "UPDATE import_jobs SET header = %s, updated_at = now() WHERE id = %s AND state = 'uploading'"
+
+
+LOCK_UPLOAD = """
+SELECT state, uploaded_bytes FROM import_jobs WHERE organization_id = %s AND id = %s FOR UPDATE
+"""
+INSERT_CHUNK = """
+INSERT INTO import_chunks (job_id, "offset", data) VALUES (%s, %s, %s)
+"""
+ADVANCE_UPLOAD = """
+UPDATE import_jobs SET uploaded_bytes = %s, updated_at = now() WHERE id = %s
+"""
+SET_MAPPING = """
+UPDATE import_jobs SET requested_mapping = %s, updated_at = now() WHERE organization_id = %s AND id = %s AND
+state = 'uploading' RETURNING id
+"""
+SET_STARTER = """
+UPDATE import_jobs SET started_by_user = %s, started_by_token = %s, started_from = %s WHERE organization_id =
+%s AND id = %s
+"""
+SELECT_OUTCOME = """
+SELECT organization_id, list_id, state, rows_done, rows_added, rows_updated, rows_skipped, rows_failed,
+started_by_user, started_by_token, started_from FROM import_jobs WHERE id = %s
+"""
+SET_STATE = """
+UPDATE import_jobs SET state = %s, error = '', updated_at = now() WHERE organization_id = %s AND id = %s AND
+state = ANY(%s) RETURNING id
+"""
+LOCK_JOB = """
+SELECT state, list_id FROM import_jobs WHERE organization_id = %s AND id = %s FOR UPDATE
+"""
+LOCK_JOB_RUN = """
+SELECT pg_advisory_xact_lock(hashtext('mailblast-import'), %s::int)
+"""
+RESTORE_OVERWRITTEN = """
+UPDATE subscribers s SET name = c.previous_name, attributes = c.previous_attributes, import_job_id =
+c.previous_import_job, updated_at = now() FROM import_changes c WHERE c.job_id = %s AND s.id = c.subscriber_id
+"""
+DELETE_JOB_SUBSCRIPTIONS = """
+DELETE FROM list_subscriptions WHERE list_id = %s AND import_job_id = %s
+"""
+DELETE_JOB_CHANGES = """
+DELETE FROM import_changes WHERE job_id = %s
+"""
+SET_ROLLED_BACK = """
+UPDATE import_jobs SET state = 'rolled_back', finished_at = now(), updated_at = now() WHERE id = %s
+"""
+SELECT_ERRORS = """
+SELECT row_number, reason, raw, explanation::text FROM import_errors WHERE job_id = %s AND row_number > %s
+ORDER BY row_number LIMIT %s
+"""
 
 
 @dataclass(frozen=True)
@@ -122,9 +179,7 @@ class ImportStore:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(ImportJobRow))
             await cur.execute(
-                "INSERT INTO import_jobs (organization_id, list_id, mode, requested_encoding, requested_delimiter,"
-                " header, requested_mapping, total_bytes, file_name) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " RETURNING " + IMPORT_COLUMNS,
+                INSERT_JOB,
                 (org, list_id, mode, encoding, delimiter, header, json.dumps(mapping, ensure_ascii=False),
                  total_bytes, file_name),
             )  # fmt: skip
@@ -134,9 +189,7 @@ class ImportStore:
         """One job of the organisation."""
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(ImportJobRow))
-            await cur.execute(
-                "SELECT " + IMPORT_COLUMNS + " FROM import_jobs WHERE organization_id = %s AND id = %s", (org, job_id)
-            )
+            await cur.execute(SELECT_JOB, (org, job_id))
             row = await cur.fetchone()
         if row is None:
             raise NotFound("no import %(job)s in your organisation", job=job_id)
@@ -147,7 +200,7 @@ class ImportStore:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(ImportJobRow))
             await cur.execute(
-                "SELECT " + IMPORT_COLUMNS + " FROM import_jobs WHERE organization_id = %s ORDER BY id DESC LIMIT 100",
+                SELECT_RECENT,
                 (org,),
             )
             return await cur.fetchall()
@@ -156,7 +209,7 @@ class ImportStore:
         """Append a chunk at the end of what was uploaded; a chunk sent twice is ignored."""
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "SELECT state, uploaded_bytes FROM import_jobs WHERE organization_id = %s AND id = %s FOR UPDATE",
+                LOCK_UPLOAD,
                 (org, job_id),
             )
             row = await cur.fetchone()
@@ -176,11 +229,9 @@ class ImportStore:
                     uploaded=uploaded,
                 )
             else:
+                await conn.execute(INSERT_CHUNK, (job_id, offset, data))
                 await conn.execute(
-                    'INSERT INTO import_chunks (job_id, "offset", data) VALUES (%s, %s, %s)', (job_id, offset, data)
-                )
-                await conn.execute(
-                    "UPDATE import_jobs SET uploaded_bytes = %s, updated_at = now() WHERE id = %s",
+                    ADVANCE_UPLOAD,
                     (offset + len(data), job_id),
                 )
         return await self.get(org, job_id)
@@ -189,8 +240,7 @@ class ImportStore:
         """Replace the column mapping of a job still uploading (chosen once its columns were seen)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "UPDATE import_jobs SET requested_mapping = %s, updated_at = now()"
-                " WHERE organization_id = %s AND id = %s AND state = 'uploading' RETURNING id",
+                SET_MAPPING,
                 (json.dumps(mapping, ensure_ascii=False), org, job_id),
             )
             changed = await cur.fetchone()
@@ -206,8 +256,7 @@ class ImportStore:
         """Remember who started the job, for the audit log's line when it ends."""
         async with self.pool.connection() as conn:
             await conn.execute(
-                "UPDATE import_jobs SET started_by_user = %s, started_by_token = %s, started_from = %s"
-                " WHERE organization_id = %s AND id = %s",
+                SET_STARTER,
                 (user_id, token_id, source_ip[:100], org, job_id),
             )
 
@@ -216,8 +265,7 @@ class ImportStore:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(ImportOutcome))
             await cur.execute(
-                "SELECT organization_id, list_id, state, rows_done, rows_added, rows_updated, rows_skipped,"
-                " rows_failed, started_by_user, started_by_token, started_from FROM import_jobs WHERE id = %s",
+                SELECT_OUTCOME,
                 (job_id,),
             )
             return await cur.fetchone()
@@ -226,8 +274,7 @@ class ImportStore:
         """Move a job to `state` if it is in one of `allowed`."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "UPDATE import_jobs SET state = %s, error = '', updated_at = now()"
-                " WHERE organization_id = %s AND id = %s AND state = ANY(%s) RETURNING id",
+                SET_STATE,
                 (state, org, job_id, list(allowed)),
             )
             changed = await cur.fetchone()
@@ -245,7 +292,7 @@ class ImportStore:
         """Undo a finished or failed job in one transaction (see imports module docstring)."""
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "SELECT state, list_id FROM import_jobs WHERE organization_id = %s AND id = %s FOR UPDATE",
+                LOCK_JOB,
                 (org, job_id),
             )
             row = await cur.fetchone()
@@ -258,23 +305,19 @@ class ImportStore:
                     state=row[0],
                 )
             # Hold off a concurrent runner of the same job while undoing it.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('mailblast-import'), %s::int)", (job_id,))
+            await conn.execute(LOCK_JOB_RUN, (job_id,))
             await conn.execute(
-                "UPDATE subscribers s SET name = c.previous_name, attributes = c.previous_attributes,"
-                " import_job_id = c.previous_import_job, updated_at = now()"
-                " FROM import_changes c WHERE c.job_id = %s AND s.id = c.subscriber_id",
+                RESTORE_OVERWRITTEN,
                 (job_id,),
             )
             # A job only ever subscribes to its own list.
-            await conn.execute(
-                "DELETE FROM list_subscriptions WHERE list_id = %s AND import_job_id = %s", (row[1], job_id)
-            )
+            await conn.execute(DELETE_JOB_SUBSCRIPTIONS, (row[1], job_id))
             # One pass over the organisation's subscribers finds those the job created (no index on the
             # mark: it would cost every imported row); their dependants go in the same statement.
             await conn.execute(ROLLBACK_CREATED, {"org": org, "job": job_id})
-            await conn.execute("DELETE FROM import_changes WHERE job_id = %s", (job_id,))
+            await conn.execute(DELETE_JOB_CHANGES, (job_id,))
             await conn.execute(
-                "UPDATE import_jobs SET state = 'rolled_back', finished_at = now(), updated_at = now() WHERE id = %s",
+                SET_ROLLED_BACK,
                 (job_id,),
             )
         return await self.get(org, job_id)
@@ -286,8 +329,7 @@ class ImportStore:
         while True:
             async with self.pool.connection() as conn:
                 cur = await conn.execute(
-                    "SELECT row_number, reason, raw, explanation::text FROM import_errors"
-                    " WHERE job_id = %s AND row_number > %s ORDER BY row_number LIMIT %s",
+                    SELECT_ERRORS,
                     (job_id, after, EXPORT_PAGE),
                 )
                 rows = await cur.fetchall()

@@ -17,6 +17,92 @@ from services.lists.store_subscribers import record_status
 from services.lists.store_suppression import suppress
 from services.lists.suppression import LIFTED_BY_CONSENT, SuppressionReason
 
+SELECT_SETTINGS = """
+SELECT confirm_unsubscribe, sender_address, sender_name FROM organization_settings WHERE organization_id = %s
+"""
+UPSERT_SETTINGS = """
+INSERT INTO organization_settings (organization_id, confirm_unsubscribe, sender_address, sender_name) VALUES
+(%s, %s, %s, %s) ON CONFLICT (organization_id) DO UPDATE SET confirm_unsubscribe =
+excluded.confirm_unsubscribe, sender_address = excluded.sender_address, sender_name = excluded.sender_name
+"""
+LOCK_SUBSCRIBER = """
+SELECT status, email, name FROM subscribers WHERE organization_id = %s AND id = %s FOR UPDATE
+"""
+LEAVE_LISTS = """
+DELETE FROM list_subscriptions WHERE subscriber_id = %s AND (%s::bigint[] = '{}' OR list_id = ANY(%s))
+RETURNING list_id
+"""
+COUNT_LISTS = """
+SELECT count(*) FROM list_subscriptions WHERE subscriber_id = %s
+"""
+SET_UNSUBSCRIBED = """
+UPDATE subscribers SET status = 'unsubscribed', updated_at = now() WHERE id = %s
+"""
+SELECT_SUBSCRIBER = """
+SELECT email, status FROM subscribers WHERE organization_id = %s AND id = %s
+"""
+SELECT_SUBSCRIBER_LISTS = """
+SELECT l.id, l.name, l.description FROM list_subscriptions ls JOIN lists l ON l.id = ls.list_id WHERE
+ls.subscriber_id = %s ORDER BY l.id
+"""
+INSERT_FORM = """
+INSERT INTO signup_forms (organization_id, list_id, name, field_keys, ask_name, redirect_url, thanks_text)
+VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *
+"""
+SELECT_FORMS = """
+SELECT * FROM signup_forms WHERE (%s::bigint IS NULL OR organization_id = %s) AND (%s::bigint IS NULL OR id =
+%s) ORDER BY id
+"""
+LOCK_SIGNUP_SOURCE = """
+SELECT pg_advisory_xact_lock(hashtext('mailblast-signup:' || %s))
+"""
+FORGET_OLD_ATTEMPTS = """
+DELETE FROM signup_attempts WHERE source_ip = %s AND attempted_at < now() - interval '1 hour'
+"""
+COUNT_ATTEMPTS = """
+SELECT count(*) FROM signup_attempts WHERE source_ip = %s
+"""
+INSERT_ATTEMPT = """
+INSERT INTO signup_attempts (source_ip) VALUES (%s)
+"""
+LOCK_CONFIRMATIONS = """
+SELECT pg_advisory_xact_lock(hashtext('mailblast-confirm:' || %s || ':' || %s))
+"""
+FORGET_OLD_CONFIRMATIONS = """
+DELETE FROM confirmation_mails WHERE organization_id = %s AND email_hash = %s AND sent_at <= %s
+"""
+COUNT_CONFIRMATIONS = """
+SELECT count(*), count(*) FILTER (WHERE form_id = %s AND sent_at > %s) FROM confirmation_mails WHERE
+organization_id = %s AND email_hash = %s
+"""
+INSERT_CONFIRMATION_MAIL = """
+INSERT INTO confirmation_mails (organization_id, email_hash, form_id, sent_at) VALUES (%s, %s, %s, %s)
+"""
+UPSERT_PENDING_SUBSCRIBER = """
+INSERT INTO subscribers (organization_id, email, name, attributes, status) VALUES (%s, %s, %s, %s, 'pending')
+ON CONFLICT (organization_id, lower(email)) DO UPDATE SET updated_at = now() RETURNING id, (xmax = 0)
+"""
+INSERT_CONSENT = """
+INSERT INTO consents (subscriber_id, form_id, token_hash, source_ip, user_agent) VALUES (%s, %s, %s, %s, %s)
+"""
+SELECT_CONFIRMATION = """
+SELECT c.id AS consent_id, c.subscriber_id, c.confirmed_at, f.id AS form_id, f.list_id, f.organization_id,
+f.thanks_text, f.redirect_url, s.status, s.email FROM consents c JOIN signup_forms f ON f.id = c.form_id JOIN
+subscribers s ON s.id = c.subscriber_id WHERE c.token_hash = %s FOR UPDATE OF c, s
+"""
+CONFIRM_CONSENT = """
+UPDATE consents SET confirmed_at = now() WHERE id = %s
+"""
+SET_ACTIVE = """
+UPDATE subscribers SET status = 'active', updated_at = now() WHERE id = %s
+"""
+SUBSCRIBE_TO_FORM_LIST = """
+INSERT INTO list_subscriptions (list_id, subscriber_id) VALUES (%s, %s) ON CONFLICT DO NOTHING
+"""
+LIFT_SUPPRESSION = """
+DELETE FROM suppressions WHERE organization_id = %s AND email_hash = %s AND reason = ANY(%s)
+"""
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -70,8 +156,7 @@ class SignupStore:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(Settings))
             await cur.execute(
-                "SELECT confirm_unsubscribe, sender_address, sender_name FROM organization_settings"
-                " WHERE organization_id = %s",
+                SELECT_SETTINGS,
                 (org,),
             )
             row = await cur.fetchone()
@@ -81,10 +166,7 @@ class SignupStore:
         """Store the organisation's lists settings."""
         async with self.pool.connection() as conn:
             await conn.execute(
-                "INSERT INTO organization_settings (organization_id, confirm_unsubscribe, sender_address, sender_name)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (organization_id) DO UPDATE SET"
-                " confirm_unsubscribe = excluded.confirm_unsubscribe, sender_address = excluded.sender_address,"
-                " sender_name = excluded.sender_name",
+                UPSERT_SETTINGS,
                 (org, confirm, address, name),
             )
         return await self.settings(org)
@@ -95,7 +177,7 @@ class SignupStore:
         """Leave the lists (all when none given; then the address is unsubscribed and suppressed), committed."""
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "SELECT status, email, name FROM subscribers WHERE organization_id = %s AND id = %s FOR UPDATE",
+                LOCK_SUBSCRIBER,
                 (org, subscriber_id),
             )
             row = await cur.fetchone()
@@ -103,21 +185,16 @@ class SignupStore:
                 raise NotFound("this unsubscribe link names nobody we hold")
             status, email, name = row
             cur = await conn.execute(
-                "DELETE FROM list_subscriptions WHERE subscriber_id = %s AND (%s::bigint[] = '{}' OR list_id = ANY(%s))"
-                " RETURNING list_id",
+                LEAVE_LISTS,
                 (subscriber_id, list(list_ids), list(list_ids)),
             )
             left = sorted(r[0] for r in await cur.fetchall())
-            cur = await conn.execute(
-                "SELECT count(*) FROM list_subscriptions WHERE subscriber_id = %s", (subscriber_id,)
-            )
+            cur = await conn.execute(COUNT_LISTS, (subscriber_id,))
             remaining = (await cur.fetchone())[0]
             if left:
                 await record_status(conn, subscriber_id, status, status, "left_lists", f"{source}: {left}")
             if (not list_ids or remaining == 0) and status in ("active", "pending"):
-                await conn.execute(
-                    "UPDATE subscribers SET status = 'unsubscribed', updated_at = now() WHERE id = %s", (subscriber_id,)
-                )
+                await conn.execute(SET_UNSUBSCRIBED, (subscriber_id,))
                 await record_status(conn, subscriber_id, status, "unsubscribed", "unsubscribe", source)
                 status = "unsubscribed"
             if not list_ids:
@@ -127,15 +204,12 @@ class SignupStore:
     async def subscriber_lists(self, org: int, subscriber_id: int) -> tuple[str, str, list[tuple[int, str, str]]]:
         """The subscriber's address, status and lists (id, name, description)."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                "SELECT email, status FROM subscribers WHERE organization_id = %s AND id = %s", (org, subscriber_id)
-            )
+            cur = await conn.execute(SELECT_SUBSCRIBER, (org, subscriber_id))
             row = await cur.fetchone()
             if row is None:
                 raise NotFound("this unsubscribe link names nobody we hold")
             cur = await conn.execute(
-                "SELECT l.id, l.name, l.description FROM list_subscriptions ls JOIN lists l ON l.id = ls.list_id"
-                " WHERE ls.subscriber_id = %s ORDER BY l.id",
+                SELECT_SUBSCRIBER_LISTS,
                 (subscriber_id,),
             )
             return row[0], row[1], await cur.fetchall()
@@ -146,8 +220,7 @@ class SignupStore:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(FormRow))
             await cur.execute(
-                "INSERT INTO signup_forms (organization_id, list_id, name, field_keys, ask_name, redirect_url,"
-                " thanks_text) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                INSERT_FORM,
                 (org, list_id, name, json.dumps(keys), ask_name, redirect, thanks),
             )
             return await cur.fetchone()
@@ -157,8 +230,7 @@ class SignupStore:
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(FormRow))
             await cur.execute(
-                "SELECT * FROM signup_forms WHERE (%s::bigint IS NULL OR organization_id = %s)"
-                " AND (%s::bigint IS NULL OR id = %s) ORDER BY id",
+                SELECT_FORMS,
                 (org, org, form_id, form_id),
             )
             return await cur.fetchall()
@@ -166,16 +238,16 @@ class SignupStore:
     async def signup_allowed(self, source_ip: str, per_hour: int) -> bool:
         """Count this attempt; False when the address has tried more than `per_hour` times in the last hour."""
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('mailblast-signup:' || %s))", (source_ip,))
+            await conn.execute(LOCK_SIGNUP_SOURCE, (source_ip,))
             await conn.execute(
-                "DELETE FROM signup_attempts WHERE source_ip = %s AND attempted_at < now() - interval '1 hour'",
+                FORGET_OLD_ATTEMPTS,
                 (source_ip,),
             )
-            cur = await conn.execute("SELECT count(*) FROM signup_attempts WHERE source_ip = %s", (source_ip,))
+            cur = await conn.execute(COUNT_ATTEMPTS, (source_ip,))
             seen = (await cur.fetchone())[0]
             if seen >= per_hour:
                 return False
-            await conn.execute("INSERT INTO signup_attempts (source_ip) VALUES (%s)", (source_ip,))
+            await conn.execute(INSERT_ATTEMPT, (source_ip,))
             return True
 
     async def submit_signup(
@@ -200,39 +272,31 @@ class SignupStore:
         hashed = email_hash(self.key, email)
         now = confirmation.now
         async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(LOCK_CONFIRMATIONS, (org, hashed))
             await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('mailblast-confirm:' || %s || ':' || %s))", (org, hashed)
-            )
-            await conn.execute(
-                "DELETE FROM confirmation_mails WHERE organization_id = %s AND email_hash = %s AND sent_at <= %s",
+                FORGET_OLD_CONFIRMATIONS,
                 (org, hashed, now - timedelta(days=1)),
             )
             cur = await conn.execute(
-                "SELECT count(*), count(*) FILTER (WHERE form_id = %s AND sent_at > %s)"
-                " FROM confirmation_mails WHERE organization_id = %s AND email_hash = %s",
+                COUNT_CONFIRMATIONS,
                 (form_id, now - confirmation.window, org, hashed),
             )
             today, this_form = await cur.fetchone()
             if this_form or today >= confirmation.daily_cap:
                 return None
             await conn.execute(
-                "INSERT INTO confirmation_mails (organization_id, email_hash, form_id, sent_at)"
-                " VALUES (%s, %s, %s, %s)",
+                INSERT_CONFIRMATION_MAIL,
                 (org, hashed, form_id, now),
             )
             cur = await conn.execute(
-                "INSERT INTO subscribers (organization_id, email, name, attributes, status)"
-                " VALUES (%s, %s, %s, %s, 'pending')"
-                " ON CONFLICT (organization_id, lower(email)) DO UPDATE SET updated_at = now()"
-                " RETURNING id, (xmax = 0)",
+                UPSERT_PENDING_SUBSCRIBER,
                 (org, email, name, attributes_json),
             )
             subscriber_id, inserted = await cur.fetchone()
             if inserted:
                 await record_status(conn, subscriber_id, None, "pending", "signup", f"form {form_id}")
             await conn.execute(
-                "INSERT INTO consents (subscriber_id, form_id, token_hash, source_ip, user_agent)"
-                " VALUES (%s, %s, %s, %s, %s)",
+                INSERT_CONSENT,
                 (subscriber_id, form_id, token_hash, ip[:100], agent[:500]),
             )
             await send(subscriber_id)
@@ -243,31 +307,28 @@ class SignupStore:
         async with self.pool.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=class_row(Confirmation))
             await cur.execute(
-                "SELECT c.id AS consent_id, c.subscriber_id, c.confirmed_at, f.id AS form_id, f.list_id,"
-                " f.organization_id, f.thanks_text, f.redirect_url, s.status, s.email"
-                " FROM consents c JOIN signup_forms f ON f.id = c.form_id JOIN subscribers s ON s.id = c.subscriber_id"
-                " WHERE c.token_hash = %s FOR UPDATE OF c, s",
+                SELECT_CONFIRMATION,
                 (token_hash,),
             )
             row = await cur.fetchone()
             if row is None:
                 raise NotFound("this confirmation link is not valid (or was already used and erased)")
             if row.confirmed_at is None:
-                await conn.execute("UPDATE consents SET confirmed_at = now() WHERE id = %s", (row.consent_id,))
+                await conn.execute(CONFIRM_CONSENT, (row.consent_id,))
                 if row.status in ("pending", "unsubscribed"):
                     await conn.execute(
-                        "UPDATE subscribers SET status = 'active', updated_at = now() WHERE id = %s",
+                        SET_ACTIVE,
                         (row.subscriber_id,),
                     )
                     await record_status(
                         conn, row.subscriber_id, row.status, "active", "confirmed", f"form {row.form_id}"
                     )
                 await conn.execute(
-                    "INSERT INTO list_subscriptions (list_id, subscriber_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    SUBSCRIBE_TO_FORM_LIST,
                     (row.list_id, row.subscriber_id),
                 )
                 await conn.execute(
-                    "DELETE FROM suppressions WHERE organization_id = %s AND email_hash = %s AND reason = ANY(%s)",
+                    LIFT_SUPPRESSION,
                     (row.organization_id, email_hash(self.key, row.email), sorted(LIFTED_BY_CONSENT)),
                 )
             return row
