@@ -12,9 +12,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-HARD = "hard"
-SOFT = "soft"
-COMPLAINT = "complaint"
+from services.bounce.kinds import BounceKind
+
+HARD = BounceKind.HARD
+SOFT = BounceKind.SOFT
+COMPLAINT = BounceKind.COMPLAINT
 
 # Reasons that mean the address will not work again (Sisimai's hardbounce reasons).
 HARD_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})

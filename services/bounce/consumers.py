@@ -10,7 +10,8 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 
 from services.bounce.attribution import smtp_bounce_id
-from services.bounce.classify import SOFT, classify
+from services.bounce.classify import classify
+from services.bounce.kinds import BounceKind, BounceSource
 from services.bounce.recorder import BounceRecorder
 from services.bounce.store import BounceRow
 from services.common import bus
@@ -29,9 +30,9 @@ def bounces_of(report: events_pb2.DeliveryReport) -> list[BounceRow]:
             continue
         if event.outcome == events_pb2.DELIVERY_OUTCOME_REJECTED:
             verdict = classify(event.enhanced_status, event.smtp_message, event.smtp_code)
-            kind, reason = verdict.kind, verdict.reason
+            kind, reason = BounceKind(verdict.kind), verdict.reason
         elif event.outcome == events_pb2.DELIVERY_OUTCOME_EXPIRED:
-            kind, reason = SOFT, "expired"
+            kind, reason = BounceKind.SOFT, "expired"
         else:
             continue
         occurred = event.occurred_at.ToDatetime(tzinfo=UTC) if event.HasField("occurred_at") else None
@@ -43,7 +44,7 @@ def bounces_of(report: events_pb2.DeliveryReport) -> list[BounceRow]:
                 subscriber_id=event.subscriber_id,
                 email=event.email,
                 kind=kind,
-                source="smtp",
+                source=BounceSource.SMTP,
                 status=event.enhanced_status,
                 smtp_code=event.smtp_code,
                 diagnostic=event.smtp_message[:2000],

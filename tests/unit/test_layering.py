@@ -20,6 +20,7 @@ EDGE_PREFIXES = ("grpc_", "store")
 ADAPTERS = {
     "auth/mailer.py": "auth's notices as TransactionalMessages on JetStream (security.SendMail)",
     "bounce/events.py": "stored bounces announced as BounceEvents on JetStream (recorder.Announce)",
+    "bounce/convert.py": "the one place bounce's kinds and sources meet protobuf",
     "campaigns/recipients.py": "a campaign's recipients streamed from lists over gRPC (fanout.Audience)",
     "campaigns/batches.py": "SendBatches published to the senders on JetStream (fanout.Batches)",
     "campaigns/announcements.py": "campaign state changes relayed from the outbox table to JetStream",
