@@ -14,6 +14,7 @@ from markupsafe import escape
 
 from services.common import templating
 from services.common.templating import RenderBudget, TemplateLimitExceeded
+from services.gateway import statuses
 from services.gateway.clients import BackendError, backends, call
 from services.gateway.explanations import explain
 from services.gateway.security import PREVIEW_CSP, requires
@@ -23,21 +24,9 @@ bp = Blueprint("mail", __name__)
 UPLOAD_CHUNK = 1024 * 1024
 _FORM_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
 
-STATUS_NAMES = {
-    lists_pb2.SUBSCRIBER_STATUS_ACTIVE: "active",
-    lists_pb2.SUBSCRIBER_STATUS_UNSUBSCRIBED: "unsubscribed",
-    lists_pb2.SUBSCRIBER_STATUS_ERROR_STOPPED: "error_stopped",
-    lists_pb2.SUBSCRIBER_STATUS_COMPLAINED: "complained",
-    lists_pb2.SUBSCRIBER_STATUS_DELETED: "deleted",
-    lists_pb2.SUBSCRIBER_STATUS_PENDING: "pending",
-}
-CAMPAIGN_STATES = {
-    campaigns_pb2.CAMPAIGN_STATE_DRAFT: "draft",
-    campaigns_pb2.CAMPAIGN_STATE_SENDING: "sending",
-    campaigns_pb2.CAMPAIGN_STATE_PAUSED: "paused",
-    campaigns_pb2.CAMPAIGN_STATE_SENT: "sent",
-    campaigns_pb2.CAMPAIGN_STATE_CANCELLED: "cancelled",
-}
+# The names the pages and audience.py use (statuses.py derives them from the contracts).
+STATUS_NAMES = statuses.SUBSCRIBER_STATUSES
+CAMPAIGN_STATES = statuses.CAMPAIGN_STATES
 
 
 def _id_list(values: list[str]) -> list[int]:

@@ -24,11 +24,13 @@ ADAPTERS = {
     "campaigns/recipients.py": "a campaign's recipients streamed from lists over gRPC (fanout.Audience)",
     "campaigns/batches.py": "SendBatches published to the senders on JetStream (fanout.Batches)",
     "campaigns/announcements.py": "campaign state changes relayed from the outbox table to JetStream",
+    "campaigns/convert.py": "the one place campaigns' states and recipient statuses meet protobuf",
     "lists/announcements.py": "suppression changes relayed from the outbox table to JetStream",
     "sender/convert.py": "the one place the sender's domain meets protobuf (events in, reports and RPCs out)",
     "sender/writer.py": "ledger outcomes committed in groups, then reported on JetStream (collaborators.Recorder)",
     "gateway/app.py": "the Flask app, mapping the services' gRPC status codes to HTTP",
     "gateway/clients.py": "the gateway's gRPC channels and calls",
+    "gateway/statuses.py": "the console's names of the services' status enums",
     "gateway/security.py": "the console's logins: Flask-Login's user is auth's GetSession answer",
 }
 # Domain modules that still import a transport. The lists and sender restructurings of issue 10 (items 1,
