@@ -5,6 +5,10 @@ logged in to the login before (a valid device cookie) is its own client, locked 
 and never throttled by its address; every other browser is one "unknown client" per login. While a client
 is locked for a login, every try answers LOCKED without the password being checked, and still counts.
 No grpc, no nats.
+
+Over 400 lines, on purpose: logins, lockouts, sessions, password links and TOTP share one set of rules
+(a reset clears lockouts and ends sessions, TOTP set-up runs in a set-up-only session) and are read together
+when one of them changes.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from cryptography.fernet import InvalidToken
 from services.auth import notices, passwords, tokens, totp
 from services.auth.config import Config
 from services.auth.devices import DeviceCookies
+from services.auth.records import Account, SessionRow
 from services.auth.sealing import SecretBox
-from services.auth.store import Account, AuthStore, SessionRow
+from services.auth.store import AuthStore
 from services.common.clock import Clock, SystemClock
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.log import get_logger
