@@ -45,26 +45,26 @@ UNKNOWN_CLIENT = ""
 MAX_LOGIN_KEY = 200
 
 
-class LoginStatus(enum.Enum):
-    """Outcomes of a login (the proto's LoginStatus)."""
+class LoginStatus(enum.StrEnum):
+    """Outcomes of a login (convert.py turns them into the proto's LoginStatus, by name)."""
 
-    OK = 1
-    TOTP_REQUIRED = 2
-    FAILED = 3
-    TOTP_SETUP_REQUIRED = 4
-    LOCKED = 5
-    THROTTLED = 6
+    OK = "ok"
+    TOTP_REQUIRED = "totp_required"
+    FAILED = "failed"
+    TOTP_SETUP_REQUIRED = "totp_setup_required"
+    LOCKED = "locked"
+    THROTTLED = "throttled"
 
 
-class SessionStatus(enum.Enum):
-    """Outcomes of resolving a session token (the proto's SessionStatus)."""
+class SessionStatus(enum.StrEnum):
+    """Outcomes of resolving a session token (convert.py turns them into the proto's SessionStatus, by name)."""
 
-    VALID = 1
-    UNKNOWN = 2
-    IDLE_TIMEOUT = 3
-    ABSOLUTE_TIMEOUT = 4
-    REVOKED = 5
-    TOTP_SETUP_REQUIRED = 6
+    VALID = "valid"
+    UNKNOWN = "unknown"
+    IDLE_TIMEOUT = "idle_timeout"
+    ABSOLUTE_TIMEOUT = "absolute_timeout"
+    REVOKED = "revoked"
+    TOTP_SETUP_REQUIRED = "totp_setup_required"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ EDGE_PREFIXES = ("grpc_", "store")
 # Adapters with other names, each the implementation of an interface a domain module takes.
 ADAPTERS = {
     "auth/mailer.py": "auth's notices as TransactionalMessages on JetStream (security.SendMail)",
+    "auth/convert.py": "the one place auth's login and session statuses meet protobuf",
     "bounce/events.py": "stored bounces announced as BounceEvents on JetStream (recorder.Announce)",
     "bounce/convert.py": "the one place bounce's kinds and sources meet protobuf",
     "campaigns/recipients.py": "a campaign's recipients streamed from lists over gRPC (fanout.Audience)",

@@ -1,7 +1,9 @@
 """Statuses are types: each domain StrEnum converts to its protobuf enum at one edge per service, whole."""
 
-from mailblast.v1 import campaigns_pb2, events_pb2, lists_pb2
+from mailblast.v1 import auth_pb2, campaigns_pb2, events_pb2, lists_pb2
 
+from services.auth import convert as auth_convert
+from services.auth.security import LoginStatus, SessionStatus
 from services.bounce import convert as bounce_convert
 from services.bounce.kinds import BounceKind, BounceSource
 from services.campaigns import convert as campaigns_convert
@@ -80,3 +82,13 @@ def test_console_names_of_statuses():
         lists_pb2.SUBSCRIBER_STATUS_DELETED: "deleted",
         lists_pb2.SUBSCRIBER_STATUS_PENDING: "pending",
     }
+
+
+def test_login_and_session_statuses_convert_one_to_one():
+    # Auth's outcomes reach the console as the contract's enums: each has its own value, none is left out.
+    logins = {status: auth_convert.login_status(status) for status in LoginStatus}
+    assert sorted(logins.values()) == sorted(set(auth_pb2.LoginStatus.values()) - {0})
+    assert logins[LoginStatus.LOCKED] == auth_pb2.LOGIN_STATUS_LOCKED
+    sessions = {status: auth_convert.session_status(status) for status in SessionStatus}
+    assert sorted(sessions.values()) == sorted(set(auth_pb2.SessionStatus.values()) - {0})
+    assert sessions[SessionStatus.IDLE_TIMEOUT] == auth_pb2.SESSION_STATUS_IDLE_TIMEOUT
