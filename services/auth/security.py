@@ -5,6 +5,10 @@ logged in to the login before (a valid device cookie) is its own client, locked 
 and never throttled by its address; every other browser is one "unknown client" per login. While a client
 is locked for a login, every try answers LOCKED without the password being checked, and still counts.
 No grpc, no nats.
+
+Over 400 lines, on purpose: logins, lockouts, sessions, password links and TOTP share one set of rules
+(a reset clears lockouts and ends sessions, TOTP set-up runs in a set-up-only session) and are read together
+when one of them changes.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from cryptography.fernet import InvalidToken
 from services.auth import notices, passwords, tokens, totp
 from services.auth.config import Config
 from services.auth.devices import DeviceCookies
+from services.auth.records import Account, SessionRow
 from services.auth.sealing import SecretBox
-from services.auth.store import Account, AuthStore, SessionRow
+from services.auth.store import AuthStore
 from services.common.clock import Clock, SystemClock
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.log import get_logger
@@ -40,26 +45,26 @@ UNKNOWN_CLIENT = ""
 MAX_LOGIN_KEY = 200
 
 
-class LoginStatus(enum.Enum):
-    """Outcomes of a login (the proto's LoginStatus)."""
+class LoginStatus(enum.StrEnum):
+    """Outcomes of a login (convert.py turns them into the proto's LoginStatus, by name)."""
 
-    OK = 1
-    TOTP_REQUIRED = 2
-    FAILED = 3
-    TOTP_SETUP_REQUIRED = 4
-    LOCKED = 5
-    THROTTLED = 6
+    OK = "ok"
+    TOTP_REQUIRED = "totp_required"
+    FAILED = "failed"
+    TOTP_SETUP_REQUIRED = "totp_setup_required"
+    LOCKED = "locked"
+    THROTTLED = "throttled"
 
 
-class SessionStatus(enum.Enum):
-    """Outcomes of resolving a session token (the proto's SessionStatus)."""
+class SessionStatus(enum.StrEnum):
+    """Outcomes of resolving a session token (convert.py turns them into the proto's SessionStatus, by name)."""
 
-    VALID = 1
-    UNKNOWN = 2
-    IDLE_TIMEOUT = 3
-    ABSOLUTE_TIMEOUT = 4
-    REVOKED = 5
-    TOTP_SETUP_REQUIRED = 6
+    VALID = "valid"
+    UNKNOWN = "unknown"
+    IDLE_TIMEOUT = "idle_timeout"
+    ABSOLUTE_TIMEOUT = "absolute_timeout"
+    REVOKED = "revoked"
+    TOTP_SETUP_REQUIRED = "totp_setup_required"
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from services.bounce.kinds import BounceKind
 from services.bounce.phrases import ALIGNED, NOT_REJECTED, NOTICE_PATTERNS, NOTICES, OURS, OURS_ALIGNED, PHRASES
 from services.bounce.providers import provider_in_reply, provider_reason
 
-HARD = "hard"
-SOFT = "soft"
-COMPLAINT = "complaint"
+HARD = BounceKind.HARD
+SOFT = BounceKind.SOFT
+COMPLAINT = BounceKind.COMPLAINT
 
 # Reasons that mean the address will not work again (Sisimai's hard bounces; notaccept when permanent).
 HARD_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})

@@ -1,5 +1,8 @@
 """Campaign templates rendered in a Jinja2 sandbox with limits: loop iterations, output, value sizes and time.
 
+Over 400 lines, on purpose: every hook of the sandbox enforces the same budget, and a hook left out is a
+way past it; they are reviewed together, in one file.
+
 A template is a program its author runs on our machines, so every render gets a budget (`RenderBudget`):
 so many loop iterations (macro calls count as iterations), so many characters of output, so many CPU
 seconds. The sandbox's hooks enforce it as the render goes, and refuse an operation before it runs when

@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from cli import main as cli
 from cli import nats_credentials
 from services.common import bus
-from services.common.erasure import Erasure, erasure_consumer
+from services.common.erasure import Erasure, ErasureConsumer
 from services.common.privacy import email_hash
 from services.common.settings import ConfigError
 from services.sender import service as sender_service
@@ -294,7 +294,7 @@ async def test_lists_announces_erasures_and_each_holder_reads_them_with_its_own_
             async def keep(erasure: Erasure, received=received) -> None:
                 received.append(erasure)
 
-            consumer = erasure_consumer(js, durable, keep)
+            consumer = ErasureConsumer(js, durable, keep)
             await consumer.start()
             deadline = time.monotonic() + 10
             handled = 0

@@ -148,7 +148,12 @@ async def test_erasure_leaves_no_trace_of_the_address_and_the_campaign_figures_s
         bounce_pb2.ListBouncesRequest(campaign_id=campaign.id), metadata=stack.metadata
     )
     [bounce] = bounces.bounces
-    assert (bounce.email, bounce.diagnostic, bounce.kind, bounce.status) == (hashed, "", "hard", "5.1.1")
+    assert (bounce.email, bounce.diagnostic, bounce.kind, bounce.status) == (
+        hashed,
+        "",
+        events_pb2.BOUNCE_KIND_HARD,
+        "5.1.1",
+    )
     assert "campaigns.campaign_deliveries.email" in await traces(database_url, OTHER)
 
     auth = auth_pb2_grpc.AuthServiceStub(stack.channel(stack.auth.grpc_port))

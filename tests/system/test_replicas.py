@@ -8,7 +8,7 @@ from collections import Counter
 
 import aiosmtplib
 import pytest
-from mailblast.v1 import bounce_pb2, campaigns_pb2, lists_pb2
+from mailblast.v1 import bounce_pb2, campaigns_pb2, events_pb2, lists_pb2
 
 from services.common.verp import parse_return_path
 from tests.support.smtp import dsn_for
@@ -85,7 +85,8 @@ async def test_two_of_each_service_deliver_and_count_every_message_once(stack, s
         bounce_pb2.ListBouncesRequest(campaign_id=first.id), metadata=stack.metadata
     )
     recorded = Counter((b.email, b.source) for b in bounces.bounces)
-    assert recorded == Counter({**{(a, "smtp"): 1 for a in REFUSED}, **{(a, "dsn"): 1 for a in RETURNED}})
+    smtp, dsn = events_pb2.BOUNCE_SOURCE_SMTP, events_pb2.BOUNCE_SOURCE_DSN
+    assert recorded == Counter({**{(a, smtp): 1 for a in REFUSED}, **{(a, dsn): 1 for a in RETURNED}})
     assert len(bounces.bounces) == 13
 
     async def counted() -> dict[str, int] | None:

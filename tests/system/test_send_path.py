@@ -154,7 +154,12 @@ async def test_dsn_is_attributed_to_its_recipient_and_counted(stack, smtp_sink):
         bounce_pb2.ListBouncesRequest(campaign_id=campaign.id), metadata=stack.metadata
     )
     [record] = bounces.bounces
-    assert (record.email, record.kind, record.source, record.status) == ("y@example.net", "hard", "dsn", "5.1.1")
+    assert (record.email, record.kind, record.source, record.status) == (
+        "y@example.net",
+        events_pb2.BOUNCE_KIND_HARD,
+        events_pb2.BOUNCE_SOURCE_DSN,
+        "5.1.1",
+    )
 
 
 async def test_bad_input_is_refused_clearly_and_nothing_is_injected(stack, smtp_sink):
