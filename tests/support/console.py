@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,18 +294,6 @@ async def start_console(
     return Console(
         auth, lists, campaigns, sender, app, catcher, database_url, boot.organization.id, boot.user.id, boot.api_token
     )
-
-
-async def poll(check, timeout: float = 30.0, interval: float = 0.1) -> Any:
-    """Await `check()` (a coroutine function) until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 async def create_list(web: Web, name: str) -> int:

@@ -7,7 +7,7 @@ import json
 from mailblast.v1 import auth_pb2, auth_pb2_grpc, campaigns_pb2, lists_pb2
 
 from services.common.privacy import email_hash
-from tests.support.console import poll
+from tests.support.poll import poll
 
 
 async def test_send_through_the_api_is_audited_with_user_and_address(stack):

@@ -22,10 +22,10 @@ from tests.support.console import (
     Web,
     create_campaign,
     create_list,
-    poll,
     start_console,
 )
 from tests.support.mtls import default_pki
+from tests.support.poll import poll
 from tests.support.stack import make_dkim_keys
 
 

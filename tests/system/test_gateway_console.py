@@ -24,9 +24,9 @@ from tests.support.console import (
     Web,
     create_campaign,
     create_list,
-    poll,
     start_console,
 )
+from tests.support.poll import poll
 from tests.support.stack import make_dkim_keys
 
 NEW_PASSWORD = "amber-heron-92-quartz"

@@ -17,7 +17,8 @@ import pytest_asyncio
 
 from services.common.verp import RecipientRef, unsubscribe_token
 from services.gateway.server import ConsoleServer
-from tests.support.console import Console, Web, poll, start_console
+from tests.support.console import Console, Web, start_console
+from tests.support.poll import poll
 from tests.support.stack import make_dkim_keys
 
 

@@ -8,7 +8,7 @@ import time
 from mailblast.v1 import auth_pb2, auth_pb2_grpc, campaigns_pb2
 
 from services.common.identity import IDENTITY_HEADER, Principal
-from tests.support.console import poll
+from tests.support.poll import poll
 
 # Within the limits (2 x 4000 loop iterations), but tens of milliseconds of rendering per recipient.
 HEAVY_HTML = "<p>{% for i in range(4000) %}{{ name }}{{ i }} {% endfor %}</p>"

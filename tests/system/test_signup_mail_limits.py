@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest_asyncio
 
 from tests.support.clock import MovableClock
-from tests.support.console import OWNER, PASSWORD, Console, create_list, poll, start_console
+from tests.support.console import OWNER, PASSWORD, Console, create_list, start_console
+from tests.support.poll import poll
 from tests.support.stack import make_dkim_keys
 
 VICTIM = "victim@example.net"
