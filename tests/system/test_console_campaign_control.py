@@ -26,17 +26,17 @@ from tests.support.console import (
 )
 from tests.support.mtls import default_pki
 from tests.support.poll import poll
-from tests.support.stack import make_dkim_keys
 
 
 @pytest_asyncio.fixture
-async def make_console(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
+async def make_console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path: Path):
     """Start the console on real services."""
     started: list[Console] = []
 
     async def make() -> Console:
-        dkim = make_dkim_keys(tmp_path / "dkim")
-        console = await start_console(database_url, nats_server, internal_key, tls_files, dkim, tmp_path / "outbox")
+        console = await start_console(
+            database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox"
+        )
         started.append(console)
         return console
 

@@ -27,20 +27,18 @@ from tests.support.console import (
     start_console,
 )
 from tests.support.poll import poll
-from tests.support.stack import make_dkim_keys
 
 NEW_PASSWORD = "amber-heron-92-quartz"
 
 
 @pytest_asyncio.fixture
-async def make_console(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
+async def make_console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path: Path):
     """Start the console on real services, with auth settings given per test."""
     started: list[Console] = []
 
     async def make(**auth_overrides) -> Console:
-        dkim = make_dkim_keys(tmp_path / "dkim")
         console = await start_console(
-            database_url, nats_server, internal_key, tls_files, dkim, tmp_path / "outbox", **auth_overrides
+            database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox", **auth_overrides
         )
         started.append(console)
         return console
