@@ -49,8 +49,11 @@ run: install proto
 run-%: install proto
 	$(PY) -m services.$*
 
+# bandit reads the shipped code (not the tests) and fails on any finding of medium severity or above;
+# each one that is not a flaw is explained beside its `# nosec`.
 test: install proto test-deps test-tools
 	$(PY) -m ruff check .
+	$(PY) -m bandit -q -r services cli dev bench --severity-level medium
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Debian packages the tests use (browser downloads are not possible): as root (CI) install the missing ones;
