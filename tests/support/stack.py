@@ -219,14 +219,14 @@ class Stack:
             await nc.close()
 
     async def stop(self) -> None:
-        """Stop everything, senders first."""
-        for channel in self.channels:
-            await channel.close()
-        for sender in self.senders:
-            await sender.stop(grace=5.0)
-        for running in (*self.more_campaigns, *self.more_bounces, self.campaigns, self.bounce, self.lists, self.auth):
-            if running is not None:
-                await running.stop()
+        """Stop everything at once: no service waits on another while it stops, and each takes up to a
+        second (its runners finish the fetch they are in), which in turn would add up in every test."""
+        await asyncio.gather(*(channel.close() for channel in self.channels))
+        services = (*self.more_campaigns, *self.more_bounces, self.campaigns, self.bounce, self.lists, self.auth)
+        stops = [*(sender.stop(grace=5.0) for sender in self.senders), *(s.stop() for s in services if s is not None)]
+        failures = [r for r in await asyncio.gather(*stops, return_exceptions=True) if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
 
 
 @dataclass(frozen=True)
