@@ -300,8 +300,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         """The live sessions of the session's user."""
         require_service()
         current, account = await self._security.require_session(request.session_token)
-        rows = await self._store.user_sessions(account.id)
-        live = [r for r in rows if r.now < self._security.absolute_expiry(r) and r.now < self._security.idle_expiry(r)]
+        live = await self._security.live_sessions(account.id)
         return auth_pb2.ListSessionsResponse(sessions=[self._session(r, current.id) for r in live])
 
     async def RevokeSession(self, request: auth_pb2.RevokeSessionRequest, context: grpc.aio.ServicerContext):

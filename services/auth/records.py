@@ -62,7 +62,7 @@ class Account:
 
 @dataclass(frozen=True)
 class SessionRow:
-    """A session found by its token, with its user's current role and state; `now` is the database's clock."""
+    """A session found by its token, with its user's current role and state; `now` is the service's clock then."""
 
     id: int
     organization_id: int

@@ -186,7 +186,9 @@ class AccountSecurity:
         await self._store.clear_login_failures(login, client)
         setup_only = account.require_totp and not account.totp_enabled
         text, digest = new_secret_token()
-        session = await self._store.create_session(account, digest, setup_only, ip, attempt.user_agent[:500])
+        session = await self._store.create_session(
+            account, digest, setup_only, ip, attempt.user_agent[:500], self._clock.now()
+        )
         await self._store.audit(
             account.organization_id,
             account.id,
@@ -291,7 +293,7 @@ class AccountSecurity:
         """The state of a session token; a usable one is touched (its idle timer restarts)."""
         if not token:
             return ResolvedSession(SessionStatus.UNKNOWN)
-        row = await self._store.session(tokens.hash_secret(token))
+        row = await self._store.session(tokens.hash_secret(token), self._clock.now())
         if row is None:
             return ResolvedSession(SessionStatus.UNKNOWN)
         account = await self._store.account(row.user_id)
@@ -301,9 +303,14 @@ class AccountSecurity:
             return ResolvedSession(SessionStatus.ABSOLUTE_TIMEOUT, row, account)
         if row.now >= self.idle_expiry(row):
             return ResolvedSession(SessionStatus.IDLE_TIMEOUT, row, account)
-        await self._store.touch_session(row.id)
+        await self._store.touch_session(row.id, row.now)
         status = SessionStatus.TOTP_SETUP_REQUIRED if row.totp_setup_only else SessionStatus.VALID
         return ResolvedSession(status, row, account)
+
+    async def live_sessions(self, account_id: int) -> list[SessionRow]:
+        """The user's sessions neither revoked nor timed out, newest first."""
+        rows = await self._store.user_sessions(account_id, self._clock.now())
+        return [r for r in rows if r.now < self.absolute_expiry(r) and r.now < self.idle_expiry(r)]
 
     @property
     def idle_expiry_seconds(self) -> int:
@@ -331,7 +338,7 @@ class AccountSecurity:
 
     async def logout(self, token: str) -> None:
         """Revoke the session of this token, if any."""
-        row = await self._store.session(tokens.hash_secret(token)) if token else None
+        row = await self._store.session(tokens.hash_secret(token), self._clock.now()) if token else None
         if row is not None and row.revoked_at is None:
             await self._store.revoke_session(row.id, row.user_id, "logout")
             await self._store.audit(row.organization_id, row.user_id, "session.logout", f"session:{row.id}")
@@ -440,7 +447,9 @@ class AccountSecurity:
             refreshed = await self._store.account(account.id)
             assert refreshed is not None
             new_token, digest = new_secret_token()
-            await self._store.create_session(refreshed, digest, False, source_ip or session.source_ip, user_agent)
+            await self._store.create_session(
+                refreshed, digest, False, source_ip or session.source_ip, user_agent, self._clock.now()
+            )
         return codes, new_token
 
     async def disable_totp(self, token: str, password: str, source_ip: str) -> Account:

@@ -86,18 +86,21 @@ WHERE organization_id = %(org)s
 ORDER BY id DESC LIMIT %(limit)s
 """
 
+# Sessions go by the service's clock (which tests move), not the database's: `now` is passed in.
 SESSION_COLUMNS = """id, organization_id, user_id, totp_setup_only, created_at, last_seen_at, revoked_at, source_ip,
-user_agent, now() AS now"""
+user_agent, %(now)s::timestamptz AS now"""
 # bandit B608: built only from this module's constant SQL (column lists, joins); every value is a %s parameter
 INSERT_SESSION = f"""
-INSERT INTO sessions (token_hash, organization_id, user_id, totp_setup_only, source_ip, user_agent)
-VALUES (%s, %s, %s, %s, %s, %s) RETURNING {SESSION_COLUMNS}
+INSERT INTO sessions (token_hash, organization_id, user_id, totp_setup_only, source_ip, user_agent, created_at,
+last_seen_at)
+VALUES (%(token_hash)s, %(organization_id)s, %(user_id)s, %(setup_only)s, %(source_ip)s, %(user_agent)s, %(now)s,
+%(now)s) RETURNING {SESSION_COLUMNS}
 """  # nosec B608
-SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = %s"  # nosec B608
+SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = %(token_hash)s"  # nosec B608
 SELECT_USER_SESSIONS = f"""
-SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = %s AND revoked_at IS NULL ORDER BY id DESC
+SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = %(user_id)s AND revoked_at IS NULL ORDER BY id DESC
 """  # nosec B608
-TOUCH_SESSION = "UPDATE sessions SET last_seen_at = now() WHERE id = %s"
+TOUCH_SESSION = "UPDATE sessions SET last_seen_at = %s WHERE id = %s"
 REVOKE_SESSION = """
 UPDATE sessions SET revoked_at = now(), revoked_reason = %s WHERE id = %s AND user_id = %s AND revoked_at IS NULL
 """
@@ -370,27 +373,30 @@ class AuthStore:
             return await cur.fetchall()
 
     async def create_session(
-        self, account: Account, token_hash: bytes, setup_only: bool, source_ip: str, user_agent: str
+        self, account: Account, token_hash: bytes, setup_only: bool, source_ip: str, user_agent: str, now: datetime
     ) -> SessionRow:
-        """Open a session for the account."""
-        params = (token_hash, account.organization_id, account.id, setup_only, source_ip, user_agent)
+        """Open a session for the account, started `now`."""
+        params = {
+            "token_hash": token_hash, "organization_id": account.organization_id, "user_id": account.id,
+            "setup_only": setup_only, "source_ip": source_ip, "user_agent": user_agent, "now": now,
+        }  # fmt: skip
         async with self._pool.connection() as conn:
             return await _one(conn, SessionRow, INSERT_SESSION, params)
 
-    async def session(self, token_hash: bytes) -> SessionRow | None:
+    async def session(self, token_hash: bytes, now: datetime) -> SessionRow | None:
         """The session with this token hash, or None."""
-        return await self._fetch(SessionRow, SELECT_SESSION, (token_hash,))
+        return await self._fetch(SessionRow, SELECT_SESSION, {"token_hash": token_hash, "now": now})
 
-    async def user_sessions(self, user_id: int) -> list[SessionRow]:
+    async def user_sessions(self, user_id: int, now: datetime) -> list[SessionRow]:
         """The user's sessions not revoked (some may have timed out), newest first."""
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(SessionRow))
-            await cur.execute(SELECT_USER_SESSIONS, (user_id,))
+            await cur.execute(SELECT_USER_SESSIONS, {"user_id": user_id, "now": now})
             return await cur.fetchall()
 
-    async def touch_session(self, session_id: int) -> None:
-        """Record activity on a session."""
-        await self._execute(TOUCH_SESSION, (session_id,))
+    async def touch_session(self, session_id: int, now: datetime) -> None:
+        """Record activity on a session, `now`."""
+        await self._execute(TOUCH_SESSION, (now, session_id))
 
     async def revoke_session(self, session_id: int, user_id: int, reason: str) -> bool:
         """Revoke one of the user's sessions; False if there was no such live session."""
@@ -537,7 +543,7 @@ class AuthStore:
             await cur.execute(SELECT_USER, (organization_id, user_id))
             return await cur.fetchone()
 
-    async def _fetch(self, cls: type, sql: str, params: tuple) -> object | None:
+    async def _fetch(self, cls: type, sql: str, params: tuple | dict) -> object | None:
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(cls))
             await cur.execute(sql, params)

@@ -24,7 +24,7 @@ from services.common.settings import ConfigError
 from services.sender import service as sender_service
 from services.sender.consumers import CampaignStateCopier, SuppressionCopier
 from tests.support.nats import NatsServer, connect_with
-from tests.support.stack import make_dkim_keys, sender_config
+from tests.support.stack import sender_config
 
 
 class Refusals:
@@ -393,11 +393,9 @@ async def test_lists_and_campaigns_announce_and_the_sender_copies_with_its_own_c
 
 
 @pytest_asyncio.fixture
-async def sender(database_url, nats_server, internal_key, smtp_sink, tls_files, tmp_path):
+async def sender(database_url, nats_server, internal_key, smtp_sink, tls_files, dkim_keys, tmp_path):
     """A sender relaying to the SMTP sink, with its own credential."""
-    config = sender_config(
-        database_url, nats_server, internal_key, smtp_sink.port, tls_files[0], make_dkim_keys(tmp_path / "dkim")
-    )
+    config = sender_config(database_url, nats_server, internal_key, smtp_sink.port, tls_files[0], dkim_keys)
     running = await sender_service.start(config)
     try:
         yield running

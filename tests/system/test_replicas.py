@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 
 import aiosmtplib
@@ -11,6 +10,7 @@ import pytest
 from mailblast.v1 import bounce_pb2, campaigns_pb2, events_pb2, lists_pb2
 
 from services.common.verp import parse_return_path
+from tests.support.poll import poll
 from tests.support.smtp import dsn_for
 
 SENT = campaigns_pb2.CAMPAIGN_STATE_SENT
@@ -18,18 +18,6 @@ RECIPIENTS = [f"r{i:03d}@example.net" for i in range(60)]
 REFUSED = [f"gone{i}@example.net" for i in range(3)]  # a 550 at delivery: bounces the sender reports
 RETURNED = RECIPIENTS[:10]  # accepted, then returned as a DSN to one bounce replica
 TWICE = RETURNED[:4]  # ... and to the other one as well, as a server retrying after a lost reply would
-
-
-async def poll(predicate, timeout: float = 60.0):
-    """The first true value of `predicate()`, asked every 0.1 s until the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.1)
 
 
 async def return_dsn(port: int, caught, rcpt: str, dsn: bytes) -> None:

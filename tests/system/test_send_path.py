@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import email
-import time
 from email import policy
 from email.message import EmailMessage
 
@@ -19,6 +18,7 @@ from services.common.mail import send_transactional
 from services.common.verp import parse_return_path
 from tests.support.dkim_verify import EVERY_VERIFIER, passing, verify_everywhere
 from tests.support.lists import ListsStubs
+from tests.support.poll import poll
 from tests.support.smtp import dsn_for
 
 SENT = campaigns_pb2.CAMPAIGN_STATE_SENT
@@ -94,17 +94,6 @@ async def subscriber_by_email(stack, list_id: int, address: str) -> lists_pb2.Su
         lists_pb2.ListSubscribersRequest(list_id=list_id, page_size=1000), metadata=stack.metadata
     )
     return next(s for s in page.subscribers if s.email == address)
-
-
-async def poll(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.1)
 
 
 @pytest.mark.stack(hard_bounce_threshold=2)
