@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from cli.backup import BackupSettings
 from cli.main import CliSettings
 from dev.run import RunSettings
 from services.auth.config import Config as AuthConfig
@@ -33,6 +34,7 @@ OWNERS = {
     "gateway": GatewayConfig,
     "`make run`": RunSettings,
     "`mailblast`": CliSettings,
+    "`mailblast backup`/`restore`": BackupSettings,
 }
 
 

@@ -246,7 +246,7 @@ def _by_type(env: str, kind: Any, raw: str | bytes, text: str) -> Any:
 def _shown(value: Any) -> str:
     if value is REQUIRED:
         return "required"
-    if value in ("", None) or (isinstance(value, tuple | dict | list) and not value):
+    if value in ("", b"", None) or (isinstance(value, tuple | dict | list) and not value):
         return "unset"
     if isinstance(value, bool):
         return "yes" if value else "no"

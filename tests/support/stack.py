@@ -103,6 +103,7 @@ class Stack:
     more_campaigns: list[campaigns_service.Running] = field(default_factory=list)
     more_bounces: list[bounce_service.Running] = field(default_factory=list)
     campaigns_config: CampaignsConfig | None = None
+    auth_config: AuthConfig | None = None
 
     @property
     def metadata(self) -> list[tuple[str, str]]:
@@ -321,5 +322,5 @@ async def start_stack(
     return Stack(
         auth, lists, campaigns_running[0], bounce, running_senders, reply.api_token, signer, reply.organization.id,
         config, bounce_config, nats, more_campaigns=campaigns_running[1:], more_bounces=more_bounces,
-        campaigns_config=campaigns_config, lists_config=lists_config,
+        campaigns_config=campaigns_config, lists_config=lists_config, auth_config=auth_config,
     )  # fmt: skip
