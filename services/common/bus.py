@@ -26,6 +26,7 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from services.common import metrics
 from services.common.log import get_logger
 from services.common.settings import ConfigError
 from services.common.tracing import inject_headers
@@ -413,10 +414,14 @@ class PullConsumer:
     async def run_once(self, timeout: float = 1.0) -> int:
         """Fetch up to `batch` messages (waiting at most `timeout`), hand them over, return how many."""
         assert self._sub is not None, "start() first"
+        pending = metrics.CONSUMER_PENDING.labels(self.durable.split("-", 1)[0], self.durable)
         try:
             msgs = await self._sub.fetch(self.batch, timeout=timeout)
         except (TimeoutError, nats.errors.TimeoutError):
+            pending.set(0)
             return 0
+        last = msgs[-1].metadata if msgs else None
+        pending.set(last.num_pending if last and last.num_pending is not None else 0)
         if msgs:
             await self.handler(msgs)
         return len(msgs)

@@ -8,6 +8,7 @@ from pathlib import Path
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from services.common import metrics
 from services.common.log import get_logger
 
 log = get_logger(__name__)
@@ -52,4 +53,5 @@ async def open_pool(url: str, schema: str, min_size: int = 1, max_size: int = 10
         _with_search_path(url, schema), min_size=min_size, max_size=max_size, open=False, timeout=30
     )
     await pool.open(wait=True, timeout=30)
+    metrics.POOLS.watch(schema, pool)
     return pool

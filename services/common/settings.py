@@ -126,6 +126,12 @@ HEALTH_BIND = Setting(
     "a second, plaintext listener serving only grpc.health.v1, for Kubernetes' native gRPC probes (they cannot "
     "speak TLS); it reveals only SERVING/NOT_SERVING. Unset: none",
 )
+METRICS_BIND = Setting(
+    "MAILBLAST_METRICS_BIND",
+    "",
+    "where the process serves Prometheus metrics at `/metrics` (host:port, plain HTTP; they name no address or "
+    "secret). Unset: none",
+)
 AUTH_ADDR = Setting(
     "AUTH_ADDR",
     "",

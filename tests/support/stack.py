@@ -271,37 +271,41 @@ async def start_stack(
     campaigns: int = 1,
     bounces: int = 1,
     campaigns_overrides: dict | None = None,
+    metrics: bool = False,
 ) -> Stack:
     """Start every service in this process and bootstrap an organisation with an admin token.
 
     campaigns, bounces: how many replicas of those services run side by side (each bounce its own SMTP port).
+    metrics: every service serves /metrics on a port of its own (`running.metrics_port`).
     """
     signer = IdentitySigner(internal_key)
     pki = default_pki()
+    metrics_bind = "127.0.0.1:0" if metrics else ""
     auth_config = AuthConfig(
         database_url=database_url, internal_key=internal_key, nats_url=nats.url, totp_keys=(Fernet.generate_key(),),
         grpc_tls=pki.tls("auth"), grpc_bind="127.0.0.1:0", nats_creds_file=nats.creds("auth"),
+        metrics_bind=metrics_bind,
     )  # fmt: skip
     auth = await auth_service.start(auth_config)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists_config = ListsConfig(
         database_url=database_url, nats_url=nats.url, internal_key=internal_key, grpc_tls=pki.tls("lists"),
         grpc_bind="127.0.0.1:0", auth_addr=auth_addr, hard_bounce_threshold=hard_bounce_threshold,
-        nats_creds_file=nats.creds("lists"),
+        nats_creds_file=nats.creds("lists"), metrics_bind=metrics_bind,
     )  # fmt: skip
     lists = await lists_service.start(lists_config)
     campaigns_config = CampaignsConfig(
         database_url=database_url, nats_url=nats.url, internal_key=internal_key,
         lists_addr=f"127.0.0.1:{lists.grpc_port}", grpc_tls=pki.tls("campaigns"), auth_addr=auth_addr,
         grpc_bind="127.0.0.1:0",
-        nats_creds_file=nats.creds("campaigns"),
+        nats_creds_file=nats.creds("campaigns"), metrics_bind=metrics_bind,
     )  # fmt: skip
     campaigns_config = dataclasses.replace(campaigns_config, **(campaigns_overrides or {}))
     campaigns_running = [await campaigns_service.start(campaigns_config) for _ in range(campaigns)]
     bounce_config = BounceConfig(
         database_url=database_url, nats_url=nats.url, internal_key=internal_key, grpc_tls=pki.tls("bounce"),
         auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
-        smtp_bind=f"127.0.0.1:{free_port()}", nats_creds_file=nats.creds("bounce"),
+        smtp_bind=f"127.0.0.1:{free_port()}", nats_creds_file=nats.creds("bounce"), metrics_bind=metrics_bind,
     )  # fmt: skip
     bounce = await bounce_service.start(bounce_config)
     more_bounces = [
@@ -309,7 +313,9 @@ async def start_stack(
         for _ in range(bounces - 1)
     ]
     # The senders ask no other service: campaign states and suppressions reach them over NATS.
-    config = sender_config(database_url, nats, internal_key, sink_port, cert, dkim, **(sender_overrides or {}))
+    config = sender_config(
+        database_url, nats, internal_key, sink_port, cert, dkim, metrics_bind=metrics_bind, **(sender_overrides or {})
+    )
     running_senders = [await sender_service.start(config) for _ in range(senders)]
     # Bootstrapped as `make run` does it.
     async with pki.channel(auth_addr, "dev-run") as channel:
