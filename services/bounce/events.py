@@ -7,7 +7,7 @@ from nats.js import JetStreamContext
 
 from services.bounce.recorder import Announce
 from services.bounce.store import BounceRow
-from services.common import bus
+from services.common import bus, metrics
 
 _KINDS = {
     "hard": events_pb2.BOUNCE_KIND_HARD,
@@ -40,5 +40,6 @@ def announcer(js: JetStreamContext) -> Announce:
 
     async def announce(row: BounceRow) -> None:
         await bus.publish(js, bus.SUBJECT_BOUNCE_RECORDED, bounce_event(row), msg_id=row.bounce_id)
+        metrics.BOUNCES.labels("bounce", row.kind, row.source).inc()
 
     return announce

@@ -29,6 +29,12 @@ SMTP_REPLIES = Counter(
     ["service", "reply_class"],
     registry=REGISTRY,
 )
+BOUNCES = Counter(
+    "mailblast_bounces_total",
+    "Bounces and complaints bounce announced, by kind (hard, soft, complaint) and source (smtp, dsn)",
+    ["service", "kind", "source"],
+    registry=REGISTRY,
+)
 CONSUMER_PENDING = Gauge(
     "mailblast_consumer_pending_messages",
     "Messages waiting for a JetStream durable consumer beyond those fetched, as of its last fetch",

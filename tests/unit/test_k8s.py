@@ -30,6 +30,8 @@ SERVICES = [*GRPC_PORTS, "gateway"]
 BACKENDS = list(GRPC_PORTS)  # every service with a database and a NATS credential
 # The plaintext listener that serves only grpc.health.v1, for the kubelet's probes (which cannot do TLS).
 HEALTH_PORT = 50050
+# Prometheus metrics (MAILBLAST_METRICS_BIND), scraped by components/monitoring's PodMonitor.
+METRICS_PORT = 9464
 GRPC_TLS_DIR = "/var/run/secrets/mailblast/grpc"
 KUBERNETES_VERSION = "1.37.0"
 ZONE, HOSTNAME = "topology.kubernetes.io/zone", "kubernetes.io/hostname"
@@ -597,6 +599,7 @@ OUTSIDE = {
     "keda-operator": ("keda", {"app.kubernetes.io/name": "keda-operator"}, {"metrics": 8080}),
     "cnpg-operator": ("cnpg-system", {"app.kubernetes.io/name": "cloudnative-pg"}, {"webhook": 9443}),
     "kube-dns": ("kube-system", {"k8s-app": "kube-dns"}, {"dns": 53, "dns-tcp": 53}),
+    "prometheus": ("monitoring", {"app.kubernetes.io/name": "prometheus"}, {"web": 9090}),
     "another-app": ("another-app", {"app.kubernetes.io/name": "another-app"}, {"http": 8080}),
 }
 INTERNET = ipaddress.ip_address("203.0.113.9")
@@ -742,6 +745,8 @@ def expected_flows(path: str) -> set[tuple[str, str, int, str]]:
     }
     if objects(path, "ScaledObject"):
         flows.add(("keda-operator", "nats", 8222, "TCP"))
+    if objects(path, "PodMonitor"):
+        flows |= {("prometheus", s, METRICS_PORT, "TCP") for s in BACKENDS}
     for port in (5432, 8000):
         flows |= {("postgres", "postgres", port, "TCP"), ("cnpg-operator", "postgres", port, "TCP")}
     flows |= {("postgres", "internet", 443, "TCP"), ("postgres", "internet", 6443, "TCP")}
@@ -796,3 +801,34 @@ def test_a_cronjob_backs_up_every_night_to_a_volume_with_the_operators_key(path:
     backups = next(m for m in main["volumeMounts"] if m["mountPath"] == "/backups")
     volume = next(v for v in pod["volumes"] if v["name"] == backups["name"])
     assert volume["persistentVolumeClaim"]["claimName"] in objects(path, "PersistentVolumeClaim")
+
+
+def test_prod_is_monitored_with_the_watchdogs_alerts_from_the_services_metrics() -> None:
+    # prod scrapes every service with a database on its metrics port (the port MAILBLAST_METRICS_BIND
+    # opens), and carries a PrometheusRule with an alert for each of the watchdog's conditions (a service
+    # down, the send queue stalled, the bounce and complaint rates), written only with metrics the
+    # services export.
+    from services.common.metrics import REGISTRY
+
+    path = "deploy/k8s/overlays/prod"
+    assert config_of(path)["MAILBLAST_METRICS_BIND"] == f"0.0.0.0:{METRICS_PORT}"
+    (monitor,) = objects(path, "PodMonitor").values()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    for name, deployment in objects(path, "Deployment").items():
+        ports = {p["name"]: p["containerPort"] for p in container(deployment)["ports"]}
+        selected = _selects(monitor["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+        assert selected == (name in BACKENDS), name
+        if selected:
+            assert ports[endpoint["port"]] == METRICS_PORT, name
+    (rule,) = objects(path, "PrometheusRule").values()
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(alerts) == {
+        "MailblastServiceDown", "MailblastSendQueueStalled", "MailblastBounceRateHigh", "MailblastComplaintRateHigh",
+    }  # fmt: skip
+    exported = {sample for family in REGISTRY.collect() for sample in (family.name, f"{family.name}_total")}
+    exported |= {"up"}
+    for name, alert in alerts.items():
+        used = set(re.findall(r"\b([a-z_]+)(?:\{|\[)", alert["expr"])) - {"increase", "max", "sum"}
+        assert used and used <= exported, (name, used - exported)
+        assert alert["labels"]["severity"] in ("critical", "warning")
+    assert objects("deploy/k8s/overlays/dev", "PrometheusRule") == {}
