@@ -4,8 +4,8 @@ open what it sealed, in one file encrypted with a key the operator keeps.
 The file is `MAGIC`, an 8-byte random nonce prefix, then chunks, each a 4-byte length and AES-256-GCM
 ciphertext of at most `CHUNK` bytes of plaintext. Chunk n's nonce is the prefix and n; its associated data
 is the header and whether it is the last, so a file cut short, reordered or altered is refused. The plaintext
-is a 4-byte length and a JSON manifest (format, time, schemas, the secrets), then pg_dump's plain SQL,
-zlib-compressed. Nothing is ever written unencrypted, and no secret is printed.
+is a 4-byte length and a JSON manifest (format, time, schemas, the secrets and DKIM keys), then pg_dump's
+plain SQL, zlib-compressed. Nothing is ever written unencrypted, and no secret is printed.
 """
 
 from __future__ import annotations
@@ -31,12 +31,18 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from services.auth.config import Config as AuthConfig
 from services.common import settings
 from services.common.settings import setting
+from services.sender.config import Config as SenderConfig
 
 MAGIC = b"MAILBLAST-BACKUP\x00\x01"
 CHUNK = 1024 * 1024
 FORMAT = 1
 # The keys of the Secret the k8s manifests mount (deploy/k8s/README.md): restore writes files of these names.
-SECRET_FILES = {"AUTH_TOTP_KEYS": "totp-keys", "MAILBLAST_INTERNAL_KEY": "internal-key"}
+SECRET_FILES = {
+    "AUTH_TOTP_KEYS": "totp-keys",
+    "MAILBLAST_INTERNAL_KEY": "internal-key",
+    "SENDER_DKIM_KEY_FILE": "dkim-rsa.pem",
+    "SENDER_DKIM_ED25519_KEY_FILE": "dkim-ed25519.pem",
+}
 _SYSTEM_SCHEMAS = ("information_schema", "public")
 
 
@@ -64,6 +70,8 @@ def _default_pg_bin() -> str:
 
 
 _TOTP_KEYS = dict(settings.declared(AuthConfig))["totp_keys"]
+_DKIM_KEY_FILE = dict(settings.declared(SenderConfig))["dkim_key_file"]
+_DKIM_ED25519_KEY_FILE = dict(settings.declared(SenderConfig))["dkim_ed25519_key_file"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,10 +86,12 @@ class BackupSettings:
         secret=True,
         parse=parse_key,
     )
-    # Saved into the backup so that a restored installation still opens the TOTP secrets and finds erased
-    # addresses by their keyed hashes.
+    # Saved into the backup so that a restored installation still opens the TOTP secrets, finds erased
+    # addresses by their keyed hashes, and signs with the domain keys its DNS records publish.
     totp_keys: tuple[bytes, ...] = _TOTP_KEYS.field(())
     internal_key: bytes = settings.INTERNAL_KEY.field(b"")
+    dkim_key_file: str = _DKIM_KEY_FILE.field()
+    dkim_ed25519_key_file: str = _DKIM_ED25519_KEY_FILE.field()
     pg_bin_dir: str = setting(
         "MAILBLAST_PG_BIN_DIR",
         "",
@@ -98,6 +108,11 @@ class Summary:
     created_at: str
     schemas: tuple[str, ...]
     secrets: tuple[str, ...]
+
+
+def setting_for(name: str) -> str:
+    """The variable that points a service at a restored file: AUTH_TOTP_KEYS_FILE, SENDER_DKIM_KEY_FILE ..."""
+    return name if name.endswith("_FILE") else f"{name}_FILE"
 
 
 def new_key() -> str:
@@ -227,6 +242,13 @@ def _kept_secrets(config: BackupSettings) -> dict[str, str]:
         kept["AUTH_TOTP_KEYS"] = ",".join(k.decode() for k in config.totp_keys)
     if config.internal_key:
         kept["MAILBLAST_INTERNAL_KEY"] = base64.b64encode(config.internal_key).decode()
+    for name, path in (("SENDER_DKIM_KEY_FILE", config.dkim_key_file),
+                       ("SENDER_DKIM_ED25519_KEY_FILE", config.dkim_ed25519_key_file)):  # fmt: skip
+        if path:
+            try:
+                kept[name] = base64.b64encode(Path(path).read_bytes()).decode()
+            except OSError as exc:
+                raise BackupError(f"{name}={path!r} cannot be read: {exc.strerror}") from None
     return kept
 
 
@@ -353,7 +375,7 @@ def _write_secrets(kept: dict[str, str], directory: Path | None) -> tuple[str, .
     assert directory is not None
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     for name, value in kept.items():
-        data = base64.b64decode(value) if name == "MAILBLAST_INTERNAL_KEY" else value.encode()
+        data = value.encode() if name == "AUTH_TOTP_KEYS" else base64.b64decode(value)
         target = directory / SECRET_FILES[name]
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:

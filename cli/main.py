@@ -482,7 +482,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         if args.area == "backup":
             done = backup.backup(config, args.file)
             print(f"wrote {done.path}: schemas {', '.join(done.schemas)}; keys {', '.join(done.secrets) or 'none'}")
-            missing = [name for name in backup.SECRET_FILES if name not in done.secrets]
+            missing = [name for name in ("AUTH_TOTP_KEYS", "MAILBLAST_INTERNAL_KEY") if name not in done.secrets]
             if missing:
                 print(f"warning: {', '.join(missing)} not set, so not in the backup", file=sys.stderr)
             return 0
@@ -491,7 +491,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     print(f"restored the backup of {done.created_at}: schemas {', '.join(done.schemas)}")
     for name in done.secrets:
-        print(f"  {name}: {args.secrets_dir / backup.SECRET_FILES[name]} (set {name}_FILE to it)")
+        print(f"  {name}: {args.secrets_dir / backup.SECRET_FILES[name]} (set {backup.setting_for(name)} to it)")
     return 0
 
 

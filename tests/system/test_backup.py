@@ -127,14 +127,15 @@ async def run_cli(capsys, *argv: str) -> tuple[int, str]:
 
 
 async def test_backup_restores_a_populated_installation(
-    stack, smtp_sink, database_url, postgres_server_url, internal_key, tmp_path, monkeypatch, capsys
+    stack, smtp_sink, database_url, postgres_server_url, internal_key, dkim_keys, tmp_path, monkeypatch, capsys
 ):
     # An installation with a list of subscribers, a suppression, a sent campaign with its counters and a
-    # user who logs in with TOTP is backed up with `mailblast backup` while it runs. The file holds no
-    # address or key in the clear. `mailblast restore` refuses a database that is not empty, then brings
-    # the backup into a new one: every row of every schema is as it was, the services start on it and
-    # answer with the same lists and counters, and alice logs in with a code from her authenticator,
-    # because the backup brought back the TOTP keys. A wrong key opens nothing.
+    # user who logs in with TOTP is backed up with `mailblast backup` while it runs, with the keys that open
+    # what it sealed and the DKIM keys its DNS publishes. The file holds no address or key in the clear.
+    # `mailblast restore` refuses a database that is not empty, then brings the backup into a new one:
+    # every row of every schema is as it was, the services start on it and answer with the same lists and
+    # counters, and alice logs in with a code from her authenticator, because the backup brought back the
+    # TOTP keys. A wrong key opens nothing.
     people = [f"person{i}@example.com" for i in range(40)]
     list_id = await stack.create_list(people, name="秋のニュース")
     await stack.lists_stub.AddSuppressions(
@@ -151,16 +152,20 @@ async def test_backup_restores_a_populated_installation(
     monkeypatch.setenv("MAILBLAST_BACKUP_KEY_FILE", str(key_file))
     monkeypatch.setenv("AUTH_TOTP_KEYS", ",".join(k.decode() for k in stack.auth_config.totp_keys))
     monkeypatch.setenv("MAILBLAST_INTERNAL_KEY", internal_key.decode())
+    monkeypatch.setenv("SENDER_DKIM_KEY_FILE", str(dkim_keys.rsa_key))
+    monkeypatch.setenv("SENDER_DKIM_ED25519_KEY_FILE", str(dkim_keys.ed25519_key))
     assert (await run_cli(capsys, "backup-key", str(key_file)))[0] == 0
     assert key_file.stat().st_mode & 0o777 == 0o600
     target = tmp_path / "mailblast.backup"
     code, out = await run_cli(capsys, "backup", str(target))
     assert code == 0, out
     assert "schemas auth, bounce, campaigns, lists, sender" in out
-    assert "keys AUTH_TOTP_KEYS, MAILBLAST_INTERNAL_KEY" in out
+    assert "keys AUTH_TOTP_KEYS, MAILBLAST_INTERNAL_KEY, SENDER_DKIM_KEY_FILE, SENDER_DKIM_ED25519_KEY_FILE" in out
     data = target.read_bytes()
     assert data.startswith(backup.MAGIC)
-    for clear in (b"person1@example.com", b"alice", stack.auth_config.totp_keys[0], internal_key, b"CREATE TABLE"):
+    private_keys = (dkim_keys.rsa_key.read_bytes(), dkim_keys.ed25519_key.read_bytes())
+    for clear in (b"person1@example.com", b"alice", stack.auth_config.totp_keys[0], internal_key, b"CREATE TABLE",
+                  b"PRIVATE KEY", *private_keys):  # fmt: skip
         assert clear not in data and clear not in out.encode()
     assert await asyncio.to_thread(snapshot, database_url) == before
     # A second backup to the same file is refused: backups are never overwritten.
@@ -186,6 +191,9 @@ async def test_backup_restores_a_populated_installation(
         restored_keys = parse_keys((secrets_dir / "totp-keys").read_text())
         assert restored_keys == stack.auth_config.totp_keys
         assert (secrets_dir / "internal-key").read_bytes() == internal_key
+        assert (secrets_dir / "dkim-rsa.pem").read_bytes() == private_keys[0]
+        assert (secrets_dir / "dkim-ed25519.pem").read_bytes() == private_keys[1]
+        assert f"SENDER_DKIM_KEY_FILE: {secrets_dir / 'dkim-rsa.pem'} (set SENDER_DKIM_KEY_FILE to it)" in out
         assert (secrets_dir / "totp-keys").stat().st_mode & 0o777 == 0o600
 
         await check_services_on(stack, restored_url, restored_keys, list_id, campaign, secret)

@@ -792,6 +792,8 @@ def test_a_cronjob_backs_up_every_night_to_a_volume_with_the_operators_key(path:
     config = config_of(path)
     assert files[config["AUTH_TOTP_KEYS_FILE"]] == ("mailblast-secrets", "AUTH_TOTP_KEYS")
     assert files[config["MAILBLAST_INTERNAL_KEY_FILE"]] == ("mailblast-secrets", "MAILBLAST_INTERNAL_KEY")
+    assert files[config["SENDER_DKIM_KEY_FILE"]] == ("mailblast-secrets", "dkim-rsa.pem")
+    assert files[config["SENDER_DKIM_ED25519_KEY_FILE"]] == ("mailblast-secrets", "dkim-ed25519.pem")
     postgres = bool(objects(path, "Cluster"))
     ref = env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
     wanted = ("mailblast-db-app", "uri") if postgres else ("mailblast-secrets", "DATABASE_URL")
