@@ -24,8 +24,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	echo "$(CURDIR)/gen" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mailblast-gen.pth
 	touch $@
 
-# The schemas the k8s tests check the custom resources against (KEDA, CloudNativePG, cert-manager): npm
-# packages, exactly as deploy/k8s/schemas/package-lock.json pins them (with their integrity hashes).
+# The schemas the k8s tests check the custom resources against (KEDA, CloudNativePG, cert-manager,
+# prometheus-operator): npm packages, exactly as deploy/k8s/schemas/package-lock.json pins them (with
+# their integrity hashes).
 $(K8S_SCHEMAS): deploy/k8s/schemas/package-lock.json | test-deps
 	npm ci --prefix deploy/k8s/schemas --ignore-scripts --no-audit --no-fund --loglevel=error
 

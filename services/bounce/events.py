@@ -8,7 +8,7 @@ from nats.js import JetStreamContext
 from services.bounce import convert
 from services.bounce.recorder import Announce
 from services.bounce.store import BounceRow
-from services.common import bus
+from services.common import bus, metrics
 
 
 def bounce_event(row: BounceRow) -> events_pb2.BounceEvent:
@@ -34,5 +34,6 @@ def announcer(js: JetStreamContext) -> Announce:
 
     async def announce(row: BounceRow) -> None:
         await bus.publish(js, bus.SUBJECT_BOUNCE_RECORDED, bounce_event(row), msg_id=row.bounce_id)
+        metrics.BOUNCES.labels("bounce", row.kind, row.source).inc()
 
     return announce

@@ -51,6 +51,11 @@ class Running:
     _stop: asyncio.Event
     _consumer_tasks: list[asyncio.Task]
 
+    @property
+    def metrics_port(self) -> int:
+        """The bound /metrics port (0: none)."""
+        return self._grpc.metrics_port
+
     async def stop(self) -> None:
         """Stop taking mail and calls, finish the batch under way, close connections."""
         self._smtp.close()
@@ -121,7 +126,9 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
         bounce_pb2_grpc.add_BounceServiceServicer_to_server(BounceServicer(store), server)
         return ["mailblast.v1.BounceService"]
 
-    grpc_server = await rpc.start_grpc_server(config.grpc_bind, register, me, resolver, config.health_bind)
+    grpc_server = await rpc.start_grpc_server(
+        config.grpc_bind, register, me, resolver, config.health_bind, metrics_bind=config.metrics_bind
+    )
     log.info("bounce service started", grpc_port=grpc_server.port, smtp_port=smtp_port)
     return Running(
         grpc_port=grpc_server.port,

@@ -64,6 +64,11 @@ class Running:
         """The bound gRPC port."""
         return self.grpc_server.port
 
+    @property
+    def metrics_port(self) -> int:
+        """The bound /metrics port (0: none)."""
+        return self.grpc_server.metrics_port
+
     async def stop(self) -> None:
         """Stop serving, fanning out and consuming; progress is kept for the next start."""
         await self.grpc_server.stop()
@@ -108,7 +113,9 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
         campaigns_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, server)
         return [campaigns_pb2.DESCRIPTOR.services_by_name["CampaignsService"].full_name]
 
-    grpc_server = await start_grpc_server(config.grpc_bind, register, me, resolver, config.health_bind)
+    grpc_server = await start_grpc_server(
+        config.grpc_bind, register, me, resolver, config.health_bind, metrics_bind=config.metrics_bind
+    )
     deliveries = DeliveryCounter(js, store)
     bounces = BounceCounter(js, store)
     erasures = ErasureConsumer(js, ERASURES_DURABLE, store.erase)

@@ -182,6 +182,8 @@ class Access:
     # service may create a stream it uses, so start-up order does not matter, but creating cannot
     # alter a stream that exists: the server refuses a different configuration under the same name.
     maintains: tuple[str, ...] = ()
+    # Other services' durables whose state (backlog, progress) this service may read, and nothing more.
+    watches: tuple[Consumer, ...] = ()
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -206,6 +208,7 @@ class Access:
         for stream in self.streams:
             allow += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}"]
         allow += [f"$JS.API.STREAM.UPDATE.{stream}" for stream in self.maintains]
+        allow += [f"$JS.API.CONSUMER.INFO.{c.stream}.{c.durable}" for c in self.watches]
         return list(dict.fromkeys(allow))
 
 
@@ -261,6 +264,14 @@ SERVICE_ACCESS: dict[str, Access] = {
             Consumer(STREAM_PRIVACY, "bounce-erasures", SUBJECT_SUBSCRIBER_ERASED),
         ),
         maintains=(STREAM_BOUNCE,),
+    ),
+    # The operators' watchdog: it counts deliveries and bounces, and looks at the senders' backlog.
+    "watchdog": Access(
+        consumes=(
+            Consumer(STREAM_DELIVERY, "watchdog-delivery", SUBJECT_DELIVERY_REPORT),
+            Consumer(STREAM_BOUNCE, "watchdog-bounces", SUBJECT_BOUNCE_RECORDED),
+        ),
+        watches=(Consumer(STREAM_SEND, "sender-batches", SUBJECT_SEND_BATCH),),
     ),
 }
 

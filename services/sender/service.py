@@ -10,7 +10,7 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
-from services.common import bus, db
+from services.common import bus, db, metrics
 from services.common.clock import Clock
 from services.common.erasure import ErasureConsumer
 from services.common.log import get_logger
@@ -84,6 +84,7 @@ class Running:
         render_pools: Sequence[ThreadPoolExecutor] = (),
     ) -> None:
         self.grpc_port = grpc.port
+        self.metrics_port = grpc.metrics_port
         self.consumer = consumer
         self.transactional = transactional
         self.campaign_states = campaign_states
@@ -136,6 +137,7 @@ async def start(config: Config, *, consume: bool = True, clock: Clock | None = N
 
     async def report(outcomes: Sequence[Outcome]) -> None:
         await bus.publish(js, bus.SUBJECT_DELIVERY_REPORT, convert.delivery_report(outcomes))
+        metrics.count_outcomes(outcomes)
 
     writer = LedgerWriter(store, report)
     writer.start()
@@ -183,7 +185,9 @@ async def start(config: Config, *, consume: bool = True, clock: Clock | None = N
     erasures = ErasureConsumer(js, ERASURES_DURABLE, store.erase)
     for runner in (consumer, transactional, campaign_states, suppressions, erasures):
         await runner.start()
-    grpc = await start_grpc_server(config.grpc_bind, grpc_api.register(store), me, health_bind=config.health_bind)
+    grpc = await start_grpc_server(
+        config.grpc_bind, grpc_api.register(store), me, health_bind=config.health_bind, metrics_bind=config.metrics_bind
+    )
     stop_event = asyncio.Event()
     loops = {
         DURABLE: consumer, TRANSACTIONAL_DURABLE: transactional, CAMPAIGN_STATES_DURABLE: campaign_states,

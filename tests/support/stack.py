@@ -106,6 +106,7 @@ class Stack:
     campaigns_config: CampaignsConfig | None = None
     # The bootstrap admin's user id.
     owner_id: int = 0
+    auth_config: AuthConfig | None = None
 
     @property
     def metadata(self) -> list[tuple[str, str]]:
@@ -288,25 +289,29 @@ async def start_stack(
     lists_overrides: dict | None = None,
     clock: Clock | None = None,
     bootstrap: Bootstrap = Bootstrap(),
+    metrics: bool = False,
 ) -> Stack:
     """Start every service in this process and bootstrap an organisation with an admin token.
 
     campaigns, bounces: how many replicas of those services run side by side (each bounce its own SMTP
     port; bounces=0 for none). Auth's lockouts and sessions and lists' mail limits go by `clock` (tests
-    move it; the system's by default).
+    move it; the system's by default). metrics: every service serves /metrics on a port of its own
+    (`running.metrics_port`).
     """
     signer = IdentitySigner(internal_key)
     pki = default_pki()
+    metrics_bind = "127.0.0.1:0" if metrics else ""
     auth_config = AuthConfig(
         database_url=database_url, internal_key=internal_key, nats_url=nats.url, totp_keys=(Fernet.generate_key(),),
         grpc_tls=pki.tls("auth"), grpc_bind="127.0.0.1:0", nats_creds_file=nats.creds("auth"),
+        metrics_bind=metrics_bind,
     )  # fmt: skip
     auth = await auth_service.start(dataclasses.replace(auth_config, **(auth_overrides or {})), clock=clock)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists_config = ListsConfig(
         database_url=database_url, nats_url=nats.url, internal_key=internal_key, grpc_tls=pki.tls("lists"),
         grpc_bind="127.0.0.1:0", auth_addr=auth_addr, hard_bounce_threshold=hard_bounce_threshold,
-        nats_creds_file=nats.creds("lists"),
+        nats_creds_file=nats.creds("lists"), metrics_bind=metrics_bind,
     )  # fmt: skip
     lists_config = dataclasses.replace(lists_config, **(lists_overrides or {}))
     lists = await lists_service.start(lists_config, clock=clock)
@@ -314,14 +319,14 @@ async def start_stack(
         database_url=database_url, nats_url=nats.url, internal_key=internal_key,
         lists_addr=f"127.0.0.1:{lists.grpc_port}", grpc_tls=pki.tls("campaigns"), auth_addr=auth_addr,
         grpc_bind="127.0.0.1:0",
-        nats_creds_file=nats.creds("campaigns"),
+        nats_creds_file=nats.creds("campaigns"), metrics_bind=metrics_bind,
     )  # fmt: skip
     campaigns_config = dataclasses.replace(campaigns_config, **(campaigns_overrides or {}))
     campaigns_running = [await campaigns_service.start(campaigns_config) for _ in range(campaigns)]
     bounce_config = BounceConfig(
         database_url=database_url, nats_url=nats.url, internal_key=internal_key, grpc_tls=pki.tls("bounce"),
         auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
-        smtp_bind=f"127.0.0.1:{free_port()}", nats_creds_file=nats.creds("bounce"),
+        smtp_bind=f"127.0.0.1:{free_port()}", nats_creds_file=nats.creds("bounce"), metrics_bind=metrics_bind,
     )  # fmt: skip
     bounce = await bounce_service.start(bounce_config) if bounces else None
     more_bounces = [
@@ -329,7 +334,9 @@ async def start_stack(
         for _ in range(bounces - 1)
     ]
     # The senders ask no other service: campaign states and suppressions reach them over NATS.
-    config = sender_config(database_url, nats, internal_key, sink_port, cert, dkim, **(sender_overrides or {}))
+    config = sender_config(
+        database_url, nats, internal_key, sink_port, cert, dkim, metrics_bind=metrics_bind, **(sender_overrides or {})
+    )
     running_senders = [await sender_service.start(config) for _ in range(senders)]
     # Bootstrapped as `make run` does it.
     async with pki.channel(auth_addr, "dev-run") as channel:
@@ -346,4 +353,5 @@ async def start_stack(
         auth, lists, campaigns_running[0], bounce, running_senders, reply.api_token, signer, reply.organization.id,
         config, bounce_config, nats, more_campaigns=campaigns_running[1:], more_bounces=more_bounces,
         campaigns_config=campaigns_config, lists_config=lists_config, owner_id=reply.user.id,
+        auth_config=auth_config,
     )  # fmt: skip

@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 SERVICES = Path(__file__).parents[2] / "services"
-NAMES = {"auth", "lists", "campaigns", "sender", "bounce", "gateway"}
+NAMES = {"auth", "lists", "campaigns", "sender", "bounce", "gateway", "watchdog"}
 TRANSPORTS = ("grpc", "nats", "psycopg", "psycopg_pool", "mailblast.v1", "google.protobuf")
 # Modules whose job is a transport, by their name in the service's folder.
 EDGE_NAMES = {"config", "service", "consumers", "__main__"}
