@@ -55,7 +55,6 @@ DKIM_RSA_SELECTOR = "mb1"
 DKIM_ED25519_SELECTOR = "mb1ed"
 RETURN_PATH_DOMAIN = "bounces.mailblast.example.com"
 ADMIN_LOGIN = "admin"
-SENDER_PROCESSES = 2
 STOP_GRACE = 15.0
 
 
@@ -69,6 +68,8 @@ class RunSettings:
     )
     # email-validator refuses special-use names such as .localhost.
     admin_email: str = setting("MAILBLAST_ADMIN_EMAIL", "admin@example.com", "the address of the first owner")
+    # `make bench` measures one sender against two in the same run.
+    sender_processes: int = setting("MAILBLAST_SENDER_PROCESSES", 2, "how many sender processes `make run` starts")
 
 
 class Stopped(Exception):
@@ -383,7 +384,9 @@ class Supervisor:
     ) -> None:
         """Decide every service's address and environment."""
         ports = {name: free_port() for name in ("auth", "lists", "campaigns", "bounce")}
-        sender_ports = [free_port() for _ in range(SENDER_PROCESSES)]
+        if self.settings.sender_processes < 1:
+            raise StartFailed(f"MAILBLAST_SENDER_PROCESSES={self.settings.sender_processes}: give 1 or more")
+        sender_ports = [free_port() for _ in range(self.settings.sender_processes)]
         gateway_host, _, gateway_port = gateway_bind.rpartition(":")
         public_host = "127.0.0.1" if gateway_host in ("0.0.0.0", "", "[::]") else gateway_host
         console_url = f"https://{public_host}:{gateway_port}"
