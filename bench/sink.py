@@ -33,11 +33,15 @@ _END = b"\r\n.\r\n"
 class Counts:
     """What the sink accepted, for the whole process."""
 
-    def __init__(self, samples: Path | None, every: int) -> None:
+    def __init__(self, samples: Path | None, every: int, refusals: dict[bytes, bytes] | None = None) -> None:
         self.accepted = 0
         self.connections = 0
+        # Chunks that brought MAIL, RCPT and DATA at once: the client pipelines (RFC 2920).
+        self.pipelined = 0
         self.samples = samples
         self.every = every
+        # Replies to RCPT for some addresses, e.g. {b"x@example.net": b"550 5.1.1 no such user"} (tests).
+        self.refusals = refusals or {}
 
 
 class SinkProtocol(asyncio.Protocol):
@@ -51,7 +55,9 @@ class SinkProtocol(asyncio.Protocol):
         self._in_data = False
         self._tail = b""
         self._tls = False
+        self._starting_tls = False
         self._keep: list[bytes] | None = None
+        self._recipients = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Greet."""
@@ -61,10 +67,16 @@ class SinkProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Answer every complete command line; in DATA look for the terminating dot only."""
+        if self._starting_tls:
+            # Decrypted before start_tls has handed over the TLS transport: answered once it has.
+            self._buffer += data
+            return
         buffer = self._buffer + data if self._buffer else data
         self._buffer = b""
         replies: list[bytes] = []
         start = 0
+        if buffer.startswith(b"MAIL") and b"\r\nDATA\r\n" in buffer:
+            self._counts.pipelined += 1
         while start < len(buffer):
             if self._in_data:
                 chunk = buffer[start:] if start else buffer
@@ -91,11 +103,22 @@ class SinkProtocol(asyncio.Protocol):
             if end < 0:
                 self._buffer = buffer[start:]
                 break
-            verb = buffer[start : start + 4].upper()
+            line = buffer[start:end]
+            verb = line[:4].upper()
             start = end + 2
-            if verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
+            if verb == b"RCPT":
+                address = line.partition(b"<")[2].partition(b">")[0]
+                refusal = self._counts.refusals.get(address)
+                if refusal is None:
+                    self._recipients += 1
+                replies.append(refusal + b"\r\n" if refusal is not None else b"250 2.1.5 ok\r\n")
+            elif verb in (b"MAIL", b"RSET", b"NOOP"):
+                self._recipients = 0
                 replies.append(b"250 2.1.0 ok\r\n")
+            elif verb == b"DATA" and not self._recipients:
+                replies.append(b"554 5.5.1 no valid recipients\r\n")
             elif verb == b"DATA":
+                self._recipients = 0
                 self._in_data = True
                 # As if the DATA line's own CRLF began the message: a message of "." alone ends at once.
                 self._tail = b"\r\n"
@@ -107,6 +130,9 @@ class SinkProtocol(asyncio.Protocol):
             elif verb == b"STAR" and not self._tls:
                 # The client says nothing more until the handshake, so nothing after this line is lost.
                 self._transport.write(b"".join(replies) + b"220 2.0.0 ready\r\n")  # type: ignore[union-attr]
+                # The ClientHello must wait in the socket for the TLS layer, not reach this protocol.
+                self._transport.pause_reading()  # type: ignore[union-attr]
+                self._starting_tls = True
                 asyncio.get_running_loop().create_task(self._start_tls())
                 return
             elif verb == b"QUIT":
@@ -133,19 +159,28 @@ class SinkProtocol(asyncio.Protocol):
             return
         self._transport = transport  # type: ignore[assignment]
         self._tls = True
+        self._starting_tls = False
+        if self._buffer:
+            self.data_received(b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the session."""
         self._transport = None
 
 
-async def serve(port: int, cert: str, key: str, samples: Path | None, every: int) -> Counts:
-    """Serve until SIGTERM or SIGINT; return the counts."""
+async def start_sink(port: int, cert: str, key: str, counts: Counts) -> asyncio.Server:
+    """Listen on 127.0.0.1:port (0: any free port) on the running loop."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: SinkProtocol(context, counts), "127.0.0.1", port, backlog=512)
+
+
+async def serve(port: int, cert: str, key: str, samples: Path | None, every: int) -> Counts:
+    """Serve until SIGTERM or SIGINT; return the counts."""
     counts = Counts(samples, every)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SinkProtocol(context, counts), "127.0.0.1", port, backlog=512)
+    server = await start_sink(port, cert, key, counts)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
