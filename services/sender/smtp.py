@@ -167,6 +167,16 @@ class _Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Queue every complete reply; a malformed one ends the session."""
+        if not self._buffer and data[3:4] == b" " and data.find(b"\n") == len(data) - 1:
+            # The common case: one whole single-line reply in one read.
+            try:
+                code = int(data[:3])
+            except ValueError:
+                pass
+            else:
+                self._replies.append(aiosmtplib.SMTPResponse(code, data[4:].strip().decode("utf-8", "surrogateescape")))
+                self._wake()
+                return
         self._buffer += data
         while True:
             end = self._buffer.find(b"\n")
@@ -401,10 +411,8 @@ class SmtpDelivery:
             async with asyncio.timeout(self._timeout) as deadline:
                 if conn.pipelining:
                     conn.write(mail + rcpt + b"DATA\r\n")
-                    replies = []
-                    for _ in range(3):
-                        replies.append(await conn.reply())
-                        deadline.reschedule(loop.time() + self._timeout)
+                    replies = [await conn.reply(), await conn.reply(), await conn.reply()]
+                    deadline.reschedule(loop.time() + self._timeout)
                     refused = next((r for r in replies[:2] if r.code not in (250, 251)), None)
                     if refused is not None:
                         if replies[2].code == 354:
