@@ -48,32 +48,6 @@ ON CONFLICT (campaign_id, subscriber_id) DO UPDATE SET
 WHERE d.status IN ('deferred', 'claimed')
 """
 
-# The same for a whole group in one statement: per row, a statement of its own cost PostgreSQL and psycopg
-# more than the row. A key may appear once per statement (ON CONFLICT DO UPDATE), so a group naming a
-# recipient twice is written row by row (SQL_RECORD), in order.
-SQL_RECORD_GROUP = """
-INSERT INTO deliveries AS d (
-    campaign_id, subscriber_id, organization_id, email, status, message_id, smtp_code, smtp_message,
-    enhanced_status, tls, attempts, first_attempt_at, updated_at
-)
-SELECT * FROM unnest(
-    %s::bigint[], %s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::integer[], %s::text[],
-    %s::text[], %s::boolean[], %s::integer[], %s::timestamptz[], %s::timestamptz[]
-)
-ON CONFLICT (campaign_id, subscriber_id) DO UPDATE SET
-    status = EXCLUDED.status,
-    message_id = CASE WHEN EXCLUDED.message_id = '' THEN d.message_id ELSE EXCLUDED.message_id END,
-    smtp_code = EXCLUDED.smtp_code,
-    smtp_message = EXCLUDED.smtp_message,
-    enhanced_status = EXCLUDED.enhanced_status,
-    tls = EXCLUDED.tls,
-    attempts = d.attempts + EXCLUDED.attempts,
-    updated_at = EXCLUDED.updated_at,
-    claim_owner = NULL,
-    claim_expires = NULL
-WHERE d.status IN ('deferred', 'claimed')
-"""
-
 # Claim recipients for one sender until the lease ends: new ones, deferred ones, and claims that lapsed
 # or are already ours; nothing while the campaign's copied state is paused or cancelled. An erased
 # subscriber's row gets the keyed hash for the address. Returns one row per recipient claimed, with the
@@ -268,10 +242,7 @@ class DeliveryStore:
             await hold_off_erasures(conn, SERVICE, {o.organization_id for o in outcomes})
             outcomes = await self._without_erased(conn, outcomes)
             rows, transactional = self._rows(outcomes)
-            if len({(row[0], row[1]) for row in rows}) == len(rows):
-                if rows:
-                    await cur.execute(SQL_RECORD_GROUP, [list(column) for column in zip(*rows, strict=True)])
-            else:
+            if rows:
                 await cur.executemany(SQL_RECORD, rows)
             if transactional:
                 await cur.executemany(SQL_RECORD_TRANSACTIONAL, transactional)
