@@ -18,6 +18,7 @@ from aiosmtplib.protocol import normalize_message_line_endings
 
 from services.common.log import get_logger
 from services.sender.ledger import DeliveryResult, deferred, rejected, reply_result
+from services.sender.mime import CrlfMessage
 
 log = get_logger(__name__)
 
@@ -456,18 +457,20 @@ class SmtpDelivery:
 def data_payload(message: bytes) -> bytes:
     """The DATA payload of a message: CRLF line ends, leading dots doubled, ended by CRLF . CRLF.
 
-    Our messages are CRLF-normalised when built, so the dot-stuffing is one bytes.replace instead of
-    aiosmtplib's two regular-expression passes; anything else is normalised first.
+    A message composed here (CrlfMessage) has CRLF line ends already, and the dot-stuffing is one
+    bytes.replace instead of aiosmtplib's two regular-expression passes; anything else is normalised first.
     """
-    crlf = message.count(b"\r\n")
-    if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
-        message = normalize_message_line_endings(message)
+    if type(message) is not CrlfMessage:
+        crlf = message.count(b"\r\n")
+        if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
+            message = normalize_message_line_endings(message)
     if message.startswith(b"."):
         message = b"." + message
-    message = message.replace(b"\r\n.", b"\r\n..")
+    if b"\r\n." in message:
+        message = message.replace(b"\r\n.", b"\r\n..")
     if not message.endswith(b"\r\n"):
-        message += b"\r\n"
-    return message + b".\r\n"
+        return b"".join((message, b"\r\n.\r\n"))
+    return b"".join((message, b".\r\n"))
 
 
 async def _refusal(conn: _Session, reply: aiosmtplib.SMTPResponse) -> tuple[DeliveryResult, bool, bool]:
