@@ -178,6 +178,8 @@ class Round:
     """One pipeline run: how many senders, the figures, and where its samples and secrets are."""
 
     senders: int
+    # "" for this tree, "before" for the --baseline tree.
+    tree: str = ""
     imported: float = 0.0
     rate: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
@@ -186,14 +188,19 @@ class Round:
     secrets: Path | None = None
 
 
-def pipeline_round(work: Path, cert: Path, key_file: Path, args: argparse.Namespace, senders: int) -> Round:
-    """Start the services with `senders` sender processes and a fresh sink, send one campaign, stop."""
-    result = Round(senders, samples=work / f"samples-{senders}", secrets=work / f"var-{senders}" / "secrets")
+def pipeline_round(
+    work: Path, cert: Path, key_file: Path, args: argparse.Namespace, senders: int, root: Path = ROOT
+) -> Round:
+    """Start the services of the tree at `root` with `senders` sender processes and a fresh sink, send one
+    campaign, stop."""
+    tree = "" if root == ROOT else "before"
+    name = f"{tree}{senders}"
+    result = Round(senders, tree, samples=work / f"samples-{name}", secrets=work / f"var-{name}" / "secrets")
     sink = Sink(cert, key_file, result.samples, max(1, args.recipients // args.samples))
     env = dict(os.environ)
     for name in ("DATABASE_URL", "NATS_URL"):
         env.pop(name, None)  # embedded servers, as on a fresh machine
-    var = work / f"var-{senders}"
+    var = work / f"var-{name}"
     env.update(
         MAILBLAST_VAR_DIR=str(var),
         MAILBLAST_SENDER_PROCESSES=str(senders),
@@ -208,13 +215,18 @@ def pipeline_round(work: Path, cert: Path, key_file: Path, args: argparse.Namesp
         SENDER_DKIM_ED25519_SELECTOR="",
     )
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "dev.run"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, start_new_session=True
+        [sys.executable, "-m", "dev.run"], cwd=root, env=env, stdout=subprocess.DEVNULL, start_new_session=True
     )
     try:
         run = wait_ready(supervisor, var / "run.json", 180)
+        if len(run["sender"]) != senders:
+            raise RuntimeError(
+                f"{root}'s make run started {len(run['sender'])} senders, not {senders}: it predates "
+                "MAILBLAST_SENDER_PROCESSES; copy this tree's dev/run.py into it (bench/README.md)"
+            )
         internal_key = (var / "secrets" / "internal.key").read_bytes().strip()
         console = TlsFiles.in_directory(var / "secrets" / "grpc" / "gateway")
-        print(f"{senders} sender(s): services up, importing {args.recipients} subscribers", flush=True)
+        print(f"{tree or 'this tree'}, {senders} sender(s): up, importing {args.recipients} subscribers", flush=True)
         result.imported, result.rate, result.cpu = asyncio.run(
             pipeline(run, internal_key, console, args.recipients, args.html_kb, [supervisor.pid, sink.proc.pid])
         )
@@ -225,7 +237,7 @@ def pipeline_round(work: Path, cert: Path, key_file: Path, args: argparse.Namesp
         except subprocess.TimeoutExpired:
             os.killpg(supervisor.pid, signal.SIGKILL)
         result.accepted = sink.stop()
-    print(f"{senders} sender(s): {result.rate:.0f} messages/s", flush=True)
+    print(f"{tree or 'this tree'}, {senders} sender(s): {result.rate:.0f} messages/s", flush=True)
     return result
 
 
@@ -286,6 +298,9 @@ def main() -> None:
         "--senders", default=os.environ.get("BENCH_SENDERS", "1,2"), help="sender processes per round, in order"
     )
     parser.add_argument("--samples", type=int, default=20, help="delivered messages to verify per round")
+    parser.add_argument(
+        "--baseline", type=Path, help="another tree (e.g. an older commit) measured round by round beside this one"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="mailblast-bench-"))
@@ -296,7 +311,12 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.2f} at start",
         flush=True,
     )
-    rounds = [pipeline_round(work, cert, key_file, args, int(n)) for n in args.senders.split(",")]
+    rounds = []
+    for n in args.senders.split(","):
+        # Interleaved, before and after at each count, so both meet about the same load.
+        if args.baseline is not None:
+            rounds.append(pipeline_round(work, cert, key_file, args, int(n), args.baseline.resolve()))
+        rounds.append(pipeline_round(work, cert, key_file, args, int(n)))
     bare = bare_round(work, cert, key_file, args, max(r.senders for r in rounds) * args.concurrency)
     rsa_rate, rsa_wall = rsa_sign_rate()
     verified = verify_samples(rounds)
@@ -310,7 +330,7 @@ def main() -> None:
 
 def report(recipients: int, rounds: list[Round], bare: Round, rsa_rate: float, rsa_wall: float) -> None:
     """The table: messages/s and CPU ms per message by kind of process, one column per round."""
-    columns = [f"{r.senders} sender{'s' if r.senders > 1 else ''}" for r in rounds] + ["bare client"]
+    columns = [f"{r.tree} {r.senders} sender{'s' if r.senders > 1 else ''}".strip() for r in rounds] + ["bare client"]
     print()
     print(f"{'':34}" + "".join(f"{c:>14}" for c in columns))
     print(f"{'messages/s':34}" + "".join(f"{r.rate:14.0f}" for r in [*rounds, bare]))
@@ -327,13 +347,22 @@ def report(recipients: int, rounds: list[Round], bare: Round, rsa_rate: float, r
         f"OpenSSL RSA-2048 signatures on one core: {rsa_rate:.0f} per CPU-second ({1000 / rsa_rate:.3f} ms of CPU "
         f"each, one per message), {rsa_wall:.0f} per wall-clock second"
     )
-    by = {r.senders: r for r in rounds}
-    if 1 in by and 2 in by:
-        print(f"ratio 2 senders / 1 sender:          {by[2].rate / by[1].rate:6.2f}")
-    best = max(rounds, key=lambda r: r.rate)
-    print(f"ratio end to end / bare client:      {best.rate / bare.rate:6.2f}")
-    sender_ms = best.cpu.get("sender", 0.0) * 1000 / recipients
-    print(f"sender CPU per message / one RSA-2048 signature: {sender_ms * rsa_rate / 1000:6.2f}")
+    for tree in sorted({r.tree for r in rounds}):
+        label = f"{tree}: " if tree else ("after: " if len({r.tree for r in rounds}) > 1 else "")
+        by = {r.senders: r for r in rounds if r.tree == tree}
+        if 1 in by and 2 in by:
+            print(f"{label}ratio 2 senders / 1 sender: {by[2].rate / by[1].rate:6.2f}")
+        best = max(by.values(), key=lambda r: r.rate)
+        print(f"{label}ratio end to end / bare client: {best.rate / bare.rate:6.2f}")
+        for n, r in sorted(by.items()):
+            rsa_ratio = r.cpu.get("sender", 0.0) / recipients * rsa_rate
+            print(f"{label}{n} sender(s): sender CPU per message / one RSA-2048 signature: {rsa_ratio:6.2f}")
+    before = {r.senders: r for r in rounds if r.tree}
+    for r in rounds:
+        old = before.get(r.senders)
+        if not r.tree and old is not None and old.cpu.get("sender"):
+            ratio = r.cpu["sender"] / old.cpu["sender"]
+            print(f"{r.senders} sender(s): sender CPU per message, after / before: {ratio:6.2f}")
 
 
 if __name__ == "__main__":
