@@ -198,8 +198,8 @@ def pipeline_round(
     result = Round(senders, tree, samples=work / f"samples-{name}", secrets=work / f"var-{name}" / "secrets")
     sink = Sink(cert, key_file, result.samples, max(1, args.recipients // args.samples))
     env = dict(os.environ)
-    for name in ("DATABASE_URL", "NATS_URL"):
-        env.pop(name, None)  # embedded servers, as on a fresh machine
+    for variable in ("DATABASE_URL", "NATS_URL"):
+        env.pop(variable, None)  # embedded servers, as on a fresh machine
     var = work / f"var-{name}"
     env.update(
         MAILBLAST_VAR_DIR=str(var),
