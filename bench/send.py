@@ -332,16 +332,16 @@ def report(recipients: int, rounds: list[Round], bare: Round, rsa_rate: float, r
     """The table: messages/s and CPU ms per message by kind of process, one column per round."""
     columns = [f"{r.tree} {r.senders} sender{'s' if r.senders > 1 else ''}".strip() for r in rounds] + ["bare client"]
     print()
-    print(f"{'':34}" + "".join(f"{c:>14}" for c in columns))
-    print(f"{'messages/s':34}" + "".join(f"{r.rate:14.0f}" for r in [*rounds, bare]))
-    print(f"{'import, rows/s':34}" + "".join(f"{recipients / r.imported:14.0f}" for r in rounds))
+    print(f"{'':34}" + "".join(f"{c:>17}" for c in columns))
+    print(f"{'messages/s':34}" + "".join(f"{r.rate:17.0f}" for r in [*rounds, bare]))
+    print(f"{'import, rows/s':34}" + "".join(f"{recipients / r.imported:17.0f}" for r in rounds))
     print("CPU ms per message:")
     for kind in (*KINDS, "client"):
         values = [r.cpu.get(kind) for r in [*rounds, bare]]
         if any(values):
-            cells = "".join(f"{v * 1000 / recipients:14.3f}" if v is not None else f"{'':14}" for v in values)
+            cells = "".join(f"{v * 1000 / recipients:17.3f}" if v is not None else f"{'':17}" for v in values)
             print(f"  {kind:32}" + cells)
-    cells = "".join(f"{sum(r.cpu.values()) * 1000 / recipients:14.3f}" for r in [*rounds, bare])
+    cells = "".join(f"{sum(r.cpu.values()) * 1000 / recipients:17.3f}" for r in [*rounds, bare])
     print(f"  {'all':32}" + cells)
     print(
         f"OpenSSL RSA-2048 signatures on one core: {rsa_rate:.0f} per CPU-second ({1000 / rsa_rate:.3f} ms of CPU "
