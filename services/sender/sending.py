@@ -33,8 +33,7 @@ from services.sender.render import CompiledContent, TemplateCache, TemplateProbl
 log = get_logger(__name__)
 tracer = trace.get_tracer("services.sender")
 
-# Messages built per hand-over to the render thread: the first of a claim's messages leaves once
-# this many are signed.
+# The most messages built per hand-over to the render thread.
 _GROUP = 16
 
 
@@ -200,20 +199,23 @@ class BatchSending:
                         deliver.append(recipient)
                 # Messages are built in groups, one hand-over to the render thread each: per message, the
                 # hand-over (executor future, its chaining into the loop, the wake-up) cost more than rendering.
+                # The groups grow 1, 2, 4, 8, 16, so the first message leaves as soon as it is signed.
                 loop = asyncio.get_running_loop()
-                groups = [
-                    loop.run_in_executor(
-                        self._render_pool, self._prepare_group, batch, compiled, deliver[at : at + _GROUP]
+                places: list[tuple[asyncio.Future[list[Prepared | MessageProblem | TemplateProblem]], int]] = []
+                at, size = 0, 1
+                while at < len(deliver):
+                    group = loop.run_in_executor(
+                        self._render_pool, self._prepare_group, batch, compiled, deliver[at : at + size]
                     )
-                    for at in range(0, len(deliver), _GROUP)
-                ]
+                    places += [(group, index) for index in range(len(deliver[at : at + size]))]
+                    at, size = at + size, min(size * 2, _GROUP)
                 for index, recipient in enumerate(deliver):
                     key = (batch.campaign_id, recipient.subscriber_id)
                     await self._slots.acquire()
                     future: asyncio.Future[Outcome] = loop.create_future()
                     self._inflight[key] = future
                     waits.append(future)
-                    prepared = (groups[index // _GROUP], index % _GROUP)
+                    prepared = places[index]
                     started.append(
                         asyncio.create_task(self._deliver_one(batch, recipient, prepared, states, key, future))
                     )
