@@ -9,9 +9,24 @@ from flask import Flask, render_template
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
-from services.gateway import account, admin, audience, mail, outbox, public, views
+from services.gateway import (
+    account,
+    admin,
+    audience_fields,
+    audience_imports,
+    audience_privacy,
+    audience_segments,
+    audience_signup,
+    audience_subscribers,
+    audience_suppression,
+    mail,
+    outbox,
+    public,
+    views,
+)
 from services.gateway.clients import BackendError, Backends
 from services.gateway.config import Config
 from services.gateway.i18n import init_i18n
@@ -85,6 +100,10 @@ def create_app(config: dict[str, Any] | None = None, settings: Config | None = N
     # Every route naming a row by number uses <id:...>, so a number past int64 is a 404 rather than a
     # protobuf error (500) in the view.
     app.url_map.converters["id"] = IdConverter
+    if settings.trusted_proxies:
+        # Behind an Ingress every TCP peer is the proxy: without this all logins would share its address
+        # (one stranger's failures would throttle everyone). Only the hops the operator vouches for count.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     init_security(app)
     if config:
         app.config.update(config)
@@ -102,7 +121,10 @@ def create_app(config: dict[str, Any] | None = None, settings: Config | None = N
     app.register_blueprint(account.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(mail.bp)
-    app.register_blueprint(audience.bp)
+    # The audience pages, one blueprint per sub-domain of lists.
+    for audience in (audience_fields, audience_imports, audience_subscribers, audience_privacy, audience_segments,
+                     audience_suppression, audience_signup):  # fmt: skip
+        app.register_blueprint(audience.bp)
     app.register_blueprint(public.bp)
     if settings.dev_outbox_dir:
         app.register_blueprint(outbox.bp)
