@@ -82,8 +82,8 @@ test-deps:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else echo "the tests need Debian packages: sudo apt-get install -y $$missing" >&2; exit 1; fi
 
-bench: install proto
-	$(PY) -m bench.send
+bench: install proto test-deps
+	$(PY) -m bench.send $(ARGS)
 
 bench-import: install proto
 	$(PY) -m bench.import_csv

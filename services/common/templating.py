@@ -130,6 +130,14 @@ class RenderBudget:
             raise _output_exceeded(self.limits.output_chars)
         self.step()
 
+    def room(self) -> int:
+        """Characters the render may still write out."""
+        return self.limits.output_chars - self._output
+
+    def written(self, chars: int) -> None:
+        """Count characters written out by a renderer that goes around the sandbox (within `room()`)."""
+        self._output += chars
+
     def reserve(self, size: int) -> None:
         """Refuse, before it is built, a value that would be larger than any value may be."""
         if size > self.limits.output_chars:
