@@ -31,6 +31,8 @@ SOURCE_IP_HEADER = "x-mailblast-source-ip"
 # The gateway's own identity, for the calls auth answers for a service (Login, GetSession, ...).
 GATEWAY_PRINCIPAL = Principal(organization_id=0, service=SERVICE_NAME)
 CALL_TIMEOUT = 15.0
+
+
 class BackendError(Exception):
     """A service refused a call; `code` is the gRPC status, `message` its explanation in the user's language.
 
