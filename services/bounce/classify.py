@@ -355,9 +355,9 @@ def reason_of(
     """The Sisimai reason for one failed recipient (see the module docstring); `provider` as providers.py names it."""
     raw = squeeze_reply(diagnostic or "")
     text = " ".join(raw.lower().split())
-    status = prefer_status(status, raw)
     if status.startswith("2."):
         return "delivered"
+    status = failure_status(prefer_status(status, raw))
     name = STATUS_REASONS.get(status, "")
     command = command or find_command(raw)
     if not command and name in ("", "userunknown", "hostunknown") and matches("userunknown", text):
@@ -398,10 +398,15 @@ def is_hard(reason: str, status: str = "", smtp_code: int = 0, text: str = "") -
     return not re.search(r"\b4\d\d\b|temporar|persistent", text or "", re.IGNORECASE)
 
 
+def failure_status(status: str) -> str:
+    """A status read from a failure's words: a 2.x.x there is a version number or a quoted success."""
+    return "" if status.startswith("2.") else status
+
+
 def classify(
     status: str = "", diagnostic: str = "", smtp_code: int = 0, command: str = "", action: str = "", provider: str = ""
 ) -> Verdict:
     """Classify one failed recipient from its enhanced status, the server's words, reply code and command."""
     reason = reason_of(status, diagnostic, smtp_code, command, action, provider)
-    status = prefer_status(status, diagnostic)
+    status = status if status.startswith("2.") else failure_status(prefer_status(status, diagnostic))
     return Verdict(HARD if is_hard(reason, status, smtp_code, diagnostic) else SOFT, reason)

@@ -287,3 +287,23 @@ def test_providers_are_recognised_by_whole_host_and_domain_labels():
     assert provider_of(("aspmx.l.google.com",), "example.org") == "google"
     assert provider_of((), "e.com") == ""
     assert provider_of(("mx.example.net",), "example.net") == ""
+
+
+def test_plain_notices_name_their_failed_address_through_the_mta_detectors():
+    # An Exchange 5.5 notice quotes the original's To and Cc (list addresses) before the one recipient
+    # that failed: flufl.bounce's detectors of MTA formats pick the failed one, and "Mailman 2.0.12" in
+    # the subject is no status code.
+    notice = (
+        b"From: System Administrator <postmaster@example.com>\r\nTo: list-bounces@example.org\r\n"
+        b"Subject: Undeliverable: RELEASED Mailman 2.0.12\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n"
+        b"Your message\r\n\r\n  To:      list@example.org\r\n  Cc:      other-list@example.org\r\n"
+        b"  Subject: RELEASED Mailman 2.0.12\r\n  Sent:    Thu, 11 Jul 2002 16:52:33 -0300\r\n\r\n"
+        b"did not reach the following recipient(s):\r\n\r\n"
+        b"userx@example.com on Thu, 11 Jul 2002 16:54:54 -0300\r\n"
+        b"    The recipient name is not recognized\r\n"
+        b"    MSEXCH:IMS:Example:CENTRAL:DC02 0 (000C05A6) Unknown Recipient\r\n"
+    )
+    report = parse_bounce(notice)
+    assert [(r.email, r.reason, r.kind, r.status) for r in report.recipients] == [
+        ("userx@example.com", "userunknown", "hard", "")
+    ]
