@@ -109,7 +109,7 @@ _BEFORE_DATA = frozenset({"CONN", "EHLO", "HELO", "MAIL", "RCPT"})
 _NOT_USERUNKNOWN = ("norelaying", "blocked", "mailboxfull", "hasmoved", "rejected", "notaccept")
 
 _COMMAND = re.compile(
-    r"(?<![A-Za-z0-9@.])(HELO|EHLO|STARTTLS|AUTH|MAIL FROM|RCPT TO|DATA)(?![A-Za-z0-9@])"
+    r"(?<![A-Za-z0-9@.])(HELO|EHLO|STARTTLS|AUTH|MAIL FROM|RCPT TO|RCPT|DATA)(?![A-Za-z0-9@])"
     r"|(?:in reply to|after|while sending|during|>>>|<<<)\s*(mail from|rcpt to|data|end of data|helo|ehlo)\b",
     re.IGNORECASE,
 )

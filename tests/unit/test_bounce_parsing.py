@@ -111,6 +111,7 @@ def test_smtp_command_is_read_from_transcripts():
     assert find_command("said: 550 5.1.1 unknown (in reply to RCPT TO command)") == "RCPT"
     assert find_command("SMTP error from remote mail server after end of data: 550 rejected") == "DATA"
     assert find_command(">>> DATA\n<<< 554 Unknown user") == "DATA"
+    assert find_command("SMTP:RCPT host 192.0.2.1: 553 5.3.0 <x@example.com>... No such user here") == "RCPT"
     assert find_command("your mail from yesterday has data we could not read") == ""
 
 
