@@ -322,9 +322,6 @@ def _fallback(f: _Facts, action: str, x_unix: bool) -> str:
     """Sisimai's anotherone(): the words alone, then the status class, the Action and the command."""
     if f.preset:
         return f.preset
-    if f.command in ("CONN", "HELO", "EHLO"):
-        # Refused before any envelope was given: the client itself was not wanted (Sisimai's MTA modules).
-        return "blocked"
     reason = f.name
     if reason and reason not in _RETRY and not x_unix:
         return reason
@@ -365,7 +362,10 @@ def reason_of(
         # names a filter) to say otherwise, that is the step, for every rule below alike. Sisimai's MTA
         # modules read their notices the same way.
         command = "RCPT"
-    # A refusal of the greeting or of HELO is about the client, whatever the notice says next.
+    if " but my name was rejected." in text:
+        # qmail's words for a refused HELO: the client itself was not wanted, whatever follows.
+        return "blocked"
+    # A refusal of the greeting or of HELO is about the client, not what an MTA's notice says next.
     preset = "" if command in ("CONN", "HELO", "EHLO") else notice_reason(text)
     if preset and preset not in _RETRY:
         return preset
