@@ -248,6 +248,8 @@ def _claims(reason: str, f: _Facts) -> bool:
     if reason == "suspend":
         return bool(f.status) and (f.code == 525 or matches(reason, f.text))
     if reason == "norelaying":
+        if f.preset in ("securityerror", "systemerror", "undefined"):
+            return False
         return f.command not in ("CONN", "EHLO", "HELO") and matches(reason, f.text)
     if reason == "userunknown":
         if f.name == "suspend":
@@ -318,6 +320,15 @@ def squeeze_reply(text: str) -> str:
     return f"{code} {status} {text}".replace("  ", " ") if status else f"{code} {text}"
 
 
+# Gmail's "(state N)" at the end of the reply it quotes names the SMTP step it had reached, and so what
+# a refusal there means (Sisimai's Gmail module): 6 MAIL, 8/9/12 AUTH, 13 EHLO, 14 RCPT, 15-18 DATA.
+_GMAIL_STATE = re.compile(r"\(state (\d{1,2})\)\.?\s*$")
+_GMAIL_STATES = {
+    "6": "systemerror", "8": "systemerror", "9": "systemerror", "12": "norelaying", "13": "blocked",
+    "14": "userunknown", "15": "filtered", "17": "filtered", "18": "filtered",
+}  # fmt: skip
+
+
 def _fallback(f: _Facts, action: str, x_unix: bool) -> str:
     """Sisimai's anotherone(): the words alone, then the status class, the Action and the command."""
     if f.preset:
@@ -362,6 +373,11 @@ def reason_of(
         # names a filter) to say otherwise, that is the step, for every rule below alike. Sisimai's MTA
         # modules read their notices the same way.
         command = "RCPT"
+    state = _GMAIL_STATE.search(text)
+    if state and state.group(1) in _GMAIL_STATES:
+        # Gmail's own notices end the remote reply with the step it reached: "(state 14)".
+        # A precise status the reply quotes names the reason; else the step does.
+        return name if name and ".0" not in status else _GMAIL_STATES[state.group(1)]
     if " but my name was rejected." in text:
         # qmail's words for a refused HELO: the client itself was not wanted, whatever follows.
         return "blocked"

@@ -308,3 +308,18 @@ def test_plain_notices_name_their_failed_address_through_the_mta_detectors():
     assert [(r.email, r.reason, r.kind, r.status) for r in report.recipients] == [
         ("userx@example.com", "userunknown", "hard", "")
     ]
+
+
+def test_mta_notice_wordings_decide_before_the_generic_rules():
+    # Gmail's "(state N)" names the step reached; Exim's "mailbox is full: retry timeout exceeded" is a
+    # full mailbox, not a timeout; MessageLabs asking for SMTP AUTH is a security error even though the
+    # reply also says "not permitted to relay".
+    gmail = "The error that the other server returned was: 554 554 5.7.0 Header error (state 18)."
+    assert classify("", gmail).reason == "filtered"
+    assert classify("", "550 550 5.1.1 <x@example.jp>... User Unknown (state 14).").reason == "userunknown"
+    assert classify("", "mailbox is full: retry timeout exceeded").reason == "mailboxfull"
+    auth = (
+        "550-Please turn on SMTP Authentication in your mail client. 550-mail0.example.net [192.0.2.1]:2222 "
+        "is not permitted to 550 relay through this server without authentication."
+    )
+    assert classify("", auth, 550).reason == "securityerror"
