@@ -315,7 +315,22 @@ def _result(
     # The command the server was answering: the diagnostic's transcript first, else the notice's.
     command = find_command(diagnostic) or find_command(context)
     domain = recipient.rpartition("@")[2]
-    provider = provider_of((remote, *hosts_named(text), *hosts_named(context), *hosts), domain)
+    # The refusing host first (Remote-MTA, then hosts the reply names), then the notice's, the bounce's
+    # first hop, the recipient's domain: the reporting MTA's own provider is not the refusing one's.
+    provider = next(
+        (
+            found
+            for found in (
+                provider_of((remote,), ""),
+                provider_of(hosts_named(text), ""),
+                provider_of(hosts_named(context), ""),
+                provider_of(hosts, ""),
+                provider_of((), domain),
+            )
+            if found
+        ),
+        "",
+    )
     verdict = classify(status, text, code, command, action, provider)
     if action == "delayed":
         # Still being retried by the reporting MTA: whatever the reason, the address is not gone yet.
