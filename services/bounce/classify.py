@@ -368,10 +368,12 @@ def reason_of(
     status = failure_status(prefer_status(status, raw))
     name = STATUS_REASONS.get(status, "")
     command = command or find_command(raw)
-    if not command and name in ("", "userunknown", "hostunknown") and matches("userunknown", text):
-        # Servers say a mailbox does not exist in answer to RCPT; with no transcript (nor a status that
-        # names a filter) to say otherwise, that is the step, for every rule below alike. Sisimai's MTA
-        # modules read their notices the same way.
+    addressing = status[1:3] == ".1" and status not in ("5.1.7", "5.1.8", "4.1.7", "4.1.8")
+    if not command and (not name or addressing) and matches("userunknown", text):
+        # Servers say a mailbox does not exist in answer to RCPT; with no transcript to say otherwise and
+        # no status, or one about the recipient's address (X.1.Y, RFC 3463; Microsoft's 5.1.10
+        # RecipientNotFound among them), that is the step, for every rule below alike. Sisimai's MTA
+        # modules read their notices the same way; its generic rules would say "filtered".
         command = "RCPT"
     state = _GMAIL_STATE.search(text)
     if state and state.group(1) in _GMAIL_STATES:

@@ -323,3 +323,17 @@ def test_mta_notice_wordings_decide_before_the_generic_rules():
         "is not permitted to 550 relay through this server without authentication."
     )
     assert classify("", auth, 550).reason == "securityerror"
+
+
+def test_status_codes_the_issue_names():
+    # X.7.25 is a failed reverse-DNS check (requireptr), 5.2.3 a message over the recipient's limit
+    # (exceedlimit), and Microsoft's 5.1.10 with RecipientNotFound an unknown recipient (hard); a 5.1.10
+    # that speaks of a null MX stays notaccept.
+    assert classify("5.7.25", "550 5.7.25 The IP address sending this message does not have a PTR record").reason == (
+        "requireptr"
+    )
+    assert classify("4.7.25", "450 4.7.25 Client host rejected: cannot find your hostname").reason == "requireptr"
+    assert classify("5.2.3", "552 5.2.3 Message exceeds maximum fixed size").reason == "exceedlimit"
+    microsoft = "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"
+    assert classify("5.1.10", microsoft, 550) == Verdict("hard", "userunknown")
+    assert classify("5.1.10", "556 5.1.10 recipient domain has null MX", 556) == Verdict("hard", "notaccept")
