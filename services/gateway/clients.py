@@ -22,7 +22,6 @@ from mailblast.v1 import (
 from services.common.errors import explanation_from
 from services.common.identity import Principal, reset_principal, set_principal
 from services.common.rpc import ServiceIdentity, blocking_service_channel
-from services.gateway import statuses
 from services.gateway.config import Config
 from services.gateway.explanations import explain
 
