@@ -7,7 +7,7 @@ GEN_STAMP := gen/.stamp
 K8S_SCHEMAS := deploy/k8s/schemas/node_modules/.package-lock.json
 CHECKOV := .venv-checkov/bin/checkov
 
-.PHONY: install proto run test test-fast bench bench-import bench-copies chaos lint format docs clean test-deps test-tools lock audit run-%
+.PHONY: install proto run test test-fast bench bench-import bench-copies chaos bench-bounces lint format docs clean test-deps test-tools lock audit run-%
 
 install: $(VENV)/.installed
 
@@ -84,6 +84,10 @@ bench-copies: install proto
 # once): what arrived, what was lost, how long recovery took. A benchmark on loopback, not a test.
 chaos: install proto
 	$(PY) -m bench.chaos $(ARGS)
+
+# The bounce classifier against a labelled corpus: CORPUS=folder with labels.jsonl (default: shared/, else the tests' copy).
+bench-bounces: install proto
+	$(PY) -m bench.bounces $(CORPUS) $(ARGS)
 
 # After changing dependencies in pyproject.toml: pin every package (and its hashes) again.
 lock: install test-tools

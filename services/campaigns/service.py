@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from mailblast.v1 import auth_pb2_grpc, campaigns_pb2, campaigns_pb2_grpc, events_pb2, lists_pb2_grpc
+from mailblast.v1 import (
+    auth_pb2_grpc,
+    campaigns_pb2,
+    campaigns_pb2_grpc,
+    events_pb2,
+    lists_pb2_grpc,
+    lists_segments_pb2_grpc,
+)
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
@@ -98,7 +105,9 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
     async def send_mail(message: events_pb2.TransactionalMessage) -> None:
         await mail.send_transactional(js, message)
 
-    servicer = CampaignsServicer(store, fanout, lists, send_mail, auth)
+    servicer = CampaignsServicer(
+        store, fanout, lists, lists_segments_pb2_grpc.ListsSegmentsServiceStub(lists_channel), send_mail, auth
+    )
 
     def register(server: grpc.aio.Server) -> list[str]:
         campaigns_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, server)
