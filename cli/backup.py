@@ -321,9 +321,7 @@ def restore(config: BackupSettings, path: Path, secrets_dir: Path | None) -> Sum
         reader = _Reader(_opened(source, config.key))
         manifest = _manifest(reader)
         if manifest["secrets"] and secrets_dir is None:
-            raise BackupError(
-                f"the backup holds {', '.join(manifest['secrets'])}: give --secrets-dir to write them to"
-            )
+            raise BackupError(f"the backup holds {', '.join(manifest['secrets'])}: give --secrets-dir to write them to")
         try:
             with psycopg.connect(config.database_url, connect_timeout=10) as conn:
                 present = _schemas(conn)
@@ -389,4 +387,3 @@ def read_settings() -> BackupSettings:
         return settings.read(BackupSettings)
     except settings.ConfigError as exc:
         raise BackupError(str(exc)) from None
-

@@ -566,10 +566,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.area == "nats":
         return cmd_nats(args)
-    if args.area in ("backup", "restore", "backup-key"):
-        return cmd_backup(args)
     if args.area == "bounce":
         return cmd_bounce_parse(args.files)
+    if args.area in ("backup", "restore", "backup-key"):
+        return cmd_backup(args)
     client = Client(args.token)
     if args.area == "lists":
         if args.cmd == "create":

@@ -56,7 +56,6 @@ DKIM_RSA_SELECTOR = "mb1"
 DKIM_ED25519_SELECTOR = "mb1ed"
 RETURN_PATH_DOMAIN = "bounces.mailblast.example.com"
 ADMIN_LOGIN = "admin"
-SENDER_PROCESSES = 2
 STOP_GRACE = 15.0
 # A service that dies is started again: at once the first time, then after 1, 2, 4 ... seconds, at most 30;
 # one that had run for a minute before it died counts as a first time again.
@@ -74,6 +73,8 @@ class RunSettings:
     )
     # email-validator refuses special-use names such as .localhost.
     admin_email: str = setting("MAILBLAST_ADMIN_EMAIL", "admin@example.com", "the address of the first owner")
+    # `make bench` measures one sender against two in the same run.
+    sender_processes: int = setting("MAILBLAST_SENDER_PROCESSES", 2, "how many sender processes `make run` starts")
 
 
 class Stopped(Exception):
@@ -404,7 +405,9 @@ class Supervisor:
     ) -> None:
         """Decide every service's address and environment."""
         ports = {name: free_port() for name in ("auth", "lists", "campaigns", "bounce")}
-        sender_ports = [free_port() for _ in range(SENDER_PROCESSES)]
+        if self.settings.sender_processes < 1:
+            raise StartFailed(f"MAILBLAST_SENDER_PROCESSES={self.settings.sender_processes}: give 1 or more")
+        sender_ports = [free_port() for _ in range(self.settings.sender_processes)]
         gateway_host, _, gateway_port = gateway_bind.rpartition(":")
         # bandit B104: a comparison with the wildcard address, not a bind to it
         public_host = "127.0.0.1" if gateway_host in ("0.0.0.0", "", "[::]") else gateway_host  # nosec B104

@@ -12,14 +12,14 @@ from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
 from services.bounce.config import Config
-from services.bounce.consumers import delivery_consumer
+from services.bounce.consumers import DeliveryReportConsumer
 from services.bounce.events import announcer
 from services.bounce.grpc_api import BounceServicer
 from services.bounce.recorder import BounceRecorder
 from services.bounce.smtp import BounceHandler, BoundedSMTP, ConnectionCounter, SessionLimits
 from services.bounce.store import BounceStore
 from services.common import bus, db, rpc
-from services.common.erasure import erasure_consumer
+from services.common.erasure import ErasureConsumer
 from services.common.log import get_logger
 
 log = get_logger(__name__)
@@ -41,8 +41,8 @@ class Running:
 
     grpc_port: int
     smtp_port: int
-    consumer: bus.PullConsumer
-    erasures: bus.PullConsumer
+    consumer: DeliveryReportConsumer
+    erasures: ErasureConsumer
     recorder: BounceRecorder
     _grpc: rpc.GrpcServer
     _smtp: asyncio.base_events.Server
@@ -84,8 +84,8 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
     store = BounceStore(pool)
     recorder = BounceRecorder(store, announcer(js), config.internal_key)
 
-    consumer = delivery_consumer(js, recorder)
-    erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)
+    consumer = DeliveryReportConsumer(js, recorder)
+    erasures = ErasureConsumer(js, ERASURES_DURABLE, store.erase)
     await consumer.start()
     await erasures.start()
     stop = asyncio.Event()

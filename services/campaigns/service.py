@@ -21,13 +21,13 @@ from psycopg_pool import AsyncConnectionPool
 from services.campaigns.announcements import campaign_state_relay
 from services.campaigns.batches import JetStreamBatches
 from services.campaigns.config import Config
-from services.campaigns.consumers import bounce_consumer, delivery_consumer
+from services.campaigns.consumers import BounceCounter, DeliveryCounter
 from services.campaigns.fanout import FanOut
 from services.campaigns.grpc_api import CampaignsServicer
 from services.campaigns.recipients import ListsAudience
 from services.campaigns.store import CampaignStore
 from services.common import bus, db, mail
-from services.common.erasure import erasure_consumer
+from services.common.erasure import ErasureConsumer
 from services.common.outbox import OutboxRelay
 from services.common.rpc import (
     GrpcServer,
@@ -51,9 +51,9 @@ class Running:
     nc: NATS
     fanout: FanOut
     store: CampaignStore
-    delivery_consumer: bus.PullConsumer
-    bounce_consumer: bus.PullConsumer
-    erasure_consumer: bus.PullConsumer
+    delivery_consumer: DeliveryCounter
+    bounce_consumer: BounceCounter
+    erasure_consumer: ErasureConsumer
     states: OutboxRelay
     channels: list[grpc.aio.Channel]
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -116,9 +116,9 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
     grpc_server = await start_grpc_server(
         config.grpc_bind, register, me, resolver, config.health_bind, metrics_bind=config.metrics_bind
     )
-    deliveries = delivery_consumer(js, store)
-    bounces = bounce_consumer(js, store)
-    erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)
+    deliveries = DeliveryCounter(js, store)
+    bounces = BounceCounter(js, store)
+    erasures = ErasureConsumer(js, ERASURES_DURABLE, store.erase)
     await deliveries.start()
     await bounces.start()
     await erasures.start()

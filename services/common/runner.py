@@ -31,7 +31,7 @@ from services.common.decision import Ack, DeadLetter, Decision, Nak, Term
 from services.common.log import get_logger
 from services.common.tracing import extract_context
 
-__all__ = ["Ack", "DeadLetter", "Decision", "Delivery", "GroupCommit", "Nak", "Runner", "Term"]
+__all__ = ["Ack", "DeadLetter", "Decision", "Delivery", "GroupCommit", "GroupRunner", "Nak", "Runner", "Term"]
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("mailblast.runner")
@@ -260,6 +260,30 @@ class Runner(Generic[P]):
             return
         except Exception:
             log.warning("could not extend a message's ack deadline", durable=self.durable)
+
+
+class GroupRunner(Runner[P], Generic[P, T]):
+    """A runner whose `dispose` submits each message's work to `self.writer`, a GroupCommit of `write`.
+
+    Many slots, one transaction per group: messages that came together are written together, and each
+    is settled once its group is committed (or retried when the write fails).
+    """
+
+    def __init__(
+        self, js: JetStreamContext, *, write: Callable[[Sequence[T]], Awaitable[Sequence[None]]], **options: Any
+    ) -> None:
+        super().__init__(js, **options)
+        self.writer: GroupCommit[T, None] = GroupCommit(write)
+
+    async def start(self) -> None:
+        """Start the group writer, then bind to the durable."""
+        self.writer.start(self.durable)
+        await super().start()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking messages, then write what is pending."""
+        await super().stop(grace)
+        await self.writer.stop()
 
 
 class GroupCommit(Generic[T, R]):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from services.common import verp
 from services.sender.dkim import DkimSigner
-from services.sender.mime import Sender, build_message
+from services.sender.mime import CrlfMessage, Sender, build_message
 from services.sender.render import CompiledContent, recipient_fields
 
 
@@ -70,7 +70,7 @@ class Composer:
         return Prepared(
             envelope_from=verp.return_path(self._key, ref, self._return_path_domain),
             message_id=message_id,
-            data=self._signer.sign(data),
+            data=CrlfMessage(self._signer.sign(data)),
         )
 
     def transactional_message_id(self, organization_id: int, message_key: str) -> str:
@@ -108,4 +108,6 @@ class Composer:
             message_id=message_id,
             unsubscribe_url=unsubscribe_url,
         )
-        return Prepared(envelope_from=self._system_return_path, message_id=message_id, data=self._signer.sign(data))
+        return Prepared(
+            envelope_from=self._system_return_path, message_id=message_id, data=CrlfMessage(self._signer.sign(data))
+        )

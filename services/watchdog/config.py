@@ -39,8 +39,7 @@ class Config:
     )
     smtp_host: str = setting(
         "WATCHDOG_SMTP_HOST",
-        doc="the mail server the watchdog hands its mail to (not the senders: an alert must go out when they are "
-        "down)",
+        doc="the mail server the watchdog hands its mail to (not the senders: an alert must go out when they are down)",
     )
     smtp_port: int = setting("WATCHDOG_SMTP_PORT", 25, "its port")
     smtp_tls_ca_file: str = setting(

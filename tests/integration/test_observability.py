@@ -121,6 +121,7 @@ async def test_a_sends_spans_reach_an_otlp_receiver_and_its_log_lines_name_them(
             [sys.executable, "-m", "services.sender"], cwd=ROOT, env=env, stdout=stderr, stderr=stderr
         )
     try:
+
         def ready() -> bool:
             return any(e.get("event") == "service ready" for e in log_lines(stderr_path)) or process.poll() is not None
 

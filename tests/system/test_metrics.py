@@ -70,12 +70,16 @@ async def test_metrics_follow_real_imports_and_sends(stack, smtp_sink):
     job = await import_csv(stack, created.id, "email,name\n" + "\n".join(rows) + "\n")
     assert (job.rows_added, job.rows_failed) == (12, 1)
     after_import = scrape(ports["lists"])
-    assert value(after_import, "mailblast_import_rows_total", service="lists", result="added") - value(
-        before, "mailblast_import_rows_total", service="lists", result="added"
-    ) == 12
-    assert value(after_import, "mailblast_import_rows_total", service="lists", result="failed") - value(
-        before, "mailblast_import_rows_total", service="lists", result="failed"
-    ) == 1
+    assert (
+        value(after_import, "mailblast_import_rows_total", service="lists", result="added")
+        - value(before, "mailblast_import_rows_total", service="lists", result="added")
+        == 12
+    )
+    assert (
+        value(after_import, "mailblast_import_rows_total", service="lists", result="failed")
+        - value(before, "mailblast_import_rows_total", service="lists", result="failed")
+        == 1
+    )
 
     greylisted: set[str] = set()
 
