@@ -7,6 +7,8 @@ the scenario's faults until the campaign is sent (or the time bound passes), the
 recipients delivered once or more, lost, extra copies (and whether each carries its first copy's
 Message-ID), the campaign's own sent counter against the sink's, the campaign's time, and the time from
 the last fault to the last delivery. A benchmark, not a test: loopback only, bounded in time.
+
+Over 400 lines, on purpose: the sink, the installation, its faults and the scenarios of one benchmark.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ requires authentication: each service gets its own credential from secrets/nats/
 GATEWAY_BIND moves the gateway; MAILBLAST_START_TIMEOUT bounds the wait for the services to answer healthy
 (DEVELOPERS.md lists every setting with its default). Once everything is up, a service that dies is started
 again with a growing delay, and the console says so.
+
+Over 400 lines, on purpose: one supervisor's whole life (secrets, embedded servers, the plan of processes,
+health, restarts, shutdown), each step handing the next its state.
 """
 
 from __future__ import annotations

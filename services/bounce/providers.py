@@ -5,6 +5,9 @@ Ported from Sisimai's remote-host rules (p5-sisimai v5.1.0p3, lib/Sisimai/Rhost/
 by the host that refused the message (Remote-MTA, the host named in the notice, or the bounce's first
 Received header) or by the recipient's domain; its rules are asked before the generic ones, and a rule
 that does not decide leaves the generic rules to it.
+
+Over 400 lines, on purpose: a data table ported as it is, one block per provider, so that it can be compared
+with Sisimai's line by line.
 """
 
 from __future__ import annotations

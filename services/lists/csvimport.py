@@ -7,6 +7,9 @@ the bytes of '"' or newline inside a multi-byte character.
 
 Longer than 400 lines: it is the whole reading of a file (encoding, records, layout, columns, rows) as
 pure functions, each used by the next, which the runner and the preview share.
+
+Over 400 lines, on purpose: encoding, delimiter and header sniffing and the record splitter work on the
+same raw-byte offsets a resumed import starts from.
 """
 
 from __future__ import annotations

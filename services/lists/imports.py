@@ -19,6 +19,9 @@ their values before the job; status changes since (unsubscribes, bounces) are ke
 
 Longer than 400 lines because the runner is one piece of bookkeeping (streams, ordered commits, resume
 offsets) that reads wrong split apart; what the RPCs do to jobs is store_imports.py's.
+
+Over 400 lines, on purpose: the job runner's statements are written for its staging table and chunk loop,
+and are read together with them.
 """
 
 from __future__ import annotations

@@ -97,9 +97,7 @@ class BounceWatcher(_Watcher[events_pb2.BounceEvent]):
 class Running:
     """A started watchdog: `check()` runs one round (the loop calls it every WATCHDOG_INTERVAL_SECONDS)."""
 
-    def __init__(
-        self, config: Config, clock: Clock, nc: NATS, js: JetStreamContext, consumers: list[Runner]
-    ) -> None:
+    def __init__(self, config: Config, clock: Clock, nc: NATS, js: JetStreamContext, consumers: list[Runner]) -> None:
         self._config = config
         self._clock = clock
         self._nc = nc
