@@ -147,12 +147,14 @@ class Installation:
 
     def stop(self) -> None:
         """Stop the supervisor (and its services), the sink and the servers."""
-        if self.supervisor is not None:
+        if self.supervisor is not None and self.supervisor.poll() is None:
             try:
                 os.killpg(self.supervisor.pid, signal.SIGINT)
                 self.supervisor.wait(60)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:
                 os.killpg(self.supervisor.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self.sink is not None:
             self.sink.terminate()
             self.sink.wait(10)
