@@ -25,6 +25,7 @@ from services.common.verp import RecipientRef, unsubscribe_token
 from tests.integration import test_lists as base
 from tests.integration.test_lists import ORG, OTHER_ORG, as_campaigns, as_user, new_list, stream
 from tests.integration.test_lists_import import ADMIN, define_fields
+from tests.support.lists import conditions
 
 lists_service = base.lists_service
 stub = base.stub
@@ -86,7 +87,7 @@ async def seed(stub, signer) -> tuple[int, int, dict[str, int]]:
 async def preview(stub, signer, tree: dict) -> list[str]:
     """Addresses a condition tree selects, sorted."""
     reply = await stub.PreviewSegment(
-        lists_segments_pb2.PreviewSegmentRequest(conditions_json=json.dumps(tree, ensure_ascii=False), sample_size=100),
+        lists_segments_pb2.PreviewSegmentRequest(conditions=conditions(tree), sample_size=100),
         metadata=as_user(signer),
     )
     assert reply.count == len(reply.sample)
@@ -145,9 +146,7 @@ async def test_segment_conditions_against_known_data(lists_service, stub, campai
 
     # A saved segment is a campaign target: StreamRecipients takes its id next to list ids.
     saved = await stub.CreateSegment(
-        lists_segments_pb2.SegmentInput(
-            name="tokyo", conditions_json=json.dumps({"conditions": [nested["conditions"][1]]})
-        ),
+        lists_segments_pb2.SegmentInput(name="tokyo", conditions=conditions({"conditions": [nested["conditions"][1]]})),
         metadata=as_user(signer),
     )
     chunks = await stream_segments(campaigns_stub, signer, [saved.id])
@@ -518,7 +517,7 @@ async def test_other_organisation_gets_not_found(lists_service, stub, signer):
     news, _, ids = await seed(stub, signer)
     segment = await stub.CreateSegment(
         lists_segments_pb2.SegmentInput(
-            name="s", conditions_json=json.dumps({"conditions": [{"field": "list", "op": "eq", "value": news}]})
+            name="s", conditions=conditions({"conditions": [{"field": "list", "op": "eq", "value": news}]})
         ),
         metadata=as_user(signer),
     )
@@ -545,7 +544,7 @@ async def test_other_organisation_gets_not_found(lists_service, stub, signer):
             lists_segments_pb2.UpdateSegmentRequest(
                 segment_id=segment.id,
                 segment=lists_segments_pb2.SegmentInput(
-                    name="x", conditions_json='{"conditions": [{"field": "email", "op": "is_empty"}]}'
+                    name="x", conditions=conditions({"conditions": [{"field": "email", "op": "is_empty"}]})
                 ),
             ),
         ),
@@ -554,7 +553,7 @@ async def test_other_organisation_gets_not_found(lists_service, stub, signer):
         (
             stub.PreviewSegment,
             lists_segments_pb2.PreviewSegmentRequest(
-                conditions_json=json.dumps({"conditions": [{"field": "list", "op": "eq", "value": news}]})
+                conditions=conditions({"conditions": [{"field": "list", "op": "eq", "value": news}]})
             ),
         ),
         (stub.CreateForm, lists_signup_pb2.FormInput(list_id=news)),

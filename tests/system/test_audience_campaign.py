@@ -6,6 +6,8 @@ import json
 
 from mailblast.v1 import campaigns_pb2, lists_fields_pb2, lists_pb2, lists_segments_pb2, lists_suppression_pb2
 
+from tests.support.lists import conditions
+
 
 async def test_segment_campaign_skips_suppressed_addresses(stack, smtp_sink):
     # A campaign to the segment "plan is pro" reaches the pro subscribers of the organisation and
@@ -34,7 +36,7 @@ async def test_segment_campaign_skips_suppressed_addresses(stack, smtp_sink):
     segment = await lists.CreateSegment(
         lists_segments_pb2.SegmentInput(
             name="pro customers",
-            conditions_json=json.dumps(
+            conditions=conditions(
                 {"match": "all", "conditions": [{"field": "custom", "key": "plan", "op": "eq", "value": "pro"}]}
             ),
         ),
