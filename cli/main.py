@@ -17,6 +17,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from mailblast.v1 import (
     campaigns_pb2,
     campaigns_pb2_grpc,
+    events_pb2,
     lists_fields_pb2,
     lists_fields_pb2_grpc,
     lists_imports_pb2,
@@ -527,7 +528,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.area == "suppression":
         if args.cmd == "add":
-            req = lists_suppression_pb2.AddSuppressionsRequest(emails=args.emails, reason="manual", source="cli")
+            req = lists_suppression_pb2.AddSuppressionsRequest(
+                emails=args.emails, reason=events_pb2.SUPPRESSION_REASON_MANUAL, source="cli"
+            )
             _show(client.call(client.lists_suppression.AddSuppressions, req), args.json)
         elif args.cmd == "ls":
             req = lists_suppression_pb2.ListSuppressionsRequest(email_contains=args.contains, page_size=1000)

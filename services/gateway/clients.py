@@ -10,6 +10,7 @@ from flask import current_app, g, has_request_context, request
 from mailblast.v1 import (
     auth_pb2_grpc,
     campaigns_pb2_grpc,
+    events_pb2,
     lists_fields_pb2_grpc,
     lists_imports_pb2_grpc,
     lists_pb2,
@@ -37,6 +38,12 @@ CALL_TIMEOUT = 15.0
 SUBSCRIBER_STATUSES = {
     value.number: value.name.removeprefix("SUBSCRIBER_STATUS_").lower()
     for value in lists_pb2.SubscriberStatus.DESCRIPTOR.values
+    if value.number
+}
+# Suppression reasons by their proto number, named as lists stores them (SUPPRESSION_REASON_MANUAL: "manual").
+SUPPRESSION_REASONS = {
+    value.number: value.name.removeprefix("SUPPRESSION_REASON_").lower()
+    for value in events_pb2.SuppressionReason.DESCRIPTOR.values
     if value.number
 }
 

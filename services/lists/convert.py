@@ -11,6 +11,7 @@ from mailblast.v1 import events_pb2, lists_pb2, lists_segments_pb2
 
 from services.lists.bounces import BounceKind
 from services.lists.subscribers import SubscriberStatus
+from services.lists.suppression import SuppressionReason
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -24,6 +25,18 @@ def _numbers(proto: EnumTypeWrapper, prefix: str, domain: type[E]) -> dict[E, in
 _STATUS = _numbers(lists_pb2.SubscriberStatus, "SUBSCRIBER_STATUS_", SubscriberStatus)
 _STATUS_OF = {number: member for member, number in _STATUS.items()}
 _KIND_OF = {number: member for member, number in _numbers(events_pb2.BounceKind, "BOUNCE_KIND_", BounceKind).items()}
+_REASON = _numbers(events_pb2.SuppressionReason, "SUPPRESSION_REASON_", SuppressionReason)
+_REASON_OF = {number: member for member, number in _REASON.items()}
+
+
+def reason_pb(reason: str | None) -> int:
+    """The proto number of a stored suppression reason (UNSPECIFIED for none)."""
+    return _REASON[SuppressionReason(reason)] if reason else events_pb2.SUPPRESSION_REASON_UNSPECIFIED
+
+
+def reason(number: int) -> SuppressionReason | None:
+    """The suppression reason a proto number names; None for UNSPECIFIED or an unknown number."""
+    return _REASON_OF.get(number)
 
 
 def status_pb(status: str) -> int:

@@ -235,7 +235,9 @@ async def test_suppression_respected_by_stream_recipients(lists_service, stub, c
         lists_suppression_pb2.CheckSuppressedRequest(emails=["HANAKO@example.jp", "taro@example.jp"]),
         metadata=as_campaigns(signer),
     )
-    assert [(s.email, s.reason) for s in checked.suppressed] == [("HANAKO@example.jp", "manual")]
+    assert [(s.email, s.reason) for s in checked.suppressed] == [
+        ("HANAKO@example.jp", events_pb2.SUPPRESSION_REASON_MANUAL)
+    ]
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await stub.RemoveSuppression(
             lists_suppression_pb2.RemoveSuppressionRequest(email="hanako@example.jp"), metadata=as_user(signer)
@@ -425,7 +427,7 @@ async def test_erase_leaves_only_the_hash(lists_service, stub, signer, database_
     checked = await stub.CheckSuppressed(
         lists_suppression_pb2.CheckSuppressedRequest(emails=["hanako@example.jp"]), metadata=as_user(signer)
     )
-    assert checked.suppressed[0].reason == "erased"
+    assert checked.suppressed[0].reason == events_pb2.SUPPRESSION_REASON_ERASED
     from tests.integration.test_lists_import import upload, wait_job
 
     job = await wait_job(stub, signer, await upload(stub, signer, news, b"email\nhanako@example.jp\n"))
@@ -447,18 +449,19 @@ async def test_listing_the_suppression_list_without_a_filter_returns_every_entry
     )
     listed = await stub.ListSuppressions(lists_suppression_pb2.ListSuppressionsRequest(), metadata=as_user(signer))
     assert [(s.email, s.reason) for s in listed.suppressions] == [
-        ("stop@example.jp", "manual"),
-        ("quit@example.jp", "manual"),
-        ("", "erased"),
+        ("stop@example.jp", events_pb2.SUPPRESSION_REASON_MANUAL),
+        ("quit@example.jp", events_pb2.SUPPRESSION_REASON_MANUAL),
+        ("", events_pb2.SUPPRESSION_REASON_ERASED),
     ]
     by_part = await stub.ListSuppressions(
         lists_suppression_pb2.ListSuppressionsRequest(email_contains="QUIT"), metadata=as_user(signer)
     )
     assert [s.email for s in by_part.suppressions] == ["quit@example.jp"]
     by_reason = await stub.ListSuppressions(
-        lists_suppression_pb2.ListSuppressionsRequest(reason="erased"), metadata=as_user(signer)
+        lists_suppression_pb2.ListSuppressionsRequest(reason=events_pb2.SUPPRESSION_REASON_ERASED),
+        metadata=as_user(signer),
     )
-    assert [s.reason for s in by_reason.suppressions] == ["erased"]
+    assert [s.reason for s in by_reason.suppressions] == [events_pb2.SUPPRESSION_REASON_ERASED]
     exported = b"".join(
         [
             c.data

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 
-from mailblast.v1 import campaigns_pb2, lists_fields_pb2, lists_pb2, lists_segments_pb2, lists_suppression_pb2
+from mailblast.v1 import (
+    campaigns_pb2,
+    events_pb2,
+    lists_fields_pb2,
+    lists_pb2,
+    lists_segments_pb2,
+    lists_suppression_pb2,
+)
 
 from tests.support.lists import conditions
 
@@ -43,7 +50,9 @@ async def test_segment_campaign_skips_suppressed_addresses(stack, smtp_sink):
         metadata=stack.metadata,
     )
     await lists.AddSuppressions(
-        lists_suppression_pb2.AddSuppressionsRequest(emails=["p2@example.net"], reason="manual"),
+        lists_suppression_pb2.AddSuppressionsRequest(
+            emails=["p2@example.net"], reason=events_pb2.SUPPRESSION_REASON_MANUAL
+        ),
         metadata=stack.metadata,
     )
     campaign = await stack.send_campaign([], segment_ids=[segment.id], subject="{{ name }} / {{ plan }}")
