@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from mailblast.v1 import (
     campaigns_pb2,
     campaigns_pb2_grpc,
+    events_pb2,
     lists_fields_pb2,
     lists_fields_pb2_grpc,
     lists_imports_pb2,
@@ -40,6 +41,17 @@ from services.common.settings import Setting, setting
 
 IMPORT_CHUNK = 1000
 _FINISHED = {campaigns_pb2.CAMPAIGN_STATE_SENT, campaigns_pb2.CAMPAIGN_STATE_CANCELLED}
+
+
+def _conditions(text: str) -> lists_segments_pb2.SegmentCondition:
+    """The condition tree typed on the command line (JSON) as the message lists takes."""
+    try:
+        tree = json.loads(text)
+        if not isinstance(tree, dict):
+            raise ValueError('give an object such as {"match": "all", "conditions": [...]}')
+        return ParseDict(tree, lists_segments_pb2.SegmentCondition())
+    except (ValueError, ParseError) as exc:
+        raise CliError(f"conditions: {exc}") from None
 
 
 class CliError(Exception):
@@ -600,7 +612,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.area == "segments":
         if args.cmd == "create":
-            req = lists_segments_pb2.SegmentInput(name=args.name, conditions_json=args.conditions_json)
+            req = lists_segments_pb2.SegmentInput(name=args.name, conditions=_conditions(args.conditions_json))
             _show(client.call(client.lists_segments.CreateSegment, req), args.json)
         elif args.cmd == "ls":
             _show(client.call(client.lists_segments.ListSegments, lists_segments_pb2.ListSegmentsRequest()), args.json)
@@ -610,7 +622,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.area == "suppression":
         if args.cmd == "add":
-            req = lists_suppression_pb2.AddSuppressionsRequest(emails=args.emails, reason="manual", source="cli")
+            req = lists_suppression_pb2.AddSuppressionsRequest(
+                emails=args.emails, reason=events_pb2.SUPPRESSION_REASON_MANUAL, source="cli"
+            )
             _show(client.call(client.lists_suppression.AddSuppressions, req), args.json)
         elif args.cmd == "ls":
             req = lists_suppression_pb2.ListSuppressionsRequest(email_contains=args.contains, page_size=1000)

@@ -11,7 +11,8 @@ from typing import Any
 import grpc
 from flask import Response, abort, flash, request, stream_with_context
 from flask_babel import gettext as _
-from mailblast.v1 import lists_fields_pb2
+from google.protobuf import json_format
+from mailblast.v1 import lists_fields_pb2, lists_segments_pb2
 
 from services.gateway.clients import BackendError, backends, call, stream
 from services.gateway.statuses import SUBSCRIBER_STATUSES
@@ -74,3 +75,24 @@ def export_encoding() -> str:
 def csv_type(encoding: str) -> str:
     """The Content-Type of a CSV in that encoding."""
     return "text/csv; charset=shift_jis" if encoding == "shift_jis" else "text/csv; charset=utf-8"
+
+
+def _whole(value: Any) -> Any:
+    # A protobuf Value's numbers are floats; the builder shows 120, not 120.0.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    return value
+
+
+def condition_tree(root: lists_segments_pb2.SegmentCondition) -> dict[str, Any]:
+    """A segment's conditions as the builder's tree of dicts."""
+    return _whole(json_format.MessageToDict(root, preserving_proto_field_name=True))
+
+
+def condition_message(tree: dict[str, Any]) -> lists_segments_pb2.SegmentCondition:
+    """The builder's tree as the SegmentCondition lists takes."""
+    return json_format.ParseDict(tree, lists_segments_pb2.SegmentCondition())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -19,6 +18,8 @@ from services.gateway.audience import (
     FIELD_TYPE_NAMES,
     FORM_ERRORS,
     STATUS_VALUES,
+    condition_message,
+    condition_tree,
     defined_fields,
 )
 from services.gateway.clients import BackendError, backends, call
@@ -165,7 +166,7 @@ def segment_detail(segment_id: int) -> tuple[str, int]:
         backends().lists_segments.PreviewSegment,
         lists_segments_pb2.PreviewSegmentRequest(segment_id=segment_id, sample_size=20),
     )
-    return _builder_page(builder_state(json.loads(segment.conditions_json)), segment.name, segment_id, preview)
+    return _builder_page(builder_state(condition_tree(segment.conditions)), segment.name, segment_id, preview)
 
 
 @bp.post("/segments/build")
@@ -196,10 +197,10 @@ def build_segment() -> Any:
         return _builder_page(state, name, segment_id)
     defined = {f.key: f for f in defined_fields()}
     tree = builder_tree(state, defined)
-    conditions_json = json.dumps(tree, ensure_ascii=False)
+    conditions = condition_message(tree)
     try:
         if action == "save":
-            segment_input = lists_segments_pb2.SegmentInput(name=name, conditions_json=conditions_json)
+            segment_input = lists_segments_pb2.SegmentInput(name=name, conditions=conditions)
             if segment_id:
                 saved = call(
                     backends().lists_segments.UpdateSegment,
@@ -211,7 +212,7 @@ def build_segment() -> Any:
             return redirect(url_for("segments.segment_detail", segment_id=saved.id))
         preview = call(
             backends().lists_segments.PreviewSegment,
-            lists_segments_pb2.PreviewSegmentRequest(conditions_json=conditions_json, sample_size=20),
+            lists_segments_pb2.PreviewSegmentRequest(conditions=conditions, sample_size=20),
         )
     except BackendError as exc:
         if exc.code not in (*FORM_ERRORS, grpc.StatusCode.NOT_FOUND):

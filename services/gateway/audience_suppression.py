@@ -5,9 +5,7 @@ from __future__ import annotations
 import grpc
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
-from mailblast.v1 import (
-    lists_suppression_pb2,
-)
+from mailblast.v1 import events_pb2, lists_suppression_pb2
 
 from services.gateway.audience import (
     csv_type,
@@ -17,8 +15,11 @@ from services.gateway.audience import (
 )
 from services.gateway.clients import BackendError, backends, call
 from services.gateway.security import requires
+from services.gateway.statuses import SUPPRESSION_REASONS
 
 bp = Blueprint("suppression", __name__)
+
+REASON_VALUES = {v: k for k, v in SUPPRESSION_REASONS.items()}
 
 
 @bp.get("/suppression")
@@ -30,8 +31,8 @@ def suppression() -> str:
         found = call(
             backends().lists_suppression.ListSuppressions,
             lists_suppression_pb2.ListSuppressionsRequest(
-                email_contains=args.get("q", "").strip(), reason=args.get("reason", ""), page_size=100,
-                page_token=args.get("page", ""),
+                email_contains=args.get("q", "").strip(), reason=REASON_VALUES.get(args.get("reason", ""), 0),
+                page_size=100, page_token=args.get("page", ""),
             ),
         )  # fmt: skip
     except BackendError as exc:
@@ -42,7 +43,9 @@ def suppression() -> str:
     next_url = (
         url_for("suppression.suppression", **filters, page=found.next_page_token) if found.next_page_token else ""
     )
-    return render_template("suppression.html", found=found, filters=filters, next_url=next_url)
+    return render_template(
+        "suppression.html", found=found, filters=filters, next_url=next_url, reasons=SUPPRESSION_REASONS
+    )
 
 
 @bp.post("/suppression")
@@ -56,7 +59,9 @@ def add_suppression() -> Response:
     try:
         reply = call(
             backends().lists_suppression.AddSuppressions,
-            lists_suppression_pb2.AddSuppressionsRequest(emails=emails[:10000], reason="manual", source="console"),
+            lists_suppression_pb2.AddSuppressionsRequest(
+                emails=emails[:10000], reason=events_pb2.SUPPRESSION_REASON_MANUAL, source="console"
+            ),
         )
     except BackendError as exc:
         refused(exc)

@@ -4,7 +4,7 @@ translations use: each value's name in lower case without the enum's prefix (CAM
 from __future__ import annotations
 
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
-from mailblast.v1 import campaigns_pb2, lists_pb2
+from mailblast.v1 import campaigns_pb2, events_pb2, lists_pb2
 
 
 def names_of(enum: EnumTypeWrapper, prefix: str) -> dict[int, str]:
@@ -14,3 +14,4 @@ def names_of(enum: EnumTypeWrapper, prefix: str) -> dict[int, str]:
 
 SUBSCRIBER_STATUSES = names_of(lists_pb2.SubscriberStatus, "SUBSCRIBER_STATUS_")
 CAMPAIGN_STATES = names_of(campaigns_pb2.CampaignState, "CAMPAIGN_STATE_")
+SUPPRESSION_REASONS = names_of(events_pb2.SuppressionReason, "SUPPRESSION_REASON_")

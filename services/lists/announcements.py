@@ -11,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.common import bus
 from services.common.outbox import Announcement, OutboxRelay, OutboxTable
+from services.lists import convert
 
 SELECT_CHANGES = """
 SELECT id, organization_id, email_hash, reason, changed_at FROM suppression_changes ORDER BY id LIMIT %s
@@ -27,7 +28,7 @@ def suppression_changed(row: tuple[int, int, str, str | None, dt.datetime]) -> A
         organization_id=organization_id,
         email_hash=email_hash,
         suppressed=reason is not None,
-        reason=events_pb2.SuppressionReason.Value(f"SUPPRESSION_REASON_{reason.upper()}") if reason else 0,
+        reason=convert.reason_pb(reason),
         version=change_id,
         changed_at=at,
     )

@@ -1,15 +1,17 @@
-"""The one place lists' statuses and kinds meet protobuf: domain StrEnums <-> proto enum numbers."""
+"""The one place lists' domain meets protobuf: StrEnums <-> proto enum numbers, condition trees <-> messages."""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from google.protobuf import json_format
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
-from mailblast.v1 import events_pb2, lists_pb2
+from mailblast.v1 import events_pb2, lists_pb2, lists_segments_pb2
 
 from services.lists.bounces import BounceKind
 from services.lists.subscribers import SubscriberStatus
+from services.lists.suppression import SuppressionReason
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -23,6 +25,18 @@ def _numbers(proto: EnumTypeWrapper, prefix: str, domain: type[E]) -> dict[E, in
 _STATUS = _numbers(lists_pb2.SubscriberStatus, "SUBSCRIBER_STATUS_", SubscriberStatus)
 _STATUS_OF = {number: member for member, number in _STATUS.items()}
 _KIND_OF = {number: member for member, number in _numbers(events_pb2.BounceKind, "BOUNCE_KIND_", BounceKind).items()}
+_REASON = _numbers(events_pb2.SuppressionReason, "SUPPRESSION_REASON_", SuppressionReason)
+_REASON_OF = {number: member for member, number in _REASON.items()}
+
+
+def reason_pb(reason: str | None) -> int:
+    """The proto number of a stored suppression reason (UNSPECIFIED for none)."""
+    return _REASON[SuppressionReason(reason)] if reason else events_pb2.SUPPRESSION_REASON_UNSPECIFIED
+
+
+def reason(number: int) -> SuppressionReason | None:
+    """The suppression reason a proto number names; None for UNSPECIFIED or an unknown number."""
+    return _REASON_OF.get(number)
 
 
 def status_pb(status: str) -> int:
@@ -41,3 +55,24 @@ def status(number: int) -> SubscriberStatus | None:
 def bounce_kind(number: int) -> BounceKind | None:
     """The bounce kind a BounceEvent names; None for UNSPECIFIED or an unknown number."""
     return _KIND_OF.get(number)
+
+
+def _whole(value: Any) -> Any:
+    """JSON numbers of a protobuf Value are floats: the whole ones become ints again (list ids, counts)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    return value
+
+
+def segment_tree(root: lists_segments_pb2.SegmentCondition) -> dict[str, Any]:
+    """The condition tree a SegmentCondition holds, as segments.py compiles it and the database keeps it."""
+    return _whole(json_format.MessageToDict(root, preserving_proto_field_name=True))
+
+
+def segment_pb(tree: dict[str, Any]) -> lists_segments_pb2.SegmentCondition:
+    """A stored condition tree as the SegmentCondition it was given as."""
+    return json_format.ParseDict(tree, lists_segments_pb2.SegmentCondition(), ignore_unknown_fields=True)

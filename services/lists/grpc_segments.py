@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 from mailblast.v1 import lists_segments_pb2, lists_segments_pb2_grpc
@@ -10,7 +9,7 @@ from mailblast.v1 import lists_segments_pb2, lists_segments_pb2_grpc
 from services.common.audit import AuditTrail
 from services.common.errors import InvalidArgument, NotFound
 from services.common.identity import require_scope
-from services.lists import segments
+from services.lists import convert, segments
 from services.lists.grpc_convert import one_line, subscriber, ts
 from services.lists.segments import Compiled
 from services.lists.store import ListsStore
@@ -23,7 +22,7 @@ def _segment(row: SegmentRow) -> lists_segments_pb2.Segment:
     return lists_segments_pb2.Segment(
         id=row.id,
         name=row.name,
-        conditions_json=json.dumps(row.conditions, ensure_ascii=False),
+        conditions=convert.segment_pb(row.conditions),
         created_at=ts(row.created_at),
         updated_at=ts(row.updated_at),
     )
@@ -61,8 +60,8 @@ class SegmentsServicer(lists_segments_pb2_grpc.ListsSegmentsServiceServicer):
         self._subscribers = subscribers
         self._audit = audit
 
-    async def _check_tree(self, org: int, conditions_json: str) -> tuple[dict, Compiled]:
-        tree = segments.parse(conditions_json)
+    async def _check_tree(self, org: int, conditions: lists_segments_pb2.SegmentCondition) -> tuple[dict, Compiled]:
+        tree = convert.segment_tree(conditions)
         compiled = segments.compile_tree(tree, await self._fields.defs(org))
         if compiled.list_ids:
             missing = compiled.list_ids - await self._lists.own_list_ids(org, sorted(compiled.list_ids))
@@ -76,7 +75,7 @@ class SegmentsServicer(lists_segments_pb2_grpc.ListsSegmentsServiceServicer):
         name = one_line(request.name.strip(), "the segment name", 200)
         if not name:
             raise InvalidArgument("the segment name must not be empty")
-        tree, _ = await self._check_tree(principal.organization_id, request.conditions_json)
+        tree, _ = await self._check_tree(principal.organization_id, request.conditions)
         created = await self._store.create(principal.organization_id, name, tree)
         await self._audit.record("segment.created", f"segment:{created.id}", {"name": name}, context=context)
         return _segment(created)
@@ -100,7 +99,7 @@ class SegmentsServicer(lists_segments_pb2_grpc.ListsSegmentsServiceServicer):
         """Replace a segment."""
         principal = require_scope("send")
         name = one_line(request.segment.name.strip(), "the segment name", 200)
-        tree, _ = await self._check_tree(principal.organization_id, request.segment.conditions_json)
+        tree, _ = await self._check_tree(principal.organization_id, request.segment.conditions)
         updated = await self._store.update(principal.organization_id, request.segment_id, name, tree)
         await self._audit.record("segment.updated", f"segment:{request.segment_id}", {"name": name}, context=context)
         return _segment(updated)
@@ -119,7 +118,7 @@ class SegmentsServicer(lists_segments_pb2_grpc.ListsSegmentsServiceServicer):
         if request.segment_id:
             compiled = (await self._saved.compiled(org, [request.segment_id]))[0]
         else:
-            _, compiled = await self._check_tree(org, request.conditions_json)
+            _, compiled = await self._check_tree(org, request.conditions)
         size = min(request.sample_size or 10, 100)
         sample, _ = await self._subscribers.search(org, compiled, 0, size, estimate=False)
         return lists_segments_pb2.PreviewSegmentResponse(

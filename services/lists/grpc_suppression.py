@@ -9,7 +9,7 @@ from services.common.errors import InvalidArgument, NotFound
 from services.common.identity import current_principal, require_scope
 from services.common.log import get_logger
 from services.common.privacy import email_hash
-from services.lists import validation
+from services.lists import convert, validation
 from services.lists.grpc_convert import csv_stream, export_encoding, one_line, page_token, read_page_token, ts
 from services.lists.store_suppression import SuppressionRow, SuppressionStore
 from services.lists.suppression import GIVEN_BY_HAND, SuppressionReason
@@ -22,7 +22,7 @@ EXPORT_PAGE = 2000
 
 def _suppression(row: SuppressionRow) -> lists_suppression_pb2.Suppression:
     return lists_suppression_pb2.Suppression(
-        email=row.email or "", reason=row.reason, source=row.source, created_at=ts(row.created_at)
+        email=row.email or "", reason=convert.reason_pb(row.reason), source=row.source, created_at=ts(row.created_at)
     )
 
 
@@ -37,10 +37,7 @@ class SuppressionServicer(lists_suppression_pb2_grpc.ListsSuppressionServiceServ
     async def AddSuppressions(self, request, context):
         """Suppress addresses by hand or from an import."""
         principal = require_scope("send")
-        try:
-            reason = SuppressionReason(request.reason or SuppressionReason.MANUAL)
-        except ValueError:
-            reason = None
+        reason = convert.reason(request.reason) if request.reason else SuppressionReason.MANUAL
         if reason not in GIVEN_BY_HAND:
             raise InvalidArgument("reason must be manual or import")
         good, errors = [], []
@@ -63,7 +60,8 @@ class SuppressionServicer(lists_suppression_pb2_grpc.ListsSuppressionServiceServ
         principal = require_scope("read")
         size = min(request.page_size or 100, 1000)
         found = await self._store.page(
-            principal.organization_id, request.email_contains, request.reason, read_page_token(request.page_token),
+            principal.organization_id, request.email_contains, str(convert.reason(request.reason) or ""),
+            read_page_token(request.page_token),
             size + 1,
         )  # fmt: skip
         page = found[:size]
@@ -120,7 +118,10 @@ class SuppressionServicer(lists_suppression_pb2_grpc.ListsSuppressionServiceServ
             if hit:
                 out.append(
                     lists_suppression_pb2.Suppression(
-                        email=email, reason=hit.reason, source=hit.source, created_at=ts(hit.created_at)
+                        email=email,
+                        reason=convert.reason_pb(hit.reason),
+                        source=hit.source,
+                        created_at=ts(hit.created_at),
                     )
                 )
         return lists_suppression_pb2.CheckSuppressedResponse(suppressed=out)

@@ -1,4 +1,4 @@
-"""Segments without SQL: a JSON condition tree compiled to parameterised SQL over subscribers `s`.
+"""Segments without SQL: a condition tree (a SegmentCondition as a dict) compiled to parameterised SQL.
 
 No identifier ever comes from the request: columns are chosen from fixed tables here, custom fields
 are looked up in the organisation's definitions and their keys passed as parameters to jsonb
@@ -7,7 +7,6 @@ operators, and every value is a bound parameter.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -33,17 +32,6 @@ class Compiled:
     where: sql.Composable
     params: list[Any]
     list_ids: set[int] = field(default_factory=set)
-
-
-def parse(conditions_json: str) -> dict:
-    """Parse the JSON of a condition tree, or refuse it saying why."""
-    try:
-        tree = json.loads(conditions_json or "")
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument("conditions_json is not valid JSON: %(reason)s", reason=str(exc)) from None
-    if not isinstance(tree, dict):
-        raise InvalidArgument('conditions_json must be an object such as {"match": "all", "conditions": [...]}')
-    return tree
 
 
 def _escape_like(text: str) -> str:

@@ -73,7 +73,9 @@ async def test_lists_announces_each_suppression_added_and_removed_by_keyed_hash(
     # stream holds, per address, only its last change: the keyed hash (never the address) with its
     # organisation and reason, and for the one taken off a change saying so with a greater version.
     await stub.AddSuppressions(
-        lists_suppression_pb2.AddSuppressionsRequest(emails=["Taro@example.jp", "hanako@example.jp"], reason="manual"),
+        lists_suppression_pb2.AddSuppressionsRequest(
+            emails=["Taro@example.jp", "hanako@example.jp"], reason=events_pb2.SUPPRESSION_REASON_MANUAL
+        ),
         metadata=as_user(signer, scopes=ADMIN),
     )
     taro, hanako = (email_hash(internal_key, e) for e in ("taro@example.jp", "hanako@example.jp"))

@@ -25,6 +25,7 @@ from services.common.verp import RecipientRef, unsubscribe_token
 from tests.integration import test_lists as base
 from tests.integration.test_lists import ORG, OTHER_ORG, as_campaigns, as_user, new_list, stream
 from tests.integration.test_lists_import import ADMIN, define_fields
+from tests.support.lists import conditions
 
 lists_service = base.lists_service
 stub = base.stub
@@ -86,7 +87,7 @@ async def seed(stub, signer) -> tuple[int, int, dict[str, int]]:
 async def preview(stub, signer, tree: dict) -> list[str]:
     """Addresses a condition tree selects, sorted."""
     reply = await stub.PreviewSegment(
-        lists_segments_pb2.PreviewSegmentRequest(conditions_json=json.dumps(tree, ensure_ascii=False), sample_size=100),
+        lists_segments_pb2.PreviewSegmentRequest(conditions=conditions(tree), sample_size=100),
         metadata=as_user(signer),
     )
     assert reply.count == len(reply.sample)
@@ -145,9 +146,7 @@ async def test_segment_conditions_against_known_data(lists_service, stub, campai
 
     # A saved segment is a campaign target: StreamRecipients takes its id next to list ids.
     saved = await stub.CreateSegment(
-        lists_segments_pb2.SegmentInput(
-            name="tokyo", conditions_json=json.dumps({"conditions": [nested["conditions"][1]]})
-        ),
+        lists_segments_pb2.SegmentInput(name="tokyo", conditions=conditions({"conditions": [nested["conditions"][1]]})),
         metadata=as_user(signer),
     )
     chunks = await stream_segments(campaigns_stub, signer, [saved.id])
@@ -236,7 +235,9 @@ async def test_suppression_respected_by_stream_recipients(lists_service, stub, c
         lists_suppression_pb2.CheckSuppressedRequest(emails=["HANAKO@example.jp", "taro@example.jp"]),
         metadata=as_campaigns(signer),
     )
-    assert [(s.email, s.reason) for s in checked.suppressed] == [("HANAKO@example.jp", "manual")]
+    assert [(s.email, s.reason) for s in checked.suppressed] == [
+        ("HANAKO@example.jp", events_pb2.SUPPRESSION_REASON_MANUAL)
+    ]
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await stub.RemoveSuppression(
             lists_suppression_pb2.RemoveSuppressionRequest(email="hanako@example.jp"), metadata=as_user(signer)
@@ -426,7 +427,7 @@ async def test_erase_leaves_only_the_hash(lists_service, stub, signer, database_
     checked = await stub.CheckSuppressed(
         lists_suppression_pb2.CheckSuppressedRequest(emails=["hanako@example.jp"]), metadata=as_user(signer)
     )
-    assert checked.suppressed[0].reason == "erased"
+    assert checked.suppressed[0].reason == events_pb2.SUPPRESSION_REASON_ERASED
     from tests.integration.test_lists_import import upload, wait_job
 
     job = await wait_job(stub, signer, await upload(stub, signer, news, b"email\nhanako@example.jp\n"))
@@ -448,18 +449,19 @@ async def test_listing_the_suppression_list_without_a_filter_returns_every_entry
     )
     listed = await stub.ListSuppressions(lists_suppression_pb2.ListSuppressionsRequest(), metadata=as_user(signer))
     assert [(s.email, s.reason) for s in listed.suppressions] == [
-        ("stop@example.jp", "manual"),
-        ("quit@example.jp", "manual"),
-        ("", "erased"),
+        ("stop@example.jp", events_pb2.SUPPRESSION_REASON_MANUAL),
+        ("quit@example.jp", events_pb2.SUPPRESSION_REASON_MANUAL),
+        ("", events_pb2.SUPPRESSION_REASON_ERASED),
     ]
     by_part = await stub.ListSuppressions(
         lists_suppression_pb2.ListSuppressionsRequest(email_contains="QUIT"), metadata=as_user(signer)
     )
     assert [s.email for s in by_part.suppressions] == ["quit@example.jp"]
     by_reason = await stub.ListSuppressions(
-        lists_suppression_pb2.ListSuppressionsRequest(reason="erased"), metadata=as_user(signer)
+        lists_suppression_pb2.ListSuppressionsRequest(reason=events_pb2.SUPPRESSION_REASON_ERASED),
+        metadata=as_user(signer),
     )
-    assert [s.reason for s in by_reason.suppressions] == ["erased"]
+    assert [s.reason for s in by_reason.suppressions] == [events_pb2.SUPPRESSION_REASON_ERASED]
     exported = b"".join(
         [
             c.data
@@ -518,7 +520,7 @@ async def test_other_organisation_gets_not_found(lists_service, stub, signer):
     news, _, ids = await seed(stub, signer)
     segment = await stub.CreateSegment(
         lists_segments_pb2.SegmentInput(
-            name="s", conditions_json=json.dumps({"conditions": [{"field": "list", "op": "eq", "value": news}]})
+            name="s", conditions=conditions({"conditions": [{"field": "list", "op": "eq", "value": news}]})
         ),
         metadata=as_user(signer),
     )
@@ -545,7 +547,7 @@ async def test_other_organisation_gets_not_found(lists_service, stub, signer):
             lists_segments_pb2.UpdateSegmentRequest(
                 segment_id=segment.id,
                 segment=lists_segments_pb2.SegmentInput(
-                    name="x", conditions_json='{"conditions": [{"field": "email", "op": "is_empty"}]}'
+                    name="x", conditions=conditions({"conditions": [{"field": "email", "op": "is_empty"}]})
                 ),
             ),
         ),
@@ -554,7 +556,7 @@ async def test_other_organisation_gets_not_found(lists_service, stub, signer):
         (
             stub.PreviewSegment,
             lists_segments_pb2.PreviewSegmentRequest(
-                conditions_json=json.dumps({"conditions": [{"field": "list", "op": "eq", "value": news}]})
+                conditions=conditions({"conditions": [{"field": "list", "op": "eq", "value": news}]})
             ),
         ),
         (stub.CreateForm, lists_signup_pb2.FormInput(list_id=news)),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import grpc
+from google.protobuf import json_format
+from mailblast.v1 import lists_segments_pb2
 
 # The lists process's services, by the module that defines each (lists.proto and its sub-domains).
 LISTS_PROTOS = ("lists", "lists_fields", "lists_imports", "lists_segments", "lists_suppression", "lists_signup",
@@ -29,3 +32,8 @@ class ListsStubs:
                 for method in service.methods:
                     assert not hasattr(self, method.name), f"{method.name} is served twice"
                     setattr(self, method.name, getattr(stub, method.name))
+
+
+def conditions(tree: dict[str, Any]) -> lists_segments_pb2.SegmentCondition:
+    """A condition tree written as its JSON form, e.g. {"conditions": [{"field": "email", "op": "is_empty"}]}."""
+    return json_format.ParseDict(tree, lists_segments_pb2.SegmentCondition())

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import json
 
-from mailblast.v1 import campaigns_pb2, lists_fields_pb2, lists_pb2, lists_segments_pb2, lists_suppression_pb2
+from mailblast.v1 import (
+    campaigns_pb2,
+    events_pb2,
+    lists_fields_pb2,
+    lists_pb2,
+    lists_segments_pb2,
+    lists_suppression_pb2,
+)
+
+from tests.support.lists import conditions
 
 
 async def test_segment_campaign_skips_suppressed_addresses(stack, smtp_sink):
@@ -34,14 +43,16 @@ async def test_segment_campaign_skips_suppressed_addresses(stack, smtp_sink):
     segment = await lists.CreateSegment(
         lists_segments_pb2.SegmentInput(
             name="pro customers",
-            conditions_json=json.dumps(
+            conditions=conditions(
                 {"match": "all", "conditions": [{"field": "custom", "key": "plan", "op": "eq", "value": "pro"}]}
             ),
         ),
         metadata=stack.metadata,
     )
     await lists.AddSuppressions(
-        lists_suppression_pb2.AddSuppressionsRequest(emails=["p2@example.net"], reason="manual"),
+        lists_suppression_pb2.AddSuppressionsRequest(
+            emails=["p2@example.net"], reason=events_pb2.SUPPRESSION_REASON_MANUAL
+        ),
         metadata=stack.metadata,
     )
     campaign = await stack.send_campaign([], segment_ids=[segment.id], subject="{{ name }} / {{ plan }}")

@@ -18,6 +18,7 @@ from mailblast.v1 import (
 )
 
 from services.common.privacy import email_hash
+from tests.support.lists import conditions
 from tests.support.poll import poll
 
 
@@ -85,14 +86,12 @@ async def test_audience_actions_are_audited_with_token_address_and_no_personal_d
     assert json.loads((await latest("lists.settings_changed")).detail_json)["confirm_unsubscribe"] is True
     form = await lists.CreateForm(lists_signup_pb2.FormInput(list_id=list_id, name="top"), metadata=md)
     assert (await latest("form.created")).target == f"form:{form.id}"
-    conditions = json.dumps({"match": "all", "conditions": [{"field": "list", "op": "eq", "value": list_id}]})
-    segment = await lists.CreateSegment(
-        lists_segments_pb2.SegmentInput(name="all", conditions_json=conditions), metadata=md
-    )
+    tree = conditions({"match": "all", "conditions": [{"field": "list", "op": "eq", "value": list_id}]})
+    segment = await lists.CreateSegment(lists_segments_pb2.SegmentInput(name="all", conditions=tree), metadata=md)
     assert (await latest("segment.created")).target == f"segment:{segment.id}"
     await lists.UpdateSegment(
         lists_segments_pb2.UpdateSegmentRequest(
-            segment_id=segment.id, segment=lists_segments_pb2.SegmentInput(name="all 2", conditions_json=conditions)
+            segment_id=segment.id, segment=lists_segments_pb2.SegmentInput(name="all 2", conditions=tree)
         ),
         metadata=md,
     )

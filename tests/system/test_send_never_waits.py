@@ -11,7 +11,7 @@ import math
 import time
 
 import pytest
-from mailblast.v1 import campaigns_pb2, lists_pb2, lists_signup_pb2, lists_suppression_pb2
+from mailblast.v1 import campaigns_pb2, events_pb2, lists_pb2, lists_signup_pb2, lists_suppression_pb2
 
 from services.common.identity import IDENTITY_HEADER, Principal
 from services.common.verp import RecipientRef, unsubscribe_token
@@ -62,7 +62,9 @@ async def test_a_campaign_finishes_while_the_lists_service_is_down(stack, smtp_s
     finally:
         await stack.restart_lists()
     await stack.lists_stub.AddSuppressions(
-        lists_suppression_pb2.AddSuppressionsRequest(emails=["later@example.net"], reason="manual"),
+        lists_suppression_pb2.AddSuppressionsRequest(
+            emails=["later@example.net"], reason=events_pb2.SUPPRESSION_REASON_MANUAL
+        ),
         metadata=stack.metadata,
     )
     deadline = time.monotonic() + 30
