@@ -20,11 +20,11 @@ from cryptography.fernet import InvalidToken
 from services.auth import notices, passwords, tokens, totp
 from services.auth.config import Config
 from services.auth.devices import DeviceCookies
-from services.auth.sealing import SecretBox
 from services.auth.store import Account, AuthStore, SessionRow
 from services.common.clock import Clock, SystemClock
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.log import get_logger
+from services.common.sealing import SecretBox
 
 log = get_logger(__name__)
 

@@ -29,6 +29,7 @@ from services.sender.decisions import RetryPolicy, Step, Verdict
 from services.sender.ledger import DeliveryResult, LedgerState, Outcome, rejected, suppressed
 from services.sender.mime import MessageProblem, Sender
 from services.sender.render import CompiledContent, TemplateCache, TemplateProblem
+from services.sender.signing import Signing, SigningKeys
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("services.sender")
@@ -93,10 +94,13 @@ class BatchSending:
         claim_seconds: float = 300.0,
         clock: Clock | None = None,
         render_pool: Executor | None = None,
+        signing: SigningKeys | None = None,
     ) -> None:
         self._ledger = ledger
         self._recorder = recorder
         self._gate = gate
+        # None: every message signed with the composer's (platform) keys.
+        self._signing = signing
         self._transport = transport
         self._composer = composer
         self._policy = policy
@@ -131,6 +135,11 @@ class BatchSending:
             return Ack()
         try:
             batch.content.sender.check()
+            signing = (
+                await self._signing.for_sender(batch.organization_id, batch.content.from_address)
+                if self._signing
+                else None
+            )
             compiled = await asyncio.get_running_loop().run_in_executor(
                 self._render_pool, self._templates.get, batch.campaign_id, batch.content.subject,
                 batch.content.text_body, batch.content.html_body,
@@ -143,7 +152,7 @@ class BatchSending:
                 *(self._recorder.submit(self._outcome(batch, r, result, "", states)) for r in plan.todo)
             )
             return Term(f"the campaign cannot be sent: {exc}")
-        return await self._deliver_all(batch, plan.todo, compiled, states)
+        return await self._deliver_all(batch, plan.todo, compiled, states, signing)
 
     def _halt(self, batch: Batch, verdict: Verdict) -> Decision:
         log.info("batch halted by the campaign's state", campaign_id=batch.campaign_id, state=verdict)
@@ -151,7 +160,12 @@ class BatchSending:
         return decisions.halt(verdict, self._policy)
 
     async def _deliver_all(
-        self, batch: Batch, todo: list[Recipient], compiled: CompiledContent, states: dict[int, LedgerState]
+        self,
+        batch: Batch,
+        todo: list[Recipient],
+        compiled: CompiledContent,
+        states: dict[int, LedgerState],
+        signing: Signing | None = None,
     ) -> Decision:
         waits: list[asyncio.Future[Outcome]] = []
         recorded: list[asyncio.Future[object]] = []
@@ -196,7 +210,7 @@ class BatchSending:
                         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
                         self._inflight[key] = future
                         waits.append(future)
-                        deliver = self._deliver_one(batch, recipient, compiled, states, key, future)
+                        deliver = self._deliver_one(batch, recipient, compiled, states, key, future, signing)
                         started.append(asyncio.create_task(deliver))
             outcomes = await asyncio.gather(*waits)
         except asyncio.CancelledError:
@@ -254,6 +268,7 @@ class BatchSending:
         states: dict[int, LedgerState],
         key: tuple[int, int],
         future: asyncio.Future[Outcome],
+        signing: Signing | None = None,
     ) -> None:
         released = False
         try:
@@ -275,6 +290,7 @@ class BatchSending:
                             email=recipient.email,
                             name=recipient.name,
                             attributes_json=recipient.attributes_json,
+                            signing=signing,
                         ),
                     )
                 except (MessageProblem, TemplateProblem) as exc:

@@ -33,7 +33,7 @@ from services.lists.config import Config as ListsConfig
 from services.sender import service as sender_service
 from tests.support.mtls import default_pki
 from tests.support.nats import NatsServer
-from tests.support.stack import DkimKeys, sender_config
+from tests.support.stack import DKIM_DOMAIN, DKIM_SEALING_KEY, DkimKeys, sender_config
 
 PASSWORD = "violet-otter-47-lantern"
 OWNER = "alice"
@@ -268,6 +268,8 @@ async def start_console(
             auth_addr=auth_addr,
             grpc_bind="127.0.0.1:0",
             nats_creds_file=nats.creds("campaigns"),
+            platform_from_domain=DKIM_DOMAIN,
+            dkim_sealing_keys=(DKIM_SEALING_KEY,),
         )
     )
     sender = await sender_service.start(
