@@ -11,7 +11,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter, Map
 
-from services.gateway import account, admin, audience, mail, outbox, public, views
+from services.gateway import account, admin, audience, domains, mail, outbox, public, views
 from services.gateway.clients import BackendError, Backends
 from services.gateway.config import Config
 from services.gateway.i18n import init_i18n
@@ -103,6 +103,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Config | None = N
     app.register_blueprint(admin.bp)
     app.register_blueprint(mail.bp)
     app.register_blueprint(audience.bp)
+    app.register_blueprint(domains.bp)
     app.register_blueprint(public.bp)
     if settings.dev_outbox_dir:
         app.register_blueprint(outbox.bp)

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 from flask import current_app, g, has_request_context, request
-from mailblast.v1 import auth_pb2_grpc, campaigns_pb2_grpc, lists_pb2_grpc
+from mailblast.v1 import auth_pb2_grpc, campaigns_pb2_grpc, domains_pb2_grpc, lists_pb2_grpc
 
 from services.common.errors import explanation_from
 from services.common.identity import Principal, reset_principal, set_principal
@@ -67,6 +67,8 @@ class Backends:
         self.auth = auth_pb2_grpc.AuthServiceStub(self._channels[0])
         self.lists = lists_pb2_grpc.ListsServiceStub(self._channels[1])
         self.campaigns = campaigns_pb2_grpc.CampaignsServiceStub(self._channels[2])
+        # The campaigns process serves the sending domains too.
+        self.domains = domains_pb2_grpc.DomainsServiceStub(self._channels[2])
 
     def close(self) -> None:
         """Close the channels."""

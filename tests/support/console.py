@@ -221,6 +221,7 @@ async def start_console(
     outbox: Path,
     public_url: str = ORIGIN,
     clock: Clock | None = None,
+    campaigns_overrides: dict | None = None,
     **auth_overrides: Any,
 ) -> Console:
     """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway.
@@ -259,17 +260,20 @@ async def start_console(
     )
     lists_addr = f"127.0.0.1:{lists.grpc_port}"
     campaigns = await campaigns_service.start(
-        CampaignsConfig(
-            database_url=database_url,
-            nats_url=nats.url,
-            internal_key=internal_key,
-            lists_addr=lists_addr,
-            grpc_tls=pki.tls("campaigns"),
-            auth_addr=auth_addr,
-            grpc_bind="127.0.0.1:0",
-            nats_creds_file=nats.creds("campaigns"),
-            platform_from_domain=DKIM_DOMAIN,
-            dkim_sealing_keys=(DKIM_SEALING_KEY,),
+        dataclasses.replace(
+            CampaignsConfig(
+                database_url=database_url,
+                nats_url=nats.url,
+                internal_key=internal_key,
+                lists_addr=lists_addr,
+                grpc_tls=pki.tls("campaigns"),
+                auth_addr=auth_addr,
+                grpc_bind="127.0.0.1:0",
+                nats_creds_file=nats.creds("campaigns"),
+                platform_from_domain=DKIM_DOMAIN,
+                dkim_sealing_keys=(DKIM_SEALING_KEY,),
+            ),
+            **(campaigns_overrides or {}),
         )
     )
     sender = await sender_service.start(
