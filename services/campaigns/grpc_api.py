@@ -16,12 +16,16 @@ from mailblast.v1 import (
     events_pb2,
     lists_pb2,
     lists_pb2_grpc,
+    lists_segments_pb2,
+    lists_segments_pb2_grpc,
 )
 from opentelemetry import trace
 
+from services.campaigns import convert
 from services.campaigns.content import CampaignDraft, check_limits, validate_draft
 from services.campaigns.domains import check_alignment
 from services.campaigns.fanout import FanOut
+from services.campaigns.states import CampaignState
 from services.campaigns.store import CampaignRow, CampaignStore
 from services.campaigns.store_domains import DomainStore
 from services.common.audit import AuditTrail
@@ -34,21 +38,13 @@ log = get_logger(__name__)
 
 tracer = trace.get_tracer("mailblast.campaigns")
 
-_STATES = {
-    "draft": campaigns_pb2.CAMPAIGN_STATE_DRAFT,
-    "sending": campaigns_pb2.CAMPAIGN_STATE_SENDING,
-    "paused": campaigns_pb2.CAMPAIGN_STATE_PAUSED,
-    "sent": campaigns_pb2.CAMPAIGN_STATE_SENT,
-    "cancelled": campaigns_pb2.CAMPAIGN_STATE_CANCELLED,
-}
-
 
 def to_proto(row: CampaignRow) -> campaigns_pb2.Campaign:
     """The wire form of a stored campaign."""
     campaign = campaigns_pb2.Campaign(
         id=row.id,
         name=row.name,
-        state=_STATES[row.state],
+        state=convert.state_to_proto(row.state),
         list_ids=row.list_ids,
         segment_ids=row.segment_ids,
         from_name=row.from_name,
@@ -79,6 +75,7 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         store: CampaignStore,
         fanout: FanOut,
         lists: lists_pb2_grpc.ListsServiceStub,
+        lists_segments: lists_segments_pb2_grpc.ListsSegmentsServiceStub,
         send_mail: Callable[[events_pb2.TransactionalMessage], Awaitable[None]] | None = None,
         auth: auth_pb2_grpc.AuthServiceStub | None = None,
         *,
@@ -90,6 +87,7 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         self._platform_domain = platform_domain
         self._fanout = fanout
         self._lists = lists
+        self._lists_segments = lists_segments
         self._send_mail = send_mail
         self._audit_trail = AuditTrail(auth)
 
@@ -118,7 +116,8 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         )  # fmt: skip
         checks = [("list", i, self._lists.GetList, lists_pb2.GetListRequest(list_id=i)) for i in draft.list_ids]
         checks += [
-            ("segment", i, self._lists.GetSegment, lists_pb2.GetSegmentRequest(segment_id=i)) for i in draft.segment_ids
+            ("segment", i, self._lists_segments.GetSegment, lists_segments_pb2.GetSegmentRequest(segment_id=i))
+            for i in draft.segment_ids
         ]
         for kind, object_id, call, request_ in checks:
             try:
@@ -145,7 +144,7 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         principal = require_scope("send")
         # Another organisation's campaign is NOT_FOUND before any validation says anything about it.
         row = await self._get(principal.organization_id, request.campaign_id)
-        if row.state != "draft":
+        if row.state != CampaignState.DRAFT:
             raise FailedPrecondition(
                 "campaign %(campaign)s is %(state)s; only a draft can be changed", campaign=row.id, state=row.state
             )
@@ -168,7 +167,9 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         rows = await self._store.list(principal.organization_id)
         return campaigns_pb2.ListCampaignsResponse(campaigns=[to_proto(r) for r in rows])
 
-    async def _transition(self, campaign_id: int, allowed: tuple[str, ...], to: str, verb: str) -> CampaignRow:
+    async def _transition(
+        self, campaign_id: int, allowed: tuple[CampaignState, ...], to: CampaignState, verb: str
+    ) -> CampaignRow:
         principal = require_scope("send")
         before, after = await self._store.change_state(principal.organization_id, campaign_id, allowed, to)
         if before is None:
@@ -198,9 +199,9 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         with tracer.start_as_current_span("campaign.send", attributes={"mailblast.campaign_id": request.campaign_id}):
             principal = require_scope("send")
             draft = await self._get(principal.organization_id, request.campaign_id)
-            if draft.state == "draft":
+            if draft.state == CampaignState.DRAFT:
                 await self._check_sendable(draft)
-            row = await self._transition(request.campaign_id, ("draft",), "sending", "sent")
+            row = await self._transition(request.campaign_id, (CampaignState.DRAFT,), CampaignState.SENDING, "sent")
             self._fanout.start(row)
             await self._audit(context, "campaign.sent", row)
             return to_proto(row)
@@ -211,16 +212,17 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         await self._audit_trail.record(action, f"campaign:{row.id}", detail, context=context)
 
     async def PauseCampaign(self, request, context):
-        return to_proto(await self._transition(request.campaign_id, ("sending",), "paused", "paused"))
+        paused = await self._transition(request.campaign_id, (CampaignState.SENDING,), CampaignState.PAUSED, "paused")
+        return to_proto(paused)
 
     async def ResumeCampaign(self, request, context):
-        row = await self._transition(request.campaign_id, ("paused",), "sending", "resumed")
+        row = await self._transition(request.campaign_id, (CampaignState.PAUSED,), CampaignState.SENDING, "resumed")
         self._fanout.start(row)
         return to_proto(row)
 
     async def CancelCampaign(self, request, context):
-        allowed = ("draft", "sending", "paused")
-        return to_proto(await self._transition(request.campaign_id, allowed, "cancelled", "cancelled"))
+        allowed = (CampaignState.DRAFT, CampaignState.SENDING, CampaignState.PAUSED)
+        return to_proto(await self._transition(request.campaign_id, allowed, CampaignState.CANCELLED, "cancelled"))
 
     async def SendTest(self, request, context):
         principal = require_scope("send")

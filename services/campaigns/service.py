@@ -15,6 +15,7 @@ from mailblast.v1 import (
     domains_pb2_grpc,
     events_pb2,
     lists_pb2_grpc,
+    lists_segments_pb2_grpc,
 )
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
@@ -22,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from services.campaigns.announcements import campaign_state_relay, sending_domain_relay
 from services.campaigns.batches import JetStreamBatches
 from services.campaigns.config import Config
-from services.campaigns.consumers import bounce_consumer, delivery_consumer
+from services.campaigns.consumers import BounceCounter, DeliveryCounter
 from services.campaigns.dnslookup import DnsLookup
 from services.campaigns.domains import Platform
 from services.campaigns.fanout import FanOut
@@ -32,7 +33,7 @@ from services.campaigns.recipients import ListsAudience
 from services.campaigns.store import CampaignStore
 from services.campaigns.store_domains import DomainStore
 from services.common import bus, db, mail
-from services.common.erasure import erasure_consumer
+from services.common.erasure import ErasureConsumer
 from services.common.log import get_logger
 from services.common.outbox import OutboxRelay
 from services.common.rpc import (
@@ -60,9 +61,9 @@ class Running:
     nc: NATS
     fanout: FanOut
     store: CampaignStore
-    delivery_consumer: bus.PullConsumer
-    bounce_consumer: bus.PullConsumer
-    erasure_consumer: bus.PullConsumer
+    delivery_consumer: DeliveryCounter
+    bounce_consumer: BounceCounter
+    erasure_consumer: ErasureConsumer
     states: OutboxRelay
     domains: OutboxRelay
     channels: list[grpc.aio.Channel]
@@ -73,6 +74,11 @@ class Running:
     def grpc_port(self) -> int:
         """The bound gRPC port."""
         return self.grpc_server.port
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound /metrics port (0: none)."""
+        return self.grpc_server.metrics_port
 
     async def stop(self) -> None:
         """Stop serving, fanning out and consuming; progress is kept for the next start."""
@@ -120,8 +126,9 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
             log.info("DKIM keys resealed with the first sealing key", count=resealed)
     platform = Platform(config.spf_include, config.return_path_target, config.dmarc_report_address)
     servicer = CampaignsServicer(
-        store, fanout, lists, send_mail, auth, domains=domain_store, platform_domain=config.platform_from_domain
-    )
+        store, fanout, lists, lists_segments_pb2_grpc.ListsSegmentsServiceStub(lists_channel), send_mail, auth,
+        domains=domain_store, platform_domain=config.platform_from_domain,
+    )  # fmt: skip
     domains_servicer = DomainsServicer(domain_store, DnsLookup(config.dns_resolver), platform, box, auth)
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -132,10 +139,12 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
             domains_pb2.DESCRIPTOR.services_by_name["DomainsService"].full_name,
         ]
 
-    grpc_server = await start_grpc_server(config.grpc_bind, register, me, resolver, config.health_bind)
-    deliveries = delivery_consumer(js, store)
-    bounces = bounce_consumer(js, store)
-    erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)
+    grpc_server = await start_grpc_server(
+        config.grpc_bind, register, me, resolver, config.health_bind, metrics_bind=config.metrics_bind
+    )
+    deliveries = DeliveryCounter(js, store)
+    bounces = BounceCounter(js, store)
+    erasures = ErasureConsumer(js, ERASURES_DURABLE, store.erase)
     await deliveries.start()
     await bounces.start()
     await erasures.start()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from services.common import verp
 from services.sender.dkim import DkimSigner
-from services.sender.mime import Sender, build_message
+from services.sender.mime import CrlfMessage, Sender, build_message
 from services.sender.render import CompiledContent, recipient_fields
 from services.sender.signing import Signing
 
@@ -74,7 +74,7 @@ class Composer:
         return Prepared(
             envelope_from=verp.return_path(self._key, ref, return_path_domain),
             message_id=message_id,
-            data=signer.sign(data),
+            data=CrlfMessage(signer.sign(data)),
         )
 
     def transactional_message_id(self, organization_id: int, message_key: str) -> str:
@@ -117,6 +117,8 @@ class Composer:
             # The organisation's own domain: bounces come back under it, so SPF aligns with the From.
             return Prepared(
                 envelope_from=f"bounces@{signing.return_path_domain}", message_id=message_id,
-                data=signing.signer.sign(data),
+                data=CrlfMessage(signing.signer.sign(data)),
             )  # fmt: skip
-        return Prepared(envelope_from=self._system_return_path, message_id=message_id, data=self._signer.sign(data))
+        return Prepared(
+            envelope_from=self._system_return_path, message_id=message_id, data=CrlfMessage(self._signer.sign(data))
+        )
