@@ -17,6 +17,7 @@ from services.common.templating import RenderBudget, TemplateLimitExceeded
 from services.gateway import statuses
 from services.gateway.clients import BackendError, backends, call
 from services.gateway.explanations import explain
+from services.gateway.numbers import form_ids
 from services.gateway.security import PREVIEW_CSP, requires
 
 bp = Blueprint("mail", __name__)
@@ -26,13 +27,6 @@ _FORM_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECOND
 
 # The names the pages use (statuses.py derives them from the contracts).
 CAMPAIGN_STATES = statuses.CAMPAIGN_STATES
-
-
-def _id_list(values: list[str]) -> list[int]:
-    try:
-        return [int(v) for v in values if v]
-    except ValueError:
-        abort(400)
 
 
 # ---------------------------------------------------------------------------------------------- lists
@@ -188,8 +182,8 @@ def _draft_fields() -> dict[str, Any]:
     form = request.form
     return {
         "name": form.get("name", ""),
-        "list_ids": _id_list(form.getlist("list_ids")),
-        "segment_ids": _id_list(form.getlist("segment_ids")),
+        "list_ids": form_ids(form.getlist("list_ids")),
+        "segment_ids": form_ids(form.getlist("segment_ids")),
         "from_name": form.get("from_name", ""),
         "from_address": form.get("from_address", ""),
         "reply_to": form.get("reply_to", ""),

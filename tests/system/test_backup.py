@@ -13,8 +13,15 @@ from email import policy
 
 import psycopg
 import pytest
-from mailblast.v1 import auth_pb2, auth_pb2_grpc, campaigns_pb2, campaigns_pb2_grpc, lists_pb2, lists_pb2_grpc
-from services.auth.sealing import parse_keys
+from mailblast.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    campaigns_pb2,
+    campaigns_pb2_grpc,
+    lists_pb2,
+    lists_pb2_grpc,
+    lists_suppression_pb2,
+)
 
 from cli import backup
 from cli import main as cli
@@ -22,6 +29,7 @@ from services.auth import service as auth_service
 from services.auth import totp
 from services.campaigns import service as campaigns_service
 from services.common.identity import IDENTITY_HEADER, Principal
+from services.common.sealing import parse_keys
 from services.lists import service as lists_service
 from tests.support.mtls import default_pki
 
@@ -139,7 +147,7 @@ async def test_backup_restores_a_populated_installation(
     people = [f"person{i}@example.com" for i in range(40)]
     list_id = await stack.create_list(people, name="秋のニュース")
     await stack.lists_stub.AddSuppressions(
-        lists_pb2.AddSuppressionsRequest(emails=["blocked@example.com"], reason="manual", source="test"),
+        lists_suppression_pb2.AddSuppressionsRequest(emails=["blocked@example.com"], reason="manual", source="test"),
         metadata=stack.metadata,
     )
     sent = await stack.send_campaign([list_id], name="秋のご案内")
