@@ -21,6 +21,8 @@ from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from mailblast.v1 import (
     campaigns_pb2,
     campaigns_pb2_grpc,
+    domains_pb2,
+    domains_pb2_grpc,
     events_pb2,
     lists_fields_pb2,
     lists_fields_pb2_grpc,
@@ -155,9 +157,10 @@ class Client:
         self.lists_imports = lists_imports_pb2_grpc.ListsImportsServiceStub(lists_channel)
         self.lists_segments = lists_segments_pb2_grpc.ListsSegmentsServiceStub(lists_channel)
         self.lists_suppression = lists_suppression_pb2_grpc.ListsSuppressionServiceStub(lists_channel)
-        self.campaigns = campaigns_pb2_grpc.CampaignsServiceStub(
-            grpc.secure_channel(_address("campaigns"), credentials)
-        )
+        campaigns_channel = grpc.secure_channel(_address("campaigns"), credentials)
+        self.campaigns = campaigns_pb2_grpc.CampaignsServiceStub(campaigns_channel)
+        # The campaigns process serves the sending domains too.
+        self.domains = domains_pb2_grpc.DomainsServiceStub(campaigns_channel)
 
     def call(self, method, request):
         """Call one RPC; turn a refusal into a CliError with the server's explanation."""
@@ -475,6 +478,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--interval", type=float, default=1.0)
     c.add_argument("--timeout", type=float, default=3600.0)
 
+    doms = sub.add_parser("domains", help="sending domains: DKIM keys, DNS records, checks").add_subparsers(
+        dest="cmd", required=True
+    )
+    doms.add_parser("add", help="add a domain to send From: makes its DKIM keys, shows the records").add_argument(
+        "domain"
+    )
+    doms.add_parser("ls", help="show the sending domains")
+    for name, text in (("show", "show a domain's records"), ("check", "look the records up in DNS now"),
+                       ("rm", "delete a domain and its keys")):  # fmt: skip
+        doms.add_parser(name, help=text).add_argument("id", type=int)
     bounce = sub.add_parser("bounce", help="returned mail (needs no API token)").add_subparsers(
         dest="cmd", required=True
     )
@@ -547,6 +560,56 @@ def cmd_nats(args: argparse.Namespace) -> int:
     nats_credentials.write_secret(out, creds)
     print(f"wrote {out} (mode 0600): publishes to {transactional_subject(args.organization)} only")
     print(f"connect with user_credentials={out} and inbox_prefix={inbox_prefix(user)}")
+    return 0
+
+
+_RECORD_STATUS = {
+    domains_pb2.RECORD_STATUS_PASS: "pass",
+    domains_pb2.RECORD_STATUS_MISSING: "missing",
+    domains_pb2.RECORD_STATUS_WRONG: "wrong",
+    domains_pb2.RECORD_STATUS_ERROR: "error",
+    domains_pb2.RECORD_STATUS_UNSPECIFIED: "not checked",
+}
+
+
+def _print_domain(domain: domains_pb2.SendingDomain) -> None:
+    """A domain and each record to publish, one value per line so it can be copied as it is."""
+    state = "verified" if domain.verified else "not verified: publish the records below, then `mailblast domains check`"
+    print(f"{domain.domain} (id {domain.id}): {state}")
+    for record in domain.records:
+        optional = "" if record.required else " (optional)"
+        print(f"  [{_RECORD_STATUS[record.status]}] {record.type} {record.name}{optional}")
+        print(f"    {record.value}")
+        if record.problem:
+            print(f"    ! {record.problem}")
+        if record.fix and record.fix != record.value:
+            print(f"    publish instead: {record.fix}")
+        if record.advice:
+            print(f"    note: {record.advice}")
+
+
+def cmd_domains(client: Client, args: argparse.Namespace) -> int:
+    """mailblast domains add|ls|show|check|rm."""
+    if args.cmd == "ls":
+        listed = client.call(client.domains.ListSendingDomains, domains_pb2.ListSendingDomainsRequest())
+        if args.json:
+            _show(listed, True)
+        for domain in [] if args.json else listed.domains:
+            print(f"{domain.id}\t{domain.domain}\t{'verified' if domain.verified else 'not verified'}")
+        return 0
+    if args.cmd == "rm":
+        client.call(client.domains.DeleteSendingDomain, domains_pb2.SendingDomainRequest(domain_id=args.id))
+        print(f"sending domain {args.id} deleted")
+        return 0
+    if args.cmd == "add":
+        domain = client.call(client.domains.AddSendingDomain, domains_pb2.AddSendingDomainRequest(domain=args.domain))
+    else:
+        method = client.domains.CheckSendingDomain if args.cmd == "check" else client.domains.GetSendingDomain
+        domain = client.call(method, domains_pb2.SendingDomainRequest(domain_id=args.id))
+    if args.json:
+        _show(domain, True)
+    else:
+        _print_domain(domain)
     return 0
 
 
@@ -633,6 +696,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             req = lists_suppression_pb2.RemoveSuppressionRequest(email=args.email)
             _show(client.call(client.lists_suppression.RemoveSuppression, req), args.json)
         return 0
+    if args.area == "domains":
+        return cmd_domains(client, args)
     if args.cmd == "create":
         return cmd_campaign_create(client, args)
     if args.cmd == "update":

@@ -188,6 +188,9 @@ class Authority:
             "# mailblast's NATS trust: written by `mailblast nats init` / make run. Public keys and JWTs only.\n"
             f'operator: "{operator_jwt}"\n'
             f'system_account: "{system}"\n'
+            # A client's CONNECT carries its user JWT, whose permission table (bus.SERVICE_ACCESS) outgrows the
+            # default 4 KiB line of the sender's many durables.
+            "max_control_line: 16384\n"
             "resolver: MEMORY\n"
             "resolver_preload: {\n"
             f'  "{system}": "{system_jwt}"\n'
@@ -240,7 +243,8 @@ def init(directory: Path) -> Setup:
     issuer = authority.issuer
     if not setup.signing_key_file.exists():
         write_secret(setup.signing_key_file, issuer.dumps())
-    if not setup.server_config_file.exists():
+    if not setup.server_config_file.exists() or "max_control_line" not in setup.server_config_file.read_text():
+        # Also a server.conf written before the control-line limit was raised: the same trust, rewritten.
         write_secret(setup.server_config_file, authority.server_config())
     for service in SERVICES:
         path = setup.creds_file(service)

@@ -103,6 +103,7 @@ class SecretFiles:
 
     internal_key: Path
     totp_keys: Path
+    dkim_sealing_keys: Path
     dkim_rsa: Path
     dkim_ed25519: Path
     tls_cert: Path
@@ -129,6 +130,7 @@ def ensure_secrets(directory: Path) -> tuple[SecretFiles, bool]:
     files = SecretFiles(
         internal_key=directory / "internal.key",
         totp_keys=directory / "totp.keys",
+        dkim_sealing_keys=directory / "dkim-sealing.keys",
         dkim_rsa=directory / f"dkim-{DKIM_RSA_SELECTOR}.pem",
         dkim_ed25519=directory / f"dkim-{DKIM_ED25519_SELECTOR}.pem",
         tls_cert=directory / "tls" / "cert.pem",
@@ -143,6 +145,10 @@ def ensure_secrets(directory: Path) -> tuple[SecretFiles, bool]:
     if not files.totp_keys.exists():
         # One Fernet key sealing TOTP secrets in the database (rotation adds keys after it).
         _write_secret(files.totp_keys, Fernet.generate_key())
+        created = True
+    if not files.dkim_sealing_keys.exists():
+        # One Fernet key sealing the organisations' DKIM keys (campaigns seals, the senders open).
+        _write_secret(files.dkim_sealing_keys, Fernet.generate_key())
         created = True
     if not files.dkim_rsa.exists():
         _write_secret(files.dkim_rsa, _pkcs8(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
@@ -433,6 +439,10 @@ class Supervisor:
             "NATS_URL": nats_url,
             "MAILBLAST_INTERNAL_KEY_FILE": str(files.internal_key),
             "AUTH_TOTP_KEYS_FILE": str(files.totp_keys),
+            "MAILBLAST_DKIM_SEALING_KEYS_FILE": str(files.dkim_sealing_keys),
+            # Every organisation may send From the platform's domain, which the senders sign (SENDER_DKIM_*).
+            "CAMPAIGNS_PLATFORM_FROM_DOMAIN": DKIM_DOMAIN,
+            "CAMPAIGNS_RETURN_PATH_DOMAIN": RETURN_PATH_DOMAIN,
             "AUTH_ADDR": f"127.0.0.1:{ports['auth']}",
             "LISTS_ADDR": f"127.0.0.1:{ports['lists']}",
             "CAMPAIGNS_ADDR": f"127.0.0.1:{ports['campaigns']}",
@@ -459,6 +469,7 @@ class Supervisor:
         # The key itself must not reach a child's environment: the file is the one channel.
         base.pop("MAILBLAST_INTERNAL_KEY", None)
         base.pop("AUTH_TOTP_KEYS", None)
+        base.pop("MAILBLAST_DKIM_SEALING_KEYS", None)
         plan = [(name, f"services.{name}", base[f"{name.upper()}_GRPC_BIND"], {}) for name in ("auth", "lists")]
         plan.append(("campaigns", "services.campaigns", base["CAMPAIGNS_GRPC_BIND"], {}))
         for index, port in enumerate(sender_ports, start=1):

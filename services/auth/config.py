@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.auth.sealing import parse_keys
 from services.common import settings
 from services.common.rpc import TlsFiles
+from services.common.sealing import parse_keys
 from services.common.settings import setting
 
 

@@ -25,11 +25,11 @@ from services.auth import notices, passwords, tokens, totp
 from services.auth.config import Config
 from services.auth.devices import DeviceCookies
 from services.auth.records import Account, SessionRow
-from services.auth.sealing import SecretBox
 from services.auth.store import AuthStore
 from services.common.clock import Clock, SystemClock
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.log import get_logger
+from services.common.sealing import SecretBox
 
 log = get_logger(__name__)
 

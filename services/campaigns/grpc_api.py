@@ -23,11 +23,13 @@ from opentelemetry import trace
 
 from services.campaigns import convert
 from services.campaigns.content import CampaignDraft, check_limits, validate_draft
+from services.campaigns.domains import check_alignment
 from services.campaigns.fanout import FanOut
 from services.campaigns.states import CampaignState
 from services.campaigns.store import CampaignRow, CampaignStore
+from services.campaigns.store_domains import DomainStore
 from services.common.audit import AuditTrail
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Problem
 from services.common.identity import require_scope
 from services.common.log import get_logger
 from services.common.templating import SAMPLE_FIELDS
@@ -76,8 +78,13 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         lists_segments: lists_segments_pb2_grpc.ListsSegmentsServiceStub,
         send_mail: Callable[[events_pb2.TransactionalMessage], Awaitable[None]] | None = None,
         auth: auth_pb2_grpc.AuthServiceStub | None = None,
+        *,
+        domains: DomainStore | None = None,
+        platform_domain: str = "",
     ) -> None:
         self._store = store
+        self._domains = domains
+        self._platform_domain = platform_domain
         self._fanout = fanout
         self._lists = lists
         self._lists_segments = lists_segments
@@ -90,7 +97,12 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
             raise NotFound("campaign %(campaign)s not found", campaign=campaign_id)
         return row
 
-    async def _checked_draft(self, request) -> CampaignDraft:
+    async def _aligned(self, organization_id: int, from_address: str) -> None:
+        """Refuse a From that is not on a verified sending domain of the organisation (nor the platform's)."""
+        verified = await self._domains.verified_domains(organization_id) if self._domains else set()
+        check_alignment(from_address, verified, self._platform_domain)
+
+    async def _checked_draft(self, request, organization_id: int) -> CampaignDraft:
         """The request's draft, validated, with every list and segment it names found in the organisation."""
         # In a thread: trying the templates within their limits may take up to the render time limit.
         draft = await asyncio.to_thread(
@@ -116,11 +128,16 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     raise NotFound("segment %(id)s not found", id=object_id) from None
                 raise
+        # After the look-ups: another organisation's list is NOT_FOUND whatever the From says.
+        try:
+            await self._aligned(organization_id, draft.from_address)
+        except Problem as exc:
+            raise InvalidArgument.of(exc, "from_address: ") from None
         return draft
 
     async def CreateCampaign(self, request, context):
         principal = require_scope("send")
-        draft = await self._checked_draft(request)
+        draft = await self._checked_draft(request, principal.organization_id)
         return to_proto(await self._store.create(principal.organization_id, draft))
 
     async def UpdateCampaign(self, request, context):
@@ -131,7 +148,7 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
             raise FailedPrecondition(
                 "campaign %(campaign)s is %(state)s; only a draft can be changed", campaign=row.id, state=row.state
             )
-        draft = await self._checked_draft(request)
+        draft = await self._checked_draft(request, principal.organization_id)
         updated = await self._store.update_draft(principal.organization_id, request.campaign_id, draft)
         if updated is None:
             # The send started (or the campaign was cancelled) between the read and the update.
@@ -168,7 +185,11 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         return after
 
     async def _check_sendable(self, row: CampaignRow, fields: dict | None = None) -> None:
-        """Refuse a campaign whose templates break the render limits (one saved before they existed)."""
+        """Refuse a campaign whose From no longer aligns, or whose templates break the render limits."""
+        try:
+            await self._aligned(row.organization_id, row.from_address)
+        except Problem as exc:
+            raise FailedPrecondition.of(exc, "campaign %(campaign)s cannot be sent: ", campaign=row.id) from None
         try:
             await asyncio.to_thread(check_limits, row.subject, row.text_body, row.html_body, fields or SAMPLE_FIELDS)
         except InvalidArgument as exc:

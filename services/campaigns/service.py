@@ -11,6 +11,8 @@ from mailblast.v1 import (
     auth_pb2_grpc,
     campaigns_pb2,
     campaigns_pb2_grpc,
+    domains_pb2,
+    domains_pb2_grpc,
     events_pb2,
     lists_pb2_grpc,
     lists_segments_pb2_grpc,
@@ -18,16 +20,21 @@ from mailblast.v1 import (
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
-from services.campaigns.announcements import campaign_state_relay
+from services.campaigns.announcements import campaign_state_relay, sending_domain_relay
 from services.campaigns.batches import JetStreamBatches
 from services.campaigns.config import Config
 from services.campaigns.consumers import BounceCounter, DeliveryCounter
+from services.campaigns.dnslookup import DnsLookup
+from services.campaigns.domains import Platform
 from services.campaigns.fanout import FanOut
 from services.campaigns.grpc_api import CampaignsServicer
+from services.campaigns.grpc_domains import DomainsServicer
 from services.campaigns.recipients import ListsAudience
 from services.campaigns.store import CampaignStore
+from services.campaigns.store_domains import DomainStore
 from services.common import bus, db, mail
 from services.common.erasure import ErasureConsumer
+from services.common.log import get_logger
 from services.common.outbox import OutboxRelay
 from services.common.rpc import (
     GrpcServer,
@@ -36,6 +43,9 @@ from services.common.rpc import (
     service_channel,
     start_grpc_server,
 )
+from services.common.sealing import SecretBox
+
+log = get_logger(__name__)
 
 SCHEMA = "campaigns"
 SQL_DIR = Path(__file__).parent / "sql"
@@ -55,6 +65,7 @@ class Running:
     bounce_consumer: BounceCounter
     erasure_consumer: ErasureConsumer
     states: OutboxRelay
+    domains: OutboxRelay
     channels: list[grpc.aio.Channel]
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -105,13 +116,28 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
     async def send_mail(message: events_pb2.TransactionalMessage) -> None:
         await mail.send_transactional(js, message)
 
+    domain_store = DomainStore(pool)
+    box = SecretBox(config.dkim_sealing_keys) if config.dkim_sealing_keys else None
+    if box is not None:
+        # Keys sealed under a sealing key now second in the list move to the first; the outbox then
+        # hands the resealed keys to the senders.
+        resealed = await domain_store.reseal(box.reseal)
+        if resealed:
+            log.info("DKIM keys resealed with the first sealing key", count=resealed)
+    platform = Platform(config.spf_include, config.return_path_target, config.dmarc_report_address)
     servicer = CampaignsServicer(
-        store, fanout, lists, lists_segments_pb2_grpc.ListsSegmentsServiceStub(lists_channel), send_mail, auth
-    )
+        store, fanout, lists, lists_segments_pb2_grpc.ListsSegmentsServiceStub(lists_channel), send_mail, auth,
+        domains=domain_store, platform_domain=config.platform_from_domain,
+    )  # fmt: skip
+    domains_servicer = DomainsServicer(domain_store, DnsLookup(config.dns_resolver), platform, box, auth)
 
     def register(server: grpc.aio.Server) -> list[str]:
         campaigns_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, server)
-        return [campaigns_pb2.DESCRIPTOR.services_by_name["CampaignsService"].full_name]
+        domains_pb2_grpc.add_DomainsServiceServicer_to_server(domains_servicer, server)
+        return [
+            campaigns_pb2.DESCRIPTOR.services_by_name["CampaignsService"].full_name,
+            domains_pb2.DESCRIPTOR.services_by_name["DomainsService"].full_name,
+        ]
 
     grpc_server = await start_grpc_server(
         config.grpc_bind, register, me, resolver, config.health_bind, metrics_bind=config.metrics_bind
@@ -123,9 +149,15 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
     await bounces.start()
     await erasures.start()
     states = campaign_state_relay(pool, js)
-    running = Running(grpc_server, pool, nc, fanout, store, deliveries, bounces, erasures, states, channels)
+    domains_relay = sending_domain_relay(pool, js)
+    running = Running(
+        grpc_server, pool, nc, fanout, store, deliveries, bounces, erasures, states, domains_relay, channels
+    )
     # Every state change goes to the senders' copies (they never ask campaigns), consumers stepped or not.
-    running._tasks = [asyncio.create_task(states.run(running._stop), name="campaigns-states")]
+    running._tasks = [
+        asyncio.create_task(states.run(running._stop), name="campaigns-states"),
+        asyncio.create_task(domains_relay.run(running._stop), name="campaigns-sending-domains"),
+    ]
     if run_consumers:
         running._tasks += [
             asyncio.create_task(deliveries.run(running._stop), name="campaigns-delivery"),

@@ -54,6 +54,8 @@ _CAMPAIGN_STATE = "mailblast.campaign.state"
 SUBJECT_CAMPAIGN_STATE = f"{_CAMPAIGN_STATE}.*.*"
 _SUPPRESSION_CHANGED = "mailblast.suppression.changed"
 SUBJECT_SUPPRESSION_CHANGED = f"{_SUPPRESSION_CHANGED}.*.*"
+_SENDING_DOMAIN_CHANGED = "mailblast.domain.changed"
+SUBJECT_SENDING_DOMAIN_CHANGED = f"{_SENDING_DOMAIN_CHANGED}.*.*"
 
 STREAM_SEND = "MAILBLAST_SEND"
 STREAM_DELIVERY = "MAILBLAST_DELIVERY"
@@ -62,6 +64,7 @@ STREAM_PRIVACY = "MAILBLAST_PRIVACY"
 STREAM_DEAD_LETTER = "MAILBLAST_DEADLETTER"
 STREAM_CAMPAIGN_STATE = "MAILBLAST_CAMPAIGN_STATE"
 STREAM_SUPPRESSION = "MAILBLAST_SUPPRESSION"
+STREAM_SENDING_DOMAIN = "MAILBLAST_SENDING_DOMAIN"
 
 _DAY = 24 * 3600.0
 # JetStream keeps at most five copies of a stream.
@@ -123,6 +126,15 @@ STREAMS: tuple[StreamConfig, ...] = (
         max_msgs_per_subject=1,
         duplicate_window=3600.0,
     ),
+    # Each sending domain's current state and keys (sealed), kept for good like the two above.
+    StreamConfig(
+        name=STREAM_SENDING_DOMAIN,
+        subjects=[SUBJECT_SENDING_DOMAIN_CHANGED],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=1,
+        duplicate_window=3600.0,
+    ),
     StreamConfig(
         name=STREAM_DEAD_LETTER,
         subjects=[f"{SUBJECT_DEAD_LETTER}.>"],
@@ -144,6 +156,11 @@ def transactional_subject(organization_id: int, *, platform: bool = False) -> st
 def campaign_state_subject(organization_id: int, campaign_id: int) -> str:
     """The subject a campaign's CampaignStateChanged is published to."""
     return f"{_CAMPAIGN_STATE}.{organization_id}.{campaign_id}"
+
+
+def sending_domain_subject(organization_id: int, domain_id: int) -> str:
+    """The subject of one sending domain's changes (the stream keeps the last)."""
+    return f"{_SENDING_DOMAIN_CHANGED}.{organization_id}.{domain_id}"
 
 
 def suppression_subject(organization_id: int, email_hash: str) -> str:
@@ -243,13 +260,13 @@ SERVICE_ACCESS: dict[str, Access] = {
         maintains=(STREAM_PRIVACY, STREAM_SUPPRESSION),
     ),
     "campaigns": Access(
-        publishes=(SUBJECT_SEND_BATCH, SUBJECT_SEND_PLATFORM, SUBJECT_CAMPAIGN_STATE),
+        publishes=(SUBJECT_SEND_BATCH, SUBJECT_SEND_PLATFORM, SUBJECT_CAMPAIGN_STATE, SUBJECT_SENDING_DOMAIN_CHANGED),
         consumes=(
             Consumer(STREAM_DELIVERY, "campaigns-delivery", SUBJECT_DELIVERY_REPORT),
             Consumer(STREAM_BOUNCE, "campaigns-bounces", SUBJECT_BOUNCE_RECORDED),
             Consumer(STREAM_PRIVACY, "campaigns-erasures", SUBJECT_SUBSCRIBER_ERASED),
         ),
-        maintains=(STREAM_CAMPAIGN_STATE,),
+        maintains=(STREAM_CAMPAIGN_STATE, STREAM_SENDING_DOMAIN),
     ),
     "sender": Access(
         publishes=(SUBJECT_DELIVERY_REPORT,),
@@ -259,6 +276,7 @@ SERVICE_ACCESS: dict[str, Access] = {
             Consumer(STREAM_PRIVACY, "sender-erasures", SUBJECT_SUBSCRIBER_ERASED),
             Consumer(STREAM_CAMPAIGN_STATE, "sender-campaign-states", SUBJECT_CAMPAIGN_STATE),
             Consumer(STREAM_SUPPRESSION, "sender-suppressions", SUBJECT_SUPPRESSION_CHANGED),
+            Consumer(STREAM_SENDING_DOMAIN, "sender-sending-domains", SUBJECT_SENDING_DOMAIN_CHANGED),
         ),
         maintains=(STREAM_SEND, STREAM_DELIVERY),
     ),

@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from services.common.sealing import parse_keys
+
 T = TypeVar("T")
 
 _METADATA_KEY = "mailblast.setting"
@@ -138,6 +140,17 @@ AUTH_ADDR = Setting(
     "the auth service (host:port): where users' bearer tokens are checked and audit events recorded; unset: "
     "only signed service identities are accepted",
 )
+DKIM_SEALING_KEYS = Setting(
+    "MAILBLAST_DKIM_SEALING_KEYS",
+    (),
+    "Fernet keys (comma-separated; the first seals, the others still open: rotation) for the organisations' DKIM "
+    "private keys: campaigns seals them in its database and in the events to the senders, which open them; "
+    "campaigns reseals old ones at start. Unset: no sending domains can be added, and the senders sign only "
+    "with SENDER_DKIM_*",
+    secret=True,
+    parse=parse_keys,
+)
+
 LISTS_ADDR = Setting("LISTS_ADDR", "", "the lists service (host:port)")
 CAMPAIGNS_ADDR = Setting("CAMPAIGNS_ADDR", "", "the campaigns service (host:port)")
 

@@ -202,6 +202,8 @@ AUDIT_ACTIONS = {
     "api_token.revoked": _l("API token revoked"),
     "organization.settings_changed": _l("Security settings changed"),
     "campaign.sent": _l("Campaign send started"),
+    "sending_domain.added": _l("Sending domain added"),
+    "sending_domain.deleted": _l("Sending domain deleted"),
     "subscriber.erased": _l("Subscriber erased"),
     "subscriber.data_exported": _l("Personal data exported"),
     "list.exported": _l("Subscribers exported"),

@@ -22,6 +22,7 @@ from services.gateway import (
     audience_signup,
     audience_subscribers,
     audience_suppression,
+    domains,
     mail,
     outbox,
     public,
@@ -125,6 +126,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Config | None = N
     for audience in (audience_fields, audience_imports, audience_subscribers, audience_privacy, audience_segments,
                      audience_suppression, audience_signup):  # fmt: skip
         app.register_blueprint(audience.bp)
+    app.register_blueprint(domains.bp)
     app.register_blueprint(public.bp)
     if settings.dev_outbox_dir:
         app.register_blueprint(outbox.bp)

@@ -10,6 +10,7 @@ from flask import current_app, g, has_request_context, request
 from mailblast.v1 import (
     auth_pb2_grpc,
     campaigns_pb2_grpc,
+    domains_pb2_grpc,
     lists_fields_pb2_grpc,
     lists_imports_pb2_grpc,
     lists_pb2_grpc,
@@ -85,6 +86,8 @@ class Backends:
         self.lists_signup = lists_signup_pb2_grpc.ListsSignupServiceStub(lists)
         self.lists_privacy = lists_privacy_pb2_grpc.ListsPrivacyServiceStub(lists)
         self.campaigns = campaigns_pb2_grpc.CampaignsServiceStub(self._channels[2])
+        # The campaigns process serves the sending domains too.
+        self.domains = domains_pb2_grpc.DomainsServiceStub(self._channels[2])
 
     def close(self) -> None:
         """Close the channels."""

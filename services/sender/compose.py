@@ -8,6 +8,7 @@ from services.common import verp
 from services.sender.dkim import DkimSigner
 from services.sender.mime import CrlfMessage, Sender, build_message
 from services.sender.render import CompiledContent, recipient_fields
+from services.sender.signing import Signing
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,9 @@ class Composer:
         email: str,
         name: str,
         attributes_json: str,
+        signing: Signing | None = None,
     ) -> Prepared:
-        """Render, build and sign; raises TemplateProblem or MessageProblem for this recipient."""
+        """Render, build and sign (`signing`'s keys, else the platform's); raises TemplateProblem or MessageProblem."""
         rendered = content.render(recipient_fields(email, name, attributes_json))
         message_id = self.message_id(ref)
         data = build_message(
@@ -67,10 +69,12 @@ class Composer:
             message_id=message_id,
             unsubscribe_url=self._unsubscribe_url + verp.unsubscribe_token(self._key, ref),
         )
+        signer = signing.signer if signing else self._signer
+        return_path_domain = (signing.return_path_domain if signing else "") or self._return_path_domain
         return Prepared(
-            envelope_from=verp.return_path(self._key, ref, self._return_path_domain),
+            envelope_from=verp.return_path(self._key, ref, return_path_domain),
             message_id=message_id,
-            data=CrlfMessage(self._signer.sign(data)),
+            data=CrlfMessage(signer.sign(data)),
         )
 
     def transactional_message_id(self, organization_id: int, message_key: str) -> str:
@@ -88,6 +92,7 @@ class Composer:
         email: str,
         name: str,
         variables_json: str,
+        signing: Signing | None = None,
     ) -> Prepared:
         """Render, build and sign one transactional message; raises TemplateProblem or MessageProblem."""
         rendered = content.render(recipient_fields(email, name, variables_json))
@@ -108,6 +113,12 @@ class Composer:
             message_id=message_id,
             unsubscribe_url=unsubscribe_url,
         )
+        if signing and signing.return_path_domain:
+            # The organisation's own domain: bounces come back under it, so SPF aligns with the From.
+            return Prepared(
+                envelope_from=f"bounces@{signing.return_path_domain}", message_id=message_id,
+                data=CrlfMessage(signing.signer.sign(data)),
+            )  # fmt: skip
         return Prepared(
             envelope_from=self._system_return_path, message_id=message_id, data=CrlfMessage(self._signer.sign(data))
         )

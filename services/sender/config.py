@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common import settings
+from services.common.nameserver import nameserver_address
 from services.common.rpc import TlsFiles
 from services.common.settings import ConfigError, setting
 from services.sender.mime import MessageProblem, check_address
-from services.sender.smtp import nameserver_address
 
 TLS_OPPORTUNISTIC = "opportunistic"
 TLS_REQUIRED = "required"
@@ -63,6 +63,7 @@ class Config:
         "SENDER_DKIM_ED25519_SELECTOR", "", "the selector of the Ed25519 key; unset: no Ed25519 signature"
     )
     dkim_ed25519_key_file: str = setting("SENDER_DKIM_ED25519_KEY_FILE", "", "the Ed25519 private key, PEM")
+    dkim_sealing_keys: tuple[bytes, ...] = settings.DKIM_SEALING_KEYS.field()
     concurrency: int = setting("SENDER_CONCURRENCY", 64, "deliveries at once per process")
     retry_base_seconds: float = setting("SENDER_RETRY_BASE_SECONDS", 60.0, "the first retry's delay, doubling after")
     retry_max_seconds: float = setting("SENDER_RETRY_MAX_SECONDS", 3600.0, "the longest delay between retries")

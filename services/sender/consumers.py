@@ -23,6 +23,7 @@ DURABLE = "sender-batches"
 TRANSACTIONAL_DURABLE = "sender-transactional"
 CAMPAIGN_STATES_DURABLE = "sender-campaign-states"
 SUPPRESSIONS_DURABLE = "sender-suppressions"
+SENDING_DOMAINS_DURABLE = "sender-sending-domains"
 # Transactional messages fetched at once; each is worked on in its own slot.
 TRANSACTIONAL_FETCH = 16
 # Copy changes worked on at once: they are written in groups, so a replay of a whole suppression
@@ -31,7 +32,7 @@ COPY_SLOTS = 500
 # The keyed hash of services/common/privacy.py: HMAC-SHA256, hex.
 _HASH_LENGTH = 64
 
-P = TypeVar("P", events_pb2.CampaignStateChanged, events_pb2.SuppressionChanged)
+P = TypeVar("P", events_pb2.CampaignStateChanged, events_pb2.SuppressionChanged, events_pb2.SendingDomainChanged)
 Write = Callable[[Sequence[Any]], Awaitable[Sequence[None]]]
 
 
@@ -161,4 +162,28 @@ class SuppressionCopier(_Copier[events_pb2.SuppressionChanged]):
         if event.suppressed and event.reason == events_pb2.SUPPRESSION_REASON_UNSPECIFIED:
             return DeadLetter("SuppressionChanged puts an address on the list without a reason")
         await self.writer.submit(convert.suppression_change(event))
+        return Ack()
+
+
+class SendingDomainCopier(_Copier[events_pb2.SendingDomainChanged]):
+    """sender-sending-domains: keeps sending_domains_copy current; one durable for all sender processes."""
+
+    payload_type = events_pb2.SendingDomainChanged
+    span_name = "copy sending domain"
+
+    def __init__(self, js: JetStreamContext, copies: CopyStore) -> None:
+        super().__init__(
+            js, bus.STREAM_SENDING_DOMAIN, SENDING_DOMAINS_DURABLE, bus.SUBJECT_SENDING_DOMAIN_CHANGED,
+            copies.apply_sending_domains,
+        )  # fmt: skip
+
+    def describe(self, event: events_pb2.SendingDomainChanged, delivery: Delivery) -> dict[str, Any]:
+        """The domain and its version (never its keys)."""
+        return {"mailblast.domain_id": event.domain_id, "mailblast.version": event.version}
+
+    async def dispose(self, event: events_pb2.SendingDomainChanged, delivery: Delivery) -> Decision:
+        """Apply the change unless the copy holds a newer one."""
+        if event.organization_id <= 0 or event.domain_id <= 0 or event.version <= 0:
+            return DeadLetter("SendingDomainChanged lacks an organisation, a domain or a version")
+        await self.writer.submit(convert.sending_domain_change(event))
         return Ack()

@@ -10,8 +10,9 @@ from mailblast.v1 import campaigns_pb2, events_pb2, sender_pb2
 
 from services.sender.ledger import DeliveryStatus, Outcome
 from services.sender.sending import Batch, Content, Recipient
+from services.sender.signing import DomainKey
 from services.sender.store import Delivery
-from services.sender.store_copies import CampaignStateChange, SuppressionChange
+from services.sender.store_copies import CampaignStateChange, SendingDomainChange, SuppressionChange
 from services.sender.transactional import Message
 
 
@@ -103,7 +104,9 @@ def delivery(row: Delivery) -> sender_pb2.Delivery:
     )
 
 
-def _changed_at(event: events_pb2.CampaignStateChanged | events_pb2.SuppressionChanged) -> dt.datetime | None:
+def _changed_at(
+    event: events_pb2.CampaignStateChanged | events_pb2.SuppressionChanged | events_pb2.SendingDomainChanged,
+) -> dt.datetime | None:
     return event.changed_at.ToDatetime(tzinfo=dt.UTC) if event.HasField("changed_at") else None
 
 
@@ -118,3 +121,12 @@ def suppression_change(event: events_pb2.SuppressionChanged) -> SuppressionChang
     reason = events_pb2.SuppressionReason.Name(event.reason).removeprefix("SUPPRESSION_REASON_").lower()
     reason_or_none = reason if event.suppressed else None
     return SuppressionChange(event.organization_id, event.email_hash, reason_or_none, event.version, _changed_at(event))
+
+
+def sending_domain_change(event: events_pb2.SendingDomainChanged) -> SendingDomainChange:
+    """A sending domain's state as the copy keeps it (keys still sealed)."""
+    keys = tuple(DomainKey(k.selector, k.algorithm, k.sealed_private_key) for k in event.keys)
+    return SendingDomainChange(
+        event.organization_id, event.domain_id, event.domain.lower(), event.verified and bool(event.domain),
+        event.return_path_domain, keys, event.version, _changed_at(event),
+    )  # fmt: skip

@@ -29,6 +29,7 @@ from services.sender.decisions import RetryPolicy, Step, Verdict
 from services.sender.ledger import DeliveryResult, LedgerState, Outcome, rejected, suppressed
 from services.sender.mime import MessageProblem, Sender
 from services.sender.render import CompiledContent, TemplateCache, TemplateProblem
+from services.sender.signing import Signing, SigningKeys
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("services.sender")
@@ -96,10 +97,13 @@ class BatchSending:
         claim_seconds: float = 20.0,
         clock: Clock | None = None,
         render_pool: Executor | None = None,
+        signing: SigningKeys | None = None,
     ) -> None:
         self._ledger = ledger
         self._recorder = recorder
         self._gate = gate
+        # None: every message signed with the composer's (platform) keys.
+        self._signing = signing
         self._transport = transport
         self._composer = composer
         self._policy = policy
@@ -134,6 +138,11 @@ class BatchSending:
             return Ack()
         try:
             batch.content.sender.check()
+            signing = (
+                await self._signing.for_sender(batch.organization_id, batch.content.from_address)
+                if self._signing
+                else None
+            )
             compiled = await asyncio.get_running_loop().run_in_executor(
                 self._render_pool, self._templates.get, batch.campaign_id, batch.content.subject,
                 batch.content.text_body, batch.content.html_body,
@@ -146,7 +155,7 @@ class BatchSending:
                 *(self._recorder.submit(self._outcome(batch, r, result, "", states)) for r in plan.todo)
             )
             return Term(f"the campaign cannot be sent: {exc}")
-        return await self._deliver_all(batch, plan.todo, compiled, states)
+        return await self._deliver_all(batch, plan.todo, compiled, states, signing)
 
     def _halt(self, batch: Batch, verdict: Verdict) -> Decision:
         log.info("batch halted by the campaign's state", campaign_id=batch.campaign_id, state=verdict)
@@ -154,7 +163,12 @@ class BatchSending:
         return decisions.halt(verdict, self._policy)
 
     async def _deliver_all(
-        self, batch: Batch, todo: list[Recipient], compiled: CompiledContent, states: dict[int, LedgerState]
+        self,
+        batch: Batch,
+        todo: list[Recipient],
+        compiled: CompiledContent,
+        states: dict[int, LedgerState],
+        signing: Signing | None = None,
     ) -> Decision:
         waits: list[asyncio.Future[Outcome]] = []
         recorded: list[asyncio.Future[object]] = []
@@ -206,7 +220,7 @@ class BatchSending:
                 at, size = 0, 1
                 while at < len(deliver):
                     group = loop.run_in_executor(
-                        self._render_pool, self._prepare_group, batch, compiled, deliver[at : at + size]
+                        self._render_pool, self._prepare_group, batch, compiled, deliver[at : at + size], signing
                     )
                     places += [(group, index) for index in range(len(deliver[at : at + size]))]
                     at, size = at + size, min(size * 2, _GROUP)
@@ -281,7 +295,11 @@ class BatchSending:
         )
 
     def _prepare_group(
-        self, batch: Batch, compiled: CompiledContent, recipients: Sequence[Recipient]
+        self,
+        batch: Batch,
+        compiled: CompiledContent,
+        recipients: Sequence[Recipient],
+        signing: Signing | None = None,
     ) -> list[Prepared | MessageProblem | TemplateProblem]:
         """Build and sign each recipient's message (in the render thread); a refusal stands in for its message."""
         built: list[Prepared | MessageProblem | TemplateProblem] = []
@@ -296,6 +314,7 @@ class BatchSending:
                         email=recipient.email,
                         name=recipient.name,
                         attributes_json=recipient.attributes_json,
+                        signing=signing,
                     )
                 )
             except (MessageProblem, TemplateProblem) as exc:

@@ -15,16 +15,19 @@ from services.common.clock import Clock
 from services.common.erasure import ErasureConsumer
 from services.common.log import get_logger
 from services.common.rpc import GrpcServer, ServiceIdentity, start_grpc_server
+from services.common.sealing import SecretBox
 from services.sender import convert, grpc_api
 from services.sender.compose import Composer
 from services.sender.config import TLS_REQUIRED, Config
 from services.sender.consumers import (
     CAMPAIGN_STATES_DURABLE,
     DURABLE,
+    SENDING_DOMAINS_DURABLE,
     SUPPRESSIONS_DURABLE,
     TRANSACTIONAL_DURABLE,
     BatchConsumer,
     CampaignStateCopier,
+    SendingDomainCopier,
     SuppressionCopier,
     TransactionalConsumer,
 )
@@ -32,6 +35,7 @@ from services.sender.decisions import RetryPolicy
 from services.sender.dkim import DkimSigner, SigningKey, load_key
 from services.sender.ledger import Outcome
 from services.sender.sending import BatchSending
+from services.sender.signing import SigningKeys
 from services.sender.smtp import MxResolver, SmtpDelivery
 from services.sender.store import SCHEMA, DeliveryStore
 from services.sender.store_copies import CopyStore
@@ -74,6 +78,7 @@ class Running:
         transactional: TransactionalConsumer,
         campaign_states: CampaignStateCopier,
         suppressions: SuppressionCopier,
+        sending_domains: SendingDomainCopier,
         erasures: ErasureConsumer,
         writer: LedgerWriter,
         delivery: SmtpDelivery,
@@ -89,6 +94,7 @@ class Running:
         self.transactional = transactional
         self.campaign_states = campaign_states
         self.suppressions = suppressions
+        self.sending_domains = sending_domains
         self.erasures = erasures
         self.store = store
         self.copies = copies
@@ -106,7 +112,9 @@ class Running:
         self._stop_event.set()
         await asyncio.gather(*self._loop_tasks, return_exceptions=True)
         await asyncio.gather(self.consumer.stop(grace), self.transactional.stop(grace))
-        await asyncio.gather(self.campaign_states.stop(grace), self.suppressions.stop(grace))
+        await asyncio.gather(
+            self.campaign_states.stop(grace), self.suppressions.stop(grace), self.sending_domains.stop(grace)
+        )
         await self.erasures.stop(grace)
         for render_pool in self._render_pools:
             # Nothing is queued any more; a render under way ends within its time limit.
@@ -150,14 +158,18 @@ async def start(config: Config, *, consume: bool = True, clock: Clock | None = N
         connections_per_host=config.concurrency if config.relay_host else min(config.concurrency, 8),
         lookup=MxResolver(port=config.mx_port, nameserver=config.dns_resolver),
     )
+    platform_signer = DkimSigner(keys)
     composer = Composer(
         key=config.internal_key,
         return_path_domain=config.return_path_domain,
         message_id_domain=config.message_id_domain,
         unsubscribe_url=config.unsubscribe_url,
-        signer=DkimSigner(keys),
+        signer=platform_signer,
         system_return_path=config.system_return_path,
     )
+    # Each organisation's own domains from the copy, their keys opened with the sealing keys.
+    box = SecretBox(config.dkim_sealing_keys) if config.dkim_sealing_keys else None
+    signing = SigningKeys(platform_signer, copies, box)
     policy = RetryPolicy(
         config.retry_base_seconds, config.retry_max_seconds, config.give_up_seconds, config.pause_recheck_seconds
     )
@@ -165,12 +177,13 @@ async def start(config: Config, *, consume: bool = True, clock: Clock | None = N
     batches = BatchSending(
         ledger=store, recorder=writer, gate=copies, transport=delivery, composer=composer, policy=policy,
         concurrency=config.concurrency, claim_seconds=config.claim_seconds, clock=clock, render_pool=render_pools[0],
+        signing=signing,
     )  # fmt: skip
     # Same process, delivery pool, signer and ledger writer; its own durable, so a large campaign
     # never queues a password reset behind its batches.
     messages = TransactionalSending(
         ledger=store, recorder=writer, suppressions=copies, transport=delivery, composer=composer, policy=policy,
-        clock=clock, render_pool=render_pools[1],
+        clock=clock, render_pool=render_pools[1], signing=signing,
     )  # fmt: skip
     consumer = BatchConsumer(
         js, batches, batches_in_flight=config.batches_in_flight, ack_wait=config.ack_wait_seconds,
@@ -182,8 +195,9 @@ async def start(config: Config, *, consume: bool = True, clock: Clock | None = N
     )  # fmt: skip
     campaign_states = CampaignStateCopier(js, copies)
     suppressions = SuppressionCopier(js, copies)
+    sending_domains = SendingDomainCopier(js, copies)
     erasures = ErasureConsumer(js, ERASURES_DURABLE, store.erase)
-    for runner in (consumer, transactional, campaign_states, suppressions, erasures):
+    for runner in (consumer, transactional, campaign_states, suppressions, sending_domains, erasures):
         await runner.start()
     grpc = await start_grpc_server(
         config.grpc_bind, grpc_api.register(store), me, health_bind=config.health_bind, metrics_bind=config.metrics_bind
@@ -191,7 +205,7 @@ async def start(config: Config, *, consume: bool = True, clock: Clock | None = N
     stop_event = asyncio.Event()
     loops = {
         DURABLE: consumer, TRANSACTIONAL_DURABLE: transactional, CAMPAIGN_STATES_DURABLE: campaign_states,
-        SUPPRESSIONS_DURABLE: suppressions, ERASURES_DURABLE: erasures,
+        SUPPRESSIONS_DURABLE: suppressions, SENDING_DOMAINS_DURABLE: sending_domains, ERASURES_DURABLE: erasures,
     }  # fmt: skip
     loop_tasks = (
         [asyncio.create_task(runner.run(stop_event), name=name) for name, runner in loops.items()] if consume else []
@@ -206,6 +220,7 @@ async def start(config: Config, *, consume: bool = True, clock: Clock | None = N
     )
     return Running(
         pool=pool, nc=nc, grpc=grpc, consumer=consumer, transactional=transactional, campaign_states=campaign_states,
-        suppressions=suppressions, erasures=erasures, writer=writer, delivery=delivery, store=store, copies=copies,
+        suppressions=suppressions, sending_domains=sending_domains,
+        erasures=erasures, writer=writer, delivery=delivery, store=store, copies=copies,
         loop_tasks=loop_tasks, stop_event=stop_event, render_pools=render_pools,
     )  # fmt: skip

@@ -1,12 +1,14 @@
-"""The sender's copies of campaign states and suppression lists (schema sender), fed from NATS.
+"""The sender's copies of campaign states, suppression lists and sending domains (schema sender), fed from NATS.
 
 The campaign gate and the suppression list of the send path (collaborators.py) read them here; the
-batch claim reads them in its own statement (store.SQL_CLAIM). See sql/0006_copies.sql.
+batch claim reads them in its own statement (store.SQL_CLAIM); the signing keys (signing.py) read the
+domains. See sql/0006_copies.sql and sql/0007_sending_domains_copy.sql.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -15,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.common.privacy import email_hasher
 from services.sender.decisions import Verdict, verdict_of
+from services.sender.signing import CopiedDomain, DomainKey
 
 SQL_APPLY_CAMPAIGN_STATES = """
 INSERT INTO campaign_states_copy AS c (organization_id, campaign_id, state, version, changed_at)
@@ -30,6 +33,22 @@ SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::tim
 ON CONFLICT (organization_id, email_hash) DO UPDATE
 SET reason = EXCLUDED.reason, version = EXCLUDED.version, changed_at = EXCLUDED.changed_at
 WHERE s.version < EXCLUDED.version
+"""
+
+SQL_APPLY_SENDING_DOMAINS = """
+INSERT INTO sending_domains_copy AS d
+    (organization_id, domain_id, domain, verified, return_path_domain, keys, version, changed_at)
+SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::boolean[], %s::text[], %s::jsonb[], %s::bigint[],
+                     %s::timestamptz[])
+ON CONFLICT (organization_id, domain_id) DO UPDATE
+SET domain = EXCLUDED.domain, verified = EXCLUDED.verified, return_path_domain = EXCLUDED.return_path_domain,
+    keys = EXCLUDED.keys, version = EXCLUDED.version, changed_at = EXCLUDED.changed_at
+WHERE d.version < EXCLUDED.version
+"""
+
+SQL_VERIFIED_DOMAINS = """
+SELECT organization_id, domain_id, domain, return_path_domain, keys, version FROM sending_domains_copy
+WHERE domain = %s AND verified
 """
 
 SQL_CAMPAIGN_STATE = "SELECT state FROM campaign_states_copy WHERE organization_id = %s AND campaign_id = %s"
@@ -62,7 +81,21 @@ class SuppressionChange:
     changed_at: dt.datetime | None = None
 
 
-C = TypeVar("C", CampaignStateChange, SuppressionChange)
+@dataclass(frozen=True)
+class SendingDomainChange:
+    """A sending domain's current state: verified or not (deleted: not, with no domain), its keys (sealed)."""
+
+    organization_id: int
+    domain_id: int
+    domain: str
+    verified: bool
+    return_path_domain: str
+    keys: tuple[DomainKey, ...]
+    version: int
+    changed_at: dt.datetime | None = None
+
+
+C = TypeVar("C", CampaignStateChange, SuppressionChange, SendingDomainChange)
 
 
 def _newest(changes: Sequence[C], key: Callable[[C], tuple]) -> list[C]:
@@ -103,6 +136,36 @@ class CopyStore:
                  [c.version for c in rows], [c.changed_at for c in rows]),
             )  # fmt: skip
         return [None] * len(changes)
+
+    async def apply_sending_domains(self, changes: Sequence[SendingDomainChange]) -> list[None]:
+        """Keep each domain's newest state (one statement for the group)."""
+        rows = _newest(changes, lambda c: (c.organization_id, c.domain_id))
+        keys = [
+            json.dumps(
+                [{"selector": k.selector, "algorithm": k.algorithm, "sealed": k.sealed_private_key} for k in c.keys]
+            )
+            for c in rows
+        ]
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                SQL_APPLY_SENDING_DOMAINS,
+                ([c.organization_id for c in rows], [c.domain_id for c in rows], [c.domain for c in rows],
+                 [c.verified for c in rows], [c.return_path_domain for c in rows], keys, [c.version for c in rows],
+                 [c.changed_at for c in rows]),
+            )  # fmt: skip
+        return [None] * len(changes)
+
+    async def verified_domains(self, domain: str) -> list[CopiedDomain]:
+        """Every verified copy of `domain`, whichever organisation's."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(SQL_VERIFIED_DOMAINS, (domain,))
+            rows = await cur.fetchall()
+        return [
+            CopiedDomain(org, domain_id, name, return_path, tuple(
+                DomainKey(k["selector"], k["algorithm"], k["sealed"]) for k in keys
+            ), version)
+            for org, domain_id, name, return_path, keys, version in rows
+        ]  # fmt: skip
 
     async def verdict(self, organization_id: int, campaign_id: int) -> Verdict:
         """GO, PAUSED or CANCELLED by the campaign's state in the copy (not there yet: GO)."""

@@ -25,6 +25,7 @@ from services.sender.ledger import DeliveryResult, LedgerState, Outcome, rejecte
 from services.sender.mime import MessageProblem
 from services.sender.render import TemplateCache, TemplateProblem
 from services.sender.sending import Content
+from services.sender.signing import Signing, SigningKeys
 
 log = get_logger(__name__)
 
@@ -60,8 +61,11 @@ class TransactionalSending:
         policy: RetryPolicy,
         clock: Clock | None = None,
         render_pool: Executor | None = None,
+        signing: SigningKeys | None = None,
     ) -> None:
         self._ledger = ledger
+        # None: every message signed with the composer's (platform) keys.
+        self._signing = signing
         self._recorder = recorder
         self._suppressions = suppressions
         self._transport = transport
@@ -121,8 +125,13 @@ class TransactionalSending:
         message_id = ""
         try:
             message.content.sender.check()
+            signing = (
+                await self._signing.for_sender(message.organization_id, message.content.from_address)
+                if self._signing
+                else None
+            )
             prepared = await asyncio.get_running_loop().run_in_executor(
-                self._render_pool, functools.partial(self._prepare, message)
+                self._render_pool, functools.partial(self._prepare, message, signing)
             )
         except (MessageProblem, TemplateProblem) as exc:
             log.error("transactional message refused", message_key=message.message_key, reason=str(exc))
@@ -132,7 +141,7 @@ class TransactionalSending:
             result = await self._transport.deliver(prepared.envelope_from, message.to_address, prepared.data)
         return self._outcome(message, state, result, message_id)
 
-    def _prepare(self, message: Message) -> Prepared:
+    def _prepare(self, message: Message, signing: Signing | None = None) -> Prepared:
         """Compile (cached), render and sign one message; runs in a render thread."""
         content = message.content
         # Keyed by content hash: transactional templates repeat (one per kind of notice).
@@ -146,6 +155,7 @@ class TransactionalSending:
             email=message.to_address,
             name=message.to_name,
             variables_json=message.variables_json,
+            signing=signing,
         )
 
     def _outcome(

@@ -32,12 +32,12 @@ async def make_site(database_url, nats_server, internal_key, tls_files, dkim_key
     """
     started: list[tuple[Console, ConsoleServer]] = []
 
-    async def make(**auth_overrides) -> tuple[Console, str]:
+    async def make(campaigns_overrides: dict | None = None, **auth_overrides) -> tuple[Console, str]:
         port = free_port()
         base = f"https://localhost:{port}"
         console = await start_console(
             database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox", public_url=base,
-            **auth_overrides,
+            campaigns_overrides=campaigns_overrides, **auth_overrides,
         )  # fmt: skip
         server = ConsoleServer(console.app, "127.0.0.1", port, tls_files[0], tls_files[1])
         server.start()

@@ -252,9 +252,9 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(start_devrun, d
         assert path.stat().st_mode & 0o777 == 0o600, path
     assert (var / "secrets").stat().st_mode & 0o777 == 0o700
     secret_files = [p for p in (var / "secrets").rglob("*") if p.is_file()]
-    # The six secrets; the gRPC CA (certificate and key) with each identity's tls.crt, tls.key, ca.crt;
-    # the NATS authority, signing key and server.conf with one .creds per service.
-    assert len(secret_files) == 6 + 2 + 3 * len(GRPC_SERVICES + GRPC_CLIENTS) + 3 + len(SERVICES)
+    # The seven secrets (the DKIM sealing keys the seventh); the gRPC CA (certificate and key) with each
+    # identity's tls.crt, tls.key, ca.crt; the NATS authority, signing key and server.conf with one .creds per service.
+    assert len(secret_files) == 7 + 2 + 3 * len(GRPC_SERVICES + GRPC_CLIENTS) + 3 + len(SERVICES)
     for path in secret_files:
         assert path.stat().st_mode & 0o777 == 0o600, path
     assert run_info["cli_tls"] == {

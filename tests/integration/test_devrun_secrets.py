@@ -20,9 +20,9 @@ from dev.run import (
     read_internal_key,
     var_dir,
 )
-from services.auth.sealing import parse_keys
 from services.common import settings
 from services.common.identity import IdentitySigner, Principal
+from services.common.sealing import parse_keys
 from tests.support.dkim_verify import ED25519, RSA, passing, verify_everywhere
 
 MESSAGE = (

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from services.common.nameserver import nameserver_address
 from services.common.settings import ConfigError
 from services.sender.config import Config
 from services.sender.ledger import DeliveryStatus
-from services.sender.smtp import MxResolver, SmtpDelivery, nameserver_address
+from services.sender.smtp import MxResolver, SmtpDelivery
 
 SENT, DEFERRED, REJECTED = DeliveryStatus.SENT, DeliveryStatus.DEFERRED, DeliveryStatus.REJECTED
 

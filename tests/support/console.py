@@ -235,6 +235,7 @@ async def start_console(
     outbox: Path,
     public_url: str = ORIGIN,
     clock: Clock | None = None,
+    campaigns_overrides: dict | None = None,
     **auth_overrides: Any,
 ) -> Console:
     """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway.
@@ -249,7 +250,7 @@ async def start_console(
         database_url, nats, internal_key, catcher.port, tls_files[0], dkim, bounces=0, clock=clock,
         auth_overrides={"console_url": public_url, **auth_overrides},
         lists_overrides={"public_url": f"{public_url}/"},
-        sender_overrides={"unsubscribe_url": f"{public_url}/u/"},
+        sender_overrides={"unsubscribe_url": f"{public_url}/u/"}, campaigns_overrides=campaigns_overrides,
         bootstrap=Bootstrap("Acme", OWNER, "alice@example.org", PASSWORD),
     )  # fmt: skip
     settings = GatewayConfig(

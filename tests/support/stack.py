@@ -44,6 +44,8 @@ from tests.support.nats import ADMIN, NatsServer
 
 DKIM_DOMAIN = "news.example.com"
 RETURN_PATH_DOMAIN = "bounces.example.com"
+# The Fernet key campaigns seals the organisations' DKIM keys with, and the senders open them with.
+DKIM_SEALING_KEY = Fernet.generate_key()
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,7 @@ def sender_config(
         dkim_key_file=str(dkim.rsa_key),
         dkim_ed25519_selector="mb1ed",
         dkim_ed25519_key_file=str(dkim.ed25519_key),
+        dkim_sealing_keys=(DKIM_SEALING_KEY,),
         concurrency=32,
         retry_base_seconds=0.2,
         retry_max_seconds=1.0,
@@ -320,6 +323,8 @@ async def start_stack(
         lists_addr=f"127.0.0.1:{lists.grpc_port}", grpc_tls=pki.tls("campaigns"), auth_addr=auth_addr,
         grpc_bind="127.0.0.1:0",
         nats_creds_file=nats.creds("campaigns"), metrics_bind=metrics_bind,
+        # The senders sign DKIM_DOMAIN with their own keys: the campaigns of most tests send From it.
+        platform_from_domain=DKIM_DOMAIN, dkim_sealing_keys=(DKIM_SEALING_KEY,),
     )  # fmt: skip
     campaigns_config = dataclasses.replace(campaigns_config, **(campaigns_overrides or {}))
     campaigns_running = [await campaigns_service.start(campaigns_config) for _ in range(campaigns)]

@@ -27,9 +27,9 @@ from cli import backup
 from cli import main as cli
 from services.auth import service as auth_service
 from services.auth import totp
-from services.auth.sealing import parse_keys
 from services.campaigns import service as campaigns_service
 from services.common.identity import IDENTITY_HEADER, Principal
+from services.common.sealing import parse_keys
 from services.lists import service as lists_service
 from tests.support.mtls import default_pki
 

@@ -7,7 +7,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from services.auth import totp
 from services.auth.config import Config
-from services.auth.sealing import SecretBox, parse_keys
+from services.common.sealing import SecretBox, parse_keys
 from services.common.settings import ConfigError
 from tests.support.mtls import default_pki
 

@@ -79,7 +79,22 @@ function pollProgress(box) {
   window.setTimeout(tick, 1000);
 }
 
+// Copy buttons (sending-domain records): the text of the element the button names.
+function copyButtons(root) {
+  root.querySelectorAll("button[data-copy]").forEach(function (button) {
+    button.addEventListener("click", function () {
+      var source = document.getElementById(button.dataset.copy);
+      if (source && navigator.clipboard) {
+        navigator.clipboard.writeText(source.textContent).then(function () {
+          button.classList.add("copied");
+        });
+      }
+    });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", function () {
   confirmForms(document);
+  copyButtons(document);
   document.querySelectorAll("[data-poll-url]").forEach(pollProgress);
 });

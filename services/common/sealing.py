@@ -1,4 +1,4 @@
-"""TOTP secrets sealed for the database: a copy of the users table alone does not give anyone's codes."""
+"""Secrets sealed for the database (Fernet, with key rotation): a copy of a table alone does not give them away."""
 
 from __future__ import annotations
 
