@@ -25,6 +25,13 @@ class Config:
     grpc_bind: str = setting("CAMPAIGNS_GRPC_BIND", "0.0.0.0:50053", "where campaigns serves gRPC")
     health_bind: str = settings.HEALTH_BIND.field()
     batch_size: int = setting("CAMPAIGNS_BATCH_SIZE", 500, "recipients per SendBatch")
+    time_zone: str = settings.TIME_ZONE.field()
+    schedule_poll_seconds: float = setting(
+        "CAMPAIGNS_SCHEDULE_POLL_SECONDS",
+        5.0,
+        "how often each campaigns process looks for scheduled campaigns that are due: one starts at most this "
+        "long after its time (by one process only, whichever claims it first)",
+    )
 
     @classmethod
     def from_env(cls) -> Config:

@@ -18,8 +18,10 @@ from services.campaigns.consumers import bounce_consumer, delivery_consumer
 from services.campaigns.fanout import FanOut
 from services.campaigns.grpc_api import CampaignsServicer
 from services.campaigns.recipients import ListsAudience
+from services.campaigns.schedule import Scheduler
 from services.campaigns.store import CampaignStore
 from services.common import bus, db, mail
+from services.common.clock import Clock, SystemClock
 from services.common.erasure import erasure_consumer
 from services.common.outbox import OutboxRelay
 from services.common.rpc import (
@@ -49,6 +51,7 @@ class Running:
     erasure_consumer: bus.PullConsumer
     states: OutboxRelay
     channels: list[grpc.aio.Channel]
+    scheduler: Scheduler
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -71,8 +74,15 @@ class Running:
         await self.pool.close()
 
 
-async def start(config: Config, *, run_consumers: bool = True) -> Running:
-    """Migrate, connect and serve; resume any fan-out a previous process left unfinished."""
+async def start(
+    config: Config, *, run_consumers: bool = True, clock: Clock | None = None, run_scheduler: bool = True
+) -> Running:
+    """Migrate, connect and serve; resume any fan-out a previous process left unfinished.
+
+    Scheduled campaigns start by `clock` (tests move it); with run_scheduler=False only `scheduler.run_once`
+    starts them (tests step it).
+    """
+    clock = clock or SystemClock()
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA, max_size=10)
     store = CampaignStore(pool)
@@ -93,7 +103,11 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
     async def send_mail(message: events_pb2.TransactionalMessage) -> None:
         await mail.send_transactional(js, message)
 
-    servicer = CampaignsServicer(store, fanout, lists, send_mail, auth)
+    servicer = CampaignsServicer(
+        store, fanout, lists, send_mail, auth, clock=clock, time_zone=config.time_zone,
+        tracking_key=config.internal_key,
+    )  # fmt: skip
+    scheduler = Scheduler(store, clock, servicer.start_scheduled, config.schedule_poll_seconds)
 
     def register(server: grpc.aio.Server) -> list[str]:
         campaigns_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, server)
@@ -107,7 +121,7 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
     await bounces.start()
     await erasures.start()
     states = campaign_state_relay(pool, js)
-    running = Running(grpc_server, pool, nc, fanout, store, deliveries, bounces, erasures, states, channels)
+    running = Running(grpc_server, pool, nc, fanout, store, deliveries, bounces, erasures, states, channels, scheduler)
     # Every state change goes to the senders' copies (they never ask campaigns), consumers stepped or not.
     running._tasks = [asyncio.create_task(states.run(running._stop), name="campaigns-states")]
     if run_consumers:
@@ -118,4 +132,7 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
         ]
     for campaign in await store.unfinished_fanouts():
         fanout.start(campaign)
+    if run_scheduler:
+        # Its first look is at once: a campaign that fell due while no campaigns process ran starts now.
+        running._tasks.append(asyncio.create_task(scheduler.run(running._stop), name="campaigns-scheduler"))
     return running

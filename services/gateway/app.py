@@ -11,10 +11,11 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter, Map
 
-from services.gateway import account, admin, audience, mail, outbox, public, views
+from services.gateway import account, admin, audience, mail, outbox, public, tracked, views
 from services.gateway.clients import BackendError, Backends
 from services.gateway.config import Config
 from services.gateway.i18n import init_i18n
+from services.gateway.labels import init_labels
 from services.gateway.security import init_security
 
 # The services' ids are PostgreSQL bigints, carried as protobuf int64.
@@ -98,12 +99,14 @@ def create_app(config: dict[str, Any] | None = None, settings: Config | None = N
     csrf.exempt(public.one_click)
     csrf.exempt(public.signup_submit)
     init_i18n(app)
+    init_labels(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(mail.bp)
     app.register_blueprint(audience.bp)
     app.register_blueprint(public.bp)
+    app.register_blueprint(tracked.bp)
     if settings.dev_outbox_dir:
         app.register_blueprint(outbox.bp)
     app.register_error_handler(CSRFError, _csrf_error)

@@ -70,6 +70,8 @@ class Batch:
     batch_number: int
     content: Content
     recipients: Sequence[Recipient]
+    # Rewrite links and add the open pixel (the campaign and its organisation both measure).
+    tracking: bool = False
 
 
 def owner_name() -> str:
@@ -275,6 +277,7 @@ class BatchSending:
                             email=recipient.email,
                             name=recipient.name,
                             attributes_json=recipient.attributes_json,
+                            tracking=batch.tracking,
                         ),
                     )
                 except (MessageProblem, TemplateProblem) as exc:

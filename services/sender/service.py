@@ -155,6 +155,7 @@ async def start(config: Config, *, consume: bool = True, clock: Clock | None = N
         unsubscribe_url=config.unsubscribe_url,
         signer=DkimSigner(keys),
         system_return_path=config.system_return_path,
+        tracking_url=config.tracking_url,
     )
     policy = RetryPolicy(
         config.retry_base_seconds, config.retry_max_seconds, config.give_up_seconds, config.pause_recheck_seconds

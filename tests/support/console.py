@@ -226,7 +226,8 @@ async def start_console(
     """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway.
 
     Mailed links (reset, confirmation, unsubscribe) point at `public_url`, where the console is served.
-    Auth's lockouts and lists' double opt-in limits go by `clock` (tests move it; the system's by default).
+    Auth's lockouts, lists' double opt-in limits and campaigns' schedules go by `clock` (tests move it; the
+    system's by default).
     """
     signer = IdentitySigner(internal_key)
     pki = default_pki()
@@ -268,11 +269,19 @@ async def start_console(
             auth_addr=auth_addr,
             grpc_bind="127.0.0.1:0",
             nats_creds_file=nats.creds("campaigns"),
-        )
+        ),
+        clock=clock,
     )
     sender = await sender_service.start(
         sender_config(
-            database_url, nats, internal_key, catcher.port, tls_files[0], dkim, unsubscribe_url=f"{public_url}/u/"
+            database_url,
+            nats,
+            internal_key,
+            catcher.port,
+            tls_files[0],
+            dkim,
+            unsubscribe_url=f"{public_url}/u/",
+            tracking_url=f"{public_url}/t/",
         )
     )
     async with pki.channel(auth_addr, "dev-run") as channel:
