@@ -7,7 +7,7 @@ GEN_STAMP := gen/.stamp
 K8S_SCHEMAS := deploy/k8s/schemas/node_modules/.package-lock.json
 CHECKOV := .venv-checkov/bin/checkov
 
-.PHONY: install proto run test test-fast bench bench-import bench-copies lint format docs clean test-deps test-tools lock audit run-%
+.PHONY: install proto run test test-fast bench bench-import bench-copies chaos bench-bounces lint format docs clean test-deps test-tools lock audit run-%
 
 install: $(VENV)/.installed
 
@@ -49,8 +49,11 @@ run: install proto
 run-%: install proto
 	$(PY) -m services.$*
 
+# bandit reads the shipped code (not the tests) and fails on any finding of medium severity or above;
+# each one that is not a flaw is explained beside its `# nosec`.
 test: install proto test-deps test-tools
 	$(PY) -m ruff check .
+	$(PY) -m bandit -q -r services cli dev bench --severity-level medium
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Debian packages the tests use (browser downloads are not possible): as root (CI) install the missing ones;
@@ -77,6 +80,15 @@ bench-import: install proto
 
 bench-copies: install proto
 	$(PY) -m bench.sender_copies $(ARGS)
+
+# Faults during a campaign (senders killed, NATS killed, PostgreSQL restarted, a deferring sink, all at
+# once): what arrived, what was lost, how long recovery took. A benchmark on loopback, not a test.
+chaos: install proto
+	$(PY) -m bench.chaos $(ARGS)
+
+# The bounce classifier against a labelled corpus: CORPUS=folder with labels.jsonl (default: shared/, else the tests' copy).
+bench-bounces: install proto
+	$(PY) -m bench.bounces $(CORPUS) $(ARGS)
 
 # After changing dependencies in pyproject.toml: pin every package (and its hashes) again.
 lock: install test-tools

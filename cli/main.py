@@ -317,6 +317,45 @@ def cmd_watch(client: Client, args: argparse.Namespace) -> int:
         time.sleep(args.interval)
 
 
+def bounce_line(name: str, raw: bytes) -> dict:
+    """What the bounce service reads in one returned message, as `mailblast bounce parse` prints it."""
+    from services.bounce.dsn import BOUNCE, parse_bounce
+
+    report = parse_bounce(raw)
+    line = {
+        "file": name,
+        "is_bounce": report.kind == BOUNCE,
+        "kind": report.kind,
+        "records": [
+            {
+                "recipient": r.email,
+                "reason": r.reason,
+                "hard": r.kind == "hard",
+                "status": r.status,
+                "replycode": str(r.smtp_code) if r.smtp_code else "",
+            }
+            for r in report.recipients
+        ],
+    }
+    if report.problems:
+        line["problems"] = list(report.problems)
+    return line
+
+
+def cmd_bounce_parse(files: list[Path]) -> int:
+    """Print one JSON line per returned message; a file that cannot be read is a line naming why."""
+    status = 0
+    for path in files:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            print(json.dumps({"file": str(path), "error": f"cannot read the file: {exc.strerror}"}), flush=True)
+            status = 1
+            continue
+        print(json.dumps(bounce_line(str(path), raw), ensure_ascii=False), flush=True)
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
     p = argparse.ArgumentParser(prog="mailblast", description=__doc__)
@@ -399,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--interval", type=float, default=1.0)
     c.add_argument("--timeout", type=float, default=3600.0)
 
+    bounce = sub.add_parser("bounce", help="returned mail (needs no API token)").add_subparsers(
+        dest="cmd", required=True
+    )
+    c = bounce.add_parser("parse", help="classify returned messages: one JSON line per file")
+    c.add_argument("files", nargs="+", type=Path, help="messages as received (RFC 5322, e.g. .eml)")
+
     bus = sub.add_parser("nats", help="NATS credentials (needs no API token)").add_subparsers(dest="cmd", required=True)
     c = bus.add_parser(
         "init", help="create the NATS operator and accounts once; write server.conf and each service's credential"
@@ -459,6 +504,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.area == "nats":
         return cmd_nats(args)
+    if args.area == "bounce":
+        return cmd_bounce_parse(args.files)
     client = Client(args.token)
     if args.area == "lists":
         if args.cmd == "create":

@@ -20,19 +20,18 @@ class AttributedBounce:
 def attribute(key: bytes, envelope_recipients: list[str], report: BounceReport) -> list[AttributedBounce]:
     """Tie a report's failures to subscribers: the signed VERP envelope first, else the original Message-ID.
 
-    One VERP address stands for one subscriber, so a report that names several failed recipients is
-    read as that subscriber's (the first result is taken as theirs); forged or foreign addresses
-    attribute nothing.
+    One VERP address stands for one subscriber, and our copy was addressed to that subscriber alone:
+    of several failed recipients, the one the returned original's To names is theirs (else the first,
+    as when an alias expanded). Forged or foreign addresses attribute nothing.
     """
     if report.kind not in (BOUNCE, FEEDBACK_REPORT) or not report.recipients:
         return []
     refs = [ref for ref in (parse_return_path(key, rcpt) for rcpt in envelope_recipients) if ref]
     if not refs:
         refs = [ref for ref in (parse_message_id(key, mid) for mid in report.original_message_ids) if ref]
-    out: list[AttributedBounce] = []
-    for ref in dict.fromkeys(refs):
-        out.append(AttributedBounce(ref, report.recipients[0]))
-    return out
+    addressed = set(report.original_recipients)
+    theirs = next((r for r in report.recipients if r.email and r.email in addressed), report.recipients[0])
+    return [AttributedBounce(ref, theirs) for ref in dict.fromkeys(refs)]
 
 
 def dsn_bounce_id(report: BounceReport, raw: bytes, ref: RecipientRef, email: str) -> str:

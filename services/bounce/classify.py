@@ -1,10 +1,15 @@
-"""Why a message bounced and whether to stop mailing the address, the way Sisimai decides it.
+"""Why a message bounced and whether to stop mailing the address, decided the way Sisimai decides it.
 
-The reason (userunknown, mailboxfull, blocked, ...) comes from the RFC 3463 status code, the SMTP
-command the server was answering and the server's own words; only four reasons are hard, because only
-they say the address itself is gone: userunknown, hostunknown, hasmoved and notaccept. Everything else
-(full mailbox, blocking, spam and content filters, policy, timeouts, suspended accounts, rejected
-senders) is soft: the address may work again, and usually the sender is what has to change.
+A port of Sisimai's reason rules (p5-sisimai v5.1.0p3, BSD-2-Clause), asked in Sisimai's order: the
+wording of an MTA's own notice (`phrases.NOTICES`, Sisimai::Lhost::*); the provider's own codes and
+texts (`providers.py`, Sisimai::Rhost::*); then Sisimai::Reason: the RFC 3463 status code names a
+reason (`STATUS_REASONS`), a first pass lets each reason claim the recipient from that name, the SMTP
+command the server was answering and the server's words (`phrases.PHRASES`), a second pass reads the
+words alone, and last come the status class, the Action and the command.
+Only four reasons are hard, because only they say the address itself is gone: userunknown,
+hostunknown, hasmoved and notaccept (the last only when permanent). Everything else (full mailbox,
+blocking, spam and content filters, policy, timeouts, suspended accounts, rejected senders) is soft:
+the address may work again, and usually the sender is what has to change.
 """
 
 from __future__ import annotations
@@ -12,12 +17,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from services.bounce.phrases import ALIGNED, NOT_REJECTED, NOTICE_PATTERNS, NOTICES, OURS, OURS_ALIGNED, PHRASES
+from services.bounce.providers import provider_in_reply, provider_reason
+
 HARD = "hard"
 SOFT = "soft"
 COMPLAINT = "complaint"
 
-# Reasons that mean the address will not work again (Sisimai's hardbounce reasons).
+# Reasons that mean the address will not work again (Sisimai's hard bounces; notaccept when permanent).
 HARD_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
+# Every reason name this module gives (Sisimai's), besides "delivered".
+REASONS = frozenset(
+    {
+        "authfailure", "badreputation", "blocked", "contenterror", "exceedlimit", "expired", "feedback",
+        "filtered", "hasmoved", "hostunknown", "mailboxfull", "mailererror", "mesgtoobig", "networkerror",
+        "norelaying", "notaccept", "notcompliantrfc", "onhold", "policyviolation", "rejected", "requireptr",
+        "securityerror", "spamdetected", "speeding", "suspend", "syntaxerror", "systemerror", "systemfull",
+        "toomanyconn", "undefined", "userunknown", "vacation", "virusdetected",
+    }
+)  # fmt: skip
 
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.]*\d)")
 _REPLY_CODE = re.compile(r"(?<![\d.\-])([245][0-5]\d)(?:[ \-]|$)")
@@ -31,9 +49,11 @@ class Verdict:
     reason: str
 
 
-# RFC 3463 / IANA enhanced status codes read as reasons; the vague X.0.0 and the codes servers use for
-# many things (4.3.0, 4.4.0, 4.5.0, 4.7.0) are left out so the words decide.
-_STATUS_NAMES: dict[str, str] = {
+# RFC 3463 / IANA enhanced status codes read as reasons (Sisimai::SMTP::Status). The vague X.0.0 and the
+# codes servers use for many things (4.3.0, 4.4.0, 4.5.0, 4.7.0) are left out so the words decide.
+# X.7.25 is a failed reverse-DNS check (RFC 7372), so requireptr; 5.1.10 is a null MX (RFC 7505), but
+# Microsoft also answers it for an unknown recipient ("RecipientNotFound"): those words make it userunknown.
+STATUS_REASONS: dict[str, str] = {
     "4.1.6": "hasmoved", "4.1.7": "rejected", "4.1.8": "rejected", "4.1.9": "systemerror",
     "4.2.1": "suspend", "4.2.2": "mailboxfull", "4.2.3": "exceedlimit", "4.2.4": "filtered",
     "4.3.1": "systemfull", "4.3.2": "notaccept", "4.3.3": "systemerror", "4.3.5": "systemerror",
@@ -43,7 +63,7 @@ _STATUS_NAMES: dict[str, str] = {
     "4.6.0": "contenterror", "4.6.2": "contenterror", "4.6.5": "contenterror",
     "4.7.1": "blocked", "4.7.2": "blocked", "4.7.5": "securityerror", "4.7.6": "securityerror",
     "4.7.7": "securityerror", "4.7.12": "securityerror", "4.7.15": "securityerror", "4.7.16": "mesgtoobig",
-    "4.7.24": "authfailure", "4.7.25": "blocked", "4.7.26": "authfailure",
+    "4.7.24": "authfailure", "4.7.25": "requireptr", "4.7.26": "authfailure",
     "5.1.0": "userunknown", "5.1.1": "userunknown", "5.1.2": "hostunknown", "5.1.3": "userunknown",
     "5.1.4": "filtered", "5.1.6": "hasmoved", "5.1.7": "rejected", "5.1.8": "rejected",
     "5.1.9": "systemerror", "5.1.10": "notaccept",
@@ -62,357 +82,31 @@ _STATUS_NAMES: dict[str, str] = {
     "5.7.13": "suspend", "5.7.14": "securityerror", "5.7.15": "securityerror", "5.7.16": "mesgtoobig",
     "5.7.17": "hasmoved", "5.7.18": "hasmoved", "5.7.19": "securityerror",
     "5.7.20": "authfailure", "5.7.21": "authfailure", "5.7.22": "authfailure", "5.7.23": "authfailure",
-    "5.7.24": "authfailure", "5.7.25": "blocked", "5.7.26": "authfailure", "5.7.27": "notaccept",
+    "5.7.24": "authfailure", "5.7.25": "requireptr", "5.7.26": "authfailure", "5.7.27": "notaccept",
+    "5.7.28": "spamdetected", "5.7.29": "authfailure", "5.7.30": "securityerror",
 }  # fmt: skip
 
-# Reasons a status code names only loosely: the server's words may say something sharper.
-_RETRY = frozenset({"", "undefined", "onhold", "systemerror", "securityerror", "networkerror", "userunknown"})
-
-# What the receiving servers say for each reason (matched case-insensitively).
-_PHRASES: dict[str, tuple[str, ...]] = {
-    "mailboxfull": (
-        r"mail ?box (?:is )?(?:full|exceeded|over ?quota|size limit exceeded|quota usage exceeded)",
-        r"mailbox (?:has )?(?:exceeded|reached) (?:the |its )?(?:local |maximum |storage |disk )?"
-        r"(?:size|quota|limit|space)",
-        r"over ?quota",
-        r"quota (?:exceeded|violation|full)",
-        r"exceed(?:ed|s|ing)? (?:the |its |their )?(?:mailbox |storage |disk )?quota",
-        r"(?:user|recipient|account)(?:'s)? (?:mailbox |disk )?(?:is )?(?:full|over (?:the )?(?:disk )?quota)",
-        r"(?:storage|disk) (?:space |quota )?(?:full|exceeded)",
-        r"exceeded storage allocation",
-        r"insufficient (?:disk )?(?:space|storage)",
-        r"not enough (?:storage|space)",
-        r"does not have enough space",
-        r"mailfolder is full",
-        r"too many messages (?:in (?:this|the) mailbox|on the server)",
-        r"too much mail data",
-        r"full mailbox",
-        r"has exceeded (?:his|her|the|its) (?:storage|quota|size|disk)",
-        r"reached disk quota",
-        r"space has been used up",
-        r"boite (?:aux lettres |du destinataire )?pleine",
-    ),
-    "mesgtoobig": (
-        r"message (?:is )?too (?:big|large)",
-        r"exceeded maximum inbound message size",
-        r"message (?:size )?exceeds (?:the )?(?:fixed )?(?:maximum )?(?:message )?size",
-        r"size (?:limit )?exceeded",
-        r"message length exceeds",
-        r"line too long",
-    ),
-    "exceedlimit": (r"message (?:length )?exceeds (?:administrative|local) limit", r"limit exceeded"),
-    "suspend": (
-        r"(?:account|mailbox|user|address|recipient)(?: is| has been)? (?:temporarily )?"
-        r"(?:disabled|suspended|deactivated|inactive|locked|frozen|on hold)",
-        r"(?:disabled|suspended|inactive|deactivated|locked|expired) (?:e-?mail |mail )?(?:account|mailbox|user)",
-        r"this (?:account|mailbox) (?:has been|is) (?:disabled|suspended|deactivated|locked)",
-        r"not (?:currently )?active",
-        r"account (?:has )?expired",
-        r"recipient suspended",
-        r"mailbox (?:is )?currently suspended",
-        r"has been (?:temporarily )?(?:suspended|disabled)",
-        r"is a deactivated mailbox",
-    ),
-    "hasmoved": (
-        r"address (?:has|was) (?:been )?(?:moved|changed)",
-        r"has moved (?:to|and)",
-        r"user has moved",
-        r"no longer (?:at|with|uses?) this",
-        r"recipient no longer on server",
-        r"not our customer",
-    ),
-    "norelaying": (
-        r"relay(?:ing)? (?:access )?(?:denied|not permitted|not allowed|prohibited)",
-        r"we do not relay",
-        r"not permitted to relay",
-        r"unable to relay",
-        r"relay not permitted",
-        r"relaying mail to .+ is not allowed",
-        r"insecure mail relay",
-        r"not (?:a )?(?:local|allowed) (?:domain|host)",
-    ),
-    "userunknown": (
-        r"(?:user|recipient|mailbox|address|account|addressee)(?: name)? (?:is )?"
-        r"(?:unknown|not found|not known|does not exist|doesn't exist|invalid|not exist|not valid)",
-        r"(?:unknown|invalid|non-?existent|nonexisting|no such|bad|illegal) "
-        r"(?:local |e-?mail |destination |virtual )?(?:user|recipient|mailbox|address|account|addressee|alias)",
-        r"no (?:such )?(?:mailbox|user|recipient|account|mail box|person)(?: here)?(?: by that name)?",
-        r"(?:user|recipient|mailbox|account|address)(?: name)? (?:is )?not (?:found|valid|listed|recognized|local)",
-        r"does(?: not|n't) have (?:a|an) (?:\S+ )?(?:account|mailbox)",
-        r"there is no (?:one|user|such user|such mailbox)",
-        r"email account that you tried to reach does not exist",
-        r"address rejected: (?:user|recipient|invalid user|unknown user)",
-        r"(?:user|mailbox|account) (?:does not exist|not exist|no longer exists?)",
-        r"not (?:a )?(?:valid|known) (?:user|recipient|mailbox)",
-        r"is not a (?:known user|valid mailbox)",
-        r"unknown or illegal alias",
-        r"user (?:not|isn't) (?:here|on file|in (?:local )?(?:directory|database))",
-        r"no mailbox here",
-        r"unknown (?:local[- ]part|recipient|user|e-?mail address|mailbox)",
-        r"address (?:does not exist|unknown)",
-        r"destination address rejected",
-        r"mailbox (?:not (?:found|present)|unavailable|does not exist|invalid|is (?:inactive|unavailable))",
-        r"requested action not taken: mailbox unavailable",
-        r"inexistent",
-        r"user (?:account )?(?:is )?(?:unknown|unavailable)",
-        r"doesn't have an? \S+ account",
-        r"bad[-_ ]recipient",
-        r"recipient not (?:ok|found|exist)",
-        r"resolver\.adr\.recip(?:ient)?notfound",
-        r"archived recipient",
-        r"badrcptto",
-        r"address no longer accepts mail",
-        r"no valid recipients",
-        r"destination addresses were unknown",
-        r"not a valid user here",
-        r"not a local address",
-        r"email address (?:does not exist|could not be found|is wrong)",
-        r"#5\.1\.1 bad address",
-        r"adresse (?:destinataire )?invalide|destinataire invalide",
-        r"no existe (?:dicha persona|ese usuario)",
-        r"does not have a final (?:e-?mail )?delivery point",
-        r"(?:adresse|destinataire|utilisateur|bo[iî]te).{0,40}n'existe pas",
-        r"existiert nicht|unbekannter? (?:empf[äa]nger|benutzer)",
-        r"(?:usuario|destinatario|buz[oó]n).{0,30}no existe",
-    ),
-    "filtered": (
-        r"account is protected by",
-        r"has restricted sms e-mail",
-        r"is not accepting any mail",
-        r"message filtered",
-        r"message rejected due to user rules",
-        r"not found recipient account",
-        r"refuse to receive mail",
-        r"only accepting mail from specific",
-        r"refused due to recipient preferences",
-        r"user refuses to receive",
-        r"user reject",
-        r"you have been blocked by the recipient",
-        r"rejected by (?:the )?recipient",
-        r"refused by (?:the )?recipient",
-    ),
-    "rejected": (
-        r"access denied \(in reply to mail from command\)",
-        r"administrative prohibition",
-        r"domain of sender address",
-        r"empty envelope senders not allowed",
-        r"null sender is not allowed",
-        r"invalid sender",
-        r"sender (?:address )?(?:rejected|denied|verify failed|unknown|is spammer|not pre-approved|domain is empty)",
-        r"sender verify failed",
-        r"sender domain listed at",
-        r"returned mail not accepted here",
-        r"unroutable sender address",
-        r"server does not accept mail from",
-        r"fully qualified email address required",
-        r"mail from not owned by user",
-        r"by non-member to a members-only list",
-        r"not allowed to post to this mailing list",
-        r"your email address has been blacklisted",
-        r"sender .{0,60} rejected",
-    ),
-    "hostunknown": (
-        r"domain (?:does not exist|doesn't exist|is not reachable|must exist|not found|name not found|unknown)",
-        r"host (?:or domain name not found|unknown|unreachable|not found)",
-        r"mail domain mentioned in email address is unknown",
-        r"name or service not known",
-        r"no such domain",
-        r"recipient address rejected: unknown domain",
-        r"recipient domain must exist",
-        r"the account or domain may not exist",
-        r"unknown (?:host|domain)",
-        r"unrouteable address",
-        r"unroutable (?:address|domain)",
-        r"no (?:mx|a|mail exchanger) (?:records? )?(?:found )?for",
-        r"nxdomain",
-        r"domain (?:isn't|is not) in my list of allowed rcpthosts",
-    ),
-    "spamdetected": (
-        r"\bspam\b",
-        r"appears to be unsolicited",
-        r"unsolicited (?:bulk |commercial )?(?:e-?mail|mail|message)",
-        r"\bube\b",
-        r"bulk (?:e-?mail|mail|advertising)",
-        r"content filter rejection",
-        r"message content rejected",
-        r"mail content denied",
-        r"message (?:looks like|appears to be|is probably) spam",
-        r"rejecting banned content",
-        r"blacklisted url in message",
-        r"message rejected (?:as spam|because of unacceptable content|due to suspected spam)",
-        r"spam-like characteristics",
-        r"probable spam",
-        r"mass mailer",
-    ),
-    "toomanyconn": (
-        r"too many (?:connections|concurrent|simultaneous|sessions|messages|recipients|errors)",
-        r"rate limit",
-        r"connection rate",
-        r"too many (?:smtp )?sessions",
-        r"exceeded the (?:maximum )?number of",
-        r"throttl",
-    ),
-    "blocked": (
-        r"block(?:ed)? (?:list|using|by)",
-        r"blocklist",
-        r"black ?list(?:ed)?",
-        r"\b(?:rbl|dnsbl)\b",
-        r"spamhaus",
-        r"spamcop",
-        r"listed (?:in|at|on|by) ",
-        r"access from ip address .+ blocked",
-        r"client host .{0,80}(?:blocked|rejected)",
-        r"connection (?:refused|rejected|dropped|reset by peer)",
-        r"not allowed to (?:send|connect)",
-        r"sender ip (?:address|reverse lookup) rejected",
-        r"bad sender ip address",
-        r"(?:ip|domain) reputation",
-        r"your (?:ip|network|server) .{0,40}(?:blocked|listed|blacklisted)",
-        r"dynamic ips?\b",
-        r"hosts with dynamic ip",
-        r"rejected (?:by|due to) (?:our )?(?:rbl|dnsbl|blocklist)",
-        r"smtp error from remote mail server after initial connection",
-        r"connected to .+ but (?:my name|greeting) (?:was rejected|failed)",
-        r"refused to talk to me",
-        r"not currently accepting mail from your ip",
-        r"was blocked by",
-        r"go away",
-        r"ip .{0,40} is blocked",
-    ),
-    "requireptr": (
-        r"reverse (?:dns|lookup)",
-        r"\bptr record",
-        r"no ptr",
-        r"cannot find your hostname",
-        r"cannot resolve your address",
-        r"\brdns\b",
-    ),
-    "authfailure": (
-        r"\bspf\b",
-        r"\bdkim\b",
-        r"\bdmarc\b",
-        r"sender policy framework",
-        r"domainkeys",
-    ),
-    "badreputation": (r"poor reputation", r"bad reputation", r"low reputation"),
-    "policyviolation": (
-        r"policy violation",
-        r"violat(?:es|ion of) (?:our |the )?(?:\w+ )?polic(?:y|ies)",
-        r"not accepted for policy reasons",
-        r"rejected for policy reasons",
-        r"because of (?:local|our) policy",
-        r"prohibited (?:attachment|file)",
-        r"email not accepted for policy reasons",
-    ),
-    "virusdetected": (r"virus", r"malware", r"infected", r"\btrojan\b", r"malicious (?:content|attachment)"),
-    "securityerror": (
-        r"authentication (?:failure|failed|required|credentials invalid)",
-        r"unauthenticated senders not allowed",
-        r"verification failure",
-        r"not authorized to send mail",
-        r"account not subscribed to ses",
-        r"not authorized to perform ses",
-        r"access denied",
-    ),
-    "systemerror": (
-        r"system error",
-        r"internal (?:server )?error",
-        r"server error",
-        r"local error",
-        r"server configuration error",
-        r"too many hops",
-        r"routing loop",
-        r"mail loop",
-        r"loops back to myself",
-        r"unable to deliver to a \w+",
-        r"temporary error",
-        r"out of memory",
-    ),
-    "networkerror": (
-        r"network (?:is )?unreachable",
-        r"network error",
-        r"malformed or unexpected name server reply",
-        r"name service error",
-        r"dns (?:lookup )?(?:error|failure|problem)",
-        r"could not connect",
-        r"connection (?:timed out|lost|closed)",
-        r"no route to host",
-        r"unable to connect",
-        r"lost connection",
-        r"host name lookup failure",
-        r"temporary (?:dns|lookup) failure",
-    ),
-    "expired": (
-        r"(?:delivery )?time ?out",
-        r"timed out",
-        r"retry (?:time|timeout) (?:not reached|exceeded)",
-        r"could not be delivered (?:with)?in (?:the last )?\d+",
-        r"(?:in|on) (?:the )?queue (?:too long|for \d+|longer)",
-        r"delivery (?:time )?expired",
-        r"(?:giving up|gave up)",
-        r"have not been able to deliver",
-        r"could not deliver for",
-        r"delivery attempts? (?:will continue|expired)",
-        r"undeliverable for too long",
-        r"delivery failed (?:after )?\d+ attempts",
-        r"message expired",
-        r"retry time exceeded",
-        r"has not been delivered",
-        r"been delayed",
-    ),
-    "contenterror": (
-        r"improper use of 8-bit data",
-        r"message header (?:size|is invalid)",
-        r"invalid (?:mime|header|message)",
-        r"header (?:is )?(?:too long|invalid|malformed)",
-        r"too many (?:received )?headers",
-        r"message (?:content|body) (?:is )?(?:invalid|malformed)",
-        r"content (?:was )?rejected",
-        r"bare lf",
-    ),
-    "systemfull": (
-        r"mail system full",
-        r"system (?:storage )?(?:is )?full",
-        r"requested mail action aborted: exceeded storage",
-    ),
-    "notaccept": (
-        r"null mx",
-        r"does not accept (?:any )?(?:e-?)?mail",
-        r"not accepting (?:network )?messages",
-        r"accepts no mail",
-        r"mail is not accepted",
-        r"smtp service (?:is )?not available",
-    ),
-    "mailererror": (
-        r"mailer error",
-        r"program exited",
-        r"command (?:died|failed|output)",
-        r"unknown mailer",
-        r"pipe to",
-        r"exit (?:status|code) \d+",
-        r"procmail",
-        r"\|/",
-    ),
-    "syntaxerror": (r"syntax error", r"command unrecognized", r"unrecognized command", r"malformed address"),
-}
-
-_COMPILED: dict[str, re.Pattern[str]] = {
-    reason: re.compile("|".join(f"(?:{p})" for p in phrases), re.IGNORECASE) for reason, phrases in _PHRASES.items()
-}
-
-# Sisimai's first pass: each reason claims a recipient by its status code or its phrases, in this order.
-_FIRST_PASS = (
-    "mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "hasmoved", "norelaying", "userunknown",
-    "filtered", "rejected", "hostunknown", "spamdetected", "toomanyconn", "blocked",
+# Reasons a status code names only loosely: the server's words get a second look (Sisimai's retry()).
+_RETRY = frozenset(
+    {"", "undefined", "onhold", "systemerror", "securityerror", "expired", "suspend", "networkerror",
+     "hostunknown", "userunknown"}
 )  # fmt: skip
-# The fallback when neither the code nor the first pass decided: the words alone, in this order.
+# Sisimai's first pass: each reason may claim the recipient (see `_claims`), in this order.
+_FIRST_PASS = (
+    "mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "hasmoved", "norelaying", "authfailure",
+    "userunknown", "filtered", "requireptr", "notcompliantrfc", "badreputation", "rejected", "hostunknown",
+    "spamdetected", "speeding", "toomanyconn", "blocked",
+)  # fmt: skip
+# The fallback when the first pass decided nothing: the words alone, in this order.
 _SECOND_PASS = (
-    "mailboxfull", "authfailure", "badreputation", "requireptr", "spamdetected", "virusdetected",
+    "mailboxfull", "authfailure", "badreputation", "speeding", "spamdetected", "virusdetected",
     "policyviolation", "norelaying", "systemerror", "networkerror", "suspend", "contenterror", "systemfull",
     "notaccept", "expired", "securityerror", "mailererror",
 )  # fmt: skip
 # Commands before the message body: a refusal there cannot be about the content.
 _BEFORE_DATA = frozenset({"CONN", "EHLO", "HELO", "MAIL", "RCPT"})
+# A 5.1.1 is also put on relaying, blocking, full and moved mailboxes: those words win over it.
+_NOT_USERUNKNOWN = ("norelaying", "blocked", "mailboxfull", "hasmoved", "rejected", "notaccept")
 
 _COMMAND = re.compile(
     r"(?<![A-Za-z0-9@.])(HELO|EHLO|STARTTLS|AUTH|MAIL FROM|RCPT TO|DATA)(?![A-Za-z0-9@])"
@@ -420,25 +114,88 @@ _COMMAND = re.compile(
     re.IGNORECASE,
 )
 _COMMAND_NAMES = {"mail from": "MAIL", "rcpt to": "RCPT", "end of data": "DATA"}
+_COMMAND_ORDER = ("CONN", "HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA")
+# qmail's remote notices name the step in words (qmail-remote.c).
+_QMAIL_STEPS = (
+    (" but greeting failed.", "CONN"),
+    (" but my name was rejected.", "EHLO"),
+    (" but sender was rejected.", "MAIL"),
+    (" does not like recipient.", "RCPT"),
+    (" failed on data command", "DATA"),
+    (" failed after i sent the message", "DATA"),
+)
+
+
+def _aligned(text: str, fragments: tuple[str, ...]) -> bool:
+    at = 0
+    for fragment in fragments:
+        found = text.find(fragment, at)
+        if found < 0:
+            return False
+        at = found + len(fragment)
+    return True
 
 
 def matches(reason: str, text: str) -> bool:
-    """True when the server's words are among those that mean `reason`."""
-    pattern = _COMPILED.get(reason)
-    return bool(pattern and text and pattern.search(text))
+    """True when the server's words (any case) are among those that mean `reason`."""
+    if not text:
+        return False
+    text = " ".join(text.lower().split())
+    if reason == "rejected" and any(p in text for p in NOT_REJECTED):
+        return False
+    return (
+        any(p in text for p in PHRASES.get(reason, ()))
+        or any(p in text for p in OURS.get(reason, ()))
+        or any(_aligned(text, fragments) for fragments in ALIGNED.get(reason, ()))
+        or any(_aligned(text, fragments) for fragments in OURS_ALIGNED.get(reason, ()))
+    )
 
 
 def find_status(text: str) -> str:
-    """The first RFC 3463 enhanced status code in a text (e.g. '5.1.1'), preferring a specific one to X.0.0."""
+    """The first RFC 3463 enhanced status code in a text (e.g. '5.1.1'): a failure's before a success's
+    (a transcript quotes the 250s that went before), a specific one before X.0.0."""
     found = [".".join(m.groups()) for m in _STATUS.finditer(text or "")]
-    specific = [s for s in found if not s.endswith(".0.0") and s != "4.4.7"]
-    return (specific or found or [""])[0]
+    failures = [s for s in found if s[0] in "45"]
+    specific = [s for s in failures if not s.endswith(".0.0") and s != "4.4.7"]
+    return (specific or failures or found or [""])[0]
+
+
+def prefer_status(reported: str, diagnostic: str) -> str:
+    """The DSN's Status or the one in the server's reply, whichever says more (Sisimai's prefer()).
+
+    The reply's own code wins when the Status is vague (X.0.0, X.0.Y), when it is the ambiguous 4.4.7
+    or a 5.3.Z system error, or when the class disagrees with the reply code's.
+    """
+    quoted = find_status(diagnostic)
+    if len(reported) < 5:
+        return quoted
+    if len(quoted) < 5 or reported == quoted:
+        return reported
+    reply = find_reply_code(diagnostic)
+    if reply and reported[0] != quoted[0]:
+        if str(reply)[0] == reported[0]:
+            return reported
+        if str(reply)[0] == quoted[0]:
+            return quoted
+    if ".0.0" in reported:
+        return reported if ".0.0" in quoted else quoted
+    if ".0" in reported and ".0" not in quoted:
+        return quoted
+    if ".0.0" in quoted:
+        return reported
+    if reported == "4.4.7" or reported.startswith("5.3."):
+        return quoted
+    if reported == "5.1.1":
+        return reported if ".0" in quoted else quoted
+    if reported == "5.1.3" and quoted.startswith("5.7."):
+        return quoted
+    return reported
 
 
 def find_reply_code(text: str) -> int:
-    """The first SMTP reply code (2xx, 4xx, 5xx) in a text, or 0."""
-    match = _REPLY_CODE.search(text or "")
-    return int(match.group(1)) if match else 0
+    """The first SMTP reply code in a text, a refusal's (4xx, 5xx) before a success's (2xx), or 0."""
+    codes = [int(m.group(1)) for m in _REPLY_CODE.finditer(text or "")]
+    return next((c for c in codes if c >= 400), codes[0] if codes else 0)
 
 
 def find_command(text: str) -> str:
@@ -447,8 +204,11 @@ def find_command(text: str) -> str:
     Upper-case command words, or the phrases MTAs write ("in reply to RCPT TO command", "after end of
     data", ">>> DATA"); the furthest command in the session wins, since a later one was reached.
     """
-    order = ("HELO", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA")
+    lowered = (text or "").lower()
     best = ""
+    for words, step in _QMAIL_STEPS:
+        if words in lowered and (not best or _COMMAND_ORDER.index(step) > _COMMAND_ORDER.index(best)):
+            best = step
     for match in _COMMAND.finditer(text or ""):
         if match.group(1):
             if match.group(1) != match.group(1).upper():
@@ -458,100 +218,190 @@ def find_command(text: str) -> str:
             word = match.group(2).lower()
             word = _COMMAND_NAMES.get(word, word).upper()
         word = _COMMAND_NAMES.get(word.lower(), word.split()[0])
-        if not best or order.index(word) > order.index(best):
+        if not best or _COMMAND_ORDER.index(word) > _COMMAND_ORDER.index(best):
             best = word
     return best
 
 
-def _first_pass(reason: str, name: str, text: str, command: str) -> bool:
-    """Sisimai's `true()` of one reason: does the code or the text, given the command, point to it."""
-    if reason == "userunknown":
-        if name == "suspend":
+@dataclass(frozen=True)
+class _Facts:
+    status: str
+    name: str  # the reason the status code names, or ""
+    text: str  # the server's words, lower-cased, white space squeezed
+    code: int
+    command: str
+    preset: str = ""  # the reason an MTA's notice wording already gave (Sisimai's MTA modules)
+
+
+def _claims(reason: str, f: _Facts) -> bool:
+    """Sisimai's `true()` of one reason: do the status, command and words, taken together, point to it."""
+    if f.preset == reason:
+        return True
+    if reason in ("mailboxfull", "exceedlimit", "authfailure", "requireptr", "toomanyconn", "blocked"):
+        if reason in ("mailboxfull", "exceedlimit") and not f.status:
             return False
-        if name == "userunknown":
-            # 5.1.1 is also put on relaying, blocking, full and moved mailboxes: the words decide then.
-            others = ("norelaying", "blocked", "mailboxfull", "hasmoved", "rejected", "notaccept")
-            return not any(matches(o, text) for o in others)
-        # Sisimai wants the RCPT command seen; most MTAs' notices do not quote it, and recipients are
-        # checked at RCPT far more often than after DATA, so an unstated command counts as RCPT here.
-        unstated = command == "" and name == ""
-        return (command == "RCPT" or unstated) and matches("userunknown", text)
-    if reason == "filtered":
-        if name == "suspend":
-            return False
-        if name == "filtered":
-            return matches("userunknown", text) or matches("filtered", text)
-        if command in _BEFORE_DATA:
-            return False
-        # "No such user" after the body was sent is a filter speaking, not a missing mailbox.
-        return matches("filtered", text) or matches("userunknown", text)
-    if reason == "rejected":
-        if name == "rejected":
+        return f.name == reason or matches(reason, f.text)
+    if reason == "mesgtoobig":
+        if f.name == "mesgtoobig":
             return True
-        if command == "MAIL":
-            return matches("rejected", text)
-        if command == "DATA":
-            return name != "userunknown" and matches("rejected", text)
-        return name in ("", "securityerror", "systemerror") and matches("rejected", text)
+        return f.name != "exceedlimit" and matches(reason, f.text)
+    if reason == "suspend":
+        return bool(f.status) and (f.code == 525 or matches(reason, f.text))
+    if reason == "norelaying":
+        return f.command not in ("CONN", "EHLO", "HELO") and matches(reason, f.text)
+    if reason == "userunknown":
+        if f.name == "suspend":
+            return False
+        if f.name == "userunknown":
+            return not any(matches(other, f.text) for other in _NOT_USERUNKNOWN)
+        # Any other status: only a refusal of RCPT itself says the mailbox is missing.
+        return f.command == "RCPT" and matches(reason, f.text)
+    if reason == "filtered":
+        if f.name == "suspend":
+            return False
+        if f.name == "filtered":
+            return matches("userunknown", f.text) or matches("filtered", f.text)
+        # "No such user" after the body was sent (or at an unknown step) is a filter speaking.
+        return f.command not in _BEFORE_DATA and (matches("filtered", f.text) or matches("userunknown", f.text))
+    if reason == "rejected":
+        if f.name == "rejected":
+            return True
+        if f.command == "MAIL":
+            return matches(reason, f.text)
+        if f.command == "DATA":
+            return f.name != "userunknown" and matches(reason, f.text)
+        return f.name in ("", "onhold", "undefined", "securityerror", "systemerror") and matches(reason, f.text)
     if reason == "hostunknown":
-        if name == "hostunknown":
-            return not matches("networkerror", text)
-        return matches("hostunknown", text)
-    return name == reason or matches(reason, text)
+        if f.name == "hostunknown":
+            return not matches("networkerror", f.text)
+        return matches(reason, f.text)
+    if reason == "spamdetected":
+        if not f.status:
+            return False
+        if f.name == reason:
+            return True
+        return f.command not in _BEFORE_DATA and matches(reason, f.text)
+    if reason == "speeding":
+        return bool(f.status) and matches(reason, f.text)
+    return matches(reason, f.text)  # hasmoved, notcompliantrfc, badreputation
 
 
-def reason_of(status: str = "", diagnostic: str = "", smtp_code: int = 0, command: str = "", action: str = "") -> str:
-    """The Sisimai-style reason for one failed recipient (see the module docstring)."""
-    text = " ".join((diagnostic or "").split())
-    status = status or find_status(text)
-    smtp_code = smtp_code or find_reply_code(text)
-    command = command or find_command(text)
-    if status.startswith("2."):
-        return "delivered"
-    name = _STATUS_NAMES.get(status, "")
-    for reason in _FIRST_PASS:
-        if _first_pass(reason, name, text, command):
+def notice_reason(text: str) -> str:
+    """The reason an MTA's own notice wording gives (phrases.NOTICES), or ''."""
+    text = " ".join((text or "").lower().split())
+    for reason, fragments in NOTICES.items():
+        if any(fragment in text for fragment in fragments):
             return reason
-    reason = name
-    if reason in _RETRY:
-        for candidate in _SECOND_PASS:
-            if matches(candidate, text):
-                return candidate
-    if not reason:
-        subject = status[:3]
-        if subject in ("5.6", "4.6"):
-            reason = "contenterror"
-        elif subject in ("5.7", "4.7"):
-            reason = "securityerror"
-        elif re.match(r"(?i)\s*x-(?:unix|postfix)\s*;", diagnostic or ""):
-            reason = "mailererror"
-        elif 500 <= smtp_code <= 504 or matches("syntaxerror", text):
-            reason = "syntaxerror"
-        elif action in ("delayed", "expired"):
-            reason = "expired"
-        elif command in ("HELO", "EHLO"):
-            reason = "blocked"
-    return reason or ("onhold" if text else "undefined")
-
-
-def classify(
-    status: str = "", diagnostic: str = "", smtp_code: int = 0, command: str = "", action: str = ""
-) -> Verdict:
-    """Classify one failed recipient from its enhanced status, the server's words, reply code and command."""
-    reason = reason_of(status, diagnostic, smtp_code, command, action)
-    return Verdict(HARD if reason in HARD_REASONS else SOFT, reason)
-
-
-def reason_from_text(text: str) -> str:
-    """The reason the MTA's words alone give, or '' when they name none we know."""
-    for reason in (*_FIRST_PASS, *_SECOND_PASS):
-        if matches(reason, text):
+    for reason, pattern in _NOTICE_PATTERNS.items():
+        if pattern.search(text):
             return reason
     return ""
 
 
-def is_permanent(status: str, smtp_code: int = 0) -> bool:
-    """True for an RFC 3463 permanent failure (5.x.x) or a 5xx reply."""
-    if status:
-        return status.startswith("5")
-    return 500 <= smtp_code < 600
+_NOTICE_PATTERNS = {reason: re.compile(pattern) for reason, pattern in NOTICE_PATTERNS.items()}
+
+
+def squeeze_reply(text: str) -> str:
+    """A multi-line SMTP reply as one sentence: the "550-5.7.1 " that starts each line taken out.
+
+    Servers repeat the code on every line of a long reply ("550-5.7.1 Messages with multiple 550-5.7.1
+    addresses in From: header..."), which splits the very words the rules look for (as Sisimai does).
+    """
+    code = find_reply_code(text)
+    if not code or f"{code}-" not in text:
+        return text
+    status = find_status(text)
+    for separator in ("-", " "):
+        if status:
+            text = text.replace(f"{code}{separator}{status} ", "").replace(f"{code}{separator}{status}", "")
+        text = text.replace(f"{code}{separator}", "")
+    return f"{code} {status} {text}".replace("  ", " ") if status else f"{code} {text}"
+
+
+def _fallback(f: _Facts, action: str, x_unix: bool) -> str:
+    """Sisimai's anotherone(): the words alone, then the status class, the Action and the command."""
+    if f.preset:
+        return f.preset
+    if f.command in ("CONN", "HELO", "EHLO"):
+        # Refused before any envelope was given: the client itself was not wanted (Sisimai's MTA modules).
+        return "blocked"
+    reason = f.name
+    if reason and reason not in _RETRY and not x_unix:
+        return reason
+    for candidate in _SECOND_PASS:
+        if matches(candidate, f.text):
+            return candidate
+    if reason:
+        return reason
+    subject = f.status[:3]
+    if subject in ("5.6", "4.6"):
+        return "contenterror"
+    if subject in ("5.7", "4.7"):
+        return "securityerror"
+    if x_unix:
+        return "mailererror"
+    if 400 < f.code < 408 or 500 < f.code < 508:
+        return "syntaxerror"
+    if action in ("delayed", "expired"):
+        return "expired"
+    if f.command in ("HELO", "EHLO"):
+        return "blocked"
+    return ""
+
+
+def reason_of(
+    status: str = "", diagnostic: str = "", smtp_code: int = 0, command: str = "", action: str = "", provider: str = ""
+) -> str:
+    """The Sisimai reason for one failed recipient (see the module docstring); `provider` as providers.py names it."""
+    raw = squeeze_reply(diagnostic or "")
+    text = " ".join(raw.lower().split())
+    status = prefer_status(status, raw)
+    if status.startswith("2."):
+        return "delivered"
+    name = STATUS_REASONS.get(status, "")
+    command = command or find_command(raw)
+    if not command and name in ("", "userunknown", "hostunknown") and matches("userunknown", text):
+        # Servers say a mailbox does not exist in answer to RCPT; with no transcript (nor a status that
+        # names a filter) to say otherwise, that is the step, for every rule below alike. Sisimai's MTA
+        # modules read their notices the same way.
+        command = "RCPT"
+    # A refusal of the greeting or of HELO is about the client, whatever the notice says next.
+    preset = "" if command in ("CONN", "HELO", "EHLO") else notice_reason(text)
+    if preset and preset not in _RETRY:
+        return preset
+    facts = _Facts(status, name, text, smtp_code or find_reply_code(raw), command, preset)
+    # A provider's own codes and texts say more than the generic rules (Sisimai asks them first); the
+    # sender's own SMTP replies come without a host name, but the reply may show whose it is.
+    found = provider_reason(provider or provider_in_reply(raw), status, facts.code, raw, command)
+    if found:
+        return found
+    # "X-Unix; ..." is a local program's exit, not a server's reply.
+    x_unix = bool(re.match(r"(?i)\s*x-unix\s*;", raw)) or "x-unix; " in text
+    if not x_unix:
+        for reason in _FIRST_PASS:
+            if _claims(reason, facts):
+                return reason
+    reason = _fallback(facts, action, x_unix)
+    if not reason and action == "delayed":
+        reason = "expired"
+    if not reason and matches("vacation", text):
+        reason = "vacation"
+    return reason or ("onhold" if text else "undefined")
+
+
+def is_hard(reason: str, status: str = "", smtp_code: int = 0, text: str = "") -> bool:
+    """Sisimai's hard bounce: the address is gone (notaccept only when the refusal is permanent)."""
+    if reason != "notaccept":
+        return reason in HARD_REASONS
+    if status or smtp_code:
+        return (status or str(smtp_code)).startswith("5")
+    return not re.search(r"\b4\d\d\b|temporar|persistent", text or "", re.IGNORECASE)
+
+
+def classify(
+    status: str = "", diagnostic: str = "", smtp_code: int = 0, command: str = "", action: str = "", provider: str = ""
+) -> Verdict:
+    """Classify one failed recipient from its enhanced status, the server's words, reply code and command."""
+    reason = reason_of(status, diagnostic, smtp_code, command, action, provider)
+    status = prefer_status(status, diagnostic)
+    return Verdict(HARD if is_hard(reason, status, smtp_code, diagnostic) else SOFT, reason)

@@ -16,12 +16,15 @@ from email.utils import getaddresses
 
 from services.bounce.classify import (
     COMPLAINT,
+    SOFT,
     Verdict,
     classify,
     find_command,
     find_reply_code,
     find_status,
+    prefer_status,
 )
+from services.bounce.providers import hosts_named, provider_of
 
 BOUNCE = "bounce"
 FEEDBACK_REPORT = "feedback-report"
@@ -29,8 +32,9 @@ AUTO_REPLY = "auto-reply"
 DELIVERED_DSN = "delivered-dsn"
 NOT_BOUNCE = "not-bounce"
 
-# Actions (RFC 3464 2.3.3) that say the message did not fail.
-_NOT_FAILED_ACTIONS = frozenset({"delayed", "delivered", "relayed", "expanded"})
+# Actions (RFC 3464 2.3.3, and "deliverable" of RFC 3461 address tests) that say the message did not fail.
+# "delayed" is not among them: a delay is a soft event (the recipient is counted, never suppressed).
+_NOT_FAILED_ACTIONS = frozenset({"delivered", "relayed", "expanded", "deliverable"})
 # Reasons a status code alone gives loosely (Sisimai retries them): the notice may say more.
 _VAGUE_REASONS = frozenset({"undefined", "onhold", "systemerror", "securityerror", "networkerror", "syntaxerror"})
 
@@ -59,6 +63,10 @@ class BounceReport:
     date: str = ""
     # Message-IDs of the returned original (its Message-ID, In-Reply-To, References), for attribution.
     original_message_ids: tuple[str, ...] = field(default_factory=tuple)
+    # The To addresses of the returned original: our copy went to exactly one of our subscribers.
+    original_recipients: tuple[str, ...] = ()
+    # What was wrong with the message as MIME or as a DSN, and how it was read anyway (for the record).
+    problems: tuple[str, ...] = ()
 
 
 _ADDRESS = re.compile(
@@ -93,8 +101,11 @@ _AUTO_REPLY_SUBJECT = re.compile(
 # Where the quoted original starts in a plain-text bounce: the notice ends there.
 _ORIGINAL_STARTS = re.compile(
     r"^[ \t]*(?:-{2,}|={2,}|\*{2,})?[ \t]*(?:"
-    r"original message|below this line is a copy|this is a copy of the|the original message|"
-    r"original message follows|returned message|unsent message|undelivered message|"
+    r"below this line is a copy|this is a copy of the|"
+    # "The original message was received at ..." opens Sendmail's notice: only a heading counts here.
+    r"(?:the )?original message(?: follows| as received| is attached)?[ \t]*[:.\-=*]*[ \t]*$|"
+    r"(?:-{2,}|={2,}|\*{2,})[ \t]*(?:the )?original message|"
+    r"returned message|unsent message|undelivered message|"
     r"headers? of (?:the )?(?:original|your) message|copy of (?:the )?(?:original|your) message|"
     r"message text follows|your message (?:reads|follows)|the header of the original|"
     r"content-type: message/rfc822|original headers?|(?:message )?headers follow)"
@@ -120,6 +131,15 @@ def _decoded_text(part: Message) -> str:
         return payload.decode(charset, errors="replace")
     except LookupError:
         return payload.decode("utf-8", errors="replace")
+
+
+def _unquoted(text: str) -> str:
+    """A notice forwarded as a quotation ("> " before most lines) as the notice itself."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    filled = [line for line in lines if line.strip()]
+    if len(filled) < 4 or sum(line.lstrip().startswith(">") for line in filled) * 2 < len(filled):
+        return text
+    return "\n".join(re.sub(r"^[ \t]*> ?", "", line) for line in lines)
 
 
 def _strip_html(text: str) -> str:
@@ -159,6 +179,7 @@ class _Parts:
     feedback: list[str] = field(default_factory=list)
     original_headers: list[Message] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
 
 def _collect(msg: Message, parts: _Parts) -> None:
@@ -179,8 +200,14 @@ def _collect(msg: Message, parts: _Parts) -> None:
         for sub in msg.get_payload():
             if isinstance(sub, Message):
                 _collect(sub, parts)
-    elif ctype == "text/plain" or (ctype.startswith("text/") and ctype != "text/html"):
+    elif ctype.startswith("multipart/"):
+        # Its boundary never occurs (cut or rewritten on the way): the parts are only text now.
+        parts.problems.append(
+            f"{ctype} without its boundary {msg.get_boundary() or '(none given)'!r}: its parts were read as plain text"
+        )
         parts.texts.append(_decoded_text(msg))
+    elif ctype == "text/plain" or (ctype.startswith("text/") and ctype != "text/html"):
+        parts.texts.append(_unquoted(_decoded_text(msg)))
     elif ctype == "text/html":
         parts.texts.append(_strip_html(_decoded_text(msg)))
 
@@ -195,15 +222,16 @@ def _message_ids(headers: list[Message], msg: Message) -> tuple[str, ...]:
     return tuple(ids)
 
 
-def _dsn_recipients(blocks_text: str, notice: str) -> list[RecipientResult]:
+def _dsn_recipients(blocks_text: str, notice: str, hosts: tuple[str, ...] = ()) -> list[RecipientResult]:
     blocks = [b for b in re.split(r"\n[ \t]*\n", blocks_text.replace("\r\n", "\n")) if b.strip()]
     per_message: dict[str, str] = {}
     results: list[RecipientResult] = []
+    pending: list[tuple[str, str, str, str, str]] = []
     for block in blocks:
         fields = _fields(block)
         names = {n for n, _ in fields}
         if "final-recipient" not in names and "original-recipient" not in names:
-            if not results:
+            if not pending:
                 per_message.update(dict(fields))
             continue
         values = dict(fields)
@@ -211,41 +239,94 @@ def _dsn_recipients(blocks_text: str, notice: str) -> list[RecipientResult]:
         if not recipient and values.get("original-recipient"):
             recipient = _address_of(values["original-recipient"])
         diagnostic = _strip_type(values.get("diagnostic-code", ""))
+        if re.match(r"(?i)\s*x-unix\s*;", values.get("diagnostic-code", "")):
+            # A local program's exit status, not a server's reply: the type is what says so.
+            diagnostic = values["diagnostic-code"].strip()
         status = find_status(values.get("status", ""))
         action = values.get("action", "").strip().lower().split()[0] if values.get("action") else ""
         remote = _strip_type(values.get("remote-mta", "") or per_message.get("reporting-mta", ""))
-        results.append(_result(recipient, status, action, diagnostic, remote, _notice_about(notice, recipient)))
+        pending.append((recipient, status, action, diagnostic, remote))
+    others = tuple(p[0] for p in pending)
+    for recipient, status, action, diagnostic, remote in pending:
+        about = _notice_about(notice, recipient, others)
+        results.append(_result(recipient, status, action, diagnostic, remote, about, hosts))
     return results
 
 
-def _notice_about(notice: str, recipient: str) -> str:
-    """The lines of the human-readable notice that speak of one recipient (or all of it)."""
+def _notice_about(notice: str, recipient: str, others: tuple[str, ...] = ()) -> str:
+    """The lines of the human-readable notice that speak of one recipient (or all of it).
+
+    From the start of the line naming the recipient (a transcript's ">>> RCPT To:<...>" counts) to the
+    line naming the next of the other recipients, so one recipient's reason is not read as another's.
+    """
     if not recipient:
         return notice
-    at = notice.lower().find(recipient.lower())
+    lowered = notice.lower()
+    at = lowered.find(recipient.lower())
     if at < 0:
         return notice
-    # From the start of the line naming the recipient: a transcript's ">>> RCPT To:<...>" counts.
     start = notice.rfind("\n", 0, at) + 1
-    return notice[start : at + 800]
+    end = min(at + 800, len(notice))
+    line_end = lowered.find("\n", at)
+    for other in others:
+        if other and other.lower() != recipient.lower():
+            found = lowered.find(other.lower(), line_end if line_end > 0 else at)
+            if 0 <= found < end:
+                end = notice.rfind("\n", 0, found) + 1 or found
+    return notice[start:end]
 
 
-def _result(recipient: str, status: str, action: str, diagnostic: str, remote: str, context: str) -> RecipientResult:
+_TRANSCRIPT_REPLY = re.compile(r"^[ \t]*<<<[ \t]?(.*)$", re.MULTILINE)
+
+
+def _whole_reply(diagnostic: str, context: str) -> str:
+    """The server's whole multi-line reply when the transcript has more of it than the DSN field.
+
+    Sendmail cuts Diagnostic-Code at the first line of a multi-line reply ("550-5.7.1 ..."); its
+    transcript ("<<< 550-5.7.1 ...", "<<< 550 5.7.1 ...") keeps every line.
+    """
+    head = " ".join(diagnostic.split())
+    if not head or not re.match(r"[245]\d\d-", head):
+        return diagnostic
+    lines = [" ".join(m.group(1).split()) for m in _TRANSCRIPT_REPLY.finditer(context or "")]
+    for at, line in enumerate(lines):
+        if line and (line.startswith(head) or head.startswith(line)):
+            reply = [line]
+            for more in lines[at + 1 :]:
+                if more[:3] != line[:3]:
+                    break
+                reply.append(more)
+                if more[3:4] == " ":
+                    break
+            joined = " ".join(reply)
+            return joined if len(joined) > len(head) else diagnostic
+    return diagnostic
+
+
+def _result(
+    recipient: str, status: str, action: str, diagnostic: str, remote: str, context: str, hosts: tuple[str, ...] = ()
+) -> RecipientResult:
+    diagnostic = _whole_reply(diagnostic, context)
     code = find_reply_code(diagnostic)
     text = diagnostic if diagnostic.strip() else context
     # The command the server was answering: the diagnostic's transcript first, else the notice's.
     command = find_command(diagnostic) or find_command(context)
-    verdict = classify(status, text, code, command, action)
+    domain = recipient.rpartition("@")[2]
+    provider = provider_of((remote, *hosts_named(text), *hosts_named(context), *hosts), domain)
+    verdict = classify(status, text, code, command, action, provider)
+    if action == "delayed":
+        # Still being retried by the reporting MTA: whatever the reason, the address is not gone yet.
+        verdict = Verdict(SOFT, verdict.reason)
     # A vague or missing diagnostic: let the notice's words about this recipient sharpen the verdict.
     if verdict.reason in _VAGUE_REASONS and context and context != text:
-        sharper = classify(status, f"{text}\n{context}", code, command, action)
+        sharper = classify(status, f"{text}\n{context}", code, command, action, provider)
         if sharper.reason not in ("undefined", "onhold"):
-            verdict = sharper
+            verdict = sharper if action != "delayed" else Verdict(SOFT, sharper.reason)
     return RecipientResult(
         email=recipient,
         kind=verdict.kind,
         reason=verdict.reason,
-        status=status or find_status(text),
+        status=prefer_status(status, text),
         action=action,
         diagnostic=" ".join(diagnostic.split())[:1000],
         smtp_code=code or find_reply_code(text),
@@ -340,7 +421,7 @@ def _looks_like_bounce(msg: Message, notice: str) -> bool:
     subject = str(msg.get("Subject", ""))
     if _BOUNCE_SENDER.search(sender) or _BOUNCE_SUBJECT.search(subject):
         return True
-    if msg.get("Return-Path", "").strip() in ("<>", ""):
+    if str(msg.get("Return-Path", "")).strip() in ("<>", ""):
         return bool(re.search(r"deliver|undeliver|permanent|failed|rejected", notice, re.IGNORECASE))
     return False
 
@@ -359,18 +440,21 @@ def _is_auto_reply(msg: Message) -> bool:
 
 def _feedback_recipients(parts: _Parts, msg: Message) -> list[RecipientResult]:
     fields: dict[str, str] = {}
+    recipients: list[str] = []
     for report in parts.feedback:
         for name, value in _fields(report.replace("\r\n", "\n")):
             fields.setdefault(name, value)
-    recipients = [_address_of(v) for k, v in fields.items() if k in ("original-rcpt-to", "removal-recipient")]
+            # RFC 5965 3.2: Original-Rcpt-To may occur once per recipient of the reported message.
+            if name in ("original-rcpt-to", "removal-recipient"):
+                recipients.append(_address_of(value))
     if not any(recipients):
         for h in parts.original_headers:
-            recipients.extend(a.lower() for _, a in getaddresses([str(v) for v in h.get_all("To", [])]))
+            recipients.extend(_addresses_in(h.get_all("To", [])))
     diagnostic = fields.get("feedback-type", "abuse")
+    # No address at all ("To: <Undisclosed Recipients>"): still a complaint about the VERP address it came to.
     return [
         RecipientResult(email=r, kind=COMPLAINT, reason="feedback", diagnostic=diagnostic)
-        for r in dict.fromkeys(recipients)
-        if r
+        for r in (dict.fromkeys(r for r in recipients if r) or [""])
     ]
 
 
@@ -421,6 +505,24 @@ def _ses_notification(docs: list[dict]) -> tuple[str, list[RecipientResult]] | N
                     result = replace(result, kind="soft")
                 results.append(result)
             return BOUNCE, results
+        if kind == "delivery" and isinstance(doc.get("delivery"), dict):
+            delivery = doc["delivery"]
+            response = str(delivery.get("smtpResponse", ""))
+            delivered = [_address_of(str(r)) for r in delivery.get("recipients") or []]
+            return DELIVERED_DSN, [
+                RecipientResult(
+                    email=e,
+                    kind=SOFT,
+                    reason="delivered",
+                    status=find_status(response),
+                    action="delivered",
+                    diagnostic=response[:1000],
+                    smtp_code=find_reply_code(response),
+                    remote_mta=str(delivery.get("reportingMTA", "")),
+                )
+                for e in dict.fromkeys(delivered)
+                if e
+            ]
         if kind == "complaint" and isinstance(doc.get("complaint"), dict):
             complaint = doc["complaint"]
             feedback = str(complaint.get("complaintFeedbackType") or "abuse")
@@ -449,8 +551,42 @@ def _unsubscribe_request(msg: Message) -> list[RecipientResult]:
 _COMPLAINT_SUBJECT = re.compile(r"^\s*complaint about message from\b", re.IGNORECASE)
 
 
+# RFC 3464 per-recipient fields written out in a text part (a DSN whose MIME structure was lost).
+_DSN_IN_TEXT = re.compile(
+    r"^(?:final-recipient|original-recipient)[ \t]*:[ \t]*rfc822[ \t]*;", re.IGNORECASE | re.MULTILINE
+)
+
+
+def _first_hop(msg: Message) -> tuple[str, ...]:
+    """The hosts of the returned message's oldest Received header: where the notice was written."""
+    received = msg.get_all("Received", [])
+    if not received:
+        return ()
+    oldest = " ".join(str(received[-1]).split())
+    return tuple(h.lower() for h in re.findall(r"\b(?:from|by)\s+([a-z0-9.-]+\.[a-z]{2,})", oldest, re.IGNORECASE))
+
+
+def _delivery_status_in_text(texts: list[str]) -> str:
+    """The per-recipient DSN fields found in text parts, from the first such field on, or ''."""
+    for text in texts:
+        match = _DSN_IN_TEXT.search(text)
+        if match:
+            return text.replace("\r\n", "\n")[match.start() :]
+    return ""
+
+
 def parse_bounce(raw: bytes | str | Message) -> BounceReport:
-    """Parse a returned message into its kind and per-recipient results (no attribution here)."""
+    """Parse a returned message into its kind and per-recipient results (no attribution here).
+
+    Never raises: a message that cannot be read at all is a not-bounce whose `problems` say why.
+    """
+    try:
+        return _parse(raw)
+    except Exception as exc:  # any input reaches here: none may stop the service or go unrecorded
+        return BounceReport(NOT_BOUNCE, problems=(f"the message could not be read: {type(exc).__name__}: {exc}",))
+
+
+def _parse(raw: bytes | str | Message) -> BounceReport:
     if isinstance(raw, Message):
         msg = raw
     elif isinstance(raw, bytes):
@@ -463,12 +599,26 @@ def parse_bounce(raw: bytes | str | Message) -> BounceReport:
         "message_id": str(msg.get("Message-ID", "") or "").strip(),
         "date": str(msg.get("Date", "") or "").strip(),
         "original_message_ids": _message_ids(parts.original_headers, msg),
+        "original_recipients": tuple(
+            dict.fromkeys(a for h in parts.original_headers for a in _addresses_in(h.get_all("To", [])))
+        ),
+        "problems": tuple(parts.problems),
     }
+    first_hop = _first_hop(msg)
+    if not parts.delivery_status:
+        embedded = _delivery_status_in_text(parts.texts)
+        if embedded:
+            parts.delivery_status.append(embedded)
     report_type = (msg.get_param("report-type") or "") if msg.get_content_type() == "multipart/report" else ""
-    if parts.feedback or str(report_type).lower() == "feedback-report":
-        return BounceReport(FEEDBACK_REPORT, tuple(_feedback_recipients(parts, msg)), **base)
-    if _COMPLAINT_SUBJECT.match(str(msg.get("Subject", ""))) and parts.original_headers:
-        return BounceReport(FEEDBACK_REPORT, tuple(_feedback_recipients(parts, msg)), **base)
+    if (
+        parts.feedback
+        or str(report_type).lower() == "feedback-report"
+        or (_COMPLAINT_SUBJECT.match(str(msg.get("Subject", ""))) and parts.original_headers)
+    ):
+        complaints = tuple(_feedback_recipients(parts, msg))
+        if not any(c.email for c in complaints):
+            base["problems"] = (*base["problems"], "no complained-about address in the report or the reported headers")
+        return BounceReport(FEEDBACK_REPORT, complaints, **base)
     ses = _ses_notification(_json_documents(parts.texts))
     if ses is not None:
         return BounceReport(ses[0], tuple(ses[1]), **base)
@@ -477,7 +627,7 @@ def parse_bounce(raw: bytes | str | Message) -> BounceReport:
         return BounceReport(FEEDBACK_REPORT, tuple(unsubscribe), **base)
     notice = _notice_text(parts)
     if parts.delivery_status:
-        results = _dsn_recipients("\n\n".join(parts.delivery_status), notice)
+        results = _dsn_recipients("\n\n".join(parts.delivery_status), notice, first_hop)
         failed = [r for r in results if r.action not in _NOT_FAILED_ACTIONS]
         if results and not failed:
             return BounceReport(DELIVERED_DSN, tuple(results), **base)
@@ -490,20 +640,38 @@ def parse_bounce(raw: bytes | str | Message) -> BounceReport:
         )
     if not _looks_like_bounce(msg, notice):
         return BounceReport(NOT_BOUNCE, (), **base)
-    addresses = _text_recipients(notice, _excluded_addresses(msg, parts))
+    # Exim and Gmail name the failed recipients in a header; the notice's words are the fallback.
+    addresses = _addresses_in(msg.get_all("X-Failed-Recipients", []))
+    addresses = addresses or _text_recipients(notice, _excluded_addresses(msg, parts))
+    problems = list(base.pop("problems"))
     if not addresses:
         inline = _inline_original(parts)
         for h in [*parts.original_headers, *([inline] if inline is not None else [])]:
-            addresses.extend(a.lower() for _, a in getaddresses([str(v) for v in h.get_all("To", [])]) if a)
+            addresses.extend(_addresses_in(h.get_all("To", [])))
     if not addresses:
+        # Still a bounce for the VERP address it came to, just without the recipient's own address.
+        problems.append("no failed recipient address found in the notice or the returned headers")
         addresses = [""]
     addresses = list(dict.fromkeys(addresses))
     # A notice about one recipient speaks of it throughout, also in lines before its address.
-    about = {addr: notice if len(addresses) == 1 else _notice_about(notice, addr) for addr in addresses}
-    results = [_result(addr, find_status(about[addr]), "failed", "", "", about[addr]) for addr in addresses]
-    return BounceReport(BOUNCE, tuple(results), **base)
+    others = tuple(addresses)
+    about = {addr: notice if len(addresses) == 1 else _notice_about(notice, addr, others) for addr in addresses}
+    results = [_result(addr, find_status(about[addr]), "failed", "", "", about[addr], first_hop) for addr in addresses]
+    if _is_google_groups_refusal(msg, notice):
+        # Google Groups' notice lists four causes, all of them about the sender's right to post.
+        results = [replace(r, reason="rejected", kind=SOFT) for r in results]
+    return BounceReport(BOUNCE, tuple(results), problems=tuple(problems), **base)
 
 
-def looks_failed(verdict: Verdict) -> bool:
-    """True for a verdict that is a bounce or complaint."""
-    return verdict.kind in ("hard", "soft", COMPLAINT)
+def _addresses_in(values: list) -> list[str]:
+    """The real addresses among header values (never "undisclosed-recipients:;" and the like)."""
+    found = [a.lower() for _, a in getaddresses([str(v) for v in values]) if a]
+    return [a for a in found if _ADDRESS.fullmatch(a)]
+
+
+def _is_google_groups_refusal(msg: Message, notice: str) -> bool:
+    """Google Groups' "the group does not exist or you may not post to it" notice (in any language)."""
+    sender = str(msg.get("From", "")).lower()
+    if "mailer-daemon@googlemail.com" not in sender or not msg.get("X-Google-Smtp-Source"):
+        return False
+    return msg.get("X-Failed-Recipients") is not None and len(re.findall(r"(?m)^ ?\* ?", notice)) == 4

@@ -44,6 +44,15 @@ class BounceRecorder:
         with tracer.start_as_current_span("bounce.receive_dsn") as span:
             report = parse_bounce(raw)
             span.set_attribute("mailblast.report_kind", report.kind)
+            if report.problems:
+                # Read anyway (as far as it could be): say what was wrong, with what finds the message again.
+                log.warning(
+                    "returned message was damaged",
+                    problems=list(report.problems),
+                    message_id=report.message_id,
+                    size=len(raw),
+                    kind=report.kind,
+                )
             now = datetime.now(UTC)
             rows = []
             for item in attribute(self._key, envelope_recipients, report):

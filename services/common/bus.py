@@ -35,9 +35,14 @@ log = get_logger(__name__)
 SUBJECT_SEND_BATCH = "mailblast.send.batch"
 # Transactional mail travels on mailblast.send.transactional.<organisation id>: NATS permissions can
 # then confine an application's credential to its own organisation's subject, and the sender refuses
-# a message whose organisation differs from its subject's.
+# a message whose organisation differs from its subject's. The platform's own mails (auth's account
+# notices, lists' confirmations, campaigns' test sends) travel on <organisation id>.platform, which only
+# those services may publish: only there may a category skip the suppression list, so an application
+# cannot mail an unsubscribed address by calling its message "auth.reset".
 _TRANSACTIONAL = "mailblast.send.transactional"
-SUBJECT_SEND_TRANSACTIONAL = f"{_TRANSACTIONAL}.*"
+_PLATFORM = "platform"
+SUBJECT_SEND_TRANSACTIONAL = f"{_TRANSACTIONAL}.>"
+SUBJECT_SEND_PLATFORM = f"{_TRANSACTIONAL}.*.{_PLATFORM}"
 SUBJECT_DELIVERY_REPORT = "mailblast.delivery.report"
 SUBJECT_BOUNCE_RECORDED = "mailblast.bounce.recorded"
 SUBJECT_SUBSCRIBER_ERASED = "mailblast.privacy.erased"
@@ -127,11 +132,12 @@ STREAMS: tuple[StreamConfig, ...] = (
 )
 
 
-def transactional_subject(organization_id: int) -> str:
-    """The subject a TransactionalMessage of this organisation is published to."""
+def transactional_subject(organization_id: int, *, platform: bool = False) -> str:
+    """The subject a TransactionalMessage of this organisation is published to (the platform's own apart)."""
     if organization_id <= 0:
         raise ValueError(f"a transactional message needs an organisation, not {organization_id}")
-    return f"{_TRANSACTIONAL}.{organization_id}"
+    subject = f"{_TRANSACTIONAL}.{organization_id}"
+    return f"{subject}.{_PLATFORM}" if platform else subject
 
 
 def campaign_state_subject(organization_id: int, campaign_id: int) -> str:
@@ -146,10 +152,16 @@ def suppression_subject(organization_id: int, email_hash: str) -> str:
 
 def subject_organization(subject: str) -> int | None:
     """The organisation a transactional subject names, or None when it names none."""
+    subject = subject.removesuffix(f".{_PLATFORM}")
     prefix, _, last = subject.rpartition(".")
     if prefix != _TRANSACTIONAL or not last.isdigit():
         return None
     return int(last)
+
+
+def is_platform_subject(subject: str) -> bool:
+    """Whether a transactional subject is the platform's own (which only platform services may publish)."""
+    return subject.endswith(f".{_PLATFORM}") and subject_organization(subject) is not None
 
 
 # ------------------------------------------------------------------------------------- permissions
@@ -201,22 +213,33 @@ class Access:
         return list(dict.fromkeys(allow))
 
 
+def _covers(pattern: str, subject: str) -> bool:
+    """Whether a stream's subject pattern takes every subject `subject` (itself perhaps a pattern) names."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, part in enumerate(want):
+        if part == ">":
+            return len(have) > i
+        if i >= len(have) or (part != "*" and part != have[i]) or (part == "*" and have[i] == ">"):
+            return False
+    return len(want) == len(have)
+
+
 def _stream_of(subject: str) -> str:
-    return next(config.name for config in STREAMS if subject in (config.subjects or []))
+    return next(config.name for config in STREAMS if any(_covers(p, subject) for p in config.subjects or []))
 
 
 SERVICE_ACCESS: dict[str, Access] = {
-    "auth": Access(publishes=(SUBJECT_SEND_TRANSACTIONAL,)),
+    "auth": Access(publishes=(SUBJECT_SEND_PLATFORM,)),
     # Each stream has one maintainer: the sender the work queue it drains and the reports it writes,
     # bounce its events, lists the erasures and suppressions it announces, campaigns its states. The
     # dead-letter stream's one subject (mailblast.deadletter.>) never changes.
     "lists": Access(
-        publishes=(SUBJECT_SEND_TRANSACTIONAL, SUBJECT_SUBSCRIBER_ERASED, SUBJECT_SUPPRESSION_CHANGED),
+        publishes=(SUBJECT_SEND_PLATFORM, SUBJECT_SUBSCRIBER_ERASED, SUBJECT_SUPPRESSION_CHANGED),
         consumes=(Consumer(STREAM_BOUNCE, "lists-bounces", SUBJECT_BOUNCE_RECORDED),),
         maintains=(STREAM_PRIVACY, STREAM_SUPPRESSION),
     ),
     "campaigns": Access(
-        publishes=(SUBJECT_SEND_BATCH, SUBJECT_SEND_TRANSACTIONAL, SUBJECT_CAMPAIGN_STATE),
+        publishes=(SUBJECT_SEND_BATCH, SUBJECT_SEND_PLATFORM, SUBJECT_CAMPAIGN_STATE),
         consumes=(
             Consumer(STREAM_DELIVERY, "campaigns-delivery", SUBJECT_DELIVERY_REPORT),
             Consumer(STREAM_BOUNCE, "campaigns-bounces", SUBJECT_BOUNCE_RECORDED),

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.log import get_logger
@@ -26,19 +27,25 @@ async def migrate(url: str, schema: str, sql_dir: Path) -> list[str]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=False) as conn:
         # One service may start several replicas at once: serialise their migrations.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"mailblast-migrate-{schema}",))
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        # The schema is an identifier, not a value: psycopg's sql module quotes it.
+        name = sql.Identifier(schema)
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name))
         await conn.execute(
-            f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
-            "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {}.schema_migrations "
+                "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(name)
         )
-        cur = await conn.execute(f'SELECT version FROM "{schema}".schema_migrations')
+        cur = await conn.execute(sql.SQL("SELECT version FROM {}.schema_migrations").format(name))
         done = {row[0] for row in await cur.fetchall()}
-        await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(name))
         for path in files:
             if path.name in done:
                 continue
             await conn.execute(path.read_text())
-            await conn.execute(f'INSERT INTO "{schema}".schema_migrations (version) VALUES (%s)', (path.name,))
+            await conn.execute(
+                sql.SQL("INSERT INTO {}.schema_migrations (version) VALUES (%s)").format(name), (path.name,)
+            )
             applied.append(path.name)
         await conn.commit()
     if applied:
@@ -48,8 +55,11 @@ async def migrate(url: str, schema: str, sql_dir: Path) -> list[str]:
 
 async def open_pool(url: str, schema: str, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
     """Open a connection pool whose connections see only the service's schema by default."""
+    # Each connection is checked as it is handed out (one empty round trip): after PostgreSQL restarts, the
+    # pool replaces its dead connections instead of failing one piece of work per connection.
     pool = AsyncConnectionPool(
-        _with_search_path(url, schema), min_size=min_size, max_size=max_size, open=False, timeout=30
-    )
+        _with_search_path(url, schema), min_size=min_size, max_size=max_size, open=False, timeout=30,
+        check=AsyncConnectionPool.check_connection,
+    )  # fmt: skip
     await pool.open(wait=True, timeout=30)
     return pool

@@ -9,7 +9,8 @@ from services.common import bus
 
 
 async def send_transactional(js: JetStreamContext, message: events_pb2.TransactionalMessage) -> None:
-    """Publish a TransactionalMessage to its organisation's subject; its message_key is the Nats-Msg-Id."""
+    """Publish one of the platform's own TransactionalMessages to its organisation's platform subject, keyed by
+    its message_key (the Nats-Msg-Id)."""
     if not message.message_key:
         raise ValueError("a transactional message needs a message_key (its idempotency key)")
     if not message.HasField("created_at"):
@@ -17,5 +18,5 @@ async def send_transactional(js: JetStreamContext, message: events_pb2.Transacti
         message.created_at.GetCurrentTime()
     # The platform's own mails (a lockout notice, an opt-in confirmation) belong to the organisation
     # of the person they are sent to; the sender refuses a message whose organisation is not its subject's.
-    subject = bus.transactional_subject(message.organization_id)
+    subject = bus.transactional_subject(message.organization_id, platform=True)
     await bus.publish(js, subject, message, msg_id=message.message_key)

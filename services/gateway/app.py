@@ -9,6 +9,7 @@ from flask import Flask, render_template
 from flask_babel import gettext as _
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
 from services.gateway import account, admin, audience, mail, outbox, public, tracked, views
@@ -86,6 +87,10 @@ def create_app(config: dict[str, Any] | None = None, settings: Config | None = N
     # Every route naming a row by number uses <id:...>, so a number past int64 is a 404 rather than a
     # protobuf error (500) in the view.
     app.url_map.converters["id"] = IdConverter
+    if settings.trusted_proxies:
+        # Behind an Ingress every TCP peer is the proxy: without this all logins would share its address
+        # (one stranger's failures would throttle everyone). Only the hops the operator vouches for count.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     init_security(app)
     if config:
         app.config.update(config)

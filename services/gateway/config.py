@@ -41,6 +41,12 @@ def _public_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _proxy_count(value: str) -> int:
+    if not value.isdigit() or int(value) > 10:
+        raise ValueError("is not a number of proxies from 0 to 10")
+    return int(value)
+
+
 def _json_object(value: str) -> dict[str, str]:
     try:
         parsed = json.loads(value)
@@ -85,6 +91,14 @@ class Config:
     tls_key_file: str = setting("GATEWAY_TLS_KEY_FILE", "", "the key of GATEWAY_TLS_CERT_FILE, PEM")
     tls_dir: str = setting(
         "GATEWAY_TLS_DIR", "", "where the self-signed pair is made (development); unset: `<tmp>/mailblast-gateway-tls`"
+    )
+    trusted_proxies: int = setting(
+        "GATEWAY_TRUSTED_PROXIES",
+        0,
+        "how many reverse proxies in front of the console each append the client's address to "
+        "X-Forwarded-For (an Ingress: 1); the client's address (logins' lockouts and throttles, the audit log) "
+        "is read that many hops from the end of the header, so a client cannot name its own. 0: the TCP peer",
+        parse=_proxy_count,
     )
     dev_outbox_dir: str = setting(
         "GATEWAY_DEV_OUTBOX_DIR", "", "the catcher's outbox to show in the console; unset: no outbox page"

@@ -43,6 +43,10 @@ class Ledger(Protocol):
         """Claim (subscriber id, email) pairs for `owner` for `lease` seconds, unless the campaign is halted."""
         ...
 
+    async def renew(self, campaign_id: int, owner: str, lease: float) -> int:
+        """Extend `owner`'s claims on the campaign's recipients to `lease` seconds from now; how many it holds."""
+        ...
+
     async def transactional_state(self, organization_id: int, message_key: str) -> LedgerState | None:
         """The ledger state of one transactional message, or None before its first attempt."""
         ...

@@ -75,13 +75,17 @@ class Config:
         "SENDER_GIVE_UP_SECONDS", 345600.0, "how long a deferred delivery is retried (4 days) before it fails"
     )
     ack_wait_seconds: float = setting(
-        "SENDER_ACK_WAIT_SECONDS", 60.0, "how long a batch held by a vanished sender waits before another takes it"
+        "SENDER_ACK_WAIT_SECONDS",
+        15.0,
+        "how long a batch held by a vanished sender waits before another takes it (a live sender extends it every "
+        "third of it)",
     )
     claim_seconds: float = setting(
         "SENDER_CLAIM_SECONDS",
-        300.0,
-        "a sender's lease on the recipients it is delivering: a killed sender's lapse after it, and only then may "
-        "another sender deliver them (the one possible duplicate: mail in flight at the kill)",
+        20.0,
+        "a sender's lease on the recipients it is delivering, renewed every third of it while the sender lives: a "
+        "killed sender's lapse after it, and only then may another sender deliver them (the one possible duplicate: "
+        "mail in flight at the kill)",
     )
     smtp_timeout_seconds: float = setting(
         "SENDER_SMTP_TIMEOUT_SECONDS", 60.0, "how long one SMTP command may take before the delivery is deferred"

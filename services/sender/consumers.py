@@ -104,7 +104,8 @@ class TransactionalConsumer(Runner[events_pb2.TransactionalMessage]):
                 f"TransactionalMessage of organisation {message.organization_id} published to {delivery.subject}: "
                 "the organisation must match the subject's"
             )
-        return await self._sending.send(convert.transactional(message), delivery.count)
+        platform = bus.is_platform_subject(delivery.subject)
+        return await self._sending.send(convert.transactional(message, platform=platform), delivery.count)
 
 
 class _Copier(Runner[P]):

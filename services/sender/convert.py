@@ -47,8 +47,8 @@ def batch(message: events_pb2.SendBatch) -> Batch:
     )
 
 
-def transactional(message: events_pb2.TransactionalMessage) -> Message:
-    """The domain's view of a TransactionalMessage."""
+def transactional(message: events_pb2.TransactionalMessage, *, platform: bool = False) -> Message:
+    """The domain's view of a TransactionalMessage (`platform`: it came on the platform's own subject)."""
     return Message(
         organization_id=message.organization_id,
         message_key=message.message_key,
@@ -58,6 +58,7 @@ def transactional(message: events_pb2.TransactionalMessage) -> Message:
         variables_json=message.variables_json,
         category=message.category,
         created_at=message.created_at.ToDatetime(tzinfo=dt.UTC) if message.HasField("created_at") else None,
+        platform=platform,
     )
 
 

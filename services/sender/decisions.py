@@ -193,9 +193,13 @@ def expiry(outcome: Outcome, now: dt.datetime) -> Outcome:
 # -------------------------------------------------------------------------------------- transactional mail
 
 
-def checks_suppression(category: str) -> bool:
-    """Whether a transactional message of this category is withheld from suppressed addresses."""
-    return not category.startswith(UNSUPPRESSED_PREFIXES)
+def checks_suppression(category: str, platform: bool = True) -> bool:
+    """Whether a transactional message of this category is withheld from suppressed addresses.
+
+    Only the platform's own account mails and confirmations go to suppressed addresses; an application's
+    message is always checked, whatever category it names.
+    """
+    return not (platform and category.startswith(UNSUPPRESSED_PREFIXES))
 
 
 def withdrawn_by_erasure(category: str) -> bool:
@@ -203,12 +207,14 @@ def withdrawn_by_erasure(category: str) -> bool:
     return category.startswith(SUBSCRIBER_PREFIX)
 
 
-def withheld_reason(category: str, erased_after_asked: bool, suppression: str | None) -> str | None:
+def withheld_reason(
+    category: str, erased_after_asked: bool, suppression: str | None, platform: bool = True
+) -> str | None:
     """Why a transactional message is not sent, or None to send it."""
     if withdrawn_by_erasure(category) and erased_after_asked:
         # Asked for before its subscriber was erased (a confirmation whose consent is gone): never sent.
         return ERASED
-    if not checks_suppression(category):
+    if not checks_suppression(category, platform):
         return None
     return suppression
 

@@ -92,7 +92,7 @@ class BatchSending:
         composer: Composer,
         policy: RetryPolicy,
         concurrency: int,
-        claim_seconds: float = 300.0,
+        claim_seconds: float = 20.0,
         clock: Clock | None = None,
         render_pool: Executor | None = None,
     ) -> None:
@@ -170,6 +170,7 @@ class BatchSending:
         # (redelivered while this one still works) must not take over recipients this one has not reached.
         owner = f"{self._owner}:{uuid.uuid4().hex[:8]}"
         halted: Verdict | None = None
+        renewing = asyncio.create_task(self._renew_claims(batch.campaign_id, owner))
         try:
             for start in range(0, len(mine), self._claim_chunk):
                 chunk = mine[start : start + self._claim_chunk]
@@ -210,6 +211,8 @@ class BatchSending:
             # Deliveries already started finish and record their outcomes before the batch is retried.
             await asyncio.gather(*waits, *recorded, return_exceptions=True)
             raise
+        finally:
+            renewing.cancel()
         await asyncio.gather(*recorded)
         if recorded:
             log.info("suppressed recipients not sent", campaign_id=batch.campaign_id, count=len(recorded))
@@ -228,6 +231,16 @@ class BatchSending:
             await asyncio.gather(*(self._recorder.submit(o) for o in settlement.expiries))
             log.info("deferred recipients expired", campaign_id=batch.campaign_id, count=len(settlement.expiries))
         return settlement.decision
+
+    async def _renew_claims(self, campaign_id: int, owner: str) -> None:
+        """Renew this pass's claims every third of the lease while it delivers (a slow server keeps its own)."""
+        while True:
+            await asyncio.sleep(self._claim_seconds / 3)
+            try:
+                await self._ledger.renew(campaign_id, owner, self._claim_seconds)
+            except Exception:
+                # The next renewal tries again; a claim that lapses meanwhile is at worst delivered twice.
+                log.warning("could not renew claims", campaign_id=campaign_id, exc_info=True)
 
     def _outcome(
         self,

@@ -88,6 +88,13 @@ UNION ALL
 SELECT NULL, NULL, state FROM gate
 """
 
+# A live sender keeps its claims by renewing them while it works, so the lease can be short: a killed
+# sender's recipients lapse within one lease, not after the longest a delivery might take.
+SQL_RENEW_CLAIMS = """
+UPDATE deliveries SET claim_expires = now() + make_interval(secs => %(lease)s)
+WHERE campaign_id = %(campaign)s AND claim_owner = %(owner)s AND status = 'claimed'
+"""
+
 SQL_RECORD_TRANSACTIONAL = """
 INSERT INTO transactional_deliveries AS d (
     organization_id, message_key, category, email, status, message_id, smtp_code, smtp_message,
@@ -206,6 +213,12 @@ class DeliveryStore:
         claimed = frozenset(row[0] for row in rows if row[0] is not None)
         withheld = {row[0]: row[1] for row in rows if row[0] is not None and row[1] is not None}
         return Claim(claimed, withheld, verdict_of(state))
+
+    async def renew(self, campaign_id: int, owner: str, lease: float) -> int:
+        """Extend `owner`'s claims on a campaign's recipients to `lease` seconds from now; how many it holds."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(SQL_RENEW_CLAIMS, {"campaign": campaign_id, "owner": owner, "lease": lease})
+            return cur.rowcount
 
     async def erased_since(self, organization_id: int, email: str, asked_at: dt.datetime | None) -> bool:
         """Whether a subscriber with this address was erased at or after `asked_at` (None: ever)."""

@@ -42,6 +42,8 @@ class Message:
     category: str
     # When it was asked for; None when the publisher did not say.
     created_at: dt.datetime | None = None
+    # Published by the platform's own services (only they may on that subject), not by an application.
+    platform: bool = False
 
 
 class TransactionalSending:
@@ -110,10 +112,10 @@ class TransactionalSending:
             message.organization_id, message.to_address, message.created_at
         )
         found = None
-        if not erased and decisions.checks_suppression(message.category):
+        if not erased and decisions.checks_suppression(message.category, message.platform):
             listed = await self._suppressions.suppressed(message.organization_id, [message.to_address])
             found = listed.get(message.to_address)
-        return decisions.withheld_reason(message.category, erased, found)
+        return decisions.withheld_reason(message.category, erased, found, message.platform)
 
     async def _deliver(self, message: Message, state: LedgerState | None) -> Outcome:
         message_id = ""

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
+import psycopg
+from psycopg_pool import PoolTimeout
+
 from services.common.log import get_logger
 from services.common.runner import GroupCommit
 from services.sender.ledger import Outcome
@@ -33,8 +36,7 @@ class LedgerWriter:
         return self._commit.submit(outcome)
 
     async def _write(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
-        # As written: an erased subscriber's outcome carries the keyed hash, never the address.
-        written = await self._store.record(outcomes)
+        written = await self._record(outcomes)
         # The ledger is the truth; the report follows it. Keep trying while NATS is away, which
         # also holds back the acks of the batches waiting on this group.
         delay = 0.2
@@ -49,6 +51,22 @@ class LedgerWriter:
                 log.exception("delivery report publish failed; retrying", outcomes=len(written))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _record(self, outcomes: Sequence[Outcome]) -> list[Outcome]:
+        """Write the group, trying again while PostgreSQL is away: these messages were delivered, and failing
+        the group would have their batches retried and the mail sent twice. Rewriting a group whose commit
+        was lost on the way is harmless: a final row is never overwritten."""
+        delay = 0.2
+        while True:
+            try:
+                # As written: an erased subscriber's outcome carries the keyed hash, never the address.
+                return await self._store.record(outcomes)
+            except (psycopg.OperationalError, PoolTimeout):
+                if self._commit.stopping:
+                    raise
+                log.warning("ledger write failed; retrying", outcomes=len(outcomes), exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def stop(self) -> None:
         """Write what is pending, then stop."""

@@ -178,6 +178,26 @@ async def test_mailbox_full_dsn_is_soft(service, js, internal_key):
     assert event.subscriber_id == 2
 
 
+async def test_damaged_dsn_and_addressless_notice_are_still_recorded(service, js, internal_key):
+    # A DSN whose MIME boundary was lost on the way still gives its recipient and status; a plain notice
+    # that names no address at all is still a bounce of the subscriber its VERP address names.
+    damaged_ref = RecipientRef(ORG, CAMPAIGN, 5)
+    damaged = dsn(internal_key, damaged_ref, "lost@example.org", "5.1.1", "550 5.1.1 User unknown")
+    damaged = damaged.replace(b"--b1", b"--cut-by-a-relay")
+    await send_returned_mail(service.smtp_port, return_path(internal_key, damaged_ref, "b.example.com"), damaged)
+    vague_ref = RecipientRef(ORG, CAMPAIGN, 6)
+    vague = (
+        b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undeliverable\r\nMessage-ID: <v1@mx.example.net>\r\n"
+        b"\r\nYour message could not be delivered: permanent failure.\r\n"
+    )
+    await send_returned_mail(service.smtp_port, return_path(internal_key, vague_ref, "b.example.com"), vague)
+    events = sorted(await bounce_events(js, want=2), key=lambda e: e.subscriber_id)
+    assert [(e.subscriber_id, e.email, e.kind, e.status) for e in events] == [
+        (5, "lost@example.org", events_pb2.BOUNCE_KIND_HARD, "5.1.1"),
+        (6, "", events_pb2.BOUNCE_KIND_SOFT, ""),
+    ]
+
+
 async def test_forged_verp_address_is_refused_at_rcpt(service, internal_key):
     # A return path with a wrong signature (or none) is not ours: RCPT is refused with 550 5.1.1.
     forged = return_path(b"another key entirely!!", RecipientRef(ORG, CAMPAIGN, 3), "bounces.example.com")

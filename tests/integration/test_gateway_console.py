@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import email
 import email.policy
 import io
@@ -16,6 +17,7 @@ import pyotp
 import pytest
 import pytest_asyncio
 
+from services.gateway.app import create_app
 from services.gateway.security import PUBLIC_ENDPOINTS
 from tests.support.console import (
     OWNER,
@@ -651,6 +653,24 @@ async def test_audit_log_filters_pages_and_exports_csv(make_console):
     assert rows[0][:5] == ["id", "at", "user_id", "source_ip", "action"]
     assert {r[4] for r in rows[1:]} >= {"login.succeeded"}
     assert all(r[3] == "127.0.0.1" for r in rows[1:] if r[4] == "login.succeeded")
+
+
+async def test_the_client_address_comes_from_trusted_proxies_only(make_console):
+    # Behind an Ingress (GATEWAY_TRUSTED_PROXIES=1) a login is recorded with the address the proxy appended
+    # to X-Forwarded-For, not the proxy's own; whatever the client put in front of it is ignored. Without
+    # trusted proxies the header is the client's own words and is ignored altogether.
+    console = await make_console()
+    behind_proxy = create_app(
+        {"TESTING": True}, settings=dataclasses.replace(console.app.config["MAILBLAST"], trusted_proxies=1)
+    )
+    for app, expected in ((behind_proxy, "203.0.113.9"), (console.app, "10.1.2.3")):
+        web = Web(app.test_client())
+        # What the Ingress at 10.1.2.3 passes on for a client at 203.0.113.9 that forged its own header.
+        web.client.environ_base.update(REMOTE_ADDR="10.1.2.3", HTTP_X_FORWARDED_FOR="198.51.100.1, 203.0.113.9")
+        assert (await web.login()).status_code == 302
+        exported = await web.get("/audit.csv?action=login.succeeded")
+        rows = list(csv.reader(io.StringIO(text(exported).lstrip("\ufeff"))))
+        assert rows[1][3] == expected, rows[:2]
 
 
 async def test_language_choice_is_remembered_per_browser(make_console):

@@ -293,7 +293,7 @@ async def test_signup_double_opt_in(lists_service, stub, campaigns_stub, signer,
     assert (message.category, message.to_address, message.organization_id) == ("lists.confirm", "new@example.jp", ORG)
     assert (message.content.from_address, message.content.from_name) == ("news@example.jp", "Acme")
     assert msg.headers["Nats-Msg-Id"] == message.message_key
-    assert msg.subject == bus.transactional_subject(ORG)  # the subscriber's organisation's subject
+    assert msg.subject == bus.transactional_subject(ORG, platform=True)  # the platform's subject of its organisation
     confirm_url = json.loads(message.variables_json)["confirm_url"]
     token = confirm_url.rsplit("/c/", 1)[1]
     found = await stub.SearchSubscribers(

@@ -10,10 +10,12 @@ import nats.errors
 import pytest
 from mailblast.v1 import campaigns_pb2, events_pb2, lists_pb2
 
+from cli import nats_credentials
 from services.common import bus
 from services.common.mail import send_transactional
 from services.sender import service as sender_service
 from services.sender.consumers import DURABLE
+from tests.support.nats import connect_with
 
 BATCH_SIZE = 500  # the campaigns service's default
 
@@ -184,10 +186,12 @@ async def test_address_suppressed_after_the_fan_out_is_not_sent_and_counts_as_su
 
 
 async def test_transactional_mail_to_a_suppressed_address_only_for_account_and_confirmation(
-    stack, smtp_sink, nats_server
+    stack, smtp_sink, nats_server, tmp_path
 ):
-    # To a suppressed address, a password reset and a double opt-in confirmation still go out; a
-    # campaign's test send is withheld and reported as suppressed.
+    # To a suppressed address, the platform's password reset and double opt-in confirmation still go
+    # out; a campaign's test send is withheld and reported as suppressed. An application that names its
+    # messages "auth.password_reset" or "lists.confirm" on its own subject is withheld too: only the
+    # platform's services may publish the platform subject (NATS refuses it the application: test_nats_auth).
     await stack.lists_stub.AddSuppressions(
         lists_pb2.AddSuppressionsRequest(emails=["blocked@example.net"], reason="manual"), metadata=stack.metadata
     )
@@ -212,9 +216,27 @@ async def test_transactional_mail_to_a_suppressed_address_only_for_account_and_c
                     category=category,
                 ),
             )
+        creds, _ = nats_server.issuer.application(stack.organization_id, "shop-app")
+        path = tmp_path / "shop-app.creds"
+        nats_credentials.write_secret(path, creds)
+        app = await connect_with(nats_server.url, str(path), allow_reconnect=False)
+        try:
+            for key, category in (("app.reset.1.b1", "auth.password_reset"), ("app.confirm.1.b1", "lists.confirm")):
+                message = events_pb2.TransactionalMessage(
+                    organization_id=stack.organization_id,
+                    message_key=key,
+                    to_address="blocked@example.net",
+                    content=events_pb2.MessageContent(
+                        from_address="news@news.example.com", subject=category, text_body="body"
+                    ),
+                    category=category,
+                )
+                await bus.publish(app.jetstream(), bus.transactional_subject(stack.organization_id), message)
+        finally:
+            await app.close()
         outcomes: dict[str, int] = {}
         deadline = time.monotonic() + 60
-        while len(outcomes) < 3:
+        while len(outcomes) < 5:
             assert time.monotonic() < deadline, outcomes
             try:
                 msgs = await reports.fetch(10, timeout=1)
@@ -230,6 +252,8 @@ async def test_transactional_mail_to_a_suppressed_address_only_for_account_and_c
         "auth.reset.1.b1": events_pb2.DELIVERY_OUTCOME_SENT,
         "lists.confirm.1.b1": events_pb2.DELIVERY_OUTCOME_SENT,
         "campaigns.test.1.b1": events_pb2.DELIVERY_OUTCOME_SUPPRESSED,
+        "app.reset.1.b1": events_pb2.DELIVERY_OUTCOME_SUPPRESSED,
+        "app.confirm.1.b1": events_pb2.DELIVERY_OUTCOME_SUPPRESSED,
     }
     [caught_reset, caught_confirm] = sorted(smtp_sink.messages, key=lambda m: b"lists.confirm" in m.data)
     assert b"Subject: auth.password_reset" in caught_reset.data

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from services.bounce.attribution import attribute, dsn_bounce_id, smtp_bounce_id
-from services.bounce.classify import HARD_REASONS, classify, find_command
+from services.bounce.classify import HARD_REASONS, Verdict, classify, find_command
 from services.bounce.dsn import BOUNCE, DELIVERED_DSN, FEEDBACK_REPORT, parse_bounce
+from services.bounce.providers import provider_of
 from services.bounce.smtp import has_bare_line_ending
 from services.common.verp import RecipientRef, message_id, return_path
 
@@ -40,11 +41,20 @@ def test_classifier_follows_rfc3463_and_the_mtas_words():
     assert classify("5.7.1", "554 rejected: listed at zen.spamhaus.org").kind == "soft"
 
 
-def test_delayed_dsn_is_not_a_bounce():
-    # A DSN that only says "delayed" reports no failure: nothing to attribute or record.
+def test_delayed_dsn_is_a_soft_bounce_and_deliverable_is_not_one():
+    # A DSN that only says "delayed" is a soft event (the MTA still retries): counted, never suppressed,
+    # even when the server's words would be a hard reason. "deliverable" (an address test, 2.1.5) is
+    # no failure at all.
     report = parse_bounce(_dsn("delayed", "4.4.7", "421 try again later"))
-    assert report.kind == DELIVERED_DSN
-    assert attribute(KEY, [return_path(KEY, REF, "b.example.com")], report) == []
+    assert report.kind == BOUNCE
+    assert [(r.email, r.kind, r.reason) for r in report.recipients] == [("who@example.org", "soft", "expired")]
+    (item,) = attribute(KEY, [return_path(KEY, REF, "b.example.com")], report)
+    assert item.ref == REF and item.result.kind == "soft"
+    unknown = parse_bounce(_dsn("delayed", "4.1.1", "450 4.1.1 mailbox unknown"))
+    assert [r.kind for r in unknown.recipients] == ["soft"]
+    tested = parse_bounce(_dsn("deliverable", "2.1.5", "250 2.1.5 ok"))
+    assert tested.kind == DELIVERED_DSN
+    assert attribute(KEY, [return_path(KEY, REF, "b.example.com")], tested) == []
 
 
 def test_attribution_by_verp_then_by_message_id():
@@ -131,6 +141,15 @@ def test_ses_json_notifications_are_bounces_and_complaints():
     assert [(r.email, r.kind, r.reason) for r in report.recipients] == [
         ("annoyed@example.org", "complaint", "feedback")
     ]
+    # A delivery notification is no failure: a delivered-dsn, attributed to nobody.
+    delivery = (
+        '{"notificationType":"Delivery","delivery":{"recipients":["fine@example.org"],'
+        '"smtpResponse":"250 2.6.0 Message received","reportingMTA":"a1.smtp-out.amazonses.com"}}'
+    )
+    report = parse_bounce(f"From: x@sns.amazonaws.com\nSubject: AWS Notification\n\n{delivery}\n")
+    assert report.kind == DELIVERED_DSN
+    assert [(r.email, r.reason, r.status) for r in report.recipients] == [("fine@example.org", "delivered", "2.6.0")]
+    assert attribute(KEY, [return_path(KEY, REF, "b.example.com")], report) == []
 
 
 def test_complaints_without_an_arf_part_and_mailto_unsubscribes_are_feedback():
@@ -163,3 +182,108 @@ def test_plain_text_notice_from_post_master_names_the_recipient():
     report = parse_bounce(raw)
     assert report.kind == BOUNCE
     assert [(r.email, r.kind) for r in report.recipients] == [("gone.user@example.org", "hard")]
+
+
+def test_arf_report_keeps_every_original_rcpt_to():
+    # RFC 5965 allows one Original-Rcpt-To per recipient of the reported message: each is a complaint,
+    # and an original addressed to "undisclosed-recipients:;" gives no made-up address.
+    arf = (
+        b"From: fbl@isp.example\r\nSubject: Abuse report\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=feedback-report; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nA complaint.\r\n"
+        b"--b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\nVersion: 1\r\n"
+        b"Original-Rcpt-To: <one@example.org>\r\nOriginal-Rcpt-To: <two@example.org>\r\n\r\n"
+        b"--b\r\nContent-Type: text/rfc822-headers\r\n\r\nTo: undisclosed-recipients:;\r\n\r\n--b--\r\n"
+    )
+    report = parse_bounce(arf)
+    assert report.kind == FEEDBACK_REPORT
+    assert [(r.email, r.kind) for r in report.recipients] == [
+        ("one@example.org", "complaint"),
+        ("two@example.org", "complaint"),
+    ]
+    alone = parse_bounce(
+        arf.replace(b"Original-Rcpt-To: <one@example.org>\r\nOriginal-Rcpt-To: <two@example.org>\r\n", b"")
+    )
+    # Still a complaint (for the VERP address it came to), without an address, and the report says so.
+    assert [(r.email, r.kind) for r in alone.recipients] == [("", "complaint")]
+    assert alone.problems == ("no complained-about address in the report or the reported headers",)
+
+
+def test_the_senders_own_replies_use_the_providers_rules():
+    # An SMTP reply the sender got carries no host name, but Google signs its replies " - gsmtp" and
+    # Exchange Online names its server in brackets: their own rules then decide, as for returned mail.
+    google = (
+        "421-4.7.0 [192.0.2.1 15] Our system has detected an unusual rate of unsolicited mail originating "
+        "from your IP address. To protect our users from spam, mail sent from your IP address has been "
+        "temporarily rate limited. - gsmtp"
+    )
+    assert classify("4.7.0", google, 421).reason == "blocked"
+    multiple_from = (
+        "550-5.7.1 [192.0.2.1 13] Messages with multiple addresses in From: header are not accepted. - gsmtp"
+    )
+    assert classify("5.7.1", multiple_from, 550).reason == "notcompliantrfc"
+    outlook = (
+        "550 5.7.708 Service unavailable. Access denied, traffic not accepted from this IP. "
+        "[BN3NAM04FT004.eop-NAM04.prod.protection.outlook.com 2024-01-01T00:00:00.000Z]"
+    )
+    # Microsoft's table reads 5.7.708 "traffic not accepted from this IP" as speeding; without knowing
+    # whose reply it is, a 5.7.x refusal is only a securityerror.
+    assert classify("5.7.708", outlook, 550).reason == "speeding"
+    assert classify("5.7.708", outlook.split(" [")[0], 550).reason == "securityerror"
+    assert classify(
+        "5.1.1", "550-5.1.1 The email account that you tried to reach does not exist. - gsmtp", 550
+    ) == Verdict("hard", "userunknown")
+
+
+def test_attribution_takes_the_recipient_our_copy_was_addressed_to():
+    # A DSN listing several failed recipients (an alias that expanded, a relay that batched) for one
+    # VERP address: the subscriber's result is the one whose address the returned original's To names.
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n"
+        b"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n"
+        b"Final-Recipient: rfc822; other@example.org\r\nAction: failed\r\nStatus: 5.2.2\r\n\r\n"
+        b"Final-Recipient: rfc822; who@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        b"--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        b"Message-ID: <x@example.com>\r\nTo: Who <who@example.org>\r\n\r\n"
+        b"--b--\r\n"
+    )
+    report = parse_bounce(raw)
+    assert [r.email for r in report.recipients] == ["other@example.org", "who@example.org"]
+    (item,) = attribute(KEY, [return_path(KEY, REF, "b.example.com")], report)
+    assert (item.ref, item.result.email, item.result.kind, item.result.reason) == (
+        REF,
+        "who@example.org",
+        "hard",
+        "userunknown",
+    )
+
+
+def test_a_transcripts_successes_do_not_hide_the_refusal():
+    # A notice quoting the whole session: the 220 greeting and 250 2.1.0 come before the refusal, whose
+    # code and status are the ones that count.
+    notice = (
+        b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail Returned to Sender\r\n\r\n"
+        b"<gone@example.org>: transcript of session follows.\r\n Out: 220 mx.example.org ESMTP\r\n"
+        b" In:  MAIL FROM:<a@example.com>\r\n Out: 250 2.1.0 Ok\r\n In:  RCPT TO:<gone@example.org>\r\n"
+        b" Out: 550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown\r\n"
+    )
+    (result,) = parse_bounce(notice).recipients
+    assert (result.email, result.status, result.smtp_code, result.reason, result.kind) == (
+        "gone@example.org",
+        "5.1.1",
+        550,
+        "userunknown",
+        "hard",
+    )
+
+
+def test_providers_are_recognised_by_whole_host_and_domain_labels():
+    # The refusing host or the recipient's domain names the provider; a domain that merely ends like
+    # one of its host names ("e.com" and Apple's "me.com") does not.
+    assert provider_of(("mx3.mail.icloud.com",), "") == "apple"
+    assert provider_of((), "laposte.net") == "franceptt"
+    assert provider_of(("aspmx.l.google.com",), "example.org") == "google"
+    assert provider_of((), "e.com") == ""
+    assert provider_of(("mx.example.net",), "example.net") == ""

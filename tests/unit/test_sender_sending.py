@@ -43,6 +43,7 @@ class MemoryLedger:
         self.erased: set[int] = set()
         self.erased_addresses: dict[str, dt.datetime] = {}
         self.claims: list[list[int]] = []
+        self.renewals: list[tuple[int, str]] = []
         self.recorded: list[Outcome] = []
 
     async def verdict(self, organization_id: int, campaign_id: int) -> Verdict:
@@ -56,6 +57,11 @@ class MemoryLedger:
     async def states(self, campaign_id: int, subscriber_ids: Sequence[int]) -> dict[int, LedgerState]:
         """The rows of those recipients."""
         return {i: self.rows[(campaign_id, i)] for i in subscriber_ids if (campaign_id, i) in self.rows}
+
+    async def renew(self, campaign_id: int, owner: str, lease: float) -> int:
+        """Record a renewal of an owner's claims."""
+        self.renewals.append((campaign_id, owner))
+        return sum(1 for (c, _), o in self.owners.items() if c == campaign_id and o == owner)
 
     async def claim(self, organization_id, campaign_id, recipients, owner, lease) -> Claim:
         """Claim what is new, deferred or ours, unless the campaign is halted; name the withheld."""
@@ -190,6 +196,38 @@ async def test_a_batch_is_delivered_once_per_recipient_personalised_and_acked():
     assert all(row.attempts == 1 for row in ledger.rows.values())
 
 
+async def test_a_sender_renews_its_claims_while_a_slow_server_holds_its_deliveries():
+    # A mail server that takes longer than the lease: the sender renews its pass's claims every third of
+    # the lease while the delivery is under way (so the lease can be short and a killed sender's recipients
+    # lapse soon), and stops renewing once the batch is done.
+    ledger, transport = MemoryLedger(MovableClock()), RecordingTransport()
+    transport.gate = asyncio.Event()
+    sending = BatchSending(
+        ledger=ledger, recorder=ledger, gate=ledger, transport=transport, composer=composer(), policy=POLICY,
+        concurrency=8, clock=ledger.clock, claim_seconds=0.03,
+    )  # fmt: skip
+    renewed_twice = asyncio.Event()
+    record = ledger.renew
+
+    async def renew(campaign_id: int, owner: str, lease: float) -> int:
+        held = await record(campaign_id, owner, lease)
+        if len(ledger.renewals) >= 2:
+            renewed_twice.set()
+        return held
+
+    ledger.renew = renew
+    task = asyncio.create_task(sending.send(batch(1, 2), 1))
+    await transport.offered_at_least(2)
+    await asyncio.wait_for(renewed_twice.wait(), 10)
+    [owner] = {o for _, o in ledger.renewals}
+    assert ledger.renewals[0] == (2, owner) and set(ledger.owners.values()) == {owner}
+    transport.gate.set()
+    assert await task == Ack()
+    done = len(ledger.renewals)
+    await asyncio.sleep(0.05)
+    assert len(ledger.renewals) == done
+
+
 async def test_a_paused_campaign_is_looked_at_again_later_without_a_claim_or_an_offer():
     # The gate says paused before anything is done: no ledger claim, no message, the batch comes back
     # after the recheck delay; cancelled: the batch is dropped the same way.
@@ -316,9 +354,11 @@ def transactional_sending(ledger: MemoryLedger, transport: RecordingTransport) -
     )  # fmt: skip
 
 
-def message(key: str, category: str, to: str = "taro@example.net", created_at: dt.datetime | None = None) -> Message:
-    """A transactional message of organisation 1."""
-    return Message(1, key, to, "Taro", CONTENT, "{}", category, created_at)
+def message(
+    key: str, category: str, to: str = "taro@example.net", created_at: dt.datetime | None = None, platform: bool = True
+) -> Message:
+    """A transactional message of organisation 1 (the platform's own unless told)."""
+    return Message(1, key, to, "Taro", CONTENT, "{}", category, created_at, platform=platform)
 
 
 async def test_a_transactional_message_is_delivered_once_per_key():
@@ -341,6 +381,9 @@ async def test_suppression_withholds_transactional_mail_except_account_mail_and_
     sending = transactional_sending(ledger, transport)
     for key, category in (("r", "auth.password_reset"), ("c", "lists.confirm"), ("t", "campaigns.test")):
         assert await sending.send(message(key, category), 1) == Ack()
+    # An application's message is checked whatever category it names.
+    for key, category in (("ar", "auth.password_reset"), ("ac", "lists.confirm")):
+        assert await sending.send(message(key, category, platform=False), 1) == Ack()
     asked = clock.now()
     ledger.erased_addresses["hanako@example.net"] = asked + dt.timedelta(seconds=1)
     assert await sending.send(message("c2", "lists.confirm", "hanako@example.net", asked), 1) == Ack()
@@ -348,7 +391,7 @@ async def test_suppression_withholds_transactional_mail_except_account_mail_and_
     statuses = {key: row.status for (_, key), row in ledger.transactional.items()}
     assert statuses == {
         "r": DeliveryStatus.SENT, "c": DeliveryStatus.SENT, "t": DeliveryStatus.SUPPRESSED,
-        "c2": DeliveryStatus.SUPPRESSED,
+        "c2": DeliveryStatus.SUPPRESSED, "ar": DeliveryStatus.SUPPRESSED, "ac": DeliveryStatus.SUPPRESSED,
     }  # fmt: skip
     assert ledger.transactional[(1, "c2")].smtp_message == "suppressed: erased"
 
