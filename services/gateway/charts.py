@@ -40,7 +40,7 @@ def bar_chart(labels: Sequence[str], series: Sequence[Series], title: str) -> Ma
     plot_w = WIDTH - LEFT - 8
     plot_h = HEIGHT - TOP - BOTTOM
     group_w = plot_w / slots
-    bar_w = max(1.0, group_w * 0.8 / max(len(series), 1))
+    bar_w = min(36.0, max(1.0, group_w * 0.8 / max(len(series), 1)))
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT + 18}" role="img" aria-label="{escape(title)}"'
         ' xmlns="http://www.w3.org/2000/svg">',

@@ -24,7 +24,7 @@ from markupsafe import escape
 
 from services.common import templating
 from services.common.templating import RenderBudget, TemplateLimitExceeded
-from services.gateway import labels
+from services.gateway import labels, report
 from services.gateway.clients import BackendError, backends, call
 from services.gateway.explanations import explain
 from services.gateway.labels import label
@@ -372,7 +372,30 @@ def campaign_detail(campaign_id: int) -> str:
     return render_template(
         "campaign.html", campaign=campaign, progress=_progress(campaign), state=state, choices=choices, chosen=chosen,
         schedule=_schedule_view(campaign), time_zones=offered_zones(), default_zone=viewer_zone(),
+        report=_report_view(campaign),
     )  # fmt: skip
+
+
+def _report_view(campaign: campaigns_pb2.Campaign) -> dict[str, Any] | None:
+    """The report part of a campaign's page (rates, charts per hour and per provider); None before any send."""
+    c, t = campaign.counters, campaign.tracked
+    if not c.total:
+        return None
+    found = call(backends().campaigns.GetCampaignReport, campaigns_pb2.GetCampaignRequest(campaign_id=campaign.id))
+    hours = [report.Hour(h.hour.ToDatetime(dt.UTC), h.delivered, h.opened, h.clicked) for h in found.hours]
+    domains = [report.Domain(d.domain, d.recipients, d.delivered, d.bounced, d.opened) for d in found.domains]
+    providers = report.provider_rows(domains)
+    return {
+        "rates": [
+            (_("Delivered"), c.sent, report.rate(c.sent, c.total)),
+            (_("Bounced"), c.bounced, report.rate(c.bounced, c.total)),
+            (_("Opened (people)"), t.opens_unique, report.rate(t.opens_unique, c.sent)),
+            (_("Clicked (people)"), t.clicks_unique, report.rate(t.clicks_unique, c.sent)),
+        ],
+        "hourly": report.hourly_chart(hours, viewer_zone()),
+        "providers": providers,
+        "provider_chart": report.provider_chart(providers),
+    }
 
 
 def _schedule_view(campaign: campaigns_pb2.Campaign) -> dict[str, str] | None:

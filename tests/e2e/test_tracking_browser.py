@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import re
 
 from playwright.async_api import Page, expect
@@ -79,3 +80,12 @@ async def test_a_tracked_link_from_the_mail_leads_to_its_page_and_is_counted_onc
     row = page.locator("#link-clicks tbody tr")
     await expect(row).to_have_count(1)
     await expect(row).to_contain_text(target)
+    # The report: rates of the one recipient, the hourly chart and the provider table (example.net as is).
+    await expect(page.locator("#chart-hourly svg rect.bar-opened").first).to_be_visible()
+    await expect(page.locator("#providers tbody tr")).to_have_text(
+        re.compile(r"example\.net\s*1\s*1\s*0\s*1\s*100\.0%")
+    )
+    shots = os.environ.get("MAILBLAST_SCREENSHOT_DIR")
+    if shots:
+        await page.set_viewport_size({"width": 1280, "height": 900})
+        await page.screenshot(path=f"{shots}/campaign-tracked-1280.png", full_page=True)
