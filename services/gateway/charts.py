@@ -52,7 +52,8 @@ def bar_chart(labels: Sequence[str], series: Sequence[Series], title: str) -> Ma
         parts.append(f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{tick}</text>')
     every = max(1, slots // 12)
     for i, label in enumerate(labels):
-        x0 = LEFT + i * group_w + group_w * 0.1
+        # The group's bars centred in its slot.
+        x0 = LEFT + i * group_w + (group_w - bar_w * len(series)) / 2
         for j, one in enumerate(series):
             value = one.values[i] if i < len(one.values) else 0
             h = plot_h * value / top
