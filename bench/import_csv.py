@@ -18,7 +18,14 @@ from pathlib import Path
 
 import grpc
 import psycopg
-from mailblast.v1 import lists_pb2, lists_pb2_grpc
+from mailblast.v1 import (
+    lists_fields_pb2,
+    lists_fields_pb2_grpc,
+    lists_imports_pb2,
+    lists_imports_pb2_grpc,
+    lists_pb2,
+    lists_pb2_grpc,
+)
 
 from cli import nats_credentials
 from dev.embedded import EmbeddedServer, start_nats, start_postgres
@@ -111,33 +118,37 @@ async def _measure(rows: int, workdir: Path, pg: EmbeddedServer, nats_url: str, 
         credentials = certificates["gateway"].channel_credentials()
         async with grpc.aio.secure_channel(f"127.0.0.1:{service.grpc_port}", credentials) as channel:
             stub = lists_pb2_grpc.ListsServiceStub(channel)
+            fields = lists_fields_pb2_grpc.ListsFieldsServiceStub(channel)
+            imports = lists_imports_pb2_grpc.ListsImportsServiceStub(channel)
             for field_key, type_, options in [
-                ("pref", lists_pb2.FIELD_TYPE_TEXT, []),
-                ("birthday", lists_pb2.FIELD_TYPE_DATE, []),
-                ("points", lists_pb2.FIELD_TYPE_NUMBER, []),
-                ("plan", lists_pb2.FIELD_TYPE_CHOICE, PLANS),
-                ("note", lists_pb2.FIELD_TYPE_TEXT, []),
+                ("pref", lists_fields_pb2.FIELD_TYPE_TEXT, []),
+                ("birthday", lists_fields_pb2.FIELD_TYPE_DATE, []),
+                ("points", lists_fields_pb2.FIELD_TYPE_NUMBER, []),
+                ("plan", lists_fields_pb2.FIELD_TYPE_CHOICE, PLANS),
+                ("note", lists_fields_pb2.FIELD_TYPE_TEXT, []),
             ]:
-                await stub.CreateField(
-                    lists_pb2.CreateFieldRequest(key=field_key, type=type_, options=options), metadata=md
+                await fields.CreateField(
+                    lists_fields_pb2.CreateFieldRequest(key=field_key, type=type_, options=options), metadata=md
                 )
             list_id = (await stub.CreateList(lists_pb2.CreateListRequest(name="bench"), metadata=md)).id
             t0 = time.monotonic()
-            job = await stub.CreateImport(
-                lists_pb2.CreateImportRequest(list_id=list_id, total_bytes=size, file_name=path.name), metadata=md
+            job = await imports.CreateImport(
+                lists_imports_pb2.CreateImportRequest(list_id=list_id, total_bytes=size, file_name=path.name),
+                metadata=md,
             )
             with path.open("rb") as f:
                 offset = 0
                 while block := f.read(1024 * 1024):
-                    await stub.UploadImportChunk(
-                        lists_pb2.UploadImportChunkRequest(import_id=job.id, offset=offset, data=block), metadata=md
+                    await imports.UploadImportChunk(
+                        lists_imports_pb2.UploadImportChunkRequest(import_id=job.id, offset=offset, data=block),
+                        metadata=md,
                     )
                     offset += len(block)
             uploaded = time.monotonic() - t0
             cpu_before = time.process_time(), cpu_seconds(os.getpid()), cpu_seconds(pg.process.pid)
-            await stub.StartImport(lists_pb2.StartImportRequest(import_id=job.id), metadata=md)
+            await imports.StartImport(lists_imports_pb2.StartImportRequest(import_id=job.id), metadata=md)
             while True:
-                job = await stub.GetImport(lists_pb2.GetImportRequest(import_id=job.id), metadata=md)
+                job = await imports.GetImport(lists_imports_pb2.GetImportRequest(import_id=job.id), metadata=md)
                 if job.state in ("done", "failed"):
                     break
                 await asyncio.sleep(0.2)

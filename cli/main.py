@@ -14,7 +14,20 @@ from pathlib import Path
 
 import grpc
 from google.protobuf.json_format import MessageToDict
-from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc, lists_pb2, lists_pb2_grpc
+from mailblast.v1 import (
+    campaigns_pb2,
+    campaigns_pb2_grpc,
+    lists_fields_pb2,
+    lists_fields_pb2_grpc,
+    lists_imports_pb2,
+    lists_imports_pb2_grpc,
+    lists_pb2,
+    lists_pb2_grpc,
+    lists_segments_pb2,
+    lists_segments_pb2_grpc,
+    lists_suppression_pb2,
+    lists_suppression_pb2_grpc,
+)
 
 from cli import nats_credentials
 from services.common import settings
@@ -119,7 +132,13 @@ class Client:
         self._metadata = (("authorization", f"Bearer {token}"),)
         # Mutual TLS: the services take calls only from certificates of the installation's CA.
         credentials = _credentials()
-        self.lists = lists_pb2_grpc.ListsServiceStub(grpc.secure_channel(_address("lists"), credentials))
+        lists_channel = grpc.secure_channel(_address("lists"), credentials)
+        # The lists process serves one gRPC service per sub-domain on one channel.
+        self.lists = lists_pb2_grpc.ListsServiceStub(lists_channel)
+        self.lists_fields = lists_fields_pb2_grpc.ListsFieldsServiceStub(lists_channel)
+        self.lists_imports = lists_imports_pb2_grpc.ListsImportsServiceStub(lists_channel)
+        self.lists_segments = lists_segments_pb2_grpc.ListsSegmentsServiceStub(lists_channel)
+        self.lists_suppression = lists_suppression_pb2_grpc.ListsSuppressionServiceStub(lists_channel)
         self.campaigns = campaigns_pb2_grpc.CampaignsServiceStub(
             grpc.secure_channel(_address("campaigns"), credentials)
         )
@@ -146,9 +165,9 @@ def _show(message, as_json: bool) -> None:
 
 UPLOAD_CHUNK = 1024 * 1024
 _MODES = {
-    "add-and-update": lists_pb2.IMPORT_MODE_ADD_AND_UPDATE,
-    "add-only": lists_pb2.IMPORT_MODE_ADD_ONLY,
-    "update-only": lists_pb2.IMPORT_MODE_UPDATE_ONLY,
+    "add-and-update": lists_imports_pb2.IMPORT_MODE_ADD_AND_UPDATE,
+    "add-only": lists_imports_pb2.IMPORT_MODE_ADD_ONLY,
+    "update-only": lists_imports_pb2.IMPORT_MODE_UPDATE_ONLY,
 }
 
 
@@ -156,7 +175,9 @@ def _error_rows(client: Client, import_id: int) -> Iterator[list[str]]:
     """The job's bad rows (row number, reason, raw text) from its error CSV."""
     data = b"".join(
         chunk.data
-        for chunk in client.stream(client.lists.StreamImportErrors, lists_pb2.GetImportRequest(import_id=import_id))
+        for chunk in client.stream(
+            client.lists_imports.StreamImportErrors, lists_imports_pb2.GetImportRequest(import_id=import_id)
+        )
     )
     rows = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""))
     next(rows, None)  # header
@@ -171,8 +192,8 @@ def cmd_import(client: Client, args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
     job = client.call(
-        client.lists.CreateImport,
-        lists_pb2.CreateImportRequest(
+        client.lists_imports.CreateImport,
+        lists_imports_pb2.CreateImportRequest(
             list_id=args.list_id, mode=_MODES[args.mode], encoding=args.encoding or "", total_bytes=size,
             file_name=path.name,
         ),
@@ -181,11 +202,11 @@ def cmd_import(client: Client, args: argparse.Namespace) -> int:
         offset = 0
         while chunk := fh.read(UPLOAD_CHUNK):
             client.call(
-                client.lists.UploadImportChunk,
-                lists_pb2.UploadImportChunkRequest(import_id=job.id, offset=offset, data=chunk),
+                client.lists_imports.UploadImportChunk,
+                lists_imports_pb2.UploadImportChunkRequest(import_id=job.id, offset=offset, data=chunk),
             )
             offset += len(chunk)
-    job = client.call(client.lists.StartImport, lists_pb2.StartImportRequest(import_id=job.id))
+    job = client.call(client.lists_imports.StartImport, lists_imports_pb2.StartImportRequest(import_id=job.id))
     last = -1
     while job.state in ("queued", "running", "uploading"):
         if sys.stderr.isatty() and job.bytes_done != last and size:
@@ -194,7 +215,7 @@ def cmd_import(client: Client, args: argparse.Namespace) -> int:
             )
             last = job.bytes_done
         time.sleep(0.3)
-        job = client.call(client.lists.GetImport, lists_pb2.GetImportRequest(import_id=job.id))
+        job = client.call(client.lists_imports.GetImport, lists_imports_pb2.GetImportRequest(import_id=job.id))
     if sys.stderr.isatty():
         print(file=sys.stderr)
     if job.state != "done":
@@ -212,12 +233,12 @@ def cmd_import(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_export(client: Client, args: argparse.Namespace) -> int:
     """Write a list or segment as CSV to a file (or stdout), streamed."""
-    request = lists_pb2.ExportSubscribersRequest(
+    request = lists_imports_pb2.ExportSubscribersRequest(
         list_id=args.list or 0, segment_id=args.segment or 0, encoding=args.encoding
     )
     out = open(args.output, "wb") if args.output else sys.stdout.buffer
     try:
-        for chunk in client.stream(client.lists.ExportSubscribers, request):
+        for chunk in client.stream(client.lists_imports.ExportSubscribers, request):
             out.write(chunk.data)
     finally:
         if args.output:
@@ -226,10 +247,10 @@ def cmd_export(client: Client, args: argparse.Namespace) -> int:
 
 
 _FIELD_TYPES = {
-    "text": lists_pb2.FIELD_TYPE_TEXT,
-    "number": lists_pb2.FIELD_TYPE_NUMBER,
-    "date": lists_pb2.FIELD_TYPE_DATE,
-    "choice": lists_pb2.FIELD_TYPE_CHOICE,
+    "text": lists_fields_pb2.FIELD_TYPE_TEXT,
+    "number": lists_fields_pb2.FIELD_TYPE_NUMBER,
+    "date": lists_fields_pb2.FIELD_TYPE_DATE,
+    "choice": lists_fields_pb2.FIELD_TYPE_CHOICE,
 }
 
 
@@ -523,33 +544,33 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.area == "fields":
         if args.cmd == "create":
-            req = lists_pb2.CreateFieldRequest(
+            req = lists_fields_pb2.CreateFieldRequest(
                 key=args.key, label=args.label or args.key, type=_FIELD_TYPES[args.type], options=args.option
             )
-            _show(client.call(client.lists.CreateField, req), args.json)
+            _show(client.call(client.lists_fields.CreateField, req), args.json)
         else:
-            _show(client.call(client.lists.ListFields, lists_pb2.ListFieldsRequest()), args.json)
+            _show(client.call(client.lists_fields.ListFields, lists_fields_pb2.ListFieldsRequest()), args.json)
         return 0
     if args.area == "segments":
         if args.cmd == "create":
-            req = lists_pb2.SegmentInput(name=args.name, conditions_json=args.conditions_json)
-            _show(client.call(client.lists.CreateSegment, req), args.json)
+            req = lists_segments_pb2.SegmentInput(name=args.name, conditions_json=args.conditions_json)
+            _show(client.call(client.lists_segments.CreateSegment, req), args.json)
         elif args.cmd == "ls":
-            _show(client.call(client.lists.ListSegments, lists_pb2.ListSegmentsRequest()), args.json)
+            _show(client.call(client.lists_segments.ListSegments, lists_segments_pb2.ListSegmentsRequest()), args.json)
         else:
-            req = lists_pb2.PreviewSegmentRequest(segment_id=args.id, sample_size=10)
-            _show(client.call(client.lists.PreviewSegment, req), args.json)
+            req = lists_segments_pb2.PreviewSegmentRequest(segment_id=args.id, sample_size=10)
+            _show(client.call(client.lists_segments.PreviewSegment, req), args.json)
         return 0
     if args.area == "suppression":
         if args.cmd == "add":
-            req = lists_pb2.AddSuppressionsRequest(emails=args.emails, reason="manual", source="cli")
-            _show(client.call(client.lists.AddSuppressions, req), args.json)
+            req = lists_suppression_pb2.AddSuppressionsRequest(emails=args.emails, reason="manual", source="cli")
+            _show(client.call(client.lists_suppression.AddSuppressions, req), args.json)
         elif args.cmd == "ls":
-            req = lists_pb2.ListSuppressionsRequest(email_contains=args.contains, page_size=1000)
-            _show(client.call(client.lists.ListSuppressions, req), args.json)
+            req = lists_suppression_pb2.ListSuppressionsRequest(email_contains=args.contains, page_size=1000)
+            _show(client.call(client.lists_suppression.ListSuppressions, req), args.json)
         else:
-            req = lists_pb2.RemoveSuppressionRequest(email=args.email)
-            _show(client.call(client.lists.RemoveSuppression, req), args.json)
+            req = lists_suppression_pb2.RemoveSuppressionRequest(email=args.email)
+            _show(client.call(client.lists_suppression.RemoveSuppression, req), args.json)
         return 0
     if args.cmd == "create":
         return cmd_campaign_create(client, args)

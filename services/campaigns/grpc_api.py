@@ -17,6 +17,8 @@ from mailblast.v1 import (
     events_pb2,
     lists_pb2,
     lists_pb2_grpc,
+    lists_segments_pb2,
+    lists_segments_pb2_grpc,
 )
 from opentelemetry import trace
 
@@ -92,6 +94,7 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         store: CampaignStore,
         fanout: FanOut,
         lists: lists_pb2_grpc.ListsServiceStub,
+        lists_segments: lists_segments_pb2_grpc.ListsSegmentsServiceStub,
         send_mail: Callable[[events_pb2.TransactionalMessage], Awaitable[None]] | None = None,
         auth: auth_pb2_grpc.AuthServiceStub | None = None,
         clock: Clock | None = None,
@@ -101,6 +104,7 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         self._store = store
         self._fanout = fanout
         self._lists = lists
+        self._lists_segments = lists_segments
         self._send_mail = send_mail
         self._audit_trail = AuditTrail(auth)
         self._clock = clock or SystemClock()
@@ -127,7 +131,8 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         )  # fmt: skip
         checks = [("list", i, self._lists.GetList, lists_pb2.GetListRequest(list_id=i)) for i in draft.list_ids]
         checks += [
-            ("segment", i, self._lists.GetSegment, lists_pb2.GetSegmentRequest(segment_id=i)) for i in draft.segment_ids
+            ("segment", i, self._lists_segments.GetSegment, lists_segments_pb2.GetSegmentRequest(segment_id=i))
+            for i in draft.segment_ids
         ]
         for kind, object_id, call, request_ in checks:
             try:

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from mailblast.v1 import auth_pb2_grpc, campaigns_pb2, campaigns_pb2_grpc, events_pb2, lists_pb2_grpc
+from mailblast.v1 import (
+    auth_pb2_grpc,
+    campaigns_pb2,
+    campaigns_pb2_grpc,
+    events_pb2,
+    lists_pb2_grpc,
+    lists_segments_pb2_grpc,
+)
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
@@ -104,8 +111,8 @@ async def start(
         await mail.send_transactional(js, message)
 
     servicer = CampaignsServicer(
-        store, fanout, lists, send_mail, auth, clock=clock, time_zone=config.time_zone,
-        tracking_key=config.internal_key,
+        store, fanout, lists, lists_segments_pb2_grpc.ListsSegmentsServiceStub(lists_channel), send_mail, auth,
+        clock=clock, time_zone=config.time_zone, tracking_key=config.internal_key,
     )  # fmt: skip
     scheduler = Scheduler(store, clock, servicer.start_scheduled, config.schedule_poll_seconds)
 

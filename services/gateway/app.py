@@ -12,7 +12,22 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
-from services.gateway import account, admin, audience, mail, outbox, public, tracked, views
+from services.gateway import (
+    account,
+    admin,
+    audience_fields,
+    audience_imports,
+    audience_privacy,
+    audience_segments,
+    audience_signup,
+    audience_subscribers,
+    audience_suppression,
+    mail,
+    outbox,
+    public,
+    tracked,
+    views,
+)
 from services.gateway.clients import BackendError, Backends
 from services.gateway.config import Config
 from services.gateway.i18n import init_i18n
@@ -109,7 +124,10 @@ def create_app(config: dict[str, Any] | None = None, settings: Config | None = N
     app.register_blueprint(account.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(mail.bp)
-    app.register_blueprint(audience.bp)
+    # The audience pages, one blueprint per sub-domain of lists.
+    for audience in (audience_fields, audience_imports, audience_subscribers, audience_privacy, audience_segments,
+                     audience_suppression, audience_signup):  # fmt: skip
+        app.register_blueprint(audience.bp)
     app.register_blueprint(public.bp)
     app.register_blueprint(tracked.bp)
     if settings.dev_outbox_dir:

@@ -7,7 +7,18 @@ from typing import Any
 
 import grpc
 from flask import current_app, g, has_request_context, request
-from mailblast.v1 import auth_pb2_grpc, campaigns_pb2_grpc, lists_pb2_grpc
+from mailblast.v1 import (
+    auth_pb2_grpc,
+    campaigns_pb2_grpc,
+    lists_fields_pb2_grpc,
+    lists_imports_pb2_grpc,
+    lists_pb2,
+    lists_pb2_grpc,
+    lists_privacy_pb2_grpc,
+    lists_segments_pb2_grpc,
+    lists_signup_pb2_grpc,
+    lists_suppression_pb2_grpc,
+)
 
 from services.common.errors import explanation_from
 from services.common.identity import Principal, reset_principal, set_principal
@@ -21,6 +32,13 @@ SOURCE_IP_HEADER = "x-mailblast-source-ip"
 # The gateway's own identity, for the calls auth answers for a service (Login, GetSession, ...).
 GATEWAY_PRINCIPAL = Principal(organization_id=0, service=SERVICE_NAME)
 CALL_TIMEOUT = 15.0
+# Subscriber statuses by their proto number, named as lists stores them (SUBSCRIBER_STATUS_ACTIVE: "active"):
+# the console's one conversion, for filters, forms and labels.
+SUBSCRIBER_STATUSES = {
+    value.number: value.name.removeprefix("SUBSCRIBER_STATUS_").lower()
+    for value in lists_pb2.SubscriberStatus.DESCRIPTOR.values
+    if value.number
+}
 
 
 class BackendError(Exception):
@@ -65,7 +83,15 @@ class Backends:
             )
         ]
         self.auth = auth_pb2_grpc.AuthServiceStub(self._channels[0])
-        self.lists = lists_pb2_grpc.ListsServiceStub(self._channels[1])
+        # The lists process serves one gRPC service per sub-domain, all on its one channel.
+        lists = self._channels[1]
+        self.lists = lists_pb2_grpc.ListsServiceStub(lists)
+        self.lists_fields = lists_fields_pb2_grpc.ListsFieldsServiceStub(lists)
+        self.lists_imports = lists_imports_pb2_grpc.ListsImportsServiceStub(lists)
+        self.lists_segments = lists_segments_pb2_grpc.ListsSegmentsServiceStub(lists)
+        self.lists_suppression = lists_suppression_pb2_grpc.ListsSuppressionServiceStub(lists)
+        self.lists_signup = lists_signup_pb2_grpc.ListsSignupServiceStub(lists)
+        self.lists_privacy = lists_privacy_pb2_grpc.ListsPrivacyServiceStub(lists)
         self.campaigns = campaigns_pb2_grpc.CampaignsServiceStub(self._channels[2])
 
     def close(self) -> None:

@@ -19,13 +19,13 @@ from flask import (
     url_for,
 )
 from flask_babel import gettext as _
-from mailblast.v1 import campaigns_pb2, lists_pb2
+from mailblast.v1 import campaigns_pb2, lists_imports_pb2, lists_pb2, lists_segments_pb2
 from markupsafe import escape
 
 from services.common import templating
 from services.common.templating import RenderBudget, TemplateLimitExceeded
 from services.gateway import labels, report
-from services.gateway.clients import BackendError, backends, call
+from services.gateway.clients import SUBSCRIBER_STATUSES, BackendError, backends, call
 from services.gateway.explanations import explain
 from services.gateway.labels import label
 from services.gateway.security import PREVIEW_CSP, requires
@@ -36,14 +36,6 @@ bp = Blueprint("mail", __name__)
 UPLOAD_CHUNK = 1024 * 1024
 _FORM_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
 
-STATUS_NAMES = {
-    lists_pb2.SUBSCRIBER_STATUS_ACTIVE: "active",
-    lists_pb2.SUBSCRIBER_STATUS_UNSUBSCRIBED: "unsubscribed",
-    lists_pb2.SUBSCRIBER_STATUS_ERROR_STOPPED: "error_stopped",
-    lists_pb2.SUBSCRIBER_STATUS_COMPLAINED: "complained",
-    lists_pb2.SUBSCRIBER_STATUS_DELETED: "deleted",
-    lists_pb2.SUBSCRIBER_STATUS_PENDING: "pending",
-}
 CAMPAIGN_STATES = {
     campaigns_pb2.CAMPAIGN_STATE_DRAFT: "draft",
     campaigns_pb2.CAMPAIGN_STATE_SENDING: "sending",
@@ -107,7 +99,7 @@ def list_detail(list_id: int) -> str:
         abort(400)
     return render_template(
         "list.html", mailing_list=found, subscribers=page.subscribers, next_page=page.next_page_token,
-        statuses=STATUS_NAMES,
+        statuses=SUBSCRIBER_STATUSES,
     )  # fmt: skip
 
 
@@ -120,13 +112,13 @@ def upload(list_id: int) -> Response:
     if not data:
         flash(_("Choose a CSV file to upload."), "error")
         return redirect(url_for("mail.list_detail", list_id=list_id))
-    lists_stub = backends().lists
+    lists_stub = backends().lists_imports
     try:
         job = call(
             lists_stub.CreateImport,
-            lists_pb2.CreateImportRequest(
+            lists_imports_pb2.CreateImportRequest(
                 list_id=list_id,
-                mode=lists_pb2.IMPORT_MODE_ADD_AND_UPDATE,
+                mode=lists_imports_pb2.IMPORT_MODE_ADD_AND_UPDATE,
                 total_bytes=len(data),
                 file_name=(file.filename or "upload.csv")[:300],
             ),
@@ -134,11 +126,11 @@ def upload(list_id: int) -> Response:
         for offset in range(0, len(data), UPLOAD_CHUNK):
             call(
                 lists_stub.UploadImportChunk,
-                lists_pb2.UploadImportChunkRequest(
+                lists_imports_pb2.UploadImportChunkRequest(
                     import_id=job.id, offset=offset, data=data[offset : offset + UPLOAD_CHUNK]
                 ),
             )
-        call(lists_stub.StartImport, lists_pb2.StartImportRequest(import_id=job.id))
+        call(lists_stub.StartImport, lists_imports_pb2.StartImportRequest(import_id=job.id))
     except BackendError as exc:
         if exc.code not in _FORM_ERRORS:
             raise
@@ -147,7 +139,7 @@ def upload(list_id: int) -> Response:
     return redirect(url_for("mail.import_detail", list_id=list_id, import_id=job.id))
 
 
-def _import_json(job: lists_pb2.ImportJob) -> dict[str, Any]:
+def _import_json(job: lists_imports_pb2.ImportJob) -> dict[str, Any]:
     return {
         "state": job.state,
         "rows_done": job.rows_done,
@@ -168,7 +160,7 @@ def _import_json(job: lists_pb2.ImportJob) -> dict[str, Any]:
 @requires("read")
 def import_detail(list_id: int, import_id: int) -> str:
     """An import's progress, updated live by the page's script."""
-    job = call(backends().lists.GetImport, lists_pb2.GetImportRequest(import_id=import_id))
+    job = call(backends().lists_imports.GetImport, lists_imports_pb2.GetImportRequest(import_id=import_id))
     if job.list_id != list_id:
         abort(404)
     return render_template("import.html", job=job, list_id=list_id, progress=_import_json(job))
@@ -178,7 +170,7 @@ def import_detail(list_id: int, import_id: int) -> str:
 @requires("read")
 def import_progress(list_id: int, import_id: int) -> Response:
     """An import's counters, for polling."""
-    job = call(backends().lists.GetImport, lists_pb2.GetImportRequest(import_id=import_id))
+    job = call(backends().lists_imports.GetImport, lists_imports_pb2.GetImportRequest(import_id=import_id))
     if job.list_id != list_id:
         abort(404)
     return jsonify(_import_json(job))
@@ -252,7 +244,7 @@ def _draft_fields() -> dict[str, Any]:
 
 def _compose_page(form: Any, selected: set[int], chosen_segments: set[int], error: str | None, campaign=None):
     available = call(backends().lists.ListLists, lists_pb2.ListListsRequest()).lists
-    segments = call(backends().lists.ListSegments, lists_pb2.ListSegmentsRequest()).segments
+    segments = call(backends().lists_segments.ListSegments, lists_segments_pb2.ListSegmentsRequest()).segments
     return render_template(
         "campaign_new.html",
         lists=available,

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from flask import Blueprint, abort, redirect, render_template, request
 from flask_babel import gettext as _
-from mailblast.v1 import lists_pb2
+from mailblast.v1 import lists_signup_pb2
 
 from services.gateway.clients import BackendError, backends, call, client_ip
 
@@ -50,8 +50,8 @@ def one_click(token: str) -> Any:
         abort(400)
     try:
         call(
-            backends().lists.Unsubscribe,
-            lists_pb2.UnsubscribeRequest(token=token, source="one-click"),
+            backends().lists_signup.Unsubscribe,
+            lists_signup_pb2.UnsubscribeRequest(token=token, source="one-click"),
             as_service=True,
         )
     except BackendError as exc:
@@ -66,7 +66,9 @@ def unsubscribe_page(token: str) -> Any:
     """The page behind the List-Unsubscribe link: which lists to leave; nothing changes until the form is sent."""
     try:
         page = call(
-            backends().lists.GetUnsubscribePage, lists_pb2.GetUnsubscribePageRequest(token=token), as_service=True
+            backends().lists_signup.GetUnsubscribePage,
+            lists_signup_pb2.GetUnsubscribePageRequest(token=token),
+            as_service=True,
         )
     except BackendError as exc:
         if exc.code == grpc.StatusCode.NOT_FOUND:
@@ -91,8 +93,8 @@ def unsubscribe_choose(token: str) -> Any:
             )
     try:
         left = call(
-            backends().lists.Unsubscribe,
-            lists_pb2.UnsubscribeRequest(token=token, list_ids=chosen, source="page"),
+            backends().lists_signup.Unsubscribe,
+            lists_signup_pb2.UnsubscribeRequest(token=token, list_ids=chosen, source="page"),
             as_service=True,
         )
     except BackendError as exc:
@@ -110,9 +112,13 @@ def unsubscribe_choose(token: str) -> Any:
 # ----------------------------------------------------------------------------------------------- signup
 
 
-def _public_form(form_id: int) -> lists_pb2.PublicForm | None:
+def _public_form(form_id: int) -> lists_signup_pb2.PublicForm | None:
     try:
-        return call(backends().lists.GetPublicForm, lists_pb2.GetPublicFormRequest(form_id=form_id), as_service=True)
+        return call(
+            backends().lists_signup.GetPublicForm,
+            lists_signup_pb2.GetPublicFormRequest(form_id=form_id),
+            as_service=True,
+        )
     except BackendError as exc:
         if exc.code == grpc.StatusCode.NOT_FOUND:
             return None
@@ -145,8 +151,8 @@ def signup_submit(form_id: int) -> Any:
     fields = {k[len(FIELD_PREFIX) :]: v for k, v in request.form.items() if k.startswith(FIELD_PREFIX) and v}
     try:
         reply = call(
-            backends().lists.SubmitSignup,
-            lists_pb2.SubmitSignupRequest(
+            backends().lists_signup.SubmitSignup,
+            lists_signup_pb2.SubmitSignupRequest(
                 form_id=form_id,
                 email=request.form.get("email", ""),
                 name=request.form.get("name", ""),
@@ -189,7 +195,9 @@ def confirm_page(token: str) -> Any:
 def confirm_submit(token: str) -> Any:
     """The person pressed the button: the subscriber becomes active on the form's list."""
     try:
-        reply = call(backends().lists.ConfirmSignup, lists_pb2.ConfirmSignupRequest(token=token), as_service=True)
+        reply = call(
+            backends().lists_signup.ConfirmSignup, lists_signup_pb2.ConfirmSignupRequest(token=token), as_service=True
+        )
     except BackendError as exc:
         if exc.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
             return _gone()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from services.lists.subscribers import SubscriberStatus
+
 MAX_REASON = 1000
 
 
@@ -32,7 +34,7 @@ class Bounce:
 class SubscriberChange:
     """The subscriber's state after a bounce, and the cause to record if its status changed."""
 
-    status: str
+    status: SubscriberStatus
     hard_bounce_count: int
     last_bounce_reason: str
     cause: str | None
@@ -46,14 +48,15 @@ def reason_text(status: str, smtp_code: int, diagnostic: str) -> str:
 
 def apply(bounce: Bounce, status: str, hard_bounce_count: int, last_reason: str, threshold: int) -> SubscriberChange:
     """Hard bounces count towards error_stopped; soft ones only leave a reason; a complaint marks complained."""
+    status = SubscriberStatus(status)
     if bounce.kind is BounceKind.HARD:
         count = hard_bounce_count + 1
         # Only an active subscriber is stopped: an unsubscribed one stays unsubscribed.
-        if status == "active" and count >= threshold:
-            return SubscriberChange("error_stopped", count, bounce.reason, "hard_bounce")
+        if status is SubscriberStatus.ACTIVE and count >= threshold:
+            return SubscriberChange(SubscriberStatus.ERROR_STOPPED, count, bounce.reason, "hard_bounce")
         return SubscriberChange(status, count, bounce.reason, None)
     if bounce.kind is BounceKind.SOFT:
         return SubscriberChange(status, hard_bounce_count, bounce.reason, None)
-    if status not in ("unsubscribed", "complained", "deleted"):
-        return SubscriberChange("complained", hard_bounce_count, last_reason, "complaint")
+    if status not in (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.COMPLAINED, SubscriberStatus.DELETED):
+        return SubscriberChange(SubscriberStatus.COMPLAINED, hard_bounce_count, last_reason, "complaint")
     return SubscriberChange(status, hard_bounce_count, last_reason, None)

@@ -4,6 +4,9 @@ Records are split on the raw bytes (a newline outside double quotes ends one) be
 one undecodable row is reported alone and the byte offset after every record is known, which is
 what a resumed import starts from. This works for UTF-8 and Shift_JIS/CP932 alike: neither uses
 the bytes of '"' or newline inside a multi-byte character.
+
+Longer than 400 lines: it is the whole reading of a file (encoding, records, layout, columns, rows) as
+pure functions, each used by the next, which the runner and the preview share.
 """
 
 from __future__ import annotations
@@ -129,10 +132,38 @@ def sniff(lines: Sequence[str], requested_delimiter: str, header: int) -> tuple[
         return delimiter, False
     if first and any(h.strip().lower() in EMAIL_HEADERS for h in first):
         return delimiter, True
+    # A first row without an address above one with an address names the columns, whatever they are called.
+    if len(rows) > 1 and any(looks_like_email(c) for c in rows[1]):
+        return delimiter, True
     try:
         return delimiter, csv.Sniffer().has_header("\n".join(lines[:50]))
     except csv.Error:
         return delimiter, True
+
+
+def guess_targets(header: Sequence[str] | None, first_row: Sequence[str], defs: Mapping[str, FieldDef]) -> list[str]:
+    """What each column maps to without a mapping: by header (email/メールアドレス, name/名前, field keys or
+    labels), else the first column whose value looks like an address is the email."""
+    width = len(header) if header is not None else len(first_row)
+    targets = [""] * width
+    names = [h.strip() for h in header] if header is not None else [""] * width
+    by_label = {d.label.strip().lower(): d.key for d in defs.values()}
+    for index, name in enumerate(names):
+        low = name.lower()
+        if low in EMAIL_HEADERS:
+            targets[index] = "email"
+        elif low in NAME_HEADERS:
+            targets[index] = "name"
+        elif name in defs:
+            targets[index] = name
+        elif low in by_label:
+            targets[index] = by_label[low]
+    if "email" not in targets:
+        for index, cell in enumerate(first_row[:width]):
+            if looks_like_email(cell):
+                targets[index] = "email"
+                break
+    return targets
 
 
 def resolve_columns(
@@ -140,10 +171,9 @@ def resolve_columns(
 ) -> list[str]:
     """Target of each column: "email", "name", a custom field key, or "" (skipped)."""
     width = len(header) if header is not None else len(first_row)
-    targets = [""] * width
     names = [h.strip() for h in header] if header is not None else [""] * width
-    by_label = {d.label.strip().lower(): d.key for d in defs.values()}
     if requested:
+        targets = [""] * width
         for column, target in requested.items():
             if column.isdigit() and 1 <= int(column) <= width:
                 index = int(column) - 1
@@ -155,24 +185,63 @@ def resolve_columns(
                 raise ValueError(f"mapping target {target!r} is not email, name or one of your custom fields")
             targets[index] = target
     else:
-        for index, name in enumerate(names):
-            low = name.lower()
-            if low in EMAIL_HEADERS:
-                targets[index] = "email"
-            elif low in NAME_HEADERS:
-                targets[index] = "name"
-            elif name in defs:
-                targets[index] = name
-            elif low in by_label:
-                targets[index] = by_label[low]
-        if "email" not in targets:
-            for index, cell in enumerate(first_row[:width]):
-                if looks_like_email(cell):
-                    targets[index] = "email"
-                    break
+        targets = guess_targets(header, first_row, defs)
     if targets.count("email") != 1:
         raise ValueError("exactly one column must be the email address; give a mapping such as {'1': 'email'}")
     return targets
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a file as a preview shows it."""
+
+    number: int
+    first: str
+    second: str
+    target: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a file is read: its codec, delimiter, whether its first row is a header, and its first rows."""
+
+    codec: str
+    delimiter: str
+    has_header: bool
+    # The header row, or None.
+    header: list[str] | None
+    # The first row of data.
+    first_row: list[str]
+    # The file's first two rows as they are, header or not.
+    rows: list[list[str]]
+
+
+def read_layout(
+    sample: bytes, complete: bool, requested_encoding: str, requested_delimiter: str, header: int
+) -> Layout:
+    """Decide how to read a file from its first bytes, `complete` when they are the whole file (what a job
+    fixes on its first run, and what a preview shows)."""
+    codec = choose_encoding(sample, requested_encoding)
+    records, _ = split_records(sample, final=complete)
+    lines = [r.decode(codec, "replace") for r, _ in records[:50] if r.strip()]
+    if not lines:
+        raise ValueError("the file holds no rows")
+    delimiter, has_header = sniff(lines, requested_delimiter, header)
+    rows = list(csv.reader(lines[:2], delimiter=delimiter))
+    head = rows[0] if has_header else None
+    first = rows[1] if has_header and len(rows) > 1 else rows[0]
+    return Layout(codec, delimiter, has_header, head, first, rows)
+
+
+def preview_columns(layout: Layout, defs: Mapping[str, FieldDef]) -> list[Column]:
+    """Each column with its cells in the first two rows and the target it maps to without a mapping."""
+    targets = guess_targets(layout.header, layout.first_row, defs)
+    first = layout.rows[0] if layout.rows else []
+    second = layout.rows[1] if len(layout.rows) > 1 else []
+    return [
+        Column(i + 1, first[i] if i < len(first) else "", second[i] if i < len(second) else "", target)
+        for i, target in enumerate(targets)
+    ]
 
 
 @dataclass

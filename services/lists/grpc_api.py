@@ -1,27 +1,29 @@
-"""The ListsService servicer: protobuf in and out, the work done by validation and the store."""
+"""The ListsService servicer: lists and subscribers, protobuf in and out, the work done by validation and the stores.
+
+The audience's sub-domains have their own servicers (grpc_fields, grpc_imports, grpc_segments,
+grpc_suppression, grpc_signup, grpc_privacy), all served by the lists process.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from mailblast.v1 import lists_pb2, lists_pb2_grpc
 
-from services.common.audit import AuditTrail
-from services.common.clock import Clock, SystemClock
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, Problem
 from services.common.identity import current_principal, require_scope
 from services.common.log import get_logger
-from services.lists import fields, validation
-from services.lists.audience import AudienceStore
-from services.lists.erasures import ErasureAnnouncer
-from services.lists.grpc_audience import STATUS_VALUES, AudienceRpcs
-from services.lists.imports import ImportRunner
-from services.lists.store import ListsStore, MailingList, Subscriber
+from services.lists import convert, fields, segments, validation
+from services.lists.grpc_convert import bounded, mailing_list, page_token, read_page_token, subscriber, ts
+from services.lists.grpc_segments import SavedSegments
+from services.lists.segments import Compiled
+from services.lists.store import ListsStore
+from services.lists.store_fields import FieldStore
+from services.lists.store_subscribers import SubscriberStore
 
 log = get_logger(__name__)
 
@@ -29,45 +31,6 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 DEFAULT_CHUNK_SIZE = 500
 MAX_CHUNK_SIZE = 5000
-
-_STATUS = STATUS_VALUES
-
-
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
-def _list(item: MailingList) -> lists_pb2.MailingList:
-    return lists_pb2.MailingList(
-        id=item.id,
-        name=item.name,
-        description=item.description,
-        active_count=item.active_count,
-        subscriber_count=item.subscriber_count,
-        created_at=_ts(item.created_at),
-    )
-
-
-def _subscriber(s: Subscriber) -> lists_pb2.Subscriber:
-    return lists_pb2.Subscriber(
-        id=s.id,
-        email=s.email,
-        name=s.name,
-        attributes_json=s.attributes_json,
-        status=_STATUS.get(s.status, lists_pb2.SUBSCRIBER_STATUS_UNSPECIFIED),
-        hard_bounce_count=s.hard_bounce_count,
-        last_bounce_reason=s.last_bounce_reason,
-        created_at=_ts(s.created_at),
-        updated_at=_ts(s.updated_at),
-    )
-
-
-def _bounded(value: int, default: int, maximum: int, what: str) -> int:
-    if value < 0:
-        raise InvalidArgument("%(what)s must not be negative", what=what)
-    return min(value or default, maximum)
 
 
 def _page_token(list_id: int, after: int) -> str:
@@ -87,46 +50,16 @@ def _read_page_token(token: str, list_id: int) -> int:
     return after
 
 
-class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
+class ListsServicer(lists_pb2_grpc.ListsServiceServicer):
     """Mailing lists and subscribers over gRPC."""
 
     def __init__(
-        self,
-        store: ListsStore,
-        audience: AudienceStore,
-        imports: ImportRunner,
-        js,
-        internal_key: bytes,
-        public_url: str = "",
-        signup_rate_per_hour: int = 10,
-        audit: AuditTrail | None = None,
-        erasures: ErasureAnnouncer | None = None,
-        confirm_window_seconds: float = 900.0,
-        confirm_daily_cap: int = 3,
-        clock: Clock | None = None,
+        self, store: ListsStore, subscribers: SubscriberStore, fields_: FieldStore, saved: SavedSegments
     ) -> None:
         self._store = store
-        self.audit = audit or AuditTrail(None)
-        self.erasures = erasures
-        self.audience = audience
-        self.imports = imports
-        self.js = js
-        self.internal_key = internal_key
-        self.public_url = public_url
-        self.signup_rate_per_hour = signup_rate_per_hour
-        self.confirm_window = timedelta(seconds=confirm_window_seconds)
-        self.confirm_daily_cap = confirm_daily_cap
-        self.clock = clock or SystemClock()
-
-    @staticmethod
-    def _subscriber_pb(s: Subscriber) -> lists_pb2.Subscriber:
-        return _subscriber(s)
-
-    async def _own_list(self, organization_id: int, list_id: int) -> MailingList:
-        found = await self._store.lists(organization_id, list_id)
-        if not found:
-            raise NotFound("no list %(list)s in your organisation", list=list_id)
-        return found[0]
+        self._subscribers = subscribers
+        self._fields = fields_
+        self._saved = saved
 
     async def CreateList(self, request: lists_pb2.CreateListRequest, context: grpc.aio.ServicerContext):
         """Create a list."""
@@ -134,27 +67,27 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
         name, description = validation.check_list_fields(request.name, request.description)
         created = await self._store.create_list(principal.organization_id, name, description)
         log.info("list created", organization_id=principal.organization_id, list_id=created.id)
-        return _list(created)
+        return mailing_list(created)
 
     async def GetList(self, request: lists_pb2.GetListRequest, context: grpc.aio.ServicerContext):
         """One list with its head counts."""
         principal = require_scope("read")
-        return _list(await self._own_list(principal.organization_id, request.list_id))
+        return mailing_list(await self._store.own_list(principal.organization_id, request.list_id))
 
     async def ListLists(self, request: lists_pb2.ListListsRequest, context: grpc.aio.ServicerContext):
         """All lists of the organisation."""
         principal = require_scope("read")
         found = await self._store.lists(principal.organization_id)
-        return lists_pb2.ListListsResponse(lists=[_list(item) for item in found])
+        return lists_pb2.ListListsResponse(lists=[mailing_list(item) for item in found])
 
     async def AddSubscribers(self, request: lists_pb2.AddSubscribersRequest, context: grpc.aio.ServicerContext):
         """Validate every row, keep the good ones, report the bad ones."""
         principal = require_scope("send")
         rows = [validation.SubscriberRow(r.email, r.name, r.attributes_json) for r in request.subscribers]
         valid, problems = validation.check_rows(rows)
-        await self._own_list(principal.organization_id, request.list_id)
+        await self._store.own_list(principal.organization_id, request.list_id)
         # Values of defined custom fields are checked and normalised on every write.
-        defs = await self.audience.defs(principal.organization_id)
+        defs = await self._fields.defs(principal.organization_id)
         if defs:
             checked = []
             for v in valid:
@@ -186,14 +119,14 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
     async def ListSubscribers(self, request: lists_pb2.ListSubscribersRequest, context: grpc.aio.ServicerContext):
         """One page of a list's subscribers by id."""
         principal = require_scope("read")
-        size = _bounded(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, "page_size")
+        size = bounded(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, "page_size")
         after = _read_page_token(request.page_token, request.list_id)
-        await self._own_list(principal.organization_id, request.list_id)
+        await self._store.own_list(principal.organization_id, request.list_id)
         # One more than asked tells whether another page follows.
         found = await self._store.list_subscribers_page(principal.organization_id, request.list_id, after, size + 1)
         page = found[:size]
         next_token = _page_token(request.list_id, page[-1].id) if len(found) > size else ""
-        return lists_pb2.ListSubscribersResponse(subscribers=[_subscriber(s) for s in page], next_page_token=next_token)
+        return lists_pb2.ListSubscribersResponse(subscribers=[subscriber(s) for s in page], next_page_token=next_token)
 
     async def GetSubscriber(self, request: lists_pb2.GetSubscriberRequest, context: grpc.aio.ServicerContext):
         """One subscriber of the organisation."""
@@ -201,7 +134,7 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
         found = await self._store.subscriber(principal.organization_id, request.subscriber_id)
         if found is None:
             raise NotFound("no subscriber %(subscriber)s in your organisation", subscriber=request.subscriber_id)
-        return _subscriber(found)
+        return subscriber(found)
 
     async def StreamRecipients(
         self, request: lists_pb2.StreamRecipientsRequest, context: grpc.aio.ServicerContext
@@ -216,16 +149,16 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
         list_ids = sorted(set(request.list_ids))
         if not list_ids and not request.segment_ids:
             raise InvalidArgument("give at least one list id or segment id")
-        size = _bounded(request.chunk_size, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, "chunk_size")
+        size = bounded(request.chunk_size, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, "chunk_size")
         missing = set(list_ids) - await self._store.own_list_ids(principal.organization_id, list_ids)
         if missing:
             raise NotFound("no list %(list)s in your organisation", list=", ".join(map(str, sorted(missing))))
-        compiled = await self.compile_segments(principal.organization_id, request.segment_ids)
+        compiled = await self._saved.compiled(principal.organization_id, request.segment_ids)
         # An interrupted fan-out resumes after the last subscriber it handed out.
         after = max(0, request.after_subscriber_id)
         while True:
             # Suppressed addresses are never yielded, whatever their status says.
-            chunk = await self.audience.recipients_after(principal.organization_id, list_ids, compiled, after, size)
+            chunk = await self._subscribers.recipients_after(principal.organization_id, list_ids, compiled, after, size)
             if not chunk:
                 return
             yield lists_pb2.RecipientChunk(
@@ -242,3 +175,82 @@ class ListsServicer(AudienceRpcs, lists_pb2_grpc.ListsServiceServicer):
             if len(chunk) < size:
                 return
             after = chunk[-1].subscriber_id
+
+    async def SearchSubscribers(self, request, context):
+        """Filter, keyset-page and estimate the organisation's subscribers."""
+        principal = require_scope("read")
+        org = principal.organization_id
+        size = min(request.page_size or 100, 1000)
+        after = read_page_token(request.page_token)
+        conditions: list[dict] = []
+        if request.email_prefix:
+            conditions.append({"field": "email", "op": "starts_with", "value": request.email_prefix})
+        if request.email_contains:
+            conditions.append({"field": "email", "op": "contains", "value": request.email_contains})
+        if request.name_contains:
+            conditions.append({"field": "name", "op": "contains", "value": request.name_contains})
+        if request.status:
+            conditions.append({"field": "status", "op": "eq", "value": str(convert.status(request.status) or "?")})
+        if request.list_id:
+            await self._store.own_list(org, request.list_id)
+            conditions.append({"field": "list", "op": "eq", "value": request.list_id})
+        if bool(request.field_key) != bool(request.field_value):
+            raise InvalidArgument("give both field_key and field_value, or neither")
+        if request.field_key:
+            conditions.append({"field": "custom", "key": request.field_key, "op": "eq", "value": request.field_value})
+        defs = await self._fields.defs(org)
+        if conditions:
+            where = segments.compile_tree({"match": "all", "conditions": conditions}, defs)
+        else:
+            where = Compiled(segments.sql.SQL("TRUE"), [])
+        found, total = await self._subscribers.search(org, where, after, size + 1, estimate=not after)
+        page = found[:size]
+        return lists_pb2.SearchSubscribersResponse(
+            subscribers=[subscriber(s) for s in page],
+            next_page_token=page_token(page[-1].id) if len(found) > size else "",
+            total_estimate=total,
+        )
+
+    async def UpdateSubscriber(self, request, context):
+        """Change a subscriber's name, fields or status."""
+        principal = require_scope("send")
+        name = attributes = None
+        try:
+            if request.HasField("name"):
+                name = validation.check_name(request.name)
+            if request.HasField("attributes_json"):
+                raw = json.loads(request.attributes_json or "{}")
+                if not isinstance(raw, dict):
+                    raise Problem("attributes_json must be a JSON object")
+                kept = {k: v for k, v in raw.items() if v is not None}
+                defs = await self._fields.defs(principal.organization_id)
+                checked = json.loads(fields.check_values(defs, validation.check_attributes(json.dumps(kept))))
+                attributes = json.dumps({**{k: None for k, v in raw.items() if v is None}, **checked})
+        except ValueError as exc:
+            raise InvalidArgument.of(exc) from None
+        status = convert.status(request.status) if request.status else None
+        if request.status and status is None:
+            raise InvalidArgument("unknown status")
+        updated = await self._subscribers.update(
+            principal.organization_id, request.subscriber_id, name, attributes, status, request.reason[:500]
+        )
+        return subscriber(updated)
+
+    async def ListSubscriberEvents(self, request, context):
+        """A subscriber's status history."""
+        principal = require_scope("read")
+        if await self._store.subscriber(principal.organization_id, request.subscriber_id) is None:
+            raise NotFound("no subscriber %(subscriber)s in your organisation", subscriber=request.subscriber_id)
+        events = await self._subscribers.events(principal.organization_id, request.subscriber_id)
+        return lists_pb2.ListSubscriberEventsResponse(
+            events=[
+                lists_pb2.SubscriberEvent(
+                    old_status=e.old_status or "",
+                    new_status=e.new_status,
+                    cause=e.cause,
+                    detail=e.detail,
+                    occurred_at=ts(e.occurred_at),
+                )
+                for e in events
+            ]
+        )

@@ -16,6 +16,9 @@ subscriber.
 Rollback (see `rollback`) deletes the subscribers the job created (those still marked with its id),
 takes the job's list subscriptions away, and restores the name and custom fields the job overwrote to
 their values before the job; status changes since (unsubscribes, bounces) are kept.
+
+Longer than 400 lines because the runner is one piece of bookkeeping (streams, ordered commits, resume
+offsets) that reads wrong split apart; what the RPCs do to jobs is store_imports.py's.
 """
 
 from __future__ import annotations
@@ -316,16 +319,9 @@ class ImportRunner:
             if len(sample) >= SAMPLE_BYTES:
                 break
         sample = sample[:SAMPLE_BYTES]
-        codec = csvimport.choose_encoding(sample, req_enc)
-        records, _ = csvimport.split_records(sample, final=len(sample) < SAMPLE_BYTES)
-        lines = [r.decode(codec, "replace") for r, _ in records[:50] if r.strip()]
-        if not lines:
-            raise ValueError("the file holds no rows")
-        delimiter, has_header = csvimport.sniff(lines, req_delim, header)
-        rows = list(csvimport.csv.reader(lines[:2], delimiter=delimiter))
-        head = rows[0] if has_header else None
-        first = rows[1] if has_header and len(rows) > 1 else rows[0]
-        targets = csvimport.resolve_columns(head, first, req_map, defs)
+        layout = csvimport.read_layout(sample, len(sample) < SAMPLE_BYTES, req_enc, req_delim, header)
+        codec, delimiter, has_header, head = layout.codec, layout.delimiter, layout.has_header, layout.header
+        targets = csvimport.resolve_columns(head, layout.first_row, req_map, defs)
         plan = JobPlan(codec, delimiter, has_header, targets)
         names = head or [str(i + 1) for i in range(len(targets))]
         await conn.execute(

@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from pathlib import Path
 
 import grpc
-from mailblast.v1 import auth_pb2_grpc, lists_pb2, lists_pb2_grpc
+from mailblast.v1 import (
+    auth_pb2_grpc,
+    lists_fields_pb2,
+    lists_fields_pb2_grpc,
+    lists_imports_pb2,
+    lists_imports_pb2_grpc,
+    lists_pb2,
+    lists_pb2_grpc,
+    lists_privacy_pb2,
+    lists_privacy_pb2_grpc,
+    lists_segments_pb2,
+    lists_segments_pb2_grpc,
+    lists_signup_pb2,
+    lists_signup_pb2_grpc,
+    lists_suppression_pb2,
+    lists_suppression_pb2_grpc,
+)
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
-from services.common import bus, db
+from services.common import bus, db, mail
 from services.common.audit import AuditTrail
-from services.common.clock import Clock
+from services.common.clock import Clock, SystemClock
 from services.common.log import get_logger
 from services.common.outbox import OutboxRelay
 from services.common.rpc import (
@@ -24,13 +41,25 @@ from services.common.rpc import (
     start_grpc_server,
 )
 from services.lists.announcements import suppression_relay
-from services.lists.audience import AudienceStore
 from services.lists.config import Config
 from services.lists.consumers import BounceConsumer
 from services.lists.erasures import ErasureAnnouncer
 from services.lists.grpc_api import ListsServicer
+from services.lists.grpc_fields import FieldsServicer
+from services.lists.grpc_imports import ImportsServicer
+from services.lists.grpc_privacy import PrivacyServicer
+from services.lists.grpc_segments import SavedSegments, SegmentsServicer
+from services.lists.grpc_signup import SignupServicer
+from services.lists.grpc_suppression import SuppressionServicer
 from services.lists.imports import ImportRunner
 from services.lists.store import ListsStore
+from services.lists.store_fields import FieldStore
+from services.lists.store_imports import ImportStore
+from services.lists.store_privacy import PrivacyStore
+from services.lists.store_segments import SegmentStore
+from services.lists.store_signup import SignupStore
+from services.lists.store_subscribers import SubscriberStore
+from services.lists.store_suppression import SuppressionStore
 
 log = get_logger(__name__)
 
@@ -122,25 +151,43 @@ async def start(config: Config, *, clock: Clock | None = None) -> Running:
             auth = auth_pb2_grpc.AuthServiceStub(auth_channel)
         imports = ImportRunner(pool, config.internal_key, config.import_batch_rows)
         erasures = ErasureAnnouncer(pool, js)
-        servicer = ListsServicer(
-            store,
-            AudienceStore(pool, config.internal_key),
-            imports,
-            js,
-            config.internal_key,
-            config.public_url,
-            config.signup_rate_per_hour,
-            AuditTrail(auth),
-            erasures,
-            config.confirm_window_seconds,
-            config.confirm_daily_cap,
-            clock,
-        )
-        imports.on_finished = servicer.import_finished
+        audit = AuditTrail(auth)
+        key = config.internal_key
+        field_store = FieldStore(pool)
+        subscribers = SubscriberStore(pool, key)
+        saved = SavedSegments(SegmentStore(pool), field_store)
+        imports_servicer = ImportsServicer(ImportStore(pool), imports, store, field_store, saved, subscribers, audit)
+        imports.on_finished = imports_servicer.import_finished
+        servicers = [
+            (lists_pb2, "ListsService", lists_pb2_grpc.add_ListsServiceServicer_to_server,
+             ListsServicer(store, subscribers, field_store, saved)),
+            (lists_fields_pb2, "ListsFieldsService", lists_fields_pb2_grpc.add_ListsFieldsServiceServicer_to_server,
+             FieldsServicer(field_store, audit)),
+            (lists_imports_pb2, "ListsImportsService",
+             lists_imports_pb2_grpc.add_ListsImportsServiceServicer_to_server, imports_servicer),
+            (lists_segments_pb2, "ListsSegmentsService",
+             lists_segments_pb2_grpc.add_ListsSegmentsServiceServicer_to_server,
+             SegmentsServicer(SegmentStore(pool), saved, field_store, store, subscribers, audit)),
+            (lists_suppression_pb2, "ListsSuppressionService",
+             lists_suppression_pb2_grpc.add_ListsSuppressionServiceServicer_to_server,
+             SuppressionServicer(SuppressionStore(pool, key), key, audit)),
+            (lists_signup_pb2, "ListsSignupService", lists_signup_pb2_grpc.add_ListsSignupServiceServicer_to_server,
+             SignupServicer(
+                 SignupStore(pool, key), store, field_store, SuppressionStore(pool, key),
+                 functools.partial(mail.send, js), audit, clock or SystemClock(), internal_key=key,
+                 public_url=config.public_url, signup_rate_per_hour=config.signup_rate_per_hour,
+                 confirm_window_seconds=config.confirm_window_seconds, confirm_daily_cap=config.confirm_daily_cap,
+             )),
+            (lists_privacy_pb2, "ListsPrivacyService",
+             lists_privacy_pb2_grpc.add_ListsPrivacyServiceServicer_to_server,
+             PrivacyServicer(PrivacyStore(pool, key), erasures, audit)),
+        ]  # fmt: skip
 
         def register(server: grpc.aio.Server) -> list[str]:
-            lists_pb2_grpc.add_ListsServiceServicer_to_server(servicer, server)
-            return [lists_pb2.DESCRIPTOR.services_by_name["ListsService"].full_name]
+            # One process, one port: ListsService and a service per audience sub-domain.
+            for _, _, add, servicer in servicers:
+                add(servicer, server)
+            return [module.DESCRIPTOR.services_by_name[name].full_name for module, name, _, _ in servicers]
 
         server = await start_grpc_server(
             config.grpc_bind, register, me, resolve_token=resolve_token, health_bind=config.health_bind

@@ -10,6 +10,7 @@ from enum import StrEnum
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
+from services.common.errors import NotFound
 from services.common.privacy import email_hash
 from services.lists import bounces
 from services.lists.validation import ValidSubscriber
@@ -208,6 +209,13 @@ class ListsStore:
                 await conn.execute(FOLD_COUNTS, (ids,))
             await conn.commit()
             return rows
+
+    async def own_list(self, organization_id: int, list_id: int) -> MailingList:
+        """One list of the organisation; another organisation's (or none) is NOT_FOUND."""
+        found = await self.lists(organization_id, list_id)
+        if not found:
+            raise NotFound("no list %(list)s in your organisation", list=list_id)
+        return found[0]
 
     async def own_list_ids(self, organization_id: int, list_ids: Sequence[int]) -> set[int]:
         """Those of the ids that are lists of the organisation."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest_asyncio
-from mailblast.v1 import campaigns_pb2, events_pb2, lists_pb2
+from mailblast.v1 import campaigns_pb2, events_pb2, lists_suppression_pb2
 from nats.js.errors import NotFoundError
 
 from services.campaigns.announcements import campaign_state_relay
@@ -73,7 +73,7 @@ async def test_lists_announces_each_suppression_added_and_removed_by_keyed_hash(
     # stream holds, per address, only its last change: the keyed hash (never the address) with its
     # organisation and reason, and for the one taken off a change saying so with a greater version.
     await stub.AddSuppressions(
-        lists_pb2.AddSuppressionsRequest(emails=["Taro@example.jp", "hanako@example.jp"], reason="manual"),
+        lists_suppression_pb2.AddSuppressionsRequest(emails=["Taro@example.jp", "hanako@example.jp"], reason="manual"),
         metadata=as_user(signer, scopes=ADMIN),
     )
     taro, hanako = (email_hash(internal_key, e) for e in ("taro@example.jp", "hanako@example.jp"))
@@ -85,7 +85,8 @@ async def test_lists_announces_each_suppression_added_and_removed_by_keyed_hash(
     assert set(added) == {bus.suppression_subject(ORG, taro), bus.suppression_subject(ORG, hanako)}
     first = added[bus.suppression_subject(ORG, hanako)].version
     await stub.RemoveSuppression(
-        lists_pb2.RemoveSuppressionRequest(email="hanako@example.jp"), metadata=as_user(signer, scopes=ADMIN)
+        lists_suppression_pb2.RemoveSuppressionRequest(email="hanako@example.jp"),
+        metadata=as_user(signer, scopes=ADMIN),
     )
 
     async def lifted():

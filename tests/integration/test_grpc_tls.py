@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from cryptography.fernet import Fernet
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mailblast.v1 import auth_pb2, auth_pb2_grpc, lists_pb2, lists_pb2_grpc
+from mailblast.v1 import auth_pb2, auth_pb2_grpc, lists_pb2
 
 from dev.embedded import free_port
 from services.auth import service as auth_service
@@ -22,6 +22,7 @@ from services.common.rpc import ALLOWED_CALLERS, ServiceIdentity
 from services.common.settings import ConfigError
 from services.lists import service as lists_service
 from services.lists.config import Config as ListsConfig
+from tests.support.lists import ListsStubs
 from tests.support.mtls import TestPki
 from tests.support.nats import NatsServer
 
@@ -146,7 +147,7 @@ async def test_an_assertion_is_good_only_for_its_audience_and_from_its_certifica
         )
         for_auth = [(IDENTITY_HEADER, signer.sign(user, "auth"))]
         async with pki.channel(lists.grpc_port, "gateway") as channel:
-            stub = lists_pb2_grpc.ListsServiceStub(channel)
+            stub = ListsStubs(channel)
             error = await refusal(stub.ListLists(lists_pb2.ListListsRequest(), metadata=for_auth, timeout=10))
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
             assert error.details() == "service identity is meant for auth, not lists"

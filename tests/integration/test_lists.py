@@ -10,12 +10,13 @@ import grpc
 import psycopg
 import pytest
 import pytest_asyncio
-from mailblast.v1 import events_pb2, lists_pb2, lists_pb2_grpc
+from mailblast.v1 import events_pb2, lists_pb2
 
 from services.common import bus
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.lists.config import Config
 from services.lists.service import Running, start
+from tests.support.lists import ListsStubs
 from tests.support.nats import NatsServer
 
 ORG = 1
@@ -58,7 +59,7 @@ async def stub(lists_service: Running, pki):
     """A client of the started lists service with the console's certificate."""
     channel = pki.channel(lists_service.grpc_port, "gateway")
     try:
-        yield lists_pb2_grpc.ListsServiceStub(channel)
+        yield ListsStubs(channel)
     finally:
         await channel.close()
 
@@ -68,7 +69,7 @@ async def campaigns_stub(lists_service: Running, pki):
     """A client of the started lists service with the campaigns service's certificate."""
     channel = pki.channel(lists_service.grpc_port, "campaigns")
     try:
-        yield lists_pb2_grpc.ListsServiceStub(channel)
+        yield ListsStubs(channel)
     finally:
         await channel.close()
 
@@ -444,7 +445,7 @@ async def test_background_consumer_applies_bounces(database_url, nats_server, in
     )
     channel = pki.channel(running.grpc_port, "gateway")
     try:
-        stub = lists_pb2_grpc.ListsServiceStub(channel)
+        stub = ListsStubs(channel)
         list_id = await new_list(stub, signer)
         await stub.AddSubscribers(
             lists_pb2.AddSubscribersRequest(list_id=list_id, subscribers=rows("gone@example.org")),

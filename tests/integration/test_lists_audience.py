@@ -8,7 +8,16 @@ import json
 import grpc
 import psycopg
 import pytest
-from mailblast.v1 import events_pb2, lists_pb2
+from mailblast.v1 import (
+    events_pb2,
+    lists_fields_pb2,
+    lists_imports_pb2,
+    lists_pb2,
+    lists_privacy_pb2,
+    lists_segments_pb2,
+    lists_signup_pb2,
+    lists_suppression_pb2,
+)
 
 from services.common import bus
 from services.common.identity import IDENTITY_HEADER, Principal
@@ -31,7 +40,7 @@ def as_gateway(signer) -> list:
 async def set_sender(stub, signer, address: str = "news@example.jp", organization_id: int = ORG) -> None:
     """An admin sets the sender of list mail (forms need it for their confirmation mail)."""
     await stub.UpdateSettings(
-        lists_pb2.ListsSettings(sender_address=address, sender_name="Acme"),
+        lists_signup_pb2.ListsSettings(sender_address=address, sender_name="Acme"),
         metadata=as_user(signer, organization_id, ADMIN),
     )
 
@@ -77,7 +86,7 @@ async def seed(stub, signer) -> tuple[int, int, dict[str, int]]:
 async def preview(stub, signer, tree: dict) -> list[str]:
     """Addresses a condition tree selects, sorted."""
     reply = await stub.PreviewSegment(
-        lists_pb2.PreviewSegmentRequest(conditions_json=json.dumps(tree, ensure_ascii=False), sample_size=100),
+        lists_segments_pb2.PreviewSegmentRequest(conditions_json=json.dumps(tree, ensure_ascii=False), sample_size=100),
         metadata=as_user(signer),
     )
     assert reply.count == len(reply.sample)
@@ -136,7 +145,9 @@ async def test_segment_conditions_against_known_data(lists_service, stub, campai
 
     # A saved segment is a campaign target: StreamRecipients takes its id next to list ids.
     saved = await stub.CreateSegment(
-        lists_pb2.SegmentInput(name="tokyo", conditions_json=json.dumps({"conditions": [nested["conditions"][1]]})),
+        lists_segments_pb2.SegmentInput(
+            name="tokyo", conditions_json=json.dumps({"conditions": [nested["conditions"][1]]})
+        ),
         metadata=as_user(signer),
     )
     chunks = await stream_segments(campaigns_stub, signer, [saved.id])
@@ -215,22 +226,25 @@ async def test_suppression_respected_by_stream_recipients(lists_service, stub, c
     # sender so at send time; removing it needs the admin scope and brings it back.
     news, _, _ = await seed(stub, signer)
     added = await stub.AddSuppressions(
-        lists_pb2.AddSuppressionsRequest(emails=["Hanako@example.jp", "not-an-address"]), metadata=as_user(signer)
+        lists_suppression_pb2.AddSuppressionsRequest(emails=["Hanako@example.jp", "not-an-address"]),
+        metadata=as_user(signer),
     )
     assert added.added == 1 and [e.index for e in added.errors] == [1]
     streamed = [r.email for chunk in await stream(campaigns_stub, as_campaigns(signer), [news]) for r in chunk]
     assert "hanako@example.jp" not in streamed and len(streamed) == 4
     checked = await campaigns_stub.CheckSuppressed(
-        lists_pb2.CheckSuppressedRequest(emails=["HANAKO@example.jp", "taro@example.jp"]), metadata=as_campaigns(signer)
+        lists_suppression_pb2.CheckSuppressedRequest(emails=["HANAKO@example.jp", "taro@example.jp"]),
+        metadata=as_campaigns(signer),
     )
     assert [(s.email, s.reason) for s in checked.suppressed] == [("HANAKO@example.jp", "manual")]
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await stub.RemoveSuppression(
-            lists_pb2.RemoveSuppressionRequest(email="hanako@example.jp"), metadata=as_user(signer)
+            lists_suppression_pb2.RemoveSuppressionRequest(email="hanako@example.jp"), metadata=as_user(signer)
         )
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     await stub.RemoveSuppression(
-        lists_pb2.RemoveSuppressionRequest(email="hanako@example.jp"), metadata=as_user(signer, scopes=ADMIN)
+        lists_suppression_pb2.RemoveSuppressionRequest(email="hanako@example.jp"),
+        metadata=as_user(signer, scopes=ADMIN),
     )
     streamed = [r.email for chunk in await stream(campaigns_stub, as_campaigns(signer), [news]) for r in chunk]
     assert "hanako@example.jp" in streamed
@@ -242,14 +256,16 @@ async def test_unsubscribe_by_token(lists_service, stub, campaigns_stub, signer,
     # the call returns. A forged token names nobody.
     news, vip, ids = await seed(stub, signer)
     token = unsubscribe_token(internal_key, RecipientRef(ORG, 9, ids["taro@example.jp"]))
-    page = await stub.GetUnsubscribePage(lists_pb2.GetUnsubscribePageRequest(token=token), metadata=as_gateway(signer))
+    page = await stub.GetUnsubscribePage(
+        lists_signup_pb2.GetUnsubscribePageRequest(token=token), metadata=as_gateway(signer)
+    )
     assert page.email == "taro@example.jp" and [x.id for x in page.lists] == [news, vip]
     left = await stub.Unsubscribe(
-        lists_pb2.UnsubscribeRequest(token=token, list_ids=[vip], source="page"), metadata=as_gateway(signer)
+        lists_signup_pb2.UnsubscribeRequest(token=token, list_ids=[vip], source="page"), metadata=as_gateway(signer)
     )
     assert list(left.left_list_ids) == [vip] and left.status == lists_pb2.SUBSCRIBER_STATUS_ACTIVE
     gone = await stub.Unsubscribe(
-        lists_pb2.UnsubscribeRequest(token=token, source="one-click"), metadata=as_gateway(signer)
+        lists_signup_pb2.UnsubscribeRequest(token=token, source="one-click"), metadata=as_gateway(signer)
     )
     assert list(gone.left_list_ids) == [news] and gone.status == lists_pb2.SUBSCRIBER_STATUS_UNSUBSCRIBED
     streamed = [r.email for chunk in await stream(campaigns_stub, as_campaigns(signer), [news, vip]) for r in chunk]
@@ -264,7 +280,9 @@ async def test_unsubscribe_by_token(lists_service, stub, campaigns_stub, signer,
             "unsubscribed",
         )
     with pytest.raises(grpc.aio.AioRpcError) as forged:
-        await stub.Unsubscribe(lists_pb2.UnsubscribeRequest(token=token[:-2] + "AA"), metadata=as_gateway(signer))
+        await stub.Unsubscribe(
+            lists_signup_pb2.UnsubscribeRequest(token=token[:-2] + "AA"), metadata=as_gateway(signer)
+        )
     assert forged.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -275,13 +293,16 @@ async def test_signup_double_opt_in(lists_service, stub, campaigns_stub, signer,
     news = await new_list(stub, signer)
     await set_sender(stub, signer)
     form = await stub.CreateForm(
-        lists_pb2.FormInput(list_id=news, name="top", ask_name=True, thanks_text="ありがとう"), metadata=as_user(signer)
+        lists_signup_pb2.FormInput(list_id=news, name="top", ask_name=True, thanks_text="ありがとう"),
+        metadata=as_user(signer),
     )
-    snippet = await stub.GetFormSnippet(lists_pb2.GetFormSnippetRequest(form_id=form.id), metadata=as_user(signer))
+    snippet = await stub.GetFormSnippet(
+        lists_signup_pb2.GetFormSnippetRequest(form_id=form.id), metadata=as_user(signer)
+    )
     assert f"/f/{form.id}" in snippet.html and 'name="website"' in snippet.html
     sub = await js.pull_subscribe(bus.SUBJECT_SEND_TRANSACTIONAL, durable="test-confirm", stream=bus.STREAM_SEND)
     reply = await stub.SubmitSignup(
-        lists_pb2.SubmitSignupRequest(
+        lists_signup_pb2.SubmitSignupRequest(
             form_id=form.id, email="new@example.jp", name="新規", source_ip="192.0.2.7", user_agent="Test/1"
         ),
         metadata=as_gateway(signer),
@@ -302,19 +323,21 @@ async def test_signup_double_opt_in(lists_service, stub, campaigns_stub, signer,
     assert found.subscribers[0].status == lists_pb2.SUBSCRIBER_STATUS_PENDING
     assert await stream(campaigns_stub, as_campaigns(signer), [news]) == []
 
-    confirmed = await stub.ConfirmSignup(lists_pb2.ConfirmSignupRequest(token=token), metadata=as_gateway(signer))
+    confirmed = await stub.ConfirmSignup(
+        lists_signup_pb2.ConfirmSignupRequest(token=token), metadata=as_gateway(signer)
+    )
     assert confirmed.list_id == news
     streamed = [r.email for chunk in await stream(campaigns_stub, as_campaigns(signer), [news]) for r in chunk]
     assert streamed == ["new@example.jp"]
     data = await stub.ExportSubscriberData(
-        lists_pb2.ExportSubscriberDataRequest(subscriber_id=found.subscribers[0].id),
+        lists_privacy_pb2.ExportSubscriberDataRequest(subscriber_id=found.subscribers[0].id),
         metadata=as_user(signer, scopes=ADMIN),
     )
     consent = json.loads(data.json)["consents"][0]
     assert consent["source_ip"] == "192.0.2.7" and consent["confirmed_at"]
 
     robot = await stub.SubmitSignup(
-        lists_pb2.SubmitSignupRequest(form_id=form.id, email="bot@example.jp", honeypot="http://spam"),
+        lists_signup_pb2.SubmitSignupRequest(form_id=form.id, email="bot@example.jp", honeypot="http://spam"),
         metadata=as_gateway(signer),
     )
     assert robot.accepted
@@ -324,7 +347,9 @@ async def test_signup_double_opt_in(lists_service, stub, campaigns_stub, signer,
     with pytest.raises(grpc.aio.AioRpcError) as limited:
         for i in range(20):
             await stub.SubmitSignup(
-                lists_pb2.SubmitSignupRequest(form_id=form.id, email=f"p{i}@example.jp", source_ip="198.51.100.1"),
+                lists_signup_pb2.SubmitSignupRequest(
+                    form_id=form.id, email=f"p{i}@example.jp", source_ip="198.51.100.1"
+                ),
                 metadata=as_gateway(signer),
             )
     assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -338,7 +363,7 @@ async def test_a_form_needs_a_sender_address_before_it_takes_signups(lists_servi
     # of thanking the person for a mail that never comes.
     news = await new_list(stub, signer)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stub.CreateForm(lists_pb2.FormInput(list_id=news, name="top"), metadata=as_user(signer))
+        await stub.CreateForm(lists_signup_pb2.FormInput(list_id=news, name="top"), metadata=as_user(signer))
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "needs a sender address" in refused.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as unsendable:
@@ -347,26 +372,26 @@ async def test_a_form_needs_a_sender_address_before_it_takes_signups(lists_servi
     assert "cannot be the sender address" in unsendable.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as no_from:
         await stub.UpdateSettings(
-            lists_pb2.ListsSettings(confirm_unsubscribe=True), metadata=as_user(signer, scopes=ADMIN)
+            lists_signup_pb2.ListsSettings(confirm_unsubscribe=True), metadata=as_user(signer, scopes=ADMIN)
         )
     assert no_from.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     # An internationalised domain is kept in the IDNA form a From header carries.
     await set_sender(stub, signer, "news@例え.jp")
-    settings = await stub.GetSettings(lists_pb2.GetSettingsRequest(), metadata=as_user(signer))
+    settings = await stub.GetSettings(lists_signup_pb2.GetSettingsRequest(), metadata=as_user(signer))
     assert settings.sender_address == "news@xn--r8jz45g.jp"
-    form = await stub.CreateForm(lists_pb2.FormInput(list_id=news, name="top"), metadata=as_user(signer))
+    form = await stub.CreateForm(lists_signup_pb2.FormInput(list_id=news, name="top"), metadata=as_user(signer))
     with pytest.raises(grpc.aio.AioRpcError) as emptied:
         await set_sender(stub, signer, "")
     assert emptied.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert (await stub.GetSettings(lists_pb2.GetSettingsRequest(), metadata=as_user(signer))).sender_address
+    assert (await stub.GetSettings(lists_signup_pb2.GetSettingsRequest(), metadata=as_user(signer))).sender_address
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("UPDATE lists.organization_settings SET sender_address = ''")
     sub = await js.pull_subscribe(bus.SUBJECT_SEND_TRANSACTIONAL, durable="test-no-sender", stream=bus.STREAM_SEND)
     with pytest.raises(grpc.aio.AioRpcError) as closed:
         await stub.SubmitSignup(
-            lists_pb2.SubmitSignupRequest(form_id=form.id, email="new@example.jp", source_ip="192.0.2.9"),
+            lists_signup_pb2.SubmitSignupRequest(form_id=form.id, email="new@example.jp", source_ip="192.0.2.9"),
             metadata=as_gateway(signer),
         )
     assert closed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -383,7 +408,7 @@ async def test_erase_leaves_only_the_hash(lists_service, stub, signer, database_
     news, _, ids = await seed(stub, signer)
     target = ids["hanako@example.jp"]
     await stub.EraseSubscriber(
-        lists_pb2.EraseSubscriberRequest(subscriber_id=target), metadata=as_user(signer, scopes=ADMIN)
+        lists_privacy_pb2.EraseSubscriberRequest(subscriber_id=target), metadata=as_user(signer, scopes=ADMIN)
     )
     with psycopg.connect(database_url) as conn:
         dump = conn.execute("SELECT string_agg(t::text, ' ') FROM (SELECT * FROM lists.subscribers) t").fetchone()[
@@ -399,7 +424,7 @@ async def test_erase_leaves_only_the_hash(lists_service, stub, signer, database_
         ).fetchone() == (0,)
         assert conn.execute("SELECT email, reason FROM lists.suppressions").fetchall() == [(None, "erased")]
     checked = await stub.CheckSuppressed(
-        lists_pb2.CheckSuppressedRequest(emails=["hanako@example.jp"]), metadata=as_user(signer)
+        lists_suppression_pb2.CheckSuppressedRequest(emails=["hanako@example.jp"]), metadata=as_user(signer)
     )
     assert checked.suppressed[0].reason == "erased"
     from tests.integration.test_lists_import import upload, wait_job
@@ -408,68 +433,152 @@ async def test_erase_leaves_only_the_hash(lists_service, stub, signer, database_
     assert (job.rows_added, job.rows_failed) == (0, 1)
 
 
+async def test_listing_the_suppression_list_without_a_filter_returns_every_entry(lists_service, stub, signer):
+    # Regression: with no address part and no reason given, ListSuppressions (and the CSV export) list
+    # every entry, the erased subscriber's too (it has no address, only the keyed hash); a filter still
+    # narrows the list.
+    _, _, ids = await seed(stub, signer)
+    await stub.AddSuppressions(
+        lists_suppression_pb2.AddSuppressionsRequest(emails=["stop@example.jp", "quit@example.jp"]),
+        metadata=as_user(signer),
+    )
+    await stub.EraseSubscriber(
+        lists_privacy_pb2.EraseSubscriberRequest(subscriber_id=ids["jiro@example.com"]),
+        metadata=as_user(signer, scopes=ADMIN),
+    )
+    listed = await stub.ListSuppressions(lists_suppression_pb2.ListSuppressionsRequest(), metadata=as_user(signer))
+    assert [(s.email, s.reason) for s in listed.suppressions] == [
+        ("stop@example.jp", "manual"),
+        ("quit@example.jp", "manual"),
+        ("", "erased"),
+    ]
+    by_part = await stub.ListSuppressions(
+        lists_suppression_pb2.ListSuppressionsRequest(email_contains="QUIT"), metadata=as_user(signer)
+    )
+    assert [s.email for s in by_part.suppressions] == ["quit@example.jp"]
+    by_reason = await stub.ListSuppressions(
+        lists_suppression_pb2.ListSuppressionsRequest(reason="erased"), metadata=as_user(signer)
+    )
+    assert [s.reason for s in by_reason.suppressions] == ["erased"]
+    exported = b"".join(
+        [
+            c.data
+            async for c in stub.ExportSuppressions(
+                lists_suppression_pb2.ExportSuppressionsRequest(), metadata=as_user(signer)
+            )
+        ]
+    ).decode("utf-8-sig")
+    assert exported.splitlines()[1:] == [
+        line
+        for line in exported.splitlines()[1:]
+        if line.split(",")[0] in ("stop@example.jp", "quit@example.jp", "(erased)")
+    ]
+    assert len(exported.splitlines()) == 4
+
+
+async def test_signup_of_a_suppressed_address_answers_like_any_other_and_mails_nothing(lists_service, stub, signer, js):
+    # Regression: a public signup for an address on the suppression list (here suppressed by hand) gets
+    # exactly the answer any signup gets, so a stranger cannot probe the list, and no confirmation mail
+    # goes out and no subscriber is made; a signup of a fresh address right after it is mailed as usual.
+    news = await new_list(stub, signer)
+    await set_sender(stub, signer)
+    form = await stub.CreateForm(
+        lists_signup_pb2.FormInput(list_id=news, name="top", thanks_text="ありがとう"), metadata=as_user(signer)
+    )
+    await stub.AddSuppressions(
+        lists_suppression_pb2.AddSuppressionsRequest(emails=["gone@example.jp"]), metadata=as_user(signer)
+    )
+    sub = await js.pull_subscribe(bus.SUBJECT_SEND_TRANSACTIONAL, durable="test-suppressed", stream=bus.STREAM_SEND)
+    suppressed = await stub.SubmitSignup(
+        lists_signup_pb2.SubmitSignupRequest(form_id=form.id, email="gone@example.jp", source_ip="192.0.2.8"),
+        metadata=as_gateway(signer),
+    )
+    fresh = await stub.SubmitSignup(
+        lists_signup_pb2.SubmitSignupRequest(form_id=form.id, email="fresh@example.jp", source_ip="192.0.2.8"),
+        metadata=as_gateway(signer),
+    )
+    assert suppressed == fresh
+    assert suppressed.accepted and suppressed.thanks_text == "ありがとう"
+    # The stream keeps the order of publishing: the first mail is the fresh address's, and none follows.
+    [msg] = await sub.fetch(1, timeout=10)
+    await msg.ack_sync()
+    message = events_pb2.TransactionalMessage()
+    message.ParseFromString(msg.data)
+    assert message.to_address == "fresh@example.jp"
+    info = await js.consumer_info(bus.STREAM_SEND, "test-suppressed")
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    found = await stub.SearchSubscribers(
+        lists_pb2.SearchSubscribersRequest(email_prefix="gone"), metadata=as_user(signer)
+    )
+    assert list(found.subscribers) == []
+
+
 async def test_other_organisation_gets_not_found(lists_service, stub, signer):
     # Every new RPC that names an object refuses another organisation's id as NOT_FOUND.
     news, _, ids = await seed(stub, signer)
     segment = await stub.CreateSegment(
-        lists_pb2.SegmentInput(
+        lists_segments_pb2.SegmentInput(
             name="s", conditions_json=json.dumps({"conditions": [{"field": "list", "op": "eq", "value": news}]})
         ),
         metadata=as_user(signer),
     )
     await set_sender(stub, signer)
-    form = await stub.CreateForm(lists_pb2.FormInput(list_id=news, name="f"), metadata=as_user(signer))
-    job = await stub.CreateImport(lists_pb2.CreateImportRequest(list_id=news), metadata=as_user(signer))
-    fields = await stub.ListFields(lists_pb2.ListFieldsRequest(), metadata=as_user(signer))
+    form = await stub.CreateForm(lists_signup_pb2.FormInput(list_id=news, name="f"), metadata=as_user(signer))
+    job = await stub.CreateImport(lists_imports_pb2.CreateImportRequest(list_id=news), metadata=as_user(signer))
+    fields = await stub.ListFields(lists_fields_pb2.ListFieldsRequest(), metadata=as_user(signer))
     other = as_user(signer, OTHER_ORG, ADMIN)
     subscriber = ids["taro@example.jp"]
     calls = [
-        (stub.DeleteField, lists_pb2.DeleteFieldRequest(field_id=fields.fields[0].id)),
+        (stub.DeleteField, lists_fields_pb2.DeleteFieldRequest(field_id=fields.fields[0].id)),
         (stub.UpdateSubscriber, lists_pb2.UpdateSubscriberRequest(subscriber_id=subscriber, name="x")),
         (stub.ListSubscriberEvents, lists_pb2.ListSubscriberEventsRequest(subscriber_id=subscriber)),
         (stub.SearchSubscribers, lists_pb2.SearchSubscribersRequest(list_id=news)),
-        (stub.CreateImport, lists_pb2.CreateImportRequest(list_id=news)),
-        (stub.UploadImportChunk, lists_pb2.UploadImportChunkRequest(import_id=job.id, data=b"x")),
-        (stub.StartImport, lists_pb2.StartImportRequest(import_id=job.id)),
-        (stub.GetImport, lists_pb2.GetImportRequest(import_id=job.id)),
-        (stub.ResumeImport, lists_pb2.GetImportRequest(import_id=job.id)),
-        (stub.RollbackImport, lists_pb2.GetImportRequest(import_id=job.id)),
-        (stub.GetSegment, lists_pb2.GetSegmentRequest(segment_id=segment.id)),
+        (stub.CreateImport, lists_imports_pb2.CreateImportRequest(list_id=news)),
+        (stub.UploadImportChunk, lists_imports_pb2.UploadImportChunkRequest(import_id=job.id, data=b"x")),
+        (stub.StartImport, lists_imports_pb2.StartImportRequest(import_id=job.id)),
+        (stub.GetImport, lists_imports_pb2.GetImportRequest(import_id=job.id)),
+        (stub.ResumeImport, lists_imports_pb2.GetImportRequest(import_id=job.id)),
+        (stub.RollbackImport, lists_imports_pb2.GetImportRequest(import_id=job.id)),
+        (stub.GetSegment, lists_segments_pb2.GetSegmentRequest(segment_id=segment.id)),
         (
             stub.UpdateSegment,
-            lists_pb2.UpdateSegmentRequest(
+            lists_segments_pb2.UpdateSegmentRequest(
                 segment_id=segment.id,
-                segment=lists_pb2.SegmentInput(
+                segment=lists_segments_pb2.SegmentInput(
                     name="x", conditions_json='{"conditions": [{"field": "email", "op": "is_empty"}]}'
                 ),
             ),
         ),
-        (stub.DeleteSegment, lists_pb2.GetSegmentRequest(segment_id=segment.id)),
-        (stub.PreviewSegment, lists_pb2.PreviewSegmentRequest(segment_id=segment.id)),
+        (stub.DeleteSegment, lists_segments_pb2.GetSegmentRequest(segment_id=segment.id)),
+        (stub.PreviewSegment, lists_segments_pb2.PreviewSegmentRequest(segment_id=segment.id)),
         (
             stub.PreviewSegment,
-            lists_pb2.PreviewSegmentRequest(
+            lists_segments_pb2.PreviewSegmentRequest(
                 conditions_json=json.dumps({"conditions": [{"field": "list", "op": "eq", "value": news}]})
             ),
         ),
-        (stub.CreateForm, lists_pb2.FormInput(list_id=news)),
-        (stub.GetFormSnippet, lists_pb2.GetFormSnippetRequest(form_id=form.id)),
-        (stub.ExportSubscriberData, lists_pb2.ExportSubscriberDataRequest(subscriber_id=subscriber)),
-        (stub.EraseSubscriber, lists_pb2.EraseSubscriberRequest(subscriber_id=subscriber)),
+        (stub.CreateForm, lists_signup_pb2.FormInput(list_id=news)),
+        (stub.GetFormSnippet, lists_signup_pb2.GetFormSnippetRequest(form_id=form.id)),
+        (stub.ExportSubscriberData, lists_privacy_pb2.ExportSubscriberDataRequest(subscriber_id=subscriber)),
+        (stub.EraseSubscriber, lists_privacy_pb2.EraseSubscriberRequest(subscriber_id=subscriber)),
     ]
     for method, request in calls:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await method(request, metadata=other)
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND, method
     for method, request in [
-        (stub.StreamImportErrors, lists_pb2.GetImportRequest(import_id=job.id)),
-        (stub.ExportSubscribers, lists_pb2.ExportSubscribersRequest(segment_id=segment.id)),
+        (stub.StreamImportErrors, lists_imports_pb2.GetImportRequest(import_id=job.id)),
+        (stub.ExportSubscribers, lists_imports_pb2.ExportSubscribersRequest(segment_id=segment.id)),
         (stub.StreamRecipients, lists_pb2.StreamRecipientsRequest(segment_ids=[segment.id])),
     ]:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             [c async for c in method(request, metadata=other)]
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND, method
-    mine = await stub.CheckSuppressed(lists_pb2.CheckSuppressedRequest(emails=["taro@example.jp"]), metadata=other)
+    mine = await stub.CheckSuppressed(
+        lists_suppression_pb2.CheckSuppressedRequest(emails=["taro@example.jp"]), metadata=other
+    )
     assert list(mine.suppressed) == []
     # Still there for their owner.
-    assert (await stub.GetSegment(lists_pb2.GetSegmentRequest(segment_id=segment.id), metadata=as_user(signer))).id
+    assert (
+        await stub.GetSegment(lists_segments_pb2.GetSegmentRequest(segment_id=segment.id), metadata=as_user(signer))
+    ).id

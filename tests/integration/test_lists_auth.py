@@ -6,13 +6,14 @@ import grpc
 import pytest
 import pytest_asyncio
 from cryptography.fernet import Fernet
-from mailblast.v1 import auth_pb2, auth_pb2_grpc, lists_pb2, lists_pb2_grpc
+from mailblast.v1 import auth_pb2, auth_pb2_grpc, lists_pb2
 
 from services.auth import service as auth_service
 from services.auth.config import Config as AuthConfig
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.lists import service as lists_service
 from services.lists.config import Config as ListsConfig
+from tests.support.lists import ListsStubs
 from tests.support.nats import NatsServer
 
 
@@ -55,7 +56,7 @@ async def stubs(database_url: str, nats_server: NatsServer, internal_key: bytes,
     try:
         yield (
             auth_pb2_grpc.AuthServiceStub(auth_channel),
-            lists_pb2_grpc.ListsServiceStub(lists_channel),
+            ListsStubs(lists_channel),
             auth_pb2_grpc.AuthServiceStub(boot_channel),
             auth_pb2_grpc.AuthServiceStub(console_channel),
         )

@@ -11,7 +11,14 @@ import time
 import grpc
 import psycopg
 import pytest
-from mailblast.v1 import events_pb2, lists_pb2, lists_pb2_grpc
+from mailblast.v1 import (
+    events_pb2,
+    lists_fields_pb2,
+    lists_imports_pb2,
+    lists_pb2,
+    lists_privacy_pb2,
+    lists_signup_pb2,
+)
 
 from services.common import bus
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
@@ -21,6 +28,7 @@ from services.lists.service import start
 from services.lists.store import FOLD_PARTS
 from tests.integration import test_lists as base
 from tests.integration.test_lists import ORG, as_user, new_list
+from tests.support.lists import ListsStubs
 
 # The lists service fixtures, shared with the other lists tests.
 lists_service = base.lists_service
@@ -35,13 +43,13 @@ async def define_fields(stub, signer: IdentitySigner, organization_id: int = ORG
     """The fields the test files use: a text, a date, a number and a choice."""
     md = as_user(signer, organization_id, ADMIN)
     for key, label, type_, options in [
-        ("pref", "都道府県", lists_pb2.FIELD_TYPE_TEXT, []),
-        ("birthday", "誕生日", lists_pb2.FIELD_TYPE_DATE, []),
-        ("points", "ポイント", lists_pb2.FIELD_TYPE_NUMBER, []),
-        ("plan", "プラン", lists_pb2.FIELD_TYPE_CHOICE, ["gold", "silver"]),
+        ("pref", "都道府県", lists_fields_pb2.FIELD_TYPE_TEXT, []),
+        ("birthday", "誕生日", lists_fields_pb2.FIELD_TYPE_DATE, []),
+        ("points", "ポイント", lists_fields_pb2.FIELD_TYPE_NUMBER, []),
+        ("plan", "プラン", lists_fields_pb2.FIELD_TYPE_CHOICE, ["gold", "silver"]),
     ]:
         await stub.CreateField(
-            lists_pb2.CreateFieldRequest(key=key, label=label, type=type_, options=options), metadata=md
+            lists_fields_pb2.CreateFieldRequest(key=key, label=label, type=type_, options=options), metadata=md
         )
 
 
@@ -49,22 +57,24 @@ async def upload(stub, signer, list_id: int, data: bytes, chunk: int = 1000, **o
     """Create a job, upload the file in chunks, start it; return its id."""
     md = as_user(signer)
     job = await stub.CreateImport(
-        lists_pb2.CreateImportRequest(list_id=list_id, total_bytes=len(data), **options), metadata=md
+        lists_imports_pb2.CreateImportRequest(list_id=list_id, total_bytes=len(data), **options), metadata=md
     )
     for offset in range(0, len(data), chunk):
         await stub.UploadImportChunk(
-            lists_pb2.UploadImportChunkRequest(import_id=job.id, offset=offset, data=data[offset : offset + chunk]),
+            lists_imports_pb2.UploadImportChunkRequest(
+                import_id=job.id, offset=offset, data=data[offset : offset + chunk]
+            ),
             metadata=md,
         )
-    await stub.StartImport(lists_pb2.StartImportRequest(import_id=job.id), metadata=md)
+    await stub.StartImport(lists_imports_pb2.StartImportRequest(import_id=job.id), metadata=md)
     return job.id
 
 
-async def wait_job(stub, signer, job_id: int, timeout: float = 60.0) -> lists_pb2.ImportJob:
+async def wait_job(stub, signer, job_id: int, timeout: float = 60.0) -> lists_imports_pb2.ImportJob:
     """Poll the job until it ends."""
     deadline = time.monotonic() + timeout
     while True:
-        job = await stub.GetImport(lists_pb2.GetImportRequest(import_id=job_id), metadata=as_user(signer))
+        job = await stub.GetImport(lists_imports_pb2.GetImportRequest(import_id=job_id), metadata=as_user(signer))
         if job.state in TERMINAL:
             return job
         assert time.monotonic() < deadline, f"import still {job.state} after {timeout} s"
@@ -77,7 +87,7 @@ async def error_csv(stub, signer, job_id: int) -> list[list[str]]:
         [
             c.data
             async for c in stub.StreamImportErrors(
-                lists_pb2.GetImportRequest(import_id=job_id), metadata=as_user(signer)
+                lists_imports_pb2.GetImportRequest(import_id=job_id), metadata=as_user(signer)
             )
         ]
     )
@@ -168,7 +178,7 @@ async def test_import_modes_and_duplicates(lists_service, stub, signer, database
     )
     body = b"email,name\nold@example.org,Changed\nnew@example.org,New\nnew@EXAMPLE.org,Newer\n"
     add_only = await wait_job(
-        stub, signer, await upload(stub, signer, list_id, body, mode=lists_pb2.IMPORT_MODE_ADD_ONLY)
+        stub, signer, await upload(stub, signer, list_id, body, mode=lists_imports_pb2.IMPORT_MODE_ADD_ONLY)
     )
     assert (add_only.rows_added, add_only.rows_updated, add_only.rows_skipped) == (1, 0, 1)
     assert subscribers(database_url)["old@example.org"][0] == "Old"
@@ -176,7 +186,7 @@ async def test_import_modes_and_duplicates(lists_service, stub, signer, database
 
     body = b"email,name\nold@example.org,Upd\nghost@example.org,Ghost\n"
     update_only = await wait_job(
-        stub, signer, await upload(stub, signer, list_id, body, mode=lists_pb2.IMPORT_MODE_UPDATE_ONLY)
+        stub, signer, await upload(stub, signer, list_id, body, mode=lists_imports_pb2.IMPORT_MODE_UPDATE_ONLY)
     )
     assert (update_only.rows_added, update_only.rows_updated, update_only.rows_skipped) == (0, 1, 1)
     assert "ghost@example.org" not in subscribers(database_url)
@@ -211,13 +221,13 @@ async def test_resume_after_kill_loses_and_duplicates_nothing(
     )
     first = await start(config)
     channel = pki.channel(first.grpc_port, "gateway")
-    client = lists_pb2_grpc.ListsServiceStub(channel)
+    client = ListsStubs(channel)
     list_id = await new_list(client, signer)
     data = ("email,name\n" + "".join(f"r{i}@example.org,R{i}\n" for i in range(3000))).encode()
     job_id = await upload(client, signer, list_id, data, chunk=64 * 1024)
     deadline = time.monotonic() + 60
     while True:
-        job = await client.GetImport(lists_pb2.GetImportRequest(import_id=job_id), metadata=as_user(signer))
+        job = await client.GetImport(lists_imports_pb2.GetImportRequest(import_id=job_id), metadata=as_user(signer))
         if job.rows_done > 0:
             break
         assert time.monotonic() < deadline and job.state not in TERMINAL, job.state
@@ -231,7 +241,7 @@ async def test_resume_after_kill_loses_and_duplicates_nothing(
     second = await start(config)
     try:
         channel = pki.channel(second.grpc_port, "gateway")
-        job = await wait_job(lists_pb2_grpc.ListsServiceStub(channel), signer, job_id)
+        job = await wait_job(ListsStubs(channel), signer, job_id)
         await channel.close()
     finally:
         await second.stop()
@@ -274,14 +284,14 @@ async def test_rollback_restores_previous_state(lists_service, stub, signer, dat
     body = "email,name,pref\nkept@example.org,Renamed,沖縄県\nfresh@example.org,Fresh,福岡県\n".encode()
     job = await wait_job(stub, signer, await upload(stub, signer, list_id, body))
     assert subscribers(database_url)["kept@example.org"][:2] == ("Renamed", {"pref": "沖縄県"})
-    rolled = await stub.RollbackImport(lists_pb2.GetImportRequest(import_id=job.id), metadata=as_user(signer))
+    rolled = await stub.RollbackImport(lists_imports_pb2.GetImportRequest(import_id=job.id), metadata=as_user(signer))
     assert rolled.state == "rolled_back"
     assert subscribers(database_url) == before
     with psycopg.connect(database_url) as conn:
         subs = conn.execute("SELECT list_id, count(*) FROM lists.list_subscriptions GROUP BY list_id").fetchall()
     assert subs == [(other, 2)]
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stub.RollbackImport(lists_pb2.GetImportRequest(import_id=job.id), metadata=as_user(signer))
+        await stub.RollbackImport(lists_imports_pb2.GetImportRequest(import_id=job.id), metadata=as_user(signer))
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -302,7 +312,8 @@ async def test_export_list_as_shift_jis(lists_service, stub, signer):
         [
             c.data
             async for c in stub.ExportSubscribers(
-                lists_pb2.ExportSubscribersRequest(list_id=list_id, encoding="shift_jis"), metadata=as_user(signer)
+                lists_imports_pb2.ExportSubscribersRequest(list_id=list_id, encoding="shift_jis"),
+                metadata=as_user(signer),
             )
         ]
     )
@@ -350,10 +361,12 @@ async def test_list_counts_follow_every_change(lists_service, stub, js, signer, 
     ids.update({s.email: s.id for s in await base.all_subscribers(stub, signer, vip)})
     gateway = [(IDENTITY_HEADER, signer.sign(Principal(organization_id=ORG, service="gateway"), "lists"))]
     token = unsubscribe_token(internal_key, RecipientRef(ORG, 1, ids["b@example.org"]))
-    await stub.Unsubscribe(lists_pb2.UnsubscribeRequest(token=token, list_ids=[vip], source="page"), metadata=gateway)
+    await stub.Unsubscribe(
+        lists_signup_pb2.UnsubscribeRequest(token=token, list_ids=[vip], source="page"), metadata=gateway
+    )
     await check({news: (5, 5), vip: (1, 1)})
     token = unsubscribe_token(internal_key, RecipientRef(ORG, 1, ids["a@example.org"]))
-    await stub.Unsubscribe(lists_pb2.UnsubscribeRequest(token=token, source="one-click"), metadata=gateway)
+    await stub.Unsubscribe(lists_signup_pb2.UnsubscribeRequest(token=token, source="one-click"), metadata=gateway)
     await check({news: (4, 4), vip: (1, 1)})
 
     # A status change without leaving the list: the member stays counted, no longer as active.
@@ -383,10 +396,11 @@ async def test_list_counts_follow_every_change(lists_service, stub, js, signer, 
     assert history.events[0].occurred_at.seconds > 0
 
     await stub.EraseSubscriber(
-        lists_pb2.EraseSubscriberRequest(subscriber_id=ids["f@example.org"]), metadata=as_user(signer, scopes=ADMIN)
+        lists_privacy_pb2.EraseSubscriberRequest(subscriber_id=ids["f@example.org"]),
+        metadata=as_user(signer, scopes=ADMIN),
     )
     await check({news: (3, 4), vip: (0, 0)})
-    await stub.RollbackImport(lists_pb2.GetImportRequest(import_id=first.id), metadata=md)
+    await stub.RollbackImport(lists_imports_pb2.GetImportRequest(import_id=first.id), metadata=md)
     # c, d and e were created by the rolled-back job; a was unsubscribed and only the job had put it on news.
     await check({news: (1, 1), vip: (0, 0)})
 
@@ -417,7 +431,7 @@ async def test_worker_process_parses_big_files_in_order(lists_service, stub, sig
     )
     gone = (await base.all_subscribers(stub, signer, list_id))[0].id
     await stub.EraseSubscriber(
-        lists_pb2.EraseSubscriberRequest(subscriber_id=gone), metadata=as_user(signer, scopes=ADMIN)
+        lists_privacy_pb2.EraseSubscriberRequest(subscriber_id=gone), metadata=as_user(signer, scopes=ADMIN)
     )
     lines = ["email,name,points"]
     for i in range(1000):

@@ -21,7 +21,6 @@ from mailblast.v1 import (
     campaigns_pb2,
     campaigns_pb2_grpc,
     lists_pb2,
-    lists_pb2_grpc,
 )
 from nats.js import JetStreamContext
 
@@ -38,6 +37,7 @@ from services.lists.config import Config as ListsConfig
 from services.sender import service as sender_service
 from services.sender.config import Config as SenderConfig
 from tests.support.dns import DnsServer
+from tests.support.lists import ListsStubs
 from tests.support.mtls import default_pki
 from tests.support.nats import ADMIN, NatsServer
 
@@ -118,9 +118,9 @@ class Stack:
         return channel
 
     @property
-    def lists_stub(self) -> lists_pb2_grpc.ListsServiceStub:
+    def lists_stub(self) -> ListsStubs:
         """Lists, as a user."""
-        return lists_pb2_grpc.ListsServiceStub(self.channel(self.lists.grpc_port))
+        return ListsStubs(self.channel(self.lists.grpc_port))
 
     @property
     def campaigns_stub(self) -> campaigns_pb2_grpc.CampaignsServiceStub:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mailblast.v1 import campaigns_pb2, lists_pb2
+from mailblast.v1 import campaigns_pb2, lists_fields_pb2, lists_pb2, lists_segments_pb2, lists_suppression_pb2
 
 
 async def test_segment_campaign_skips_suppressed_addresses(stack, smtp_sink):
@@ -13,8 +13,8 @@ async def test_segment_campaign_skips_suppressed_addresses(stack, smtp_sink):
     # nothing, even though they are active on a list.
     lists = stack.lists_stub
     await lists.CreateField(
-        lists_pb2.CreateFieldRequest(
-            key="plan", label="Plan", type=lists_pb2.FIELD_TYPE_CHOICE, options=["free", "pro"]
+        lists_fields_pb2.CreateFieldRequest(
+            key="plan", label="Plan", type=lists_fields_pb2.FIELD_TYPE_CHOICE, options=["free", "pro"]
         ),
         metadata=stack.metadata,
     )
@@ -32,7 +32,7 @@ async def test_segment_campaign_skips_suppressed_addresses(stack, smtp_sink):
     )
     assert not reply.errors
     segment = await lists.CreateSegment(
-        lists_pb2.SegmentInput(
+        lists_segments_pb2.SegmentInput(
             name="pro customers",
             conditions_json=json.dumps(
                 {"match": "all", "conditions": [{"field": "custom", "key": "plan", "op": "eq", "value": "pro"}]}
@@ -41,7 +41,8 @@ async def test_segment_campaign_skips_suppressed_addresses(stack, smtp_sink):
         metadata=stack.metadata,
     )
     await lists.AddSuppressions(
-        lists_pb2.AddSuppressionsRequest(emails=["p2@example.net"], reason="manual"), metadata=stack.metadata
+        lists_suppression_pb2.AddSuppressionsRequest(emails=["p2@example.net"], reason="manual"),
+        metadata=stack.metadata,
     )
     campaign = await stack.send_campaign([], segment_ids=[segment.id], subject="{{ name }} / {{ plan }}")
     done = await stack.wait_campaign(campaign.id, lambda c: c.state == campaigns_pb2.CAMPAIGN_STATE_SENT)

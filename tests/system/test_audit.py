@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import json
 
-from mailblast.v1 import auth_pb2, auth_pb2_grpc, campaigns_pb2, lists_pb2
+from mailblast.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    campaigns_pb2,
+    lists_fields_pb2,
+    lists_imports_pb2,
+    lists_pb2,
+    lists_privacy_pb2,
+    lists_segments_pb2,
+    lists_signup_pb2,
+    lists_suppression_pb2,
+)
 
 from services.common.privacy import email_hash
 from tests.support.console import poll
@@ -63,65 +74,74 @@ async def test_audience_actions_are_audited_with_token_address_and_no_personal_d
         return event
 
     field = await lists.CreateField(
-        lists_pb2.CreateFieldRequest(key="plan", label="プラン", type=lists_pb2.FIELD_TYPE_TEXT), metadata=md
+        lists_fields_pb2.CreateFieldRequest(key="plan", label="プラン", type=lists_fields_pb2.FIELD_TYPE_TEXT),
+        metadata=md,
     )
     assert (await latest("field.created")).target == f"field:{field.id}"
-    settings = lists_pb2.ListsSettings(
+    settings = lists_signup_pb2.ListsSettings(
         confirm_unsubscribe=True, sender_name="ニュース", sender_address="news@example.jp"
     )
     await lists.UpdateSettings(settings, metadata=md)
     assert json.loads((await latest("lists.settings_changed")).detail_json)["confirm_unsubscribe"] is True
-    form = await lists.CreateForm(lists_pb2.FormInput(list_id=list_id, name="top"), metadata=md)
+    form = await lists.CreateForm(lists_signup_pb2.FormInput(list_id=list_id, name="top"), metadata=md)
     assert (await latest("form.created")).target == f"form:{form.id}"
     conditions = json.dumps({"match": "all", "conditions": [{"field": "list", "op": "eq", "value": list_id}]})
-    segment = await lists.CreateSegment(lists_pb2.SegmentInput(name="all", conditions_json=conditions), metadata=md)
+    segment = await lists.CreateSegment(
+        lists_segments_pb2.SegmentInput(name="all", conditions_json=conditions), metadata=md
+    )
     assert (await latest("segment.created")).target == f"segment:{segment.id}"
     await lists.UpdateSegment(
-        lists_pb2.UpdateSegmentRequest(
-            segment_id=segment.id, segment=lists_pb2.SegmentInput(name="all 2", conditions_json=conditions)
+        lists_segments_pb2.UpdateSegmentRequest(
+            segment_id=segment.id, segment=lists_segments_pb2.SegmentInput(name="all 2", conditions_json=conditions)
         ),
         metadata=md,
     )
     assert (await latest("segment.updated")).target == f"segment:{segment.id}"
-    async for _ in lists.ExportSubscribers(lists_pb2.ExportSubscribersRequest(segment_id=segment.id), metadata=md):
+    async for _ in lists.ExportSubscribers(
+        lists_imports_pb2.ExportSubscribersRequest(segment_id=segment.id), metadata=md
+    ):
         pass
     assert (await latest("list.exported")).target == f"segment:{segment.id}"
-    await lists.DeleteSegment(lists_pb2.GetSegmentRequest(segment_id=segment.id), metadata=md)
+    await lists.DeleteSegment(lists_segments_pb2.GetSegmentRequest(segment_id=segment.id), metadata=md)
     assert (await latest("segment.deleted")).target == f"segment:{segment.id}"
-    await lists.DeleteField(lists_pb2.DeleteFieldRequest(field_id=field.id), metadata=md)
+    await lists.DeleteField(lists_fields_pb2.DeleteFieldRequest(field_id=field.id), metadata=md)
     assert json.loads((await latest("field.deleted")).detail_json)["key"] == "plan"
 
-    async for _ in lists.ExportSubscribers(lists_pb2.ExportSubscribersRequest(list_id=list_id), metadata=md):
+    async for _ in lists.ExportSubscribers(lists_imports_pb2.ExportSubscribersRequest(list_id=list_id), metadata=md):
         pass
     assert (await latest("list.exported")).target == f"list:{list_id}"
-    await lists.AddSuppressions(lists_pb2.AddSuppressionsRequest(emails=["hanako@example.jp"]), metadata=md)
+    await lists.AddSuppressions(lists_suppression_pb2.AddSuppressionsRequest(emails=["hanako@example.jp"]), metadata=md)
     assert json.loads((await latest("suppression.added")).detail_json)["added"] == 1
-    async for _ in lists.ExportSuppressions(lists_pb2.ExportSuppressionsRequest(), metadata=md):
+    async for _ in lists.ExportSuppressions(lists_suppression_pb2.ExportSuppressionsRequest(), metadata=md):
         pass
     assert (await latest("suppression.exported")).target == f"organization:{stack.organization_id}"
-    await lists.RemoveSuppression(lists_pb2.RemoveSuppressionRequest(email="hanako@example.jp"), metadata=md)
+    await lists.RemoveSuppression(
+        lists_suppression_pb2.RemoveSuppressionRequest(email="hanako@example.jp"), metadata=md
+    )
     hashed = email_hash(stack.sender_config.internal_key, "hanako@example.jp")
     assert (await latest("suppression.removed")).target == f"suppression:{hashed}"
 
     data = b"email,name\njiro@example.jp,Jiro\nnot an address,X\n"
     job = await lists.CreateImport(
-        lists_pb2.CreateImportRequest(list_id=list_id, total_bytes=len(data), file_name="a.csv"), metadata=md
+        lists_imports_pb2.CreateImportRequest(list_id=list_id, total_bytes=len(data), file_name="a.csv"), metadata=md
     )
-    await lists.UploadImportChunk(lists_pb2.UploadImportChunkRequest(import_id=job.id, data=data), metadata=md)
-    await lists.StartImport(lists_pb2.StartImportRequest(import_id=job.id), metadata=md)
+    await lists.UploadImportChunk(lists_imports_pb2.UploadImportChunkRequest(import_id=job.id, data=data), metadata=md)
+    await lists.StartImport(lists_imports_pb2.StartImportRequest(import_id=job.id), metadata=md)
     assert (await latest("import.started")).target == f"import:{job.id}"
     finished = json.loads((await latest("import.finished")).detail_json)
     assert (finished["state"], finished["rows_added"], finished["rows_failed"]) == ("done", 1, 1)
-    async for _ in lists.StreamImportErrors(lists_pb2.GetImportRequest(import_id=job.id), metadata=md):
+    async for _ in lists.StreamImportErrors(lists_imports_pb2.GetImportRequest(import_id=job.id), metadata=md):
         pass
     assert (await latest("import.errors_exported")).target == f"import:{job.id}"
-    await lists.RollbackImport(lists_pb2.GetImportRequest(import_id=job.id), metadata=md)
+    await lists.RollbackImport(lists_imports_pb2.GetImportRequest(import_id=job.id), metadata=md)
     assert (await latest("import.rolled_back")).target == f"import:{job.id}"
 
     found = await lists.SearchSubscribers(lists_pb2.SearchSubscribersRequest(email_prefix="hanako"), metadata=md)
     subscriber = found.subscribers[0].id
-    await lists.ExportSubscriberData(lists_pb2.ExportSubscriberDataRequest(subscriber_id=subscriber), metadata=md)
+    await lists.ExportSubscriberData(
+        lists_privacy_pb2.ExportSubscriberDataRequest(subscriber_id=subscriber), metadata=md
+    )
     assert (await latest("subscriber.data_exported")).target == f"subscriber:{subscriber}"
-    await lists.EraseSubscriber(lists_pb2.EraseSubscriberRequest(subscriber_id=subscriber), metadata=md)
+    await lists.EraseSubscriber(lists_privacy_pb2.EraseSubscriberRequest(subscriber_id=subscriber), metadata=md)
     erased = await latest("subscriber.erased")
     assert (erased.target, json.loads(erased.detail_json)) == (f"subscriber:{subscriber}", {"email_hash": hashed})

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import aiosmtplib
 import psycopg
 import pytest
-from mailblast.v1 import auth_pb2, auth_pb2_grpc, bounce_pb2, campaigns_pb2, events_pb2, lists_pb2
+from mailblast.v1 import auth_pb2, auth_pb2_grpc, bounce_pb2, campaigns_pb2, events_pb2, lists_pb2, lists_privacy_pb2
 from psycopg import sql
 
 from services.common import bus
@@ -112,7 +112,7 @@ async def _status(stack, subscriber: int, status: int) -> bool:
 async def erase(stack, subscriber: int) -> None:
     """Erase the subscriber as the admin's API token."""
     await stack.lists_stub.EraseSubscriber(
-        lists_pb2.EraseSubscriberRequest(subscriber_id=subscriber), metadata=stack.metadata
+        lists_privacy_pb2.EraseSubscriberRequest(subscriber_id=subscriber), metadata=stack.metadata
     )
 
 

@@ -11,11 +11,12 @@ import math
 import time
 
 import pytest
-from mailblast.v1 import campaigns_pb2, lists_pb2, lists_pb2_grpc
+from mailblast.v1 import campaigns_pb2, lists_pb2, lists_signup_pb2, lists_suppression_pb2
 
 from services.common.identity import IDENTITY_HEADER, Principal
 from services.common.verp import RecipientRef, unsubscribe_token
 from services.sender import service as sender_service
+from tests.support.lists import ListsStubs
 from tests.system.test_sender_control import BATCH_SIZE, acked, exactly_once, halted, handed_out, wait_spans
 
 # "Within a second": the time from the answer to the last message that still went out.
@@ -61,7 +62,8 @@ async def test_a_campaign_finishes_while_the_lists_service_is_down(stack, smtp_s
     finally:
         await stack.restart_lists()
     await stack.lists_stub.AddSuppressions(
-        lists_pb2.AddSuppressionsRequest(emails=["later@example.net"], reason="manual"), metadata=stack.metadata
+        lists_suppression_pb2.AddSuppressionsRequest(emails=["later@example.net"], reason="manual"),
+        metadata=stack.metadata,
     )
     deadline = time.monotonic() + 30
     while not await stack.senders[0].copies.suppressed(stack.organization_id, ["later@example.net"]):
@@ -120,12 +122,14 @@ async def test_an_unsubscribe_during_a_send_takes_effect_within_a_second(stack, 
     await smtp_sink.wait_for(100, timeout=120)
     leaving = emails[200::95][:30]
     # As the console relays a one-click unsubscribe: its certificate, a service identity of no organisation.
-    console = lists_pb2_grpc.ListsServiceStub(stack.channel(stack.lists.grpc_port, "gateway"))
+    console = ListsStubs(stack.channel(stack.lists.grpc_port, "gateway"))
     gateway = [(IDENTITY_HEADER, stack.signer.sign(Principal(organization_id=0, service="gateway"), "lists"))]
     answered: dict[str, float] = {}
     for address in leaving:
         token = unsubscribe_token(internal_key, RecipientRef(stack.organization_id, campaign.id, ids[address]))
-        await console.Unsubscribe(lists_pb2.UnsubscribeRequest(token=token, source="one-click"), metadata=gateway)
+        await console.Unsubscribe(
+            lists_signup_pb2.UnsubscribeRequest(token=token, source="one-click"), metadata=gateway
+        )
         answered[address] = time.time()
     done = await stack.wait_campaign(campaign.id, lambda c: c.state == campaigns_pb2.CAMPAIGN_STATE_SENT)
     received = smtp_sink.received_by()

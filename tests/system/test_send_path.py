@@ -11,13 +11,14 @@ from email.message import EmailMessage
 import aiosmtplib
 import grpc
 import pytest
-from mailblast.v1 import bounce_pb2, campaigns_pb2, campaigns_pb2_grpc, events_pb2, lists_pb2, lists_pb2_grpc
+from mailblast.v1 import bounce_pb2, campaigns_pb2, campaigns_pb2_grpc, events_pb2, lists_pb2
 
 from services.common import bus
 from services.common.identity import IDENTITY_HEADER, Principal
 from services.common.mail import send_transactional
 from services.common.verp import parse_return_path
 from tests.support.dkim_verify import EVERY_VERIFIER, passing, verify_everywhere
+from tests.support.lists import ListsStubs
 from tests.support.smtp import dsn_for
 
 SENT = campaigns_pb2.CAMPAIGN_STATE_SENT
@@ -199,7 +200,7 @@ async def test_bad_input_is_refused_clearly_and_nothing_is_injected(stack, smtp_
     # A user of another organisation, as the console relays one.
     other = Principal(organization_id=999, scopes=("read", "send", "admin"), service="gateway")
     relayed_campaigns = campaigns_pb2_grpc.CampaignsServiceStub(stack.channel(stack.campaigns.grpc_port, "gateway"))
-    relayed_lists = lists_pb2_grpc.ListsServiceStub(stack.channel(stack.lists.grpc_port, "gateway"))
+    relayed_lists = ListsStubs(stack.channel(stack.lists.grpc_port, "gateway"))
     for call, request in (
         (relayed_campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign.id)),
         (relayed_campaigns.SendCampaign, campaigns_pb2.SendCampaignRequest(campaign_id=campaign.id)),

@@ -8,7 +8,7 @@ import time
 
 import nats.errors
 import pytest
-from mailblast.v1 import campaigns_pb2, events_pb2, lists_pb2
+from mailblast.v1 import campaigns_pb2, events_pb2, lists_suppression_pb2
 
 from cli import nats_credentials
 from services.common import bus
@@ -176,7 +176,8 @@ async def test_address_suppressed_after_the_fan_out_is_not_sent_and_counts_as_su
     campaign = await handed_out(stack, emails)
     assert campaign.counters.total == 5
     added = await stack.lists_stub.AddSuppressions(
-        lists_pb2.AddSuppressionsRequest(emails=["s2@example.net"], reason="manual"), metadata=stack.metadata
+        lists_suppression_pb2.AddSuppressionsRequest(emails=["s2@example.net"], reason="manual"),
+        metadata=stack.metadata,
     )
     assert added.added == 1
     await start_sender(stack)
@@ -193,7 +194,8 @@ async def test_transactional_mail_to_a_suppressed_address_only_for_account_and_c
     # messages "auth.password_reset" or "lists.confirm" on its own subject is withheld too: only the
     # platform's services may publish the platform subject (NATS refuses it the application: test_nats_auth).
     await stack.lists_stub.AddSuppressions(
-        lists_pb2.AddSuppressionsRequest(emails=["blocked@example.net"], reason="manual"), metadata=stack.metadata
+        lists_suppression_pb2.AddSuppressionsRequest(emails=["blocked@example.net"], reason="manual"),
+        metadata=stack.metadata,
     )
     nc = await nats_server.connect()
     try:
