@@ -7,7 +7,7 @@ GEN_STAMP := gen/.stamp
 K8S_SCHEMAS := deploy/k8s/schemas/node_modules/.package-lock.json
 CHECKOV := .venv-checkov/bin/checkov
 
-.PHONY: install proto run test test-fast bench bench-import bench-copies chaos bench-bounces lint format docs clean test-deps test-tools lock audit run-%
+.PHONY: install proto proto-check proto-release run test test-fast bench bench-import bench-copies chaos bench-bounces lint format docs clean test-deps test-tools lock audit run-%
 
 install: $(VENV)/.installed
 
@@ -24,8 +24,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	echo "$(CURDIR)/gen" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/mailblast-gen.pth
 	touch $@
 
-# The schemas the k8s tests check the custom resources against (KEDA, CloudNativePG, cert-manager): npm
-# packages, exactly as deploy/k8s/schemas/package-lock.json pins them (with their integrity hashes).
+# The schemas the k8s tests check the custom resources against (KEDA, CloudNativePG, cert-manager,
+# prometheus-operator): npm packages, exactly as deploy/k8s/schemas/package-lock.json pins them (with
+# their integrity hashes).
 $(K8S_SCHEMAS): deploy/k8s/schemas/package-lock.json | test-deps
 	npm ci --prefix deploy/k8s/schemas --ignore-scripts --no-audit --no-fund --loglevel=error
 
@@ -43,6 +44,17 @@ $(GEN_STAMP): $(PROTOS) $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=gen --grpc_python_out=gen --pyi_out=gen $(PROTOS)
 	touch $@
 
+# The contracts: buf.yaml's lint rules, and no change a peer of the last release could not read
+# (proto/released.binpb, the contracts as last released; see DEVELOPERS.md, "Contracts").
+proto-check: install
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf breaking --against proto/released.binpb
+
+# At a release: the contracts as released become the baseline later changes are checked against.
+proto-release: install
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf build --exclude-source-info -o proto/released.binpb
+
 run: install proto
 	$(PY) -m dev.run
 
@@ -51,7 +63,7 @@ run-%: install proto
 
 # bandit reads the shipped code (not the tests) and fails on any finding of medium severity or above;
 # each one that is not a flaw is explained beside its `# nosec`.
-test: install proto test-deps test-tools
+test: install proto test-deps test-tools proto-check
 	$(PY) -m ruff check .
 	$(PY) -m bandit -q -r services cli dev bench --severity-level medium
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -72,8 +84,8 @@ test-deps:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else echo "the tests need Debian packages: sudo apt-get install -y $$missing" >&2; exit 1; fi
 
-bench: install proto
-	$(PY) -m bench.send
+bench: install proto test-deps
+	$(PY) -m bench.send $(ARGS)
 
 bench-import: install proto
 	$(PY) -m bench.import_csv

@@ -9,6 +9,7 @@ exact reason agreement and kind agreement, then the same per source corpus and p
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import sys
@@ -163,6 +164,37 @@ def score_sisimai_suite(root: Path, skip: set[str]) -> Score:
     return result
 
 
+def score_flufl_suite(root: Path, skip: set[str]) -> Score:
+    """Compare with flufl.bounce's own test expectations (tests/test_detectors.py DETECTORS, tests/data).
+
+    Each entry names the bounced addresses and whether the failure is temporary; flufl calls every
+    permanent failure hard, so its hard/soft is shown for what it is, not as our definition.
+    """
+    result = Score()
+    source = (root / "test_detectors.py").read_text(encoding="utf-8")
+    start = source.index("DETECTORS = [")
+    table = ast.literal_eval(source[source.index("[", start) : source.index("\n]\n", start) + 2])
+    for _detector, name, addresses, temporary in table:
+        if name in skip or not addresses:
+            continue
+        raw = (root / "data" / name).read_bytes()
+        started = time.process_time()
+        mine = {r.email: r for r in parse_bounce(raw).recipients}
+        result.cpu_seconds += time.process_time() - started
+        result.messages += 1
+        for address in addresses:
+            got = mine.get(address.decode().lower())
+            result.found.add(got is not None)
+            if got is None:
+                result.misses.append(f"{name}: {address.decode()} not found (found {sorted(mine)})")
+                continue
+            agreed = (got.kind == "hard") != temporary
+            result.hard.add(agreed)
+            if not agreed and not temporary:
+                result.definition_conflicts[got.reason] += 1
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the agreement rates of the corpus given (or the shared one) and the misses."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -174,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="P5_SISIMAI",
         help="also compare with p5-sisimai's test expectations (a checkout of sisimai/p5-sisimai), "
         "leaving out the messages of the corpus",
+    )
+    parser.add_argument(
+        "--flufl-suite",
+        type=Path,
+        metavar="TESTS",
+        help="also compare with flufl.bounce's test expectations (the tests/ folder of its source "
+        "distribution), leaving out the messages of the corpus",
     )
     args = parser.parse_args(argv)
     corpus = args.corpus or next((c for c in DEFAULT_CORPORA if (c / "labels.jsonl").exists()), None)
@@ -212,6 +251,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  records found         {out.found}")
         print(f"  hard/soft agreement   {out.hard}")
         print(f"  exact reason          {out.reason}")
+        if args.misses:
+            print("\n".join(f"  {m}" for m in out.misses))
+    if args.flufl_suite:
+        skip = {Path(row.get("upstream_path", row["file"])).name for row in labelled(corpus)}
+        out = score_flufl_suite(args.flufl_suite, skip)
+        conflicts = sum(out.definition_conflicts.values())
+        detail = ", ".join(f"{reason} {n}" for reason, n in out.definition_conflicts.most_common())
+        print(f"flufl.bounce's own expectations, {out.messages} messages not in the corpus:")
+        print(f"  addresses found       {out.found}")
+        print(
+            f"  hard/soft agreement   {out.hard} (permanent there, a soft reason by Sisimai's: {conflicts}: {detail})"
+        )
         if args.misses:
             print("\n".join(f"  {m}" for m in out.misses))
     return 0

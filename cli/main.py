@@ -29,7 +29,7 @@ from mailblast.v1 import (
     lists_suppression_pb2_grpc,
 )
 
-from cli import nats_credentials
+from cli import backup, nats_credentials
 from services.common import settings
 from services.common.bus import inbox_prefix, transactional_subject
 from services.common.settings import Setting, setting
@@ -479,6 +479,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--signing-key", type=Path, default=None, help=f"signing-key.json (default {_nats_dir() / 'signing-key.json'})"
     )
     c.add_argument("--out", type=Path, default=None, help="the .creds file to write (default ./<name>.creds)")
+
+    c = sub.add_parser(
+        "backup",
+        help="write every schema of DATABASE_URL and the keys that open its sealed secrets to one encrypted file "
+        "(key: MAILBLAST_BACKUP_KEY_FILE; needs no API token)",
+    )
+    c.add_argument("file", type=Path, help="the backup file to write (never overwritten)")
+    c = sub.add_parser("restore", help="bring a backup back into the empty database of DATABASE_URL")
+    c.add_argument("file", type=Path)
+    c.add_argument(
+        "--secrets-dir", type=Path, help="where to write the keys the backup holds (files totp-keys, internal-key)"
+    )
+    c = sub.add_parser("backup-key", help="make a new backup key (keep it apart from the backups)")
+    c.add_argument("file", type=Path, help="the key file to write (mode 0600, never overwritten)")
     return p
 
 
@@ -520,6 +534,33 @@ def cmd_nats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """`mailblast backup`, `mailblast restore` and `mailblast backup-key`; no key is ever printed."""
+    try:
+        if args.area == "backup-key":
+            try:
+                backup.write_key(args.file)
+            except FileExistsError:
+                raise CliError(f"{args.file} exists: a key file is never overwritten; choose another") from None
+            print(f"wrote {args.file} (mode 0600): point MAILBLAST_BACKUP_KEY_FILE at it; keep a copy apart")
+            return 0
+        config = backup.read_settings()
+        if args.area == "backup":
+            done = backup.backup(config, args.file)
+            print(f"wrote {done.path}: schemas {', '.join(done.schemas)}; keys {', '.join(done.secrets) or 'none'}")
+            missing = [name for name in ("AUTH_TOTP_KEYS", "MAILBLAST_INTERNAL_KEY") if name not in done.secrets]
+            if missing:
+                print(f"warning: {', '.join(missing)} not set, so not in the backup", file=sys.stderr)
+            return 0
+        done = backup.restore(config, args.file, args.secrets_dir)
+    except backup.BackupError as exc:
+        raise CliError(str(exc)) from None
+    print(f"restored the backup of {done.created_at}: schemas {', '.join(done.schemas)}")
+    for name in done.secrets:
+        print(f"  {name}: {args.secrets_dir / backup.SECRET_FILES[name]} (set {backup.setting_for(name)} to it)")
+    return 0
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit status."""
     args = build_parser().parse_args(argv)
@@ -527,6 +568,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return cmd_nats(args)
     if args.area == "bounce":
         return cmd_bounce_parse(args.files)
+    if args.area in ("backup", "restore", "backup-key"):
+        return cmd_backup(args)
     client = Client(args.token)
     if args.area == "lists":
         if args.cmd == "create":

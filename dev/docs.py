@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from cli.backup import BackupSettings
 from cli.main import CliSettings
 from dev.run import RunSettings
 from services.auth.config import Config as AuthConfig
@@ -18,6 +19,7 @@ from services.common.settings import markdown_table
 from services.gateway.config import Config as GatewayConfig
 from services.lists.config import Config as ListsConfig
 from services.sender.config import Config as SenderConfig
+from services.watchdog.config import Config as WatchdogConfig
 
 DEVELOPERS = Path(__file__).resolve().parents[1] / "DEVELOPERS.md"
 BEGIN = "<!-- settings: begin (written by `make docs` from the declarations; change those, not this table) -->"
@@ -31,8 +33,10 @@ OWNERS = {
     "sender": SenderConfig,
     "bounce": BounceConfig,
     "gateway": GatewayConfig,
+    "watchdog": WatchdogConfig,
     "`make run`": RunSettings,
     "`mailblast`": CliSettings,
+    "`mailblast backup`/`restore`": BackupSettings,
 }
 
 

@@ -7,7 +7,8 @@ Given DATABASE_URL, NATS_URL or SENDER_RELAY_HOST it uses those instead of start
 given NATS_URL, the services use the NATS_CREDS_FILE of the environment, if any). The embedded NATS
 requires authentication: each service gets its own credential from secrets/nats/.
 GATEWAY_BIND moves the gateway; MAILBLAST_START_TIMEOUT bounds the wait for the services to answer healthy
-(DEVELOPERS.md lists every setting with its default).
+(DEVELOPERS.md lists every setting with its default). Once everything is up, a service that dies is started
+again with a growing delay, and the console says so.
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ DKIM_RSA_SELECTOR = "mb1"
 DKIM_ED25519_SELECTOR = "mb1ed"
 RETURN_PATH_DOMAIN = "bounces.mailblast.example.com"
 ADMIN_LOGIN = "admin"
-SENDER_PROCESSES = 2
 STOP_GRACE = 15.0
+# A service that dies is started again: at once the first time, then after 1, 2, 4 ... seconds, at most 30;
+# one that had run for a minute before it died counts as a first time again.
+RESTART_DELAY_MAX = 30.0
+RESTART_STEADY_SECONDS = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +73,8 @@ class RunSettings:
     )
     # email-validator refuses special-use names such as .localhost.
     admin_email: str = setting("MAILBLAST_ADMIN_EMAIL", "admin@example.com", "the address of the first owner")
+    # `make bench` measures one sender against two in the same run.
+    sender_processes: int = setting("MAILBLAST_SENDER_PROCESSES", 2, "how many sender processes `make run` starts")
 
 
 class Stopped(Exception):
@@ -226,9 +232,15 @@ class ServiceProcess:
     grpc: bool = True
     process: subprocess.Popen | None = None
     _reader: threading.Thread | None = field(default=None, repr=False)
+    started_at: float = 0.0
+    restarts: int = 0
+    restart_delay: float = 0.0
+    # When a dead process is to be started again (time.monotonic()); None while it runs.
+    restart_due: float | None = None
 
     def start(self) -> None:
         """Start `python -m <module>` with stdout/stderr going to its log (errors echoed to the console)."""
+        self.started_at = time.monotonic()
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module],
             cwd=ROOT,
@@ -274,6 +286,16 @@ class ServiceProcess:
         """Wait for the log copier after the process is gone."""
         if self._reader is not None:
             self._reader.join(5)
+
+    def schedule_restart(self, now: float) -> float:
+        """Plan the next start of this dead process with a growing delay; return the delay."""
+        if self.restarts == 0 or now - self.started_at >= RESTART_STEADY_SECONDS:
+            self.restart_delay = 0.0
+        else:
+            self.restart_delay = min(RESTART_DELAY_MAX, max(1.0, 2 * self.restart_delay))
+        self.restarts += 1
+        self.restart_due = now + self.restart_delay
+        return self.restart_delay
 
 
 def stop_processes(processes: list[ServiceProcess], grace: float = STOP_GRACE) -> None:
@@ -383,7 +405,9 @@ class Supervisor:
     ) -> None:
         """Decide every service's address and environment."""
         ports = {name: free_port() for name in ("auth", "lists", "campaigns", "bounce")}
-        sender_ports = [free_port() for _ in range(SENDER_PROCESSES)]
+        if self.settings.sender_processes < 1:
+            raise StartFailed(f"MAILBLAST_SENDER_PROCESSES={self.settings.sender_processes}: give 1 or more")
+        sender_ports = [free_port() for _ in range(self.settings.sender_processes)]
         gateway_host, _, gateway_port = gateway_bind.rpartition(":")
         # bandit B104: a comparison with the wildcard address, not a bind to it
         public_host = "127.0.0.1" if gateway_host in ("0.0.0.0", "", "[::]") else gateway_host  # nosec B104
@@ -653,20 +677,30 @@ class Supervisor:
         print(f"\nmailblast is ready: {self.gateway_url}  (Ctrl-C to stop)", flush=True)
 
     def _watch(self) -> int:
-        while not self.stop_requested.wait(0.5):
-            dead = next((svc for svc in self.services if svc.exited()), None)
-            if dead is None:
-                continue
-            # Ctrl-C reaches the children at the same moment as us: give our own handler a moment.
-            if self.stop_requested.wait(1.0):
-                return 0
-            print(
-                f"\n{dead.name} exited with code {dead.process.returncode}; last lines of {dead.log_path}:\n"
-                f"{dead.log_tail()}",
-                file=sys.stderr,
-                flush=True,
-            )
-            return 1
+        """Restart every service that dies, as a process manager would, until told to stop."""
+        while not self.stop_requested.wait(0.2):
+            for svc in self.services:
+                if svc.restart_due is not None:
+                    if time.monotonic() >= svc.restart_due:
+                        svc.restart_due = None
+                        svc.start()
+                        print(f"{svc.name} started again (pid {svc.pid}, restart {svc.restarts})", flush=True)
+                    continue
+                if not svc.exited():
+                    continue
+                # Ctrl-C reaches the children at the same moment as us: give our own handler a moment.
+                if self.stop_requested.wait(1.0):
+                    return 0
+                code = svc.process.returncode
+                svc.finish()
+                ran = time.monotonic() - svc.started_at
+                delay = svc.schedule_restart(time.monotonic())
+                print(
+                    f"\n{svc.name} exited with code {code} after {ran:.0f}s; restarting it in {delay:.0f}s "
+                    f"(restart {svc.restarts}); last lines of {svc.log_path}:\n{svc.log_tail()}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return 0
 
     def shutdown(self) -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import secrets
 import ssl
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 import pytest_asyncio
 from opentelemetry import trace
@@ -21,10 +19,12 @@ from cli import nats_credentials
 from cli.nats_credentials import Setup
 from dev.embedded import start_nats, start_postgres
 from services.common.identity import IdentitySigner
+from tests.support.database import fresh_database, migrated_template
 from tests.support.dns import DnsServer
 from tests.support.mtls import TestPki, default_pki
 from tests.support.nats import NatsServer
 from tests.support.smtp import SmtpSink, make_self_signed
+from tests.support.stack import DkimKeys, make_dkim_keys
 
 
 @pytest.fixture(scope="session")
@@ -44,15 +44,16 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
 @pytest.fixture
 def database_url(postgres_server_url: str) -> Iterator[str]:
     """A fresh, empty database for one test, dropped afterwards."""
-    name = f"mbtest_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = psycopg.conninfo.make_conninfo(postgres_server_url, dbname=name)
-    try:
+    with fresh_database(postgres_server_url) as url:
         yield url
-    finally:
-        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def migrated_database(postgres_server_url: str) -> Iterator[str]:
+    """The name of a database with every service's schema migrated, for whole-pipeline tests to copy
+    (copying is about twice as fast as running five services' migrations in every test)."""
+    with migrated_template(postgres_server_url) as name:
+        yield name
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +104,12 @@ def dns_server() -> Iterator[DnsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def dkim_keys(tmp_path_factory: pytest.TempPathFactory) -> DkimKeys:
+    """DKIM keys for news.example.com and their DNS records (keys are made once: RSA-2048 takes a while)."""
+    return make_dkim_keys(tmp_path_factory.mktemp("dkim"))
 
 
 @pytest.fixture(scope="session")

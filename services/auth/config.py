@@ -34,6 +34,7 @@ class Config:
     grpc_tls: TlsFiles
     grpc_bind: str = setting("AUTH_GRPC_BIND", "0.0.0.0:50051", "where auth serves gRPC")
     health_bind: str = settings.HEALTH_BIND.field()
+    metrics_bind: str = settings.METRICS_BIND.field()
     lockout_threshold: int = setting(
         "AUTH_LOCKOUT_THRESHOLD",
         5,

@@ -5,6 +5,10 @@ logged in to the login before (a valid device cookie) is its own client, locked 
 and never throttled by its address; every other browser is one "unknown client" per login. While a client
 is locked for a login, every try answers LOCKED without the password being checked, and still counts.
 No grpc, no nats.
+
+Over 400 lines, on purpose: logins, lockouts, sessions, password links and TOTP share one set of rules
+(a reset clears lockouts and ends sessions, TOTP set-up runs in a set-up-only session) and are read together
+when one of them changes.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from cryptography.fernet import InvalidToken
 from services.auth import notices, passwords, tokens, totp
 from services.auth.config import Config
 from services.auth.devices import DeviceCookies
+from services.auth.records import Account, SessionRow
 from services.auth.sealing import SecretBox
-from services.auth.store import Account, AuthStore, SessionRow
+from services.auth.store import AuthStore
 from services.common.clock import Clock, SystemClock
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.log import get_logger
@@ -40,26 +45,26 @@ UNKNOWN_CLIENT = ""
 MAX_LOGIN_KEY = 200
 
 
-class LoginStatus(enum.Enum):
-    """Outcomes of a login (the proto's LoginStatus)."""
+class LoginStatus(enum.StrEnum):
+    """Outcomes of a login (convert.py turns them into the proto's LoginStatus, by name)."""
 
-    OK = 1
-    TOTP_REQUIRED = 2
-    FAILED = 3
-    TOTP_SETUP_REQUIRED = 4
-    LOCKED = 5
-    THROTTLED = 6
+    OK = "ok"
+    TOTP_REQUIRED = "totp_required"
+    FAILED = "failed"
+    TOTP_SETUP_REQUIRED = "totp_setup_required"
+    LOCKED = "locked"
+    THROTTLED = "throttled"
 
 
-class SessionStatus(enum.Enum):
-    """Outcomes of resolving a session token (the proto's SessionStatus)."""
+class SessionStatus(enum.StrEnum):
+    """Outcomes of resolving a session token (convert.py turns them into the proto's SessionStatus, by name)."""
 
-    VALID = 1
-    UNKNOWN = 2
-    IDLE_TIMEOUT = 3
-    ABSOLUTE_TIMEOUT = 4
-    REVOKED = 5
-    TOTP_SETUP_REQUIRED = 6
+    VALID = "valid"
+    UNKNOWN = "unknown"
+    IDLE_TIMEOUT = "idle_timeout"
+    ABSOLUTE_TIMEOUT = "absolute_timeout"
+    REVOKED = "revoked"
+    TOTP_SETUP_REQUIRED = "totp_setup_required"
 
 
 @dataclass(frozen=True)
@@ -181,7 +186,9 @@ class AccountSecurity:
         await self._store.clear_login_failures(login, client)
         setup_only = account.require_totp and not account.totp_enabled
         text, digest = new_secret_token()
-        session = await self._store.create_session(account, digest, setup_only, ip, attempt.user_agent[:500])
+        session = await self._store.create_session(
+            account, digest, setup_only, ip, attempt.user_agent[:500], self._clock.now()
+        )
         await self._store.audit(
             account.organization_id,
             account.id,
@@ -286,7 +293,7 @@ class AccountSecurity:
         """The state of a session token; a usable one is touched (its idle timer restarts)."""
         if not token:
             return ResolvedSession(SessionStatus.UNKNOWN)
-        row = await self._store.session(tokens.hash_secret(token))
+        row = await self._store.session(tokens.hash_secret(token), self._clock.now())
         if row is None:
             return ResolvedSession(SessionStatus.UNKNOWN)
         account = await self._store.account(row.user_id)
@@ -296,9 +303,14 @@ class AccountSecurity:
             return ResolvedSession(SessionStatus.ABSOLUTE_TIMEOUT, row, account)
         if row.now >= self.idle_expiry(row):
             return ResolvedSession(SessionStatus.IDLE_TIMEOUT, row, account)
-        await self._store.touch_session(row.id)
+        await self._store.touch_session(row.id, row.now)
         status = SessionStatus.TOTP_SETUP_REQUIRED if row.totp_setup_only else SessionStatus.VALID
         return ResolvedSession(status, row, account)
+
+    async def live_sessions(self, account_id: int) -> list[SessionRow]:
+        """The user's sessions neither revoked nor timed out, newest first."""
+        rows = await self._store.user_sessions(account_id, self._clock.now())
+        return [r for r in rows if r.now < self.absolute_expiry(r) and r.now < self.idle_expiry(r)]
 
     @property
     def idle_expiry_seconds(self) -> int:
@@ -326,7 +338,7 @@ class AccountSecurity:
 
     async def logout(self, token: str) -> None:
         """Revoke the session of this token, if any."""
-        row = await self._store.session(tokens.hash_secret(token)) if token else None
+        row = await self._store.session(tokens.hash_secret(token), self._clock.now()) if token else None
         if row is not None and row.revoked_at is None:
             await self._store.revoke_session(row.id, row.user_id, "logout")
             await self._store.audit(row.organization_id, row.user_id, "session.logout", f"session:{row.id}")
@@ -435,7 +447,9 @@ class AccountSecurity:
             refreshed = await self._store.account(account.id)
             assert refreshed is not None
             new_token, digest = new_secret_token()
-            await self._store.create_session(refreshed, digest, False, source_ip or session.source_ip, user_agent)
+            await self._store.create_session(
+                refreshed, digest, False, source_ip or session.source_ip, user_agent, self._clock.now()
+            )
         return codes, new_token
 
     async def disable_totp(self, token: str, password: str, source_ip: str) -> Account:

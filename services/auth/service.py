@@ -34,6 +34,7 @@ class Running:
         self._pool = pool
         self._nc = nc
         self.grpc_port = server.port
+        self.metrics_port = server.metrics_port
 
     async def stop(self) -> None:
         """Finish calls under way, then close NATS and the database pool."""
@@ -65,8 +66,9 @@ async def start(config: Config, *, clock: Clock | None = None) -> Running:
 
         # Auth answers its own bearer tokens locally, so users can manage tokens with a token.
         server = await start_grpc_server(
-            config.grpc_bind, register, me, resolve_token=authenticator, health_bind=config.health_bind
-        )
+            config.grpc_bind, register, me, resolve_token=authenticator, health_bind=config.health_bind,
+            metrics_bind=config.metrics_bind,
+        )  # fmt: skip
     except BaseException:
         if nc is not None:
             await nc.close()

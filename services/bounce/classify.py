@@ -17,12 +17,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from services.bounce.kinds import BounceKind
 from services.bounce.phrases import ALIGNED, NOT_REJECTED, NOTICE_PATTERNS, NOTICES, OURS, OURS_ALIGNED, PHRASES
 from services.bounce.providers import provider_in_reply, provider_reason
 
-HARD = "hard"
-SOFT = "soft"
-COMPLAINT = "complaint"
+HARD = BounceKind.HARD
+SOFT = BounceKind.SOFT
+COMPLAINT = BounceKind.COMPLAINT
 
 # Reasons that mean the address will not work again (Sisimai's hard bounces; notaccept when permanent).
 HARD_REASONS = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
@@ -109,7 +110,7 @@ _BEFORE_DATA = frozenset({"CONN", "EHLO", "HELO", "MAIL", "RCPT"})
 _NOT_USERUNKNOWN = ("norelaying", "blocked", "mailboxfull", "hasmoved", "rejected", "notaccept")
 
 _COMMAND = re.compile(
-    r"(?<![A-Za-z0-9@.])(HELO|EHLO|STARTTLS|AUTH|MAIL FROM|RCPT TO|DATA)(?![A-Za-z0-9@])"
+    r"(?<![A-Za-z0-9@.])(HELO|EHLO|STARTTLS|AUTH|MAIL FROM|RCPT TO|RCPT|DATA)(?![A-Za-z0-9@])"
     r"|(?:in reply to|after|while sending|during|>>>|<<<)\s*(mail from|rcpt to|data|end of data|helo|ehlo)\b",
     re.IGNORECASE,
 )
@@ -248,6 +249,8 @@ def _claims(reason: str, f: _Facts) -> bool:
     if reason == "suspend":
         return bool(f.status) and (f.code == 525 or matches(reason, f.text))
     if reason == "norelaying":
+        if f.preset in ("securityerror", "systemerror", "undefined"):
+            return False
         return f.command not in ("CONN", "EHLO", "HELO") and matches(reason, f.text)
     if reason == "userunknown":
         if f.name == "suspend":
@@ -318,13 +321,19 @@ def squeeze_reply(text: str) -> str:
     return f"{code} {status} {text}".replace("  ", " ") if status else f"{code} {text}"
 
 
+# Gmail's "(state N)" at the end of the reply it quotes names the SMTP step it had reached, and so what
+# a refusal there means (Sisimai's Gmail module): 6 MAIL, 8/9/12 AUTH, 13 EHLO, 14 RCPT, 15-18 DATA.
+_GMAIL_STATE = re.compile(r"\(state (\d{1,2})\)\.?\s*$")
+_GMAIL_STATES = {
+    "6": "systemerror", "8": "systemerror", "9": "systemerror", "12": "norelaying", "13": "blocked",
+    "14": "userunknown", "15": "filtered", "17": "filtered", "18": "filtered",
+}  # fmt: skip
+
+
 def _fallback(f: _Facts, action: str, x_unix: bool) -> str:
     """Sisimai's anotherone(): the words alone, then the status class, the Action and the command."""
     if f.preset:
         return f.preset
-    if f.command in ("CONN", "HELO", "EHLO"):
-        # Refused before any envelope was given: the client itself was not wanted (Sisimai's MTA modules).
-        return "blocked"
     reason = f.name
     if reason and reason not in _RETRY and not x_unix:
         return reason
@@ -355,17 +364,27 @@ def reason_of(
     """The Sisimai reason for one failed recipient (see the module docstring); `provider` as providers.py names it."""
     raw = squeeze_reply(diagnostic or "")
     text = " ".join(raw.lower().split())
-    status = prefer_status(status, raw)
     if status.startswith("2."):
         return "delivered"
+    status = failure_status(prefer_status(status, raw))
     name = STATUS_REASONS.get(status, "")
     command = command or find_command(raw)
-    if not command and name in ("", "userunknown", "hostunknown") and matches("userunknown", text):
-        # Servers say a mailbox does not exist in answer to RCPT; with no transcript (nor a status that
-        # names a filter) to say otherwise, that is the step, for every rule below alike. Sisimai's MTA
-        # modules read their notices the same way.
+    addressing = status[1:3] == ".1" and status not in ("5.1.7", "5.1.8", "4.1.7", "4.1.8")
+    if not command and (not name or addressing) and matches("userunknown", text):
+        # Servers say a mailbox does not exist in answer to RCPT; with no transcript to say otherwise and
+        # no status, or one about the recipient's address (X.1.Y, RFC 3463; Microsoft's 5.1.10
+        # RecipientNotFound among them), that is the step, for every rule below alike. Sisimai's MTA
+        # modules read their notices the same way; its generic rules would say "filtered".
         command = "RCPT"
-    # A refusal of the greeting or of HELO is about the client, whatever the notice says next.
+    state = _GMAIL_STATE.search(text)
+    if state and state.group(1) in _GMAIL_STATES:
+        # Gmail's own notices end the remote reply with the step it reached: "(state 14)".
+        # A precise status the reply quotes names the reason; else the step does.
+        return name if name and ".0" not in status else _GMAIL_STATES[state.group(1)]
+    if " but my name was rejected." in text:
+        # qmail's words for a refused HELO: the client itself was not wanted, whatever follows.
+        return "blocked"
+    # A refusal of the greeting or of HELO is about the client, not what an MTA's notice says next.
     preset = "" if command in ("CONN", "HELO", "EHLO") else notice_reason(text)
     if preset and preset not in _RETRY:
         return preset
@@ -398,10 +417,15 @@ def is_hard(reason: str, status: str = "", smtp_code: int = 0, text: str = "") -
     return not re.search(r"\b4\d\d\b|temporar|persistent", text or "", re.IGNORECASE)
 
 
+def failure_status(status: str) -> str:
+    """A status read from a failure's words: a 2.x.x there is a version number or a quoted success."""
+    return "" if status.startswith("2.") else status
+
+
 def classify(
     status: str = "", diagnostic: str = "", smtp_code: int = 0, command: str = "", action: str = "", provider: str = ""
 ) -> Verdict:
     """Classify one failed recipient from its enhanced status, the server's words, reply code and command."""
     reason = reason_of(status, diagnostic, smtp_code, command, action, provider)
-    status = prefer_status(status, diagnostic)
+    status = status if status.startswith("2.") else failure_status(prefer_status(status, diagnostic))
     return Verdict(HARD if is_hard(reason, status, smtp_code, diagnostic) else SOFT, reason)

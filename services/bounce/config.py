@@ -22,6 +22,7 @@ class Config:
     auth_addr: str = settings.AUTH_ADDR.field()
     grpc_bind: str = setting("BOUNCE_GRPC_BIND", "0.0.0.0:50055", "where bounce serves gRPC")
     health_bind: str = settings.HEALTH_BIND.field()
+    metrics_bind: str = settings.METRICS_BIND.field()
     smtp_bind: str = setting("BOUNCE_SMTP_BIND", "0.0.0.0:2525", "where bounce takes returned mail over SMTP")
     smtp_hostname: str = setting("BOUNCE_SMTP_HOSTNAME", "bounce.mailblast.example.com", "the name bounce greets with")
     max_message_bytes: int = setting(

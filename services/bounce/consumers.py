@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from mailblast.v1 import events_pb2
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from opentelemetry import trace
 
 from services.bounce.attribution import smtp_bounce_id
-from services.bounce.classify import SOFT, classify
+from services.bounce.classify import classify
+from services.bounce.kinds import BounceKind, BounceSource
 from services.bounce.recorder import BounceRecorder
 from services.bounce.store import BounceRow
 from services.common import bus
-from services.common.tracing import extract_context
+from services.common.runner import Ack, Decision, Delivery, Runner
 
 DURABLE_DELIVERY = "bounce-delivery"
-tracer = trace.get_tracer("services.bounce")
+# Reports worked on at once: each is its own transaction, and reports are independent of each other.
+SLOTS = 8
 
 
 def bounces_of(report: events_pb2.DeliveryReport) -> list[BounceRow]:
@@ -29,9 +30,9 @@ def bounces_of(report: events_pb2.DeliveryReport) -> list[BounceRow]:
             continue
         if event.outcome == events_pb2.DELIVERY_OUTCOME_REJECTED:
             verdict = classify(event.enhanced_status, event.smtp_message, event.smtp_code)
-            kind, reason = verdict.kind, verdict.reason
+            kind, reason = BounceKind(verdict.kind), verdict.reason
         elif event.outcome == events_pb2.DELIVERY_OUTCOME_EXPIRED:
-            kind, reason = SOFT, "expired"
+            kind, reason = BounceKind.SOFT, "expired"
         else:
             continue
         occurred = event.occurred_at.ToDatetime(tzinfo=UTC) if event.HasField("occurred_at") else None
@@ -43,7 +44,7 @@ def bounces_of(report: events_pb2.DeliveryReport) -> list[BounceRow]:
                 subscriber_id=event.subscriber_id,
                 email=event.email,
                 kind=kind,
-                source="smtp",
+                source=BounceSource.SMTP,
                 status=event.enhanced_status,
                 smtp_code=event.smtp_code,
                 diagnostic=event.smtp_message[:2000],
@@ -54,24 +55,23 @@ def bounces_of(report: events_pb2.DeliveryReport) -> list[BounceRow]:
     return rows
 
 
-def delivery_consumer(js: JetStreamContext, recorder: BounceRecorder) -> bus.PullConsumer:
-    """The durable consumer of delivery reports (bounce-delivery on MAILBLAST_DELIVERY)."""
+class DeliveryReportConsumer(Runner[events_pb2.DeliveryReport]):
+    """bounce-delivery: the bounces each delivery report implies, recorded and announced in order."""
 
-    async def handle(msgs: list[Msg]) -> None:
-        for msg in msgs:
-            with tracer.start_as_current_span("bounce.delivery_report", context=extract_context(msg.headers)):
-                try:
-                    report = bus.decode(msg, events_pb2.DeliveryReport)
-                except bus.DecodeError as exc:
-                    await bus.dead_letter(js, msg, f"not a DeliveryReport: {exc}")
-                    continue
-                await recorder.record(bounces_of(report))
-                await msg.ack()
+    payload_type = events_pb2.DeliveryReport
+    span_name = "record refusals"
 
-    return bus.PullConsumer(
-        js=js,
-        stream=bus.STREAM_DELIVERY,
-        durable=DURABLE_DELIVERY,
-        subject=bus.SUBJECT_DELIVERY_REPORT,
-        handler=handle,
-    )
+    def __init__(self, js: JetStreamContext, recorder: BounceRecorder) -> None:
+        super().__init__(
+            js, stream=bus.STREAM_DELIVERY, durable=DURABLE_DELIVERY, subject=bus.SUBJECT_DELIVERY_REPORT, slots=SLOTS
+        )
+        self._recorder = recorder
+
+    def describe(self, report: events_pb2.DeliveryReport, delivery: Delivery) -> dict[str, Any]:
+        """How many events the report holds."""
+        return {"mailblast.events": len(report.events)}
+
+    async def dispose(self, report: events_pb2.DeliveryReport, delivery: Delivery) -> Decision:
+        """Record the report's refusals and expiries; acknowledged once they are stored and announced."""
+        await self._recorder.record(bounces_of(report))
+        return Ack()

@@ -14,11 +14,14 @@ from email.message import Message
 from email.policy import compat32
 from email.utils import getaddresses
 
+from flufl.bounce import all_failures
+
 from services.bounce.classify import (
     COMPLAINT,
     SOFT,
     Verdict,
     classify,
+    failure_status,
     find_command,
     find_reply_code,
     find_status,
@@ -312,7 +315,22 @@ def _result(
     # The command the server was answering: the diagnostic's transcript first, else the notice's.
     command = find_command(diagnostic) or find_command(context)
     domain = recipient.rpartition("@")[2]
-    provider = provider_of((remote, *hosts_named(text), *hosts_named(context), *hosts), domain)
+    # The refusing host first (Remote-MTA, then hosts the reply names), then the notice's, the bounce's
+    # first hop, the recipient's domain: the reporting MTA's own provider is not the refusing one's.
+    provider = next(
+        (
+            found
+            for found in (
+                provider_of((remote,), ""),
+                provider_of(hosts_named(text), ""),
+                provider_of(hosts_named(context), ""),
+                provider_of(hosts, ""),
+                provider_of((), domain),
+            )
+            if found
+        ),
+        "",
+    )
     verdict = classify(status, text, code, command, action, provider)
     if action == "delayed":
         # Still being retried by the reporting MTA: whatever the reason, the address is not gone yet.
@@ -326,7 +344,7 @@ def _result(
         email=recipient,
         kind=verdict.kind,
         reason=verdict.reason,
-        status=prefer_status(status, text),
+        status=status if status.startswith("2.") else failure_status(prefer_status(status, text)),
         action=action,
         diagnostic=" ".join(diagnostic.split())[:1000],
         smtp_code=code or find_reply_code(text),
@@ -638,12 +656,14 @@ def _parse(raw: bytes | str | Message) -> BounceReport:
         return BounceReport(
             AUTO_REPLY, tuple(RecipientResult(email=s, kind="soft", reason="vacation") for s in sender), **base
         )
-    if not _looks_like_bounce(msg, notice):
-        return BounceReport(NOT_BOUNCE, (), **base)
-    # Exim and Gmail name the failed recipients in a header; the notice's words are the fallback.
-    addresses = _addresses_in(msg.get_all("X-Failed-Recipients", []))
-    addresses = addresses or _text_recipients(notice, _excluded_addresses(msg, parts))
     problems = list(base.pop("problems"))
+    detected = _detected_failures(msg, notice, _excluded_addresses(msg, parts), problems)
+    if not detected and not _looks_like_bounce(msg, notice):
+        return BounceReport(NOT_BOUNCE, (), problems=tuple(problems), **base)
+    # Exim and Gmail name the failed recipients in a header; then flufl.bounce's detectors of the
+    # MTAs' notice formats; the notice's words are the fallback.
+    addresses = _addresses_in(msg.get_all("X-Failed-Recipients", []))
+    addresses = addresses or detected or _text_recipients(notice, _excluded_addresses(msg, parts))
     if not addresses:
         inline = _inline_original(parts)
         for h in [*parts.original_headers, *([inline] if inline is not None else [])]:
@@ -656,11 +676,29 @@ def _parse(raw: bytes | str | Message) -> BounceReport:
     # A notice about one recipient speaks of it throughout, also in lines before its address.
     others = tuple(addresses)
     about = {addr: notice if len(addresses) == 1 else _notice_about(notice, addr, others) for addr in addresses}
-    results = [_result(addr, find_status(about[addr]), "failed", "", "", about[addr], first_hop) for addr in addresses]
+    results = [
+        _result(addr, failure_status(find_status(about[addr])), "failed", "", "", about[addr], first_hop)
+        for addr in addresses
+    ]
     if _is_google_groups_refusal(msg, notice):
         # Google Groups' notice lists four causes, all of them about the sender's right to post.
         results = [replace(r, reason="rejected", kind=SOFT) for r in results]
     return BounceReport(BOUNCE, tuple(results), problems=tuple(problems), **base)
+
+
+def _detected_failures(msg: Message, notice: str, excluded: set[str], problems: list[str]) -> list[str]:
+    """The failed addresses flufl.bounce's format detectors find, in the order the notice names them."""
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception as exc:  # a third-party detector on hostile input: ours still read the notice
+        problems.append(f"flufl.bounce could not read the notice: {type(exc).__name__}: {exc}")
+        return []
+    found = {a.decode("utf-8", "replace").strip().strip("<>").lower() for a in (*permanent, *temporary)}
+    # Exim's "(generated from <address>)" names the alias that expanded, not another failure.
+    aliases = {a.lower().strip("<>") for a in re.findall(r"\(generated from ([^)\s]+)\)", notice, re.IGNORECASE)}
+    found = {a for a in found if _ADDRESS.fullmatch(a) and a not in excluded and a not in aliases}
+    lowered = notice.lower()
+    return sorted(found, key=lambda a: (lowered.find(a) % (len(lowered) + 1), a))
 
 
 def _addresses_in(values: list) -> list[str]:

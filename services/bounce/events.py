@@ -5,16 +5,10 @@ from __future__ import annotations
 from mailblast.v1 import events_pb2
 from nats.js import JetStreamContext
 
+from services.bounce import convert
 from services.bounce.recorder import Announce
 from services.bounce.store import BounceRow
-from services.common import bus
-
-_KINDS = {
-    "hard": events_pb2.BOUNCE_KIND_HARD,
-    "soft": events_pb2.BOUNCE_KIND_SOFT,
-    "complaint": events_pb2.BOUNCE_KIND_COMPLAINT,
-}
-_SOURCES = {"smtp": events_pb2.BOUNCE_SOURCE_SMTP, "dsn": events_pb2.BOUNCE_SOURCE_DSN}
+from services.common import bus, metrics
 
 
 def bounce_event(row: BounceRow) -> events_pb2.BounceEvent:
@@ -25,8 +19,8 @@ def bounce_event(row: BounceRow) -> events_pb2.BounceEvent:
         campaign_id=row.campaign_id,
         subscriber_id=row.subscriber_id,
         email=row.email,
-        kind=_KINDS[row.kind],
-        source=_SOURCES[row.source],
+        kind=convert.kind_to_proto(row.kind),
+        source=convert.source_to_proto(row.source),
         status=row.status,
         smtp_code=row.smtp_code,
         diagnostic=row.diagnostic,
@@ -40,5 +34,6 @@ def announcer(js: JetStreamContext) -> Announce:
 
     async def announce(row: BounceRow) -> None:
         await bus.publish(js, bus.SUBJECT_BOUNCE_RECORDED, bounce_event(row), msg_id=row.bounce_id)
+        metrics.BOUNCES.labels("bounce", row.kind, row.source).inc()
 
     return announce

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from mailblast.v1 import bounce_pb2, bounce_pb2_grpc
 
+from services.bounce import convert
 from services.bounce.store import BounceRow, BounceStore
 from services.common.errors import InvalidArgument
 from services.common.identity import require_scope
@@ -15,8 +16,8 @@ def _record(row: BounceRow) -> bounce_pb2.BounceRecord:
         campaign_id=row.campaign_id,
         subscriber_id=row.subscriber_id,
         email=row.email,
-        kind=row.kind,
-        source=row.source,
+        kind=convert.kind_to_proto(row.kind),
+        source=convert.source_to_proto(row.source),
         status=row.status,
         diagnostic=row.diagnostic,
     )

@@ -791,7 +791,8 @@ OURS_ALIGNED: dict[str, tuple[tuple[str, ...], ...]] = {
 
 # What MTAs write in their own notices (Sisimai's MTA modules, lib/Sisimai/Lhost/*.pm): a reason read
 # from the notice before the generic rules, as Sisimai's MTA modules set it. Fragments so general that
-# they only mean something inside one MTA's notice ("Unable to", " - spam") are left out.
+# they only mean something inside one MTA's notice ("Unable to", " - spam") are left out. The first
+# reason that matches wins, so expired comes last: a notice names the cause before the timeout.
 NOTICES: dict[str, tuple[str, ...]] = {
     "rejected": ("you are not a member of this mailing list", "not member article from "),
     "contenterror": (
@@ -802,16 +803,6 @@ NOTICES: dict[str, tuple[str, ...]] = {
         "(000502cc)",
     ),
     "exceedlimit": (" - message size exceeds recipient", "the message exeeded the maximum size the user accepts"),
-    "expired": (
-        "message will be retried for ",
-        "your message was not delivered within ",
-        "could not deliver for the last ",
-        "dns error: could not contact dns servers",
-        "delivery to the following recipient has been delayed",
-        "the recipient server did not accept our requests to connect",
-        "retry timeout exceeded",
-        "envelope expired",
-    ),
     "filtered": (
         "mail delivery failed... user unknown",
         "cannot route mail to user",
@@ -932,6 +923,16 @@ NOTICES: dict[str, tuple[str, ...]] = {
     "virusdetected": (
         " - infected",
         "requested action not taken: virus detected",
+    ),
+    "expired": (
+        "message will be retried for ",
+        "your message was not delivered within ",
+        "could not deliver for the last ",
+        "dns error: could not contact dns servers",
+        "delivery to the following recipient has been delayed",
+        "the recipient server did not accept our requests to connect",
+        "retry timeout exceeded",
+        "envelope expired",
     ),
 }
 # MTA notice wordings with a number in them (IMail: "Delivery failed 20 attempts").

@@ -9,6 +9,7 @@ from opentelemetry import trace
 
 from services.bounce.attribution import attribute, dsn_bounce_id
 from services.bounce.dsn import parse_bounce
+from services.bounce.kinds import BounceKind, BounceSource
 from services.bounce.store import BounceRow, BounceStore
 from services.common.log import get_logger
 
@@ -64,8 +65,8 @@ class BounceRecorder:
                         campaign_id=item.ref.campaign_id,
                         subscriber_id=item.ref.subscriber_id,
                         email=result.email,
-                        kind=result.kind,
-                        source="dsn",
+                        kind=BounceKind(result.kind),
+                        source=BounceSource.DSN,
                         status=result.status,
                         smtp_code=result.smtp_code,
                         diagnostic=result.diagnostic,

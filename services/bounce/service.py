@@ -12,14 +12,14 @@ from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
 from services.bounce.config import Config
-from services.bounce.consumers import delivery_consumer
+from services.bounce.consumers import DeliveryReportConsumer
 from services.bounce.events import announcer
 from services.bounce.grpc_api import BounceServicer
 from services.bounce.recorder import BounceRecorder
 from services.bounce.smtp import BounceHandler, BoundedSMTP, ConnectionCounter, SessionLimits
 from services.bounce.store import BounceStore
 from services.common import bus, db, rpc
-from services.common.erasure import erasure_consumer
+from services.common.erasure import ErasureConsumer
 from services.common.log import get_logger
 
 log = get_logger(__name__)
@@ -41,8 +41,8 @@ class Running:
 
     grpc_port: int
     smtp_port: int
-    consumer: bus.PullConsumer
-    erasures: bus.PullConsumer
+    consumer: DeliveryReportConsumer
+    erasures: ErasureConsumer
     recorder: BounceRecorder
     _grpc: rpc.GrpcServer
     _smtp: asyncio.base_events.Server
@@ -50,6 +50,11 @@ class Running:
     _pool: AsyncConnectionPool
     _stop: asyncio.Event
     _consumer_tasks: list[asyncio.Task]
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound /metrics port (0: none)."""
+        return self._grpc.metrics_port
 
     async def stop(self) -> None:
         """Stop taking mail and calls, finish the batch under way, close connections."""
@@ -79,8 +84,8 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
     store = BounceStore(pool)
     recorder = BounceRecorder(store, announcer(js), config.internal_key)
 
-    consumer = delivery_consumer(js, recorder)
-    erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)
+    consumer = DeliveryReportConsumer(js, recorder)
+    erasures = ErasureConsumer(js, ERASURES_DURABLE, store.erase)
     await consumer.start()
     await erasures.start()
     stop = asyncio.Event()
@@ -121,7 +126,9 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
         bounce_pb2_grpc.add_BounceServiceServicer_to_server(BounceServicer(store), server)
         return ["mailblast.v1.BounceService"]
 
-    grpc_server = await rpc.start_grpc_server(config.grpc_bind, register, me, resolver, config.health_bind)
+    grpc_server = await rpc.start_grpc_server(
+        config.grpc_bind, register, me, resolver, config.health_bind, metrics_bind=config.metrics_bind
+    )
     log.info("bounce service started", grpc_port=grpc_server.port, smtp_port=smtp_port)
     return Running(
         grpc_port=grpc_server.port,

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from psycopg_pool import AsyncConnectionPool
 
+from services.bounce.kinds import BounceKind, BounceSource
 from services.common.erasure import Erasure, exclude_writers, hold_off_erasures
 
 SERVICE = "bounce"
@@ -55,8 +56,8 @@ class BounceRow:
     campaign_id: int
     subscriber_id: int
     email: str
-    kind: str  # hard, soft or complaint
-    source: str  # smtp or dsn
+    kind: BounceKind
+    source: BounceSource
     status: str
     smtp_code: int
     diagnostic: str
@@ -112,4 +113,5 @@ class BounceStore:
         """The organisation's bounces of one campaign, oldest first (none for another's campaign)."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(LIST_BOUNCES, (organization_id, campaign_id))
-            return [BounceRow(*row) for row in await cur.fetchall()]
+            rows = [BounceRow(*row) for row in await cur.fetchall()]
+        return [replace(r, kind=BounceKind(r.kind), source=BounceSource(r.source)) for r in rows]

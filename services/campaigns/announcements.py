@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from mailblast.v1 import campaigns_pb2, events_pb2
+from mailblast.v1 import events_pb2
 from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
+from services.campaigns import convert
+from services.campaigns.states import CampaignState
 from services.common import bus
 from services.common.outbox import Announcement, OutboxRelay, OutboxTable
 
@@ -26,7 +28,7 @@ def campaign_state_changed(row: tuple[int, int, int, str, dt.datetime]) -> Annou
     event = events_pb2.CampaignStateChanged(
         organization_id=organization_id,
         campaign_id=campaign_id,
-        state=campaigns_pb2.CampaignState.Value(f"CAMPAIGN_STATE_{state.upper()}"),
+        state=convert.state_to_proto(CampaignState(state)),
         version=change_id,
         changed_at=at,
     )

@@ -10,7 +10,7 @@ from nats.js import JetStreamContext
 
 from services.campaigns.fanout import Recipient, batch_msg_id
 from services.campaigns.store import CampaignRow
-from services.common import bus
+from services.common import bus, metrics
 
 
 def send_batch(campaign: CampaignRow, batch_number: int, recipients: Sequence[Recipient]) -> events_pb2.SendBatch:
@@ -50,3 +50,5 @@ class JetStreamBatches:
         """Publish one batch; JetStream drops a republished one with the same id."""
         message = send_batch(campaign, batch_number, recipients)
         await bus.publish(self._js, bus.SUBJECT_SEND_BATCH, message, msg_id=batch_msg_id(campaign.id, batch_number))
+        metrics.FANOUT_BATCHES.labels("campaigns").inc()
+        metrics.FANOUT_RECIPIENTS.labels("campaigns").inc(len(recipients))

@@ -24,6 +24,7 @@ class Config:
     auth_addr: str = settings.AUTH_ADDR.field()
     grpc_bind: str = setting("CAMPAIGNS_GRPC_BIND", "0.0.0.0:50053", "where campaigns serves gRPC")
     health_bind: str = settings.HEALTH_BIND.field()
+    metrics_bind: str = settings.METRICS_BIND.field()
     batch_size: int = setting("CAMPAIGNS_BATCH_SIZE", 500, "recipients per SendBatch")
     time_zone: str = settings.TIME_ZONE.field()
     schedule_poll_seconds: float = setting(

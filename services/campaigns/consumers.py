@@ -1,95 +1,107 @@
-"""Campaign counters from the senders' delivery reports and the bounce service's bounce events."""
+"""Campaign counters from the senders' delivery reports and the bounce service's bounce events.
+
+Both runners write in groups: the reports that come together are counted in one transaction.
+"""
 
 from __future__ import annotations
 
-from mailblast.v1 import events_pb2
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from opentelemetry import trace
+from collections.abc import Sequence
+from typing import Any
 
+from mailblast.v1 import events_pb2
+from nats.js import JetStreamContext
+
+from services.campaigns import convert
+from services.campaigns.states import RecipientStatus
 from services.campaigns.store import CampaignStore, RecipientOutcome
 from services.common import bus
-from services.common.tracing import extract_context
-
-tracer = trace.get_tracer("mailblast.campaigns")
+from services.common.runner import Ack, Decision, Delivery, GroupRunner
 
 DURABLE_DELIVERY = "campaigns-delivery"
 DURABLE_BOUNCES = "campaigns-bounces"
+# Messages worked on (and so counted together) at once.
+SLOTS = 200
 
-_STATUS = {
-    events_pb2.DELIVERY_OUTCOME_SENT: "sent",
-    events_pb2.DELIVERY_OUTCOME_DEFERRED: "deferred",
-    events_pb2.DELIVERY_OUTCOME_REJECTED: "bounced",
-    events_pb2.DELIVERY_OUTCOME_EXPIRED: "failed",
-    events_pb2.DELIVERY_OUTCOME_SUPPRESSED: "suppressed",
-}
+# One bounce to count: its id (counted once, however often it is announced) and the recipient's outcome.
+CountedBounce = tuple[str, RecipientOutcome]
 
 
-def delivery_consumer(js: JetStreamContext, store: CampaignStore) -> bus.PullConsumer:
-    """Counts each recipient's latest delivery outcome."""
-
-    async def handle(msgs: list[Msg]) -> None:
-        outcomes: list[RecipientOutcome] = []
-        good: list[Msg] = []
-        for msg in msgs:
-            try:
-                report = bus.decode(msg, events_pb2.DeliveryReport)
-            except bus.DecodeError as exc:
-                await bus.dead_letter(js, msg, f"not a DeliveryReport: {exc}")
-                continue
-            good.append(msg)
-            for event in report.events:
-                status = _STATUS.get(event.outcome)
-                if status is None:
-                    continue
-                outcomes.append(
-                    RecipientOutcome(event.campaign_id, event.subscriber_id, event.email, status, event.smtp_code)
-                )
-        if good:
-            with tracer.start_as_current_span(
-                "campaign.count_deliveries",
-                context=extract_context(good[0].headers),
-                attributes={"mailblast.events": len(outcomes)},
-            ):
-                await store.apply_outcomes(outcomes)
-            for msg in good:
-                await msg.ack()
-
-    return bus.PullConsumer(js, bus.STREAM_DELIVERY, DURABLE_DELIVERY, bus.SUBJECT_DELIVERY_REPORT, handle, batch=200)
-
-
-def bounce_consumer(js: JetStreamContext, store: CampaignStore) -> bus.PullConsumer:
-    """Counts recipients whose mail came back after it was accepted (DSNs); the senders' own refusals, which
-    bounce also announces for lists' error-stop, are counted once, from the delivery reports."""
-
-    async def handle(msgs: list[Msg]) -> None:
-        outcomes: list[RecipientOutcome] = []
-        bounce_ids: list[str] = []
-        good: list[Msg] = []
-        for msg in msgs:
-            try:
-                event = bus.decode(msg, events_pb2.BounceEvent)
-            except bus.DecodeError as exc:
-                await bus.dead_letter(js, msg, f"not a BounceEvent: {exc}")
-                continue
-            good.append(msg)
-            if event.kind == events_pb2.BOUNCE_KIND_COMPLAINT or not event.campaign_id:
-                continue
-            if event.source == events_pb2.BOUNCE_SOURCE_SMTP:
-                # The sender's own refusal (a 5xx, an expiry): counted from its DeliveryReport already.
-                continue
-            bounce_ids.append(event.bounce_id)
+def outcomes_of(report: events_pb2.DeliveryReport) -> list[RecipientOutcome]:
+    """The recipient outcomes a delivery report counts (transactional mail's events count nothing)."""
+    outcomes = []
+    for event in report.events:
+        status = convert.recipient_status(event.outcome)
+        if status is not None:
             outcomes.append(
-                RecipientOutcome(event.campaign_id, event.subscriber_id, event.email, "bounced", event.smtp_code)
+                RecipientOutcome(event.campaign_id, event.subscriber_id, event.email, status, event.smtp_code)
             )
-        if good:
-            with tracer.start_as_current_span(
-                "campaign.count_bounces",
-                context=extract_context(good[0].headers),
-                attributes={"mailblast.events": len(outcomes)},
-            ):
-                await store.apply_outcomes(outcomes, bounce_ids)
-            for msg in good:
-                await msg.ack()
+    return outcomes
 
-    return bus.PullConsumer(js, bus.STREAM_BOUNCE, DURABLE_BOUNCES, bus.SUBJECT_BOUNCE_RECORDED, handle, batch=200)
+
+def bounce_outcome(event: events_pb2.BounceEvent) -> CountedBounce | None:
+    """The bounce a BounceEvent counts: DSNs of campaign mail only.
+
+    The senders' own refusals (a 5xx, an expiry), which bounce also announces for lists' error stop, are
+    counted once, from the delivery reports; complaints are not bounces.
+    """
+    if event.kind == events_pb2.BOUNCE_KIND_COMPLAINT or not event.campaign_id:
+        return None
+    if event.source == events_pb2.BOUNCE_SOURCE_SMTP:
+        return None
+    outcome = RecipientOutcome(
+        event.campaign_id, event.subscriber_id, event.email, RecipientStatus.BOUNCED, event.smtp_code
+    )
+    return event.bounce_id, outcome
+
+
+class DeliveryCounter(GroupRunner[events_pb2.DeliveryReport, list[RecipientOutcome]]):
+    """campaigns-delivery: counts each recipient's latest delivery outcome."""
+
+    payload_type = events_pb2.DeliveryReport
+    span_name = "count deliveries"
+
+    def __init__(self, js: JetStreamContext, store: CampaignStore) -> None:
+        async def write(groups: Sequence[list[RecipientOutcome]]) -> list[None]:
+            await store.apply_outcomes([outcome for outcomes in groups for outcome in outcomes])
+            return [None] * len(groups)
+
+        super().__init__(
+            js, write=write, stream=bus.STREAM_DELIVERY, durable=DURABLE_DELIVERY,
+            subject=bus.SUBJECT_DELIVERY_REPORT, slots=SLOTS,
+        )  # fmt: skip
+
+    def describe(self, report: events_pb2.DeliveryReport, delivery: Delivery) -> dict[str, Any]:
+        """How many events the report holds."""
+        return {"mailblast.events": len(report.events)}
+
+    async def dispose(self, report: events_pb2.DeliveryReport, delivery: Delivery) -> Decision:
+        """Count the report's outcomes with the others that came with it."""
+        await self.writer.submit(outcomes_of(report))
+        return Ack()
+
+
+class BounceCounter(GroupRunner[events_pb2.BounceEvent, CountedBounce | None]):
+    """campaigns-bounces: counts recipients whose mail came back after it was accepted (DSNs)."""
+
+    payload_type = events_pb2.BounceEvent
+    span_name = "count bounce"
+
+    def __init__(self, js: JetStreamContext, store: CampaignStore) -> None:
+        async def write(bounces: Sequence[CountedBounce | None]) -> list[None]:
+            counted = [bounce for bounce in bounces if bounce is not None]
+            await store.apply_outcomes([outcome for _, outcome in counted], [bounce_id for bounce_id, _ in counted])
+            return [None] * len(bounces)
+
+        super().__init__(
+            js, write=write, stream=bus.STREAM_BOUNCE, durable=DURABLE_BOUNCES, subject=bus.SUBJECT_BOUNCE_RECORDED,
+            slots=SLOTS,
+        )  # fmt: skip
+
+    def describe(self, event: events_pb2.BounceEvent, delivery: Delivery) -> dict[str, Any]:
+        """The bounce's campaign."""
+        return {"mailblast.campaign_id": event.campaign_id}
+
+    async def dispose(self, event: events_pb2.BounceEvent, delivery: Delivery) -> Decision:
+        """Count the bounce (if it is one campaigns counts) with the others that came with it."""
+        await self.writer.submit(bounce_outcome(event))
+        return Ack()

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from opentelemetry import trace
 
+from services.campaigns.states import CampaignState
 from services.campaigns.store import CampaignRow, CampaignStore
 from services.common.identity import Principal, reset_principal, set_principal
 from services.common.log import get_logger
@@ -106,7 +107,7 @@ class FanOut:
     async def _run(self, organization_id: int, campaign_id: int) -> None:
         with tracer.start_as_current_span("campaign.fanout", attributes={"mailblast.campaign_id": campaign_id}) as span:
             campaign = await self._store.get(organization_id, campaign_id)
-            if campaign is None or campaign.state != "sending" or campaign.fanout_complete:
+            if campaign is None or campaign.state != CampaignState.SENDING or campaign.fanout_complete:
                 return
             # Measured only when both the campaign and its organisation say so (as they stand at the fan-out).
             if campaign.tracking and not await self._store.tracking_enabled(organization_id):
@@ -135,7 +136,7 @@ class FanOut:
     async def _publish(self, campaign: CampaignRow, batch_number: int, recipients: list[Recipient]) -> bool:
         # A paused or cancelled campaign hands out nothing more.
         current = await self._store.get(campaign.organization_id, campaign.id)
-        if current is None or current.state != "sending":
+        if current is None or current.state != CampaignState.SENDING:
             log.info("fan-out stopped", campaign_id=campaign.id, state=current and current.state)
             return False
         with tracer.start_as_current_span(

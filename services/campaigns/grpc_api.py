@@ -22,9 +22,11 @@ from mailblast.v1 import (
 )
 from opentelemetry import trace
 
+from services.campaigns import convert
 from services.campaigns.content import CampaignDraft, check_limits, validate_draft
 from services.campaigns.fanout import FanOut
 from services.campaigns.schedule import check_schedule
+from services.campaigns.states import CampaignState
 from services.campaigns.store import CampaignRow, CampaignStore
 from services.common import tracking
 from services.common.audit import AuditTrail
@@ -38,22 +40,13 @@ log = get_logger(__name__)
 
 tracer = trace.get_tracer("mailblast.campaigns")
 
-_STATES = {
-    "draft": campaigns_pb2.CAMPAIGN_STATE_DRAFT,
-    "sending": campaigns_pb2.CAMPAIGN_STATE_SENDING,
-    "paused": campaigns_pb2.CAMPAIGN_STATE_PAUSED,
-    "sent": campaigns_pb2.CAMPAIGN_STATE_SENT,
-    "cancelled": campaigns_pb2.CAMPAIGN_STATE_CANCELLED,
-    "scheduled": campaigns_pb2.CAMPAIGN_STATE_SCHEDULED,
-}
-
 
 def to_proto(row: CampaignRow) -> campaigns_pb2.Campaign:
     """The wire form of a stored campaign."""
     campaign = campaigns_pb2.Campaign(
         id=row.id,
         name=row.name,
-        state=_STATES[row.state],
+        state=convert.state_to_proto(row.state),
         list_ids=row.list_ids,
         segment_ids=row.segment_ids,
         from_name=row.from_name,
@@ -154,7 +147,7 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         principal = require_scope("send")
         # Another organisation's campaign is NOT_FOUND before any validation says anything about it.
         row = await self._get(principal.organization_id, request.campaign_id)
-        if row.state != "draft":
+        if row.state != CampaignState.DRAFT:
             raise FailedPrecondition(
                 "campaign %(campaign)s is %(state)s; only a draft can be changed", campaign=row.id, state=row.state
             )
@@ -223,7 +216,9 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         rows = await self._store.list(principal.organization_id)
         return campaigns_pb2.ListCampaignsResponse(campaigns=[to_proto(r) for r in rows])
 
-    async def _transition(self, campaign_id: int, allowed: tuple[str, ...], to: str, verb: str) -> CampaignRow:
+    async def _transition(
+        self, campaign_id: int, allowed: tuple[CampaignState, ...], to: CampaignState, verb: str
+    ) -> CampaignRow:
         principal = require_scope("send")
         before, after = await self._store.change_state(principal.organization_id, campaign_id, allowed, to)
         if before is None:
@@ -249,9 +244,9 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         with tracer.start_as_current_span("campaign.send", attributes={"mailblast.campaign_id": request.campaign_id}):
             principal = require_scope("send")
             draft = await self._get(principal.organization_id, request.campaign_id)
-            if draft.state == "draft":
+            if draft.state == CampaignState.DRAFT:
                 await self._check_sendable(draft)
-            row = await self._transition(request.campaign_id, ("draft",), "sending", "sent")
+            row = await self._transition(request.campaign_id, (CampaignState.DRAFT,), CampaignState.SENDING, "sent")
             self._fanout.start(row)
             await self._audit(context, "campaign.sent", row)
             return to_proto(row)
@@ -262,10 +257,11 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         await self._audit_trail.record(action, f"campaign:{row.id}", detail, context=context)
 
     async def PauseCampaign(self, request, context):
-        return to_proto(await self._transition(request.campaign_id, ("sending",), "paused", "paused"))
+        paused = await self._transition(request.campaign_id, (CampaignState.SENDING,), CampaignState.PAUSED, "paused")
+        return to_proto(paused)
 
     async def ResumeCampaign(self, request, context):
-        row = await self._transition(request.campaign_id, ("paused",), "sending", "resumed")
+        row = await self._transition(request.campaign_id, (CampaignState.PAUSED,), CampaignState.SENDING, "resumed")
         self._fanout.start(row)
         return to_proto(row)
 
@@ -314,8 +310,8 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         await self._audit_trail.record("campaign.sent", f"campaign:{row.id}", detail, principal=actor)
 
     async def CancelCampaign(self, request, context):
-        allowed = ("draft", "scheduled", "sending", "paused")
-        return to_proto(await self._transition(request.campaign_id, allowed, "cancelled", "cancelled"))
+        allowed = (CampaignState.DRAFT, CampaignState.SCHEDULED, CampaignState.SENDING, CampaignState.PAUSED)
+        return to_proto(await self._transition(request.campaign_id, allowed, CampaignState.CANCELLED, "cancelled"))
 
     async def SendTest(self, request, context):
         principal = require_scope("send")

@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from services.campaigns.announcements import campaign_state_relay
 from services.campaigns.batches import JetStreamBatches
 from services.campaigns.config import Config
-from services.campaigns.consumers import bounce_consumer, delivery_consumer
+from services.campaigns.consumers import BounceCounter, DeliveryCounter
 from services.campaigns.fanout import FanOut
 from services.campaigns.grpc_api import CampaignsServicer
 from services.campaigns.recipients import ListsAudience
@@ -29,7 +29,7 @@ from services.campaigns.schedule import Scheduler
 from services.campaigns.store import CampaignStore
 from services.common import bus, db, mail
 from services.common.clock import Clock, SystemClock
-from services.common.erasure import erasure_consumer
+from services.common.erasure import ErasureConsumer
 from services.common.outbox import OutboxRelay
 from services.common.rpc import (
     GrpcServer,
@@ -53,9 +53,9 @@ class Running:
     nc: NATS
     fanout: FanOut
     store: CampaignStore
-    delivery_consumer: bus.PullConsumer
-    bounce_consumer: bus.PullConsumer
-    erasure_consumer: bus.PullConsumer
+    delivery_consumer: DeliveryCounter
+    bounce_consumer: BounceCounter
+    erasure_consumer: ErasureConsumer
     states: OutboxRelay
     channels: list[grpc.aio.Channel]
     scheduler: Scheduler
@@ -66,6 +66,11 @@ class Running:
     def grpc_port(self) -> int:
         """The bound gRPC port."""
         return self.grpc_server.port
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound /metrics port (0: none)."""
+        return self.grpc_server.metrics_port
 
     async def stop(self) -> None:
         """Stop serving, fanning out and consuming; progress is kept for the next start."""
@@ -120,10 +125,12 @@ async def start(
         campaigns_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, server)
         return [campaigns_pb2.DESCRIPTOR.services_by_name["CampaignsService"].full_name]
 
-    grpc_server = await start_grpc_server(config.grpc_bind, register, me, resolver, config.health_bind)
-    deliveries = delivery_consumer(js, store)
-    bounces = bounce_consumer(js, store)
-    erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)
+    grpc_server = await start_grpc_server(
+        config.grpc_bind, register, me, resolver, config.health_bind, metrics_bind=config.metrics_bind
+    )
+    deliveries = DeliveryCounter(js, store)
+    bounces = BounceCounter(js, store)
+    erasures = ErasureConsumer(js, ERASURES_DURABLE, store.erase)
     await deliveries.start()
     await bounces.start()
     await erasures.start()

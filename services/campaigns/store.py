@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from psycopg import AsyncConnection
@@ -11,6 +11,7 @@ from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from services.campaigns.content import CampaignDraft
+from services.campaigns.states import CampaignState, RecipientStatus, transition
 from services.common.erasure import Erasure, exclude_writers, hold_off_erasures
 
 SERVICE = "campaigns"
@@ -23,7 +24,7 @@ class CampaignRow:
     id: int
     organization_id: int
     name: str
-    state: str
+    state: CampaignState
     list_ids: list[int]
     from_name: str
     from_address: str
@@ -52,6 +53,9 @@ class CampaignRow:
     clicks_unique: int = 0
     clicks_total: int = 0
 
+    def __post_init__(self) -> None:
+        self.state = CampaignState(self.state)
+
     @property
     def queued(self) -> int:
         """Handed to the senders with no outcome yet."""
@@ -65,7 +69,7 @@ class RecipientOutcome:
     campaign_id: int
     subscriber_id: int
     email: str
-    status: str  # deferred, sent, bounced, failed, suppressed
+    status: RecipientStatus
     smtp_code: int
 
 
@@ -214,14 +218,6 @@ WHERE id = %s"""
 CLAIM_BOUNCE = "INSERT INTO processed_bounces (bounce_id) VALUES (%s) ON CONFLICT DO NOTHING"
 
 
-def transition(old: str | None, new: str) -> bool:
-    """Whether an event moving a recipient from `old` to `new` is applied (events may arrive late or twice)."""
-    if old is None or old == "deferred":
-        return True
-    # A bounce can come back after the receiving server first accepted the message.
-    return old == "sent" and new == "bounced"
-
-
 class CampaignStore:
     """Named SQL over the service's pool."""
 
@@ -267,7 +263,7 @@ class CampaignStore:
             return await cur.fetchall()
 
     async def change_state(
-        self, organization_id: int, campaign_id: int, allowed_from: Iterable[str], to: str
+        self, organization_id: int, campaign_id: int, allowed_from: Iterable[CampaignState], to: CampaignState
     ) -> tuple[CampaignRow | None, CampaignRow | None]:
         """Move a campaign to `to` if it is in one of `allowed_from`; returns (before, after)."""
         async with self.pool.connection() as conn, conn.transaction():
@@ -390,7 +386,7 @@ class CampaignStore:
             await conn.execute(FINISH_FANOUT, (campaign_id,))
             await conn.execute(COMPLETE_IF_DONE, (campaign_id,))
 
-    async def apply_outcomes(self, outcomes: list[RecipientOutcome], bounce_ids: list[str] = ()) -> None:
+    async def apply_outcomes(self, outcomes: list[RecipientOutcome], bounce_ids: Sequence[str] = ()) -> None:
         """Apply delivery outcomes to recipient states and counters in one transaction."""
         by_campaign: dict[int, list[RecipientOutcome]] = {}
         async with self.pool.connection() as conn, conn.transaction():
@@ -419,7 +415,7 @@ class CampaignStore:
 
 
 async def _claim_bounces(
-    conn: AsyncConnection, bounce_ids: list[str], outcomes: list[RecipientOutcome]
+    conn: AsyncConnection, bounce_ids: Sequence[str], outcomes: list[RecipientOutcome]
 ) -> list[RecipientOutcome]:
     fresh = []
     for bounce_id, outcome in zip(bounce_ids, outcomes, strict=True):
@@ -441,10 +437,10 @@ async def _apply_campaign(conn: AsyncConnection, campaign_id: int, outcomes: lis
         if previous is None or transition(previous.status, outcome.status):
             latest[outcome.subscriber_id] = outcome
     cur = await conn.execute(SELECT_STATUSES, (campaign_id, list(latest)))
-    current = dict(await cur.fetchall())
+    current = {subscriber_id: RecipientStatus(status) for subscriber_id, status in await cur.fetchall()}
     cur = await conn.execute(SELECT_ERASED, (found[0], list(latest)))
     erased = dict(await cur.fetchall())
-    delta = {"sent": 0, "deferred": 0, "bounced": 0, "failed": 0, "suppressed": 0}
+    delta = dict.fromkeys(RecipientStatus, 0)
     rows = []
     for subscriber_id, outcome in latest.items():
         old = current.get(subscriber_id)
@@ -461,6 +457,13 @@ async def _apply_campaign(conn: AsyncConnection, campaign_id: int, outcomes: lis
         await wcur.executemany(UPSERT_DELIVERY, rows)
     await conn.execute(
         ADD_COUNTERS,
-        (delta["sent"], delta["deferred"], delta["bounced"], delta["failed"], delta["suppressed"], campaign_id),
+        (
+            delta[RecipientStatus.SENT],
+            delta[RecipientStatus.DEFERRED],
+            delta[RecipientStatus.BOUNCED],
+            delta[RecipientStatus.FAILED],
+            delta[RecipientStatus.SUPPRESSED],
+            campaign_id,
+        ),
     )
     await conn.execute(COMPLETE_IF_DONE, (campaign_id,))

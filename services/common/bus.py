@@ -1,4 +1,4 @@
-"""NATS JetStream for the services: subjects, streams, traced publishing and a pull-consumer loop."""
+"""NATS JetStream for the services: subjects, streams, permissions and traced publishing (runner.py consumes)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import base64
 import contextlib
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +16,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -186,6 +182,8 @@ class Access:
     # service may create a stream it uses, so start-up order does not matter, but creating cannot
     # alter a stream that exists: the server refuses a different configuration under the same name.
     maintains: tuple[str, ...] = ()
+    # Other services' durables whose state (backlog, progress) this service may read, and nothing more.
+    watches: tuple[Consumer, ...] = ()
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -210,6 +208,7 @@ class Access:
         for stream in self.streams:
             allow += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.CREATE.{stream}"]
         allow += [f"$JS.API.STREAM.UPDATE.{stream}" for stream in self.maintains]
+        allow += [f"$JS.API.CONSUMER.INFO.{c.stream}.{c.durable}" for c in self.watches]
         return list(dict.fromkeys(allow))
 
 
@@ -265,6 +264,14 @@ SERVICE_ACCESS: dict[str, Access] = {
             Consumer(STREAM_PRIVACY, "bounce-erasures", SUBJECT_SUBSCRIBER_ERASED),
         ),
         maintains=(STREAM_BOUNCE,),
+    ),
+    # The operators' watchdog: it counts deliveries and bounces, and looks at the senders' backlog.
+    "watchdog": Access(
+        consumes=(
+            Consumer(STREAM_DELIVERY, "watchdog-delivery", SUBJECT_DELIVERY_REPORT),
+            Consumer(STREAM_BOUNCE, "watchdog-bounces", SUBJECT_BOUNCE_RECORDED),
+        ),
+        watches=(Consumer(STREAM_SEND, "sender-batches", SUBJECT_SEND_BATCH),),
     ),
 }
 
@@ -400,66 +407,4 @@ def decode(msg: Msg, message_type: type[Message]) -> Message:
     return parsed
 
 
-@dataclass
-class PullConsumer:
-    """A durable pull consumer; `run_once` handles one fetched batch so tests never sleep."""
-
-    js: JetStreamContext
-    stream: str
-    durable: str
-    subject: str
-    handler: Callable[[list[Msg]], Awaitable[None]]
-    batch: int = 100
-    ack_wait: float = 60.0
-    max_ack_pending: int = 20_000
-    _sub: JetStreamContext.PullSubscription | None = None
-
-    async def start(self) -> None:
-        """Bind to (or create) the durable consumer."""
-        config = ConsumerConfig(
-            name=self.durable,
-            durable_name=self.durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=self.ack_wait,
-            max_deliver=-1,
-            max_ack_pending=self.max_ack_pending,
-            filter_subject=self.subject,
-        )
-        self._sub = await self.js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream, config=config)
-        info = await self.js.consumer_info(self.stream, self.durable)
-        if info.config.filter_subject != self.subject:
-            # A durable made by an older release keeps its filter until told (transactional mail moved
-            # to one subject per organisation).
-            await self.js.add_consumer(self.stream, config)
-
-    async def run_once(self, timeout: float = 1.0) -> int:
-        """Fetch up to `batch` messages (waiting at most `timeout`), hand them over, return how many."""
-        assert self._sub is not None, "start() first"
-        try:
-            msgs = await self._sub.fetch(self.batch, timeout=timeout)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return 0
-        if msgs:
-            await self.handler(msgs)
-        return len(msgs)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Handle batches until `stop` is set; a failing batch is logged and left for redelivery."""
-        while not stop.is_set():
-            try:
-                await self.run_once(timeout=1.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("consumer batch failed; its messages will be redelivered", durable=self.durable)
-                await asyncio.sleep(1.0)
-
-    async def stop(self) -> None:
-        """Leave the subscription (the durable consumer stays on the server)."""
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
-
-
-__all__ = ["DecodeError", "PullConsumer", "connect", "dead_letter", "decode", "publish"]
+__all__ = ["DecodeError", "connect", "dead_letter", "decode", "publish"]

@@ -9,6 +9,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from services.common import metrics
 from services.common.log import get_logger
 
 log = get_logger(__name__)
@@ -62,4 +63,5 @@ async def open_pool(url: str, schema: str, min_size: int = 1, max_size: int = 10
         check=AsyncConnectionPool.check_connection,
     )  # fmt: skip
     await pool.open(wait=True, timeout=30)
+    metrics.POOLS.watch(schema, pool)
     return pool

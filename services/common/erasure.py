@@ -1,4 +1,4 @@
-"""Erasure of a subscriber in the services that hold its address: the durable consumer of lists'
+"""Erasure of a subscriber in the services that hold its address: the runner of lists'
 mailblast.privacy.erased events, and the lock that keeps ledger writes from racing an erasure."""
 
 from __future__ import annotations
@@ -6,19 +6,17 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from mailblast.v1 import events_pb2
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from opentelemetry import trace
 from psycopg import AsyncConnection
 
 from services.common import bus
 from services.common.log import get_logger
-from services.common.tracing import extract_context
+from services.common.runner import Ack, DeadLetter, Decision, Delivery, Runner
 
 log = get_logger(__name__)
-tracer = trace.get_tracer("mailblast.erasure")
 
 # A failure that is not the event's fault (database down) is retried after this pause.
 RETRY_DELAY_SECONDS = 5.0
@@ -36,47 +34,47 @@ class Erasure:
     erased_at: dt.datetime
 
 
-def erasure_consumer(
-    js: JetStreamContext, durable: str, erase: Callable[[Erasure], Awaitable[None]]
-) -> bus.PullConsumer:
-    """The service's durable consumer of erasures; `erase` must be idempotent (events are redelivered)."""
+def erasure_of(event: events_pb2.SubscriberErased) -> Erasure | None:
+    """The erasure an event asks for; None when it lacks what an erasure needs to find the rows."""
+    if event.organization_id <= 0 or event.subscriber_id <= 0 or len(event.email_hash) != _HASH_LENGTH:
+        return None
+    erased_at = event.erased_at.ToDatetime(tzinfo=dt.UTC) if event.HasField("erased_at") else dt.datetime.now(dt.UTC)
+    return Erasure(event.erasure_id, event.organization_id, event.subscriber_id, event.email_hash, erased_at)
 
-    async def handle(msgs: list[Msg]) -> None:
-        for msg in msgs:
-            try:
-                event = bus.decode(msg, events_pb2.SubscriberErased)
-            except bus.DecodeError as exc:
-                await bus.dead_letter(js, msg, f"not a SubscriberErased: {exc}")
-                continue
-            if event.organization_id <= 0 or event.subscriber_id <= 0 or len(event.email_hash) != _HASH_LENGTH:
-                await bus.dead_letter(js, msg, "SubscriberErased lacks an organisation, a subscriber or a keyed hash")
-                continue
-            erased_at = (
-                event.erased_at.ToDatetime(tzinfo=dt.UTC) if event.HasField("erased_at") else dt.datetime.now(dt.UTC)
-            )
-            erasure = Erasure(event.erasure_id, event.organization_id, event.subscriber_id, event.email_hash, erased_at)
-            with tracer.start_as_current_span(
-                "erase subscriber", context=extract_context(msg.headers), kind=trace.SpanKind.CONSUMER,
-                attributes={"mailblast.organization_id": erasure.organization_id,
-                            "mailblast.subscriber_id": erasure.subscriber_id},
-            ) as span:  # fmt: skip
-                try:
-                    await erase(erasure)
-                except Exception as exc:
-                    span.record_exception(exc)
-                    log.exception("erasure not applied; it will be redelivered", durable=durable)
-                    await msg.nak(delay=RETRY_DELAY_SECONDS)
-                    continue
-            # Acknowledged only once what the service held is erased and committed.
-            await msg.ack()
-            log.info(
-                "subscriber erased here",
-                durable=durable,
-                organization_id=erasure.organization_id,
-                subscriber_id=erasure.subscriber_id,
-            )
 
-    return bus.PullConsumer(js, bus.STREAM_PRIVACY, durable, bus.SUBJECT_SUBSCRIBER_ERASED, handle, batch=50)
+class ErasureConsumer(Runner[events_pb2.SubscriberErased]):
+    """<service>-erasures: applies each erasure with `erase`, which must be idempotent (events are redelivered).
+
+    One at a time: an erasure takes its organisation's erasure lock exclusively.
+    """
+
+    payload_type = events_pb2.SubscriberErased
+    span_name = "erase subscriber"
+
+    def __init__(self, js: JetStreamContext, durable: str, erase: Callable[[Erasure], Awaitable[None]]) -> None:
+        super().__init__(
+            js, stream=bus.STREAM_PRIVACY, durable=durable, subject=bus.SUBJECT_SUBSCRIBER_ERASED,
+            retry_delay=RETRY_DELAY_SECONDS,
+        )  # fmt: skip
+        self._erase = erase
+
+    def describe(self, event: events_pb2.SubscriberErased, delivery: Delivery) -> dict[str, Any]:
+        """The organisation and the subscriber (never the address, nor its hash)."""
+        return {"mailblast.organization_id": event.organization_id, "mailblast.subscriber_id": event.subscriber_id}
+
+    async def dispose(self, event: events_pb2.SubscriberErased, delivery: Delivery) -> Decision:
+        """Erase what the service holds; acknowledged only once that is committed."""
+        erasure = erasure_of(event)
+        if erasure is None:
+            return DeadLetter("SubscriberErased lacks an organisation, a subscriber or a keyed hash")
+        await self._erase(erasure)
+        log.info(
+            "subscriber erased here",
+            durable=self.durable,
+            organization_id=erasure.organization_id,
+            subscriber_id=erasure.subscriber_id,
+        )
+        return Ack()
 
 
 def _lock_key(service: str, organization_id: int) -> str:

@@ -41,15 +41,21 @@ async def serve_until_signalled(start: Callable[[], Awaitable[Stoppable]], name:
     log.info("service stopped", name=name)
 
 
-def run_service(name: str, start: Callable[[], Awaitable[Stoppable]]) -> None:
-    """A service's main(): JSON logs and tracing for `name`, then serve until signalled.
+def run_service(
+    name: str,
+    start: Callable[[], Awaitable[Stoppable]],
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> None:
+    """A service's main(): JSON logs and tracing for `name`, then serve until signalled (on a loop
+    from `loop_factory`, default asyncio's).
 
     A setting that is missing or wrong stops start-up with one log line naming it and exit code 2.
     """
     configure_logging(name)
     setup_tracing(name)
     try:
-        asyncio.run(serve_until_signalled(start, name))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve_until_signalled(start, name))
     except ConfigError as exc:
         log.error("cannot start", name=name, error=str(exc))
         raise SystemExit(2) from None

@@ -4,10 +4,14 @@ Every call between mailblast processes runs over mutual TLS. Each process holds 
 installation's CA naming it with one URI SAN, spiffe://mailblast/<name>; a server accepts only the
 callers its entry in ALLOWED_CALLERS names, and only assertions (x-mailblast-identity) that the
 calling certificate's service issued for this very service.
+
+Over 400 lines, on purpose: the server's identity checks and the clients' identity assertions are the two
+halves of one protocol (x-mailblast-identity), kept side by side so that a change to one is seen with the other.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import time
@@ -20,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 
-from services.common import errors, settings
+from services.common import errors, metrics, settings
 from services.common.identity import (
     AUTHORIZATION_HEADER,
     CERTIFICATE_IDENTITY_PREFIX,
@@ -255,6 +259,64 @@ class _IdentityInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(refuse, handler.request_deserializer, handler.response_serializer)
 
 
+class _MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Times every call and counts its status code (the identity checks' refusals included)."""
+
+    def __init__(self, service: str) -> None:
+        self._service = service
+
+    def _observe(self, method: str, context: grpc.aio.ServicerContext, started: float, failed: bool) -> None:
+        code = context.code() if hasattr(context, "code") else None
+        if code is None:
+            code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        metrics.GRPC_SECONDS.labels(self._service, method, name).observe(time.perf_counter() - started)
+        if name != "OK":
+            metrics.GRPC_ERRORS.labels(self._service, method, name).inc()
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_PUBLIC_PREFIXES):
+            return handler
+        outer = self
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary_unary(request, context):
+                started, failed = time.perf_counter(), True
+                try:
+                    reply = await inner(request, context)
+                    failed = False
+                    return reply
+                finally:
+                    outer._observe(method, context, started, failed)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request, context):
+                started, failed = time.perf_counter(), True
+                try:
+                    result = inner_stream(request, context)
+                    if inspect.isasyncgen(result):
+                        async for item in result:
+                            yield item
+                    else:
+                        await result
+                    failed = False
+                finally:
+                    outer._observe(method, context, started, failed)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
 def _peer_ip(context: grpc.aio.ServicerContext) -> str:
     """The caller's address from gRPC's peer string ("ipv4:127.0.0.1:5555", "ipv6:[::1]:5555")."""
     peer = context.peer() or ""
@@ -285,12 +347,15 @@ class GrpcServer:
         health: health_aio.HealthServicer,
         health_server: grpc.aio.Server | None = None,
         health_port: int = 0,
+        metrics_server: metrics.MetricsServer | None = None,
     ) -> None:
         self.server = server
         self.port = port
         self.health = health
         self._health_server = health_server
         self.health_port = health_port
+        self._metrics_server = metrics_server
+        self.metrics_port = metrics_server.port if metrics_server is not None else 0
 
     async def stop(self, grace: float = 5.0) -> None:
         """Report NOT_SERVING, then stop accepting calls and finish those under way."""
@@ -298,6 +363,8 @@ class GrpcServer:
         await self.server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(grace)
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.stop)
 
 
 async def start_grpc_server(
@@ -306,14 +373,20 @@ async def start_grpc_server(
     me: ServiceIdentity,
     resolve_token: TokenResolver | None = None,
     health_bind: str = "",
+    metrics_bind: str = "",
 ) -> GrpcServer:
     """Serve over mutual TLS on `bind` ("host:port", port 0 for any); `register` adds servicers, returns their names.
 
     With `health_bind`, a second, plaintext listener there answers grpc.health.v1 and nothing else:
-    Kubernetes' native gRPC probes cannot speak TLS, and the health status is all it reveals.
+    Kubernetes' native gRPC probes cannot speak TLS, and the health status is all it reveals. With
+    `metrics_bind`, the process's Prometheus metrics are served there over plain HTTP (`metrics_port`).
     """
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), _IdentityInterceptor(me, ALLOWED_CALLERS[me.service], resolve_token)],
+        interceptors=[
+            _MetricsInterceptor(me.service),
+            aio_server_interceptor(),
+            _IdentityInterceptor(me, ALLOWED_CALLERS[me.service], resolve_token),
+        ],
         options=[("grpc.max_receive_message_length", _MAX_MESSAGE)],
     )
     names = list(register(server))
@@ -335,7 +408,7 @@ async def start_grpc_server(
         await health_server.start()
     for name in ["", *names]:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return GrpcServer(server, port, health, health_server, health_port)
+    return GrpcServer(server, port, health, health_server, health_port, metrics.serve(metrics_bind))
 
 
 class _OutgoingIdentity:

@@ -26,12 +26,12 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
-from services.common import bus
+from services.common import bus, metrics
 from services.common.decision import Ack, DeadLetter, Decision, Nak, Term
 from services.common.log import get_logger
 from services.common.tracing import extract_context
 
-__all__ = ["Ack", "DeadLetter", "Decision", "Delivery", "GroupCommit", "Nak", "Runner", "Term"]
+__all__ = ["Ack", "DeadLetter", "Decision", "Delivery", "GroupCommit", "GroupRunner", "Nak", "Runner", "Term"]
 
 log = get_logger(__name__)
 tracer = trace.get_tracer("mailblast.runner")
@@ -84,6 +84,9 @@ class Runner(Generic[P]):
         self._sub: JetStreamContext.PullSubscription | None = None
         self._tasks: dict[asyncio.Task[None], Msg] = {}
         self._room = asyncio.Event()
+        # Durables are named <service>-<purpose>.
+        self._service = durable.split("-", 1)[0]
+        self._pending = metrics.CONSUMER_PENDING.labels(self._service, durable)
 
     async def dispose(self, payload: P, delivery: Delivery) -> Decision:
         """Decide about one message; the only method a consumer writes."""
@@ -180,7 +183,10 @@ class Runner(Generic[P]):
         try:
             msgs = await self._sub.fetch(min(self._fetch, room), timeout=timeout)
         except (TimeoutError, nats.errors.TimeoutError):
+            self._pending.set(0)
             return []
+        last = msgs[-1].metadata if msgs else None
+        self._pending.set(last.num_pending if last and last.num_pending is not None else 0)
         started = []
         for msg in msgs:
             task = asyncio.create_task(self._settle(msg), name=f"{self.durable}-message")
@@ -233,6 +239,7 @@ class Runner(Generic[P]):
             await self._apply(msg, decision)
 
     async def _apply(self, msg: Msg, decision: Decision) -> None:
+        metrics.MESSAGES_CONSUMED.labels(self._service, self.durable, decision.name).inc()
         if isinstance(decision, Ack):
             await msg.ack()
         elif isinstance(decision, Nak):
@@ -253,6 +260,30 @@ class Runner(Generic[P]):
             return
         except Exception:
             log.warning("could not extend a message's ack deadline", durable=self.durable)
+
+
+class GroupRunner(Runner[P], Generic[P, T]):
+    """A runner whose `dispose` submits each message's work to `self.writer`, a GroupCommit of `write`.
+
+    Many slots, one transaction per group: messages that came together are written together, and each
+    is settled once its group is committed (or retried when the write fails).
+    """
+
+    def __init__(
+        self, js: JetStreamContext, *, write: Callable[[Sequence[T]], Awaitable[Sequence[None]]], **options: Any
+    ) -> None:
+        super().__init__(js, **options)
+        self.writer: GroupCommit[T, None] = GroupCommit(write)
+
+    async def start(self) -> None:
+        """Start the group writer, then bind to the durable."""
+        self.writer.start(self.durable)
+        await super().start()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking messages, then write what is pending."""
+        await super().stop(grace)
+        await self.writer.stop()
 
 
 class GroupCommit(Generic[T, R]):

@@ -126,6 +126,12 @@ HEALTH_BIND = Setting(
     "a second, plaintext listener serving only grpc.health.v1, for Kubernetes' native gRPC probes (they cannot "
     "speak TLS); it reveals only SERVING/NOT_SERVING. Unset: none",
 )
+METRICS_BIND = Setting(
+    "MAILBLAST_METRICS_BIND",
+    "",
+    "where the process serves Prometheus metrics at `/metrics` (host:port, plain HTTP; they name no address or "
+    "secret). Unset: none",
+)
 AUTH_ADDR = Setting(
     "AUTH_ADDR",
     "",
@@ -251,7 +257,7 @@ def _by_type(env: str, kind: Any, raw: str | bytes, text: str) -> Any:
 def _shown(value: Any) -> str:
     if value is REQUIRED:
         return "required"
-    if value in ("", None) or (isinstance(value, tuple | dict | list) and not value):
+    if value in ("", b"", None) or (isinstance(value, tuple | dict | list) and not value):
         return "unset"
     if isinstance(value, bool):
         return "yes" if value else "no"

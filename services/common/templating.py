@@ -1,5 +1,8 @@
 """Campaign templates rendered in a Jinja2 sandbox with limits: loop iterations, output, value sizes and time.
 
+Over 400 lines, on purpose: every hook of the sandbox enforces the same budget, and a hook left out is a
+way past it; they are reviewed together, in one file.
+
 A template is a program its author runs on our machines, so every render gets a budget (`RenderBudget`):
 so many loop iterations (macro calls count as iterations), so many characters of output, so many CPU
 seconds. The sandbox's hooks enforce it as the render goes, and refuse an operation before it runs when
@@ -126,6 +129,14 @@ class RenderBudget:
         if self._output > self.limits.output_chars:
             raise _output_exceeded(self.limits.output_chars)
         self.step()
+
+    def room(self) -> int:
+        """Characters the render may still write out."""
+        return self.limits.output_chars - self._output
+
+    def written(self, chars: int) -> None:
+        """Count characters written out by a renderer that goes around the sandbox (within `room()`)."""
+        self._output += chars
 
     def reserve(self, size: int) -> None:
         """Refuse, before it is built, a value that would be larger than any value may be."""

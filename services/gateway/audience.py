@@ -13,7 +13,8 @@ from flask import Response, abort, flash, request, stream_with_context
 from flask_babel import gettext as _
 from mailblast.v1 import lists_fields_pb2
 
-from services.gateway.clients import SUBSCRIBER_STATUSES, BackendError, backends, call, stream
+from services.gateway.clients import BackendError, backends, call, stream
+from services.gateway.statuses import SUBSCRIBER_STATUSES
 
 FORM_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
 FIELD_TYPES = {

@@ -17,8 +17,9 @@ from services.gateway.audience import (
     defined_fields,
     refused,
 )
-from services.gateway.clients import SUBSCRIBER_STATUSES, BackendError, backends, call
+from services.gateway.clients import BackendError, backends, call
 from services.gateway.security import requires
+from services.gateway.statuses import SUBSCRIBER_STATUSES
 
 bp = Blueprint("subscribers", __name__)
 

@@ -12,7 +12,6 @@ from mailblast.v1 import (
     campaigns_pb2_grpc,
     lists_fields_pb2_grpc,
     lists_imports_pb2_grpc,
-    lists_pb2,
     lists_pb2_grpc,
     lists_privacy_pb2_grpc,
     lists_segments_pb2_grpc,
@@ -32,13 +31,6 @@ SOURCE_IP_HEADER = "x-mailblast-source-ip"
 # The gateway's own identity, for the calls auth answers for a service (Login, GetSession, ...).
 GATEWAY_PRINCIPAL = Principal(organization_id=0, service=SERVICE_NAME)
 CALL_TIMEOUT = 15.0
-# Subscriber statuses by their proto number, named as lists stores them (SUBSCRIBER_STATUS_ACTIVE: "active"):
-# the console's one conversion, for filters, forms and labels.
-SUBSCRIBER_STATUSES = {
-    value.number: value.name.removeprefix("SUBSCRIBER_STATUS_").lower()
-    for value in lists_pb2.SubscriberStatus.DESCRIPTOR.values
-    if value.number
-}
 
 
 class BackendError(Exception):

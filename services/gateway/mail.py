@@ -24,8 +24,8 @@ from markupsafe import escape
 
 from services.common import templating
 from services.common.templating import RenderBudget, TemplateLimitExceeded
-from services.gateway import labels, report
-from services.gateway.clients import SUBSCRIBER_STATUSES, BackendError, backends, call
+from services.gateway import labels, report, statuses
+from services.gateway.clients import BackendError, backends, call
 from services.gateway.explanations import explain
 from services.gateway.labels import label
 from services.gateway.security import PREVIEW_CSP, requires
@@ -36,14 +36,8 @@ bp = Blueprint("mail", __name__)
 UPLOAD_CHUNK = 1024 * 1024
 _FORM_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
 
-CAMPAIGN_STATES = {
-    campaigns_pb2.CAMPAIGN_STATE_DRAFT: "draft",
-    campaigns_pb2.CAMPAIGN_STATE_SENDING: "sending",
-    campaigns_pb2.CAMPAIGN_STATE_PAUSED: "paused",
-    campaigns_pb2.CAMPAIGN_STATE_SENT: "sent",
-    campaigns_pb2.CAMPAIGN_STATE_CANCELLED: "cancelled",
-    campaigns_pb2.CAMPAIGN_STATE_SCHEDULED: "scheduled",
-}
+# The names the pages use (statuses.py derives them from the contracts).
+CAMPAIGN_STATES = statuses.CAMPAIGN_STATES
 
 
 def _id_list(values: list[str]) -> list[int]:
@@ -99,7 +93,7 @@ def list_detail(list_id: int) -> str:
         abort(400)
     return render_template(
         "list.html", mailing_list=found, subscribers=page.subscribers, next_page=page.next_page_token,
-        statuses=SUBSCRIBER_STATUSES,
+        statuses=statuses.SUBSCRIBER_STATUSES,
     )  # fmt: skip
 
 

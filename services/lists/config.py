@@ -21,6 +21,7 @@ class Config:
     grpc_tls: TlsFiles
     grpc_bind: str = setting("LISTS_GRPC_BIND", "0.0.0.0:50052", "where lists serves gRPC")
     health_bind: str = settings.HEALTH_BIND.field()
+    metrics_bind: str = settings.METRICS_BIND.field()
     auth_addr: str = settings.AUTH_ADDR.field()
     hard_bounce_threshold: int = setting(
         "LISTS_HARD_BOUNCE_THRESHOLD", 3, "hard bounces after which a subscriber's address is no longer mailed"

@@ -37,6 +37,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from services.common import metrics
 from services.common.errors import Problem
 from services.common.log import get_logger
 from services.lists import csvimport
@@ -559,3 +560,7 @@ class ImportRunner:
                     "failed": len(bad),
                 },
             )
+        # Committed: the counters follow the job's own.
+        for result, rows in (("added", added), ("updated", updated), ("skipped", staged_rows - added - updated),
+                             ("failed", len(bad))):  # fmt: skip
+            metrics.IMPORT_ROWS.labels("lists", result).inc(rows)

@@ -92,6 +92,7 @@ class Running:
         self.imports = imports
         self.erasures = erasures
         self.grpc_port = server.port
+        self.metrics_port = server.metrics_port
         # Import jobs always run in the background: queued ones, and those a stopped process left.
         self._tasks.append(asyncio.create_task(imports.run(self._stop), name="lists-imports"))
         # So do erasures not yet announced (NATS was away when they were committed).
@@ -190,8 +191,9 @@ async def start(config: Config, *, clock: Clock | None = None) -> Running:
             return [module.DESCRIPTOR.services_by_name[name].full_name for module, name, _, _ in servicers]
 
         server = await start_grpc_server(
-            config.grpc_bind, register, me, resolve_token=resolve_token, health_bind=config.health_bind
-        )
+            config.grpc_bind, register, me, resolve_token=resolve_token, health_bind=config.health_bind,
+            metrics_bind=config.metrics_bind,
+        )  # fmt: skip
     except BaseException:
         if auth_channel is not None:
             await auth_channel.close()

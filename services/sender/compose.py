@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from services.common import tracking, verp
 from services.sender.dkim import DkimSigner
-from services.sender.mime import Sender, build_message
+from services.sender.mime import CrlfMessage, Sender, build_message
 from services.sender.render import CompiledContent, recipient_fields
 
 
@@ -80,7 +80,7 @@ class Composer:
         return Prepared(
             envelope_from=verp.return_path(self._key, ref, self._return_path_domain),
             message_id=message_id,
-            data=self._signer.sign(data),
+            data=CrlfMessage(self._signer.sign(data)),
         )
 
     def _tracked(self, ref: verp.RecipientRef, html: str) -> str:
@@ -130,4 +130,6 @@ class Composer:
             message_id=message_id,
             unsubscribe_url=unsubscribe_url,
         )
-        return Prepared(envelope_from=self._system_return_path, message_id=message_id, data=self._signer.sign(data))
+        return Prepared(
+            envelope_from=self._system_return_path, message_id=message_id, data=CrlfMessage(self._signer.sign(data))
+        )

@@ -45,6 +45,7 @@ class Config:
     )
     grpc_bind: str = setting("SENDER_GRPC_BIND", "0.0.0.0:50054", "where the sender serves gRPC")
     health_bind: str = settings.HEALTH_BIND.field()
+    metrics_bind: str = settings.METRICS_BIND.field()
     relay_host: str = setting("SENDER_RELAY_HOST", "", "a relay for all mail; unset: deliver to the domain's MX")
     relay_port: int = setting("SENDER_RELAY_PORT", 25, "the relay's port")
     dns_resolver: str = setting(

@@ -13,7 +13,7 @@ from mailblast.v1 import events_pb2
 from nats.js import JetStreamContext
 
 from services.common import bus
-from services.common.runner import Ack, DeadLetter, Decision, Delivery, GroupCommit, Runner
+from services.common.runner import Ack, DeadLetter, Decision, Delivery, GroupRunner, Runner
 from services.sender import convert
 from services.sender.sending import BatchSending
 from services.sender.store_copies import CopyStore
@@ -108,22 +108,11 @@ class TransactionalConsumer(Runner[events_pb2.TransactionalMessage]):
         return await self._sending.send(convert.transactional(message, platform=platform), delivery.count)
 
 
-class _Copier(Runner[P]):
-    """A runner that writes what it is given in groups, through `writer`."""
+class _Copier(GroupRunner[P, Any]):
+    """A runner that writes the changes it is given in groups, through `writer`."""
 
     def __init__(self, js: JetStreamContext, stream: str, durable: str, subject: str, write: Write) -> None:
-        super().__init__(js, stream=stream, durable=durable, subject=subject, slots=COPY_SLOTS)
-        self.writer: GroupCommit = GroupCommit(write)
-
-    async def start(self) -> None:
-        """Start the group writer, then bind to the durable."""
-        self.writer.start(self.durable)
-        await super().start()
-
-    async def stop(self, grace: float = 10.0) -> None:
-        """Stop taking changes, then write what is pending."""
-        await super().stop(grace)
-        await self.writer.stop()
+        super().__init__(js, write=write, stream=stream, durable=durable, subject=subject, slots=COPY_SLOTS)
 
 
 class CampaignStateCopier(_Copier[events_pb2.CampaignStateChanged]):

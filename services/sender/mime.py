@@ -26,6 +26,13 @@ _ADDRESS = re.compile(
 )
 
 
+class CrlfMessage(bytes):
+    """Message bytes as composed here (build_message, then DKIM): CRLF line ends only, so the SMTP client
+    skips checking them again (three passes over every message)."""
+
+    __slots__ = ()
+
+
 class MessageProblem(ValueError):
     """The message cannot be built safely; the text names the field and what is wrong."""
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 from psycopg_pool import AsyncConnectionPool
 
-from services.common import bus, db
+from services.common import bus, db, metrics
 from services.common.clock import Clock
-from services.common.erasure import erasure_consumer
+from services.common.erasure import ErasureConsumer
 from services.common.log import get_logger
 from services.common.rpc import GrpcServer, ServiceIdentity, start_grpc_server
 from services.sender import convert, grpc_api
@@ -74,7 +74,7 @@ class Running:
         transactional: TransactionalConsumer,
         campaign_states: CampaignStateCopier,
         suppressions: SuppressionCopier,
-        erasures: bus.PullConsumer,
+        erasures: ErasureConsumer,
         writer: LedgerWriter,
         delivery: SmtpDelivery,
         store: DeliveryStore,
@@ -84,6 +84,7 @@ class Running:
         render_pools: Sequence[ThreadPoolExecutor] = (),
     ) -> None:
         self.grpc_port = grpc.port
+        self.metrics_port = grpc.metrics_port
         self.consumer = consumer
         self.transactional = transactional
         self.campaign_states = campaign_states
@@ -106,7 +107,7 @@ class Running:
         await asyncio.gather(*self._loop_tasks, return_exceptions=True)
         await asyncio.gather(self.consumer.stop(grace), self.transactional.stop(grace))
         await asyncio.gather(self.campaign_states.stop(grace), self.suppressions.stop(grace))
-        await self.erasures.stop()
+        await self.erasures.stop(grace)
         for render_pool in self._render_pools:
             # Nothing is queued any more; a render under way ends within its time limit.
             await asyncio.to_thread(render_pool.shutdown)
@@ -136,6 +137,7 @@ async def start(config: Config, *, consume: bool = True, clock: Clock | None = N
 
     async def report(outcomes: Sequence[Outcome]) -> None:
         await bus.publish(js, bus.SUBJECT_DELIVERY_REPORT, convert.delivery_report(outcomes))
+        metrics.count_outcomes(outcomes)
 
     writer = LedgerWriter(store, report)
     writer.start()
@@ -181,10 +183,12 @@ async def start(config: Config, *, consume: bool = True, clock: Clock | None = N
     )  # fmt: skip
     campaign_states = CampaignStateCopier(js, copies)
     suppressions = SuppressionCopier(js, copies)
-    erasures = erasure_consumer(js, ERASURES_DURABLE, store.erase)
+    erasures = ErasureConsumer(js, ERASURES_DURABLE, store.erase)
     for runner in (consumer, transactional, campaign_states, suppressions, erasures):
         await runner.start()
-    grpc = await start_grpc_server(config.grpc_bind, grpc_api.register(store), me, health_bind=config.health_bind)
+    grpc = await start_grpc_server(
+        config.grpc_bind, grpc_api.register(store), me, health_bind=config.health_bind, metrics_bind=config.metrics_bind
+    )
     stop_event = asyncio.Event()
     loops = {
         DURABLE: consumer, TRANSACTIONAL_DURABLE: transactional, CAMPAIGN_STATES_DURABLE: campaign_states,

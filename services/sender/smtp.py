@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import aiosmtplib
 import dns.asyncresolver
@@ -18,6 +18,7 @@ from aiosmtplib.protocol import normalize_message_line_endings
 
 from services.common.log import get_logger
 from services.sender.ledger import DeliveryResult, deferred, rejected, reply_result
+from services.sender.mime import CrlfMessage
 
 log = get_logger(__name__)
 
@@ -131,15 +132,137 @@ class _TlsUnavailable(Exception):
     pass
 
 
-@dataclass
-class _Connection:
-    smtp: aiosmtplib.SMTP
-    tls: bool
-    used: int = 0
-    last_used: float = 0.0
+# What may not appear in an envelope address on the command line (it could end the command or start another).
+_UNSAFE_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
+
+
+class _Session(asyncio.Protocol):
+    """The mail transactions of an SMTP session, once aiosmtplib has connected, said EHLO and STARTTLS.
+
+    aiosmtplib reads exactly one reply per command it writes, and drops what arrives while no reply is
+    awaited, so it cannot pipeline (RFC 2920); its per-command machinery (a lock, a wait_for timer, an
+    injection check by regular expression, a future per reply) also cost more than the TLS record it
+    writes. The session takes the transport over from it (transport.set_protocol) and queues every reply
+    it parses, so MAIL, RCPT and DATA go in one write and their replies come in one read when the server
+    offers PIPELINING; one command at a time when it does not. aiosmtplib keeps what it does well: the
+    connection, the greeting, EHLO and STARTTLS.
+    """
+
+    def __init__(self, transport: asyncio.Transport, tls: bool, pipelining: bool) -> None:
+        self.transport = transport
+        self.tls = tls
+        self.pipelining = pipelining
+        self.used = 0
+        self.last_used = 0.0
+        self._buffer = bytearray()
+        self._replies: deque[aiosmtplib.SMTPResponse] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost: Exception | None = None
+        self._writable: asyncio.Future[None] | None = None
+        transport.set_protocol(self)
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the session can still carry a transaction."""
+        return self._lost is None and not self.transport.is_closing()
+
+    def data_received(self, data: bytes) -> None:
+        """Queue every complete reply; a malformed one ends the session."""
+        if not self._buffer and data[3:4] == b" " and data.find(b"\n") == len(data) - 1:
+            # The common case: one whole single-line reply in one read.
+            try:
+                code = int(data[:3])
+            except ValueError:
+                pass
+            else:
+                self._replies.append(aiosmtplib.SMTPResponse(code, data[4:].strip().decode("utf-8", "surrogateescape")))
+                self._wake()
+                return
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > _MAX_REPLY:
+                    self._fail(aiosmtplib.SMTPResponseException(-1, "reply line too long"))
+                break
+            # A multi-line reply is complete at its first line without "-" after the code.
+            start, lines = 0, []
+            while end >= 0:
+                line = bytes(self._buffer[start : end + 1])
+                lines.append(line)
+                start = end + 1
+                if line[3:4] != b"-":
+                    break
+                end = self._buffer.find(b"\n", start)
+            else:
+                break
+            try:
+                code = int(lines[0][:3])
+            except ValueError:
+                self._fail(aiosmtplib.SMTPResponseException(-1, f"malformed SMTP reply {lines[0][:60]!r}"))
+                return
+            message = "\n".join(line[4:].strip(b" \t\r\n").decode("utf-8", "surrogateescape") for line in lines)
+            del self._buffer[:start]
+            self._replies.append(aiosmtplib.SMTPResponse(code, message))
+        self._wake()
+
+    def _fail(self, exc: Exception) -> None:
+        self._lost = exc
+        self.transport.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Whoever waits for a reply hears that the connection is gone."""
+        if self._lost is None:
+            self._lost = aiosmtplib.SMTPServerDisconnected(f"connection lost: {exc}" if exc else "connection lost")
+        self._wake()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: writers wait (see drain)."""
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        """The buffer has drained."""
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    def write(self, data: bytes) -> None:
+        """Send bytes, or raise once the session is gone."""
+        if self._lost is not None:
+            raise self._lost
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the transport's buffer is over its high-water mark."""
+        if self._writable is not None:
+            await self._writable
+        if self._lost is not None:
+            raise self._lost
+
+    async def reply(self) -> aiosmtplib.SMTPResponse:
+        """The next reply of the server, in order."""
+        while not self._replies:
+            if self._lost is not None:
+                raise self._lost
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return self._replies.popleft()
 
     def close(self) -> None:
-        self.smtp.close()
+        """Drop the connection."""
+        self._lost = self._lost or aiosmtplib.SMTPServerDisconnected("closed")
+        self.transport.close()
+
+
+# Replies longer than this (aiosmtplib's own bound) end the session.
+_MAX_REPLY = 10 * 1024 * 1024
 
 
 class _HostPool:
@@ -147,7 +270,7 @@ class _HostPool:
 
     def __init__(self, limit: int) -> None:
         self.slots = asyncio.Semaphore(limit)
-        self.idle: deque[_Connection] = deque()
+        self.idle: deque[_Session] = deque()
 
 
 class SmtpDelivery:
@@ -235,16 +358,16 @@ class SmtpDelivery:
                 return result, True
         return result, True
 
-    def _take_idle(self, pool: _HostPool) -> _Connection | None:
+    def _take_idle(self, pool: _HostPool) -> _Session | None:
         now = time.monotonic()
         while pool.idle:
             conn = pool.idle.pop()
-            if now - conn.last_used < _IDLE_SECONDS and conn.smtp.is_connected:
+            if now - conn.last_used < _IDLE_SECONDS and conn.is_connected:
                 return conn
             conn.close()
         return None
 
-    async def _connect(self, host: tuple[str, int]) -> _Connection:
+    async def _connect(self, host: tuple[str, int]) -> _Session:
         smtp = aiosmtplib.SMTP(
             hostname=host[0],
             port=host[1],
@@ -256,49 +379,67 @@ class SmtpDelivery:
         await smtp.connect()
         try:
             await smtp.ehlo()
-            if smtp.supports_extension("starttls"):
+            tls = smtp.supports_extension("starttls")
+            if tls:
                 await smtp.starttls(tls_context=self._tls_context)
                 await smtp.ehlo()
-                return _Connection(smtp, tls=True)
-            if self._tls_required:
+            elif self._tls_required:
                 raise _TlsUnavailable()
-            return _Connection(smtp, tls=False)
+            if smtp.transport is None or not smtp.is_connected:
+                raise aiosmtplib.SMTPServerDisconnected("connection lost after EHLO")
+            return _Session(smtp.transport, tls=tls, pipelining=smtp.supports_extension("pipelining"))
         except BaseException:
             smtp.close()
             raise
 
     async def _transaction(
-        self, conn: _Connection, envelope_from: str, recipient: str, message: bytes
+        self, conn: _Session, envelope_from: str, recipient: str, message: bytes
     ) -> tuple[DeliveryResult, bool, bool]:
-        """One MAIL/RCPT/DATA exchange.
+        """One MAIL/RCPT/DATA exchange, the three commands in one write when the server pipelines.
 
         Returns the result, whether the connection is fit to reuse, and whether the message may be offered
-        again on a fresh connection: only when the session broke before DATA, since after it the server may
-        have accepted the message and a second offer would be a second copy.
+        again on a fresh connection: only when the session broke before the message was sent, since after
+        it the server may have accepted the message and a second offer would be a second copy.
         """
-        smtp = conn.smtp
+        if _UNSAFE_ADDRESS.search(envelope_from) or _UNSAFE_ADDRESS.search(recipient):
+            return rejected("an envelope address contains a line break, space or control character"), True, False
         loop = asyncio.get_running_loop()
         before_data = True
+        mail = b"MAIL FROM:<" + envelope_from.encode() + b">\r\n"
+        rcpt = b"RCPT TO:<" + recipient.encode() + b">\r\n"
         try:
-            protocol = smtp.protocol
-            if protocol is None:
-                raise aiosmtplib.SMTPServerDisconnected("connection lost")
-            # One timer moved before each command, rather than aiosmtplib's wait_for per reply (a task
-            # and a timer each); the protocol's own execute_command, as EHLO already did the checks.
+            # One timer moved before each reply, rather than a task and a timer per reply.
             async with asyncio.timeout(self._timeout) as deadline:
-                reply = await protocol.execute_command(b"MAIL", b"FROM:<" + envelope_from.encode() + b">")
-                if reply.code != 250:
-                    return reply_result(reply.code, reply.message, conn.tls), await _reset(conn, reply.code), False
-                deadline.reschedule(loop.time() + self._timeout)
-                reply = await protocol.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
-                if reply.code not in (250, 251):
-                    return reply_result(reply.code, reply.message, conn.tls), await _reset(conn, reply.code), False
-                deadline.reschedule(loop.time() + self._timeout)
+                if conn.pipelining:
+                    conn.write(mail + rcpt + b"DATA\r\n")
+                    replies = [await conn.reply(), await conn.reply(), await conn.reply()]
+                    deadline.reschedule(loop.time() + self._timeout)
+                    refused = next((r for r in replies[:2] if r.code not in (250, 251)), None)
+                    if refused is not None:
+                        if replies[2].code == 354:
+                            # RFC 2920 3.1: DATA accepted although no recipient was: end it with an empty message.
+                            conn.write(b".\r\n")
+                            await conn.reply()
+                        return await _refusal(conn, refused)
+                    start = replies[2]
+                else:
+                    for command in (mail, rcpt):
+                        conn.write(command)
+                        reply = await conn.reply()
+                        deadline.reschedule(loop.time() + self._timeout)
+                        if reply.code not in (250, 251):
+                            return await _refusal(conn, reply)
+                    conn.write(b"DATA\r\n")
+                    start = await conn.reply()
+                    deadline.reschedule(loop.time() + self._timeout)
+                if start.code != 354:
+                    return await _refusal(conn, start)
                 before_data = False
-                try:
-                    reply = await _data(smtp, message, lambda: deadline.reschedule(loop.time() + self._timeout))
-                except aiosmtplib.SMTPResponseException as exc:
-                    return reply_result(exc.code, exc.message, conn.tls), await _reset(conn, exc.code), False
+                conn.write(data_payload(message))
+                await conn.drain()
+                reply = await conn.reply()
+                if reply.code != 250:
+                    return await _refusal(conn, reply)
                 return reply_result(reply.code, reply.message, conn.tls), True, False
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             result = deferred(f"connection failed during the SMTP session: {_describe(exc)}", conn.tls)
@@ -316,55 +457,43 @@ class SmtpDelivery:
 def data_payload(message: bytes) -> bytes:
     """The DATA payload of a message: CRLF line ends, leading dots doubled, ended by CRLF . CRLF.
 
-    Our messages are CRLF-normalised when built, so the dot-stuffing is one bytes.replace instead of
-    aiosmtplib's two regular-expression passes; anything else is normalised first.
+    A message composed here (CrlfMessage) has CRLF line ends already, and the dot-stuffing is one
+    bytes.replace instead of aiosmtplib's two regular-expression passes; anything else is normalised first.
     """
-    crlf = message.count(b"\r\n")
-    if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
-        message = normalize_message_line_endings(message)
+    if type(message) is not CrlfMessage:
+        crlf = message.count(b"\r\n")
+        if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
+            message = normalize_message_line_endings(message)
     if message.startswith(b"."):
         message = b"." + message
-    message = message.replace(b"\r\n.", b"\r\n..")
+    if b"\r\n." in message:
+        message = message.replace(b"\r\n.", b"\r\n..")
     if not message.endswith(b"\r\n"):
-        message += b"\r\n"
-    return message + b".\r\n"
+        return b"".join((message, b"\r\n.\r\n"))
+    return b"".join((message, b".\r\n"))
 
 
-async def _data(smtp: aiosmtplib.SMTP, message: bytes, restart_timer: Callable[[], None]) -> aiosmtplib.SMTPResponse:
-    """DATA with our own payload preparation, on aiosmtplib's protocol (as its execute_data_command);
-    the caller's timer bounds each reply, restarted once the 354 has come."""
-    protocol = smtp.protocol
-    lock = getattr(protocol, "_command_lock", None)
-    if protocol is None or lock is None:
-        return await smtp.data(message)
-    payload = data_payload(message)
-    async with lock:
-        protocol.write(b"DATA\r\n")
-        start = await protocol.read_response()
-        if start.code != 354:
-            raise aiosmtplib.SMTPDataError(start.code, start.message)
-        restart_timer()
-        protocol.write(payload)
-        reply = await protocol.read_response()
-        if reply.code != 250:
-            raise aiosmtplib.SMTPDataError(reply.code, reply.message)
-    return reply
+async def _refusal(conn: _Session, reply: aiosmtplib.SMTPResponse) -> tuple[DeliveryResult, bool, bool]:
+    """The result of a refused command, the session reset for the next message; never offered again."""
+    return reply_result(reply.code, reply.message, conn.tls), await _reset(conn, reply.code), False
 
 
-async def _reset(conn: _Connection, code: int) -> bool:
+async def _reset(conn: _Session, code: int) -> bool:
     """RSET after a refused transaction so the next message starts clean; False if the session is done."""
     if code == 421:
         return False
     try:
-        reply = await conn.smtp.rset()
-    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        conn.write(b"RSET\r\n")
+        reply = await conn.reply()
+    except (aiosmtplib.SMTPException, OSError):
         return False
     return reply.code == 250
 
 
-async def _quit(conn: _Connection) -> None:
+async def _quit(conn: _Session) -> None:
     try:
-        await asyncio.wait_for(conn.smtp.quit(), timeout=5.0)
+        conn.write(b"QUIT\r\n")
+        await asyncio.wait_for(conn.reply(), timeout=5.0)
     except (aiosmtplib.SMTPException, OSError, TimeoutError):
         pass
     finally:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 from playwright.async_api import Page, async_playwright
 
@@ -13,11 +14,18 @@ from dev.embedded import free_port
 from services.gateway.server import ConsoleServer
 from tests.support.browser import People
 from tests.support.console import Console, start_console
-from tests.support.stack import make_dkim_keys
+from tests.support.database import fresh_database
+
+
+@pytest.fixture
+def database_url(postgres_server_url: str, migrated_database: str) -> Iterator[str]:
+    """A fresh database for one test: a copy of one the services have migrated (they all start anyway)."""
+    with fresh_database(postgres_server_url, template=migrated_database) as url:
+        yield url
 
 
 @pytest_asyncio.fixture
-async def make_site(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
+async def make_site(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path: Path):
     """Start the services and serve the console over HTTPS on a free port; returns (console, base URL).
 
     The mailed links (reset, confirmation, unsubscribe) point at that address, so a browser can follow them.
@@ -25,11 +33,10 @@ async def make_site(database_url, nats_server, internal_key, tls_files, tmp_path
     started: list[tuple[Console, ConsoleServer]] = []
 
     async def make(**auth_overrides) -> tuple[Console, str]:
-        dkim = make_dkim_keys(tmp_path / "dkim")
         port = free_port()
         base = f"https://localhost:{port}"
         console = await start_console(
-            database_url, nats_server, internal_key, tls_files, dkim, tmp_path / "outbox", public_url=base,
+            database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox", public_url=base,
             **auth_overrides,
         )  # fmt: skip
         server = ConsoleServer(console.app, "127.0.0.1", port, tls_files[0], tls_files[1])

@@ -9,6 +9,7 @@ import pyotp
 from playwright.async_api import Page, expect
 
 from tests.support.browser import log_in
+from tests.support.clock import MovableClock
 from tests.support.console import OWNER, PASSWORD
 
 
@@ -116,16 +117,16 @@ async def test_a_browser_that_logged_in_before_gets_in_while_strangers_locked_th
 
 
 async def test_idle_timeout_sends_the_browser_to_the_login_page_with_the_reason(make_site, page: Page):
-    # With a 2-second idle timeout, a browser left alone for longer lands on the login page at its next
-    # click, told in its language that it was logged out for inactivity.
-    _console, base = await make_site(idle_timeout_seconds=2)
+    # With a 90-second idle timeout, a browser left alone for longer (auth's clock moved) lands on the
+    # login page at its next click, told in its language that it was logged out for inactivity.
+    clock = MovableClock()
+    _console, base = await make_site(idle_timeout_seconds=90, clock=clock)
     await log_in(page, base, OWNER, PASSWORD)
     await expect(page.locator("#current-login")).to_have_text(OWNER)
-    # The timeout is the behaviour under test: nothing may touch the session meanwhile, so time passes.
-    await asyncio.sleep(3)
+    clock.advance(91)
     await page.goto(f"{base}/lists")
     await expect(page).to_have_url(f"{base}/login?next=/lists")
-    await expect(page.locator(".flash")).to_have_text("You were logged out after 2 seconds of inactivity.")
+    await expect(page.locator(".flash")).to_have_text("You were logged out after 90 seconds of inactivity.")
 
 
 async def test_a_field_label_is_text_in_the_segment_builder(make_site, people):

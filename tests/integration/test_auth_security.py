@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import time
@@ -308,31 +307,30 @@ async def test_ip_throttle(make_env):
 async def test_idle_and_absolute_timeouts(make_env):
     # A session unused for AUTH_IDLE_TIMEOUT_SECONDS is refused as IDLE_TIMEOUT; one kept busy still ends
     # AUTH_ABSOLUTE_TIMEOUT_SECONDS after login as ABSOLUTE_TIMEOUT. A valid one carries the principal.
-    env = await make_env(idle_timeout_seconds=1, absolute_timeout_seconds=3)
+    # The service's clock moves; every use of a busy session restarts its idle timer.
+    env = await make_env(idle_timeout_seconds=600, absolute_timeout_seconds=1800)
+
+    async def status(token: str) -> auth_pb2.GetSessionResponse:
+        return await env.stub.GetSession(S.GetSessionRequest(session_token=token), metadata=env.gateway)
+
     first = await env.login("alice", PASSWORD)
-    valid = await env.stub.GetSession(S.GetSessionRequest(session_token=first.session_token), metadata=env.gateway)
+    valid = await status(first.session_token)
     assert valid.status == S.SESSION_STATUS_VALID
     assert (valid.principal.user_id, valid.principal.role) == (env.boot.user.id, "owner")
     assert sorted(valid.principal.scopes) == ["admin", "read", "send"]
-    deadline = time.monotonic() + 10
-    while True:
-        got = await env.stub.GetSession(S.GetSessionRequest(session_token=first.session_token), metadata=env.gateway)
-        if got.status != S.SESSION_STATUS_VALID:
-            break
-        assert time.monotonic() < deadline
-        await asyncio.sleep(1.2)
-    assert got.status == S.SESSION_STATUS_IDLE_TIMEOUT and not got.HasField("principal")
+    env.clock.advance(590)
+    assert (await status(first.session_token)).status == S.SESSION_STATUS_VALID
+    env.clock.advance(601)
+    idle = await status(first.session_token)
+    assert idle.status == S.SESSION_STATUS_IDLE_TIMEOUT and not idle.HasField("principal")
 
     busy = await env.login("alice", PASSWORD)
-    deadline = time.monotonic() + 10
-    while True:
-        got = await env.stub.GetSession(S.GetSessionRequest(session_token=busy.session_token), metadata=env.gateway)
-        if got.status != S.SESSION_STATUS_VALID:
-            break
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.3)
-    assert got.status == S.SESSION_STATUS_ABSOLUTE_TIMEOUT
-    unknown = await env.stub.GetSession(S.GetSessionRequest(session_token="nope"), metadata=env.gateway)
+    for _ in range(3):
+        env.clock.advance(590)
+        assert (await status(busy.session_token)).status == S.SESSION_STATUS_VALID
+    env.clock.advance(60)
+    assert (await status(busy.session_token)).status == S.SESSION_STATUS_ABSOLUTE_TIMEOUT
+    unknown = await status("nope")
     assert unknown.status == S.SESSION_STATUS_UNKNOWN
 
 
@@ -395,8 +393,9 @@ async def test_wrong_passwords_within_a_session_lock_that_session_s_password_che
     # Someone holding alice's session (not her password) guesses it through "change password": after
     # five wrong current passwords that session gets FAILED_PRECONDITION even for the right one, so the
     # answers tell nothing; her other session is not affected, and the lock ends 30 minutes after the
-    # last try (the clock moved). Turning off TOTP checks the password the same way.
-    env = await make_env()
+    # last try (the clock moved). Turning off TOTP checks the password the same way. (Sessions go by the
+    # same clock: they stay unused longer than the lock lasts.)
+    env = await make_env(idle_timeout_seconds=7200)
     stolen, hers = (
         (await env.login("alice", PASSWORD)).session_token,
         (await env.login("alice", PASSWORD)).session_token,

@@ -161,7 +161,7 @@ async def test_dsn_to_verp_address_records_one_hard_bounce(service, js, internal
 
     listed = await list_bounces(service.grpc_port, signer, ORG, CAMPAIGN)
     assert [(b.subscriber_id, b.email, b.kind, b.source) for b in listed.bounces] == [
-        (SUBSCRIBER, "gone@example.org", "hard", "dsn")
+        (SUBSCRIBER, "gone@example.org", events_pb2.BOUNCE_KIND_HARD, events_pb2.BOUNCE_SOURCE_DSN)
     ]
     # Another organisation asking for the same campaign id sees nothing.
     assert list((await list_bounces(service.grpc_port, signer, ORG + 1, CAMPAIGN)).bounces) == []

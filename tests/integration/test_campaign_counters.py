@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest_asyncio
 from mailblast.v1 import events_pb2
 
-from services.campaigns.consumers import bounce_consumer, delivery_consumer
+from services.campaigns.consumers import BounceCounter, DeliveryCounter
 from services.campaigns.content import CampaignDraft
 from services.campaigns.store import CampaignStore
 from services.common import bus, db
@@ -28,7 +28,7 @@ async def counting(database_url, nats_server):
     await store.record_batch(row.id, 1, 3, 3)
     await store.finish_fanout(row.id)
     nc, js = await bus.connect(nats_server.url, "campaigns", nats_server.creds("campaigns"))
-    consumers = (delivery_consumer(js, store), bounce_consumer(js, store))
+    consumers = (DeliveryCounter(js, store), BounceCounter(js, store))
     for consumer in consumers:
         await consumer.start()
     try:

@@ -311,6 +311,51 @@ def test_a_service_that_cannot_start_stops_everything_with_its_log(start_devrun,
     assert processes_of(data_dir / "var") == set()
 
 
+def _wait_output(run: DevRun, pattern: str, timeout: float = 60.0) -> re.Match:
+    """The first match of `pattern` in dev.run's console output, polling until it appears."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.search(pattern, run.output())
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"no {pattern!r} in:\n{run.output()}"
+        time.sleep(0.2)
+
+
+def test_a_service_that_dies_is_started_again_with_a_growing_delay(start_devrun, data_dir: Path) -> None:
+    # A sender killed under `make run` is started again at once, on its address, and says so on the console
+    # (its exit code, how long it ran, the delay, the restart count, the last lines of its log); killed
+    # again right after, it comes back after a second's delay. The rest keeps running, and Ctrl-C still
+    # stops everything with exit 0.
+    run = start_devrun()
+    run.wait_ready()
+    run_info = json.loads((data_dir / "var" / "run.json").read_text())
+    address = run_info["sender"][0]
+    pid = int(_wait_output(run, r"(?m)^sender-1\s+(\d+)\s").group(1))
+    os.kill(pid, signal.SIGKILL)
+    _wait_output(run, r"sender-1 exited with code -9 after \d+s; restarting it in 0s \(restart 1\)")
+    again = int(_wait_output(run, r"sender-1 started again \(pid (\d+), restart 1\)").group(1))
+    assert again != pid and alive(again)
+    deadline = time.monotonic() + 60
+    while not _serving_now(address, run_info):
+        assert time.monotonic() < deadline, "the restarted sender does not answer"
+        time.sleep(0.2)
+    os.kill(again, signal.SIGKILL)
+    _wait_output(run, r"sender-1 exited with code -9 after \d+s; restarting it in 1s \(restart 2\)")
+    third = int(_wait_output(run, r"sender-1 started again \(pid (\d+), restart 2\)").group(1))
+    assert alive(third)
+    assert _grpc_serving(run_info["lists"], run_info)
+    assert run.interrupt() == 0
+    assert processes_of(data_dir / "var") == set()
+
+
+def _serving_now(address: str, run_info: dict) -> bool:
+    try:
+        return _grpc_serving(address, run_info)
+    except grpc.RpcError:
+        return False
+
+
 def _nats_refuses_anonymous(url: str) -> bool:
     """True when the NATS server at url refuses a client that brings no credentials."""
 

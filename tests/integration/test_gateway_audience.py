@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest_asyncio
 
-from tests.support.console import OWNER, PASSWORD, Console, Web, create_list, poll, start_console
+from tests.support.console import OWNER, PASSWORD, Console, Web, create_list, start_console
+from tests.support.poll import poll
 from tests.support.stack import make_dkim_keys
 
 

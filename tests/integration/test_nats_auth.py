@@ -18,13 +18,13 @@ from nats.aio.client import Client
 from cli import main as cli
 from cli import nats_credentials
 from services.common import bus
-from services.common.erasure import Erasure, erasure_consumer
+from services.common.erasure import Erasure, ErasureConsumer
 from services.common.privacy import email_hash
 from services.common.settings import ConfigError
 from services.sender import service as sender_service
 from services.sender.consumers import CampaignStateCopier, SuppressionCopier
 from tests.support.nats import NatsServer, connect_with
-from tests.support.stack import make_dkim_keys, sender_config
+from tests.support.stack import sender_config
 
 
 class Refusals:
@@ -294,7 +294,7 @@ async def test_lists_announces_erasures_and_each_holder_reads_them_with_its_own_
             async def keep(erasure: Erasure, received=received) -> None:
                 received.append(erasure)
 
-            consumer = erasure_consumer(js, durable, keep)
+            consumer = ErasureConsumer(js, durable, keep)
             await consumer.start()
             deadline = time.monotonic() + 10
             handled = 0
@@ -393,11 +393,9 @@ async def test_lists_and_campaigns_announce_and_the_sender_copies_with_its_own_c
 
 
 @pytest_asyncio.fixture
-async def sender(database_url, nats_server, internal_key, smtp_sink, tls_files, tmp_path):
+async def sender(database_url, nats_server, internal_key, smtp_sink, tls_files, dkim_keys, tmp_path):
     """A sender relaying to the SMTP sink, with its own credential."""
-    config = sender_config(
-        database_url, nats_server, internal_key, smtp_sink.port, tls_files[0], make_dkim_keys(tmp_path / "dkim")
-    )
+    config = sender_config(database_url, nats_server, internal_key, smtp_sink.port, tls_files[0], dkim_keys)
     running = await sender_service.start(config)
     try:
         yield running

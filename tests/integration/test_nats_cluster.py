@@ -13,11 +13,12 @@ from pathlib import Path
 import nats.errors
 import nats.js.errors
 import pytest
-from nats.aio.msg import Msg
+from mailblast.v1 import events_pb2
 
 from cli.nats_credentials import Setup
 from dev.embedded import EmbeddedServer, free_port, nats_server_binary, open_private_log, wait_for_port
 from services.common import bus
+from services.common.runner import Ack, Decision, Delivery, Runner
 from services.common.settings import ConfigError
 from tests.support.nats import NatsServer
 
@@ -103,25 +104,29 @@ async def test_every_stream_is_kept_on_three_servers_and_survives_losing_one(nat
 
         info = await js.stream_info(bus.STREAM_SEND)
         next(server for server in nats_cluster if server.name == info.cluster.leader).stop()
-        taken: list[Msg] = []
+        taken: list[events_pb2.SendBatch] = []
 
-        async def take(msgs: list[Msg]) -> None:
-            for msg in msgs:
-                taken.append(msg)
-                await msg.ack()
+        class Taker(Runner[events_pb2.SendBatch]):
+            """The sender's durable, keeping what it is given."""
+
+            payload_type = events_pb2.SendBatch
+
+            async def dispose(self, batch: events_pb2.SendBatch, delivery: Delivery) -> Decision:
+                """Keep the batch, done with it."""
+                taken.append(batch)
+                return Ack()
 
         senders = connections["sender"].jetstream()
-        consumer = bus.PullConsumer(senders, bus.STREAM_SEND, "sender-batches", bus.SUBJECT_SEND_BATCH, take)
+        consumer = Taker(senders, stream=bus.STREAM_SEND, durable="sender-batches", subject=bus.SUBJECT_SEND_BATCH)
         await until(consumer.start)
         campaigns = connections["campaigns"].jetstream()
+        batch = events_pb2.SendBatch(campaign_id=1, batch_number=1).SerializeToString()
         for _ in range(2):  # the same batch twice, as a fan-out resumed after a restart publishes it
-            await until(
-                lambda: campaigns.publish(bus.SUBJECT_SEND_BATCH, b"batch 1", headers={"Nats-Msg-Id": "send-1-1"})
-            )
+            await until(lambda: campaigns.publish(bus.SUBJECT_SEND_BATCH, batch, headers={"Nats-Msg-Id": "send-1-1"}))
         deadline = time.monotonic() + 30
         while not taken and time.monotonic() < deadline:
             await until(consumer.run_once)
-        assert [msg.data for msg in taken] == [b"batch 1"]
+        assert [(b.campaign_id, b.batch_number) for b in taken] == [(1, 1)]
         assert await consumer.run_once(timeout=0.5) == 0
         await consumer.stop()
     finally:

@@ -25,6 +25,7 @@ from services.sender.dkim import dns_record, load_key
 from services.sender.ledger import DeliveryStatus
 from services.sender.service import Running, start
 from tests.support.dkim_verify import EVERY_VERIFIER, passing, verify_everywhere
+from tests.support.poll import poll
 
 DKIM_DOMAIN = "mail.example.com"
 
@@ -175,18 +176,6 @@ def make_batch(
 async def publish(js, batch: events_pb2.SendBatch, msg_id: str) -> None:
     """Publish a batch as campaigns does."""
     await bus.publish(js, bus.SUBJECT_SEND_BATCH, batch, msg_id=msg_id)
-
-
-async def poll(check, timeout: float = 30.0, what: str = "condition"):
-    """Await check() until it returns something truthy, or fail after the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def ledger(running: Running, campaign_id: int) -> dict[int, tuple]:

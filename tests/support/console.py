@@ -3,37 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import psycopg
-from cryptography.fernet import Fernet
 from flask import Flask
 from flask.testing import FlaskClient
-from mailblast.v1 import auth_pb2, auth_pb2_grpc
 from werkzeug.test import TestResponse
 
 from dev.catcher import SmtpCatcher
 from services.auth import passwords
 from services.auth import service as auth_service
-from services.auth.config import Config as AuthConfig
 from services.campaigns import service as campaigns_service
-from services.campaigns.config import Config as CampaignsConfig
 from services.common.clock import Clock
-from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.gateway.app import create_app
 from services.gateway.config import Config as GatewayConfig
 from services.lists import service as lists_service
-from services.lists.config import Config as ListsConfig
 from services.sender import service as sender_service
 from tests.support.mtls import default_pki
 from tests.support.nats import NatsServer
-from tests.support.stack import DkimKeys, sender_config
+from tests.support.stack import Bootstrap, DkimKeys, Stack, start_stack
 
 PASSWORD = "violet-otter-47-lantern"
 OWNER = "alice"
@@ -42,19 +34,47 @@ _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 @dataclass
 class Console:
-    """Running services, the gateway app, and the bootstrap organisation with its owner."""
+    """The services (the one stack builder's, without bounce), the gateway app, the bootstrap organisation."""
 
-    auth: auth_service.Running
-    lists: lists_service.Running
-    campaigns: campaigns_service.Running
-    sender: sender_service.Running
+    stack: Stack
     app: Flask
     catcher: SmtpCatcher
     database_url: str
-    organization_id: int
-    owner_id: int
-    api_token: str
-    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    @property
+    def auth(self) -> auth_service.Running:
+        """The auth service."""
+        return self.stack.auth
+
+    @property
+    def lists(self) -> lists_service.Running:
+        """The lists service."""
+        return self.stack.lists
+
+    @property
+    def campaigns(self) -> campaigns_service.Running:
+        """The campaigns service."""
+        return self.stack.campaigns
+
+    @property
+    def sender(self) -> sender_service.Running:
+        """The one sender."""
+        return self.stack.senders[0]
+
+    @property
+    def organization_id(self) -> int:
+        """The bootstrap organisation."""
+        return self.stack.organization_id
+
+    @property
+    def owner_id(self) -> int:
+        """The bootstrap owner's user id."""
+        return self.stack.owner_id
+
+    @property
+    def api_token(self) -> str:
+        """The bootstrap owner's API token."""
+        return self.stack.token
 
     def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
         """Run SQL (to set up users quickly, or age sessions without waiting)."""
@@ -78,9 +98,7 @@ class Console:
 
     def channel(self, port: int, identity: str = "cli") -> grpc.aio.Channel:
         """A mutual-TLS channel to one of the services, presenting the certificate of `identity`."""
-        channel = default_pki().channel(port, identity)
-        self.channels.append(channel)
-        return channel
+        return self.stack.channel(port, identity)
 
     def client(self) -> Web:
         """A new browser-like client of the console (its own cookies)."""
@@ -89,11 +107,7 @@ class Console:
     async def stop(self) -> None:
         """Stop everything."""
         self.app.extensions["mailblast_backends"].close()
-        for channel in self.channels:
-            await channel.close()
-        await self.sender.stop(grace=5.0)
-        for running in (self.campaigns, self.lists, self.auth):
-            await running.stop()
+        await self.stack.stop()
         self.catcher.stop()
 
 
@@ -226,96 +240,30 @@ async def start_console(
     """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway.
 
     Mailed links (reset, confirmation, unsubscribe) point at `public_url`, where the console is served.
-    Auth's lockouts, lists' double opt-in limits and campaigns' schedules go by `clock` (tests move it; the
-    system's by default).
+    Auth's lockouts and sessions, lists' double opt-in limits and campaigns' schedules go by `clock` (tests
+    move it; the system's by default).
     """
-    signer = IdentitySigner(internal_key)
-    pki = default_pki()
     catcher = SmtpCatcher(*tls_files, store_dir=outbox)
     catcher.start()
-    auth_config = AuthConfig(
-        database_url=database_url,
-        internal_key=internal_key,
-        nats_url=nats.url,
-        totp_keys=(Fernet.generate_key(),),
-        grpc_tls=pki.tls("auth"),
-        grpc_bind="127.0.0.1:0",
-        console_url=public_url,
-        nats_creds_file=nats.creds("auth"),
-    )
-    auth = await auth_service.start(dataclasses.replace(auth_config, **auth_overrides), clock=clock)
-    auth_addr = f"127.0.0.1:{auth.grpc_port}"
-    lists = await lists_service.start(
-        ListsConfig(
-            database_url=database_url,
-            nats_url=nats.url,
-            internal_key=internal_key,
-            grpc_tls=pki.tls("lists"),
-            grpc_bind="127.0.0.1:0",
-            auth_addr=auth_addr,
-            public_url=f"{public_url}/",
-            nats_creds_file=nats.creds("lists"),
-        ),
-        clock=clock,
-    )
-    lists_addr = f"127.0.0.1:{lists.grpc_port}"
-    campaigns = await campaigns_service.start(
-        CampaignsConfig(
-            database_url=database_url,
-            nats_url=nats.url,
-            internal_key=internal_key,
-            lists_addr=lists_addr,
-            grpc_tls=pki.tls("campaigns"),
-            auth_addr=auth_addr,
-            grpc_bind="127.0.0.1:0",
-            nats_creds_file=nats.creds("campaigns"),
-        ),
-        clock=clock,
-    )
-    sender = await sender_service.start(
-        sender_config(
-            database_url,
-            nats,
-            internal_key,
-            catcher.port,
-            tls_files[0],
-            dkim,
-            unsubscribe_url=f"{public_url}/u/",
-            tracking_url=f"{public_url}/t/",
-        )
-    )
-    async with pki.channel(auth_addr, "dev-run") as channel:
-        boot = await auth_pb2_grpc.AuthServiceStub(channel).Bootstrap(
-            auth_pb2.BootstrapRequest(
-                organization_name="Acme", admin_login=OWNER, admin_email="alice@example.org", admin_password=PASSWORD
-            ),
-            metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run"), "auth"))],
-        )
+    stack = await start_stack(
+        database_url, nats, internal_key, catcher.port, tls_files[0], dkim, bounces=0, clock=clock,
+        auth_overrides={"console_url": public_url, **auth_overrides},
+        lists_overrides={"public_url": f"{public_url}/"},
+        sender_overrides={"unsubscribe_url": f"{public_url}/u/", "tracking_url": f"{public_url}/t/"},
+        campaigns_options={"clock": clock} if clock is not None else None,
+        bootstrap=Bootstrap("Acme", OWNER, "alice@example.org", PASSWORD),
+    )  # fmt: skip
     settings = GatewayConfig(
-        auth_addr=auth_addr,
-        lists_addr=lists_addr,
-        campaigns_addr=f"127.0.0.1:{campaigns.grpc_port}",
+        auth_addr=f"127.0.0.1:{stack.auth.grpc_port}",
+        lists_addr=f"127.0.0.1:{stack.lists.grpc_port}",
+        campaigns_addr=f"127.0.0.1:{stack.campaigns.grpc_port}",
         internal_key=internal_key,
-        grpc_tls=pki.tls("gateway"),
+        grpc_tls=default_pki().tls("gateway"),
         dev_outbox_dir=str(outbox),
         dev_dkim_records={k.decode(): v.decode() for k, v in dkim.records.items()},
     )
     app = create_app({"TESTING": True}, settings=settings)
-    return Console(
-        auth, lists, campaigns, sender, app, catcher, database_url, boot.organization.id, boot.user.id, boot.api_token
-    )
-
-
-async def poll(check, timeout: float = 30.0, interval: float = 0.1) -> Any:
-    """Await `check()` (a coroutine function) until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
+    return Console(stack, app, catcher, database_url)
 
 
 async def create_list(web: Web, name: str) -> int:

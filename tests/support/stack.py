@@ -31,6 +31,7 @@ from services.bounce import service as bounce_service
 from services.bounce.config import Config as BounceConfig
 from services.campaigns import service as campaigns_service
 from services.campaigns.config import Config as CampaignsConfig
+from services.common.clock import Clock
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
 from services.lists import service as lists_service
 from services.lists.config import Config as ListsConfig
@@ -89,7 +90,7 @@ class Stack:
     auth: auth_service.Running
     lists: lists_service.Running
     campaigns: campaigns_service.Running
-    bounce: bounce_service.Running
+    bounce: bounce_service.Running | None
     senders: list[sender_service.Running]
     token: str
     signer: IdentitySigner
@@ -103,6 +104,9 @@ class Stack:
     more_campaigns: list[campaigns_service.Running] = field(default_factory=list)
     more_bounces: list[bounce_service.Running] = field(default_factory=list)
     campaigns_config: CampaignsConfig | None = None
+    # The bootstrap admin's user id.
+    owner_id: int = 0
+    auth_config: AuthConfig | None = None
     # Keyword arguments of campaigns' start (start_stack(campaigns_options={"clock": MovableClock()})).
     campaigns_options: dict = field(default_factory=dict)
 
@@ -224,13 +228,24 @@ class Stack:
             await nc.close()
 
     async def stop(self) -> None:
-        """Stop everything, senders first."""
-        for channel in self.channels:
-            await channel.close()
-        for sender in self.senders:
-            await sender.stop(grace=5.0)
-        for running in (*self.more_campaigns, *self.more_bounces, self.campaigns, self.bounce, self.lists, self.auth):
-            await running.stop()
+        """Stop everything at once: no service waits on another while it stops, and each takes up to a
+        second (its runners finish the fetch they are in), which in turn would add up in every test."""
+        await asyncio.gather(*(channel.close() for channel in self.channels))
+        services = (*self.more_campaigns, *self.more_bounces, self.campaigns, self.bounce, self.lists, self.auth)
+        stops = [*(sender.stop(grace=5.0) for sender in self.senders), *(s.stop() for s in services if s is not None)]
+        failures = [r for r in await asyncio.gather(*stops, return_exceptions=True) if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """The first organisation and its admin, as `make run` bootstraps them (no password: an API token only)."""
+
+    organization_name: str = "Test KK"
+    admin_login: str = "admin"
+    admin_email: str = "admin@example.com"
+    admin_password: str = ""
 
 
 def sender_config(
@@ -278,33 +293,43 @@ async def start_stack(
     campaigns: int = 1,
     bounces: int = 1,
     campaigns_overrides: dict | None = None,
+    auth_overrides: dict | None = None,
+    lists_overrides: dict | None = None,
+    clock: Clock | None = None,
+    bootstrap: Bootstrap = Bootstrap(),
+    metrics: bool = False,
     campaigns_options: dict | None = None,
 ) -> Stack:
     """Start every service in this process and bootstrap an organisation with an admin token.
 
-    campaigns, bounces: how many replicas of those services run side by side (each bounce its own SMTP port).
-    campaigns_options: keyword arguments of campaigns' start, e.g. the clock schedules go by (a MovableClock)
-    and run_scheduler=False, so that only the test's scheduler.run_once() starts scheduled campaigns.
+    campaigns, bounces: how many replicas of those services run side by side (each bounce its own SMTP
+    port; bounces=0 for none). Auth's lockouts and sessions and lists' mail limits go by `clock` (tests
+    move it; the system's by default). metrics: every service serves /metrics on a port of its own
+    (`running.metrics_port`). campaigns_options: keyword arguments of campaigns' start, e.g. the clock
+    schedules go by (a MovableClock) and run_scheduler=False, so only the test's scheduler.run_once() starts them.
     """
     signer = IdentitySigner(internal_key)
     pki = default_pki()
+    metrics_bind = "127.0.0.1:0" if metrics else ""
     auth_config = AuthConfig(
         database_url=database_url, internal_key=internal_key, nats_url=nats.url, totp_keys=(Fernet.generate_key(),),
         grpc_tls=pki.tls("auth"), grpc_bind="127.0.0.1:0", nats_creds_file=nats.creds("auth"),
+        metrics_bind=metrics_bind,
     )  # fmt: skip
-    auth = await auth_service.start(auth_config)
+    auth = await auth_service.start(dataclasses.replace(auth_config, **(auth_overrides or {})), clock=clock)
     auth_addr = f"127.0.0.1:{auth.grpc_port}"
     lists_config = ListsConfig(
         database_url=database_url, nats_url=nats.url, internal_key=internal_key, grpc_tls=pki.tls("lists"),
         grpc_bind="127.0.0.1:0", auth_addr=auth_addr, hard_bounce_threshold=hard_bounce_threshold,
-        nats_creds_file=nats.creds("lists"),
+        nats_creds_file=nats.creds("lists"), metrics_bind=metrics_bind,
     )  # fmt: skip
-    lists = await lists_service.start(lists_config)
+    lists_config = dataclasses.replace(lists_config, **(lists_overrides or {}))
+    lists = await lists_service.start(lists_config, clock=clock)
     campaigns_config = CampaignsConfig(
         database_url=database_url, nats_url=nats.url, internal_key=internal_key,
         lists_addr=f"127.0.0.1:{lists.grpc_port}", grpc_tls=pki.tls("campaigns"), auth_addr=auth_addr,
         grpc_bind="127.0.0.1:0",
-        nats_creds_file=nats.creds("campaigns"),
+        nats_creds_file=nats.creds("campaigns"), metrics_bind=metrics_bind,
     )  # fmt: skip
     campaigns_config = dataclasses.replace(campaigns_config, **(campaigns_overrides or {}))
     campaigns_running = [
@@ -313,26 +338,32 @@ async def start_stack(
     bounce_config = BounceConfig(
         database_url=database_url, nats_url=nats.url, internal_key=internal_key, grpc_tls=pki.tls("bounce"),
         auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
-        smtp_bind=f"127.0.0.1:{free_port()}", nats_creds_file=nats.creds("bounce"),
+        smtp_bind=f"127.0.0.1:{free_port()}", nats_creds_file=nats.creds("bounce"), metrics_bind=metrics_bind,
     )  # fmt: skip
-    bounce = await bounce_service.start(bounce_config)
+    bounce = await bounce_service.start(bounce_config) if bounces else None
     more_bounces = [
         await bounce_service.start(dataclasses.replace(bounce_config, smtp_bind=f"127.0.0.1:{free_port()}"))
         for _ in range(bounces - 1)
     ]
     # The senders ask no other service: campaign states and suppressions reach them over NATS.
-    config = sender_config(database_url, nats, internal_key, sink_port, cert, dkim, **(sender_overrides or {}))
+    config = sender_config(
+        database_url, nats, internal_key, sink_port, cert, dkim, metrics_bind=metrics_bind, **(sender_overrides or {})
+    )
     running_senders = [await sender_service.start(config) for _ in range(senders)]
     # Bootstrapped as `make run` does it.
     async with pki.channel(auth_addr, "dev-run") as channel:
         reply = await auth_pb2_grpc.AuthServiceStub(channel).Bootstrap(
             auth_pb2.BootstrapRequest(
-                organization_name="Test KK", admin_login="admin", admin_email="admin@example.com"
+                organization_name=bootstrap.organization_name,
+                admin_login=bootstrap.admin_login,
+                admin_email=bootstrap.admin_email,
+                admin_password=bootstrap.admin_password,
             ),
             metadata=[(IDENTITY_HEADER, signer.sign(Principal(organization_id=0, service="dev-run"), "auth"))],
         )
     return Stack(
         auth, lists, campaigns_running[0], bounce, running_senders, reply.api_token, signer, reply.organization.id,
         config, bounce_config, nats, more_campaigns=campaigns_running[1:], more_bounces=more_bounces,
-        campaigns_config=campaigns_config, lists_config=lists_config, campaigns_options=dict(campaigns_options or {}),
+        campaigns_config=campaigns_config, lists_config=lists_config, owner_id=reply.user.id,
+        auth_config=auth_config, campaigns_options=dict(campaigns_options or {}),
     )  # fmt: skip

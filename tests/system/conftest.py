@@ -1,17 +1,21 @@
-"""Fixtures for whole-pipeline tests: DKIM keys and a running stack relaying to the SMTP sink."""
+"""Fixtures for whole-pipeline tests: a running stack relaying to the SMTP sink."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import pytest_asyncio
 
-from tests.support.stack import DkimKeys, make_dkim_keys, start_stack
+from tests.support.database import fresh_database
+from tests.support.stack import start_stack
 
 
-@pytest.fixture(scope="session")
-def dkim_keys(tmp_path_factory: pytest.TempPathFactory) -> DkimKeys:
-    """DKIM keys for news.example.com and their DNS records."""
-    return make_dkim_keys(tmp_path_factory.mktemp("dkim"))
+@pytest.fixture
+def database_url(postgres_server_url: str, migrated_database: str) -> Iterator[str]:
+    """A fresh database for one test: a copy of one the services have migrated (they all start anyway)."""
+    with fresh_database(postgres_server_url, template=migrated_database) as url:
+        yield url
 
 
 @pytest_asyncio.fixture

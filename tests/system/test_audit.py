@@ -18,7 +18,7 @@ from mailblast.v1 import (
 )
 
 from services.common.privacy import email_hash
-from tests.support.console import poll
+from tests.support.poll import poll
 
 
 async def test_send_through_the_api_is_audited_with_user_and_address(stack):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from datetime import UTC, datetime
 
 import aiosmtplib
@@ -17,6 +15,7 @@ from services.common import bus
 from services.common.privacy import email_hash
 from services.sender.consumers import TRANSACTIONAL_DURABLE as SENDER_TRANSACTIONAL
 from services.sender.ledger import DeliveryResult, DeliveryStatus, Outcome
+from tests.support.poll import poll
 from tests.support.smtp import dsn_for
 
 SENT = campaigns_pb2.CAMPAIGN_STATE_SENT
@@ -49,18 +48,6 @@ async def traces(database_url: str, address: str) -> list[str]:
         return found
 
 
-async def until(check, timeout: float = 60.0):
-    """Await check() until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not reached within {timeout}s: {value!r}")
-        await asyncio.sleep(0.1)
-
-
 async def return_dsn(stack, caught, rcpt: str) -> None:
     """The receiving server sends back a DSN for `rcpt` to the message's VERP address (null reverse path)."""
     async with aiosmtplib.SMTP(hostname="127.0.0.1", port=stack.bounce.smtp_port, start_tls=False) as smtp:
@@ -88,13 +75,13 @@ async def delivered_and_bounced(stack, smtp_sink) -> tuple[campaigns_pb2.Campaig
     counted = await stack.wait_campaign(campaign.id, lambda c: c.counters.bounced == 1)
     target = await subscriber_id(stack, TARGET)
     # Lists has stopped the subscriber (one hard bounce is enough here) and suppressed the address.
-    await until(lambda: _status(stack, target, lists_pb2.SUBSCRIBER_STATUS_ERROR_STOPPED))
+    await poll(lambda: _status(stack, target, lists_pb2.SUBSCRIBER_STATUS_ERROR_STOPPED))
     # The test send is withheld from the suppressed address, and the transactional ledger says so.
     await stack.campaigns_stub.SendTest(
         campaigns_pb2.SendTestRequest(campaign_id=campaign.id, to_address=TARGET), metadata=stack.metadata
     )
     database_url = stack.sender_config.database_url
-    await until(lambda: _holds(traces(database_url, TARGET), "sender.transactional_deliveries.email"))
+    await poll(lambda: _holds(traces(database_url, TARGET), "sender.transactional_deliveries.email"))
     return counted, target
 
 
@@ -141,14 +128,19 @@ async def test_erasure_leaves_no_trace_of_the_address_and_the_campaign_figures_s
         assert where in held, held
 
     await erase(stack, target)
-    await until(lambda: _empty(traces(database_url, TARGET)))
+    await poll(lambda: _empty(traces(database_url, TARGET)))
     assert await counters(stack, campaign.id) == campaign.counters
     hashed = email_hash(internal_key, TARGET)
     bounces = await stack.bounce_stub.ListBounces(
         bounce_pb2.ListBouncesRequest(campaign_id=campaign.id), metadata=stack.metadata
     )
     [bounce] = bounces.bounces
-    assert (bounce.email, bounce.diagnostic, bounce.kind, bounce.status) == (hashed, "", "hard", "5.1.1")
+    assert (bounce.email, bounce.diagnostic, bounce.kind, bounce.status) == (
+        hashed,
+        "",
+        events_pb2.BOUNCE_KIND_HARD,
+        "5.1.1",
+    )
     assert "campaigns.campaign_deliveries.email" in await traces(database_url, OTHER)
 
     auth = auth_pb2_grpc.AuthServiceStub(stack.channel(stack.auth.grpc_port))
@@ -184,10 +176,10 @@ async def test_a_service_down_during_the_erasure_erases_when_back_and_late_mail_
     await stack.bounce.stop()
     try:
         await erase(stack, target)
-        await until(lambda: _only(traces(database_url, TARGET), {"bounce.bounces.email", "bounce.bounces.diagnostic"}))
+        await poll(lambda: _only(traces(database_url, TARGET), {"bounce.bounces.email", "bounce.bounces.diagnostic"}))
     finally:
         await stack.restart_bounce()
-    await until(lambda: _empty(traces(database_url, TARGET)))
+    await poll(lambda: _empty(traces(database_url, TARGET)))
 
     # A second DSN for the same message comes back late: it is recorded with the hash (the recipient is
     # bounced already, so the counters stay).
@@ -200,7 +192,7 @@ async def test_a_service_down_during_the_erasure_erases_when_back_and_late_mail_
         )
         return found.bounces if len(found.bounces) == 2 else None
 
-    assert {(b.email, b.diagnostic) for b in await until(two_bounces)} == {(hashed, "")}
+    assert {(b.email, b.diagnostic) for b in await poll(two_bounces)} == {(hashed, "")}
 
     sender = stack.senders[0]
     late = Outcome.of(
@@ -228,7 +220,7 @@ async def test_a_redelivered_erasure_changes_nothing(stack, smtp_sink, database_
     # the same rows, still no trace of the address.
     campaign, target = await delivered_and_bounced(stack, smtp_sink)
     await erase(stack, target)
-    await until(lambda: _empty(traces(database_url, TARGET)))
+    await poll(lambda: _empty(traces(database_url, TARGET)))
     before = await _snapshot(database_url)
     async with stack.jetstream() as js:
         stored = await js.get_last_msg(bus.STREAM_PRIVACY, bus.SUBJECT_SUBSCRIBER_ERASED)
@@ -247,7 +239,7 @@ async def test_a_redelivered_erasure_changes_nothing(stack, smtp_sink, database_
                     return False
             return True
 
-        await until(all_consumed)
+        await poll(all_consumed)
     assert await _snapshot(database_url) == before
     assert await counters(stack, campaign.id) == campaign.counters
     assert await traces(database_url, TARGET) == []

@@ -17,16 +17,14 @@ import pytest_asyncio
 
 from services.common.verp import RecipientRef, unsubscribe_token
 from services.gateway.server import ConsoleServer
-from tests.support.console import Console, Web, poll, start_console
-from tests.support.stack import make_dkim_keys
+from tests.support.console import Console, Web, start_console
+from tests.support.poll import poll
 
 
 @pytest_asyncio.fixture
-async def site(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
+async def site(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path: Path):
     """The services with the console served over HTTPS on a free port; yields (console, port)."""
-    console = await start_console(
-        database_url, nats_server, internal_key, tls_files, make_dkim_keys(tmp_path / "dkim"), tmp_path / "outbox"
-    )
+    console = await start_console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox")
     server = ConsoleServer(console.app, "127.0.0.1", 0, tls_files[0], tls_files[1])
     server.start()
     try:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 
 import aiosmtplib
 import pytest
-from mailblast.v1 import bounce_pb2, campaigns_pb2, lists_pb2
+from mailblast.v1 import bounce_pb2, campaigns_pb2, events_pb2, lists_pb2
 
 from services.common.verp import parse_return_path
+from tests.support.poll import poll
 from tests.support.smtp import dsn_for
 
 SENT = campaigns_pb2.CAMPAIGN_STATE_SENT
@@ -18,18 +18,6 @@ RECIPIENTS = [f"r{i:03d}@example.net" for i in range(60)]
 REFUSED = [f"gone{i}@example.net" for i in range(3)]  # a 550 at delivery: bounces the sender reports
 RETURNED = RECIPIENTS[:10]  # accepted, then returned as a DSN to one bounce replica
 TWICE = RETURNED[:4]  # ... and to the other one as well, as a server retrying after a lost reply would
-
-
-async def poll(predicate, timeout: float = 60.0):
-    """The first true value of `predicate()`, asked every 0.1 s until the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.1)
 
 
 async def return_dsn(port: int, caught, rcpt: str, dsn: bytes) -> None:
@@ -85,7 +73,8 @@ async def test_two_of_each_service_deliver_and_count_every_message_once(stack, s
         bounce_pb2.ListBouncesRequest(campaign_id=first.id), metadata=stack.metadata
     )
     recorded = Counter((b.email, b.source) for b in bounces.bounces)
-    assert recorded == Counter({**{(a, "smtp"): 1 for a in REFUSED}, **{(a, "dsn"): 1 for a in RETURNED}})
+    smtp, dsn = events_pb2.BOUNCE_SOURCE_SMTP, events_pb2.BOUNCE_SOURCE_DSN
+    assert recorded == Counter({**{(a, smtp): 1 for a in REFUSED}, **{(a, dsn): 1 for a in RETURNED}})
     assert len(bounces.bounces) == 13
 
     async def counted() -> dict[str, int] | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import email
-import time
 from email import policy
 from email.message import EmailMessage
 
@@ -19,6 +18,7 @@ from services.common.mail import send_transactional
 from services.common.verp import parse_return_path
 from tests.support.dkim_verify import EVERY_VERIFIER, passing, verify_everywhere
 from tests.support.lists import ListsStubs
+from tests.support.poll import poll
 from tests.support.smtp import dsn_for
 
 SENT = campaigns_pb2.CAMPAIGN_STATE_SENT
@@ -96,17 +96,6 @@ async def subscriber_by_email(stack, list_id: int, address: str) -> lists_pb2.Su
     return next(s for s in page.subscribers if s.email == address)
 
 
-async def poll(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.1)
-
-
 @pytest.mark.stack(hard_bounce_threshold=2)
 async def test_permanent_refusal_bounces_and_error_stops_after_threshold(stack, smtp_sink):
     # A 550 for one recipient is a hard bounce: counted as bounced, never retried. After the second
@@ -154,7 +143,12 @@ async def test_dsn_is_attributed_to_its_recipient_and_counted(stack, smtp_sink):
         bounce_pb2.ListBouncesRequest(campaign_id=campaign.id), metadata=stack.metadata
     )
     [record] = bounces.bounces
-    assert (record.email, record.kind, record.source, record.status) == ("y@example.net", "hard", "dsn", "5.1.1")
+    assert (record.email, record.kind, record.source, record.status) == (
+        "y@example.net",
+        events_pb2.BOUNCE_KIND_HARD,
+        events_pb2.BOUNCE_SOURCE_DSN,
+        "5.1.1",
+    )
 
 
 async def test_bad_input_is_refused_clearly_and_nothing_is_injected(stack, smtp_sink):

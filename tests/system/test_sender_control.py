@@ -15,14 +15,15 @@ from services.common import bus
 from services.common.mail import send_transactional
 from services.sender import service as sender_service
 from services.sender.consumers import DURABLE
+from tests.support.clock import MovableClock
 from tests.support.nats import connect_with
 
 BATCH_SIZE = 500  # the campaigns service's default
 
 
-async def start_sender(stack) -> None:
-    """One more sender in this process, stopped with the stack."""
-    stack.senders.append(await sender_service.start(stack.sender_config))
+async def start_sender(stack, clock: MovableClock | None = None) -> None:
+    """One more sender in this process (going by `clock`, the system's by default), stopped with the stack."""
+    stack.senders.append(await sender_service.start(stack.sender_config, clock=clock))
 
 
 async def campaign_request(stack, verb: str, campaign_id: int) -> campaigns_pb2.Campaign:
@@ -273,10 +274,11 @@ async def test_a_pause_longer_than_the_give_up_age_costs_no_retries(span_exporte
     span_exporter.clear()
     campaign = await handed_out(stack, ["late@example.net", "ok@example.net"])
     await campaign_request(stack, "Pause", campaign.id)
-    await start_sender(stack)
+    clock = MovableClock()
+    await start_sender(stack, clock)
     await wait_spans(span_exporter, campaign.id, lambda spans: halted(spans, 1, "paused") >= 1)
-    # The pause must outlast the give-up age: this wait is the behaviour under test.
-    await asyncio.sleep(1.5)
+    # The pause outlasts the give-up age, as far as the sender can tell.
+    clock.advance(1.5)
     await campaign_request(stack, "Resume", campaign.id)
     done = await stack.wait_campaign(campaign.id, lambda c: c.state == campaigns_pb2.CAMPAIGN_STATE_SENT)
     assert (done.counters.sent, done.counters.failed) == (2, 0)

@@ -111,6 +111,7 @@ def test_smtp_command_is_read_from_transcripts():
     assert find_command("said: 550 5.1.1 unknown (in reply to RCPT TO command)") == "RCPT"
     assert find_command("SMTP error from remote mail server after end of data: 550 rejected") == "DATA"
     assert find_command(">>> DATA\n<<< 554 Unknown user") == "DATA"
+    assert find_command("SMTP:RCPT host 192.0.2.1: 553 5.3.0 <x@example.com>... No such user here") == "RCPT"
     assert find_command("your mail from yesterday has data we could not read") == ""
 
 
@@ -287,3 +288,52 @@ def test_providers_are_recognised_by_whole_host_and_domain_labels():
     assert provider_of(("aspmx.l.google.com",), "example.org") == "google"
     assert provider_of((), "e.com") == ""
     assert provider_of(("mx.example.net",), "example.net") == ""
+
+
+def test_plain_notices_name_their_failed_address_through_the_mta_detectors():
+    # An Exchange 5.5 notice quotes the original's To and Cc (list addresses) before the one recipient
+    # that failed: flufl.bounce's detectors of MTA formats pick the failed one, and "Mailman 2.0.12" in
+    # the subject is no status code.
+    notice = (
+        b"From: System Administrator <postmaster@example.com>\r\nTo: list-bounces@example.org\r\n"
+        b"Subject: Undeliverable: RELEASED Mailman 2.0.12\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n"
+        b"Your message\r\n\r\n  To:      list@example.org\r\n  Cc:      other-list@example.org\r\n"
+        b"  Subject: RELEASED Mailman 2.0.12\r\n  Sent:    Thu, 11 Jul 2002 16:52:33 -0300\r\n\r\n"
+        b"did not reach the following recipient(s):\r\n\r\n"
+        b"userx@example.com on Thu, 11 Jul 2002 16:54:54 -0300\r\n"
+        b"    The recipient name is not recognized\r\n"
+        b"    MSEXCH:IMS:Example:CENTRAL:DC02 0 (000C05A6) Unknown Recipient\r\n"
+    )
+    report = parse_bounce(notice)
+    assert [(r.email, r.reason, r.kind, r.status) for r in report.recipients] == [
+        ("userx@example.com", "userunknown", "hard", "")
+    ]
+
+
+def test_mta_notice_wordings_decide_before_the_generic_rules():
+    # Gmail's "(state N)" names the step reached; Exim's "mailbox is full: retry timeout exceeded" is a
+    # full mailbox, not a timeout; MessageLabs asking for SMTP AUTH is a security error even though the
+    # reply also says "not permitted to relay".
+    gmail = "The error that the other server returned was: 554 554 5.7.0 Header error (state 18)."
+    assert classify("", gmail).reason == "filtered"
+    assert classify("", "550 550 5.1.1 <x@example.jp>... User Unknown (state 14).").reason == "userunknown"
+    assert classify("", "mailbox is full: retry timeout exceeded").reason == "mailboxfull"
+    auth = (
+        "550-Please turn on SMTP Authentication in your mail client. 550-mail0.example.net [192.0.2.1]:2222 "
+        "is not permitted to 550 relay through this server without authentication."
+    )
+    assert classify("", auth, 550).reason == "securityerror"
+
+
+def test_status_codes_the_issue_names():
+    # X.7.25 is a failed reverse-DNS check (requireptr), 5.2.3 a message over the recipient's limit
+    # (exceedlimit), and Microsoft's 5.1.10 with RecipientNotFound an unknown recipient (hard); a 5.1.10
+    # that speaks of a null MX stays notaccept.
+    assert classify("5.7.25", "550 5.7.25 The IP address sending this message does not have a PTR record").reason == (
+        "requireptr"
+    )
+    assert classify("4.7.25", "450 4.7.25 Client host rejected: cannot find your hostname").reason == "requireptr"
+    assert classify("5.2.3", "552 5.2.3 Message exceeds maximum fixed size").reason == "exceedlimit"
+    microsoft = "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"
+    assert classify("5.1.10", microsoft, 550) == Verdict("hard", "userunknown")
+    assert classify("5.1.10", "556 5.1.10 recipient domain has null MX", 556) == Verdict("hard", "notaccept")

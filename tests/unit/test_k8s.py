@@ -30,6 +30,8 @@ SERVICES = [*GRPC_PORTS, "gateway"]
 BACKENDS = list(GRPC_PORTS)  # every service with a database and a NATS credential
 # The plaintext listener that serves only grpc.health.v1, for the kubelet's probes (which cannot do TLS).
 HEALTH_PORT = 50050
+# Prometheus metrics (MAILBLAST_METRICS_BIND), scraped by components/monitoring's PodMonitor.
+METRICS_PORT = 9464
 GRPC_TLS_DIR = "/var/run/secrets/mailblast/grpc"
 KUBERNETES_VERSION = "1.37.0"
 ZONE, HOSTNAME = "topology.kubernetes.io/zone", "kubernetes.io/hostname"
@@ -597,6 +599,7 @@ OUTSIDE = {
     "keda-operator": ("keda", {"app.kubernetes.io/name": "keda-operator"}, {"metrics": 8080}),
     "cnpg-operator": ("cnpg-system", {"app.kubernetes.io/name": "cloudnative-pg"}, {"webhook": 9443}),
     "kube-dns": ("kube-system", {"k8s-app": "kube-dns"}, {"dns": 53, "dns-tcp": 53}),
+    "prometheus": ("monitoring", {"app.kubernetes.io/name": "prometheus"}, {"web": 9090}),
     "another-app": ("another-app", {"app.kubernetes.io/name": "another-app"}, {"http": 8080}),
 }
 INTERNET = ipaddress.ip_address("203.0.113.9")
@@ -606,9 +609,13 @@ INTERNET_PORTS = [25, 80, 443, 587, 6443]
 def _pods(path: str) -> dict[str, dict]:
     namespace = next(iter(objects(path, "Namespace")))
     pods = {}
-    for name, workload in {**objects(path, "Deployment"), **objects(path, "StatefulSet")}.items():
+    workloads = {**objects(path, "Deployment"), **objects(path, "StatefulSet")}
+    workloads |= {name: job["spec"]["jobTemplate"] for name, job in objects(path, "CronJob").items()}
+    for name, workload in workloads.items():
         labels = workload["spec"]["template"]["metadata"]["labels"]
-        ports = [(p["containerPort"], p.get("protocol", "TCP"), p.get("name")) for p in container(workload)["ports"]]
+        ports = [
+            (p["containerPort"], p.get("protocol", "TCP"), p.get("name")) for p in container(workload).get("ports", [])
+        ]
         pods[name] = {"namespace": namespace, "labels": labels, "ports": ports}
     if objects(path, "Cluster"):
         pods["postgres"] = {
@@ -727,6 +734,7 @@ def expected_flows(path: str) -> set[tuple[str, str, int, str]]:
         if caller in SERVICES  # cli and dev-run come through kubectl port-forward, inside the pod
     }
     flows |= {(s, "nats", 4222, "TCP") for s in BACKENDS} | {(s, "postgres", 5432, "TCP") for s in BACKENDS}
+    flows.add(("backup", "postgres", 5432, "TCP"))
     flows |= {(pod, "kube-dns", 53, protocol) for pod in ours for protocol in ("UDP", "TCP")}
     flows |= {
         ("ingress-controller", "gateway", 8080, "TCP"),
@@ -737,6 +745,8 @@ def expected_flows(path: str) -> set[tuple[str, str, int, str]]:
     }
     if objects(path, "ScaledObject"):
         flows.add(("keda-operator", "nats", 8222, "TCP"))
+    if objects(path, "PodMonitor"):
+        flows |= {("prometheus", s, METRICS_PORT, "TCP") for s in BACKENDS}
     for port in (5432, 8000):
         flows |= {("postgres", "postgres", port, "TCP"), ("cnpg-operator", "postgres", port, "TCP")}
     flows |= {("postgres", "internet", 443, "TCP"), ("postgres", "internet", 6443, "TCP")}
@@ -747,9 +757,10 @@ def expected_flows(path: str) -> set[tuple[str, str, int, str]]:
 def test_network_policies_allow_exactly_the_flows_mailblast_needs(path: str) -> None:
     # With every pod denied by default, the policies let through exactly: gRPC from the callers each
     # service admits, NATS and PostgreSQL from the five services with credentials (and nothing else reaches
-    # them but their own peers and operators), kube-dns for everyone, the console from the Ingress controller
-    # only, SMTP to bounce from anywhere, SMTP out of the sender, and the database's HTTPS to the Kubernetes
-    # API and its backups. The health port is reached by no one (the kubelet probes from the node).
+    # them but their own peers and operators; the nightly backup reads PostgreSQL), kube-dns for everyone,
+    # the console from the Ingress controller only, SMTP to bounce from anywhere, SMTP out of the sender,
+    # and the database's HTTPS to the Kubernetes API and its backups. The health port is reached by no one
+    # (the kubelet probes from the node).
     policies = objects(path, "NetworkPolicy")
     assert policies["default-deny"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
     allowed, expected = allowed_flows(path), expected_flows(path)
@@ -759,6 +770,67 @@ def test_network_policies_allow_exactly_the_flows_mailblast_needs(path: str) -> 
     reaching_data = {
         src for src, dst, _, _ in allowed if dst in ("nats", "postgres") and src not in ("nats", "postgres")
     }
-    assert reaching_data == set(BACKENDS) | {"cnpg-operator"} | (
+    assert reaching_data == set(BACKENDS) | {"backup", "cnpg-operator"} | (
         {"keda-operator"} if objects(path, "ScaledObject") else set()
     )
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_a_cronjob_backs_up_every_night_to_a_volume_with_the_operators_key(path: str) -> None:
+    # Every night a Job runs `mailblast backup` to a new file on the volume mailblast-backups, one at a time,
+    # with the backup key and the keys it saves mounted as files, the database as the services reach it, and
+    # the same lock-down as the services' containers.
+    (job,) = objects(path, "CronJob").values()
+    assert job["spec"]["schedule"] == "17 2 * * *" and job["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    main = container(job["spec"]["jobTemplate"])
+    assert 'mailblast backup "/backups/mailblast-$(date -u +%Y%m%dT%H%M%SZ).backup"' in main["args"][0]
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True and pod["automountServiceAccountToken"] is False
+    env = {e["name"]: e for e in main["env"]}
+    files = _secret_files(job["spec"]["jobTemplate"])
+    assert files[env["MAILBLAST_BACKUP_KEY_FILE"]["value"]] == ("mailblast-backup-key", "backup-key")
+    config = config_of(path)
+    assert files[config["AUTH_TOTP_KEYS_FILE"]] == ("mailblast-secrets", "AUTH_TOTP_KEYS")
+    assert files[config["MAILBLAST_INTERNAL_KEY_FILE"]] == ("mailblast-secrets", "MAILBLAST_INTERNAL_KEY")
+    assert files[config["SENDER_DKIM_KEY_FILE"]] == ("mailblast-secrets", "dkim-rsa.pem")
+    assert files[config["SENDER_DKIM_ED25519_KEY_FILE"]] == ("mailblast-secrets", "dkim-ed25519.pem")
+    postgres = bool(objects(path, "Cluster"))
+    ref = env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    wanted = ("mailblast-db-app", "uri") if postgres else ("mailblast-secrets", "DATABASE_URL")
+    assert (ref["name"], ref["key"]) == wanted
+    if postgres:
+        assert env["PGSSLMODE"]["value"] == "verify-full"
+    backups = next(m for m in main["volumeMounts"] if m["mountPath"] == "/backups")
+    volume = next(v for v in pod["volumes"] if v["name"] == backups["name"])
+    assert volume["persistentVolumeClaim"]["claimName"] in objects(path, "PersistentVolumeClaim")
+
+
+def test_prod_is_monitored_with_the_watchdogs_alerts_from_the_services_metrics() -> None:
+    # prod scrapes every service with a database on its metrics port (the port MAILBLAST_METRICS_BIND
+    # opens), and carries a PrometheusRule with an alert for each of the watchdog's conditions (a service
+    # down, the send queue stalled, the bounce and complaint rates), written only with metrics the
+    # services export.
+    from services.common.metrics import REGISTRY
+
+    path = "deploy/k8s/overlays/prod"
+    assert config_of(path)["MAILBLAST_METRICS_BIND"] == f"0.0.0.0:{METRICS_PORT}"
+    (monitor,) = objects(path, "PodMonitor").values()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    for name, deployment in objects(path, "Deployment").items():
+        ports = {p["name"]: p["containerPort"] for p in container(deployment)["ports"]}
+        selected = _selects(monitor["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
+        assert selected == (name in BACKENDS), name
+        if selected:
+            assert ports[endpoint["port"]] == METRICS_PORT, name
+    (rule,) = objects(path, "PrometheusRule").values()
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(alerts) == {
+        "MailblastServiceDown", "MailblastSendQueueStalled", "MailblastBounceRateHigh", "MailblastComplaintRateHigh",
+    }  # fmt: skip
+    exported = {sample for family in REGISTRY.collect() for sample in (family.name, f"{family.name}_total")}
+    exported |= {"up"}
+    for name, alert in alerts.items():
+        used = set(re.findall(r"\b([a-z_]+)(?:\{|\[)", alert["expr"])) - {"increase", "max", "sum"}
+        assert used and used <= exported, (name, used - exported)
+        assert alert["labels"]["severity"] in ("critical", "warning")
+    assert objects("deploy/k8s/overlays/dev", "PrometheusRule") == {}

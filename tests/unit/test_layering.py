@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 SERVICES = Path(__file__).parents[2] / "services"
-NAMES = {"auth", "lists", "campaigns", "sender", "bounce", "gateway"}
+NAMES = {"auth", "lists", "campaigns", "sender", "bounce", "gateway", "watchdog"}
 TRANSPORTS = ("grpc", "nats", "psycopg", "psycopg_pool", "mailblast.v1", "google.protobuf")
 # Modules whose job is a transport, by their name in the service's folder.
 EDGE_NAMES = {"config", "service", "consumers", "__main__"}
@@ -19,10 +19,13 @@ EDGE_PREFIXES = ("grpc_", "store")
 # Adapters with other names, each the implementation of an interface a domain module takes.
 ADAPTERS = {
     "auth/mailer.py": "auth's notices as TransactionalMessages on JetStream (security.SendMail)",
+    "auth/convert.py": "the one place auth's login and session statuses meet protobuf",
     "bounce/events.py": "stored bounces announced as BounceEvents on JetStream (recorder.Announce)",
+    "bounce/convert.py": "the one place bounce's kinds and sources meet protobuf",
     "campaigns/recipients.py": "a campaign's recipients streamed from lists over gRPC (fanout.Audience)",
     "campaigns/batches.py": "SendBatches published to the senders on JetStream (fanout.Batches)",
     "campaigns/announcements.py": "campaign state changes relayed from the outbox table to JetStream",
+    "campaigns/convert.py": "the one place campaigns' states and recipient statuses meet protobuf",
     "lists/announcements.py": "suppression changes relayed from the outbox table to JetStream",
     "lists/convert.py": "the one place lists' statuses and kinds meet protobuf (StrEnums <-> enum numbers)",
     "sender/convert.py": "the one place the sender's domain meets protobuf (events in, reports and RPCs out)",
@@ -30,6 +33,7 @@ ADAPTERS = {
     "gateway/audience.py": "what the audience blueprints share: refusals as flashes, streamed RPC downloads, fields",
     "gateway/app.py": "the Flask app, mapping the services' gRPC status codes to HTTP",
     "gateway/clients.py": "the gateway's gRPC channels and calls",
+    "gateway/statuses.py": "the console's names of the services' status enums",
     "gateway/security.py": "the console's logins: Flask-Login's user is auth's GetSession answer",
 }
 # Domain modules that still import a transport. The lists and sender restructurings of issue 10 (items 1,

@@ -249,6 +249,31 @@ def test_data_payload_matches_aiosmtplib():
         assert data_payload(message) == expected, message
 
 
+def test_composed_messages_are_crlf_as_their_type_says():
+    # A composed message (CrlfMessage: the SMTP client skips the line-end check) truly has CRLF line ends
+    # only, whatever the text and HTML bodies say (LF, CR, CRLF, lines starting with a dot, long lines),
+    # so its DATA payload is the one a plain bytes copy of it gets.
+    from services.sender.mime import CrlfMessage
+    from services.sender.smtp import data_payload
+
+    key = SigningKey("mail.example.com", "sel", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    composer = Composer(
+        key=KEY, return_path_domain="bounces.example.com", message_id_domain="mail.example.com",
+        unsubscribe_url="https://mail.example.com/u/", signer=DkimSigner([key]),
+    )  # fmt: skip
+    bodies = [".dot\nline\r\n.\rend", "a" * 2000 + "\n.\n", "日本語\r\n.行\n", "plain\n"]
+    for n, body in enumerate(bodies):
+        content = TemplateCache().get(n, "{{ name }}", body + "{{ name }}", "<p>" + body + "</p>")
+        prepared = composer.prepare(
+            ref=verp.RecipientRef(1, 2, n), content=content, sender=Sender("S", "news@shop.example.com"),
+            email="taro@example.net", name=".Taro", attributes_json="",
+        )  # fmt: skip
+        assert type(prepared.data) is CrlfMessage
+        data = bytes(prepared.data)
+        assert data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n")
+        assert data_payload(prepared.data) == data_payload(data)
+
+
 def test_transactional_categories_withheld_from_suppressed_addresses():
     # Account mail and double opt-in confirmations reach even a suppressed address; other kinds do not.
     from services.sender.decisions import checks_suppression

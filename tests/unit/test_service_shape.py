@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("auth", "lists", "campaigns", "sender", "bounce", "gateway")
+SERVICES = ("auth", "lists", "campaigns", "sender", "bounce", "gateway", "watchdog")
 
 
 @pytest.mark.parametrize("name", SERVICES)

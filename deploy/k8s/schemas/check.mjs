@@ -15,6 +15,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const PACKAGES = {
   "cert-manager.io": "@kubernetes-models/cert-manager",
   "keda.sh": "@kubernetes-models/keda",
+  "monitoring.coreos.com": "@kubernetes-models/prometheus-operator",
   "postgresql.cnpg.io": "@kubernetes-models/cloudnative-pg",
 };
 

