@@ -316,6 +316,8 @@ async def test_a_campaign_scheduled_in_the_console_starts_at_its_time(make_conso
 
     clock.advance(hours=1, minutes=1)
     await console.campaigns.scheduler.run_once()
+    # An hour idle ended the session (auth goes by the same clock): the editor logs in again to watch.
+    web = await logged_in(console, "eddie")
 
     async def sent():
         data = (await web.get(f"{page_path}/progress.json")).get_json()
