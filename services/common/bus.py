@@ -1,4 +1,7 @@
-"""NATS JetStream for the services: subjects, streams, permissions and traced publishing (runner.py consumes)."""
+"""NATS JetStream for the services: subjects, streams, permissions, traced publishing and dead letters.
+
+Consumers are runners (runner.py).
+"""
 
 from __future__ import annotations
 

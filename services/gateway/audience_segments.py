@@ -22,6 +22,7 @@ from services.gateway.audience import (
     defined_fields,
 )
 from services.gateway.clients import BackendError, backends, call
+from services.gateway.numbers import form_count, form_id
 from services.gateway.security import requires
 
 bp = Blueprint("segments", __name__)
@@ -54,9 +55,9 @@ def _kind(field: str, defined: dict[str, lists_fields_pb2.CustomField]) -> str:
 def read_builder(form: Any) -> dict[str, Any]:
     """The builder's state from its form: a top-level match and groups of rows (field, op, value)."""
     state: dict[str, Any] = {"match": "any" if form.get("match") == "any" else "all", "groups": []}
-    for g in range(min(int(form.get("groups", "1") or 1), MAX_GROUPS)):
+    for g in range(form_count(form.get("groups"), 1, MAX_GROUPS)):
         group = {"match": "any" if form.get(f"g{g}_match") == "any" else "all", "rows": []}
-        for r in range(min(int(form.get(f"g{g}_rows", "1") or 1), MAX_ROWS)):
+        for r in range(form_count(form.get(f"g{g}_rows"), 1, MAX_ROWS)):
             prefix = f"g{g}_r{r}_"
             group["rows"].append(
                 {
@@ -173,7 +174,7 @@ def build_segment() -> Any:
     """The builder's every button: add a row or group, remove a row, preview, save; the page re-renders."""
     state = read_builder(request.form)
     name = request.form.get("name", "").strip()
-    segment_id = request.form.get("segment_id", 0, type=int) or 0
+    segment_id = form_id(request.form.get("segment_id"))
     action = request.form.get("action", "preview")
     if action == "add_group" and len(state["groups"]) < MAX_GROUPS:
         state["groups"].append({"match": "all", "rows": [_blank_row()]})

@@ -15,6 +15,7 @@ from services.gateway.audience import (
     refused,
 )
 from services.gateway.clients import BackendError, backends, call
+from services.gateway.numbers import form_id
 from services.gateway.security import requires
 
 bp = Blueprint("signup", __name__)
@@ -38,7 +39,7 @@ def create_form() -> Response:
         created = call(
             backends().lists_signup.CreateForm,
             lists_signup_pb2.FormInput(
-                list_id=request.form.get("list_id", 0, type=int) or 0,
+                list_id=form_id(request.form.get("list_id")),
                 name=request.form.get("name", "").strip(),
                 field_keys=request.form.getlist("field_keys"),
                 ask_name=request.form.get("ask_name") == "1",

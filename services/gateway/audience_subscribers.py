@@ -18,6 +18,7 @@ from services.gateway.audience import (
     refused,
 )
 from services.gateway.clients import BackendError, backends, call
+from services.gateway.numbers import form_id
 from services.gateway.security import requires
 from services.gateway.statuses import SUBSCRIBER_STATUSES
 
@@ -34,7 +35,7 @@ def subscribers() -> str:
         email_contains=args.get("email", "").strip(),
         name_contains=args.get("name", "").strip(),
         status=STATUS_VALUES.get(args.get("status", ""), 0),
-        list_id=args.get("list_id", 0, type=int) or 0,
+        list_id=form_id(args.get("list_id")),
         field_key=field_key if field_value else "",
         field_value=field_value if field_key else "",
         page_size=50,

@@ -28,6 +28,7 @@ from services.gateway import labels, report, statuses
 from services.gateway.clients import BackendError, backends, call
 from services.gateway.explanations import explain
 from services.gateway.labels import label
+from services.gateway.numbers import form_ids
 from services.gateway.security import PREVIEW_CSP, requires
 from services.gateway.timezones import console_zone, local, offered_zones, viewer_zone, zone_or_none
 
@@ -38,13 +39,6 @@ _FORM_ERRORS = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECOND
 
 # The names the pages use (statuses.py derives them from the contracts).
 CAMPAIGN_STATES = statuses.CAMPAIGN_STATES
-
-
-def _id_list(values: list[str]) -> list[int]:
-    try:
-        return [int(v) for v in values if v]
-    except ValueError:
-        abort(400)
 
 
 # ---------------------------------------------------------------------------------------------- lists
@@ -224,8 +218,8 @@ def _draft_fields() -> dict[str, Any]:
     form = request.form
     return {
         "name": form.get("name", ""),
-        "list_ids": _id_list(form.getlist("list_ids")),
-        "segment_ids": _id_list(form.getlist("segment_ids")),
+        "list_ids": form_ids(form.getlist("list_ids")),
+        "segment_ids": form_ids(form.getlist("segment_ids")),
         "from_name": form.get("from_name", ""),
         "from_address": form.get("from_address", ""),
         "reply_to": form.get("reply_to", ""),

@@ -14,6 +14,7 @@ from flask_babel import gettext as _
 from mailblast.v1 import lists_signup_pb2
 
 from services.gateway.clients import BackendError, backends, call, client_ip
+from services.gateway.numbers import form_ids
 
 bp = Blueprint("public", __name__)
 
@@ -83,10 +84,7 @@ def unsubscribe_choose(token: str) -> Any:
     everything = request.form.get("action") == "all"
     chosen: list[int] = []
     if not everything:
-        try:
-            chosen = [int(v) for v in request.form.getlist("list_ids")]
-        except ValueError:
-            abort(400)
+        chosen = form_ids(request.form.getlist("list_ids"))
         if not chosen:
             return _page(
                 "public_message.html", 400, title=_("Nothing chosen"), message=_("Choose at least one list to leave.")

@@ -13,25 +13,28 @@ import datetime as dt
 import ssl
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from typing import TypeVar
 
 import aiosmtplib
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mailblast.v1 import events_pb2
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from services.common import bus, settings
 from services.common.clock import Clock, SystemClock
+from services.common.decision import Ack, Decision
 from services.common.log import get_logger
 from services.common.metrics import MetricsServer, serve
+from services.common.runner import Delivery, Runner
 from services.common.settings import ConfigError
 from services.watchdog.alerts import Backlog, Notice, Thresholds, Watch
 from services.watchdog.config import Config
 
 log = get_logger(__name__)
+P = TypeVar("P")
 
 _ATTEMPTS = {events_pb2.DELIVERY_OUTCOME_SENT, events_pb2.DELIVERY_OUTCOME_REJECTED}
 _BATCHES = next(c for c in bus.SERVICE_ACCESS["watchdog"].watches if c.durable == "sender-batches")
@@ -41,11 +44,61 @@ def _when(stamp, fallback: dt.datetime) -> dt.datetime:
     return stamp.ToDatetime(tzinfo=dt.UTC) if stamp.seconds else fallback
 
 
+def _consumer(durable: str) -> bus.Consumer:
+    return next(c for c in bus.SERVICE_ACCESS["watchdog"].consumes if c.durable == durable)
+
+
+class _Watcher(Runner[P]):
+    """A durable of the watchdog's: each event counts at the time it happened (a new durable reads the
+    streams from their start, and what is older than the window falls out of it at once)."""
+
+    durable_name = ""
+
+    def __init__(self, js: JetStreamContext, watch: Watch, clock: Clock) -> None:
+        consumer = _consumer(self.durable_name)
+        super().__init__(
+            js, stream=consumer.stream, durable=consumer.durable, subject=consumer.subject, slots=500, fetch=500
+        )
+        self._watch = watch
+        self._clock = clock
+
+
+class DeliveryWatcher(_Watcher[events_pb2.DeliveryReport]):
+    """watchdog-delivery: the attempts that reached a server's answer, for the rates' denominator."""
+
+    payload_type = events_pb2.DeliveryReport
+    span_name = "watch deliveries"
+    durable_name = "watchdog-delivery"
+
+    async def dispose(self, payload: events_pb2.DeliveryReport, delivery: Delivery) -> Decision:
+        now = self._clock.now()
+        for event in payload.events:
+            if event.outcome in _ATTEMPTS:
+                self._watch.delivered(_when(event.occurred_at, now))
+        return Ack()
+
+
+class BounceWatcher(_Watcher[events_pb2.BounceEvent]):
+    """watchdog-bounces: bounces and complaints, for the rates."""
+
+    payload_type = events_pb2.BounceEvent
+    span_name = "watch bounces"
+    durable_name = "watchdog-bounces"
+
+    async def dispose(self, payload: events_pb2.BounceEvent, delivery: Delivery) -> Decision:
+        at = _when(payload.occurred_at, self._clock.now())
+        if payload.kind == events_pb2.BOUNCE_KIND_COMPLAINT:
+            self._watch.complained(at)
+        elif payload.kind in (events_pb2.BOUNCE_KIND_HARD, events_pb2.BOUNCE_KIND_SOFT):
+            self._watch.bounced(at)
+        return Ack()
+
+
 class Running:
     """A started watchdog: `check()` runs one round (the loop calls it every WATCHDOG_INTERVAL_SECONDS)."""
 
     def __init__(
-        self, config: Config, clock: Clock, nc: NATS, js: JetStreamContext, consumers: list[bus.PullConsumer]
+        self, config: Config, clock: Clock, nc: NATS, js: JetStreamContext, consumers: list[Runner]
     ) -> None:
         self._config = config
         self._clock = clock
@@ -72,7 +125,7 @@ class Running:
         """One round: take the events, ask every service, judge, mail what is due; return what was mailed."""
         async with self._round:
             for consumer in self._consumers:
-                while await consumer.run_once(timeout=0.2) == consumer.batch:
+                while await consumer.run_once(timeout=0.2):
                     pass
             answers = await asyncio.gather(*(self._health(name) for name in self._channels))
             for name, answer in zip(self._channels, answers, strict=True):
@@ -118,26 +171,6 @@ class Running:
             return None
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
         return Backlog((info.num_pending or 0) + (info.num_ack_pending or 0), floor or 0)
-
-    async def _events(self, msgs: list[Msg]) -> None:
-        # Each event counts at the time it happened: a new durable reads the streams from their start, and
-        # what is older than the window falls out of it at once.
-        now = self._clock.now()
-        for msg in msgs:
-            try:
-                if msg.subject == bus.SUBJECT_DELIVERY_REPORT:
-                    for event in bus.decode(msg, events_pb2.DeliveryReport).events:
-                        if event.outcome in _ATTEMPTS:
-                            self._watch.delivered(_when(event.occurred_at, now))
-                else:
-                    bounce = bus.decode(msg, events_pb2.BounceEvent)
-                    if bounce.kind == events_pb2.BOUNCE_KIND_COMPLAINT:
-                        self._watch.complained(_when(bounce.occurred_at, now))
-                    elif bounce.kind in (events_pb2.BOUNCE_KIND_HARD, events_pb2.BOUNCE_KIND_SOFT):
-                        self._watch.bounced(_when(bounce.occurred_at, now))
-            except bus.DecodeError:
-                log.warning("undecodable event skipped", subject=msg.subject)
-            await msg.ack()
 
     async def _mail(self, notice: Notice) -> None:
         config = self._config
@@ -186,12 +219,13 @@ async def start(config: Config, *, clock: Clock | None = None, watch: bool = Tru
     if config.grpc_tls.identity() != "watchdog":
         raise ConfigError(f"{settings.TLS_CERT_FILE.env} names {config.grpc_tls.identity()!r}, not watchdog")
     nc, js = await bus.connect(config.nats_url, "watchdog", config.nats_creds_file, config.nats_stream_replicas)
-    consumers = []
-    running = Running(config, clock or SystemClock(), nc, js, consumers)
-    for consumer in bus.SERVICE_ACCESS["watchdog"].consumes:
-        pull = bus.PullConsumer(js, consumer.stream, consumer.durable, consumer.subject, running._events, batch=500)
-        await pull.start()
-        consumers.append(pull)
+    clock = clock or SystemClock()
+    consumers: list[Runner] = []
+    running = Running(config, clock, nc, js, consumers)
+    for kind in (DeliveryWatcher, BounceWatcher):
+        consumer = kind(js, running._watch, clock)
+        await consumer.start()
+        consumers.append(consumer)
     running._metrics = serve(config.metrics_bind)
     if watch:
         running.watch()

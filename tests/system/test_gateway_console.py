@@ -636,6 +636,25 @@ async def test_an_id_past_int64_in_an_address_is_a_plain_404(make_console):
     assert refused.status_code == 404 and "does not exist" in text(refused)
 
 
+async def test_a_bad_number_in_a_form_or_query_is_a_400(make_console):
+    # Numbers a page sends back (ids, the segment builder's row and group counts) that are not numbers or
+    # no int64 id can be are refused as a bad request, never a server error; a huge count is capped.
+    console = await make_console()
+    admin = await logged_in(console)
+    huge = "99999999999999999999"
+    assert (await admin.get(f"/subscribers?list_id={huge}")).status_code == 400
+    assert (await admin.get("/subscribers?list_id=abc")).status_code == 400
+    await admin.get("/campaigns/new")
+    assert (await admin.post("/campaigns/new", {"name": "x", "list_ids": huge})).status_code == 400
+    await admin.get("/forms")
+    assert (await admin.post("/forms", {"list_id": "1e3", "name": "x"})).status_code == 400
+    await admin.get("/segments/new")
+    assert (await admin.post("/segments/build", {"groups": "abc"})).status_code == 400
+    assert (await admin.post("/segments/build", {"segment_id": huge})).status_code == 400
+    capped = await admin.post("/segments/build", {"groups": huge, "action": "preview"})
+    assert capped.status_code == 200
+
+
 async def test_audit_log_filters_pages_and_exports_csv(make_console):
     # The audit log filters by action prefix and day, and the CSV export streams every matching event
     # with time, user and source address.

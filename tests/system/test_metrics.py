@@ -8,7 +8,7 @@ import urllib.request
 
 import grpc
 import pytest
-from mailblast.v1 import campaigns_pb2, lists_pb2
+from mailblast.v1 import campaigns_pb2, lists_imports_pb2, lists_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -29,23 +29,23 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-async def import_csv(stack, list_id: int, text: str) -> lists_pb2.ImportJob:
+async def import_csv(stack, list_id: int, text: str) -> lists_imports_pb2.ImportJob:
     """Import a CSV through lists' API, as the console does, and wait for the job to finish."""
     data = text.encode()
     lists = stack.lists_stub
     job = await lists.CreateImport(
-        lists_pb2.CreateImportRequest(list_id=list_id, total_bytes=len(data), file_name="people.csv"),
+        lists_imports_pb2.CreateImportRequest(list_id=list_id, total_bytes=len(data), file_name="people.csv"),
         metadata=stack.metadata,
     )
     await lists.UploadImportChunk(
-        lists_pb2.UploadImportChunkRequest(import_id=job.id, offset=0, data=data), metadata=stack.metadata
+        lists_imports_pb2.UploadImportChunkRequest(import_id=job.id, offset=0, data=data), metadata=stack.metadata
     )
-    job = await lists.StartImport(lists_pb2.StartImportRequest(import_id=job.id), metadata=stack.metadata)
+    job = await lists.StartImport(lists_imports_pb2.StartImportRequest(import_id=job.id), metadata=stack.metadata)
     deadline = time.monotonic() + 60
     while job.state in ("queued", "running", "uploading"):
         assert time.monotonic() < deadline, f"import still {job.state}"
         await asyncio.sleep(0.1)
-        job = await lists.GetImport(lists_pb2.GetImportRequest(import_id=job.id), metadata=stack.metadata)
+        job = await lists.GetImport(lists_imports_pb2.GetImportRequest(import_id=job.id), metadata=stack.metadata)
     return job
 
 

@@ -18,15 +18,22 @@ HEAVY_TEXT = "{% for i in range(4000) %}{{ i }}{% endfor %}"
 class LoopLag:
     """Measures how late the event loop wakes a task that asks to sleep 10 ms, while it runs."""
 
+    # `worst` counts lateness only while this process had the CPU (at most its CPU time over the same
+    # span): work blocking the loop (a render on it) counts in full, while a machine so loaded that the
+    # kernel leaves the whole process waiting (seen: 1.0 s at a load of 20 on 2 cores) does not.
+
     def __init__(self) -> None:
         self.worst = 0.0
+        self.worst_wall = 0.0
         self._task: asyncio.Task | None = None
 
     async def _run(self) -> None:
         while True:
-            asked = time.monotonic()
+            asked, cpu = time.monotonic(), time.process_time()
             await asyncio.sleep(0.01)
-            self.worst = max(self.worst, time.monotonic() - asked - 0.01)
+            late = time.monotonic() - asked - 0.01
+            self.worst_wall = max(self.worst_wall, late)
+            self.worst = max(self.worst, min(late, time.process_time() - cpu))
 
     def __enter__(self) -> LoopLag:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -49,8 +56,9 @@ async def test_password_reset_goes_out_while_a_heavy_campaign_renders_and_the_lo
     # A campaign with a template that takes tens of milliseconds per recipient is sending to 240
     # subscribers. Meanwhile the admin asks for a password reset: its mail arrives while the campaign is
     # still under way (it does not queue behind the campaign's renders), and all along the event loop
-    # that every service of this process shares wakes a sleeping task within a second (rendering runs
-    # in the sender's render threads; on the loop it stalled it for seconds).
+    # that every service of this process shares wakes a sleeping task within half a second of the
+    # process's running time (rendering runs in the sender's render threads; on the loop it stalled it
+    # for seconds).
     emails = [f"member{i}@example.jp" for i in range(RECIPIENTS)]
     list_id = await stack.create_list(emails)
     with LoopLag() as lag:
@@ -68,7 +76,7 @@ async def test_password_reset_goes_out_while_a_heavy_campaign_renders_and_the_lo
             return smtp_sink.received_by().get("admin@example.com")
 
         await poll(reset_mail)
-        worst_while_sending = lag.worst
+        worst_while_sending, worst_wall = lag.worst, lag.worst_wall
     # The sink keeps messages in the order they arrived: count the campaign's ahead of the reset.
     arrived = [m.rcpt_tos[0] for m in smtp_sink.messages]
     ahead = sum(1 for rcpt in arrived[: arrived.index("admin@example.com")] if rcpt in emails)
@@ -77,4 +85,8 @@ async def test_password_reset_goes_out_while_a_heavy_campaign_renders_and_the_lo
         campaign.id, lambda c: c.state == campaigns_pb2.CAMPAIGN_STATE_SENT and c.counters.sent == len(emails)
     )
     assert finished.counters.failed == 0
-    assert worst_while_sending < 1.0, f"the event loop stalled for {worst_while_sending:.3f}s"
+    # Rendering on the loop (the fault this guards against) measured 1.2 s of CPU here (5.8 s of wall
+    # time); in the render threads, under 0.1 s.
+    assert worst_while_sending < 0.5, (
+        f"the event loop stalled for {worst_while_sending:.3f}s of CPU time ({worst_wall:.3f}s of wall time)"
+    )

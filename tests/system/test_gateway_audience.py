@@ -12,15 +12,12 @@ import pytest_asyncio
 
 from tests.support.console import OWNER, PASSWORD, Console, Web, create_list, start_console
 from tests.support.poll import poll
-from tests.support.stack import make_dkim_keys
 
 
 @pytest_asyncio.fixture
-async def console(database_url, nats_server, internal_key, tls_files, tmp_path: Path):
+async def console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path: Path):
     """The console on real services."""
-    started = await start_console(
-        database_url, nats_server, internal_key, tls_files, make_dkim_keys(tmp_path / "dkim"), tmp_path / "outbox"
-    )
+    started = await start_console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox")
     yield started
     await started.stop()
 
