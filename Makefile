@@ -71,9 +71,11 @@ test: install proto test-deps test-tools proto-check
 # Debian packages the tests use (browser downloads are not possible): as root (CI) install the missing ones;
 # otherwise say what to install. chromium for the console's browser tests through Playwright, libatomic1 for
 # Playwright's bundled node driver; Mail::DKIM (rsa-sha256) and OpenDKIM's library (ed25519-sha256), the
-# independent DKIM verifiers of tests/support/dkim_verify.py; Node.js and npm for the k8s schema checker.
+# independent DKIM verifiers of tests/support/dkim_verify.py; Node.js and npm for the k8s schema checker;
+# fonts-noto-cjk so the console's screenshots show Japanese text as a Japanese user sees it.
 test-deps:
 	@missing=""; [ -x /usr/bin/chromium ] || missing="chromium"; \
+	[ -e /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || missing="$$missing fonts-noto-cjk"; \
 	/sbin/ldconfig -p | grep -q 'libatomic.so.1 ' || missing="$$missing libatomic1"; \
 	perl -MMail::DKIM::Verifier -e 1 2>/dev/null || missing="$$missing libmail-dkim-perl"; \
 	/sbin/ldconfig -p | grep -q 'libopendkim.so.11 ' || missing="$$missing libopendkim11"; \

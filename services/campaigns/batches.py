@@ -36,6 +36,7 @@ def send_batch(campaign: CampaignRow, batch_number: int, recipients: Sequence[Re
             for r in recipients
         ],
         created_at=created,
+        tracking=campaign.tracking,
     )
 
 

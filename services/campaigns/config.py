@@ -58,6 +58,14 @@ class Config:
         parse=lambda text: text.strip().lower(),
     )
 
+    time_zone: str = settings.TIME_ZONE.field()
+    schedule_poll_seconds: float = setting(
+        "CAMPAIGNS_SCHEDULE_POLL_SECONDS",
+        5.0,
+        "how often each campaigns process looks for scheduled campaigns that are due: one starts at most this "
+        "long after its time (by one process only, whichever claims it first)",
+    )
+
     def __post_init__(self) -> None:
         if self.dns_resolver:
             try:

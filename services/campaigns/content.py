@@ -32,6 +32,7 @@ class CampaignDraft:
     html_body: str
     text_body: str
     segment_ids: tuple[int, ...] = ()
+    tracking: bool = False
 
 
 def _header_text(field: str, value: str, max_len: int, required: bool) -> str:
@@ -112,4 +113,5 @@ def validate_draft(draft: CampaignDraft) -> CampaignDraft:
         html_body=draft.html_body,
         text_body=draft.text_body,
         segment_ids=tuple(dict.fromkeys(draft.segment_ids)),
+        tracking=draft.tracking,
     )

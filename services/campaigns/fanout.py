@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -108,6 +109,9 @@ class FanOut:
             campaign = await self._store.get(organization_id, campaign_id)
             if campaign is None or campaign.state != CampaignState.SENDING or campaign.fanout_complete:
                 return
+            # Measured only when both the campaign and its organisation say so (as they stand at the fan-out).
+            if campaign.tracking and not await self._store.tracking_enabled(organization_id):
+                campaign = dataclasses.replace(campaign, tracking=False)
             batch_number = campaign.published_batches
             pending: list[Recipient] = []
             chunks = self._audience.recipients(campaign, self._batch_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -25,12 +26,15 @@ from services.campaigns import convert
 from services.campaigns.content import CampaignDraft, check_limits, validate_draft
 from services.campaigns.domains import check_alignment
 from services.campaigns.fanout import FanOut
+from services.campaigns.schedule import check_schedule
 from services.campaigns.states import CampaignState
 from services.campaigns.store import CampaignRow, CampaignStore
 from services.campaigns.store_domains import DomainStore
+from services.common import tracking
 from services.common.audit import AuditTrail
+from services.common.clock import Clock, SystemClock
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Problem
-from services.common.identity import require_scope
+from services.common.identity import Principal, require_scope, require_service
 from services.common.log import get_logger
 from services.common.templating import SAMPLE_FIELDS
 
@@ -64,6 +68,16 @@ def to_proto(row: CampaignRow) -> campaigns_pb2.Campaign:
         campaign.started_at.FromDatetime(row.started_at)
     if row.finished_at:
         campaign.finished_at.FromDatetime(row.finished_at)
+    if row.scheduled_at:
+        campaign.scheduled_at.FromDatetime(row.scheduled_at)
+    campaign.schedule_time_zone = row.schedule_time_zone
+    campaign.tracking = row.tracking
+    campaign.tracked.CopyFrom(
+        campaigns_pb2.TrackingCounters(
+            opens_unique=row.opens_unique, opens_total=row.opens_total,
+            clicks_unique=row.clicks_unique, clicks_total=row.clicks_total,
+        )
+    )  # fmt: skip
     return campaign
 
 
@@ -81,6 +95,9 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         *,
         domains: DomainStore | None = None,
         platform_domain: str = "",
+        clock: Clock | None = None,
+        time_zone: str = "Asia/Tokyo",
+        tracking_key: bytes = b"",
     ) -> None:
         self._store = store
         self._domains = domains
@@ -90,6 +107,9 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         self._lists_segments = lists_segments
         self._send_mail = send_mail
         self._audit_trail = AuditTrail(auth)
+        self._clock = clock or SystemClock()
+        self._time_zone = time_zone
+        self._tracking_key = tracking_key
 
     async def _get(self, organization_id: int, campaign_id: int) -> CampaignRow:
         row = await self._store.get(organization_id, campaign_id)
@@ -111,7 +131,7 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
                 name=request.name, list_ids=tuple(request.list_ids), from_name=request.from_name,
                 from_address=request.from_address, reply_to=request.reply_to, subject=request.subject,
                 html_body=request.html_body, text_body=request.text_body,
-                segment_ids=tuple(request.segment_ids),
+                segment_ids=tuple(request.segment_ids), tracking=request.tracking,
             ),
         )  # fmt: skip
         checks = [("list", i, self._lists.GetList, lists_pb2.GetListRequest(list_id=i)) for i in draft.list_ids]
@@ -160,7 +180,53 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
 
     async def GetCampaign(self, request, context):
         principal = require_scope("read")
-        return to_proto(await self._get(principal.organization_id, request.campaign_id))
+        campaign = to_proto(await self._get(principal.organization_id, request.campaign_id))
+        for link, url, unique, total in await self._store.link_clicks(campaign.id):
+            campaign.tracked.links.append(campaigns_pb2.LinkClicks(link=link, url=url, unique=unique, total=total))
+        return campaign
+
+    async def GetCampaignReport(self, request, context):
+        principal = require_scope("read")
+        row = await self._get(principal.organization_id, request.campaign_id)
+        report = campaigns_pb2.CampaignReport()
+        for hour, delivered, opened, clicked in await self._store.hourly_activity(row.id):
+            entry = report.hours.add(delivered=delivered, opened=opened, clicked=clicked)
+            entry.hour.FromDatetime(hour)
+        for domain, delivered, bounced, opened, recipients in await self._store.domain_activity(row.id):
+            report.domains.add(
+                domain=domain, delivered=delivered, bounced=bounced, opened=opened, recipients=recipients
+            )
+        return report
+
+    async def RecordTracking(self, request, context):
+        require_service()
+        if request.kind not in (tracking.OPEN, tracking.CLICK):
+            raise InvalidArgument("kind %(kind)r is neither o (open) nor c (click)", kind=request.kind)
+        event = tracking.read_token(self._tracking_key, request.kind, request.token)
+        if event is None:
+            raise InvalidArgument("the tracking token is not valid")
+        row = await self._store.get(event.organization_id, event.campaign_id)
+        if row is None:
+            return campaigns_pb2.RecordTrackingResponse()
+        machine = tracking.is_machine(request.user_agent)
+        counted = await self._store.record_tracking(
+            event.campaign_id, event.subscriber_id, event.link, event.url, human=not machine, now=self._clock.now()
+        )
+        return campaigns_pb2.RecordTrackingResponse(counted=counted, machine=machine)
+
+    async def GetTrackingSettings(self, request, context):
+        principal = require_scope("read")
+        enabled = await self._store.tracking_enabled(principal.organization_id)
+        return campaigns_pb2.TrackingSettings(tracking_enabled=enabled)
+
+    async def UpdateTrackingSettings(self, request, context):
+        principal = require_scope("admin")
+        await self._store.set_tracking_enabled(principal.organization_id, request.tracking_enabled)
+        await self._audit_trail.record(
+            "campaigns.settings_changed", f"organization:{principal.organization_id}",
+            {"tracking_enabled": request.tracking_enabled}, context=context,
+        )  # fmt: skip
+        return campaigns_pb2.TrackingSettings(tracking_enabled=request.tracking_enabled)
 
     async def ListCampaigns(self, request, context):
         principal = require_scope("read")
@@ -220,8 +286,52 @@ class CampaignsServicer(campaigns_pb2_grpc.CampaignsServiceServicer):
         self._fanout.start(row)
         return to_proto(row)
 
+    async def ScheduleCampaign(self, request, context):
+        principal = require_scope("send")
+        row = await self._get(principal.organization_id, request.campaign_id)
+        if not request.HasField("send_at"):
+            raise InvalidArgument("send_at is missing: say when the campaign is to start")
+        zone = request.time_zone or self._time_zone
+        send_at = check_schedule(request.send_at.ToDatetime(dt.UTC), zone, self._clock.now())
+        if row.state == "draft":
+            await self._check_sendable(row)
+        before, after = await self._store.schedule(principal.organization_id, request.campaign_id, send_at, zone)
+        if before is None:
+            raise NotFound("campaign %(campaign)s not found", campaign=request.campaign_id)
+        if after is None:
+            raise FailedPrecondition(
+                "campaign %(campaign)s is %(state)s; only a draft or a scheduled campaign can be scheduled",
+                campaign=request.campaign_id,
+                state=before.state,
+            )
+        detail = {"scheduled_at": send_at.isoformat(), "time_zone": zone}
+        await self._audit_trail.record("campaign.scheduled", f"campaign:{after.id}", detail, context=context)
+        return to_proto(after)
+
+    async def UnscheduleCampaign(self, request, context):
+        principal = require_scope("send")
+        before, after = await self._store.unschedule(principal.organization_id, request.campaign_id)
+        if before is None:
+            raise NotFound("campaign %(campaign)s not found", campaign=request.campaign_id)
+        if after is None:
+            raise FailedPrecondition(
+                "campaign %(campaign)s is %(state)s; only a scheduled campaign can be unscheduled",
+                campaign=request.campaign_id,
+                state=before.state,
+            )
+        await self._audit_trail.record("campaign.unscheduled", f"campaign:{after.id}", {}, context=context)
+        return to_proto(after)
+
+    async def start_scheduled(self, row: CampaignRow) -> None:
+        """Begin the fan-out of a campaign the scheduler claimed, and write its start to the audit log."""
+        self._fanout.start(row)
+        detail = {"name": row.name, "list_ids": row.list_ids, "segment_ids": row.segment_ids,
+                  "scheduled_at": row.scheduled_at.isoformat() if row.scheduled_at else ""}  # fmt: skip
+        actor = Principal(organization_id=row.organization_id, service="campaigns")
+        await self._audit_trail.record("campaign.sent", f"campaign:{row.id}", detail, principal=actor)
+
     async def CancelCampaign(self, request, context):
-        allowed = (CampaignState.DRAFT, CampaignState.SENDING, CampaignState.PAUSED)
+        allowed = (CampaignState.DRAFT, CampaignState.SCHEDULED, CampaignState.SENDING, CampaignState.PAUSED)
         return to_proto(await self._transition(request.campaign_id, allowed, CampaignState.CANCELLED, "cancelled"))
 
     async def SendTest(self, request, context):

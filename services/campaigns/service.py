@@ -30,9 +30,11 @@ from services.campaigns.fanout import FanOut
 from services.campaigns.grpc_api import CampaignsServicer
 from services.campaigns.grpc_domains import DomainsServicer
 from services.campaigns.recipients import ListsAudience
+from services.campaigns.schedule import Scheduler
 from services.campaigns.store import CampaignStore
 from services.campaigns.store_domains import DomainStore
 from services.common import bus, db, mail
+from services.common.clock import Clock, SystemClock
 from services.common.erasure import ErasureConsumer
 from services.common.log import get_logger
 from services.common.outbox import OutboxRelay
@@ -67,6 +69,7 @@ class Running:
     states: OutboxRelay
     domains: OutboxRelay
     channels: list[grpc.aio.Channel]
+    scheduler: Scheduler
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -94,8 +97,15 @@ class Running:
         await self.pool.close()
 
 
-async def start(config: Config, *, run_consumers: bool = True) -> Running:
-    """Migrate, connect and serve; resume any fan-out a previous process left unfinished."""
+async def start(
+    config: Config, *, run_consumers: bool = True, clock: Clock | None = None, run_scheduler: bool = True
+) -> Running:
+    """Migrate, connect and serve; resume any fan-out a previous process left unfinished.
+
+    Scheduled campaigns start by `clock` (tests move it); with run_scheduler=False only `scheduler.run_once`
+    starts them (tests step it).
+    """
+    clock = clock or SystemClock()
     await db.migrate(config.database_url, SCHEMA, SQL_DIR)
     pool = await db.open_pool(config.database_url, SCHEMA, max_size=10)
     store = CampaignStore(pool)
@@ -128,8 +138,10 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
     servicer = CampaignsServicer(
         store, fanout, lists, lists_segments_pb2_grpc.ListsSegmentsServiceStub(lists_channel), send_mail, auth,
         domains=domain_store, platform_domain=config.platform_from_domain,
+        clock=clock, time_zone=config.time_zone, tracking_key=config.internal_key,
     )  # fmt: skip
     domains_servicer = DomainsServicer(domain_store, DnsLookup(config.dns_resolver), platform, box, auth)
+    scheduler = Scheduler(store, clock, servicer.start_scheduled, config.schedule_poll_seconds)
 
     def register(server: grpc.aio.Server) -> list[str]:
         campaigns_pb2_grpc.add_CampaignsServiceServicer_to_server(servicer, server)
@@ -151,7 +163,7 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
     states = campaign_state_relay(pool, js)
     domains_relay = sending_domain_relay(pool, js)
     running = Running(
-        grpc_server, pool, nc, fanout, store, deliveries, bounces, erasures, states, domains_relay, channels
+        grpc_server, pool, nc, fanout, store, deliveries, bounces, erasures, states, domains_relay, channels, scheduler
     )
     # Every state change goes to the senders' copies (they never ask campaigns), consumers stepped or not.
     running._tasks = [
@@ -166,4 +178,7 @@ async def start(config: Config, *, run_consumers: bool = True) -> Running:
         ]
     for campaign in await store.unfinished_fanouts():
         fanout.start(campaign)
+    if run_scheduler:
+        # Its first look is at once: a campaign that fell due while no campaigns process ran starts now.
+        running._tasks.append(asyncio.create_task(scheduler.run(running._stop), name="campaigns-scheduler"))
     return running

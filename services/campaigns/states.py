@@ -13,6 +13,8 @@ class CampaignState(StrEnum):
     PAUSED = "paused"
     SENT = "sent"
     CANCELLED = "cancelled"
+    # Waiting for its scheduled_at; then it starts sending by itself (services/campaigns/schedule.py).
+    SCHEDULED = "scheduled"
 
 
 class RecipientStatus(StrEnum):

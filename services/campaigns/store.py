@@ -45,6 +45,13 @@ class CampaignRow:
     finished_at: dt.datetime | None
     segment_ids: list[int]
     suppressed: int = 0
+    scheduled_at: dt.datetime | None = None
+    schedule_time_zone: str = ""
+    tracking: bool = False
+    opens_unique: int = 0
+    opens_total: int = 0
+    clicks_unique: int = 0
+    clicks_total: int = 0
 
     def __post_init__(self) -> None:
         self.state = CampaignState(self.state)
@@ -68,20 +75,21 @@ class RecipientOutcome:
 
 _COLUMNS = """id, organization_id, name, state, list_ids, from_name, from_address, reply_to, subject,
     html_body, text_body, total, published_batches, last_subscriber_id, fanout_complete, sent, deferred,
-    bounced, failed, created_at, started_at, finished_at, segment_ids, suppressed"""
+    bounced, failed, created_at, started_at, finished_at, segment_ids, suppressed, scheduled_at, schedule_time_zone,
+    tracking, opens_unique, opens_total, clicks_unique, clicks_total"""
 
 # bandit B608: built only from this module's constant SQL (column lists, joins); every value is a %s parameter
 INSERT_CAMPAIGN = f"""
 INSERT INTO campaigns (organization_id, name, list_ids, from_name, from_address, reply_to, subject,
-                       html_body, text_body, segment_ids)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                       html_body, text_body, segment_ids, tracking)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 RETURNING {_COLUMNS}"""  # nosec B608
 
 # Only a draft changes: the state check is in the statement, so a send that started meanwhile wins.
 # bandit B608: built only from this module's constant SQL (column lists, joins); every value is a %s parameter
 UPDATE_DRAFT = f"""
 UPDATE campaigns SET name = %s, list_ids = %s, from_name = %s, from_address = %s, reply_to = %s, subject = %s,
-    html_body = %s, text_body = %s, segment_ids = %s
+    html_body = %s, text_body = %s, segment_ids = %s, tracking = %s
 WHERE id = %s AND organization_id = %s AND state = 'draft'
 RETURNING {_COLUMNS}"""  # nosec B608
 
@@ -98,6 +106,79 @@ UPDATE campaigns SET state = %(state)s,
     started_at = CASE WHEN %(state)s = 'sending' THEN coalesce(started_at, now()) ELSE started_at END,
     finished_at = CASE WHEN %(state)s IN ('sent', 'cancelled') THEN now() ELSE finished_at END
 WHERE id = %(id)s RETURNING {_COLUMNS}"""  # nosec B608
+
+# bandit B608: built only from this module's constant SQL (column lists, joins); every value is a %s parameter
+SET_SCHEDULE = f"""
+UPDATE campaigns SET state = 'scheduled', scheduled_at = %(at)s, schedule_time_zone = %(zone)s
+WHERE id = %(id)s RETURNING {_COLUMNS}"""  # nosec B608
+
+# bandit B608: built only from this module's constant SQL (column lists, joins); every value is a %s parameter
+UNSCHEDULE = f"""
+UPDATE campaigns SET state = 'draft', scheduled_at = NULL, schedule_time_zone = ''
+WHERE id = %(id)s RETURNING {_COLUMNS}"""  # nosec B608
+
+# The claim of due campaigns: each row moves from scheduled to sending in this one statement. A process
+# that comes second skips the rows locked by the first, and once the first commits it no longer finds them
+# scheduled (the row is re-checked after the lock), so each campaign starts exactly once.
+# bandit B608: built only from this module's constant SQL (column lists, joins); every value is a %s parameter
+CLAIM_DUE = f"""
+UPDATE campaigns SET state = 'sending', started_at = coalesce(started_at, now())
+WHERE state = 'scheduled' AND id IN (
+    SELECT id FROM campaigns WHERE state = 'scheduled' AND scheduled_at <= %(now)s
+    ORDER BY scheduled_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+RETURNING {_COLUMNS}"""  # nosec B608
+
+SELECT_NEXT_DUE = "SELECT min(scheduled_at) FROM campaigns WHERE state = 'scheduled'"
+
+SELECT_TRACKING_ENABLED = "SELECT tracking_enabled FROM organization_tracking WHERE organization_id = %s"
+UPSERT_TRACKING_ENABLED = """
+INSERT INTO organization_tracking (organization_id, tracking_enabled) VALUES (%s, %s)
+ON CONFLICT (organization_id) DO UPDATE SET tracking_enabled = EXCLUDED.tracking_enabled"""
+
+# One open or click: a new row is a unique one; a repeat counts once more only a minute after the last one
+# counted, so a flood of requests to one token (or a reload) is not counted again and again.
+TRACK_EVENT = """
+INSERT INTO tracking_events AS e (campaign_id, subscriber_id, link, url, count, machine_count, first_at, last_at)
+VALUES (%(campaign)s, %(subscriber)s, %(link)s, %(url)s, %(human)s, 1 - %(human)s, %(now)s, %(now)s)
+ON CONFLICT (campaign_id, subscriber_id, link) DO UPDATE
+SET count = e.count + CASE WHEN %(human)s = 1 AND (e.count = 0 OR e.last_at <= %(now)s - interval '1 minute')
+                           THEN 1 ELSE 0 END,
+    machine_count = e.machine_count + 1 - %(human)s,
+    last_at = CASE WHEN %(human)s = 1 AND (e.count = 0 OR e.last_at <= %(now)s - interval '1 minute')
+                   THEN %(now)s ELSE e.last_at END
+RETURNING count, %(human)s = 1 AND last_at = %(now)s AS counted"""
+ADD_OPEN = """
+UPDATE campaigns SET opens_unique = opens_unique + %s, opens_total = opens_total + %s WHERE id = %s"""
+ADD_CLICK = """
+UPDATE campaigns SET clicks_unique = clicks_unique + %s, clicks_total = clicks_total + %s WHERE id = %s"""
+COUNT_CLICKERS = """
+SELECT count(*) FROM tracking_events WHERE campaign_id = %s AND subscriber_id = %s AND link > 0 AND count > 0"""
+SELECT_LINKS = """
+SELECT link, min(url), count(*) FILTER (WHERE count > 0), coalesce(sum(count), 0)::bigint
+FROM tracking_events WHERE campaign_id = %s AND link > 0 GROUP BY link ORDER BY link"""
+
+SELECT_HOURLY = """
+SELECT hour, sum(delivered)::bigint, sum(opened)::bigint, sum(clicked)::bigint FROM (
+    SELECT date_trunc('hour', updated_at) AS hour, count(*) AS delivered, 0 AS opened, 0 AS clicked
+    FROM campaign_deliveries WHERE campaign_id = %(id)s AND status = 'sent' GROUP BY 1
+    UNION ALL
+    SELECT date_trunc('hour', first_at), 0, count(*), 0
+    FROM tracking_events WHERE campaign_id = %(id)s AND link = 0 AND count > 0 GROUP BY 1
+    UNION ALL
+    SELECT date_trunc('hour', first_click), 0, 0, count(*) FROM (
+        SELECT min(first_at) AS first_click FROM tracking_events
+        WHERE campaign_id = %(id)s AND link > 0 AND count > 0 GROUP BY subscriber_id) clicks
+    GROUP BY 1
+) activity GROUP BY hour ORDER BY hour"""
+
+SELECT_DOMAINS = """
+SELECT lower(split_part(d.email, '@', 2)) AS domain,
+       count(*) FILTER (WHERE d.status = 'sent'), count(*) FILTER (WHERE d.status = 'bounced'),
+       count(o.subscriber_id), count(*)
+FROM campaign_deliveries d
+LEFT JOIN tracking_events o ON o.campaign_id = d.campaign_id AND o.subscriber_id = d.subscriber_id
+                           AND o.link = 0 AND o.count > 0
+WHERE d.campaign_id = %s GROUP BY 1 ORDER BY 5 DESC, 1 LIMIT 50"""
 
 RECORD_BATCH = """
 UPDATE campaigns SET published_batches = %s, last_subscriber_id = %s, total = total + %s
@@ -150,7 +231,8 @@ class CampaignStore:
             await cur.execute(
                 INSERT_CAMPAIGN,
                 (organization_id, draft.name, list(draft.list_ids), draft.from_name, draft.from_address,
-                 draft.reply_to, draft.subject, draft.html_body, draft.text_body, list(draft.segment_ids)),
+                 draft.reply_to, draft.subject, draft.html_body, draft.text_body, list(draft.segment_ids),
+                 draft.tracking),
             )  # fmt: skip
             return await cur.fetchone()
 
@@ -161,8 +243,8 @@ class CampaignStore:
             await cur.execute(
                 UPDATE_DRAFT,
                 (draft.name, list(draft.list_ids), draft.from_name, draft.from_address, draft.reply_to,
-                 draft.subject, draft.html_body, draft.text_body, list(draft.segment_ids), campaign_id,
-                 organization_id),
+                 draft.subject, draft.html_body, draft.text_body, list(draft.segment_ids), draft.tracking,
+                 campaign_id, organization_id),
             )  # fmt: skip
             return await cur.fetchone()
 
@@ -192,6 +274,99 @@ class CampaignStore:
                 return before, None
             await cur.execute(SET_STATE, {"state": to, "id": campaign_id})
             return before, await cur.fetchone()
+
+    async def schedule(
+        self, organization_id: int, campaign_id: int, at: dt.datetime, time_zone: str
+    ) -> tuple[CampaignRow | None, CampaignRow | None]:
+        """Schedule a draft, or move a schedule that has not started; returns (before, after)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=class_row(CampaignRow))
+            await cur.execute(SELECT_CAMPAIGN_FOR_UPDATE, (campaign_id, organization_id))
+            before = await cur.fetchone()
+            if before is None or before.state not in ("draft", "scheduled"):
+                return before, None
+            await cur.execute(SET_SCHEDULE, {"at": at, "zone": time_zone, "id": campaign_id})
+            return before, await cur.fetchone()
+
+    async def unschedule(self, organization_id: int, campaign_id: int) -> tuple[CampaignRow | None, CampaignRow | None]:
+        """Turn a scheduled campaign that has not started back into a draft; returns (before, after)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=class_row(CampaignRow))
+            await cur.execute(SELECT_CAMPAIGN_FOR_UPDATE, (campaign_id, organization_id))
+            before = await cur.fetchone()
+            if before is None or before.state != "scheduled":
+                return before, None
+            await cur.execute(UNSCHEDULE, {"id": campaign_id})
+            return before, await cur.fetchone()
+
+    async def claim_due(self, now: dt.datetime, limit: int = 100) -> list[CampaignRow]:
+        """Start the scheduled campaigns due at `now` (of any organisation); each is returned by one caller only."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=class_row(CampaignRow))
+            await cur.execute(CLAIM_DUE, {"now": now, "limit": limit})
+            return await cur.fetchall()
+
+    async def next_due(self) -> dt.datetime | None:
+        """When the earliest scheduled campaign is due; None when none is scheduled."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(SELECT_NEXT_DUE)
+            return (await cur.fetchone())[0]
+
+    async def tracking_enabled(self, organization_id: int) -> bool:
+        """Whether the organisation measures opens and clicks (on unless switched off)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(SELECT_TRACKING_ENABLED, (organization_id,))
+            found = await cur.fetchone()
+            return True if found is None else found[0]
+
+    async def set_tracking_enabled(self, organization_id: int, enabled: bool) -> None:
+        """Switch measuring on or off for the organisation."""
+        async with self.pool.connection() as conn:
+            await conn.execute(UPSERT_TRACKING_ENABLED, (organization_id, enabled))
+
+    async def record_tracking(
+        self, campaign_id: int, subscriber_id: int, link: int, url: str, *, human: bool, now: dt.datetime
+    ) -> bool:
+        """Count one open (link 0) or click; returns whether it was counted (a person's, not a repeat)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(LOCK_CAMPAIGN, (campaign_id,))
+            if await cur.fetchone() is None:
+                return False
+            cur = await conn.execute(
+                TRACK_EVENT,
+                {"campaign": campaign_id, "subscriber": subscriber_id, "link": link, "url": url,
+                 "human": 1 if human else 0, "now": now},
+            )  # fmt: skip
+            count, counted = await cur.fetchone()
+            if not counted:
+                return False
+            # A recipient is unique the first time a person's request of theirs is counted.
+            first_for_row = count == 1
+            if link == 0:
+                await conn.execute(ADD_OPEN, (1 if first_for_row else 0, 1, campaign_id))
+            else:
+                cur = await conn.execute(COUNT_CLICKERS, (campaign_id, subscriber_id))
+                first_click = first_for_row and (await cur.fetchone())[0] == 1
+                await conn.execute(ADD_CLICK, (1 if first_click else 0, 1, campaign_id))
+            return True
+
+    async def link_clicks(self, campaign_id: int) -> list[tuple[int, str, int, int]]:
+        """(link, url, unique, total) of each link clicked, in link order."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(SELECT_LINKS, (campaign_id,))
+            return await cur.fetchall()
+
+    async def hourly_activity(self, campaign_id: int) -> list[tuple[dt.datetime, int, int, int]]:
+        """(hour, delivered, first opens, first clicks) for each hour with any, oldest first."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(SELECT_HOURLY, {"id": campaign_id})
+            return await cur.fetchall()
+
+    async def domain_activity(self, campaign_id: int) -> list[tuple[str, int, int, int, int]]:
+        """(domain, delivered, bounced, opened, recipients) per recipient domain, the largest first."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(SELECT_DOMAINS, (campaign_id,))
+            return await cur.fetchall()
 
     async def unfinished_fanouts(self) -> list[CampaignRow]:
         """Campaigns whose fan-out was interrupted (by a restart) and must continue."""

@@ -153,6 +153,11 @@ DKIM_SEALING_KEYS = Setting(
 
 LISTS_ADDR = Setting("LISTS_ADDR", "", "the lists service (host:port)")
 CAMPAIGNS_ADDR = Setting("CAMPAIGNS_ADDR", "", "the campaigns service (host:port)")
+TIME_ZONE = Setting(
+    "MAILBLAST_TIME_ZONE",
+    "Asia/Tokyo",
+    "the IANA time zone the console shows times in and schedules are chosen in, unless a person picks another",
+)
 
 
 def declared(cls: type) -> list[tuple[str, Setting]]:

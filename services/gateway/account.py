@@ -11,7 +11,15 @@ from mailblast.v1 import auth_pb2
 from markupsafe import Markup
 
 from services.gateway.clients import BackendError, backends, call, client_ip
-from services.gateway.security import DEVICE_COOKIE, DEVICE_COOKIE_SECONDS, LANGUAGE_COOKIE, LANGUAGES, safe_next
+from services.gateway.security import (
+    DEVICE_COOKIE,
+    DEVICE_COOKIE_SECONDS,
+    LANGUAGE_COOKIE,
+    LANGUAGES,
+    TIME_ZONE_COOKIE,
+    safe_next,
+)
+from services.gateway.timezones import offered_zones, viewer_zone, zone_or_none
 
 bp = Blueprint("account", __name__)
 
@@ -280,7 +288,7 @@ def totp_disable() -> Response:
 @bp.get("/account")
 def profile() -> str:
     """Who you are, your language, and links to password and two-step settings."""
-    return render_template("profile.html")
+    return render_template("profile.html", time_zones=offered_zones(), viewer_zone=viewer_zone())
 
 
 @bp.get("/account/sessions")
@@ -319,4 +327,19 @@ def set_language() -> Response:
         response.set_cookie(
             LANGUAGE_COOKIE, language, max_age=365 * 86400, path="/", secure=True, httponly=True, samesite="Lax"
         )
+    return response
+
+
+@bp.post("/account/time-zone")
+def set_time_zone() -> Response:
+    """Remember the time zone this person reads times in, in a cookie for a year."""
+    chosen = request.form.get("time_zone", "").strip()
+    response = redirect(url_for("account.profile"))
+    if zone_or_none(chosen) is None:
+        flash(_("Unknown time zone %(zone)s: choose one from the menu.", zone=chosen or "—"), "error")
+        return response
+    response.set_cookie(
+        TIME_ZONE_COOKIE, chosen, max_age=365 * 86400, path="/", secure=True, httponly=True, samesite="Lax"
+    )
+    flash(_("Times are shown in %(zone)s.", zone=chosen), "info")
     return response

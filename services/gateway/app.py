@@ -26,11 +26,13 @@ from services.gateway import (
     mail,
     outbox,
     public,
+    tracked,
     views,
 )
 from services.gateway.clients import BackendError, Backends
 from services.gateway.config import Config
 from services.gateway.i18n import init_i18n
+from services.gateway.labels import init_labels
 from services.gateway.security import init_security
 
 # The services' ids are PostgreSQL bigints, carried as protobuf int64.
@@ -118,6 +120,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Config | None = N
     csrf.exempt(public.one_click)
     csrf.exempt(public.signup_submit)
     init_i18n(app)
+    init_labels(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(account.bp)
     app.register_blueprint(admin.bp)
@@ -128,6 +131,7 @@ def create_app(config: dict[str, Any] | None = None, settings: Config | None = N
         app.register_blueprint(audience.bp)
     app.register_blueprint(domains.bp)
     app.register_blueprint(public.bp)
+    app.register_blueprint(tracked.bp)
     if settings.dev_outbox_dir:
         app.register_blueprint(outbox.bp)
     app.register_error_handler(CSRFError, _csrf_error)

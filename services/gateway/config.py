@@ -78,6 +78,7 @@ class Config:
     auth_addr: str = settings.AUTH_ADDR.field(required=True)
     lists_addr: str = settings.LISTS_ADDR.field(required=True)
     campaigns_addr: str = settings.CAMPAIGNS_ADDR.field(required=True)
+    time_zone: str = settings.TIME_ZONE.field()
     internal_key: bytes = settings.INTERNAL_KEY.field()
     # The gateway's client certificate for auth, lists and campaigns.
     grpc_tls: TlsFiles

@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
 import grpc
-from flask import Blueprint, Response, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_babel import gettext as _
-from flask_login import current_user
 from mailblast.v1 import campaigns_pb2, lists_imports_pb2, lists_pb2, lists_segments_pb2
 from markupsafe import escape
 
 from services.common import templating
 from services.common.templating import RenderBudget, TemplateLimitExceeded
-from services.gateway import statuses
+from services.gateway import labels, report, statuses
 from services.gateway.clients import BackendError, backends, call
 from services.gateway.explanations import explain
+from services.gateway.labels import label
 from services.gateway.numbers import form_ids
 from services.gateway.security import PREVIEW_CSP, requires
+from services.gateway.timezones import console_zone, local, offered_zones, viewer_zone, zone_or_none
 
 bp = Blueprint("mail", __name__)
 
@@ -123,6 +135,7 @@ def _import_json(job: lists_imports_pb2.ImportJob) -> dict[str, Any]:
         "rows_updated": job.rows_updated,
         "rows_skipped": job.rows_skipped,
         "rows_failed": job.rows_failed,
+        "state_label": label(labels.IMPORT_STATES, job.state),
         "error": job.error,
         "bytes_done": job.bytes_done,
         "total_bytes": job.total_bytes,
@@ -165,6 +178,12 @@ def _progress(campaign: campaigns_pb2.Campaign) -> dict[str, Any]:
         "deferred": c.deferred,
         "bounced": c.bounced,
         "failed": c.failed,
+        "opens_unique": campaign.tracked.opens_unique,
+        "opens_total": campaign.tracked.opens_total,
+        "clicks_unique": campaign.tracked.clicks_unique,
+        "clicks_total": campaign.tracked.clicks_total,
+        "percent": min(100, round(100 * (c.sent + c.bounced + c.failed) / c.total)) if c.total else 0,
+        "state_label": label(labels.CAMPAIGN_STATES, state),
         "finished": state in ("sent", "cancelled") and c.queued == 0 and c.deferred == 0,
     }
 
@@ -174,7 +193,24 @@ def _progress(campaign: campaigns_pb2.Campaign) -> dict[str, Any]:
 def campaigns() -> str:
     """The organisation's campaigns, newest first."""
     found = call(backends().campaigns.ListCampaigns, campaigns_pb2.ListCampaignsRequest()).campaigns
-    return render_template("campaigns.html", campaigns=found, states=CAMPAIGN_STATES)
+    settings = call(backends().campaigns.GetTrackingSettings, campaigns_pb2.GetTrackingSettingsRequest())
+    return render_template(
+        "campaigns.html", campaigns=found, states=CAMPAIGN_STATES, schedule_of=_schedule_view,
+        tracking_enabled=settings.tracking_enabled,
+    )  # fmt: skip
+
+
+@bp.post("/campaigns/tracking")
+@requires("admin")
+def tracking_settings() -> Response:
+    """Switch open and click measuring on or off for the whole organisation."""
+    enabled = request.form.get("tracking_enabled") == "on"
+    call(backends().campaigns.UpdateTrackingSettings, campaigns_pb2.TrackingSettings(tracking_enabled=enabled))
+    if enabled:
+        flash(_("Opens and clicks are measured for campaigns that ask for it."), "info")
+    else:
+        flash(_("Opens and clicks are not measured: no mail carries a tracked link or pixel."), "info")
+    return redirect(url_for("mail.campaigns"))
 
 
 def _draft_fields() -> dict[str, Any]:
@@ -190,6 +226,7 @@ def _draft_fields() -> dict[str, Any]:
         "subject": form.get("subject", ""),
         "html_body": form.get("html_body", ""),
         "text_body": form.get("text_body", ""),
+        "tracking": form.get("tracking") == "on",
     }
 
 
@@ -213,7 +250,7 @@ def _compose_page(form: Any, selected: set[int], chosen_segments: set[int], erro
 def new_campaign() -> Response | str:
     """Compose a campaign: lists, sender, subject, HTML and text with personal fields."""
     if request.method == "GET":
-        return _compose_page({}, set(), set(), None)
+        return _compose_page({"tracking": True}, set(), set(), None)
     fields = _draft_fields()
     try:
         created = call(backends().campaigns.CreateCampaign, campaigns_pb2.CreateCampaignRequest(**fields))
@@ -234,7 +271,7 @@ def edit_campaign(campaign_id: int) -> Response | str:
         return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
     form = {
         key: getattr(campaign, key)
-        for key in ("name", "from_name", "from_address", "reply_to", "subject", "html_body", "text_body")
+        for key in ("name", "from_name", "from_address", "reply_to", "subject", "html_body", "text_body", "tracking")
     }
     return _compose_page(form, set(campaign.list_ids), set(campaign.segment_ids), None, campaign)
 
@@ -259,31 +296,113 @@ def update_campaign(campaign_id: int) -> Response | str:
     return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
 
 
+SAMPLE_CHOICES = 20
+
+
+def _recipient_fields(subscriber: lists_pb2.Subscriber) -> dict[str, Any]:
+    """The fields a template sees for this subscriber, as the senders build them: attributes, then name and email."""
+    fields: dict[str, Any] = {}
+    if subscriber.attributes_json:
+        try:
+            parsed = json.loads(subscriber.attributes_json)
+        except ValueError:
+            parsed = {}
+        if isinstance(parsed, dict):
+            fields.update(parsed)
+    fields["name"] = subscriber.name
+    fields["email"] = subscriber.email
+    return fields
+
+
+def _sample_subscribers(campaign: campaigns_pb2.Campaign) -> list[lists_pb2.Subscriber]:
+    """The first subscribers of the campaign's first list, to preview and test as."""
+    if not campaign.list_ids:
+        return []
+    page = call(
+        backends().lists.ListSubscribers,
+        lists_pb2.ListSubscribersRequest(list_id=campaign.list_ids[0], page_size=SAMPLE_CHOICES),
+    )
+    return list(page.subscribers)
+
+
+def _chosen_subscriber(campaign: campaigns_pb2.Campaign, raw_id: str | None) -> lists_pb2.Subscriber | None:
+    """The subscriber a person chose to preview as (one of their organisation's), else the list's first."""
+    if raw_id:
+        try:
+            subscriber_id = int(raw_id)
+        except ValueError:
+            abort(400)
+        # Lists answers NOT_FOUND for another organisation's subscriber: the page is a 404 then.
+        return call(backends().lists.GetSubscriber, lists_pb2.GetSubscriberRequest(subscriber_id=subscriber_id))
+    first = _sample_subscribers(campaign)[:1]
+    return first[0] if first else None
+
+
 @bp.get("/campaigns/<id:campaign_id>")
 @requires("read")
 def campaign_detail(campaign_id: int) -> str:
-    """A campaign: its content, a sandboxed preview, test send, send, and live counters."""
+    """A campaign: its content, a sandboxed preview as a subscriber, test send, send, and live counters."""
     campaign = call(backends().campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign_id))
+    choices = _sample_subscribers(campaign)
+    chosen = _chosen_subscriber(campaign, request.args.get("subscriber")) if request.args.get("subscriber") else None
+    chosen = chosen or (choices[0] if choices else None)
+    if chosen is not None and all(s.id != chosen.id for s in choices):
+        choices.insert(0, chosen)
+    state = CAMPAIGN_STATES.get(campaign.state, "unknown")
     return render_template(
-        "campaign.html", campaign=campaign, progress=_progress(campaign), state=CAMPAIGN_STATES.get(campaign.state)
-    )
+        "campaign.html", campaign=campaign, progress=_progress(campaign), state=state, choices=choices, chosen=chosen,
+        schedule=_schedule_view(campaign), time_zones=offered_zones(), default_zone=viewer_zone(),
+        report=_report_view(campaign),
+    )  # fmt: skip
 
 
-def _sample_fields() -> dict[str, Any]:
-    return {"name": current_user.user.login, "email": current_user.user.email}
+def _report_view(campaign: campaigns_pb2.Campaign) -> dict[str, Any] | None:
+    """The report part of a campaign's page (rates, charts per hour and per provider); None before any send."""
+    c, t = campaign.counters, campaign.tracked
+    if not c.total:
+        return None
+    found = call(backends().campaigns.GetCampaignReport, campaigns_pb2.GetCampaignRequest(campaign_id=campaign.id))
+    hours = [report.Hour(h.hour.ToDatetime(dt.UTC), h.delivered, h.opened, h.clicked) for h in found.hours]
+    domains = [report.Domain(d.domain, d.recipients, d.delivered, d.bounced, d.opened) for d in found.domains]
+    providers = report.provider_rows(domains)
+    return {
+        "rates": [
+            (_("Delivered"), c.sent, report.rate(c.sent, c.total)),
+            (_("Bounced"), c.bounced, report.rate(c.bounced, c.total)),
+            (_("Opened (people)"), t.opens_unique, report.rate(t.opens_unique, c.sent)),
+            (_("Clicked (people)"), t.clicks_unique, report.rate(t.clicks_unique, c.sent)),
+        ],
+        "hourly": report.hourly_chart(hours, viewer_zone()),
+        "providers": providers,
+        "provider_chart": report.provider_chart(providers),
+    }
+
+
+def _schedule_view(campaign: campaigns_pb2.Campaign) -> dict[str, str] | None:
+    """When a scheduled campaign starts: in the zone it was chosen in, and in the viewer's when that differs."""
+    if not campaign.HasField("scheduled_at"):
+        return None
+    at = campaign.scheduled_at.ToDatetime(dt.UTC)
+    chosen = campaign.schedule_time_zone if zone_or_none(campaign.schedule_time_zone) else console_zone()
+    view = {"local": local(at, chosen), "zone": chosen, "input": local(at, chosen).replace(" ", "T")}
+    if chosen != viewer_zone():
+        view["viewer"], view["viewer_zone"] = local(at, viewer_zone()), viewer_zone()
+    return view
 
 
 @bp.get("/campaigns/<id:campaign_id>/preview")
 @requires("read")
 def campaign_preview(campaign_id: int) -> Response:
-    """The campaign's HTML with sample personal fields, for a sandboxed frame: its script can never run."""
+    """The campaign's HTML personalised for a subscriber, for a sandboxed frame: its script can never run."""
     campaign = call(backends().campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign_id))
+    subscriber = _chosen_subscriber(campaign, request.args.get("subscriber"))
+    fields = _recipient_fields(subscriber) if subscriber else {}
     # Rendered like the senders do: bounded sandbox, HTML autoescaped, missing fields empty.
     try:
         if campaign.html_body:
-            html = templating.render(templating.HTML.from_string(campaign.html_body), _sample_fields(), RenderBudget())
+            html = templating.render(templating.HTML.from_string(campaign.html_body), fields, RenderBudget())
         else:
-            text = templating.render(templating.HTML.from_string(campaign.text_body), _sample_fields(), RenderBudget())
+            text = templating.render(templating.HTML.from_string(campaign.text_body), fields, RenderBudget())
             html = f"<pre>{text}</pre>"
     except TemplateLimitExceeded as exc:
         reason = explain(exc.templates, exc.params, str(exc))
@@ -299,14 +418,17 @@ def campaign_preview(campaign_id: int) -> Response:
 @bp.post("/campaigns/<id:campaign_id>/test")
 @requires("send")
 def campaign_test(campaign_id: int) -> Response:
-    """Send the campaign to one address now."""
+    """Send the campaign to one address now, personalised as the subscriber chosen (else the list's first)."""
     to_address = request.form.get("to_address", "").strip()
+    campaign = call(backends().campaigns.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign_id))
+    subscriber = _chosen_subscriber(campaign, request.form.get("subscriber"))
+    fields = _recipient_fields(subscriber) if subscriber else {"email": to_address}
     try:
         call(
             backends().campaigns.SendTest,
             campaigns_pb2.SendTestRequest(
                 campaign_id=campaign_id, to_address=to_address,
-                variables_json=json.dumps({**_sample_fields(), "email": to_address}, ensure_ascii=False),
+                variables_json=json.dumps(fields, ensure_ascii=False),
             ),
         )  # fmt: skip
     except BackendError as exc:
@@ -315,7 +437,8 @@ def campaign_test(campaign_id: int) -> Response:
         flash(_("Refused: %(reason)s", reason=exc.message), "error")
     else:
         flash(_("A test message is on its way to %(address)s.", address=to_address), "info")
-    return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
+    chosen = {"subscriber": subscriber.id} if subscriber else {}
+    return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id, **chosen))
 
 
 @bp.post("/campaigns/<id:campaign_id>/send")
@@ -333,20 +456,53 @@ def campaign_send(campaign_id: int) -> Response:
     return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
 
 
+@bp.post("/campaigns/<id:campaign_id>/schedule")
+@requires("send")
+def campaign_schedule(campaign_id: int) -> Response:
+    """Schedule a draft (or move a schedule) to a date and time in the time zone chosen on the form."""
+    zone_name = request.form.get("time_zone", "").strip() or viewer_zone()
+    raw = request.form.get("send_at", "").strip()
+    zone = zone_or_none(zone_name)
+    if zone is None:
+        flash(_("Unknown time zone %(zone)s: choose one from the menu.", zone=zone_name), "error")
+        return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
+    try:
+        local = dt.datetime.strptime(raw, "%Y-%m-%dT%H:%M")
+    except ValueError:
+        flash(_("%(value)s is not a date and time: use the picker (YYYY-MM-DD HH:MM).", value=raw or "—"), "error")
+        return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
+    send_at = campaigns_pb2.ScheduleCampaignRequest(campaign_id=campaign_id, time_zone=zone_name)
+    send_at.send_at.FromDatetime(local.replace(tzinfo=zone).astimezone(dt.UTC))
+    try:
+        call(backends().campaigns.ScheduleCampaign, send_at)
+    except BackendError as exc:
+        if exc.code not in _FORM_ERRORS:
+            raise
+        flash(_("Refused: %(reason)s", reason=exc.message), "error")
+    else:
+        flash(
+            _("The campaign will be sent at %(at)s (%(zone)s).", at=local.strftime("%Y-%m-%d %H:%M"), zone=zone_name),
+            "info",
+        )
+    return redirect(url_for("mail.campaign_detail", campaign_id=campaign_id))
+
+
 # Each console action on a running campaign: the RPC, and what the flash says when it worked.
 _STATE_ACTIONS = {
     "pause": ("PauseCampaign", lambda: _("The campaign is paused.")),
     "resume": ("ResumeCampaign", lambda: _("Sending has resumed.")),
     "cancel": ("CancelCampaign", lambda: _("The campaign is cancelled.")),
+    "unschedule": ("UnscheduleCampaign", lambda: _("The schedule is withdrawn: the campaign is a draft again.")),
 }
 
 
 @bp.post("/campaigns/<id:campaign_id>/pause", defaults={"action": "pause"})
 @bp.post("/campaigns/<id:campaign_id>/resume", defaults={"action": "resume"})
 @bp.post("/campaigns/<id:campaign_id>/cancel", defaults={"action": "cancel"})
+@bp.post("/campaigns/<id:campaign_id>/unschedule", defaults={"action": "unschedule"})
 @requires("send")
 def campaign_state(campaign_id: int, action: str) -> Response:
-    """Pause, resume or cancel a campaign; a state that does not allow it is refused with a message."""
+    """Pause, resume, cancel or unschedule a campaign; a state that does not allow it is refused with a message."""
     method, done = _STATE_ACTIONS[action]
     try:
         call(getattr(backends().campaigns, method), campaigns_pb2.CampaignRequest(campaign_id=campaign_id))

@@ -20,6 +20,7 @@ from services.gateway.clients import BackendError, backends, call
 # The console's cookies: Secure, HttpOnly, SameSite=Lax, and __Host- so no subdomain can set or scope them.
 SESSION_COOKIE = "__Host-mailblast-session"
 LANGUAGE_COOKIE = "__Host-mailblast-lang"
+TIME_ZONE_COOKIE = "__Host-mailblast-tz"
 # Auth's signed device cookie: this browser logged in before, so strangers' lockouts do not stop it.
 # SameSite=Strict: only the console's own login form needs it.
 DEVICE_COOKIE = "__Host-mailblast-device"
@@ -74,6 +75,9 @@ PUBLIC_ENDPOINTS = {
     "public.signup_submit",
     "public.confirm_page",
     "public.confirm_submit",
+    # Tracked links and the open pixel (services/gateway/tracked.py): the signed token is the credential.
+    "tracked.opened",
+    "tracked.clicked",
 }
 # Endpoints a set-up-only session (the organisation requires TOTP, the user has none) may use.
 SETUP_ENDPOINTS = {"account.totp", "account.totp_confirm", "account.logout"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common import verp
+from services.common import tracking, verp
 from services.sender.dkim import DkimSigner
 from services.sender.mime import CrlfMessage, Sender, build_message
 from services.sender.render import CompiledContent, recipient_fields
@@ -32,12 +32,14 @@ class Composer:
         unsubscribe_url: str,
         signer: DkimSigner,
         system_return_path: str = "",
+        tracking_url: str = "",
     ) -> None:
         self._key = key
         self._return_path_domain = return_path_domain
         self._message_id_domain = message_id_domain
         self._unsubscribe_url = unsubscribe_url
         self._signer = signer
+        self._tracking_url = tracking_url
         # Transactional mail names no subscriber, so a VERP address would attribute nothing.
         self._system_return_path = system_return_path or f"bounces@{return_path_domain}"
 
@@ -55,9 +57,17 @@ class Composer:
         name: str,
         attributes_json: str,
         signing: Signing | None = None,
+        tracking: bool = False,
     ) -> Prepared:
-        """Render, build and sign (`signing`'s keys, else the platform's); raises TemplateProblem or MessageProblem."""
+        """Render, build and sign (`signing`'s keys, else the platform's); raises TemplateProblem or MessageProblem.
+
+        With `tracking` (and SENDER_TRACKING_URL set) the HTML's links go through signed click URLs and an
+        open pixel is added; the unsubscribe link, mailto: and tel: links stay as they are.
+        """
         rendered = content.render(recipient_fields(email, name, attributes_json))
+        html = rendered.html
+        if tracking and self._tracking_url and html:
+            html = self._tracked(ref, html)
         message_id = self.message_id(ref)
         data = build_message(
             sender=sender,
@@ -65,7 +75,7 @@ class Composer:
             to_name=name,
             subject=rendered.subject,
             text=rendered.text,
-            html=rendered.html,
+            html=html,
             message_id=message_id,
             unsubscribe_url=self._unsubscribe_url + verp.unsubscribe_token(self._key, ref),
         )
@@ -75,6 +85,18 @@ class Composer:
             envelope_from=verp.return_path(self._key, ref, return_path_domain),
             message_id=message_id,
             data=CrlfMessage(signer.sign(data)),
+        )
+
+    def _tracked(self, ref: verp.RecipientRef, html: str) -> str:
+        def event(kind: str, link: int = 0, url: str = "") -> str:
+            found = tracking.TrackedEvent(kind, ref.organization_id, ref.campaign_id, ref.subscriber_id, link, url)
+            return f"{self._tracking_url}{kind}/{tracking.make_token(self._key, found)}"
+
+        return tracking.rewrite_html(
+            html,
+            lambda link, url: event(tracking.CLICK, link, url),
+            event(tracking.OPEN),
+            untracked_prefixes=(self._unsubscribe_url,),
         )
 
     def transactional_message_id(self, organization_id: int, message_key: str) -> str:

@@ -33,6 +33,12 @@ class Config:
     unsubscribe_url: str = setting(
         "SENDER_UNSUBSCRIBE_URL", doc="the unsubscribe base, e.g. `https://mail.example.com/u/`"
     )
+    tracking_url: str = setting(
+        "SENDER_TRACKING_URL",
+        "",
+        "the base of tracked links and open pixels, the console's public `/t/` (e.g. `https://mail.example.com/t/`); "
+        "unset: no mail carries a tracked URL, whatever the campaigns say",
+    )
     grpc_tls: TlsFiles
     message_id_domain: str = setting(
         "SENDER_MESSAGE_ID_DOMAIN", "", "the domain of Message-IDs; unset: the return-path domain"

@@ -44,6 +44,7 @@ def batch(message: events_pb2.SendBatch) -> Batch:
         batch_number=message.batch_number,
         content=_content(message.content),
         recipients=[Recipient(r.subscriber_id, r.email, r.name, r.attributes_json) for r in message.recipients],
+        tracking=message.tracking,
     )
 
 

@@ -74,6 +74,8 @@ class Batch:
     batch_number: int
     content: Content
     recipients: Sequence[Recipient]
+    # Rewrite links and add the open pixel (the campaign and its organisation both measure).
+    tracking: bool = False
 
 
 def owner_name() -> str:
@@ -315,6 +317,7 @@ class BatchSending:
                         name=recipient.name,
                         attributes_json=recipient.attributes_json,
                         signing=signing,
+                        tracking=batch.tracking,
                     )
                 )
             except (MessageProblem, TemplateProblem) as exc:

@@ -166,6 +166,7 @@ async def start(config: Config, *, consume: bool = True, clock: Clock | None = N
         unsubscribe_url=config.unsubscribe_url,
         signer=platform_signer,
         system_return_path=config.system_return_path,
+        tracking_url=config.tracking_url,
     )
     # Each organisation's own domains from the copy, their keys opened with the sealing keys.
     box = SecretBox(config.dkim_sealing_keys) if config.dkim_sealing_keys else None

@@ -241,8 +241,8 @@ async def start_console(
     """Start auth (with these settings), lists, campaigns and a sender relaying to a catcher; build the gateway.
 
     Mailed links (reset, confirmation, unsubscribe) point at `public_url`, where the console is served.
-    Auth's lockouts and sessions and lists' double opt-in limits go by `clock` (tests move it; the
-    system's by default).
+    Auth's lockouts and sessions, lists' double opt-in limits and campaigns' schedules go by `clock` (tests
+    move it; the system's by default).
     """
     catcher = SmtpCatcher(*tls_files, store_dir=outbox)
     catcher.start()
@@ -250,7 +250,9 @@ async def start_console(
         database_url, nats, internal_key, catcher.port, tls_files[0], dkim, bounces=0, clock=clock,
         auth_overrides={"console_url": public_url, **auth_overrides},
         lists_overrides={"public_url": f"{public_url}/"},
-        sender_overrides={"unsubscribe_url": f"{public_url}/u/"}, campaigns_overrides=campaigns_overrides,
+        sender_overrides={"unsubscribe_url": f"{public_url}/u/", "tracking_url": f"{public_url}/t/"},
+        campaigns_overrides=campaigns_overrides,
+        campaigns_options={"clock": clock} if clock is not None else None,
         bootstrap=Bootstrap("Acme", OWNER, "alice@example.org", PASSWORD),
     )  # fmt: skip
     settings = GatewayConfig(

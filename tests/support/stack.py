@@ -109,6 +109,8 @@ class Stack:
     # The bootstrap admin's user id.
     owner_id: int = 0
     auth_config: AuthConfig | None = None
+    # Keyword arguments of campaigns' start (start_stack(campaigns_options={"clock": MovableClock()})).
+    campaigns_options: dict = field(default_factory=dict)
 
     @property
     def metadata(self) -> list[tuple[str, str]]:
@@ -202,14 +204,20 @@ class Stack:
         assert self.bounce_config is not None
         self.bounce = await bounce_service.start(self.bounce_config)
 
-    async def restart_campaigns(self) -> None:
-        """Stop every campaigns replica, then start as many again at once on their ports (both pods evicted)."""
+    async def restart_campaigns(self, **options) -> None:
+        """Stop every campaigns replica, then start as many again at once on their ports (both pods evicted).
+
+        `options` replace some of campaigns_options for the new processes (and those after them).
+        """
         assert self.campaigns_config is not None
         replicas = [self.campaigns, *self.more_campaigns]
         for running in replicas:
             await running.stop()
         configs = [dataclasses.replace(self.campaigns_config, grpc_bind=f"127.0.0.1:{r.grpc_port}") for r in replicas]
-        self.campaigns, *self.more_campaigns = await asyncio.gather(*map(campaigns_service.start, configs))
+        self.campaigns_options = {**self.campaigns_options, **options}
+        self.campaigns, *self.more_campaigns = await asyncio.gather(
+            *(campaigns_service.start(c, **self.campaigns_options) for c in configs)
+        )
 
     @contextlib.asynccontextmanager
     async def jetstream(self, name: str = ADMIN) -> AsyncIterator[JetStreamContext]:
@@ -293,13 +301,15 @@ async def start_stack(
     clock: Clock | None = None,
     bootstrap: Bootstrap = Bootstrap(),
     metrics: bool = False,
+    campaigns_options: dict | None = None,
 ) -> Stack:
     """Start every service in this process and bootstrap an organisation with an admin token.
 
     campaigns, bounces: how many replicas of those services run side by side (each bounce its own SMTP
     port; bounces=0 for none). Auth's lockouts and sessions and lists' mail limits go by `clock` (tests
     move it; the system's by default). metrics: every service serves /metrics on a port of its own
-    (`running.metrics_port`).
+    (`running.metrics_port`). campaigns_options: keyword arguments of campaigns' start, e.g. the clock
+    schedules go by (a MovableClock) and run_scheduler=False, so only the test's scheduler.run_once() starts them.
     """
     signer = IdentitySigner(internal_key)
     pki = default_pki()
@@ -327,7 +337,9 @@ async def start_stack(
         platform_from_domain=DKIM_DOMAIN, dkim_sealing_keys=(DKIM_SEALING_KEY,),
     )  # fmt: skip
     campaigns_config = dataclasses.replace(campaigns_config, **(campaigns_overrides or {}))
-    campaigns_running = [await campaigns_service.start(campaigns_config) for _ in range(campaigns)]
+    campaigns_running = [
+        await campaigns_service.start(campaigns_config, **(campaigns_options or {})) for _ in range(campaigns)
+    ]
     bounce_config = BounceConfig(
         database_url=database_url, nats_url=nats.url, internal_key=internal_key, grpc_tls=pki.tls("bounce"),
         auth_addr=auth_addr, grpc_bind="127.0.0.1:0",
@@ -358,5 +370,5 @@ async def start_stack(
         auth, lists, campaigns_running[0], bounce, running_senders, reply.api_token, signer, reply.organization.id,
         config, bounce_config, nats, more_campaigns=campaigns_running[1:], more_bounces=more_bounces,
         campaigns_config=campaigns_config, lists_config=lists_config, owner_id=reply.user.id,
-        auth_config=auth_config,
+        auth_config=auth_config, campaigns_options=dict(campaigns_options or {}),
     )  # fmt: skip

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import email
 import email.policy
 import io
 import re
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import grpc
 import pytest_asyncio
@@ -15,6 +17,7 @@ from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 from cli import main as cli
 from services.common.identity import IDENTITY_HEADER, IdentitySigner, Principal
+from tests.support.clock import MovableClock
 from tests.support.console import (
     OWNER,
     PASSWORD,
@@ -33,9 +36,9 @@ async def make_console(database_url, nats_server, internal_key, tls_files, dkim_
     """Start the console on real services."""
     started: list[Console] = []
 
-    async def make() -> Console:
+    async def make(**options) -> Console:
         console = await start_console(
-            database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox"
+            database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox", **options
         )
         started.append(console)
         return console
@@ -103,7 +106,7 @@ async def test_edit_a_draft_in_console_and_cli_then_send_carries_new_subject(mak
     )  # fmt: skip
     assert saved.status_code == 302, text(saved)
     assert "The draft was saved." in text(await web.get(saved.location))
-    assert "Subject: Edited {{ name }}" in text(await web.get(f"/campaigns/{campaign_id}"))
+    assert "<dt>Subject</dt><dd>Edited {{ name }}</dd>" in text(await web.get(f"/campaigns/{campaign_id}"))
 
     monkeypatch.setenv("MAILBLAST_CAMPAIGNS_ADDR", f"127.0.0.1:{console.campaigns.grpc_port}")
     monkeypatch.setenv("MAILBLAST_LISTS_ADDR", f"127.0.0.1:{console.lists.grpc_port}")
@@ -261,3 +264,111 @@ async def test_sessions_page_lists_sessions_and_revoking_one_logs_that_client_ou
     assert (await laptop.get("/campaigns")).status_code == 200
     missing = await laptop.post(f"/account/sessions/{others[0][0]}/revoke", csrf=False)
     assert missing.status_code == 400
+
+
+async def test_a_campaign_scheduled_in_the_console_starts_at_its_time(make_console):
+    # An editor schedules a draft for an hour from now, Tokyo time: the page shows it scheduled with that
+    # date and time. A date that is no date, a time that has passed and an unknown time zone are each
+    # refused with the reason and change nothing. Withdrawn, it is a draft again; scheduled again, it
+    # starts when the clock reaches its time and is delivered. A person may read the times in their own zone.
+    clock = MovableClock()
+    console = await make_console(clock=clock)
+    console.add_user("eddie", "editor")
+    web = await logged_in(console, "eddie")
+    list_id = await create_list(web, "予約リスト")
+    upload = await web.post(
+        f"/lists/{list_id}/upload",
+        {"file": (io.BytesIO("email,name\nhanako@example.net,花子\n".encode()), "one.csv")},
+        content_type="multipart/form-data",
+    )
+    assert upload.status_code == 302
+    await poll(lambda: _finished(web, upload.location + ".json"))
+    campaign_id = await create_campaign(web, list_id)
+    tokyo = ZoneInfo("Asia/Tokyo")
+    when = (clock.now() + dt.timedelta(hours=1)).astimezone(tokyo).replace(second=0, microsecond=0)
+    page_path = f"/campaigns/{campaign_id}"
+
+    for form, reason in (
+        ({"send_at": "tomorrow", "time_zone": "Asia/Tokyo"}, "tomorrow is not a date and time"),
+        ({"send_at": "2020-01-01T09:00", "time_zone": "Asia/Tokyo"}, "has passed"),
+        ({"send_at": when.strftime("%Y-%m-%dT%H:%M"), "time_zone": "Mars/Olympus"}, "Unknown time zone Mars/Olympus"),
+    ):
+        await web.get(page_path)
+        refused = await web.post(f"{page_path}/schedule", form)
+        assert refused.status_code == 302
+        assert reason in text(await web.get(page_path))
+    assert 'data-state="draft"' in text(await web.get(page_path))
+
+    await web.post(f"{page_path}/schedule", {"send_at": when.strftime("%Y-%m-%dT%H:%M"), "time_zone": "Asia/Tokyo"})
+    page = text(await web.get(page_path))
+    assert 'data-state="scheduled"' in page and ">Scheduled<" in page
+    assert f'{when:%Y-%m-%d %H:%M} <span class="muted">(Asia/Tokyo)</span>' in page
+    # Someone who reads times in Berlin sees the schedule in both zones; a zone that is none is refused.
+    await web.get("/account")
+    await web.post("/account/time-zone", {"time_zone": "Nowhere/Atlantis"})
+    assert "Unknown time zone Nowhere/Atlantis" in text(await web.get("/account"))
+    await web.post("/account/time-zone", {"time_zone": "Europe/Berlin"})
+    berlin = when.astimezone(ZoneInfo("Europe/Berlin"))
+    assert f'{berlin:%Y-%m-%d %H:%M} <span class="muted">(Europe/Berlin)</span>' in text(await web.get(page_path))
+    await web.post(f"{page_path}/unschedule")
+    assert 'data-state="draft"' in text(await web.get(page_path))
+    await web.post(f"{page_path}/schedule", {"send_at": when.strftime("%Y-%m-%dT%H:%M"), "time_zone": "Asia/Tokyo"})
+
+    clock.advance(hours=1, minutes=1)
+    await console.campaigns.scheduler.run_once()
+    # An hour idle ended the session (auth goes by the same clock): the editor logs in again to watch.
+    web = await logged_in(console, "eddie")
+
+    async def sent():
+        data = (await web.get(f"{page_path}/progress.json")).get_json()
+        return data if data["state"] == "sent" and data["sent"] == 1 else None
+
+    await poll(sent, timeout=60)
+    assert [m.rcpt_tos for m in console.catcher.messages] == [["hanako@example.net"]]
+
+
+async def _finished(web: Web, url: str):
+    data = (await web.get(url)).get_json()
+    return data if data["finished"] else None
+
+
+async def test_with_tracking_off_for_the_campaign_or_the_organisation_no_mail_carries_a_tracked_url(make_console):
+    # A campaign saved without measurement, and a measured one while the organisation has measurement
+    # switched off, are delivered with their links as written and no pixel; once the organisation measures
+    # again, a measured campaign's link goes through /t/c/ and its pixel through /t/o/. Made-up tokens
+    # on those endpoints are a 404.
+    console = await make_console()
+    web = await logged_in(console)
+    list_id = await create_list(web, "Privacy")
+    upload = await web.post(
+        f"/lists/{list_id}/upload",
+        {"file": (io.BytesIO(b"email,name\ntaro@example.net,Taro\n"), "one.csv")},
+        content_type="multipart/form-data",
+    )
+    await poll(lambda: _finished(web, upload.location + ".json"))
+    link = "https://shop.example.com/sale"
+
+    async def sent_html(**fields) -> str:
+        campaign_id = await create_campaign(web, list_id, html_body=f'<p><a href="{link}">Sale</a></p>', **fields)
+        before = len(console.catcher.messages)
+        await web.get(f"/campaigns/{campaign_id}")
+        assert (await web.post(f"/campaigns/{campaign_id}/send")).status_code == 302
+        caught = (await console.catcher.wait_for(before + 1))[before]
+        message = email.message_from_bytes(caught.data, policy=email.policy.default)
+        return message.get_body(("html",)).get_content()
+
+    untracked = await sent_html()
+    assert f'href="{link}"' in untracked and "/t/" not in untracked
+
+    await web.get("/campaigns")
+    assert (await web.post("/campaigns/tracking", {})).status_code == 302
+    assert 'id="tracking-enabled" >' in text(await web.get("/campaigns")).replace("  ", " ")
+    switched_off = await sent_html(tracking="on")
+    assert f'href="{link}"' in switched_off and "/t/" not in switched_off
+
+    await web.get("/campaigns")
+    await web.post("/campaigns/tracking", {"tracking_enabled": "on"})
+    tracked = await sent_html(tracking="on")
+    assert f'href="{link}"' not in tracked and "/t/c/" in tracked and "/t/o/" in tracked
+    for path in ("/t/c/AAAA", "/t/o/not-a-token", "/t/c/" + "A" * 60):
+        assert (await web.get(path)).status_code == 404

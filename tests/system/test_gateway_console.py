@@ -447,7 +447,8 @@ async def test_campaign_preview_is_sandboxed_and_user_text_is_escaped(make_conso
     preview = await web.get(f"/campaigns/{campaign_id}/preview")
     csp = preview.headers["Content-Security-Policy"]
     assert csp.startswith("sandbox;") and "allow-scripts" not in csp and "allow-same-origin" not in csp
-    assert "<p>Hi alice</p>" in text(preview)
+    # The list has nobody yet: the personal fields are empty, never the logged-in user's.
+    assert "<p>Hi </p>" in text(preview) and "alice" not in text(preview)
 
 
 async def test_upload_compose_test_send_progress_audit_and_outbox(make_console):
@@ -476,11 +477,28 @@ async def test_upload_compose_test_send_progress_audit_and_outbox(make_console):
     subscribers = text(await editor.get(f"/lists/{list_id}"))
     assert "hanako@example.net" in subscribers and "山田 花子" in subscribers and "status-active" in subscribers
 
-    campaign_id = await create_campaign(editor, list_id, subject="{{ name }}様へ", html_body="<p>{{ company }}</p>")
-    tested = await editor.post(f"/campaigns/{campaign_id}/test", {"to_address": "qa@example.org"})
+    campaign_id = await create_campaign(editor, list_id, subject="{{ name }}様へ", html_body="<p>{{ name }}</p>")
+    # The page previews as the list's first subscriber, or as the one chosen; the test goes out as that one.
+    page = text(await editor.get(f"/campaigns/{campaign_id}"))
+    options = dict(re.findall(r'<option value="([0-9]+)" (?:selected)?>([^&<]+) &lt;', page))
+    taro = int(next(i for i, name in options.items() if name == "Taro"))
+    first = next(iter(options.values()))
+    assert f"<p>{first}</p>" in text(await editor.get(f"/campaigns/{campaign_id}/preview"))
+    assert "<p>Taro</p>" in text(await editor.get(f"/campaigns/{campaign_id}/preview?subscriber={taro}"))
+    assert f'name="subscriber" value="{taro}"' in text(await editor.get(f"/campaigns/{campaign_id}?subscriber={taro}"))
+    tested = await editor.post(f"/campaigns/{campaign_id}/test", {"to_address": "qa@example.org", "subscriber": taro})
     assert tested.status_code == 302
     test_mail = (await poll(lambda: _mail_to(console, "qa@example.org")))[0]
     assert test_mail.tls
+    tested_message = email.message_from_bytes(test_mail.data, policy=email.policy.default)
+    assert tested_message["Subject"] == "Taro様へ" and "eddie" not in tested_message.as_string()
+    # Another organisation's subscriber is nobody to preview as here.
+    other_org = console.add_organization("Other")
+    outsider = console.sql(
+        "INSERT INTO lists.subscribers (organization_id, email) VALUES (%s, 'x@example.org') RETURNING id",
+        (other_org,),
+    )[0][0]
+    assert (await editor.get(f"/campaigns/{campaign_id}/preview?subscriber={outsider}")).status_code == 404
 
     sent = await editor.post(f"/campaigns/{campaign_id}/send")
     assert sent.status_code == 302
@@ -521,7 +539,9 @@ async def test_api_tokens_shown_once_listed_with_last_use_and_revoked(make_conso
     assert created.status_code == 200
     secret = re.search(r'id="token-secret">([^<]+)<', text(created)).group(1)
     listing = text(await admin.get("/tokens"))
-    assert secret not in listing and "ci" in listing and "read, send" in listing and "never" in listing
+    assert (
+        secret not in listing and "ci" in listing and ">Read<" in listing and ">Send<" in listing and "never" in listing
+    )
     token_id = console.sql("SELECT id FROM auth.api_tokens WHERE name = 'ci'")[0][0]
     assert (await admin.post(f"/tokens/{token_id}/revoke")).status_code == 302
     assert "revoked" in text(await admin.get("/tokens"))

@@ -72,6 +72,7 @@ def test_console_names_of_statuses():
         campaigns_pb2.CAMPAIGN_STATE_PAUSED: "paused",
         campaigns_pb2.CAMPAIGN_STATE_SENT: "sent",
         campaigns_pb2.CAMPAIGN_STATE_CANCELLED: "cancelled",
+        campaigns_pb2.CAMPAIGN_STATE_SCHEDULED: "scheduled",
     }
     assert set(statuses.CAMPAIGN_STATES.values()) == {str(state) for state in CampaignState}
     assert statuses.SUBSCRIBER_STATUSES == {

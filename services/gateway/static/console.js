@@ -26,12 +26,15 @@ function refreshActions(state) {
       if (!html) {
         return;
       }
-      var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("campaign-actions");
-      var current = document.getElementById("campaign-actions");
-      if (fresh && current) {
-        current.replaceWith(fresh);
-        confirmForms(fresh);
-      }
+      var parsed = new DOMParser().parseFromString(html, "text/html");
+      ["campaign-actions", "campaign-state-badge"].forEach(function (id) {
+        var fresh = parsed.getElementById(id);
+        var current = document.getElementById(id);
+        if (fresh && current) {
+          current.replaceWith(fresh);
+          confirmForms(fresh);
+        }
+      });
     })
     .catch(function () {});
 }
@@ -60,6 +63,10 @@ function pollProgress(box) {
         });
         if (data.state !== undefined) {
           refreshActions(String(data.state));
+          box.dataset.state = String(data.state);
+        }
+        if (data.finished !== undefined) {
+          box.dataset.finished = String(Boolean(data.finished));
         }
         box.querySelectorAll("[data-value-field]").forEach(function (bar) {
           var value = data[bar.dataset.valueField];
