@@ -1,4 +1,4 @@
-"""The campaigns schema's sending domains and their DKIM keys (sql/0006_sending_domains.sql)."""
+"""The campaigns schema's sending domains and their DKIM keys (sql/0008_sending_domains.sql)."""
 
 from __future__ import annotations
 
