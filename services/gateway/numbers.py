@@ -14,10 +14,10 @@ INT64_MAX = 2**63 - 1
 
 
 def form_id(value: str | None) -> int:
-    """An optional id: 0 when absent or empty, else a positive int64 (400 otherwise)."""
+    """An optional id: 0 when absent, empty or "0" (a page's "none yet"), else an int64 (400 otherwise)."""
     if not value:
         return 0
-    if not value.isascii() or not value.isdigit() or not 0 < int(value) <= INT64_MAX:
+    if not value.isascii() or not value.isdigit() or int(value) > INT64_MAX:
         abort(400)
     return int(value)
 

@@ -653,6 +653,8 @@ async def test_a_bad_number_in_a_form_or_query_is_a_400(make_console):
     assert (await admin.post("/segments/build", {"segment_id": huge})).status_code == 400
     capped = await admin.post("/segments/build", {"groups": huge, "action": "preview"})
     assert capped.status_code == 200
+    # "0" is how a page says "none yet" (a new segment's hidden id).
+    assert (await admin.post("/segments/build", {"segment_id": "0", "action": "preview"})).status_code == 200
 
 
 async def test_audit_log_filters_pages_and_exports_csv(make_console):
