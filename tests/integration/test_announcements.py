@@ -164,15 +164,20 @@ async def campaigns(database_url, nats_server, tmp_path):
     """The campaigns store on a schema where campaigns existed before the announcements, and its relay."""
     await migrate_before(database_url, "campaigns", "0005_campaign_state_changes.sql", tmp_path)
     store = CampaignStore(await db.open_pool(database_url, "campaigns"))
-    draft = CampaignDraft("before", (1,), "", "a@example.com", "", "s", "", "t")
-    old = await store.create(ORG, draft)
-    await store.change_state(ORG, old.id, ("draft",), "paused")
+    # Written as that older release wrote it (today's store writes columns later migrations add).
+    async with store.pool.connection() as conn:
+        cur = await conn.execute(
+            "INSERT INTO campaigns (organization_id, name, list_ids, from_address, subject, text_body, state)"
+            " VALUES (%s, 'before', '{1}', 'a@example.com', 's', 't', 'paused') RETURNING id",
+            (ORG,),
+        )
+        (old_id,) = await cur.fetchone()
     await db.migrate(database_url, "campaigns", SERVICES / "campaigns" / "sql")
     nc = await nats_server.connect("campaigns")
     js = nc.jetstream()
     await bus.ensure_streams(js, (bus.STREAM_CAMPAIGN_STATE,))
     try:
-        yield store, campaign_state_relay(store.pool, js), old.id
+        yield store, campaign_state_relay(store.pool, js), old_id
     finally:
         await nc.close()
         await store.pool.close()
