@@ -18,6 +18,7 @@ from mailblast.v1 import (
     auth_pb2_grpc,
     campaigns_pb2,
     campaigns_pb2_grpc,
+    events_pb2,
     lists_pb2,
     lists_pb2_grpc,
     lists_suppression_pb2,
@@ -147,7 +148,9 @@ async def test_backup_restores_a_populated_installation(
     people = [f"person{i}@example.com" for i in range(40)]
     list_id = await stack.create_list(people, name="秋のニュース")
     await stack.lists_stub.AddSuppressions(
-        lists_suppression_pb2.AddSuppressionsRequest(emails=["blocked@example.com"], reason="manual", source="test"),
+        lists_suppression_pb2.AddSuppressionsRequest(
+            emails=["blocked@example.com"], reason=events_pb2.SUPPRESSION_REASON_MANUAL, source="test"
+        ),
         metadata=stack.metadata,
     )
     sent = await stack.send_campaign([list_id], name="秋のご案内")
