@@ -14,6 +14,7 @@ from flask_babel import gettext as _
 from google.protobuf import json_format
 from mailblast.v1 import lists_fields_pb2, lists_segments_pb2
 
+from services.common.protojson import message_tree
 from services.gateway.clients import BackendError, backends, call, stream
 from services.gateway.statuses import SUBSCRIBER_STATUSES
 
@@ -77,20 +78,9 @@ def csv_type(encoding: str) -> str:
     return "text/csv; charset=shift_jis" if encoding == "shift_jis" else "text/csv; charset=utf-8"
 
 
-def _whole(value: Any) -> Any:
-    # A protobuf Value's numbers are floats; the builder shows 120, not 120.0.
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_whole(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _whole(v) for k, v in value.items()}
-    return value
-
-
 def condition_tree(root: lists_segments_pb2.SegmentCondition) -> dict[str, Any]:
     """A segment's conditions as the builder's tree of dicts."""
-    return _whole(json_format.MessageToDict(root, preserving_proto_field_name=True))
+    return message_tree(root)
 
 
 def condition_message(tree: dict[str, Any]) -> lists_segments_pb2.SegmentCondition:

@@ -9,6 +9,7 @@ from google.protobuf import json_format
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from mailblast.v1 import events_pb2, lists_pb2, lists_segments_pb2
 
+from services.common.protojson import message_tree
 from services.lists.bounces import BounceKind
 from services.lists.subscribers import SubscriberStatus
 from services.lists.suppression import SuppressionReason
@@ -57,20 +58,9 @@ def bounce_kind(number: int) -> BounceKind | None:
     return _KIND_OF.get(number)
 
 
-def _whole(value: Any) -> Any:
-    """JSON numbers of a protobuf Value are floats: the whole ones become ints again (list ids, counts)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_whole(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _whole(v) for k, v in value.items()}
-    return value
-
-
 def segment_tree(root: lists_segments_pb2.SegmentCondition) -> dict[str, Any]:
     """The condition tree a SegmentCondition holds, as segments.py compiles it and the database keeps it."""
-    return _whole(json_format.MessageToDict(root, preserving_proto_field_name=True))
+    return message_tree(root)
 
 
 def segment_pb(tree: dict[str, Any]) -> lists_segments_pb2.SegmentCondition:
