@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
+from tests.support.console import Console, start_console
 from tests.support.database import fresh_database
 from tests.support.stack import start_stack
 
@@ -30,3 +32,20 @@ async def stack(database_url, nats_server, internal_key, smtp_sink, tls_files, d
         yield running
     finally:
         await running.stop()
+
+
+@pytest_asyncio.fixture
+async def make_console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path: Path):
+    """Start the console on real services, with start_console's options (auth settings, clock) given per test."""
+    started: list[Console] = []
+
+    async def make(**options) -> Console:
+        console = await start_console(
+            database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox", **options
+        )
+        started.append(console)
+        return console
+
+    yield make
+    for console in started:
+        await console.stop()

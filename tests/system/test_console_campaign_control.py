@@ -8,11 +8,9 @@ import email
 import email.policy
 import io
 import re
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import grpc
-import pytest_asyncio
 from mailblast.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 from cli import main as cli
@@ -25,27 +23,9 @@ from tests.support.console import (
     Web,
     create_campaign,
     create_list,
-    start_console,
 )
 from tests.support.mtls import default_pki
 from tests.support.poll import poll
-
-
-@pytest_asyncio.fixture
-async def make_console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path: Path):
-    """Start the console on real services."""
-    started: list[Console] = []
-
-    async def make(**options) -> Console:
-        console = await start_console(
-            database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox", **options
-        )
-        started.append(console)
-        return console
-
-    yield make
-    for console in started:
-        await console.stop()
 
 
 def text(response) -> str:

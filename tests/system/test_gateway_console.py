@@ -11,11 +11,9 @@ import io
 import re
 import smtplib
 import time
-from pathlib import Path
 
 import pyotp
 import pytest
-import pytest_asyncio
 
 from services.gateway.app import create_app
 from services.gateway.security import PUBLIC_ENDPOINTS
@@ -27,28 +25,10 @@ from tests.support.console import (
     Web,
     create_campaign,
     create_list,
-    start_console,
 )
 from tests.support.poll import poll
 
 NEW_PASSWORD = "amber-heron-92-quartz"
-
-
-@pytest_asyncio.fixture
-async def make_console(database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path: Path):
-    """Start the console on real services, with auth settings given per test."""
-    started: list[Console] = []
-
-    async def make(**auth_overrides) -> Console:
-        console = await start_console(
-            database_url, nats_server, internal_key, tls_files, dkim_keys, tmp_path / "outbox", **auth_overrides
-        )
-        started.append(console)
-        return console
-
-    yield make
-    for console in started:
-        await console.stop()
 
 
 def text(response) -> str:
